@@ -1,0 +1,107 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * The wire contract of Valise: Spark Connect's artifact, config and session RPCs
+ * (`spark.connect.SparkConnectService`), Valise's own `valise.v1` services, and the pure
+ * helpers both sides need — artifact-name rules, PySpark-identical chunking and CRC-32.
+ *
+ * Generated code (protobuf-es v2) lives under `gen/` and is re-exported here by name.
+ *
+ * ```ts
+ * import { addArtifactsRequests, bytesArtifact, parseArtifactName } from "@valise/protocol";
+ * import { equal, throws } from "node:assert/strict";
+ *
+ * equal(parseArtifactName("pyfiles\\util.py").path, "pyfiles/util.py");
+ * throws(() => parseArtifactName("files/../../etc/passwd"));
+ *
+ * const data = new Uint8Array(70_000);
+ * const kinds = [];
+ * for await (const req of addArtifactsRequests([bytesArtifact("files/big.bin", data)], {
+ *   sessionId: "0b3f6c2e-7e61-4d0e-8a55-3f8f5f0c9f10",
+ * })) kinds.push(req.payload.case);
+ * equal(kinds.join(","), "beginChunk,chunk,chunk");
+ * ```
+ *
+ * @module
+ */
+export * from "./artifact_name.ts";
+export * from "./chunking.ts";
+export * from "./crc32.ts";
+export * from "./session_id.ts";
+export {
+  type AddArtifactsRequest,
+  type AddArtifactsRequest_ArtifactChunk,
+  AddArtifactsRequest_ArtifactChunkSchema,
+  type AddArtifactsRequest_Batch,
+  AddArtifactsRequest_BatchSchema,
+  type AddArtifactsRequest_BeginChunkedArtifact,
+  AddArtifactsRequest_BeginChunkedArtifactSchema,
+  type AddArtifactsRequest_SingleChunkArtifact,
+  AddArtifactsRequest_SingleChunkArtifactSchema,
+  AddArtifactsRequestSchema,
+  type AddArtifactsResponse,
+  type AddArtifactsResponse_ArtifactSummary,
+  AddArtifactsResponse_ArtifactSummarySchema,
+  AddArtifactsResponseSchema,
+  type ArtifactStatusesRequest,
+  ArtifactStatusesRequestSchema,
+  type ArtifactStatusesResponse,
+  type ArtifactStatusesResponse_ArtifactStatus,
+  ArtifactStatusesResponse_ArtifactStatusSchema,
+  ArtifactStatusesResponseSchema,
+  type ConfigRequest,
+  type ConfigRequest_Operation,
+  ConfigRequest_OperationSchema,
+  ConfigRequestSchema,
+  type ConfigResponse,
+  ConfigResponseSchema,
+  file_spark_connect_base,
+  type KeyValue,
+  KeyValueSchema,
+  type ReleaseSessionRequest,
+  ReleaseSessionRequestSchema,
+  type ReleaseSessionResponse,
+  ReleaseSessionResponseSchema,
+  SparkConnectService,
+  type UserContext,
+  UserContextSchema,
+} from "./gen/spark/connect/base_pb.ts";
+export {
+  file_valise_v1_worker,
+  type RunEvent,
+  RunEventSchema,
+  type RunExited,
+  RunExitedSchema,
+  type RunRequest,
+  RunRequestSchema,
+  type RunStarted,
+  RunStartedSchema,
+  WorkerService,
+} from "./gen/valise/v1/worker_pb.ts";
+export {
+  type AttachArtifactsRequest,
+  type AttachArtifactsRequest_Attachment,
+  AttachArtifactsRequest_AttachmentSchema,
+  AttachArtifactsRequestSchema,
+  type AttachArtifactsResponse,
+  AttachArtifactsResponseSchema,
+  file_valise_v1_store,
+  type HasBlobsRequest,
+  HasBlobsRequestSchema,
+  type HasBlobsResponse,
+  HasBlobsResponseSchema,
+  StoreService,
+} from "./gen/valise/v1/store_pb.ts";
+export {
+  type ErrorInfo,
+  ErrorInfoSchema,
+  file_google_rpc_error_details,
+} from "./gen/google/rpc/error_details_pb.ts";
+export {
+  file_grpc_health_v1_health,
+  Health,
+  type HealthCheckRequest,
+  HealthCheckRequestSchema,
+  type HealthCheckResponse,
+  HealthCheckResponse_ServingStatus,
+  HealthCheckResponseSchema,
+} from "./gen/grpc/health/v1/health_pb.ts";
