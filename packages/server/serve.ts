@@ -1,0 +1,88 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import { createValise, type Valise, type ValiseOptions } from "./valise.ts";
+
+/** Options of {@linkcode serve}. */
+export interface ServeOptions extends ValiseOptions {
+  /**
+   * Address to listen on.
+   * @default {"127.0.0.1"}
+   */
+  host?: string;
+  /**
+   * Port to listen on; `0` picks a free one.
+   * @default {15002}
+   */
+  port?: number;
+}
+
+/** A running server. */
+export interface RunningServer {
+  /** The Valise instance it serves. */
+  readonly valise: Valise;
+  /** The address it listens on. */
+  readonly host: string;
+  /** The port it listens on. */
+  readonly port: number;
+  /** Stops accepting, ends open connections, stops the instance. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a gRPC server (HTTP/2 cleartext via `node:http2`) serving Valise: real gRPC clients
+ * such as PySpark's grpcio can connect, and so can Connect and gRPC-web clients.
+ *
+ * @example
+ * ```ts
+ * import { serve } from "@valise/server";
+ * import { equal } from "node:assert/strict";
+ *
+ * const dataDir = await Deno.makeTempDir();
+ * const server = await serve({ dataDir, port: 0 });
+ * equal(server.port > 0, true);
+ * await server.close();
+ * await Deno.remove(dataDir, { recursive: true });
+ * ```
+ *
+ * @param options Where to listen and what to serve.
+ * @returns The running server.
+ */
+export async function serve(options: ServeOptions): Promise<RunningServer> {
+  const valise = await createValise(options);
+  const server = http2.createServer({}, valise.nodeHandler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  const host = options.host ?? "127.0.0.1";
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 15002, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  let closing: Promise<void> | undefined;
+  return {
+    valise,
+    host,
+    port,
+    close() {
+      closing ??= (async () => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        await valise.close();
+        // Let in-flight calls finish their current message, then drop the connections.
+        for (const s of sessions) s.close();
+        const timer = setTimeout(() => {
+          for (const s of sessions) s.destroy();
+        }, 2000);
+        await closed;
+        clearTimeout(timer);
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,213 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  type AddArtifactsRequest,
+  AddArtifactsResponseSchema,
+  type ArtifactStatusesResponse_ArtifactStatus,
+  ArtifactStatusesResponse_ArtifactStatusSchema,
+  ArtifactStatusesResponseSchema,
+  type ConfigRequest,
+  type ConfigResponse,
+  ConfigResponseSchema,
+  type KeyValue,
+  KeyValueSchema,
+  ReleaseSessionResponseSchema,
+  type SparkConnectService,
+  type UserContext,
+} from "@valise/protocol";
+import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
+import { toConnectError } from "./errors.ts";
+
+/** What the Spark Connect handlers need. */
+export interface SparkServiceContext {
+  /** Where sessions live. */
+  readonly store: SessionStore;
+}
+
+/** The user id of a request: Spark keys sessions by `user_context.user_id`, `""` when unset. */
+export function userIdOf(ctx: UserContext | undefined): string {
+  return ctx?.userId ?? "";
+}
+
+/**
+ * The handlers of `spark.connect.SparkConnectService` that Valise serves — AddArtifacts,
+ * ArtifactStatus, Config and ReleaseSession — as a plain object any Connect router can mount.
+ *
+ * @param ctx The session store to serve.
+ * @returns The service implementation.
+ */
+export function createSparkConnectService(
+  ctx: SparkServiceContext,
+): Partial<ServiceImpl<typeof SparkConnectService>> {
+  const { store } = ctx;
+  return {
+    async addArtifacts(requests, call) {
+      let session: Session | undefined;
+      let upload: Upload | undefined;
+      let done: (() => void) | undefined;
+      try {
+        let first: AddArtifactsRequest | undefined;
+        for await (const req of requests) {
+          if (!session) {
+            first = req;
+            // Spark binds the stream to the session named by its first message.
+            session = await store.session({
+              userId: userIdOf(req.userContext),
+              sessionId: req.sessionId,
+              clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
+            });
+            done = session.hold();
+            upload = await session.beginUpload();
+          }
+          const p = req.payload;
+          switch (p.case) {
+            case "batch":
+              for (const a of p.value.artifacts) {
+                await upload!.single(a.name, a.data ?? { data: new Uint8Array(0), crc: 0 });
+              }
+              break;
+            case "beginChunk":
+              await upload!.begin(
+                p.value.name,
+                p.value.totalBytes,
+                p.value.numChunks,
+                p.value.initialChunk ?? { data: new Uint8Array(0), crc: 0 },
+              );
+              break;
+            case "chunk":
+              await upload!.chunk(p.value);
+              break;
+            default:
+              throw new SessionError(
+                "INVALID_ARTIFACT_STREAM",
+                "Unsupported data transfer request: the message has no batch, begin_chunk or chunk.",
+              );
+          }
+        }
+        if (!session || !upload) {
+          return create(AddArtifactsResponseSchema, {});
+        }
+        await upload.finish();
+        const result = await session.commit(upload, { signal: call.signal });
+        if (result.errors.length) throw combine(result.errors);
+        return create(AddArtifactsResponseSchema, {
+          sessionId: first!.sessionId,
+          serverSideSessionId: session.serverSideSessionId,
+          artifacts: result.summaries.map((s) => ({ name: s.name, isCrcSuccessful: s.crcOk })),
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      } finally {
+        await upload?.abort();
+        done?.();
+      }
+    },
+
+    async artifactStatus(req) {
+      try {
+        const session = await store.session({
+          userId: userIdOf(req.userContext),
+          sessionId: req.sessionId,
+          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
+        });
+        const statuses: Record<string, ArtifactStatusesResponse_ArtifactStatus> = {};
+        for (const name of req.names) {
+          statuses[name] = create(ArtifactStatusesResponse_ArtifactStatusSchema, {
+            exists: session.artifact(name) !== undefined,
+          });
+        }
+        return create(ArtifactStatusesResponseSchema, {
+          sessionId: req.sessionId,
+          serverSideSessionId: session.serverSideSessionId,
+          statuses,
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+
+    async config(req) {
+      try {
+        const session = await store.session({
+          userId: userIdOf(req.userContext),
+          sessionId: req.sessionId,
+          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
+        });
+        const res = await runConfig(session, req);
+        res.sessionId = req.sessionId;
+        res.serverSideSessionId = session.serverSideSessionId;
+        return res;
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+
+    async releaseSession(req) {
+      try {
+        const id = await store.release(userIdOf(req.userContext), req.sessionId, {
+          allowReconnect: req.allowReconnect,
+        });
+        return create(ReleaseSessionResponseSchema, {
+          sessionId: req.sessionId,
+          serverSideSessionId: id ?? "",
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+  };
+}
+
+async function runConfig(session: Session, req: ConfigRequest): Promise<ConfigResponse> {
+  const res = create(ConfigResponseSchema, {});
+  const op = req.operation?.opType;
+  const conf = session.config;
+  switch (op?.case) {
+    case "set":
+      res.warnings = await conf.set(
+        op.value.pairs.map((p) => ({ key: p.key, value: p.value })),
+        op.value.silent ?? false,
+      );
+      break;
+    case "get":
+      res.pairs = conf.get(op.value.keys).map(kv);
+      break;
+    case "getWithDefault":
+      res.pairs = conf.getWithDefault(op.value.pairs.map((p) => ({ key: p.key, value: p.value })))
+        .map(kv);
+      break;
+    case "getOption":
+      res.pairs = conf.getOption(op.value.keys).map(kv);
+      break;
+    case "getAll":
+      res.pairs = conf.getAll(op.value.prefix).map(kv);
+      break;
+    case "unset":
+      await conf.unset(op.value.keys);
+      break;
+    case "isModifiable":
+      res.pairs = conf.isModifiable(op.value.keys).map(kv);
+      break;
+    default:
+      throw new SessionError("INVALID_CONF_VALUE", "The config request names no operation.");
+  }
+  return res;
+}
+
+function kv(p: { key: string; value: string | undefined }): KeyValue {
+  // An absent value must be left unset on the wire: PySpark reads HasField("value").
+  return create(KeyValueSchema, p.value === undefined ? { key: p.key } : p);
+}
+
+/** Spark reports every refused artifact of a stream; the first one's class leads. */
+function combine(errors: SessionError[]): SessionError {
+  if (errors.length === 1) return errors[0]!;
+  const first = errors[0]!;
+  const rest = errors.slice(1).map((e) => e.message).join(" ");
+  return new SessionError(
+    first.errorClass,
+    `${first.message.replace(/^\[[^\]]+\] /, "")} (${errors.length - 1} more: ${rest})`,
+    first.reason ? { reason: first.reason } : {},
+  );
+}

@@ -1,0 +1,247 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import type * as http2 from "node:http2";
+import { timingSafeEqual } from "node:crypto";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createConnectRouter,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { createFetchHandler, type UniversalHandler } from "@connectrpc/connect/protocol";
+import { assertCrc32Works, Health, SparkConnectService, StoreService } from "@valise/protocol";
+import { type ArchiveUnpacker, SessionStore } from "@valise/session-store";
+import { createHealthService } from "./health_service.ts";
+import { createSparkConnectService } from "./spark_service.ts";
+import { createStoreService } from "./store_service.ts";
+
+/** Options of {@linkcode createValise}. */
+export interface ValiseOptions {
+  /** The data directory: sessions, blobs, staging. */
+  dataDir: string;
+  /**
+   * When set, every RPC must carry `authorization: Bearer <token>`.
+   * @default {undefined}
+   */
+  token?: string | undefined;
+  /**
+   * Sessions unused for this long are released; `0` disables expiry.
+   * @default {3_600_000}
+   */
+  idleTimeoutMs?: number;
+  /**
+   * How often idle sessions are looked for.
+   * @default {30_000}
+   */
+  maintenanceIntervalMs?: number;
+  /**
+   * Receives one line per RPC and start-up notices.
+   * @default {undefined} silent
+   */
+  log?: ((line: string) => void) | undefined;
+  /**
+   * Unpacks `archives/` artifacts.
+   * @default {undefined} archives are stored, not unpacked
+   */
+  unpack?: ArchiveUnpacker | undefined;
+  /**
+   * The largest message accepted, in bytes.
+   * @default {67_108_864}
+   */
+  readMaxBytes?: number;
+}
+
+/** A request handler in the style of `fetch`: what `Deno.serve` and Hono's `mount` take. */
+export type FetchHandler = (request: Request) => Promise<Response>;
+/** A fetch handler that declines requests that are not for it, so a host can fall through. */
+export type MaybeFetchHandler = (request: Request) => Promise<Response | undefined>;
+/** A `node:http2` request listener. */
+export type NodeHandler = (
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+) => void;
+
+/** A Valise instance: its routes, mountable as a fetch handler or a `node:http2` listener. */
+export interface Valise {
+  /** The session store it serves. */
+  readonly store: SessionStore;
+  /** Registers every Valise service on a Connect router. */
+  readonly routes: (router: ConnectRouter) => void;
+  /** The interceptors (auth, log) that the handlers run behind. */
+  readonly interceptors: Interceptor[];
+  /** Serves the Connect and gRPC-web protocols; unknown paths get 404. */
+  readonly fetch: FetchHandler;
+  /** Like `fetch`, but answers `undefined` for paths it does not serve. */
+  readonly handle: MaybeFetchHandler;
+  /** Serves gRPC, gRPC-web and Connect over `node:http2` (cleartext or TLS). */
+  readonly nodeHandler: NodeHandler;
+  /** Aborted when {@linkcode Valise.close} starts. */
+  readonly shutdownSignal: AbortSignal;
+  /** Stops maintenance and releases nothing: sessions stay on disk for the next start. */
+  close(): Promise<void>;
+}
+
+/**
+ * Creates a Valise instance over a data directory, ready to mount in any server.
+ *
+ * @example Mount in Deno.serve (Connect and gRPC-web protocols)
+ * ```ts ignore
+ * import { createValise } from "@valise/server";
+ * const valise = await createValise({ dataDir: "./.data" });
+ * Deno.serve({ port: 8080 }, valise.fetch);
+ * ```
+ *
+ * @param options Data directory, auth, limits.
+ * @returns The instance.
+ */
+export async function createValise(options: ValiseOptions): Promise<Valise> {
+  assertCrc32Works();
+  const store = await SessionStore.open({
+    dataDir: options.dataDir,
+    ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
+    ...(options.unpack ? { unpack: options.unpack } : {}),
+  });
+  const shutdown = new AbortController();
+  const log = options.log;
+  const interceptors: Interceptor[] = [];
+  if (log) interceptors.push(logInterceptor(log));
+  if (options.token) interceptors.push(authInterceptor(options.token));
+
+  const routes = (router: ConnectRouter): void => {
+    router.service(SparkConnectService, createSparkConnectService({ store }));
+    router.service(StoreService, createStoreService({ store }));
+    router.service(Health, createHealthService(shutdown.signal));
+  };
+  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+
+  const router = createConnectRouter({ interceptors, readMaxBytes });
+  routes(router);
+  const byPath = new Map<string, FetchHandler>();
+  for (const h of router.handlers as UniversalHandler[]) {
+    byPath.set(h.requestPath, createFetchHandler(h));
+  }
+  const handle: MaybeFetchHandler = (request) => {
+    const path = new URL(request.url).pathname;
+    const h = byPath.get(path);
+    return h ? h(request) : Promise.resolve(undefined);
+  };
+  const fetch: FetchHandler = async (request) =>
+    (await handle(request)) ?? new Response("Not Found", { status: 404 });
+
+  const nodeHandler = connectNodeAdapter({
+    routes,
+    interceptors,
+    readMaxBytes,
+    shutdownSignal: shutdown.signal,
+    fallback: unimplementedFallback,
+  }) as NodeHandler;
+
+  const interval = options.maintenanceIntervalMs ?? 30_000;
+  const timer = setInterval(() => {
+    store.expireIdle().then((ids) => {
+      for (const id of ids) log?.(`session ${id} expired after being idle`);
+    }).catch((e) => log?.(`idle expiry failed: ${e}`));
+  }, interval);
+
+  return {
+    store,
+    routes,
+    interceptors,
+    fetch,
+    handle,
+    nodeHandler,
+    shutdownSignal: shutdown.signal,
+    async close() {
+      clearInterval(timer);
+      shutdown.abort();
+      await store.close();
+    },
+  };
+}
+
+/**
+ * Methods of a served service that Valise does not implement, and unknown services, get a
+ * proper gRPC `UNIMPLEMENTED`, not a bare HTTP 404. The status travels in trailers after the
+ * request body is drained: Deno's `node:http2` resets a stream answered any earlier.
+ */
+function unimplementedFallback(
+  req: {
+    url?: string | undefined;
+    headers: Record<string, string | string[] | undefined>;
+    on(event: string, fn: () => void): unknown;
+    resume(): unknown;
+  },
+  res: {
+    writeHead(status: number, headers: Record<string, string>): unknown;
+    addTrailers?(headers: Record<string, string>): unknown;
+    end(): unknown;
+  },
+): void {
+  const type = String(req.headers["content-type"] ?? "");
+  req.on("end", () => {
+    if (type.startsWith("application/grpc") && res.addTrailers) {
+      res.writeHead(200, { "content-type": "application/grpc" });
+      res.addTrailers({
+        "grpc-status": String(Code.Unimplemented),
+        "grpc-message": encodeURIComponent(`Method not implemented by Valise: ${req.url ?? ""}`),
+      });
+    } else {
+      res.writeHead(404, { "content-type": "text/plain" });
+    }
+    res.end();
+  });
+  req.resume();
+}
+
+function authInterceptor(token: string): Interceptor {
+  const want = new TextEncoder().encode(`Bearer ${token}`);
+  return (next) => (req) => {
+    // Health checks come from load balancers that carry no credentials.
+    if (req.service.typeName !== "grpc.health.v1.Health") {
+      const got = new TextEncoder().encode(req.header.get("authorization") ?? "");
+      if (got.length !== want.length || !timingSafeEqual(got, want)) {
+        throw new ConnectError(
+          "[UNAUTHENTICATED] A valid 'authorization: Bearer <token>' header is required.",
+          Code.Unauthenticated,
+        );
+      }
+    }
+    return next(req);
+  };
+}
+
+function logInterceptor(log: (line: string) => void): Interceptor {
+  return (next) => async (req) => {
+    const start = performance.now();
+    const what = `${req.service.typeName}/${req.method.name}`;
+    try {
+      const res = await next(req);
+      if (!res.stream) {
+        log(`rpc ${what} OK ${(performance.now() - start).toFixed(1)}ms`);
+        return res;
+      }
+      const inner = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* inner;
+            log(`rpc ${what} OK ${(performance.now() - start).toFixed(1)}ms`);
+          } catch (e) {
+            log(`rpc ${what} ${describe(e)} ${(performance.now() - start).toFixed(1)}ms`);
+            throw e;
+          }
+        })(),
+      };
+    } catch (e) {
+      log(`rpc ${what} ${describe(e)} ${(performance.now() - start).toFixed(1)}ms`);
+      throw e;
+    }
+  };
+}
+
+function describe(e: unknown): string {
+  const c = ConnectError.from(e);
+  return `${Code[c.code]} ${c.rawMessage.slice(0, 200)}`;
+}

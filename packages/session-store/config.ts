@@ -1,0 +1,209 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { SessionError } from "./errors.ts";
+
+/** The config key that chooses a session's Python interpreter (Spark 3.5+). */
+export const PYTHON_EXEC_KEY = "spark.sql.execution.pyspark.python";
+/** Config keys under this prefix become environment variables of the session's workers. */
+export const PYTHON_WORKER_ENV_PREFIX = "spark.pythonWorkerEnv.";
+
+/**
+ * Values for the keys PySpark reads before its first real operation. Spark fails `Get` on an
+ * unknown key, and PySpark calls `int()`/`bool()` on several of these, so they must exist.
+ */
+export const DEFAULT_CONFIG: Readonly<Record<string, string>> = {
+  "spark.sql.session.timeZone": "UTC",
+  "spark.sql.timestampType": "TIMESTAMP_LTZ",
+  "spark.sql.ansi.enabled": "true",
+  "spark.sql.session.localRelationCacheThreshold": "67108864",
+  "spark.sql.session.localRelationSizeLimit": "2147483647",
+  "spark.sql.session.localRelationChunkSizeRows": "10000",
+  "spark.sql.session.localRelationChunkSizeBytes": "16777216",
+  "spark.sql.session.localRelationBatchOfChunksSizeBytes": "1073741824",
+  "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
+  "spark.sql.execution.arrow.useLargeVarTypes": "false",
+  "spark.sql.execution.pandas.convertToArrowArraySafely": "false",
+  "spark.sql.execution.pandas.inferPandasDictAsMap": "false",
+  "spark.sql.pyspark.inferNestedDictAsStruct.enabled": "false",
+  "spark.sql.pyspark.legacy.inferArrayTypeFromFirstElement.enabled": "false",
+  "spark.sql.pyspark.legacy.inferMapTypeFromFirstPair.enabled": "false",
+  "spark.sql.artifact.isolation.enabled": "true",
+};
+
+/**
+ * Keys a session may not change: they describe the server, not the session. Spark answers
+ * `CANNOT_MODIFY_CONFIG` for such keys too.
+ */
+const STATIC_PREFIXES = ["spark.connect.", "spark.driver.", "spark.executor.", "spark.master"];
+
+/** Environment names a session may not set for its workers: the launcher owns them. */
+const RESERVED_ENV = new Set([
+  "PATH",
+  "HOME",
+  "PYTHONPATH",
+  "PYTHONHOME",
+  "PYTHONNOUSERSITE",
+  "PYTHONUNBUFFERED",
+  "PEX_ROOT",
+  "PEX_INTERPRETER",
+  "LD_PRELOAD",
+  "LD_LIBRARY_PATH",
+]);
+
+/** An optional config value: `undefined` means "no value" (sent as an absent field). */
+export type ConfigValue = string | undefined;
+
+/**
+ * A session's configuration with Spark Connect's semantics: explicit values over defaults,
+ * `Get` of an unknown key is an error, `GetOption` leaves absent values unset.
+ */
+export class SessionConfig {
+  #values: Map<string, string>;
+  #onChange: () => Promise<void>;
+
+  /**
+   * @param initial Values set earlier (restored from the session's manifest).
+   * @param onChange Called after every change, to persist it.
+   */
+  constructor(initial: Record<string, string>, onChange: () => Promise<void>) {
+    this.#values = new Map(Object.entries(initial));
+    this.#onChange = onChange;
+  }
+
+  /** The explicitly set values, for persisting. */
+  toJSON(): Record<string, string> {
+    return Object.fromEntries(this.#values);
+  }
+
+  /** The value of `key`, explicit or default, or `undefined`. */
+  value(key: string): string | undefined {
+    return this.#values.get(key) ?? DEFAULT_CONFIG[key];
+  }
+
+  /**
+   * Sets pairs. With `silent`, a refused pair becomes a warning and the others are still set;
+   * without it the first refused pair fails the call and nothing is set.
+   *
+   * @returns Warnings to return to the client.
+   */
+  async set(pairs: { key: string; value: ConfigValue }[], silent: boolean): Promise<string[]> {
+    const warnings: string[] = [];
+    const accepted: [string, string][] = [];
+    for (const { key, value } of pairs) {
+      try {
+        checkSettable(key, value);
+        accepted.push([key, value ?? ""]);
+      } catch (e) {
+        if (!silent) throw e;
+        const msg = e instanceof Error ? e.message : String(e);
+        warnings.push(
+          `Failed to set ${key} to ${
+            value === undefined ? "None" : `Some(${value})`
+          } due to ${msg}`,
+        );
+      }
+    }
+    for (const [k, v] of accepted) this.#values.set(k, v);
+    if (accepted.length) await this.#onChange();
+    return warnings;
+  }
+
+  /** Values of `keys`; every key must have a value (explicit or default). */
+  get(keys: string[]): { key: string; value: ConfigValue }[] {
+    return keys.map((key) => {
+      const value = this.value(key);
+      if (value === undefined) {
+        throw new SessionError(
+          "SQL_CONF_NOT_FOUND",
+          `The SQL config "${key}" cannot be found. Please verify that the config exists.`,
+        );
+      }
+      return { key, value };
+    });
+  }
+
+  /** Values of keys, each falling back to the default given with it. */
+  getWithDefault(
+    pairs: { key: string; value: ConfigValue }[],
+  ): { key: string; value: ConfigValue }[] {
+    return pairs.map(({ key, value }) => ({ key, value: this.value(key) ?? value }));
+  }
+
+  /** Values of keys; absent ones stay unset. */
+  getOption(keys: string[]): { key: string; value: ConfigValue }[] {
+    return keys.map((key) => ({ key, value: this.value(key) }));
+  }
+
+  /** All explicitly set and default values under `prefix`, with the prefix stripped. */
+  getAll(prefix: string | undefined): { key: string; value: string }[] {
+    const merged = new Map<string, string>(Object.entries(DEFAULT_CONFIG));
+    for (const [k, v] of this.#values) merged.set(k, v);
+    const p = prefix ?? "";
+    return [...merged].filter(([k]) => k.startsWith(p)).sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([k, v]) => ({ key: k.slice(p.length), value: v }));
+  }
+
+  /** Removes explicit values; defaults show through again. */
+  async unset(keys: string[]): Promise<void> {
+    let changed = false;
+    for (const k of keys) {
+      if (isStatic(k)) {
+        throw new SessionError(
+          "CANNOT_MODIFY_CONFIG",
+          `Cannot modify the value of the config "${k}": it is set by the server.`,
+        );
+      }
+      changed = this.#values.delete(k) || changed;
+    }
+    if (changed) await this.#onChange();
+  }
+
+  /** `"true"` or `"false"` for each key. */
+  isModifiable(keys: string[]): { key: string; value: string }[] {
+    return keys.map((key) => ({ key, value: String(!isStatic(key)) }));
+  }
+
+  /** The session's `spark.pythonWorkerEnv.<NAME>` entries as an environment. */
+  workerEnv(): Record<string, string> {
+    const env: Record<string, string> = {};
+    for (const [k, v] of this.#values) {
+      if (k.startsWith(PYTHON_WORKER_ENV_PREFIX)) env[k.slice(PYTHON_WORKER_ENV_PREFIX.length)] = v;
+    }
+    return env;
+  }
+}
+
+function isStatic(key: string): boolean {
+  return STATIC_PREFIXES.some((p) => key.startsWith(p));
+}
+
+function checkSettable(key: string, value: ConfigValue): void {
+  if (key === "") throw new SessionError("INVALID_CONF_VALUE", "The config key is empty.");
+  if (isStatic(key)) {
+    throw new SessionError(
+      "CANNOT_MODIFY_CONFIG",
+      `Cannot modify the value of the config "${key}": it is set by the server.`,
+    );
+  }
+  if (key.startsWith(PYTHON_WORKER_ENV_PREFIX)) {
+    const name = key.slice(PYTHON_WORKER_ENV_PREFIX.length);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      throw new SessionError(
+        "INVALID_CONF_VALUE",
+        `The config "${key}" must name an environment variable: "${name}" is not a valid name.`,
+      );
+    }
+    if (RESERVED_ENV.has(name)) {
+      throw new SessionError(
+        "INVALID_CONF_VALUE",
+        `The config "${key}" cannot set ${name}: the worker launcher controls it.`,
+      );
+    }
+  }
+  // deno-lint-ignore no-control-regex
+  if (value !== undefined && /\u0000/.test(value)) {
+    throw new SessionError(
+      "INVALID_CONF_VALUE",
+      `The value of the config "${key}" contains a NUL character.`,
+    );
+  }
+}

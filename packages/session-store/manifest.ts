@@ -1,0 +1,64 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import type { ArtifactKind } from "@valise/protocol";
+import { writeFileAtomic } from "./_fs.ts";
+
+/** One committed artifact of a session, as recorded in its manifest. */
+export interface ArtifactRecord {
+  /** The artifact's identity in the session: normalised path, plus `#alias` for archives. */
+  readonly key: string;
+  /** The name as the client first sent it. */
+  readonly name: string;
+  /** Normalised relative path (no alias). */
+  readonly path: string;
+  /** The prefix's meaning. */
+  readonly kind: ArtifactKind | "other";
+  /** The directory an archive unpacks to, if an alias was given. */
+  readonly alias?: string;
+  /** The single path segment under which workers see it, if they do. */
+  readonly view?: string;
+  /** sha256 of the bytes, lowercase hex. */
+  readonly sha256: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** When it was committed (ms since the epoch). */
+  readonly addedAt: number;
+}
+
+/** The durable description of a session: everything needed to restore it after a restart. */
+export interface SessionManifest {
+  /** Format version. */
+  version: 1;
+  /** The client's user id (may be empty). */
+  userId: string;
+  /** The client's session id. */
+  sessionId: string;
+  /** The id the server gave the session; stable across restarts. */
+  serverSideSessionId: string;
+  /** When the session was created (ms since the epoch). */
+  createdAt: number;
+  /** Committed artifacts by key. */
+  artifacts: Record<string, ArtifactRecord>;
+  /** Explicitly set config values. */
+  config: Record<string, string>;
+}
+
+/** Reads a manifest; `undefined` when there is none. */
+export async function readManifest(path: string): Promise<SessionManifest | undefined> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  const m = JSON.parse(text) as SessionManifest;
+  if (m.version !== 1 || typeof m.sessionId !== "string") {
+    throw new SyntaxError(`Cannot read session manifest ${path}: unknown format`);
+  }
+  return m;
+}
+
+/** Writes a manifest atomically (temp file, fsync, rename), so a crash leaves old or new. */
+export function writeManifest(path: string, manifest: SessionManifest): Promise<void> {
+  return writeFileAtomic(path, JSON.stringify(manifest, null, 1));
+}

@@ -1,0 +1,292 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { createHash } from "node:crypto";
+import { join, resolve } from "node:path";
+import { isSparkSessionId } from "@valise/protocol";
+import { removeAll, writeFileAtomic } from "./_fs.ts";
+import { BlobStore } from "./blob_store.ts";
+import { SessionError } from "./errors.ts";
+import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts";
+import { type ArchiveUnpacker, Session, type SessionContext } from "./session.ts";
+
+/** Options of {@linkcode SessionStore.open}. */
+export interface SessionStoreOptions {
+  /** The data directory; created if missing. */
+  dataDir: string;
+  /**
+   * Sessions unused for this long are released (`0` or less: never).
+   * @default {3_600_000}
+   */
+  idleTimeoutMs?: number;
+  /**
+   * How many released (user, session) pairs are remembered to answer `SESSION_CLOSED`.
+   * @default {1000}
+   */
+  maxTombstones?: number;
+  /**
+   * The largest single artifact accepted, in bytes.
+   * @default {17_179_869_184} (16 GiB)
+   */
+  maxArtifactBytes?: number;
+  /**
+   * Unpacks `archives/` artifacts into the session's working directory.
+   * @default {undefined} archives are stored but not unpacked
+   */
+  unpack?: ArchiveUnpacker;
+}
+
+/** Called before a session's directory is removed (to stop its workers first). */
+export type ReleaseHook = (session: Session) => Promise<void> | void;
+
+/** How {@linkcode SessionStore.session} finds or creates a session. */
+export interface SessionLookup {
+  /** The client's user id (`""` when unset). */
+  userId: string;
+  /** The client's session id; must parse as a UUID. */
+  sessionId: string;
+  /** `client_observed_server_side_session_id`, when the client sent one. */
+  clientObservedServerSideSessionId?: string | undefined;
+}
+
+/**
+ * All sessions under one data directory: one directory per (user id, session id), created on
+ * first use, restored after a restart from their manifests, removed on release or expiry.
+ */
+export class SessionStore {
+  /** The data directory. */
+  readonly dataDir: string;
+  /** The content-addressed blobs. */
+  readonly blobs: BlobStore;
+  #sessions = new Map<string, Session>();
+  #creating = new Map<string, Promise<Session>>();
+  #tombstones = new Map<string, number>();
+  #ctx: SessionContext;
+  #idleTimeoutMs: number;
+  #maxTombstones: number;
+  #hooks: ReleaseHook[] = [];
+
+  private constructor(dataDir: string, options: SessionStoreOptions) {
+    this.dataDir = dataDir;
+    this.blobs = new BlobStore(join(dataDir, "blobs", "sha256"));
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
+    this.#maxTombstones = options.maxTombstones ?? 1000;
+    this.#ctx = {
+      blobs: this.blobs,
+      stagingRoot: join(dataDir, "staging"),
+      limits: { maxArtifactBytes: options.maxArtifactBytes ?? 16 * 2 ** 30 },
+      unpack: options.unpack,
+    };
+  }
+
+  /**
+   * Opens (or creates) a data directory: removes staging left by a crash and restores every
+   * session that was not released.
+   *
+   * @example
+   * ```ts
+   * import { SessionStore } from "@valise/session-store";
+   * import { equal } from "node:assert/strict";
+   *
+   * const dataDir = await Deno.makeTempDir();
+   * const store = await SessionStore.open({ dataDir });
+   * const s = await store.session({ userId: "ada", sessionId: crypto.randomUUID() });
+   * equal(s.artifacts().length, 0);
+   * await store.close();
+   * await Deno.remove(dataDir, { recursive: true });
+   * ```
+   */
+  static async open(options: SessionStoreOptions): Promise<SessionStore> {
+    const store = new SessionStore(resolve(options.dataDir), options);
+    await store.#init();
+    return store;
+  }
+
+  async #init(): Promise<void> {
+    await Deno.mkdir(join(this.dataDir, "sessions"), { recursive: true });
+    await this.blobs.init();
+    // Nothing in staging was ever visible: a crash mid-upload leaves only this to clean.
+    await removeAll(this.#ctx.stagingRoot);
+    await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true, mode: 0o700 });
+    try {
+      const saved = JSON.parse(await Deno.readTextFile(this.#tombstonePath())) as [
+        string,
+        number,
+      ][];
+      this.#tombstones = new Map(saved);
+    } catch { /* none yet */ }
+    for await (const u of Deno.readDir(join(this.dataDir, "sessions"))) {
+      if (!u.isDirectory) continue;
+      const userDir = join(this.dataDir, "sessions", u.name);
+      for await (const s of Deno.readDir(userDir)) {
+        const dir = join(userDir, s.name);
+        if (s.name.startsWith(".")) {
+          // A release interrupted half-way: finish it.
+          await removeAll(dir);
+          continue;
+        }
+        const manifest = await readManifest(join(dir, "manifest.json")).catch(() => undefined);
+        if (!manifest) {
+          // Created but never recorded: nothing in it was committed.
+          await removeAll(dir);
+          continue;
+        }
+        const session = new Session(dir, manifest, this.#ctx);
+        this.#sessions.set(keyOf(manifest.userId, manifest.sessionId), session);
+      }
+    }
+  }
+
+  /** Registers a hook that runs before any session's directory is removed. */
+  onRelease(hook: ReleaseHook): void {
+    this.#hooks.push(hook);
+  }
+
+  /** The live sessions. */
+  sessions(): Session[] {
+    return [...this.#sessions.values()];
+  }
+
+  /** The directory of a (user, session) pair, whether or not it exists. */
+  sessionDir(userId: string, sessionId: string): string {
+    return join(this.dataDir, "sessions", userDirName(userId), sessionId);
+  }
+
+  /**
+   * Finds or creates the session of (user id, session id), as Spark's session manager does:
+   * the id must be a UUID (`INVALID_HANDLE.FORMAT`), a released pair stays closed
+   * (`INVALID_HANDLE.SESSION_CLOSED`), and a client that saw another server-side id is told
+   * the session changed (`INVALID_HANDLE.SESSION_CHANGED`).
+   */
+  async session(lookup: SessionLookup): Promise<Session> {
+    const { userId, sessionId } = lookup;
+    if (!isSparkSessionId(sessionId)) {
+      throw new SessionError(
+        "INVALID_HANDLE.FORMAT",
+        `The handle ${JSON.stringify(sessionId)} is invalid: the session id must be a UUID.`,
+      );
+    }
+    const key = keyOf(userId, sessionId);
+    if (this.#tombstones.has(key)) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CLOSED",
+        `The handle ${sessionId} is invalid: the session was closed. Please use a new session id.`,
+      );
+    }
+    let session = this.#sessions.get(key);
+    if (!session) {
+      let pending = this.#creating.get(key);
+      if (!pending) {
+        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
+        this.#creating.set(key, pending);
+      }
+      session = await pending;
+    }
+    const observed = lookup.clientObservedServerSideSessionId;
+    if (observed !== undefined && observed !== session.serverSideSessionId) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CHANGED",
+        `The handle ${sessionId} is invalid: the existing session changed (the client saw ` +
+          `server-side session ${observed}, the server has ${session.serverSideSessionId}).`,
+      );
+    }
+    session.lastAccess = Date.now();
+    return session;
+  }
+
+  /** The live session of (user id, session id), without creating one. */
+  find(userId: string, sessionId: string): Session | undefined {
+    return this.#sessions.get(keyOf(userId, sessionId));
+  }
+
+  async #create(userId: string, sessionId: string): Promise<Session> {
+    const dir = this.sessionDir(userId, sessionId);
+    const manifest: SessionManifest = {
+      version: 1,
+      userId,
+      sessionId,
+      serverSideSessionId: crypto.randomUUID(),
+      createdAt: Date.now(),
+      artifacts: {},
+      config: {},
+    };
+    await Deno.mkdir(join(dir, "root"), { recursive: true });
+    await Deno.mkdir(join(dir, "artifacts"), { recursive: true });
+    await writeManifest(join(dir, "manifest.json"), manifest);
+    const session = new Session(dir, manifest, this.#ctx);
+    this.#sessions.set(keyOf(userId, sessionId), session);
+    return session;
+  }
+
+  /**
+   * Releases a session: stops its workers (release hooks), deletes its directory and
+   * everything in it, and unless `allowReconnect` closes the pair for good. Releasing an
+   * unknown session is not an error.
+   *
+   * @returns The server-side id of the session, if it existed.
+   */
+  async release(
+    userId: string,
+    sessionId: string,
+    options: { allowReconnect?: boolean } = {},
+  ): Promise<string | undefined> {
+    const key = keyOf(userId, sessionId);
+    const session = this.#sessions.get(key);
+    if (!session) return undefined;
+    this.#sessions.delete(key);
+    session.markClosed();
+    if (!options.allowReconnect) await this.#tombstone(key);
+    for (const hook of this.#hooks) await hook(session);
+    // Rename first so that a crash half-way through the delete is finished at start-up,
+    // never restored as a session with missing files.
+    const doomed = join(session.dir, "..", `.released-${crypto.randomUUID()}`);
+    await Deno.rename(session.dir, doomed);
+    await removeAll(doomed);
+    return session.serverSideSessionId;
+  }
+
+  /**
+   * Releases every session unused for longer than the idle timeout and not busy.
+   *
+   * @returns The released sessions' ids.
+   */
+  async expireIdle(now: number = Date.now()): Promise<string[]> {
+    if (this.#idleTimeoutMs <= 0) return [];
+    const out: string[] = [];
+    for (const s of this.sessions()) {
+      if (!s.busy && now - s.lastAccess > this.#idleTimeoutMs) {
+        await this.release(s.userId, s.sessionId);
+        out.push(s.sessionId);
+      }
+    }
+    return out;
+  }
+
+  /** Stops using the data directory. Sessions stay on disk and are restored on next open. */
+  close(): Promise<void> {
+    this.#sessions.clear();
+    return Promise.resolve();
+  }
+
+  async #tombstone(key: string): Promise<void> {
+    this.#tombstones.set(key, Date.now());
+    while (this.#tombstones.size > this.#maxTombstones) {
+      this.#tombstones.delete(this.#tombstones.keys().next().value!);
+    }
+    await writeFileAtomic(this.#tombstonePath(), JSON.stringify([...this.#tombstones]));
+  }
+
+  #tombstonePath(): string {
+    return join(this.dataDir, "closed-sessions.json");
+  }
+}
+
+function keyOf(userId: string, sessionId: string): string {
+  return `${userId}\u0000${sessionId}`;
+}
+
+/**
+ * User ids are arbitrary strings; a digest gives a safe, fixed-length directory name that no
+ * user id can steer out of `sessions/`.
+ */
+function userDirName(userId: string): string {
+  return "u-" + createHash("sha256").update(userId).digest("hex").slice(0, 32);
+}
