@@ -28,14 +28,14 @@ async function generate(workDir: string): Promise<void> {
   const shim = join(shimDir, "protoc-gen-es");
   await Deno.writeTextFile(
     shim,
-    `#!/bin/sh\nexec "${Deno.execPath()}" run -A ${PROTOC_GEN_ES} "$@"\n`,
+    `#!/bin/sh\nexec "${Deno.execPath()}" run -A --no-lock ${PROTOC_GEN_ES} "$@"\n`,
   );
   await Deno.chmod(shim, 0o755);
   const env = { PATH: `${shimDir}:${Deno.env.get("PATH") ?? ""}` };
   try {
-    await run([Deno.execPath(), "run", "-A", BUF, "generate"], workDir, env);
+    await run([Deno.execPath(), "run", "-A", "--no-lock", BUF, "generate"], workDir, env);
     await run(
-      [Deno.execPath(), "run", "-A", BUF, "build", "-o", "gen/descriptors.binpb"],
+      [Deno.execPath(), "run", "-A", "--no-lock", BUF, "build", "-o", "gen/descriptors.binpb"],
       workDir,
       env,
     );
