@@ -1,0 +1,425 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * Zip unpacking. `@zip.js/zip.js` parses the end records and central directory (Zip64,
+ * preambles, name encodings); we read each local header ourselves to cross-check it against
+ * the central record, refuse encrypted and overlapping entries, and inflate with `node:zlib`
+ * while counting the bytes produced and checking the CRC-32.
+ */
+import fs from "node:fs";
+import zlib from "node:zlib";
+import { configure, type Entry, Reader, ZipReader } from "@zip.js/zip.js";
+import { UnpackError } from "./error.ts";
+import type { Extractor, Member } from "./_extract.ts";
+import type { ZipEnd } from "./_zipdir.ts";
+
+configure({ useWebWorkers: false });
+
+/** Reads with `pread`, so concurrent reads cannot disturb each other. */
+class FdReader extends Reader<number> {
+  #fd: number;
+  constructor(fd: number, size: number) {
+    super(fd);
+    this.#fd = fd;
+    this.size = size;
+  }
+  override readUint8Array(index: number, length: number): Promise<Uint8Array> {
+    return Promise.resolve(pread(this.#fd, index, length));
+  }
+}
+
+function pread(fd: number, pos: number, len: number): Uint8Array {
+  const buf = new Uint8Array(len);
+  let off = 0;
+  while (off < len) {
+    const n = fs.readSync(fd, buf, off, len - off, pos + off);
+    if (n === 0) break;
+    off += n;
+  }
+  return off === len ? buf : buf.subarray(0, off);
+}
+
+/** Limits the zip reader needs beyond the extractor's. */
+export interface ZipLimits {
+  maxRatio: number;
+  ratioGraceBytes: number;
+  maxEntries: number;
+  maxEntryBytes: number;
+  signal: AbortSignal | undefined;
+}
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+const S_IFLNK = 0o120000;
+const SMALL = 8 << 20;
+
+interface Planned {
+  e: Entry;
+  dataStart: number;
+  dataEnd: number;
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function checkAbort(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) {
+    throw new UnpackError("ABORTED", "Cannot unpack archive: aborted", { cause: signal.reason });
+  }
+}
+
+/** Unpacks every entry of the zip at `path` through `x`. Returns compressed bytes read. */
+export async function unpackZip(
+  path: string,
+  end: ZipEnd,
+  x: Extractor,
+  lim: ZipLimits,
+): Promise<{ compressed: number; produced: number }> {
+  const fd = fs.openSync(path, "r");
+  try {
+    const size = fs.fstatSync(fd).size;
+    let entries: Entry[];
+    const reader = new ZipReader(new FdReader(fd, size), {
+      filenameValidation: "tolerant", // names are checked by our own policy, with our codes
+      strictness: "balanced",
+    });
+    try {
+      if (end.entries > lim.maxEntries) {
+        throw new UnpackError(
+          "QUOTA_ENTRIES",
+          `Cannot unpack archive: ${end.entries} entries, limit is ${lim.maxEntries}`,
+        );
+      }
+      entries = await reader.getEntries();
+    } catch (e) {
+      if (e instanceof UnpackError) throw e;
+      const msg = (e as Error).message ?? String(e);
+      if (/encrypt/i.test(msg)) {
+        throw new UnpackError("ENCRYPTED", `Cannot unpack zip: ${msg}`, { cause: e });
+      }
+      throw new UnpackError("CORRUPT", `Cannot read zip central directory: ${msg}`, { cause: e });
+    } finally {
+      await reader.close().catch(() => {});
+    }
+    checkAbort(lim.signal);
+    const plan: Planned[] = [];
+    for (const e of entries) {
+      const entry = e.filename;
+      if (e.encrypted || ((e.rawBitFlag ?? 0) & 1)) {
+        throw new UnpackError(
+          "ENCRYPTED",
+          `Cannot unpack zip entry ${JSON.stringify(entry)}: it is encrypted`,
+          {
+            entry,
+          },
+        );
+      }
+      const lh = pread(fd, e.offset, 30);
+      const dv = new DataView(lh.buffer, lh.byteOffset, lh.byteLength);
+      if (lh.length < 30 || dv.getUint32(0, true) !== 0x04034b50) {
+        throw new UnpackError(
+          "CORRUPT",
+          `Cannot unpack zip entry ${JSON.stringify(entry)}: no local header at ${e.offset}`,
+          {
+            entry,
+          },
+        );
+      }
+      const flags = dv.getUint16(6, true);
+      const method = dv.getUint16(8, true);
+      const n = dv.getUint16(26, true);
+      const m = dv.getUint16(28, true);
+      if (flags & 1) {
+        throw new UnpackError(
+          "ENCRYPTED",
+          `Cannot unpack zip entry ${JSON.stringify(entry)}: it is encrypted`,
+          {
+            entry,
+          },
+        );
+      }
+      if (method !== e.compressionMethod) {
+        throw new UnpackError(
+          "CORRUPT",
+          `Cannot unpack zip entry ${
+            JSON.stringify(entry)
+          }: local header says method ${method}, central directory ${e.compressionMethod}`,
+          { entry },
+        );
+      }
+      const localName = pread(fd, e.offset + 30, n);
+      if (!bytesEqual(localName, e.rawFilename)) {
+        throw new UnpackError(
+          "CORRUPT",
+          `Cannot unpack zip entry ${JSON.stringify(entry)}: local header names it differently`,
+          { entry },
+        );
+      }
+      const dataStart = e.offset + 30 + n + m;
+      const dataEnd = dataStart + e.compressedSize;
+      if (dataEnd > end.cdStart) {
+        throw new UnpackError(
+          "OVERLAP",
+          `Cannot unpack zip entry ${
+            JSON.stringify(entry)
+          }: its data overlaps the central directory`,
+          { entry },
+        );
+      }
+      plan.push({ e, dataStart, dataEnd });
+    }
+    const sorted = [...plan].sort((a, b) => a.e.offset - b.e.offset);
+    for (let i = 1; i < sorted.length; i++) {
+      if (sorted[i]!.e.offset < sorted[i - 1]!.dataEnd) {
+        const entry = sorted[i]!.e.filename;
+        throw new UnpackError(
+          "OVERLAP",
+          `Cannot unpack zip entry ${JSON.stringify(entry)}: it shares bytes with ${
+            JSON.stringify(sorted[i - 1]!.e.filename)
+          } (a zip bomb?)`,
+          { entry },
+        );
+      }
+    }
+    let compressed = 0;
+    let produced = 0;
+    for (const p of plan) {
+      checkAbort(lim.signal);
+      const out = await entryOut(fd, p, x, lim, compressed, produced);
+      compressed += p.dataEnd - p.dataStart;
+      produced += out;
+    }
+    return { compressed, produced };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function checkRatio(lim: ZipLimits, produced: number, compressed: number, entry: string): void {
+  if (produced > lim.ratioGraceBytes && produced > lim.maxRatio * Math.max(compressed, 1)) {
+    throw new UnpackError(
+      "QUOTA_RATIO",
+      `Cannot unpack archive: ${produced} bytes from ${compressed} compressed bytes exceeds ratio ${lim.maxRatio}`,
+      { entry },
+    );
+  }
+}
+
+async function entryOut(
+  fd: number,
+  p: Planned,
+  x: Extractor,
+  lim: ZipLimits,
+  compressedBefore: number,
+  producedBefore: number,
+): Promise<number> {
+  const e = p.e;
+  const entry = e.filename;
+  const unix = (e.versionMadeBy >> 8) === 3 ? (e.externalFileAttributes >>> 16) : 0;
+  const type = unix & S_IFMT;
+  let kind: Member["kind"];
+  if (e.directory || type === S_IFDIR) kind = "dir";
+  else if (type === S_IFLNK) kind = "symlink";
+  else if (type === 0 || type === S_IFREG) kind = "file";
+  else kind = "special";
+  const mode = unix & 0o7777
+    ? unix & 0o7777
+    : kind === "dir"
+    ? 0o755
+    : e.executable
+    ? 0o755
+    : 0o644;
+  const mtime = Math.floor(e.lastModDate.getTime() / 1000);
+  const base: Member = {
+    name: entry,
+    linkname: "",
+    kind,
+    typeflag: type.toString(8),
+    size: 0,
+    mode,
+    mtime,
+  };
+  if (kind === "dir" || kind === "special") {
+    x.entry(base, new Uint8Array(0));
+    return 0;
+  }
+  const declared = e.uncompressedSize;
+  if (declared > lim.maxEntryBytes && kind === "file") {
+    // Let the extractor raise its QUOTA_BYTES with the usual message.
+    x.entry({ ...base, size: declared }, undefined);
+  }
+  const clen = p.dataEnd - p.dataStart;
+  if (e.compressionMethod !== 0 && e.compressionMethod !== 8 && e.compressionMethod !== 93) {
+    throw new UnpackError(
+      "UNSUPPORTED",
+      `Cannot unpack zip entry ${JSON.stringify(entry)}: compression method ${e.compressionMethod}`,
+      { entry },
+    );
+  }
+  if (e.compressionMethod === 0 && clen !== declared) {
+    throw new UnpackError(
+      "CORRUPT",
+      `Cannot unpack zip entry ${JSON.stringify(entry)}: stored size mismatch`,
+      {
+        entry,
+      },
+    );
+  }
+  if (clen <= SMALL && declared <= SMALL * 8) {
+    const raw = pread(fd, p.dataStart, clen);
+    if (raw.length !== clen) {
+      throw new UnpackError(
+        "CORRUPT",
+        `Cannot unpack zip entry ${JSON.stringify(entry)}: truncated`,
+        { entry },
+      );
+    }
+    let data: Uint8Array;
+    try {
+      data = e.compressionMethod === 0
+        ? raw
+        : e.compressionMethod === 8
+        ? zlib.inflateRawSync(raw, { maxOutputLength: Math.max(declared, 1) })
+        : zlib.zstdDecompressSync(
+          raw,
+          { maxOutputLength: Math.max(declared, 1) } as zlib.ZlibOptions,
+        );
+    } catch (cause) {
+      throw new UnpackError(
+        "CORRUPT",
+        `Cannot unpack zip entry ${
+          JSON.stringify(entry)
+        }: bad compressed data or larger than the declared ${declared} bytes`,
+        { entry, cause },
+      );
+    }
+    verify(data.length, declared, e.crc32, zlib.crc32(data), entry);
+    checkRatio(lim, producedBefore + data.length, compressedBefore + clen, entry);
+    if (kind === "symlink") {
+      let target: string;
+      try {
+        target = new TextDecoder("utf-8", { fatal: true }).decode(data);
+      } catch (cause) {
+        throw new UnpackError(
+          "BAD_NAME",
+          `Cannot unpack symlink ${JSON.stringify(entry)}: target is not UTF-8`,
+          {
+            entry,
+            cause,
+          },
+        );
+      }
+      x.entry({ ...base, linkname: target }, undefined);
+      return 0;
+    }
+    x.entry({ ...base, size: data.length }, data);
+    return data.length;
+  }
+  if (kind === "symlink") {
+    throw new UnpackError(
+      "BAD_NAME",
+      `Cannot unpack symlink ${JSON.stringify(entry)}: target is too long`,
+      {
+        entry,
+      },
+    );
+  }
+  // Large entry: stream it.
+  x.entry({ ...base, size: declared }, undefined);
+  let crc = 0;
+  let out = 0;
+  let read = 0;
+  const dec = e.compressionMethod === 8
+    ? zlib.createInflateRaw({ chunkSize: 1 << 18 })
+    : e.compressionMethod === 93
+    ? zlib.createZstdDecompress({ chunkSize: 1 << 18 })
+    : undefined;
+  const feed = async function* (): AsyncGenerator<Uint8Array> {
+    for (let pos = p.dataStart; pos < p.dataEnd; pos += 1 << 20) {
+      const chunk = pread(fd, pos, Math.min(1 << 20, p.dataEnd - pos));
+      if (chunk.length === 0) break;
+      read += chunk.length;
+      yield chunk;
+    }
+  };
+  const consume = (c: Uint8Array): void => {
+    out += c.length;
+    if (out > declared) {
+      throw new UnpackError(
+        "CORRUPT",
+        `Cannot unpack zip entry ${
+          JSON.stringify(entry)
+        }: more than the declared ${declared} bytes`,
+        { entry },
+      );
+    }
+    checkRatio(lim, producedBefore + out, compressedBefore + read, entry);
+    crc = zlib.crc32(c, crc);
+    x.data(c);
+  };
+  try {
+    if (dec === undefined) {
+      for await (const c of feed()) consume(c);
+    } else {
+      const src = (async () => {
+        try {
+          for await (const c of feed()) {
+            if (!dec.write(c)) await new Promise((r) => dec.once("drain", r));
+          }
+          dec.end();
+        } catch (err) {
+          dec.destroy(err as Error);
+        }
+      })();
+      for await (const c of dec as AsyncIterable<Uint8Array>) {
+        checkAbort(lim.signal);
+        consume(c);
+      }
+      await src;
+    }
+  } catch (cause) {
+    dec?.destroy();
+    if (cause instanceof UnpackError) throw cause;
+    throw new UnpackError(
+      "CORRUPT",
+      `Cannot unpack zip entry ${JSON.stringify(entry)}: bad compressed data`,
+      {
+        entry,
+        cause,
+      },
+    );
+  }
+  x.end();
+  verify(out, declared, e.crc32, crc, entry);
+  return out;
+}
+
+function verify(
+  got: number,
+  declared: number,
+  want: number | undefined,
+  crc: number,
+  entry: string,
+): void {
+  if (got !== declared) {
+    throw new UnpackError(
+      "CORRUPT",
+      `Cannot unpack zip entry ${
+        JSON.stringify(entry)
+      }: ${got} bytes, central directory says ${declared}`,
+      { entry },
+    );
+  }
+  if (want !== undefined && (want >>> 0) !== (crc >>> 0)) {
+    throw new UnpackError(
+      "CORRUPT",
+      `Cannot unpack zip entry ${JSON.stringify(entry)}: CRC-32 mismatch`,
+      {
+        entry,
+      },
+    );
+  }
+}
