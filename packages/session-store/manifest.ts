@@ -16,6 +16,8 @@ export interface ArtifactRecord {
   readonly alias?: string;
   /** The single path segment under which workers see it, if they do. */
   readonly view?: string;
+  /** For an unpacked archive: the key of the shared tree its view links to. */
+  readonly tree?: string;
   /** sha256 of the bytes, lowercase hex. */
   readonly sha256: string;
   /** Size in bytes. */

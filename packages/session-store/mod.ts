@@ -34,4 +34,5 @@ export * from "./errors.ts";
 export * from "./manifest.ts";
 export * from "./session.ts";
 export * from "./store.ts";
+export * from "./tree_store.ts";
 export * from "./upload.ts";

@@ -3,18 +3,35 @@ import { dirname, join } from "node:path";
 import { type ArtifactName, executorViewName, parseArtifactName } from "@valise/protocol";
 import { exists, Mutex, removeAll } from "./_fs.ts";
 import type { BlobStore } from "./blob_store.ts";
+import type { TreeInfo, TreeStore } from "./tree_store.ts";
 import { PYTHON_EXEC_KEY, SessionConfig } from "./config.ts";
 import { SessionError } from "./errors.ts";
 import { type ArtifactRecord, type SessionManifest, writeManifest } from "./manifest.ts";
 import type { StagedArtifact, UploadLimits } from "./upload.ts";
 import { Upload } from "./upload.ts";
 
-/** Unpacks an archive blob into a directory that does not exist yet. */
-export type ArchiveUnpacker = (
-  archive: string,
-  dest: string,
-  options: { signal?: AbortSignal },
-) => Promise<void>;
+/** Unpacks archive blobs into shared trees. */
+export interface ArchiveUnpacker {
+  /**
+   * Identifies the unpack options (lowercase letters and digits, at most 32): a tree is shared
+   * only between adds unpacked with the same options.
+   */
+  readonly fingerprint: string;
+  /** Unpacks `archive` into `dest`, which does not exist yet, atomically. */
+  unpack(archive: string, dest: string, options: { signal?: AbortSignal }): Promise<TreeInfo>;
+}
+
+/** Limits on what sessions and users may store. */
+export interface Quotas {
+  /** Most bytes of artifacts one session may hold. */
+  readonly maxSessionBytes: number;
+  /** Most artifacts one session may hold. */
+  readonly maxSessionArtifacts: number;
+  /** Most bytes of artifacts all sessions of one user may hold. */
+  readonly maxUserBytes: number;
+  /** Uploads are refused, and stopped, when the data directory's free space falls below this. */
+  readonly minFreeBytes: number;
+}
 
 /** What a session needs from its store. */
 export interface SessionContext {
@@ -26,6 +43,21 @@ export interface SessionContext {
   readonly limits: UploadLimits;
   /** Unpacks `archives/` artifacts; without it archives are stored but not unpacked. */
   readonly unpack: ArchiveUnpacker | undefined;
+  /** Shared unpacked archives. */
+  readonly trees: TreeStore;
+  /** Storage limits. */
+  readonly quotas: Quotas;
+  /** Bytes held by all sessions of a user. */
+  userBytes(userId: string): number;
+  /** Free bytes on the data directory's file system. */
+  freeBytes(): number;
+  /**
+   * Keeps a blob (`b:<sha256>`) or tree (`t:<key>`) from eviction until the returned
+   * function is called; waits for an eviction of it that is already under way.
+   */
+  pin(id: string): Promise<() => void>;
+  /** Records that a blob or tree was just used (for least-recently-used eviction). */
+  touch(id: string): void;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -144,8 +176,12 @@ export class Session {
 
   /** Opens a staging area for one AddArtifacts stream. */
   beginUpload(): Promise<Upload> {
-    this.#checkOpen();
-    return Upload.create(this.#ctx.stagingRoot, this.#ctx.limits);
+    try {
+      this.#checkOpen();
+      return Upload.create(this.#ctx.stagingRoot, this.#uploadLimits());
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /**
@@ -189,14 +225,11 @@ export class Session {
     return this.#lock.run(async () => {
       this.#checkOpen();
       const name = parseArtifactName(rawName);
-      if (!(await this.#ctx.blobs.has(sha256))) {
-        throw new SessionError(
-          "BLOB_NOT_FOUND",
-          `Cannot attach ${rawName}: the server holds no blob with sha256 ${sha256}; upload it instead.`,
-        );
-      }
-      const st = await Deno.stat(this.#ctx.blobs.path(sha256));
-      if (await this.#place(name, sha256, st.size, undefined, options.signal)) {
+      let size = 0;
+      try {
+        size = (await Deno.stat(this.#ctx.blobs.path(sha256))).size;
+      } catch { /* #place reports the missing blob once it holds the pin */ }
+      if (await this.#place(name, sha256, size, undefined, options.signal)) {
         await this.#writeManifest();
       }
     });
@@ -204,6 +237,11 @@ export class Session {
 
   async #commitOne(staged: StagedArtifact, signal: AbortSignal | undefined): Promise<boolean> {
     return await this.#place(staged.name, staged.sha256, staged.size, staged.file, signal);
+  }
+
+  /** Bytes of all committed artifacts. */
+  bytes(): number {
+    return this.artifacts().reduce((n, a) => n + a.size, 0);
   }
 
   /** Puts one artifact in place; returns whether the manifest changed. */
@@ -244,44 +282,164 @@ export class Session {
         `The artifact ${name.raw} is named by sha256 ${name.rest} but its bytes hash to ${sha256}.`,
       );
     }
-    const blob = stagedFile
-      ? (await this.#ctx.blobs.adopt(stagedFile, sha256)).path
-      : this.#ctx.blobs.path(sha256);
-    const byName = join(this.artifactsDir, key);
-    await linkFresh(blob, byName);
-    if (view !== undefined) {
-      const target = join(this.root, view);
-      try {
-        if (name.kind === "archives" && this.#ctx.unpack) {
-          if (await exists(target)) await removeAll(target);
-          await this.#ctx.unpack(blob, target, signal ? { signal } : {});
-        } else {
-          await linkFresh(blob, target);
-        }
-      } catch (e) {
-        await Deno.remove(byName).catch(() => {});
-        if (e instanceof SessionError) throw e;
-        const code = (e as { code?: unknown }).code;
+    const q = this.#ctx.quotas;
+    const count = this.artifacts().length;
+    if (count + 1 > q.maxSessionArtifacts) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot add ${name.raw}: the session holds ${count} artifacts, the most a session may ` +
+          `hold is ${q.maxSessionArtifacts}.`,
+        { reason: "SESSION_ARTIFACTS" },
+      );
+    }
+    const unpacker = name.kind === "archives" && view !== undefined ? this.#ctx.unpack : undefined;
+    const treeKey = unpacker ? `${sha256}-${unpacker.fingerprint}` : undefined;
+    // Pinned from before the existence check to after the links are made: eviction cannot
+    // slip in between (the race behind Ray's most common runtime_env failure).
+    const unpinBlob = await this.#ctx.pin(`b:${sha256}`);
+    const unpinTree = treeKey ? await this.#ctx.pin(`t:${treeKey}`) : () => {};
+    try {
+      if (!stagedFile && !(await this.#ctx.blobs.has(sha256))) {
         throw new SessionError(
-          "ARTIFACT_UNPACK_FAILED",
-          `Cannot add ${name.raw}: ${e instanceof Error ? e.message : String(e)}`,
-          { cause: e, ...(typeof code === "string" ? { reason: code } : {}) },
+          "BLOB_NOT_FOUND",
+          `Cannot attach ${name.raw}: the server holds no blob with sha256 ${sha256}; upload it instead.`,
         );
       }
+      const blob = stagedFile
+        ? (await this.#ctx.blobs.adopt(stagedFile, sha256)).path
+        : this.#ctx.blobs.path(sha256);
+      const byName = join(this.artifactsDir, key);
+      await linkFresh(blob, byName);
+      if (view !== undefined) {
+        const target = join(this.root, view);
+        try {
+          if (treeKey && unpacker) {
+            const tree = await this.#ctx.trees.ensure(
+              treeKey,
+              (dest) => unpacker.unpack(blob, dest, signal ? { signal } : {}),
+            );
+            await symlinkFresh(tree.path, target);
+          } else {
+            await linkFresh(blob, target);
+          }
+        } catch (e) {
+          await Deno.remove(byName).catch(() => {});
+          if (e instanceof SessionError) throw e;
+          const code = (e as { code?: unknown }).code;
+          throw new SessionError(
+            "ARTIFACT_UNPACK_FAILED",
+            `Cannot add ${name.raw}: ${e instanceof Error ? e.message : String(e)}`,
+            { cause: e, ...(typeof code === "string" ? { reason: code } : {}) },
+          );
+        }
+      }
+      this.#ctx.touch(`b:${sha256}`);
+      if (treeKey) this.#ctx.touch(`t:${treeKey}`);
+      const record: ArtifactRecord = {
+        key,
+        name: name.raw,
+        path: name.path,
+        kind: name.kind,
+        ...(name.alias !== undefined ? { alias: name.alias } : {}),
+        ...(view !== undefined ? { view } : {}),
+        ...(treeKey !== undefined ? { tree: treeKey } : {}),
+        sha256,
+        size,
+        addedAt: Date.now(),
+      };
+      this.#manifest.artifacts[key] = record;
+      return true;
+    } finally {
+      unpinTree();
+      unpinBlob();
     }
-    const record: ArtifactRecord = {
-      key,
-      name: name.raw,
-      path: name.path,
-      kind: name.kind,
-      ...(name.alias !== undefined ? { alias: name.alias } : {}),
-      ...(view !== undefined ? { view } : {}),
-      sha256,
-      size,
-      addedAt: Date.now(),
+  }
+
+  /**
+   * Brings the directories back in line with the manifest after a restart: links an
+   * interrupted commit made but never recorded are removed, recorded ones that are missing
+   * are made again. Files the session's workers wrote are left alone.
+   */
+  async reconcile(): Promise<void> {
+    const records = this.artifacts();
+    const keys = new Set(records.map((r) => r.key));
+    const views = new Set(records.flatMap((r) => (r.view ? [r.view] : [])));
+    await Deno.mkdir(this.root, { recursive: true });
+    await Deno.mkdir(this.artifactsDir, { recursive: true });
+    for (const rel of await listFiles(this.artifactsDir)) {
+      if (!keys.has(rel)) await Deno.remove(join(this.artifactsDir, rel));
+    }
+    for await (const e of Deno.readDir(this.root)) {
+      if (views.has(e.name)) continue;
+      const path = join(this.root, e.name);
+      const st = await Deno.lstat(path);
+      const intoTrees = st.isSymlink &&
+        (await Deno.readLink(path)).startsWith(this.#ctx.trees.root + "/");
+      // A hard link to a blob that no record names is the leftover of an interrupted commit.
+      if (intoTrees || (st.isFile && (st.nlink ?? 1) > 1 && (st.mode! & 0o222) === 0)) {
+        await Deno.remove(path);
+      }
+    }
+    for (const r of records) {
+      const blob = this.#ctx.blobs.path(r.sha256);
+      await linkFresh(blob, join(this.artifactsDir, r.key)).catch(() => {});
+      if (r.view === undefined) continue;
+      const target = join(this.root, r.view);
+      if (r.tree) await symlinkFresh(this.#ctx.trees.path(r.tree), target).catch(() => {});
+      else await linkFresh(blob, target).catch(() => {});
+    }
+  }
+
+  /** Upload limits for one stream of this session: quotas and the free-disk floor. */
+  #uploadLimits(): UploadLimits {
+    const q = this.#ctx.quotas;
+    const sessionBytes = this.bytes();
+    const userBytes = this.#ctx.userBytes(this.userId);
+    let incoming = 0;
+    let sinceDiskCheck = 0;
+    const checkDisk = (more: number) => {
+      const free = this.#ctx.freeBytes();
+      if (free - more < q.minFreeBytes) {
+        throw new SessionError(
+          "QUOTA_EXCEEDED",
+          `Cannot store more artifacts: the server's disk has ${free} bytes free and keeps at ` +
+            `least ${q.minFreeBytes} free.`,
+          { reason: "DISK_FLOOR" },
+        );
+      }
     };
-    this.#manifest.artifacts[key] = record;
-    return true;
+    checkDisk(0);
+    return {
+      maxArtifactBytes: this.#ctx.limits.maxArtifactBytes,
+      admit: (n) => {
+        incoming += n;
+        if (sessionBytes + incoming > q.maxSessionBytes) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot store more artifacts in session ${this.sessionId}: it would hold ` +
+              `${
+                sessionBytes + incoming
+              } bytes, the limit per session is ${q.maxSessionBytes} bytes.`,
+            { reason: "SESSION_BYTES" },
+          );
+        }
+        if (userBytes + incoming > q.maxUserBytes) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot store more artifacts for user ${JSON.stringify(this.userId)}: their sessions ` +
+              `would hold ${
+                userBytes + incoming
+              } bytes, the limit per user is ${q.maxUserBytes} bytes.`,
+            { reason: "USER_BYTES" },
+          );
+        }
+        sinceDiskCheck += n;
+        if (sinceDiskCheck >= 8 * 2 ** 20) {
+          sinceDiskCheck = 0;
+          checkDisk(0);
+        }
+      },
+    };
   }
 
   /** Marks the session closed; the store removes its directory. */
@@ -306,6 +464,31 @@ export class Session {
     this.#manifest.config = this.config.toJSON();
     return writeManifest(join(this.dir, "manifest.json"), this.#manifest);
   }
+}
+
+/** Points a symlink at `path` to `target`, replacing only a link to that same target. */
+async function symlinkFresh(target: string, path: string): Promise<void> {
+  try {
+    await Deno.symlink(target, path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    const st = await Deno.lstat(path);
+    if (st.isSymlink && (await Deno.readLink(path)) === target) return;
+    throw new SessionError(
+      "ARTIFACT_ALREADY_EXISTS",
+      `Cannot place the archive at ${path}: something else is already there.`,
+    );
+  }
+}
+
+async function listFiles(dir: string, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(prefix ? join(dir, prefix) : dir)) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    if (e.isDirectory) out.push(...await listFiles(dir, rel));
+    else out.push(rel);
+  }
+  return out;
 }
 
 /**

@@ -6,7 +6,9 @@ import { removeAll, writeFileAtomic } from "./_fs.ts";
 import { BlobStore } from "./blob_store.ts";
 import { SessionError } from "./errors.ts";
 import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts";
-import { type ArchiveUnpacker, Session, type SessionContext } from "./session.ts";
+import { statfsSync } from "node:fs";
+import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
+import { TreeStore } from "./tree_store.ts";
 
 /** Options of {@linkcode SessionStore.open}. */
 export interface SessionStoreOptions {
@@ -28,10 +30,32 @@ export interface SessionStoreOptions {
    */
   maxArtifactBytes?: number;
   /**
-   * Unpacks `archives/` artifacts into the session's working directory.
+   * Unpacks `archives/` artifacts into shared trees that sessions see in their working
+   * directory.
    * @default {undefined} archives are stored but not unpacked
    */
-  unpack?: ArchiveUnpacker;
+  unpack?: ArchiveUnpacker | undefined;
+  /**
+   * Bytes of blobs and trees no session refers to that are kept as a cache; beyond it the
+   * least recently used are evicted.
+   * @default {10_737_418_240} (10 GiB)
+   */
+  cacheBytes?: number;
+  /**
+   * Storage limits per session and per user, and the free-disk floor.
+   * @default {{ maxSessionBytes: 64 GiB, maxSessionArtifacts: 10000, maxUserBytes: 256 GiB, minFreeBytes: 1 GiB }}
+   */
+  quotas?: Partial<Quotas>;
+}
+
+/** What a garbage collection removed. */
+export interface CollectResult {
+  /** Digests of the blobs removed. */
+  readonly blobs: string[];
+  /** Keys of the trees removed. */
+  readonly trees: string[];
+  /** Bytes freed. */
+  readonly bytes: number;
 }
 
 /** Called before a session's directory is removed (to stop its workers first). */
@@ -56,6 +80,12 @@ export class SessionStore {
   readonly dataDir: string;
   /** The content-addressed blobs. */
   readonly blobs: BlobStore;
+  /** The shared unpacked archives. */
+  readonly trees: TreeStore;
+  #pins = new Map<string, number>();
+  #evicting = new Map<string, Promise<void>>();
+  #lastUsed = new Map<string, number>();
+  #cacheBytes: number;
   #sessions = new Map<string, Session>();
   #creating = new Map<string, Promise<Session>>();
   #tombstones = new Map<string, number>();
@@ -67,6 +97,15 @@ export class SessionStore {
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
     this.blobs = new BlobStore(join(dataDir, "blobs", "sha256"));
+    this.trees = new TreeStore(join(dataDir, "trees"));
+    this.#cacheBytes = options.cacheBytes ?? 10 * 2 ** 30;
+    const quotas: Quotas = {
+      maxSessionBytes: 64 * 2 ** 30,
+      maxSessionArtifacts: 10_000,
+      maxUserBytes: 256 * 2 ** 30,
+      minFreeBytes: 2 ** 30,
+      ...options.quotas,
+    };
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
     this.#maxTombstones = options.maxTombstones ?? 1000;
     this.#ctx = {
@@ -74,6 +113,16 @@ export class SessionStore {
       stagingRoot: join(dataDir, "staging"),
       limits: { maxArtifactBytes: options.maxArtifactBytes ?? 16 * 2 ** 30 },
       unpack: options.unpack,
+      trees: this.trees,
+      quotas,
+      userBytes: (userId) =>
+        this.sessions().filter((s) => s.userId === userId).reduce((n, s) => n + s.bytes(), 0),
+      freeBytes: () => {
+        const st = statfsSync(dataDir);
+        return Number(st.bavail) * Number(st.bsize);
+      },
+      pin: (id) => this.#pin(id),
+      touch: (id) => void this.#lastUsed.set(id, Date.now()),
     };
   }
 
@@ -103,6 +152,8 @@ export class SessionStore {
   async #init(): Promise<void> {
     await Deno.mkdir(join(this.dataDir, "sessions"), { recursive: true });
     await this.blobs.init();
+    // Half-unpacked trees of a crash are removed here; complete ones are kept.
+    await this.trees.init();
     // Nothing in staging was ever visible: a crash mid-upload leaves only this to clean.
     await removeAll(this.#ctx.stagingRoot);
     await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true, mode: 0o700 });
@@ -130,9 +181,90 @@ export class SessionStore {
           continue;
         }
         const session = new Session(dir, manifest, this.#ctx);
+        await session.reconcile();
         this.#sessions.set(keyOf(manifest.userId, manifest.sessionId), session);
       }
     }
+  }
+
+  async #pin(id: string): Promise<() => void> {
+    // Pin first, synchronously, then wait out an eviction already under way: after this, the
+    // collector skips the item until it is unpinned.
+    this.#pins.set(id, (this.#pins.get(id) ?? 0) + 1);
+    await this.#evicting.get(id);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.#pins.get(id) ?? 1) - 1;
+      if (n <= 0) this.#pins.delete(id);
+      else this.#pins.set(id, n);
+    };
+  }
+
+  /**
+   * Removes blobs and trees that no live session refers to, least recently used first, until
+   * what is left unreferenced fits in the cache (`cacheBytes`). References are derived from
+   * the sessions' manifests each time, never from a counter a crash could leave wrong; pinned
+   * items (being uploaded or attached) are never removed.
+   */
+  async collect(options: { cacheBytes?: number } = {}): Promise<CollectResult> {
+    const budget = options.cacheBytes ?? this.#cacheBytes;
+    const referenced = new Set<string>();
+    for (const s of this.#sessions.values()) {
+      for (const a of s.artifacts()) {
+        referenced.add(`b:${a.sha256}`);
+        if (a.tree) referenced.add(`t:${a.tree}`);
+      }
+    }
+    const candidates: { id: string; bytes: number; used: number }[] = [];
+    for (const d of await this.blobs.list()) {
+      const id = `b:${d}`;
+      if (referenced.has(id)) continue;
+      const st = await Deno.stat(this.blobs.path(d)).catch(() => undefined);
+      if (!st) continue;
+      candidates.push({
+        id,
+        bytes: st.size,
+        used: this.#lastUsed.get(id) ?? st.mtime?.getTime() ?? 0,
+      });
+    }
+    for (const k of await this.trees.list()) {
+      const id = `t:${k}`;
+      if (referenced.has(id)) continue;
+      const info = await this.trees.info(k).catch(() => ({ bytes: 0, entries: 0 }));
+      const st = await Deno.stat(`${this.trees.path(k)}.json`).catch(() => undefined);
+      candidates.push({
+        id,
+        bytes: info.bytes,
+        used: this.#lastUsed.get(id) ?? st?.mtime?.getTime() ?? 0,
+      });
+    }
+    candidates.sort((a, b) => a.used - b.used);
+    let total = candidates.reduce((n, c) => n + c.bytes, 0);
+    const removed = { blobs: [] as string[], trees: [] as string[], bytes: 0 };
+    for (const c of candidates) {
+      if (total <= budget) break;
+      if (this.#pins.has(c.id)) continue;
+      let finish!: () => void;
+      this.#evicting.set(c.id, new Promise<void>((r) => (finish = r)));
+      try {
+        if (c.id.startsWith("b:")) {
+          await Deno.remove(this.blobs.path(c.id.slice(2))).catch(() => {});
+          removed.blobs.push(c.id.slice(2));
+        } else {
+          await this.trees.remove(c.id.slice(2));
+          removed.trees.push(c.id.slice(2));
+        }
+      } finally {
+        this.#evicting.delete(c.id);
+        this.#lastUsed.delete(c.id);
+        finish();
+      }
+      total -= c.bytes;
+      removed.bytes += c.bytes;
+    }
+    return removed;
   }
 
   /** Registers a hook that runs before any session's directory is removed. */
@@ -240,6 +372,12 @@ export class SessionStore {
     const doomed = join(session.dir, "..", `.released-${crypto.randomUUID()}`);
     await Deno.rename(session.dir, doomed);
     await removeAll(doomed);
+    const now = Date.now();
+    for (const a of session.artifacts()) {
+      this.#lastUsed.set(`b:${a.sha256}`, now);
+      if (a.tree) this.#lastUsed.set(`t:${a.tree}`, now);
+    }
+    await this.collect();
     return session.serverSideSessionId;
   }
 
