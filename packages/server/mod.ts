@@ -34,4 +34,5 @@ export * from "./health_service.ts";
 export * from "./serve.ts";
 export * from "./spark_service.ts";
 export * from "./store_service.ts";
+export * from "./unpacker.ts";
 export * from "./valise.ts";

@@ -42,7 +42,7 @@ export function createSparkConnectService(
 ): Partial<ServiceImpl<typeof SparkConnectService>> {
   const { store } = ctx;
   return {
-    async addArtifacts(requests, call) {
+    async addArtifacts(requests) {
       let session: Session | undefined;
       let upload: Upload | undefined;
       let done: (() => void) | undefined;
@@ -89,7 +89,7 @@ export function createSparkConnectService(
           return create(AddArtifactsResponseSchema, {});
         }
         await upload.finish();
-        const result = await session.commit(upload, { signal: call.signal });
+        const result = await session.commit(upload);
         if (result.errors.length) throw combine(result.errors);
         return create(AddArtifactsResponseSchema, {
           sessionId: first!.sessionId,

@@ -43,7 +43,7 @@ export function createStoreService(
         throw toConnectError(e);
       }
     },
-    async attachArtifacts(req, call) {
+    async attachArtifacts(req) {
       try {
         const session = await store.session({
           userId: userIdOf(req.userContext),
@@ -60,7 +60,7 @@ export function createStoreService(
                 `Cannot attach ${a.name}: "${a.sha256}" is not a lowercase sha256 hex digest.`,
               );
             }
-            await session.attach(a.name, a.sha256, { signal: call.signal });
+            await session.attach(a.name, a.sha256);
             attached.push(a.name);
           }
           return create(AttachArtifactsResponseSchema, {

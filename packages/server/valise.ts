@@ -11,7 +11,8 @@ import {
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createFetchHandler, type UniversalHandler } from "@connectrpc/connect/protocol";
 import { assertCrc32Works, Health, SparkConnectService, StoreService } from "@valise/protocol";
-import { type ArchiveUnpacker, SessionStore } from "@valise/session-store";
+import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
+import { archiveUnpacker } from "./unpacker.ts";
 import { createHealthService } from "./health_service.ts";
 import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
@@ -41,10 +42,21 @@ export interface ValiseOptions {
    */
   log?: ((line: string) => void) | undefined;
   /**
-   * Unpacks `archives/` artifacts.
-   * @default {undefined} archives are stored, not unpacked
+   * Unpacks `archives/` artifacts into shared trees; `false` stores archives without
+   * unpacking them.
+   * @default {archiveUnpacker()} `@valise/archive` with its safe defaults, in a worker
    */
-  unpack?: ArchiveUnpacker | undefined;
+  unpack?: ArchiveUnpacker | false | undefined;
+  /**
+   * Bytes of unreferenced blobs and trees kept as a cache.
+   * @default {10_737_418_240}
+   */
+  cacheBytes?: number | undefined;
+  /**
+   * Storage limits per session and user, and the free-disk floor.
+   * @default {{}} the store's defaults
+   */
+  quotas?: Partial<Quotas> | undefined;
   /**
    * The largest message accepted, in bytes.
    * @default {67_108_864}
@@ -100,7 +112,9 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const store = await SessionStore.open({
     dataDir: options.dataDir,
     ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
-    ...(options.unpack ? { unpack: options.unpack } : {}),
+    unpack: options.unpack === false ? undefined : (options.unpack ?? archiveUnpacker()),
+    ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
+    ...(options.quotas ? { quotas: options.quotas } : {}),
   });
   const shutdown = new AbortController();
   const log = options.log;

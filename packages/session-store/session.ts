@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { dirname, join } from "node:path";
 import { type ArtifactName, executorViewName, parseArtifactName } from "@valise/protocol";
-import { exists, Mutex, removeAll } from "./_fs.ts";
+import { Mutex } from "./_fs.ts";
 import type { BlobStore } from "./blob_store.ts";
 import type { TreeInfo, TreeStore } from "./tree_store.ts";
 import { PYTHON_EXEC_KEY, SessionConfig } from "./config.ts";
@@ -191,7 +191,7 @@ export class Session {
    * working directory, it is refused with `ARTIFACT_ALREADY_EXISTS` while the rest of the
    * stream is still committed.
    */
-  commit(upload: Upload, options: { signal?: AbortSignal } = {}): Promise<CommitResult> {
+  commit(upload: Upload): Promise<CommitResult> {
     return this.#lock.run(async () => {
       this.#checkOpen();
       const summaries: { name: string; crcOk: boolean }[] = [];
@@ -204,7 +204,7 @@ export class Session {
           continue;
         }
         try {
-          changed = (await this.#commitOne(staged, options.signal)) || changed;
+          changed = (await this.#commitOne(staged)) || changed;
         } catch (e) {
           await Deno.remove(staged.file).catch(() => {});
           if (e instanceof SessionError) errors.push(e);
@@ -221,7 +221,7 @@ export class Session {
    *
    * @throws {SessionError} `BLOB_NOT_FOUND` when the server does not hold the digest.
    */
-  attach(rawName: string, sha256: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  attach(rawName: string, sha256: string): Promise<void> {
     return this.#lock.run(async () => {
       this.#checkOpen();
       const name = parseArtifactName(rawName);
@@ -229,14 +229,14 @@ export class Session {
       try {
         size = (await Deno.stat(this.#ctx.blobs.path(sha256))).size;
       } catch { /* #place reports the missing blob once it holds the pin */ }
-      if (await this.#place(name, sha256, size, undefined, options.signal)) {
+      if (await this.#place(name, sha256, size, undefined)) {
         await this.#writeManifest();
       }
     });
   }
 
-  async #commitOne(staged: StagedArtifact, signal: AbortSignal | undefined): Promise<boolean> {
-    return await this.#place(staged.name, staged.sha256, staged.size, staged.file, signal);
+  async #commitOne(staged: StagedArtifact): Promise<boolean> {
+    return await this.#place(staged.name, staged.sha256, staged.size, staged.file);
   }
 
   /** Bytes of all committed artifacts. */
@@ -250,7 +250,6 @@ export class Session {
     sha256: string,
     size: number,
     stagedFile: string | undefined,
-    signal: AbortSignal | undefined,
   ): Promise<boolean> {
     const key = artifactKey(name);
     const existing = this.#manifest.artifacts[key];
@@ -314,9 +313,11 @@ export class Session {
         const target = join(this.root, view);
         try {
           if (treeKey && unpacker) {
+            // Not cancelled with this client's call: the tree is shared, and other sessions may
+            // be waiting for it; a finished tree is kept for the next add.
             const tree = await this.#ctx.trees.ensure(
               treeKey,
-              (dest) => unpacker.unpack(blob, dest, signal ? { signal } : {}),
+              (dest) => unpacker.unpack(blob, dest, {}),
             );
             await symlinkFresh(tree.path, target);
           } else {

@@ -1,0 +1,194 @@
+// End-to-end: archives added over gRPC are unpacked safely into shared trees that each
+// session sees under its alias, once per archive however many sessions add it.
+import { deepEqual, equal, ok } from "node:assert/strict";
+import { join } from "node:path";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  addArtifactsRequests,
+  type ArtifactSource,
+  bytesArtifact,
+  ErrorInfoSchema,
+  SparkConnectService,
+  StoreService,
+} from "@valise/protocol";
+import { serve } from "@valise/server";
+import { makeCondaPackLike, makeVenvPack } from "./fixtures/envs.ts";
+import { HOSTILE_CASES } from "./fixtures/hostile.ts";
+
+function fileArtifact(name: string, path: string): ArtifactSource {
+  const size = Deno.statSync(path).size;
+  return {
+    name,
+    size,
+    async *read() {
+      using f = await Deno.open(path);
+      yield* f.readable;
+    },
+  };
+}
+
+async function withServer(
+  fn: (c: {
+    spark: ReturnType<typeof createClient<typeof SparkConnectService>>;
+    store: ReturnType<typeof createClient<typeof StoreService>>;
+    server: Awaited<ReturnType<typeof serve>>;
+    tmp: string;
+  }) => Promise<void>,
+): Promise<void> {
+  const tmp = await Deno.makeTempDir({ prefix: "valise-arch-" });
+  const server = await serve({ dataDir: join(tmp, "data"), port: 0 });
+  const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` });
+  try {
+    await fn({
+      spark: createClient(SparkConnectService, transport),
+      store: createClient(StoreService, transport),
+      server,
+      tmp,
+    });
+  } finally {
+    await server.close();
+    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, ...(cwd ? { cwd } : {}) }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success) throw new Error(`${cmd} failed: ${new TextDecoder().decode(out.stderr)}`);
+  return text;
+}
+
+Deno.test("a venv-pack archive added by two sessions is unpacked once and seen by both", async () => {
+  await withServer(async ({ spark, store, server, tmp }) => {
+    const { archive, sha256 } = await makeVenvPack(join(tmp, "fx"), {
+      packages: { mylib: "VERSION = 1\n" },
+    });
+    const a = crypto.randomUUID();
+    const b = crypto.randomUUID();
+    for (const sessionId of [a, b]) {
+      const res = await spark.addArtifacts(
+        addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
+          sessionId,
+        }),
+      );
+      deepEqual(res.artifacts.map((x) => x.isCrcSuccessful), [true]);
+    }
+    equal(server.valise.store.trees.builds, 1);
+    for (const id of [a, b]) {
+      const s = server.valise.store.find("", id)!;
+      const env = join(s.root, "environment");
+      equal(
+        await run(join(env, "bin/python"), ["-c", "import mylib; print(mylib.VERSION)"], s.root),
+        "1",
+      );
+    }
+    // Both views point at the same tree: one copy on disk.
+    const [ra, rb] = [a, b].map((id) =>
+      Deno.realPathSync(join(server.valise.store.find("", id)!.root, "environment"))
+    );
+    equal(ra, rb);
+    // A third session attaches it by digest, without sending the bytes.
+    const c = crypto.randomUUID();
+    await store.attachArtifacts({
+      sessionId: c,
+      artifacts: [{ name: "archives/other-name.tgz#env", sha256 }],
+    });
+    equal(server.valise.store.trees.builds, 1);
+    ok(Deno.statSync(join(server.valise.store.find("", c)!.root, "env/pyvenv.cfg")).isFile);
+  });
+});
+
+Deno.test("concurrent adds of the same archive unpack it once", async () => {
+  await withServer(async ({ spark, server, tmp }) => {
+    const { archive } = await makeVenvPack(join(tmp, "fx"));
+    const ids = Array.from({ length: 6 }, () => crypto.randomUUID());
+    await Promise.all(ids.map((sessionId) =>
+      spark.addArtifacts(
+        addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
+          sessionId,
+        }),
+      )
+    ));
+    equal(server.valise.store.trees.builds, 1);
+    for (const id of ids) {
+      ok(
+        Deno.statSync(join(server.valise.store.find("", id)!.root, "environment/bin")).isDirectory,
+      );
+    }
+  });
+});
+
+Deno.test("a conda-pack archive is fixed up by conda-unpack at its shared path", async () => {
+  await withServer(async ({ spark, server, tmp }) => {
+    const fx = await makeCondaPackLike(join(tmp, "fx"));
+    const sessionId = crypto.randomUUID();
+    await spark.addArtifacts(
+      addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", fx.archive)], {
+        sessionId,
+      }),
+    );
+    const s = server.valise.store.find("", sessionId)!;
+    const tree = Deno.realPathSync(join(s.root, "environment"));
+    const prefix = await run(join(s.root, "environment/bin/python"), [
+      "-c",
+      `import ${fx.prefixPackage}._prefix as p; print(p.PREFIX)`,
+    ], s.root);
+    equal(prefix, tree);
+    ok(tree.startsWith(join(tmp, "data", "trees")));
+  });
+});
+
+Deno.test("hostile archives are refused with a clear error and commit nothing", async () => {
+  await withServer(async ({ spark, server, tmp }) => {
+    const cases = HOSTILE_CASES.filter((c) =>
+      ["tar-slip", "tar-absolute", "symlink-escape", "file-through-symlink"].includes(c.name)
+    );
+    equal(cases.length, 4);
+    for (const c of cases) {
+      const sessionId = crypto.randomUUID();
+      let info: Record<string, string> = {};
+      let code: Code | undefined;
+      try {
+        await spark.addArtifacts(addArtifactsRequests([
+          bytesArtifact(`archives/${c.name}.${c.ext}#env`, c.bytes()),
+          bytesArtifact("pyfiles/ok.py", new TextEncoder().encode("x = 1\n")),
+        ], { sessionId }));
+      } catch (e) {
+        const err = ConnectError.from(e);
+        code = err.code;
+        info = { ...err.findDetails(ErrorInfoSchema)[0]?.metadata, message: err.rawMessage };
+      }
+      equal(code, Code.InvalidArgument, c.name);
+      equal(info.errorClass, "ARTIFACT_UNPACK_FAILED", c.name);
+      equal(info["valise.reason"], c.expect, c.name);
+      ok(info.message!.includes(`archives/${c.name}.${c.ext}#env`), info.message);
+      const s = server.valise.store.find("", sessionId)!;
+      equal(s.artifact(`archives/${c.name}.${c.ext}#env`), undefined);
+      // The rest of the stream was committed; nothing of the archive is visible.
+      deepEqual((await Array.fromAsync(Deno.readDir(s.root))).map((e) => e.name), ["ok.py"]);
+    }
+    deepEqual(await server.valise.store.trees.list(), []);
+    let escaped = false;
+    await Deno.stat(join(tmp, "evil")).then(() => (escaped = true), () => {});
+    equal(escaped, false);
+  });
+});
+
+Deno.test("shared trees are read-only on disk", async () => {
+  // Without the sandbox this is the only guard (and root ignores it); with the sandbox the
+  // launcher binds trees read-only as well.
+  await withServer(async ({ spark, server, tmp }) => {
+    const { archive } = await makeVenvPack(join(tmp, "fx"));
+    const sessionId = crypto.randomUUID();
+    await spark.addArtifacts(
+      addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
+        sessionId,
+      }),
+    );
+    const s = server.valise.store.find("", sessionId)!;
+    equal(Deno.statSync(join(s.root, "environment/pyvenv.cfg")).mode! & 0o222, 0);
+    equal(Deno.statSync(join(s.root, "environment/bin")).mode! & 0o222, 0);
+  });
+});
