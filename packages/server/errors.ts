@@ -42,6 +42,8 @@ export interface ClassifiedError {
   sqlState?: string | undefined;
   /** A finer reason (e.g. an unpack error code). */
   reason?: string | undefined;
+  /** The message's parameters, sent as ErrorInfo `messageParameters`. */
+  parameters?: Record<string, string> | undefined;
 }
 
 /**
@@ -63,6 +65,7 @@ export function toConnectError(e: unknown): ConnectError {
       code: CODES[e.errorClass],
       sqlState: e.sqlState,
       reason: e.reason,
+      parameters: e.parameters,
     };
     if (e.errorClass === "ARTIFACT_UNPACK_FAILED" && e.reason?.startsWith("QUOTA")) {
       c.code = Code.ResourceExhausted;
@@ -76,7 +79,7 @@ export function toConnectError(e: unknown): ConnectError {
   const metadata: Record<string, string> = {
     errorClass: c.errorClass,
     classes: JSON.stringify([exceptionClass(c.errorClass)]),
-    messageParameters: "{}",
+    messageParameters: JSON.stringify(c.parameters ?? {}),
   };
   if (c.sqlState) metadata.sqlState = c.sqlState;
   if (c.reason) metadata["valise.reason"] = c.reason;

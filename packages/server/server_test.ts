@@ -142,6 +142,7 @@ Deno.test("AddArtifacts errors carry Spark's error class, the right code and Err
     equal(dup.code, "AlreadyExists");
     equal(dup.errorClass, "ARTIFACT_ALREADY_EXISTS");
     equal(dup.sqlState, "42713");
+    equal(dup.messageParameters, JSON.stringify({ normalizedRemoteRelativePath: "pyfiles/m.py" }));
     ok(
       dup.message!.startsWith("[ARTIFACT_ALREADY_EXISTS] The artifact pyfiles/m.py already exists"),
     );
@@ -160,6 +161,8 @@ Deno.test("AddArtifacts errors carry Spark's error class, the right code and Err
       payload: { case: "chunk", value: { data: new Uint8Array(5), crc: 0n } },
     } as never])));
     equal(orphan.errorClass, "INVALID_ARTIFACT_STREAM");
+    const empty = await fails(client.addArtifacts(each([])));
+    equal(empty.errorClass, "INVALID_ARTIFACT_STREAM");
     deepEqual(await Array.fromAsync(Deno.readDir(join(dataDir, "staging"))), []);
     const dir = await sessionDir(dataDir);
     equal(await Deno.readTextFile(join(dir, "root/m.py")), "one");

@@ -86,7 +86,11 @@ export function createSparkConnectService(
           }
         }
         if (!session || !upload) {
-          return create(AddArtifactsResponseSchema, {});
+          // No message means no session to answer for; Spark fails such a stream too.
+          throw new SessionError(
+            "INVALID_ARTIFACT_STREAM",
+            "The AddArtifacts stream ended without a message: there is nothing to add.",
+          );
         }
         await upload.finish();
         const result = await session.commit(upload);

@@ -37,6 +37,8 @@ export interface SessionErrorOptions {
   cause?: unknown;
   /** A finer reason, e.g. the archive package's `UnpackError` code. */
   reason?: string;
+  /** The values the message names, by Spark's parameter names (sent as `messageParameters`). */
+  parameters?: Record<string, string>;
 }
 
 /**
@@ -51,6 +53,8 @@ export class SessionError extends Error {
   readonly sqlState: string | undefined;
   /** A finer machine-readable reason, when there is one. */
   readonly reason: string | undefined;
+  /** The values the message names, by parameter name. */
+  readonly parameters: Record<string, string>;
   override name = "SessionError";
 
   /** Creates an error of `errorClass`; `message` is prefixed with `[errorClass] `. */
@@ -59,6 +63,7 @@ export class SessionError extends Error {
     this.errorClass = errorClass;
     this.sqlState = SQL_STATES[errorClass];
     this.reason = options.reason;
+    this.parameters = options.parameters ?? {};
   }
 
   /** True for a `SessionError`, also across duplicate copies of this package. */

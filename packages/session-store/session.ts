@@ -262,6 +262,7 @@ export class Session {
         "ARTIFACT_ALREADY_EXISTS",
         `The artifact ${name.raw} already exists. Please choose a different name for the new ` +
           `artifact because it cannot be overwritten.`,
+        { parameters: { normalizedRemoteRelativePath: name.path } },
       );
     }
     const view = executorViewName(name);
