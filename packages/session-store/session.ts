@@ -436,7 +436,7 @@ export class Session {
           );
         }
         sinceDiskCheck += n;
-        if (sinceDiskCheck >= 8 * 2 ** 20) {
+        if (sinceDiskCheck >= 2 ** 20) {
           sinceDiskCheck = 0;
           checkDisk(0);
         }

@@ -187,6 +187,15 @@ export class SessionStore {
     }
   }
 
+  /**
+   * Keeps a blob (`b:<sha256>`) or tree (`t:<key>`) from eviction until the returned function
+   * is called. Uploads and attaches pin what they use; callers with their own check-then-use
+   * sequences can too.
+   */
+  pin(id: string): Promise<() => void> {
+    return this.#pin(id);
+  }
+
   async #pin(id: string): Promise<() => void> {
     // Pin first, synchronously, then wait out an eviction already under way: after this, the
     // collector skips the item until it is unpinned.
