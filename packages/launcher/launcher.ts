@@ -1,0 +1,910 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * {@linkcode Launcher}: runs Python for a session, in the session's directory, interpreter and
+ * path, optionally sandboxed with bubblewrap, through a warm fork server per (session,
+ * interpreter).
+ *
+ * @module
+ */
+import { dirname, isAbsolute, join, normalize, relative } from "node:path";
+import { BOOTSTRAP_FILENAME, BOOTSTRAP_SOURCE } from "./_bootstrap.ts";
+import { ForkServer, type RunHandle, type RunRequestJson } from "./_fork_server.ts";
+import { bwrapArgs, findExecutable, interpreterDirs } from "./_sandbox.ts";
+import { LaunchError } from "./launch_error.ts";
+
+/** The config key that names a session's interpreter; error messages cite it. */
+export const INTERPRETER_CONFIG_KEY = "spark.sql.execution.pyspark.python";
+
+/** Limits that a session may override. */
+export interface SessionLimits {
+  /** Wall-clock limit of one run, in ms; a run's own `timeoutMs` may only lower it. */
+  wallTimeMs: number;
+  /** Runs of one session that execute at once; more wait in the queue. */
+  maxWorkersPerSession: number;
+  /** Address-space limit (`RLIMIT_AS`) of each run's process, in bytes; 0 for none. */
+  memoryBytes: number;
+  /** Bytes of stdout plus stderr one run may produce; beyond it the run is killed. */
+  outputBytes: number;
+}
+
+/** All limits of a launcher. */
+export interface LauncherLimits extends SessionLimits {
+  /** Runs that execute at once across all sessions. */
+  maxWorkersTotal: number;
+  /** Runs that may wait for a free slot; one more is refused with `QUEUE_FULL`. */
+  maxQueue: number;
+}
+
+/** The default limits. */
+export const DEFAULT_LIMITS: Readonly<LauncherLimits> = Object.freeze({
+  wallTimeMs: 60_000,
+  maxWorkersPerSession: 4,
+  maxWorkersTotal: 16,
+  maxQueue: 64,
+  memoryBytes: 2 * 1024 ** 3,
+  outputBytes: 16 * 1024 ** 2,
+});
+
+/** A plain description of a session, as the session store knows it. */
+export interface SessionSpec {
+  /** Opaque unique id of the (user, session) pair. */
+  key: string;
+  /**
+   * Absolute path of the session's directory: the worker's working directory, laid out as
+   * Spark's executors see it (`./x.py`, `./env/`, `./lib.zip`).
+   */
+  root: string;
+  /** Entries relative to `root` put on `sys.path` right after `root` (`.zip`/`.egg` pyfiles). */
+  pythonPath: string[];
+  /**
+   * Absolute paths inside `root` the worker must not modify (hardlinks to shared blobs). The
+   * sandbox binds them read-only over the read-write root.
+   * @default {[]}
+   */
+  readOnlyPaths?: string[];
+  /**
+   * Absolute paths outside `root` (shared unpacked environments) that `root` links to. The
+   * sandbox binds them read-only at the same path.
+   * @default {[]}
+   */
+  sharedTrees?: string[];
+  /**
+   * The session's `spark.pythonWorkerEnv.<NAME>` entries, added to the fixed base environment.
+   * @default {{}}
+   */
+  env?: Record<string, string>;
+  /**
+   * The raw value of `spark.sql.execution.pyspark.python`: relative paths resolve inside
+   * `root`, absolute ones must be allowed by the launcher; a `.pex` runs as the interpreter.
+   * @default {the launcher's `defaultPython`}
+   */
+  interpreter?: string;
+  /**
+   * Per-session overrides of the launcher's limits.
+   * @default {{}}
+   */
+  limits?: Partial<SessionLimits>;
+}
+
+/** What to run: exactly one of `code`, `module`, `script`. */
+export type RunTarget =
+  | { code: string; module?: undefined; script?: undefined }
+  | { module: string; code?: undefined; script?: undefined }
+  | { script: string; code?: undefined; module?: undefined };
+
+/** One run request. */
+export type RunSpec = RunTarget & {
+  /**
+   * `sys.argv[1:]`.
+   * @default {[]}
+   */
+  args?: string[];
+  /**
+   * Bytes on the program's standard input, which is then closed.
+   * @default {empty}
+   */
+  stdin?: Uint8Array;
+  /**
+   * Wall-clock limit in ms; 0 or absent means the session's `wallTimeMs`, larger values are
+   * capped to it.
+   * @default {0}
+   */
+  timeoutMs?: number;
+};
+
+/** The worker has started. */
+export interface RunStartedEvent {
+  /** Discriminant. */
+  kind: "started";
+  /** The run's pid (inside the sandbox's PID namespace when sandboxed). */
+  pid: number;
+  /** The interpreter as resolved on the server. */
+  interpreter: string;
+  /** The working directory as the worker sees it. */
+  cwd: string;
+}
+
+/** Bytes the worker wrote. */
+export interface RunOutputEvent {
+  /** Which stream. */
+  kind: "stdout" | "stderr";
+  /** The bytes, as produced. */
+  data: Uint8Array;
+}
+
+/** The worker has ended; always the last event. */
+export interface RunExitedEvent {
+  /** Discriminant. */
+  kind: "exited";
+  /** Exit code, or -1 when killed by a signal. */
+  exitCode: number;
+  /** Signal name such as `"SIGKILL"` when killed by a signal, else `""`. */
+  signal: string;
+  /** From sending the run to its end, in ms. */
+  durationMs: number;
+  /** Killed because it ran past its time limit. */
+  timedOut: boolean;
+  /** Output beyond the limit was dropped (and the run killed). */
+  outputTruncated: boolean;
+}
+
+/** One event of a run, 1:1 with `valise.v1.RunEvent`. */
+export type RunEvent = RunStartedEvent | RunOutputEvent | RunExitedEvent;
+
+/** Receives the launcher's diagnostics. */
+export type LauncherLogger = (
+  level: "info" | "warn" | "error",
+  message: string,
+  fields: Record<string, unknown>,
+) => void;
+
+/** Options of {@linkcode Launcher}. */
+export interface LauncherOptions {
+  /**
+   * Interpreter of sessions that set none: a name looked up on the server's `PATH`, or a path.
+   * The launcher starts workers with its real `sys.executable` (so a pyenv shim is skipped).
+   * @default {"python3"}
+   */
+  defaultPython?: string;
+  /**
+   * Absolute interpreter paths a session may name in `spark.sql.execution.pyspark.python`.
+   * @default {[]}
+   */
+  allowedInterpreters?: string[];
+  /**
+   * `"bwrap"` sandboxes every worker (and throws `SANDBOX_UNAVAILABLE` if it cannot),
+   * `"none"` does not, `"auto"` does when `bwrap` is found and works.
+   * @default {"auto"}
+   */
+  sandbox?: "auto" | "bwrap" | "none";
+  /**
+   * The bwrap executable.
+   * @default {"bwrap" on PATH}
+   */
+  bwrapPath?: string;
+  /**
+   * Give sandboxed workers the host's network.
+   * @default {false}
+   */
+  workerNetwork?: boolean;
+  /**
+   * Directory the server owns where `.pex` interpreters unpack (`PEX_ROOT`), one subdirectory
+   * per session.
+   * @default {a temporary directory, removed by close()}
+   */
+  pexRoot?: string;
+  /**
+   * Limits; sessions may override the {@linkcode SessionLimits} part.
+   * @default {DEFAULT_LIMITS}
+   */
+  limits?: Partial<LauncherLimits>;
+  /**
+   * A fork server with no run for this long is stopped.
+   * @default {300000}
+   */
+  forkServerIdleMs?: number;
+  /**
+   * Time an interpreter has to start its fork server before `INTERPRETER_FAILED`.
+   * @default {30000}
+   */
+  startTimeoutMs?: number;
+  /**
+   * Receives diagnostics.
+   * @default {warnings and errors to console.error}
+   */
+  logger?: LauncherLogger;
+}
+
+/** Counters of a launcher, for health checks. */
+export interface LauncherStats {
+  /** Fork server processes alive or starting. */
+  forkServers: number;
+  /** Runs holding a slot. */
+  running: number;
+  /** Runs waiting for a slot. */
+  queued: number;
+  /** Host pids of the fork server processes (bwrap's when sandboxed). */
+  pids: number[];
+}
+
+interface Waiter {
+  key: string;
+  max: number;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+interface ServerEntry {
+  starting: Promise<ForkServer>;
+  server: ForkServer | undefined;
+  idleTimer: ReturnType<typeof setTimeout> | undefined;
+}
+
+interface Interpreter {
+  /** Reported in `started` and in errors. */
+  display: string;
+  /** The program that is executed. */
+  exe: string;
+  /** Arguments before `-c` (the `.pex`). */
+  prefixArgs: string[];
+  /** Whether it is a PEX. */
+  pex: boolean;
+}
+
+const defaultLogger: LauncherLogger = (level, message, fields) => {
+  if (level === "info") return;
+  const extra = Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : "";
+  console.error(`[valise launcher] ${level}: ${message}${extra}`);
+};
+
+const STUB = `exec(compile(${JSON.stringify(BOOTSTRAP_SOURCE)}, ${
+  JSON.stringify(BOOTSTRAP_FILENAME)
+}, 'exec'))`;
+
+function inside(root: string, path: string): boolean {
+  const rel = relative(root, path);
+  return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
+}
+
+function positiveInt(name: string, value: number, allowZero = false): number {
+  if (!Number.isSafeInteger(value) || value < (allowZero ? 0 : 1)) {
+    throw new RangeError(
+      `Cannot use ${name}: ${value} is not a ${allowZero ? "non-negative" : "positive"} integer`,
+    );
+  }
+  return value;
+}
+
+function validateLimits(limits: Partial<LauncherLimits>, base: LauncherLimits): LauncherLimits {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(limits)) {
+    if (v === undefined) continue;
+    if (!(k in base)) throw new TypeError(`Cannot use limit ${k}: unknown`);
+    const allowZero = k === "memoryBytes" || k === "maxQueue";
+    out[k as keyof LauncherLimits] = positiveInt(`limits.${k}`, v, allowZero);
+  }
+  return out;
+}
+
+function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+/**
+ * Runs Python workers for sessions.
+ *
+ * @example Run code in a session directory
+ * ```ts
+ * import { Launcher } from "@valise/launcher";
+ * import assert from "node:assert/strict";
+ * const root = await Deno.makeTempDir();
+ * const launcher = new Launcher({ sandbox: "none", logger: () => {} });
+ * let out = "";
+ * for await (const ev of launcher.run({ key: "s1", root, pythonPath: [] }, { code: "print(6 * 7)" })) {
+ *   if (ev.kind === "stdout") out += new TextDecoder().decode(ev.data);
+ * }
+ * assert.equal(out, "42\n");
+ * await launcher.close();
+ * await Deno.remove(root, { recursive: true });
+ * ```
+ */
+export class Launcher {
+  #limits: LauncherLimits;
+  #log: LauncherLogger;
+  #bwrap: string | undefined;
+  #network: boolean;
+  #allowed: Set<string>;
+  #defaultName: string;
+  #defaultFound: string | undefined;
+  #defaultReal: Promise<string> | undefined;
+  #pexRoot: string | undefined;
+  #pexRootOwned = false;
+  #idleMs: number;
+  #startTimeoutMs: number;
+  #closed = false;
+  #servers = new Map<string, Map<string, ServerEntry>>();
+  #epochs = new Map<string, number>();
+  #running = 0;
+  #runningBySession = new Map<string, number>();
+  #queue: Waiter[] = [];
+  #pending = new Set<Promise<unknown>>();
+
+  /**
+   * Checks the options and finds `bwrap` and the default interpreter. Logs once when workers
+   * will not be sandboxed.
+   *
+   * @param options See {@linkcode LauncherOptions}.
+   */
+  constructor(options: LauncherOptions = {}) {
+    this.#log = options.logger ?? defaultLogger;
+    this.#limits = validateLimits(options.limits ?? {}, { ...DEFAULT_LIMITS });
+    this.#idleMs = positiveInt("forkServerIdleMs", options.forkServerIdleMs ?? 300_000);
+    this.#startTimeoutMs = positiveInt("startTimeoutMs", options.startTimeoutMs ?? 30_000);
+    this.#network = options.workerNetwork ?? false;
+    for (const p of options.allowedInterpreters ?? []) {
+      if (!isAbsolute(p)) {
+        throw new TypeError(`Cannot allow interpreter ${p}: the path is not absolute`);
+      }
+    }
+    this.#allowed = new Set((options.allowedInterpreters ?? []).map((p) => normalize(p)));
+    this.#defaultName = options.defaultPython ?? "python3";
+    this.#defaultFound = findExecutable(this.#defaultName, Deno.env.get("PATH"));
+    if (options.pexRoot !== undefined) {
+      if (!isAbsolute(options.pexRoot)) {
+        throw new TypeError(`Cannot use pexRoot ${options.pexRoot}: the path is not absolute`);
+      }
+      this.#pexRoot = normalize(options.pexRoot);
+    }
+    const mode = options.sandbox ?? "auto";
+    if (mode !== "none") {
+      const bwrap = options.bwrapPath ?? findExecutable("bwrap", Deno.env.get("PATH"));
+      const problem = bwrap === undefined ? "bwrap was not found on PATH" : Launcher.#probe(bwrap);
+      if (problem === undefined) {
+        this.#bwrap = bwrap;
+      } else if (mode === "bwrap") {
+        throw new LaunchError("SANDBOX_UNAVAILABLE", `Cannot sandbox workers: ${problem}`);
+      } else {
+        this.#log("warn", `workers are not sandboxed: ${problem}`, {});
+      }
+    } else {
+      this.#log("warn", "workers are not sandboxed: sandbox is set to none", {});
+    }
+  }
+
+  static #probe(bwrap: string): string | undefined {
+    try {
+      const out = new Deno.Command(bwrap, {
+        args: ["--unshare-all", "--ro-bind", "/", "/", "--", "true"],
+        stdin: "null",
+        stdout: "null",
+        stderr: "piped",
+      }).outputSync();
+      if (out.success) return undefined;
+      return `${bwrap} does not work here: ${new TextDecoder().decode(out.stderr).trim()}`;
+    } catch (e) {
+      return `${bwrap} cannot run: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+
+  /** Whether workers run inside bubblewrap. */
+  get sandboxed(): boolean {
+    return this.#bwrap !== undefined;
+  }
+
+  /**
+   * Current counters.
+   *
+   * @returns Fork servers, running and queued runs.
+   */
+  stats(): LauncherStats {
+    let forkServers = 0;
+    const pids: number[] = [];
+    for (const m of this.#servers.values()) {
+      forkServers += m.size;
+      for (const e of m.values()) if (e.server && !e.server.dead) pids.push(e.server.pid);
+    }
+    return { forkServers, running: this.#running, queued: this.#queue.length, pids };
+  }
+
+  /**
+   * Runs Python in a session. Events stream as they are produced and end with `exited`.
+   * Breaking out of the loop, or aborting `signal`, kills the run.
+   *
+   * Throws (on iteration) a {@linkcode LaunchError} when the interpreter cannot be used, the
+   * queue is full, the session is stopped or the launcher closed before the run started;
+   * `TypeError`/`RangeError` for a malformed request; `signal.reason` when aborted before
+   * the run started.
+   *
+   * @param session The session.
+   * @param request What to run.
+   * @param signal Cancels the run (kills its process group).
+   * @returns The run's events.
+   */
+  async *run(
+    session: SessionSpec,
+    request: RunSpec,
+    signal?: AbortSignal,
+  ): AsyncGenerator<RunEvent, void, undefined> {
+    if (this.#closed) throw new LaunchError("CLOSED", "Cannot run: the launcher is closed");
+    const root = this.#checkSession(session);
+    const limits = validateLimits(session.limits ?? {}, this.#limits);
+    const job = this.#checkRequest(root, session, request, limits);
+    const epoch = this.#epochs.get(session.key) ?? 0;
+    signal?.throwIfAborted();
+    const interp = await this.#resolveInterpreter(session, root);
+    await this.#acquire(session.key, limits.maxWorkersPerSession, signal);
+    let handle: RunHandle | undefined;
+    let finished = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let entry: ServerEntry | undefined;
+    const onAbort = () => handle?.kill(false);
+    try {
+      for (let attempt = 0;; attempt++) {
+        entry = this.#entry(session, root, interp);
+        if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
+        entry.idleTimer = undefined;
+        const server = await abortable(entry.starting, signal);
+        this.#checkEpoch(session.key, epoch);
+        if (!server.dead || attempt > 0) {
+          handle = server.start(job.request, job.stdin, {
+            outputBytes: limits.outputBytes,
+            interpreter: interp.display,
+            cwd: root,
+          });
+          break;
+        }
+      }
+      timer = setTimeout(() => handle?.kill(true), job.timeoutMs);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (signal?.aborted) onAbort();
+      while (true) {
+        const ev = await handle.events.next();
+        if (ev === undefined) break;
+        if (ev.kind === "exited") finished = true;
+        yield ev;
+      }
+      finished = true;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      const done = () => {
+        this.#release(session.key);
+        if (entry) this.#maybeIdle(entry);
+      };
+      if (handle && !finished) {
+        // Keep the slot until the process is really gone.
+        handle.kill(false);
+        const h = handle;
+        const p = (async () => {
+          while ((await h.events.next()) !== undefined) { /* drain */ }
+        })().catch(() => {}).finally(() => {
+          done();
+          this.#pending.delete(p);
+        });
+        this.#pending.add(p);
+      } else {
+        done();
+      }
+    }
+  }
+
+  /**
+   * Kills the session's runs (their whole process groups) and fork servers; runs still
+   * waiting for a slot fail with `SESSION_STOPPED`. Later runs of the session start afresh.
+   *
+   * @param key The session's key.
+   * @returns Resolves when every process of the session is gone.
+   */
+  async stopSession(key: string): Promise<void> {
+    this.#epochs.set(key, (this.#epochs.get(key) ?? 0) + 1);
+    this.#rejectQueued(
+      (w) => w.key === key,
+      () => new LaunchError("SESSION_STOPPED", `Cannot start run: session ${key} was stopped`),
+    );
+    const entries = this.#servers.get(key);
+    this.#servers.delete(key);
+    if (!entries) return;
+    await Promise.all([...entries.values()].map((e) => this.#stopEntry(e)));
+  }
+
+  /**
+   * Kills every run and fork server and refuses new runs.
+   *
+   * @returns Resolves when every process is gone.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) {
+      await Promise.all(this.#pending);
+      return;
+    }
+    this.#closed = true;
+    this.#rejectQueued(
+      () => true,
+      () => new LaunchError("CLOSED", "Cannot start run: the launcher is closed"),
+    );
+    const all: ServerEntry[] = [];
+    for (const m of this.#servers.values()) all.push(...m.values());
+    this.#servers.clear();
+    await Promise.all(all.map((e) => this.#stopEntry(e)));
+    await Promise.all(this.#pending);
+    if (this.#pexRootOwned && this.#pexRoot) {
+      await Deno.remove(this.#pexRoot, { recursive: true }).catch(() => {});
+    }
+  }
+
+  async #stopEntry(entry: ServerEntry): Promise<void> {
+    if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
+    entry.idleTimer = undefined;
+    let server: ForkServer;
+    try {
+      server = await entry.starting;
+    } catch {
+      return;
+    }
+    await server.stop();
+  }
+
+  #checkSession(session: SessionSpec): string {
+    if (typeof session.key !== "string" || session.key === "") {
+      throw new TypeError("Cannot run: session.key is empty");
+    }
+    if (typeof session.root !== "string" || !isAbsolute(session.root)) {
+      throw new TypeError(`Cannot run: session.root ${session.root} is not an absolute path`);
+    }
+    const root = normalize(session.root).replace(/(.)\/$/, "$1");
+    if (root === "/") throw new RangeError("Cannot run: session.root is /");
+    for (const [k, v] of Object.entries(session.env ?? {})) {
+      if (k === "" || k.includes("=") || k.includes("\0") || String(v).includes("\0")) {
+        throw new TypeError(`Cannot use worker environment variable ${JSON.stringify(k)}`);
+      }
+    }
+    for (const p of [...(session.readOnlyPaths ?? []), ...(session.sharedTrees ?? [])]) {
+      if (!isAbsolute(p)) throw new TypeError(`Cannot bind ${p}: the path is not absolute`);
+    }
+    for (const p of session.readOnlyPaths ?? []) {
+      if (!inside(root, normalize(p))) {
+        throw new RangeError(`Cannot bind ${p} read-only: it is not inside ${root}`);
+      }
+    }
+    return root;
+  }
+
+  #checkRequest(
+    root: string,
+    session: SessionSpec,
+    request: RunSpec,
+    limits: LauncherLimits,
+  ): { request: RunRequestJson; stdin: Uint8Array; timeoutMs: number } {
+    const targets = (["code", "module", "script"] as const).filter((k) =>
+      typeof request[k] === "string"
+    );
+    if (targets.length !== 1) {
+      throw new TypeError(
+        `Cannot run: exactly one of code, module, script must be set, got ${targets.length}`,
+      );
+    }
+    const kind = targets[0] as "code" | "module" | "script";
+    let target = request[kind] as string;
+    const path = [root];
+    for (const p of session.pythonPath) {
+      const abs = normalize(join(root, p));
+      if (isAbsolute(p) || !inside(root, abs)) {
+        throw new RangeError(`Cannot put ${p} on sys.path: it is not inside the session`);
+      }
+      if (!path.includes(abs)) path.push(abs);
+    }
+    if (kind === "module" && !/^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$/.test(target)) {
+      throw new TypeError(`Cannot run module ${JSON.stringify(target)}: not a module name`);
+    }
+    if (kind === "script") {
+      const abs = normalize(join(root, target));
+      if (isAbsolute(target) || !inside(root, abs) || abs === root) {
+        throw new RangeError(`Cannot run script ${target}: it is not a path inside the session`);
+      }
+      target = abs;
+      if (!path.includes(dirname(abs))) path.push(dirname(abs));
+    }
+    const args = request.args ?? [];
+    if (!Array.isArray(args) || args.some((a) => typeof a !== "string")) {
+      throw new TypeError("Cannot run: args must be strings");
+    }
+    const asked = positiveInt("timeoutMs", request.timeoutMs ?? 0, true);
+    const timeoutMs = asked === 0 ? limits.wallTimeMs : Math.min(asked, limits.wallTimeMs);
+    return {
+      request: { kind, target, args, cwd: root, path, memoryBytes: limits.memoryBytes },
+      stdin: request.stdin ?? new Uint8Array(),
+      timeoutMs,
+    };
+  }
+
+  #checkEpoch(key: string, epoch: number): void {
+    if ((this.#epochs.get(key) ?? 0) !== epoch) {
+      throw new LaunchError("SESSION_STOPPED", `Cannot start run: session ${key} was stopped`);
+    }
+    if (this.#closed) throw new LaunchError("CLOSED", "Cannot start run: the launcher is closed");
+  }
+
+  #defaultPython(): Promise<string> {
+    if (this.#defaultReal) return this.#defaultReal;
+    const found = this.#defaultFound;
+    const name = this.#defaultName;
+    if (found === undefined) {
+      return Promise.reject(
+        new LaunchError(
+          "INTERPRETER_NOT_FOUND",
+          `Cannot find the default interpreter ${name} on PATH (set ${INTERPRETER_CONFIG_KEY} or the server's default)`,
+          { interpreter: name },
+        ),
+      );
+    }
+    const probe = (async () => {
+      // A pyenv shim or wrapper script costs tens of ms per start and needs its own tree;
+      // ask the interpreter where it really lives.
+      const out = await new Deno.Command(found, {
+        args: ["-c", "import sys; sys.stdout.write(sys.executable)"],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const exe = new TextDecoder().decode(out.stdout).trim();
+      if (!out.success || !isAbsolute(exe)) {
+        throw new LaunchError(
+          "INTERPRETER_FAILED",
+          `Cannot start the default interpreter ${found}: ${
+            new TextDecoder().decode(out.stderr).trim() || `exit code ${out.code}`
+          }`,
+          { interpreter: found },
+        );
+      }
+      return exe;
+    })();
+    this.#defaultReal = probe;
+    probe.catch(() => this.#defaultReal = undefined);
+    return probe;
+  }
+
+  async #resolveInterpreter(session: SessionSpec, root: string): Promise<Interpreter> {
+    const raw = session.interpreter?.trim() ?? "";
+    if (raw === "") {
+      const exe = await this.#defaultPython();
+      return { display: exe, exe, prefixArgs: [], pex: false };
+    }
+    let path: string;
+    if (isAbsolute(raw)) {
+      path = normalize(raw);
+      const allowed = this.#allowed.has(path) || path === this.#defaultFound ||
+        path === (await this.#defaultPython().catch(() => undefined));
+      if (!allowed) {
+        throw new LaunchError(
+          "INTERPRETER_NOT_ALLOWED",
+          `Cannot use interpreter ${raw} from ${INTERPRETER_CONFIG_KEY}: absolute interpreter paths must be on the server's allow-list`,
+          { interpreter: raw },
+        );
+      }
+    } else {
+      path = normalize(join(root, raw));
+      if (!inside(root, path) || path === root) {
+        throw new LaunchError(
+          "INTERPRETER_OUTSIDE_SESSION",
+          `Cannot use interpreter ${raw} from ${INTERPRETER_CONFIG_KEY}: the path leaves the session directory`,
+          { interpreter: raw },
+        );
+      }
+    }
+    const pex = /\.pex$/i.test(path);
+    let st: Deno.FileInfo | undefined;
+    try {
+      st = await Deno.stat(path);
+    } catch {
+      st = undefined;
+    }
+    const usable = st !== undefined &&
+      (pex ? st.isFile || st.isDirectory : st.isFile && ((st.mode ?? 0o755) & 0o111) !== 0);
+    if (!usable) {
+      const why = st === undefined
+        ? "does not exist"
+        : pex
+        ? "is not a file or directory"
+        : st.isFile
+        ? "is not executable"
+        : "is not a file";
+      throw new LaunchError(
+        "INTERPRETER_NOT_FOUND",
+        `Cannot use interpreter ${path} from ${INTERPRETER_CONFIG_KEY}=${raw}: it ${why}`,
+        { interpreter: path },
+      );
+    }
+    if (pex) {
+      const exe = await this.#defaultPython();
+      return { display: path, exe, prefixArgs: [path], pex: true };
+    }
+    return { display: path, exe: path, prefixArgs: [], pex: false };
+  }
+
+  #entry(session: SessionSpec, root: string, interp: Interpreter): ServerEntry {
+    const env: Record<string, string> = {
+      PATH: `${dirname(interp.exe)}:/usr/local/bin:/usr/bin:/bin`,
+      LANG: "C.UTF-8",
+      PYTHONUNBUFFERED: "1",
+      PYTHONNOUSERSITE: "1",
+      HOME: root,
+      ...session.env,
+    };
+    let pexDir: string | undefined;
+    if (interp.pex) {
+      pexDir = join(this.#ensurePexRoot(), `s-${hashKey(session.key)}`);
+      env.PEX_INTERPRETER = "1";
+      env.PEX_ROOT = pexDir;
+    }
+    const readOnlyPaths = (session.readOnlyPaths ?? []).map((p) => normalize(p));
+    const sharedTrees = (session.sharedTrees ?? []).map((p) => normalize(p));
+    const fingerprint = JSON.stringify([root, interp, env, readOnlyPaths, sharedTrees]);
+    let byKey = this.#servers.get(session.key);
+    if (!byKey) this.#servers.set(session.key, byKey = new Map());
+    const existing = byKey.get(fingerprint);
+    if (existing && !(existing.server?.dead ?? false)) return existing;
+    const command = [interp.exe, ...interp.prefixArgs, "-c", STUB];
+    const log = this.#log;
+    const entry: ServerEntry = { server: undefined, idleTimer: undefined, starting: undefined! };
+    const starting = (async () => {
+      if (pexDir) await Deno.mkdir(pexDir, { recursive: true });
+      let full = command;
+      if (this.#bwrap) {
+        const layout = {
+          root,
+          readOnlyPaths,
+          sharedTrees,
+          interpreterDirs: [
+            ...new Set([
+              ...interpreterDirs(interp.exe, [root, ...sharedTrees]),
+              ...interp.prefixArgs.filter((p) => !inside(root, p)),
+            ]),
+          ],
+          writableDirs: pexDir ? [pexDir] : [],
+          network: this.#network,
+        };
+        full = [this.#bwrap, ...bwrapArgs(layout), "--", ...command];
+      }
+      const server = new ForkServer({
+        command: full,
+        env,
+        cwd: root,
+        interpreter: interp.display,
+        log,
+        startTimeoutMs: this.#startTimeoutMs,
+      });
+      entry.server = server;
+      try {
+        const info = await server.ready;
+        log("info", "fork server ready", { session: session.key, hostPid: server.pid, ...info });
+      } catch (e) {
+        await server.stop(0);
+        throw e;
+      }
+      server.done.then(() => {
+        if (byKey.get(fingerprint) === entry) byKey.delete(fingerprint);
+        if (byKey.size === 0 && this.#servers.get(session.key) === byKey) {
+          this.#servers.delete(session.key);
+        }
+        if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
+        entry.idleTimer = undefined;
+      });
+      return server;
+    })();
+    entry.starting = starting;
+    starting.catch(() => {
+      if (byKey.get(fingerprint) === entry) byKey.delete(fingerprint);
+    });
+    byKey.set(fingerprint, entry);
+    return entry;
+  }
+
+  #ensurePexRoot(): string {
+    if (this.#pexRoot === undefined) {
+      this.#pexRoot = Deno.makeTempDirSync({ prefix: "valise-pex-" });
+      this.#pexRootOwned = true;
+    }
+    return this.#pexRoot;
+  }
+
+  #maybeIdle(entry: ServerEntry): void {
+    const server = entry.server;
+    if (!server || server.dead || server.activeRuns > 0 || this.#closed) return;
+    if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
+    entry.idleTimer = setTimeout(() => {
+      entry.idleTimer = undefined;
+      if (server.activeRuns === 0) {
+        const p = server.stop().finally(() => this.#pending.delete(p));
+        this.#pending.add(p);
+      }
+    }, this.#idleMs);
+  }
+
+  #acquire(key: string, max: number, signal: AbortSignal | undefined): Promise<void> {
+    if (this.#canRun(key, max)) {
+      this.#take(key);
+      return Promise.resolve();
+    }
+    if (this.#queue.length >= this.#limits.maxQueue) {
+      return Promise.reject(
+        new LaunchError(
+          "QUEUE_FULL",
+          `Cannot queue run: ${this.#queue.length} runs are waiting (maxQueue ${this.#limits.maxQueue}), ${this.#running} running`,
+        ),
+      );
+    }
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.#queue.indexOf(waiter);
+        if (i >= 0) this.#queue.splice(i, 1);
+        reject(signal?.reason);
+      };
+      const waiter: Waiter = {
+        key,
+        max,
+        resolve: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
+        reject: (e) => {
+          signal?.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#queue.push(waiter);
+    });
+  }
+
+  #canRun(key: string, max: number): boolean {
+    return this.#running < this.#limits.maxWorkersTotal &&
+      (this.#runningBySession.get(key) ?? 0) < max;
+  }
+
+  #take(key: string): void {
+    this.#running++;
+    this.#runningBySession.set(key, (this.#runningBySession.get(key) ?? 0) + 1);
+  }
+
+  #release(key: string): void {
+    this.#running--;
+    const n = (this.#runningBySession.get(key) ?? 1) - 1;
+    if (n === 0) this.#runningBySession.delete(key);
+    else this.#runningBySession.set(key, n);
+    for (let i = 0; i < this.#queue.length && this.#running < this.#limits.maxWorkersTotal;) {
+      const w = this.#queue[i] as Waiter;
+      if (this.#canRun(w.key, w.max)) {
+        this.#queue.splice(i, 1);
+        this.#take(w.key);
+        w.resolve();
+      } else {
+        i++;
+      }
+    }
+  }
+
+  #rejectQueued(match: (w: Waiter) => boolean, error: () => Error): void {
+    const keep: Waiter[] = [];
+    for (const w of this.#queue) {
+      if (match(w)) w.reject(error());
+      else keep.push(w);
+    }
+    this.#queue = keep;
+  }
+}
+
+function hashKey(key: string): string {
+  // FNV-1a 64: a stable, filesystem-safe directory name for an opaque key.
+  let h = 0xcbf29ce484222325n;
+  for (const b of new TextEncoder().encode(key)) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
+}
