@@ -103,6 +103,8 @@ export class Extractor implements TarSink {
   #fileMtime = 0;
   #fileBytes = 0;
   #nextDiskCheck: number;
+  /** Mode a file gets without an explicit mode; passing none saves an `fchmod`. */
+  #plainMode = 0o666 & ~Deno.umask();
   entries = 0;
   files = 0;
   dirs = 0;
@@ -307,7 +309,11 @@ export class Extractor implements TarSink {
     try {
       if (whole !== undefined) {
         // One op for open+write+close; the tree holds no symlinks yet, so the path is safe.
-        Deno.writeFileSync(path, whole, { mode, createNew: true });
+        Deno.writeFileSync(
+          path,
+          whole,
+          mode === this.#plainMode ? { createNew: true } : { mode, createNew: true },
+        );
         if (this.#p.preserveMtime) Deno.utimeSync(path, m.mtime, m.mtime);
         this.bytesWritten += whole.length;
         this.#diskCheck(entry);

@@ -7,10 +7,12 @@
  */
 import fs from "node:fs";
 import zlib from "node:zlib";
-import { configure, type Entry, Reader, ZipReader } from "@zip.js/zip.js";
+import { configure, Reader, ZipReader } from "@zip.js/zip.js";
 import { UnpackError } from "./error.ts";
 import type { Extractor, Member } from "./_extract.ts";
 import type { ZipEnd } from "./_zipdir.ts";
+
+const SCRATCH_MIN = 1 << 16;
 
 configure({ useWebWorkers: false });
 
@@ -27,8 +29,15 @@ class FdReader extends Reader<number> {
   }
 }
 
-function pread(fd: number, pos: number, len: number): Uint8Array {
-  const buf = new Uint8Array(len);
+let scratch = new Uint8Array(SCRATCH_MIN);
+
+/**
+ * Reads `len` bytes at `pos`. With `reuse`, into a shared buffer valid until the next call
+ * (fewer short-lived allocations: GC lag on them showed up as peak RSS).
+ */
+function pread(fd: number, pos: number, len: number, reuse = false): Uint8Array {
+  if (reuse && scratch.length < len) scratch = new Uint8Array(Math.max(len, scratch.length * 2));
+  const buf = reuse ? scratch.subarray(0, len) : new Uint8Array(len);
   let off = 0;
   while (off < len) {
     const n = fs.readSync(fd, buf, off, len - off, pos + off);
@@ -51,7 +60,25 @@ const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
-const SMALL = 8 << 20;
+const SMALL = 1 << 20;
+
+/** What we keep of a central record: zip.js entries are large, envs have 100k of them. */
+interface Entry {
+  filename: string;
+  rawFilename: Uint8Array;
+  encrypted: boolean;
+  rawBitFlag: number;
+  offset: number;
+  compressionMethod: number;
+  compressedSize: number;
+  uncompressedSize: number;
+  crc32: number | undefined;
+  directory: boolean;
+  versionMadeBy: number;
+  externalFileAttributes: number;
+  executable: boolean;
+  mtime: number;
+}
 
 interface Planned {
   e: Entry;
@@ -81,7 +108,7 @@ export async function unpackZip(
   const fd = fs.openSync(path, "r");
   try {
     const size = fs.fstatSync(fd).size;
-    let entries: Entry[];
+    const entries: Entry[] = [];
     const reader = new ZipReader(new FdReader(fd, size), {
       filenameValidation: "tolerant", // names are checked by our own policy, with our codes
       strictness: "balanced",
@@ -93,7 +120,30 @@ export async function unpackZip(
           `Cannot unpack archive: ${end.entries} entries, limit is ${lim.maxEntries}`,
         );
       }
-      entries = await reader.getEntries();
+      for await (const e of reader.getEntriesGenerator()) {
+        if (entries.length >= lim.maxEntries) {
+          throw new UnpackError(
+            "QUOTA_ENTRIES",
+            `Cannot unpack archive: more than ${lim.maxEntries} entries`,
+          );
+        }
+        entries.push({
+          filename: e.filename,
+          rawFilename: e.rawFilename.slice(),
+          encrypted: e.encrypted,
+          rawBitFlag: e.rawBitFlag ?? 0,
+          offset: e.offset,
+          compressionMethod: e.compressionMethod,
+          compressedSize: e.compressedSize,
+          uncompressedSize: e.uncompressedSize,
+          crc32: e.crc32,
+          directory: e.directory,
+          versionMadeBy: e.versionMadeBy,
+          externalFileAttributes: e.externalFileAttributes,
+          executable: e.executable,
+          mtime: Math.floor(e.lastModDate.getTime() / 1000),
+        });
+      }
     } catch (e) {
       if (e instanceof UnpackError) throw e;
       const msg = (e as Error).message ?? String(e);
@@ -108,7 +158,7 @@ export async function unpackZip(
     const plan: Planned[] = [];
     for (const e of entries) {
       const entry = e.filename;
-      if (e.encrypted || ((e.rawBitFlag ?? 0) & 1)) {
+      if (e.encrypted || (e.rawBitFlag & 1)) {
         throw new UnpackError(
           "ENCRYPTED",
           `Cannot unpack zip entry ${JSON.stringify(entry)}: it is encrypted`,
@@ -117,7 +167,7 @@ export async function unpackZip(
           },
         );
       }
-      const lh = pread(fd, e.offset, 30);
+      const lh = pread(fd, e.offset, 30, true);
       const dv = new DataView(lh.buffer, lh.byteOffset, lh.byteLength);
       if (lh.length < 30 || dv.getUint32(0, true) !== 0x04034b50) {
         throw new UnpackError(
@@ -232,7 +282,7 @@ async function entryOut(
     : e.executable
     ? 0o755
     : 0o644;
-  const mtime = Math.floor(e.lastModDate.getTime() / 1000);
+  const mtime = e.mtime;
   const base: Member = {
     name: entry,
     linkname: "",
@@ -269,7 +319,7 @@ async function entryOut(
     );
   }
   if (clen <= SMALL && declared <= SMALL * 8) {
-    const raw = pread(fd, p.dataStart, clen);
+    const raw = pread(fd, p.dataStart, clen, true);
     if (raw.length !== clen) {
       throw new UnpackError(
         "CORRUPT",
@@ -339,7 +389,7 @@ async function entryOut(
     : undefined;
   const feed = async function* (): AsyncGenerator<Uint8Array> {
     for (let pos = p.dataStart; pos < p.dataEnd; pos += 1 << 20) {
-      const chunk = pread(fd, pos, Math.min(1 << 20, p.dataEnd - pos));
+      const chunk = pread(fd, pos, Math.min(1 << 20, p.dataEnd - pos)); // zlib may hold it: no reuse
       if (chunk.length === 0) break;
       read += chunk.length;
       yield chunk;

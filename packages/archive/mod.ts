@@ -10,6 +10,38 @@
  *   bytes produced, then renames it into place. Failures throw {@linkcode UnpackError} with a
  *   stable `code`.
  *
+ * ## Policy (defaults; see {@linkcode UnpackOptions} for the switches)
+ *
+ * - Names: absolute names (`/x`, `\x`, `C:x`), any `..` component, `\`, NUL and control
+ *   characters, names over 4096 bytes, components over 255 bytes and paths over 256 levels
+ *   are refused, never repaired. Leading `./` and empty components are dropped.
+ * - Nothing is written through a symlink: regular files, directories and hardlinks are
+ *   created first, with `O_CREAT|O_EXCL`, in a tree that holds no symlink yet; symlinks are
+ *   created last, after a virtual `realpath` over all the archive's links shows each one ends
+ *   inside the destination (not at the destination itself). A member below a symlink member
+ *   is refused (`THROUGH_LINK`). Exception: in an archive with a root `pyvenv.cfg`, the
+ *   interpreter links `bin/python`, `bin/python3`, `bin/python3.X` may point at an absolute
+ *   path (every venv has one); they are reported in `interpreterLinks`.
+ * - Hardlinks only to a regular file unpacked earlier in the same archive (`linkname` is
+ *   relative to the archive root).
+ * - Duplicates: the later member wins, as in tar, by unlinking the earlier file or dropping
+ *   the pending symlink — never by writing through it, so a hardlink to the earlier file keeps
+ *   the earlier bytes. A directory is never replaced by a non-directory or the reverse
+ *   (`CONFLICT`), a symlink member that is not created yet may be replaced by a directory.
+ * - No devices, FIFOs, sockets (`SPECIAL_FILE`), no sparse or unknown member types
+ *   (`UNSUPPORTED`). File modes: owner read/write forced; setuid, setgid, sticky and
+ *   group/other write removed (reported); group/other execute kept only when the owner has
+ *   it. Directories are `0755`. Owners are never applied. File mtimes are kept.
+ * - Quotas on bytes produced: 20 GiB in total, 4 GiB per entry, 1,000,000 entries, a
+ *   decompression ratio of 100 once 64 MiB were produced (real environments are 3–5:1), 512
+ *   MiB kept free on the destination's file system (checked before and every 64 MiB).
+ * - Zip: central directory read by `@zip.js/zip.js` (Zip64, preambles), each local header
+ *   cross-checked (name, method), overlapping entries refused (`OVERLAP`), encrypted entries
+ *   refused (`ENCRYPTED`), sizes and CRC-32 verified on the bytes produced.
+ * - Atomicity: everything happens in a fresh `0700` sibling temporary directory, renamed to
+ *   `dest` when complete; on failure it is removed. A killed process leaves it behind:
+ *   {@linkcode removeStaleTemps} clears such leftovers.
+ *
  * ```ts
  * import { detect, isUnpackError, unpack } from "@valise/archive";
  * import assert from "node:assert/strict";

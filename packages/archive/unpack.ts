@@ -16,7 +16,6 @@ import {
 } from "./_extract.ts";
 import { openSource } from "./_source.ts";
 import { TarParser } from "./_tar.ts";
-import { unpackZip } from "./_zip.ts";
 import { findZipEnd } from "./_zipdir.ts";
 
 export type { ChangeKind, ChangeRecord } from "./_extract.ts";
@@ -328,6 +327,8 @@ export async function unpack(
       if (end === undefined) {
         throw new UnpackError("CORRUPT", "Cannot read zip: no end of central directory record");
       }
+      // Loaded on demand: tar-only users skip zip.js's start-up cost.
+      const { unpackZip } = await import("./_zip.ts");
       const r = await unpackZip(path, end, x, {
         maxRatio: o.maxRatio,
         ratioGraceBytes: o.ratioGraceBytes,
