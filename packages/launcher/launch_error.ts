@@ -17,6 +17,7 @@
  *   the session's directory.
  * - `INTERPRETER_FAILED` (FAILED_PRECONDITION): the interpreter exists but could not start the
  *   worker (it exited, crashed or hung before it was ready); the message holds its stderr.
+ * - `SESSION_DIR_MISSING` (FAILED_PRECONDITION): the session's `root` is not a directory.
  * - `QUEUE_FULL` (RESOURCE_EXHAUSTED): the run could not start now and the wait queue is full.
  * - `SESSION_STOPPED` (ABORTED): `stopSession()` was called while the run waited to start.
  * - `CLOSED` (UNAVAILABLE): the launcher is closed.
@@ -27,6 +28,7 @@ export type LaunchErrorCode =
   | "INTERPRETER_NOT_ALLOWED"
   | "INTERPRETER_OUTSIDE_SESSION"
   | "INTERPRETER_FAILED"
+  | "SESSION_DIR_MISSING"
   | "QUEUE_FULL"
   | "SESSION_STOPPED"
   | "CLOSED"

@@ -437,6 +437,13 @@ export class Launcher {
     const job = this.#checkRequest(root, session, request, limits);
     const epoch = this.#epochs.get(session.key) ?? 0;
     signal?.throwIfAborted();
+    const rootInfo = await Deno.stat(root).catch(() => undefined);
+    if (!rootInfo?.isDirectory) {
+      throw new LaunchError(
+        "SESSION_DIR_MISSING",
+        `Cannot run in session ${session.key}: ${root} is not a directory`,
+      );
+    }
     const interp = await this.#resolveInterpreter(session, root);
     await this.#acquire(session.key, limits.maxWorkersPerSession, signal);
     let handle: RunHandle | undefined;

@@ -608,6 +608,11 @@ Deno.test("Launcher logs once when workers are not sandboxed", async () => {
   const l = new Launcher({ sandbox: "none", logger: log });
   assert.equal(l.sandboxed, false);
   assert.equal(lines.filter((x) => x.includes("not sandboxed")).length, 1);
+  await rejectsLaunch(
+    collect(l, { key: "x", root: "/nonexistent/session", pythonPath: [] }, { code: "" }),
+    "SESSION_DIR_MISSING",
+    "/nonexistent/session",
+  );
   await l.close();
   await rejectsLaunch(
     collect(l, { key: "x", root: "/tmp/x", pythonPath: [] }, { code: "" }),
