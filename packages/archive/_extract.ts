@@ -21,6 +21,7 @@ import fs from "node:fs";
 import { UnpackError } from "./error.ts";
 import { CONTROL, type NameLimits, normalizeName, parentOf } from "./_paths.ts";
 import type { TarMember, TarSink } from "./_tar.ts";
+import { type BatchFailure, WritePool } from "./_write_pool.ts";
 
 /** Resolved limits and switches the extractor enforces. */
 export interface Policy {
@@ -33,6 +34,7 @@ export interface Policy {
   minFreeDiskBytes: number;
   diskCheckIntervalBytes: number;
   maxReportedChanges: number;
+  parallelWritesThreshold: number;
 }
 
 /** Kinds of change reported in {@linkcode ChangeRecord}. */
@@ -68,8 +70,14 @@ function targetParts(t: string): string[] {
   return t.split("/").filter((p) => p !== "" && p !== ".");
 }
 
+function isBatchFailure(e: unknown): e is BatchFailure {
+  return typeof e === "object" && e !== null && !(e instanceof Error) && "entry" in e &&
+    "message" in e;
+}
+
 function ioError(e: unknown, action: string, entry?: string): UnpackError {
   if (e instanceof UnpackError) return e;
+  if (isBatchFailure(e)) return ioError(new Error(e.message), action, e.entry);
   const msg = e instanceof Error ? e.message : String(e);
   const code = /ENOSPC|No space left|EDQUOT|quota/i.test(msg) ? "QUOTA_DISK" : "IO";
   return new UnpackError(
@@ -105,6 +113,8 @@ export class Extractor implements TarSink {
   #nextDiskCheck: number;
   /** Mode a file gets without an explicit mode; passing none saves an `fchmod`. */
   #plainMode = 0o666 & ~Deno.umask();
+  #pool: WritePool | undefined;
+  #smallFiles = 0;
   entries = 0;
   files = 0;
   dirs = 0;
@@ -129,6 +139,16 @@ export class Extractor implements TarSink {
     this.changeCounts[kind]++;
     if (this.changes.length < this.#p.maxReportedChanges) {
       this.changes.push({ kind, entry, detail });
+    }
+  }
+
+  /** Barrier: every queued file is on disk (or its failure thrown). */
+  #drain(): void {
+    if (this.#pool === undefined) return;
+    try {
+      this.#pool.drain();
+    } catch (e) {
+      throw ioError(e, "write");
     }
   }
 
@@ -180,6 +200,7 @@ export class Extractor implements TarSink {
     if (n.kind === "symlink") {
       this.#symlinks.delete(rel);
     } else {
+      this.#drain();
       try {
         Deno.removeSync(this.root + "/" + rel);
       } catch (e) {
@@ -307,6 +328,24 @@ export class Extractor implements TarSink {
     this.#nodes.set(rel, { kind: "file" });
     this.files++;
     try {
+      if (
+        whole !== undefined && this.#pool === undefined &&
+        ++this.#smallFiles > this.#p.parallelWritesThreshold
+      ) {
+        this.#pool = new WritePool();
+      }
+      if (whole !== undefined && this.#pool !== undefined) {
+        this.#pool.add(
+          path,
+          whole,
+          mode === this.#plainMode ? -1 : mode,
+          this.#p.preserveMtime ? m.mtime : null,
+          entry,
+        );
+        this.bytesWritten += whole.length;
+        this.#diskCheck(entry);
+        return;
+      }
       if (whole !== undefined) {
         // One op for open+write+close; the tree holds no symlinks yet, so the path is safe.
         Deno.writeFileSync(
@@ -361,8 +400,9 @@ export class Extractor implements TarSink {
     }
   }
 
-  /** Closes a file left open by a failure. */
+  /** Closes a file left open by a failure and stops the writer thread. */
   abort(): void {
+    this.#pool?.close(true);
     try {
       this.#file?.close();
     } catch {
@@ -411,6 +451,7 @@ export class Extractor implements TarSink {
     }
     this.#clearForLeaf(rel, entry);
     this.#ensureDir(parentOf(rel), entry);
+    this.#drain();
     try {
       Deno.linkSync(this.root + "/" + target, this.root + "/" + rel);
     } catch (e) {
@@ -509,6 +550,8 @@ export class Extractor implements TarSink {
   /** Checks and creates the recorded symlinks. Call once, after the last member. */
   finish(): void {
     this.end();
+    this.#drain();
+    this.#pool?.close(false);
     const venv = this.#nodes.get("pyvenv.cfg")?.kind === "file";
     const allow = this.#p.allowInterpreterLinks && venv;
     const interpreterOk = (p: string): boolean => allow && INTERPRETER.test(p);

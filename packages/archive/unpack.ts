@@ -108,6 +108,12 @@ export interface UnpackOptions {
    */
   maxReportedChanges?: number;
   /**
+   * Small files unpacked before a writer thread takes over part of the file writes (so two
+   * cores work: one decompresses and parses, one writes). `Infinity` disables it.
+   * @default {256}
+   */
+  parallelWritesThreshold?: number;
+  /**
    * Aborts the unpack; the temporary directory is removed and `ABORTED` thrown.
    * @default {undefined}
    */
@@ -194,6 +200,7 @@ function validateOptions(
     condaUnpackPython: o.condaUnpackPython,
     condaUnpackTimeoutMs: num(o.condaUnpackTimeoutMs, 300_000, "condaUnpackTimeoutMs"),
     maxReportedChanges: num(o.maxReportedChanges, 100, "maxReportedChanges"),
+    parallelWritesThreshold: num(o.parallelWritesThreshold, 256, "parallelWritesThreshold"),
     signal: o.signal,
   };
 }
@@ -310,6 +317,7 @@ export async function unpack(
     minFreeDiskBytes: o.minFreeDiskBytes,
     diskCheckIntervalBytes: o.diskCheckIntervalBytes,
     maxReportedChanges: o.maxReportedChanges,
+    parallelWritesThreshold: o.parallelWritesThreshold,
   };
   const x = new Extractor(tmp, policy);
   let compressedBytes = 0;

@@ -82,6 +82,7 @@ function model(entries: Gen[]): Map<string, ModelNode> {
 async function checkRun(
   build: (entries: Gen[]) => { bytes: Uint8Array; ext: string },
   entries: Gen[],
+  threaded = false,
 ): Promise<void> {
   const { root, dest } = await makeSandbox();
   try {
@@ -91,7 +92,8 @@ async function checkRun(
     const before = await snapshot(root, ["w"]);
     let ok = true;
     try {
-      await unpack(`${root}/a.${ext}`, dest);
+      // threshold 0: every small file goes through the writer thread and its barriers.
+      await unpack(`${root}/a.${ext}`, dest, { parallelWritesThreshold: threaded ? 0 : Infinity });
     } catch (e) {
       ok = false;
       assert.ok(isUnpackError(e), `not an UnpackError: ${e}`);
@@ -252,7 +254,9 @@ Deno.test("unpack() reads every tar format GNU tar writes, like GNU tar", async 
       }).output();
       assert.ok(r.success, new TextDecoder().decode(r.stderr));
       const out = `${root}/out-${format}`;
-      const res = await unpack(archive, out);
+      const res = await unpack(archive, out, {
+        parallelWritesThreshold: format === "gnu" ? 0 : 256,
+      });
       assert.equal(res.detection.container, "tar");
       const ref = `${root}/ref-${format}`;
       await Deno.mkdir(ref);
@@ -279,6 +283,41 @@ Deno.test("unpack() unpacks a zip behind an unadjusted preamble", async () => {
     assert.equal(r.detection.zipPreamble, "#!/usr/bin/env python3\n".length);
     assert.equal(r.flavor, "zipapp");
     assert.equal(await Deno.readTextFile(`${dest}/pkg/m.py`), "x = 2\n");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("unpack() with the writer thread matches GNU tar on many files, duplicates and hardlinks", async () => {
+  const { root } = await makeSandbox();
+  try {
+    const entries: TarEntry[] = [];
+    for (let i = 0; i < 3000; i++) {
+      entries.push({
+        name: `d${i % 37}/f${i}.py`,
+        data: `x = ${i}\n`.repeat(i % 50),
+        mtime: 1600000000 + i,
+        mode: i % 3 ? 0o644 : 0o755,
+      });
+      if (i % 500 === 7) entries.push({ name: `d${i % 37}/f${i}.py`, data: `replaced ${i}\n` });
+      if (i % 400 === 9) {
+        entries.push({ name: `hard${i}`, type: "hardlink", linkname: `d${i % 37}/f${i}.py` });
+      }
+    }
+    entries.push({
+      name: "big.bin",
+      data: crypto.getRandomValues(new Uint8Array(65536)).map((b) => b),
+    });
+    await Deno.writeFile(`${root}/many.tar`, makeTar(entries));
+    const r = await unpack(`${root}/many.tar`, `${root}/out`, { parallelWritesThreshold: 0 });
+    assert.equal(r.files, 3000 + 6 + 1);
+    assert.equal(r.hardlinks, 8);
+    await Deno.mkdir(`${root}/ref`);
+    const x = await new Deno.Command("tar", {
+      args: ["-xf", `${root}/many.tar`, "-C", `${root}/ref`],
+    }).output();
+    assert.ok(x.success);
+    assert.deepEqual(await snapshot(`${root}/out`), await snapshot(`${root}/ref`));
   } finally {
     await Deno.remove(root, { recursive: true });
   }
