@@ -30,9 +30,12 @@
  * @module
  */
 export * from "./errors.ts";
+export * from "./cli_options.ts";
 export * from "./health_service.ts";
+export * from "./metrics.ts";
 export * from "./serve.ts";
 export * from "./spark_service.ts";
 export * from "./store_service.ts";
 export * from "./unpacker.ts";
 export * from "./valise.ts";
+export * from "./worker_service.ts";

@@ -10,12 +10,21 @@ import {
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createFetchHandler, type UniversalHandler } from "@connectrpc/connect/protocol";
-import { assertCrc32Works, Health, SparkConnectService, StoreService } from "@valise/protocol";
+import { DEFAULT_LIMITS, Launcher, type LauncherOptions } from "@valise/launcher";
+import {
+  assertCrc32Works,
+  Health,
+  SparkConnectService,
+  StoreService,
+  WorkerService,
+} from "@valise/protocol";
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { archiveUnpacker } from "./unpacker.ts";
 import { createHealthService } from "./health_service.ts";
+import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
+import { createWorkerService } from "./worker_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -58,6 +67,11 @@ export interface ValiseOptions {
    */
   quotas?: Partial<Quotas> | undefined;
   /**
+   * How Python workers run: interpreter, sandbox, limits.
+   * @default {{}} the launcher's defaults (bwrap when installed)
+   */
+  workers?: LauncherOptions | undefined;
+  /**
    * The largest message accepted, in bytes.
    * @default {67_108_864}
    */
@@ -78,6 +92,10 @@ export type NodeHandler = (
 export interface Valise {
   /** The session store it serves. */
   readonly store: SessionStore;
+  /** The launcher that runs the sessions' Python workers. */
+  readonly launcher: Launcher;
+  /** Counters, for `/metrics`. */
+  readonly metrics: Metrics;
   /** Registers every Valise service on a Connect router. */
   readonly routes: (router: ConnectRouter) => void;
   /** The interceptors (auth, log) that the handlers run behind. */
@@ -118,13 +136,26 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   });
   const shutdown = new AbortController();
   const log = options.log;
-  const interceptors: Interceptor[] = [];
+  const workerOptions = options.workers ?? {};
+  const launcher = new Launcher({
+    ...workerOptions,
+    logger: workerOptions.logger ??
+      ((level, message) => {
+        if (level !== "info" || log) (log ?? console.error)(`workers: ${message}`);
+      }),
+  });
+  const limits = { ...DEFAULT_LIMITS, ...workerOptions.limits };
+  // Workers go before their session's files do.
+  store.onRelease((s) => launcher.stopSession(`${s.userId}\u0000${s.sessionId}`));
+  const metrics = new Metrics();
+  const interceptors: Interceptor[] = [metrics.interceptor()];
   if (log) interceptors.push(logInterceptor(log));
   if (options.token) interceptors.push(authInterceptor(options.token));
 
   const routes = (router: ConnectRouter): void => {
     router.service(SparkConnectService, createSparkConnectService({ store }));
     router.service(StoreService, createStoreService({ store }));
+    router.service(WorkerService, createWorkerService({ store, launcher, limits, metrics }));
     router.service(Health, createHealthService(shutdown.signal));
   };
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
@@ -160,6 +191,8 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
 
   return {
     store,
+    launcher,
+    metrics,
     routes,
     interceptors,
     fetch,
@@ -169,6 +202,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     async close() {
       clearInterval(timer);
       shutdown.abort();
+      await launcher.close();
       await store.close();
     },
   };

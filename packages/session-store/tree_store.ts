@@ -25,6 +25,7 @@ export class TreeStore {
   readonly root: string;
   #building = new Map<string, Promise<{ path: string; built: boolean }>>();
   #builds = 0;
+  #buildSeconds = 0;
 
   /** Creates a store over `root`; call {@linkcode TreeStore.init} before use. */
   constructor(root: string) {
@@ -34,6 +35,11 @@ export class TreeStore {
   /** How many trees this process has built (not found ready-made). */
   get builds(): number {
     return this.#builds;
+  }
+
+  /** Seconds this process has spent building trees. */
+  get buildSeconds(): number {
+    return this.#buildSeconds;
   }
 
   /**
@@ -80,10 +86,12 @@ export class TreeStore {
       const path = this.path(key);
       if (await this.has(key)) return { path, built: false };
       if (await exists(path)) await removeAll(path);
+      const start = performance.now();
       const info = await build(path);
       await makeReadOnly(path);
       await writeFileAtomic(`${path}.json`, JSON.stringify(info));
       this.#builds++;
+      this.#buildSeconds += (performance.now() - start) / 1000;
       return { path, built: true };
     })().finally(() => this.#building.delete(key));
     this.#building.set(key, p);

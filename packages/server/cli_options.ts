@@ -1,0 +1,201 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { parseArgs } from "node:util";
+import { resolve } from "node:path";
+import type { ServeOptions } from "./serve.ts";
+
+/** The usage text of `deno task serve`. */
+export const USAGE = `Usage: deno task serve [options]
+
+Serves Spark Connect's artifact RPCs (and Valise's own) over gRPC.
+
+Listening and data:
+  --host HOST                 address to listen on (env VALISE_HOST; default 127.0.0.1)
+  --port PORT                 port; 0 picks a free one (env VALISE_PORT; default 15002)
+  --data-dir DIR              sessions, blobs, trees (env VALISE_DATA_DIR; default ./.data)
+  --token TOKEN               require 'authorization: Bearer TOKEN' (env VALISE_TOKEN)
+  --idle-timeout-min N        release sessions idle for N minutes; 0 = never (default 60)
+
+Storage (sizes take K, M, G, T suffixes, powers of 1024):
+  --cache-bytes SIZE          unreferenced blobs/trees kept as a cache (default 10G)
+  --max-session-bytes SIZE    artifacts one session may hold (default 64G)
+  --max-session-artifacts N   artifacts one session may hold (default 10000)
+  --max-user-bytes SIZE       artifacts all sessions of a user may hold (default 256G)
+  --min-free-bytes SIZE       refuse and stop uploads below this much free disk (default 1G)
+
+Workers:
+  --python PATH               interpreter of sessions that choose none (default python3)
+  --allow-interpreter PATH    an absolute interpreter sessions may choose (repeatable)
+  --sandbox MODE              auto | bwrap | none (default auto: bwrap when installed)
+  --worker-network            let workers use the network (default: no network)
+  --worker-timeout-ms N       wall time per run (default 60000)
+  --max-workers-per-session N concurrent runs per session (default 4)
+  --max-workers N             concurrent runs in total (default 16)
+  --worker-memory SIZE        address-space limit per worker (default 2G)
+  --worker-output-bytes SIZE  stdout+stderr per run (default 16M)
+
+Other:
+  --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
+  --quiet                     no per-RPC log lines
+  -h, --help                  this help
+`;
+
+/** A command-line problem, reported with the usage text. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** What `deno task serve` was asked to do. */
+export interface ServeCommand {
+  /** Print the usage and exit. */
+  help: boolean;
+  /** Per-RPC log lines off. */
+  quiet: boolean;
+  /** Port of the metrics endpoint, if any. */
+  metricsPort: number | undefined;
+  /** Everything else, ready for {@linkcode serve}. */
+  options: ServeOptions;
+}
+
+/**
+ * Parses a size such as `512M`, `10G`, `1.5GiB` or `1048576`.
+ *
+ * @param text The size.
+ * @param flag The flag it came from, for the error message.
+ * @returns Bytes.
+ */
+export function parseSize(text: string, flag: string): number {
+  const m = text.trim().match(/^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i);
+  if (!m) throw new UsageError(`${flag}: "${text}" is not a size (e.g. 512M, 10G)`);
+  const unit = { "": 0, k: 1, m: 2, g: 3, t: 4 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
+  return Math.round(Number(m[1]) * 1024 ** unit);
+}
+
+function int(text: string, flag: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(`${flag}: "${text}" is not a whole number from ${min} to ${max}`);
+  }
+  return n;
+}
+
+/**
+ * Reads flags and environment variables into server options.
+ *
+ * @param args The command line (without the program).
+ * @param env Environment lookup.
+ * @param cwd The directory relative paths are taken from.
+ * @returns The parsed command.
+ * @throws {UsageError} For unknown flags or bad values.
+ */
+export function parseServeCommand(
+  args: string[],
+  env: (name: string) => string | undefined,
+  cwd: string,
+): ServeCommand {
+  let v;
+  try {
+    v = parseArgs({
+      args,
+      options: {
+        host: { type: "string" },
+        port: { type: "string" },
+        "data-dir": { type: "string" },
+        token: { type: "string" },
+        "idle-timeout-min": { type: "string" },
+        "cache-bytes": { type: "string" },
+        "max-session-bytes": { type: "string" },
+        "max-session-artifacts": { type: "string" },
+        "max-user-bytes": { type: "string" },
+        "min-free-bytes": { type: "string" },
+        python: { type: "string" },
+        "allow-interpreter": { type: "string", multiple: true },
+        sandbox: { type: "string" },
+        "worker-network": { type: "boolean" },
+        "worker-timeout-ms": { type: "string" },
+        "max-workers-per-session": { type: "string" },
+        "max-workers": { type: "string" },
+        "worker-memory": { type: "string" },
+        "worker-output-bytes": { type: "string" },
+        "metrics-port": { type: "string" },
+        quiet: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message : String(e));
+  }
+  const e = (k: string) => env(k) || undefined;
+  const host = v.host ?? e("VALISE_HOST") ?? "127.0.0.1";
+  const port = int(v.port ?? e("VALISE_PORT") ?? "15002", "--port", 0, 65535);
+  const dataDir = resolve(cwd, v["data-dir"] ?? e("VALISE_DATA_DIR") ?? ".data");
+  const idle = Number(v["idle-timeout-min"] ?? "60");
+  if (!Number.isFinite(idle) || idle < 0) {
+    throw new UsageError(
+      `--idle-timeout-min: "${v["idle-timeout-min"]}" is not a number of minutes`,
+    );
+  }
+  const quotas: NonNullable<ServeOptions["quotas"]> = {
+    ...(v["max-session-bytes"]
+      ? { maxSessionBytes: parseSize(v["max-session-bytes"], "--max-session-bytes") }
+      : {}),
+    ...(v["max-session-artifacts"]
+      ? { maxSessionArtifacts: int(v["max-session-artifacts"], "--max-session-artifacts", 1) }
+      : {}),
+    ...(v["max-user-bytes"]
+      ? { maxUserBytes: parseSize(v["max-user-bytes"], "--max-user-bytes") }
+      : {}),
+    ...(v["min-free-bytes"]
+      ? { minFreeBytes: parseSize(v["min-free-bytes"], "--min-free-bytes") }
+      : {}),
+  };
+  const sandbox = v.sandbox ?? "auto";
+  if (!["auto", "bwrap", "none"].includes(sandbox)) {
+    throw new UsageError(`--sandbox: "${sandbox}" is not one of auto, bwrap, none`);
+  }
+  for (const p of v["allow-interpreter"] ?? []) {
+    if (!p.startsWith("/")) {
+      throw new UsageError(`--allow-interpreter: "${p}" is not an absolute path`);
+    }
+  }
+  const workerLimits = {
+    ...(v["worker-timeout-ms"]
+      ? { wallTimeMs: int(v["worker-timeout-ms"], "--worker-timeout-ms", 1) }
+      : {}),
+    ...(v["max-workers-per-session"]
+      ? { maxWorkersPerSession: int(v["max-workers-per-session"], "--max-workers-per-session", 1) }
+      : {}),
+    ...(v["max-workers"] ? { maxWorkersTotal: int(v["max-workers"], "--max-workers", 1) } : {}),
+    ...(v["worker-memory"]
+      ? { memoryBytes: parseSize(v["worker-memory"], "--worker-memory") }
+      : {}),
+    ...(v["worker-output-bytes"]
+      ? { outputBytes: parseSize(v["worker-output-bytes"], "--worker-output-bytes") }
+      : {}),
+  };
+  const token = v.token ?? e("VALISE_TOKEN");
+  return {
+    help: v.help ?? false,
+    quiet: v.quiet ?? false,
+    metricsPort: v["metrics-port"] !== undefined
+      ? int(v["metrics-port"], "--metrics-port", 0, 65535)
+      : undefined,
+    options: {
+      host,
+      port,
+      dataDir,
+      ...(token ? { token } : {}),
+      idleTimeoutMs: idle * 60_000,
+      ...(v["cache-bytes"] ? { cacheBytes: parseSize(v["cache-bytes"], "--cache-bytes") } : {}),
+      quotas,
+      workers: {
+        sandbox: sandbox as "auto" | "bwrap" | "none",
+        workerNetwork: v["worker-network"] ?? false,
+        ...(v.python ? { defaultPython: v.python } : {}),
+        allowedInterpreters: v["allow-interpreter"] ?? [],
+        limits: workerLimits,
+      },
+    },
+  };
+}

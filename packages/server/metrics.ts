@@ -1,0 +1,222 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "@valise/protocol";
+import type { Launcher } from "@valise/launcher";
+import type { SessionStore } from "@valise/session-store";
+
+const LATENCY_BUCKETS = [
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+];
+
+class Histogram {
+  readonly counts: number[] = LATENCY_BUCKETS.map(() => 0);
+  sum = 0;
+  count = 0;
+  observe(seconds: number): void {
+    this.sum += seconds;
+    this.count++;
+    LATENCY_BUCKETS.forEach((b, i) => {
+      if (seconds <= b) this.counts[i]!++;
+    });
+  }
+  render(name: string, labels: string): string[] {
+    const l = labels ? `${labels},` : "";
+    return [
+      ...LATENCY_BUCKETS.map((b, i) => `${name}_bucket{${l}le="${b}"} ${this.counts[i]}`),
+      `${name}_bucket{${l}le="+Inf"} ${this.count}`,
+      `${name}_sum${labels ? `{${labels}}` : ""} ${this.sum}`,
+      `${name}_count${labels ? `{${labels}}` : ""} ${this.count}`,
+    ];
+  }
+}
+
+/**
+ * Counters of a Valise instance, rendered in Prometheus' text format: sessions, artifacts,
+ * bytes stored and saved by deduplication, unpacks and their time, RPCs and runs with their
+ * latency, the sandbox, quota refusals.
+ */
+export class Metrics {
+  #rpcs = new Map<string, number>();
+  #rpcLatency = new Map<string, Histogram>();
+  #quota = new Map<string, number>();
+  #runs = new Map<string, number>();
+  #runLatency = new Histogram();
+
+  /** Counts a finished RPC. */
+  rpc(method: string, code: Code | 0, seconds: number): void {
+    const key = `method="${method}",code="${code === 0 ? "OK" : Code[code]}"`;
+    this.#rpcs.set(key, (this.#rpcs.get(key) ?? 0) + 1);
+    let h = this.#rpcLatency.get(method);
+    if (!h) this.#rpcLatency.set(method, h = new Histogram());
+    h.observe(seconds);
+  }
+
+  /** Counts a refusal for a quota, by its reason. */
+  quotaRefusal(reason: string): void {
+    this.#quota.set(reason, (this.#quota.get(reason) ?? 0) + 1);
+  }
+
+  /** Counts a finished run and its latency from request to exit. */
+  run(outcome: "ok" | "error" | "timeout" | "cancelled", seconds: number): void {
+    this.#runs.set(outcome, (this.#runs.get(outcome) ?? 0) + 1);
+    this.#runLatency.observe(seconds);
+  }
+
+  /** An interceptor that counts every RPC and every quota refusal. */
+  interceptor(): Interceptor {
+    return (next) => async (req) => {
+      const start = performance.now();
+      const method = `${req.service.typeName}/${req.method.name}`;
+      const fail = (e: unknown) => {
+        const err = ConnectError.from(e);
+        this.rpc(method, err.code, (performance.now() - start) / 1000);
+        if (err.code === Code.ResourceExhausted) {
+          const info = err.findDetails(ErrorInfoSchema)[0];
+          this.quotaRefusal(info?.metadata["valise.reason"] ?? "UNKNOWN");
+        }
+      };
+      try {
+        const res = await next(req);
+        if (!res.stream) {
+          this.rpc(method, 0, (performance.now() - start) / 1000);
+          return res;
+        }
+        const inner = res.message;
+        const done = () => this.rpc(method, 0, (performance.now() - start) / 1000);
+        return {
+          ...res,
+          message: (async function* () {
+            try {
+              yield* inner;
+              done();
+            } catch (e) {
+              fail(e);
+              throw e;
+            }
+          })(),
+        };
+      } catch (e) {
+        fail(e);
+        throw e;
+      }
+    };
+  }
+
+  /** Renders every metric in Prometheus' text exposition format. */
+  async render(store: SessionStore, launcher: Launcher): Promise<string> {
+    const sessions = store.sessions();
+    const artifacts = sessions.flatMap((s) => s.artifacts());
+    const logical = artifacts.reduce((n, a) => n + a.size, 0);
+    let physical = 0;
+    for (const d of await store.blobs.list()) {
+      physical += (await Deno.stat(store.blobs.path(d)).catch(() => ({ size: 0 }))).size;
+    }
+    const ls = launcher.stats();
+    const out: string[] = [];
+    const gauge = (name: string, help: string, value: number) =>
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, `${name} ${value}`);
+    gauge("valise_sessions", "Live sessions.", sessions.length);
+    gauge("valise_artifacts", "Artifacts held by live sessions.", artifacts.length);
+    gauge("valise_artifact_bytes", "Bytes of artifacts as sessions see them.", logical);
+    gauge("valise_blob_bytes", "Bytes of distinct artifact contents stored.", physical);
+    gauge(
+      "valise_dedup_saved_bytes",
+      "Bytes not stored thanks to content addressing.",
+      Math.max(0, logical - physical),
+    );
+    gauge("valise_trees", "Unpacked archive trees on disk.", (await store.trees.list()).length);
+    out.push(
+      "# HELP valise_unpacks_total Archives unpacked (not found ready-made).",
+      "# TYPE valise_unpacks_total counter",
+      `valise_unpacks_total ${store.trees.builds}`,
+      "# HELP valise_unpack_seconds_total Time spent unpacking archives.",
+      "# TYPE valise_unpack_seconds_total counter",
+      `valise_unpack_seconds_total ${store.trees.buildSeconds}`,
+    );
+    gauge(
+      "valise_sandbox_enabled",
+      "1 when workers run in a bubblewrap sandbox.",
+      launcher.sandboxed ? 1 : 0,
+    );
+    gauge("valise_workers_running", "Runs executing.", ls.running);
+    gauge("valise_workers_queued", "Runs waiting for a slot.", ls.queued);
+    gauge("valise_fork_servers", "Warm fork servers.", ls.forkServers);
+    out.push(
+      "# HELP valise_rpcs_total RPCs by method and status.",
+      "# TYPE valise_rpcs_total counter",
+    );
+    for (const [k, v] of this.#rpcs) out.push(`valise_rpcs_total{${k}} ${v}`);
+    out.push("# HELP valise_rpc_seconds RPC latency.", "# TYPE valise_rpc_seconds histogram");
+    for (const [m, h] of this.#rpcLatency) {
+      out.push(...h.render("valise_rpc_seconds", `method="${m}"`));
+    }
+    out.push(
+      "# HELP valise_runs_total Worker runs by outcome.",
+      "# TYPE valise_runs_total counter",
+    );
+    for (const [k, v] of this.#runs) out.push(`valise_runs_total{outcome="${k}"} ${v}`);
+    out.push(
+      "# HELP valise_run_seconds Run latency, request to exit.",
+      "# TYPE valise_run_seconds histogram",
+    );
+    out.push(...this.#runLatency.render("valise_run_seconds", ""));
+    out.push(
+      "# HELP valise_quota_refusals_total Requests refused for a quota, by reason.",
+      "# TYPE valise_quota_refusals_total counter",
+    );
+    for (const [k, v] of this.#quota) out.push(`valise_quota_refusals_total{reason="${k}"} ${v}`);
+    return out.join("\n") + "\n";
+  }
+}
+
+/** A running metrics endpoint. */
+export interface MetricsServer {
+  /** The address it listens on. */
+  readonly hostname: string;
+  /** The port it listens on. */
+  readonly port: number;
+  /** Stops it. */
+  close(): Promise<void>;
+}
+
+/**
+ * Serves `GET /metrics` (Prometheus text format) on its own port, apart from the RPC port.
+ *
+ * @param valise What to report on.
+ * @param options Where to listen.
+ * @returns The running endpoint.
+ */
+export function serveMetrics(
+  valise: { readonly metrics: Metrics; readonly store: SessionStore; readonly launcher: Launcher },
+  options: { port: number; hostname: string },
+): MetricsServer {
+  const server = Deno.serve(
+    { port: options.port, hostname: options.hostname, onListen() {} },
+    async (req) => {
+      if (new URL(req.url).pathname !== "/metrics") {
+        return new Response("Not Found", { status: 404 });
+      }
+      return new Response(await valise.metrics.render(valise.store, valise.launcher), {
+        headers: { "content-type": "text/plain; version=0.0.4" },
+      });
+    },
+  );
+  return {
+    hostname: server.addr.hostname,
+    port: server.addr.port,
+    close: () => server.shutdown(),
+  };
+}

@@ -1,0 +1,182 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { Code, type ServiceImpl } from "@connectrpc/connect";
+import {
+  isLaunchError,
+  type Launcher,
+  type LaunchErrorCode,
+  type RunSpec,
+  type SessionLimits,
+  type SessionSpec,
+} from "@valise/launcher";
+import { type RunEvent, RunEventSchema, type WorkerService } from "@valise/protocol";
+import type { Session, SessionStore } from "@valise/session-store";
+import { type ClassifiedError, toConnectError } from "./errors.ts";
+import type { Metrics } from "./metrics.ts";
+import { userIdOf } from "./spark_service.ts";
+
+/**
+ * Config keys a session may use to lower (never raise) the server's worker limits for itself.
+ */
+export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = {
+  wallTimeMs: "spark.valise.worker.timeoutMs",
+  maxWorkersPerSession: "spark.valise.worker.maxConcurrent",
+  memoryBytes: "spark.valise.worker.memoryBytes",
+  outputBytes: "spark.valise.worker.outputBytes",
+};
+
+/**
+ * Describes a session to the launcher: its working directory, the `sys.path` entries of its
+ * zip/egg pyfiles, the shared parts it links to (bound read-only in the sandbox), its
+ * interpreter and worker environment, and the limits it chose below the server's.
+ *
+ * @param session The session.
+ * @param serverLimits The launcher's limits, which session overrides may only lower.
+ * @returns The launcher's view of the session.
+ */
+export function sessionSpec(session: Session, serverLimits: SessionLimits): SessionSpec {
+  const readOnlyPaths: string[] = [];
+  const sharedTrees: string[] = [];
+  const treesRoot = join(session.dir, "..", "..", "..", "trees");
+  for (const a of session.artifacts()) {
+    if (!a.view) continue;
+    if (a.tree) sharedTrees.push(join(treesRoot, a.tree));
+    else readOnlyPaths.push(join(session.root, a.view));
+  }
+  const limits: Partial<SessionLimits> = {};
+  for (const [k, key] of Object.entries(WORKER_LIMIT_KEYS) as [keyof SessionLimits, string][]) {
+    const raw = session.config.value(key);
+    const n = raw === undefined ? NaN : Number(raw);
+    if (Number.isSafeInteger(n) && n > 0) limits[k] = Math.min(n, serverLimits[k]);
+  }
+  const interpreter = session.interpreter();
+  return {
+    key: `${session.userId}\u0000${session.sessionId}`,
+    root: session.root,
+    pythonPath: session.pythonPath(),
+    readOnlyPaths,
+    sharedTrees,
+    env: session.config.workerEnv(),
+    ...(interpreter !== undefined && interpreter !== "" ? { interpreter } : {}),
+    limits,
+  };
+}
+
+const LAUNCH_CODES: Record<LaunchErrorCode, [Code, string]> = {
+  INTERPRETER_NOT_FOUND: [Code.FailedPrecondition, "PYTHON_INTERPRETER.NOT_FOUND"],
+  INTERPRETER_NOT_ALLOWED: [Code.FailedPrecondition, "PYTHON_INTERPRETER.NOT_ALLOWED"],
+  INTERPRETER_OUTSIDE_SESSION: [Code.FailedPrecondition, "PYTHON_INTERPRETER.OUTSIDE_SESSION"],
+  INTERPRETER_FAILED: [Code.FailedPrecondition, "PYTHON_INTERPRETER.FAILED"],
+  SESSION_DIR_MISSING: [Code.FailedPrecondition, "INVALID_HANDLE.SESSION_NOT_FOUND"],
+  QUEUE_FULL: [Code.ResourceExhausted, "WORKER_QUEUE_FULL"],
+  SESSION_STOPPED: [Code.Aborted, "INVALID_HANDLE.SESSION_CLOSED"],
+  CLOSED: [Code.Unavailable, "SERVER_SHUTTING_DOWN"],
+  SANDBOX_UNAVAILABLE: [Code.FailedPrecondition, "WORKER_SANDBOX_UNAVAILABLE"],
+};
+
+function classify(e: unknown): unknown {
+  if (isLaunchError(e)) {
+    const [code, errorClass] = LAUNCH_CODES[e.code];
+    const c: ClassifiedError = {
+      errorClass,
+      message: `[${errorClass}] ${e.message}`,
+      code,
+      reason: e.code,
+    };
+    return c;
+  }
+  if (e instanceof TypeError || e instanceof RangeError) {
+    const c: ClassifiedError = {
+      errorClass: "INVALID_RUN_REQUEST",
+      message: `[INVALID_RUN_REQUEST] ${e.message}`,
+      code: Code.InvalidArgument,
+    };
+    return c;
+  }
+  return e;
+}
+
+/**
+ * `valise.v1.WorkerService`: runs Python in a session — its working directory, interpreter,
+ * `sys.path` and worker environment — streaming output as it is produced. Cancelling the call
+ * kills the worker.
+ *
+ * @param ctx The session store and the launcher.
+ * @returns The service implementation.
+ */
+export function createWorkerService(
+  ctx: {
+    readonly store: SessionStore;
+    readonly launcher: Launcher;
+    readonly limits: SessionLimits;
+    readonly metrics?: Metrics;
+  },
+): ServiceImpl<typeof WorkerService> {
+  const { store, launcher } = ctx;
+  return {
+    async *run(req, call) {
+      let done: (() => void) | undefined;
+      const start = performance.now();
+      let outcome: "ok" | "error" | "timeout" | "cancelled" = "error";
+      try {
+        const session = await store.session({
+          userId: userIdOf(req.userContext),
+          sessionId: req.sessionId,
+          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
+        });
+        done = session.hold();
+        const t = req.target;
+        if (t.case === undefined) {
+          throw new TypeError("Cannot run: the request names no code, module or script");
+        }
+        const rest = { args: req.args, stdin: req.stdin, timeoutMs: req.timeoutMs };
+        const spec: RunSpec = t.case === "code"
+          ? { code: t.value, ...rest }
+          : t.case === "module"
+          ? { module: t.value, ...rest }
+          : { script: t.value, ...rest };
+        for await (const ev of launcher.run(sessionSpec(session, ctx.limits), spec, call.signal)) {
+          if (ev.kind === "exited") {
+            outcome = ev.timedOut ? "timeout" : call.signal.aborted ? "cancelled" : "ok";
+          }
+          yield toRunEvent(ev);
+        }
+      } catch (e) {
+        throw toConnectError(classify(e));
+      } finally {
+        done?.();
+        if (call.signal.aborted && outcome === "error") outcome = "cancelled";
+        ctx.metrics?.run(outcome, (performance.now() - start) / 1000);
+      }
+    },
+  };
+}
+
+function toRunEvent(ev: import("@valise/launcher").RunEvent): RunEvent {
+  switch (ev.kind) {
+    case "started":
+      return create(RunEventSchema, {
+        event: {
+          case: "started",
+          value: { pid: ev.pid, interpreter: ev.interpreter, cwd: ev.cwd },
+        },
+      });
+    case "stdout":
+    case "stderr":
+      return create(RunEventSchema, { event: { case: ev.kind, value: ev.data } });
+    case "exited":
+      return create(RunEventSchema, {
+        event: {
+          case: "exited",
+          value: {
+            exitCode: ev.exitCode,
+            signal: ev.signal,
+            durationMs: BigInt(Math.round(ev.durationMs)),
+            timedOut: ev.timedOut,
+            outputTruncated: ev.outputTruncated,
+          },
+        },
+      });
+  }
+}
