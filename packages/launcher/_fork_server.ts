@@ -63,6 +63,8 @@ export interface RunOptions {
   interpreter: string;
   /** Reported in `started`. */
   cwd: string;
+  /** Called once the run has ended (after its `exited` event is queued). */
+  onExit: () => void;
 }
 
 /** One run in flight. */
@@ -316,6 +318,11 @@ export class ForkServer {
       outputTruncated: state.truncated,
     });
     state.events.close();
+    try {
+      state.options.onExit();
+    } catch (e) {
+      this.#init.log("error", "onExit failed", { error: String(e) });
+    }
   }
 
   #onFrame(f: Frame): void {

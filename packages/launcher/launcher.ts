@@ -450,9 +450,22 @@ export class Launcher {
     let finished = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let entry: ServerEntry | undefined;
+    let released = false;
     const onAbort = () => handle?.kill(false);
+    // The slot and the timers belong to the process, not to this generator: they are let go
+    // when the run has exited, even if the consumer stops iterating without return().
+    const release = () => {
+      if (released) return;
+      released = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      this.#release(session.key);
+      if (entry) this.#maybeIdle(entry);
+    };
     try {
       for (let attempt = 0;; attempt++) {
+        // Checked right before a fork server may be created, so none outlives close().
+        this.#checkEpoch(session.key, epoch);
         entry = this.#entry(session, root, interp);
         if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
         entry.idleTimer = undefined;
@@ -463,41 +476,25 @@ export class Launcher {
             outputBytes: limits.outputBytes,
             interpreter: interp.display,
             cwd: root,
+            onExit: release,
           });
           break;
         }
       }
-      timer = setTimeout(() => handle?.kill(true), job.timeoutMs);
+      const h = handle;
+      timer = setTimeout(() => h.kill(true), job.timeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
       if (signal?.aborted) onAbort();
       while (true) {
-        const ev = await handle.events.next();
+        const ev = await h.events.next();
         if (ev === undefined) break;
         if (ev.kind === "exited") finished = true;
         yield ev;
       }
       finished = true;
     } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      const done = () => {
-        this.#release(session.key);
-        if (entry) this.#maybeIdle(entry);
-      };
-      if (handle && !finished) {
-        // Keep the slot until the process is really gone.
-        handle.kill(false);
-        const h = handle;
-        const p = (async () => {
-          while ((await h.events.next()) !== undefined) { /* drain */ }
-        })().catch(() => {}).finally(() => {
-          done();
-          this.#pending.delete(p);
-        });
-        this.#pending.add(p);
-      } else {
-        done();
-      }
+      if (!handle) release();
+      else if (!finished) handle.kill(false);
     }
   }
 
