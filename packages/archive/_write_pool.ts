@@ -31,6 +31,9 @@ export interface BatchFailure {
 export const COMPLETED = 0;
 export const ERROR = 1;
 export const CANCEL = 2;
+export const READY = 3;
+/** How long to wait for the worker to start before giving up (it never took 1 s here). */
+const START_TIMEOUT_MS = 30_000;
 
 /** Writes a batch; returns the first failure. `stop()` is polled between files. */
 export function writeBatch(b: Batch, stop: () => boolean): BatchFailure | undefined {
@@ -122,6 +125,19 @@ export class WritePool {
     this.#worker.postMessage(batch, [batch.data]);
   }
 
+  /** Blocks until the worker finished every submitted batch. */
+  #waitAll(): void {
+    const t0 = Date.now();
+    for (;;) {
+      const done = Atomics.load(this.#ctl, COMPLETED);
+      if (done >= this.#submitted) return;
+      if (Atomics.load(this.#ctl, READY) === 0 && Date.now() - t0 > START_TIMEOUT_MS) {
+        throw { entry: "", message: "the writer thread did not start" } satisfies BatchFailure;
+      }
+      Atomics.wait(this.#ctl, COMPLETED, done, 100);
+    }
+  }
+
   /** Throws the worker's first failure, if any. */
   check(): void {
     if (Atomics.load(this.#ctl, ERROR) === 0) return;
@@ -133,11 +149,7 @@ export class WritePool {
   /** Writes everything queued and waits until it is on disk. Throws a {@linkcode BatchFailure}. */
   drain(): void {
     this.#flush();
-    for (;;) {
-      const done = Atomics.load(this.#ctl, COMPLETED);
-      if (done >= this.#submitted) break;
-      Atomics.wait(this.#ctl, COMPLETED, done, 1000);
-    }
+    this.#waitAll();
     this.check();
   }
 
@@ -148,10 +160,10 @@ export class WritePool {
     if (abandon) {
       Atomics.store(this.#ctl, CANCEL, 1);
       // Let the batch in progress stop before the caller removes the tree under it.
-      for (;;) {
-        const done = Atomics.load(this.#ctl, COMPLETED);
-        if (done >= this.#submitted) break;
-        Atomics.wait(this.#ctl, COMPLETED, done, 1000);
+      try {
+        this.#waitAll();
+      } catch {
+        // never started: nothing to wait for
       }
     }
     this.#worker.terminate();

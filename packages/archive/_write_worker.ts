@@ -5,7 +5,7 @@
  * creates new files (`O_CREAT|O_EXCL`) at paths the main thread validated, in directories
  * the main thread created; the tree holds no symlinks while it runs.
  */
-import { type Batch, CANCEL, COMPLETED, ERROR, writeBatch } from "./_write_pool.ts";
+import { type Batch, CANCEL, COMPLETED, ERROR, READY, writeBatch } from "./_write_pool.ts";
 
 let ctl: Int32Array | undefined;
 let err: Uint8Array | undefined;
@@ -17,6 +17,7 @@ globalThis.addEventListener("message", (ev: Event): void => {
   if (m.init) {
     ctl = new Int32Array(m.init.ctl);
     err = new Uint8Array(m.init.err);
+    Atomics.store(ctl, READY, 1);
     return;
   }
   const c = ctl!;

@@ -1,33 +1,18 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * Zip unpacking. `@zip.js/zip.js` parses the end records and central directory (Zip64,
- * preambles, name encodings); we read each local header ourselves to cross-check it against
- * the central record, refuse encrypted and overlapping entries, and inflate with `node:zlib`
- * while counting the bytes produced and checking the CRC-32.
+ * Zip unpacking: the central directory (`_zipcd.ts`) says what is there; we read each local
+ * header to cross-check it against the central record, refuse encrypted and overlapping
+ * entries, and inflate with `node:zlib` while counting the bytes produced and checking the
+ * CRC-32.
  */
 import fs from "node:fs";
 import zlib from "node:zlib";
-import { configure, Reader, ZipReader } from "@zip.js/zip.js";
 import { UnpackError } from "./error.ts";
 import type { Extractor, Member } from "./_extract.ts";
 import type { ZipEnd } from "./_zipdir.ts";
+import { type CdEntry, readCentralDirectory } from "./_zipcd.ts";
 
 const SCRATCH_MIN = 1 << 16;
-
-configure({ useWebWorkers: false });
-
-/** Reads with `pread`, so concurrent reads cannot disturb each other. */
-class FdReader extends Reader<number> {
-  #fd: number;
-  constructor(fd: number, size: number) {
-    super(fd);
-    this.#fd = fd;
-    this.size = size;
-  }
-  override readUint8Array(index: number, length: number): Promise<Uint8Array> {
-    return Promise.resolve(pread(this.#fd, index, length));
-  }
-}
 
 let scratch = new Uint8Array(SCRATCH_MIN);
 
@@ -62,23 +47,7 @@ const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 const SMALL = 1 << 20;
 
-/** What we keep of a central record: zip.js entries are large, envs have 100k of them. */
-interface Entry {
-  filename: string;
-  rawFilename: Uint8Array;
-  encrypted: boolean;
-  rawBitFlag: number;
-  offset: number;
-  compressionMethod: number;
-  compressedSize: number;
-  uncompressedSize: number;
-  crc32: number | undefined;
-  directory: boolean;
-  versionMadeBy: number;
-  externalFileAttributes: number;
-  executable: boolean;
-  mtime: number;
-}
+type Entry = CdEntry;
 
 interface Planned {
   e: Entry;
@@ -107,58 +76,16 @@ export async function unpackZip(
 ): Promise<{ compressed: number; produced: number }> {
   const fd = fs.openSync(path, "r");
   try {
-    const size = fs.fstatSync(fd).size;
-    const entries: Entry[] = [];
-    const reader = new ZipReader(new FdReader(fd, size), {
-      filenameValidation: "tolerant", // names are checked by our own policy, with our codes
-      strictness: "balanced",
-    });
-    try {
-      if (end.entries > lim.maxEntries) {
-        throw new UnpackError(
-          "QUOTA_ENTRIES",
-          `Cannot unpack archive: ${end.entries} entries, limit is ${lim.maxEntries}`,
-        );
-      }
-      for await (const e of reader.getEntriesGenerator()) {
-        if (entries.length >= lim.maxEntries) {
-          throw new UnpackError(
-            "QUOTA_ENTRIES",
-            `Cannot unpack archive: more than ${lim.maxEntries} entries`,
-          );
-        }
-        entries.push({
-          filename: e.filename,
-          rawFilename: e.rawFilename.slice(),
-          encrypted: e.encrypted,
-          rawBitFlag: e.rawBitFlag ?? 0,
-          offset: e.offset,
-          compressionMethod: e.compressionMethod,
-          compressedSize: e.compressedSize,
-          uncompressedSize: e.uncompressedSize,
-          crc32: e.crc32,
-          directory: e.directory,
-          versionMadeBy: e.versionMadeBy,
-          externalFileAttributes: e.externalFileAttributes,
-          executable: e.executable,
-          mtime: Math.floor(e.lastModDate.getTime() / 1000),
-        });
-      }
-    } catch (e) {
-      if (e instanceof UnpackError) throw e;
-      const msg = (e as Error).message ?? String(e);
-      if (/encrypt/i.test(msg)) {
-        throw new UnpackError("ENCRYPTED", `Cannot unpack zip: ${msg}`, { cause: e });
-      }
-      throw new UnpackError("CORRUPT", `Cannot read zip central directory: ${msg}`, { cause: e });
-    } finally {
-      await reader.close().catch(() => {});
+    const cd = pread(fd, end.cdStart, end.cdSize);
+    if (cd.length !== end.cdSize) {
+      throw new UnpackError("CORRUPT", "Cannot read zip central directory: truncated file");
     }
+    const entries = readCentralDirectory(cd, end, lim.maxEntries);
     checkAbort(lim.signal);
     const plan: Planned[] = [];
     for (const e of entries) {
       const entry = e.filename;
-      if (e.encrypted || (e.rawBitFlag & 1)) {
+      if (e.flags & 0x41 || e.flags & 0x2000) {
         throw new UnpackError(
           "ENCRYPTED",
           `Cannot unpack zip entry ${JSON.stringify(entry)}: it is encrypted`,
@@ -275,13 +202,8 @@ async function entryOut(
   else if (type === S_IFLNK) kind = "symlink";
   else if (type === 0 || type === S_IFREG) kind = "file";
   else kind = "special";
-  const mode = unix & 0o7777
-    ? unix & 0o7777
-    : kind === "dir"
-    ? 0o755
-    : e.executable
-    ? 0o755
-    : 0o644;
+  // Zips made on other systems carry no Unix mode: plain files then.
+  const mode = unix & 0o7777 ? unix & 0o7777 : kind === "dir" ? 0o755 : 0o644;
   const mtime = e.mtime;
   const base: Member = {
     name: entry,
