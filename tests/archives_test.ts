@@ -100,6 +100,57 @@ Deno.test("a venv-pack archive added by two sessions is unpacked once and seen b
   });
 });
 
+Deno.test("twenty sessions adding the same environment store and unpack it once", async () => {
+  await withServer(async ({ spark, server, tmp }) => {
+    // A package with 2 MB of incompressible data makes the environment's size dominate.
+    const noise = Array.from(crypto.getRandomValues(new Uint8Array(32768)))
+      .map((b) => b.toString(16).padStart(2, "0")).join("");
+    const { archive } = await makeVenvPack(join(tmp, "fx"), {
+      packages: { big: `DATA = ${JSON.stringify(noise.repeat(32))}\n` },
+    });
+    const ids = Array.from({ length: 20 }, () => crypto.randomUUID());
+    for (const [i, sessionId] of ids.entries()) {
+      await spark.addArtifacts(
+        addArtifactsRequests([fileArtifact(`archives/env${i % 2}.tar.gz#environment`, archive)], {
+          sessionId,
+        }),
+      );
+    }
+    equal(server.valise.store.trees.builds, 1);
+    equal((await server.valise.store.trees.list()).length, 1);
+    equal((await server.valise.store.blobs.list()).length, 1);
+    const fileBytes = async (root: string) => {
+      // Bytes of distinct files: a hard link is counted once, as the disk holds it once.
+      const seen = new Set<string>();
+      let total = 0;
+      const walk = async (dir: string): Promise<void> => {
+        for await (const e of Deno.readDir(dir)) {
+          const p = join(dir, e.name);
+          const st = await Deno.lstat(p);
+          if (st.isDirectory) await walk(p);
+          else if (st.isFile && !seen.has(`${st.dev}:${st.ino}`)) {
+            seen.add(`${st.dev}:${st.ino}`);
+            total += st.size;
+          }
+        }
+      };
+      await walk(root);
+      return total;
+    };
+    const data = join(tmp, "data");
+    const oneCopy = await fileBytes(join(data, "trees")) + (await Deno.stat(archive)).size;
+    const all = await fileBytes(data);
+    ok(all < oneCopy * 1.1, `${all} bytes stored for 20 sessions; one copy is ${oneCopy}`);
+    ok(oneCopy > 2_000_000, `the environment is too small to tell: ${oneCopy}`);
+    for (const id of ids) {
+      ok(
+        Deno.statSync(join(server.valise.store.find("", id)!.root, "environment/pyvenv.cfg"))
+          .isFile,
+      );
+    }
+  });
+});
+
 Deno.test("concurrent adds of the same archive unpack it once", async () => {
   await withServer(async ({ spark, server, tmp }) => {
     const { archive } = await makeVenvPack(join(tmp, "fx"));

@@ -308,3 +308,37 @@ print("own", open("mine.txt").read())
     ok(got["net"] !== "allowed", got["net"]);
   });
 });
+
+Deno.test("a worker cannot modify the shared environment tree or its session's artifacts", async (t) => {
+  await withServer(async ({ spark, workers, tmp, sandboxed }) => {
+    const sessionId = crypto.randomUUID();
+    const { archive } = await makeVenvPack(join(tmp, "fx"));
+    await spark.addArtifacts(addArtifactsRequests([
+      fileArtifact("archives/env.tar.gz#environment", archive),
+      bytesArtifact("pyfiles/lib.py", new TextEncoder().encode("X = 1\n")),
+    ], { sessionId }));
+    const r = await run(workers, {
+      sessionId,
+      ...code(`
+def attempt(f):
+    try:
+        f(); return "allowed"
+    except Exception as e:
+        return type(e).__name__
+print("tree-file", attempt(lambda: open("environment/pyvenv.cfg", "a").write("x")))
+print("tree-new", attempt(lambda: open("environment/new.txt", "w").write("x")))
+print("artifact", attempt(lambda: open("lib.py", "a").write("x")))
+print("own-new", attempt(lambda: open("output.txt", "w").write("x")))
+`),
+    });
+    const got = Object.fromEntries(r.stdout.trim().split("\n").map((l) => l.split(" ")));
+    equal(got["own-new"], "allowed", r.stderr);
+    if (!sandboxed) {
+      t.step({ name: "skipped: workers are not sandboxed here", ignore: true, fn: () => {} });
+      return;
+    }
+    for (const k of ["tree-file", "tree-new", "artifact"]) {
+      ok(["OSError", "PermissionError"].includes(got[k]!), `${k}: ${got[k]}`);
+    }
+  });
+});

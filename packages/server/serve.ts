@@ -74,13 +74,11 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         await valise.close();
-        // Let in-flight calls finish their current message, then drop the connections.
-        for (const s of sessions) s.close();
-        const timer = setTimeout(() => {
-          for (const s of sessions) s.destroy();
-        }, 2000);
+        // Connections are dropped, not drained with a GOAWAY: Deno 2.9's node:http2 can abort the
+        // process on a graceful close while recently closed streams are still tracked (an
+        // nghttp2 assertion in find_stream_on_goaway_func). Clients see UNAVAILABLE and retry.
+        for (const s of sessions) s.destroy();
         await closed;
-        clearTimeout(timer);
       })();
       return closing;
     },
