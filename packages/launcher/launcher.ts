@@ -380,7 +380,29 @@ export class Launcher {
   static #probe(bwrap: string): string | undefined {
     try {
       const out = new Deno.Command(bwrap, {
-        args: ["--unshare-all", "--ro-bind", "/", "/", "--", "true"],
+        // The flags the sandboxes use, so an old bwrap without one is caught here.
+        args: [
+          "--unshare-all",
+          "--unshare-pid",
+          "--as-pid-1",
+          "--die-with-parent",
+          "--new-session",
+          "--cap-drop",
+          "ALL",
+          "--ro-bind",
+          "/",
+          "/",
+          "--tmpfs",
+          "/tmp",
+          "--perms",
+          "0111",
+          "--dir",
+          "/tmp/probe",
+          "--remount-ro",
+          "/",
+          "--",
+          "true",
+        ],
         stdin: "null",
         stdout: "null",
         stderr: "piped",
