@@ -44,6 +44,11 @@ Deno.test("detect() decides compression and container by content, not name", asy
     assert.equal(z.zipPreamble, 0);
     const z64 = await detect(`${dir}/z64.zip`);
     assert.equal(z64.container, "zip");
+    assert.equal(z64.zip64, true);
+    // Zip64 records (zip -fz) unpack like any other zip.
+    const r64 = await unpack(`${dir}/z64.zip`, `${dir}/out64`);
+    assert.equal(await Deno.readTextFile(`${dir}/out64/src/a.txt`), "hello\n");
+    assert.equal(r64.flavor, "plain");
     await Deno.writeTextFile(`${dir}/text.tar.gz`, "not an archive at all\n".repeat(50));
     const u = await detect(`${dir}/text.tar.gz`);
     assert.equal(u.container, "unknown");

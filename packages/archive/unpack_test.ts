@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { makeTar, makeZip, type TarEntry } from "../../tests/fixtures/archive_writers.ts";
-import { isUnpackError, unpack, UnpackError } from "./mod.ts";
+import { isUnpackError, removeStaleTemps, unpack, UnpackError } from "./mod.ts";
 import { makeSandbox, snapshot } from "./_test_util.ts";
 
 const enc = new TextEncoder();
@@ -318,6 +318,52 @@ Deno.test("unpack() with the writer thread matches GNU tar on many files, duplic
     }).output();
     assert.ok(x.success);
     assert.deepEqual(await snapshot(`${root}/out`), await snapshot(`${root}/ref`));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("unpack() checks free disk space before writing", async () => {
+  const { root, dest } = await makeSandbox();
+  try {
+    await Deno.mkdir(`${root}/w`);
+    await Deno.writeFile(`${root}/a.tar`, makeTar([{ name: "x", data: "1" }]));
+    await assert.rejects(
+      unpack(`${root}/a.tar`, dest, { minFreeDiskBytes: Number.MAX_SAFE_INTEGER }),
+      (e) => isUnpackError(e) && e.code === "QUOTA_DISK" && /bytes free/.test(e.message),
+    );
+    assert.deepEqual([...Deno.readDirSync(`${root}/w`)], []);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("unpack() stops on an abort in the middle and leaves nothing", async () => {
+  const { root, dest } = await makeSandbox();
+  try {
+    await Deno.mkdir(`${root}/w`);
+    const files = Array.from(
+      { length: 40 },
+      (_, i) => ({ name: `f${i}`, data: new Uint8Array(1 << 20) }),
+    );
+    await Deno.writeFile(`${root}/a.tar`, makeTar(files));
+    const ac = new AbortController();
+    const p = unpack(`${root}/a.tar`, dest, { signal: ac.signal });
+    setTimeout(() => ac.abort(new Error("user cancelled")), 0);
+    await assert.rejects(p, (e) => isUnpackError(e) && e.code === "ABORTED");
+    assert.deepEqual([...Deno.readDirSync(`${root}/w`)], []);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("removeStaleTemps() removes what a killed unpack left", async () => {
+  const { root } = await makeSandbox();
+  try {
+    await Deno.mkdir(`${root}/.env.valise-unpack-1234abcd/bin`, { recursive: true });
+    await Deno.mkdir(`${root}/keep`);
+    assert.deepEqual(await removeStaleTemps(root), [".env.valise-unpack-1234abcd"]);
+    assert.deepEqual([...Deno.readDirSync(root)].map((e) => e.name).sort(), ["keep", "outside"]);
   } finally {
     await Deno.remove(root, { recursive: true });
   }
