@@ -329,6 +329,7 @@ Deno.test("Launcher.run() reports exit codes, signals and exceptions like python
         ["import os, signal; os.kill(os.getpid(), signal.SIGTERM)", -1, "SIGTERM", undefined],
         ["import os; os.abort()", -1, "SIGABRT", undefined],
         ["import os; os._exit(7)", 7, "", undefined],
+        ["raise KeyboardInterrupt", -1, "SIGINT", /KeyboardInterrupt/],
         ["import atexit; atexit.register(print, 'bye')", 0, "", undefined],
         ["import os, sys; sys.exit(len(os.listdir('/proc/self/fd')))", 4, "", undefined],
       ];
