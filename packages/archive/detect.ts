@@ -230,9 +230,14 @@ async function scanTar(
   let complete = false;
   let tarFormat: TarMember["format"] | undefined;
   let isTar: boolean | undefined;
+  let conda = false;
+  let firstMember: TarMember["format"] | undefined;
   const parser = new TarParser({
     entry(m) {
-      names.push(looseName(m.name));
+      const n = looseName(m.name);
+      names.push(n);
+      firstMember ??= m.format;
+      if (n === "bin/conda-unpack") conda = true;
     },
     data() {},
     end() {},
@@ -258,7 +263,8 @@ async function scanTar(
         complete = true;
         break;
       }
-      if (fed >= scanBytes || names.includes("bin/conda-unpack")) throw new Stop();
+      // conda-pack is the strongest flavor: nothing found later can change the answer.
+      if (fed >= scanBytes || conda) throw new Stop();
     }
     if (isTar === undefined && first !== undefined) isTar = false;
     if (isTar && !parser.done) complete = true; // reached the end of input
@@ -286,6 +292,7 @@ async function scanTar(
       size,
     };
   }
+  if (conda) complete = true; // nothing later could change the flavor
   const d: Detection = {
     compression,
     container: "tar",
@@ -294,7 +301,8 @@ async function scanTar(
     entriesScanned: names.length,
     size,
   };
-  if (tarFormat !== undefined) d.tarFormat = tarFormat;
+  const fmt = firstMember ?? tarFormat;
+  if (fmt !== undefined) d.tarFormat = fmt;
   return d;
 }
 

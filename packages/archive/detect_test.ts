@@ -35,7 +35,7 @@ Deno.test("detect() decides compression and container by content, not name", asy
     await sh("tar --format=v7 -cf v7.tar -C src a.txt", dir);
     assert.equal((await detect(`${dir}/v7.tar`)).tarFormat, "v7");
     await sh("tar --format=pax -cf pax.tar -C src a.txt", dir);
-    assert.equal((await detect(`${dir}/pax.tar`)).container, "tar");
+    assert.equal((await detect(`${dir}/pax.tar`)).tarFormat, "pax");
     await sh("cd src && zip -q -r ../z.tar.gz . && cd .. && zip -q -fz -r z64.zip src", dir);
     const z = await detect(`${dir}/z.tar.gz`);
     assert.equal(z.container, "zip");
