@@ -30,6 +30,32 @@ export function userIdOf(ctx: UserContext | undefined): string {
   return ctx?.userId ?? "";
 }
 
+/** The session fields every Valise and Spark request carries. */
+export interface SessionFields {
+  /** The client's session id. */
+  readonly sessionId: string;
+  /** The client's user context. */
+  readonly userContext?: UserContext | undefined;
+  /** The server-side session id the client saw before, if any. */
+  readonly clientObservedServerSideSessionId?: string | undefined;
+}
+
+/**
+ * Finds or creates the session a request names, with Spark's checks (id format, closed
+ * sessions, a changed server-side id).
+ *
+ * @param store The session store.
+ * @param req The request's session fields.
+ * @returns The session.
+ */
+export function bindSession(store: SessionStore, req: SessionFields): Promise<Session> {
+  return store.session({
+    userId: userIdOf(req.userContext),
+    sessionId: req.sessionId,
+    clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
+  });
+}
+
 /**
  * The handlers of `spark.connect.SparkConnectService` that Valise serves — AddArtifacts,
  * ArtifactStatus, Config and ReleaseSession — as a plain object any Connect router can mount.
@@ -52,11 +78,7 @@ export function createSparkConnectService(
           if (!session) {
             first = req;
             // Spark binds the stream to the session named by its first message.
-            session = await store.session({
-              userId: userIdOf(req.userContext),
-              sessionId: req.sessionId,
-              clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
-            });
+            session = await bindSession(store, req);
             done = session.hold();
             upload = await session.beginUpload();
           }
@@ -110,11 +132,7 @@ export function createSparkConnectService(
 
     async artifactStatus(req) {
       try {
-        const session = await store.session({
-          userId: userIdOf(req.userContext),
-          sessionId: req.sessionId,
-          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
-        });
+        const session = await bindSession(store, req);
         const statuses: Record<string, ArtifactStatusesResponse_ArtifactStatus> = {};
         for (const name of req.names) {
           statuses[name] = create(ArtifactStatusesResponse_ArtifactStatusSchema, {
@@ -133,11 +151,7 @@ export function createSparkConnectService(
 
     async config(req) {
       try {
-        const session = await store.session({
-          userId: userIdOf(req.userContext),
-          sessionId: req.sessionId,
-          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
-        });
+        const session = await bindSession(store, req);
         const res = await runConfig(session, req);
         res.sessionId = req.sessionId;
         res.serverSideSessionId = session.serverSideSessionId;

@@ -9,7 +9,7 @@ import {
 import type { SessionStore } from "@valise/session-store";
 import { SessionError } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
-import { userIdOf } from "./spark_service.ts";
+import { bindSession } from "./spark_service.ts";
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
@@ -27,10 +27,7 @@ export function createStoreService(
   return {
     async hasBlobs(req) {
       try {
-        const session = await store.session({
-          userId: userIdOf(req.userContext),
-          sessionId: req.sessionId,
-        });
+        const session = await bindSession(store, req);
         const present: string[] = [];
         for (const d of req.sha256) {
           if (SHA256_HEX.test(d) && await store.blobs.has(d)) present.push(d);
@@ -45,11 +42,7 @@ export function createStoreService(
     },
     async attachArtifacts(req) {
       try {
-        const session = await store.session({
-          userId: userIdOf(req.userContext),
-          sessionId: req.sessionId,
-          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
-        });
+        const session = await bindSession(store, req);
         const done = session.hold();
         try {
           const attached: string[] = [];

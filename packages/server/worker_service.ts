@@ -14,7 +14,7 @@ import { type RunEvent, RunEventSchema, type WorkerService } from "@valise/proto
 import type { Session, SessionStore } from "@valise/session-store";
 import { type ClassifiedError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { userIdOf } from "./spark_service.ts";
+import { bindSession } from "./spark_service.ts";
 
 /**
  * Config keys a session may use to lower (never raise) the server's worker limits for itself.
@@ -120,11 +120,7 @@ export function createWorkerService(
       const start = performance.now();
       let outcome: "ok" | "error" | "timeout" | "cancelled" = "error";
       try {
-        const session = await store.session({
-          userId: userIdOf(req.userContext),
-          sessionId: req.sessionId,
-          clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
-        });
+        const session = await bindSession(store, req);
         done = session.hold();
         const t = req.target;
         if (t.case === undefined) {
