@@ -6,7 +6,6 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   addArtifactsRequests,
-  type ArtifactSource,
   bytesArtifact,
   ErrorInfoSchema,
   SparkConnectService,
@@ -15,18 +14,7 @@ import {
 import { serve } from "@valise/server";
 import { makeCondaPackLike, makeVenvPack } from "./fixtures/envs.ts";
 import { HOSTILE_CASES } from "./fixtures/hostile.ts";
-
-function fileArtifact(name: string, path: string): ArtifactSource {
-  const size = Deno.statSync(path).size;
-  return {
-    name,
-    size,
-    async *read() {
-      using f = await Deno.open(path);
-      yield* f.readable;
-    },
-  };
-}
+import { fileArtifact, removeTree } from "./_util.ts";
 
 async function withServer(
   fn: (c: {
@@ -48,8 +36,7 @@ async function withServer(
     });
   } finally {
     await server.close();
-    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-    await Deno.remove(tmp, { recursive: true });
+    await removeTree(tmp);
   }
 }
 

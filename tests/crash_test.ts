@@ -9,6 +9,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { addArtifactsRequests, bytesArtifact, SparkConnectService } from "@valise/protocol";
 import type { SessionManifest } from "@valise/session-store";
 import { makeVenvPack } from "./fixtures/envs.ts";
+import { removeTree } from "./_util.ts";
 
 const MAIN = new URL("../packages/server/main.ts", import.meta.url).pathname;
 const ROUNDS = 50;
@@ -127,8 +128,7 @@ Deno.test({
       // The kills landed at different moments: some rounds committed something.
       ok(seen > 0, "no upload ever committed: the kills all came too early to test anything");
     } finally {
-      await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-      await Deno.remove(tmp, { recursive: true });
+      await removeTree(tmp);
     }
   },
 });

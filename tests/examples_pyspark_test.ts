@@ -4,6 +4,7 @@ import { equal, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { serve } from "@valise/server";
 import { makeVenvPack } from "./fixtures/envs.ts";
+import { removeTree } from "./_util.ts";
 
 const EXAMPLE = new URL("../examples/pyspark/add_environment.py", import.meta.url).pathname;
 const SHIM = new URL("./python/pyspark_shim", import.meta.url).pathname;
@@ -62,7 +63,6 @@ Deno.test("examples/pyspark: addArtifacts + conf.set give the session its enviro
     equal(server.valise.store.find("example-user", sid2), undefined);
   } finally {
     await server.close();
-    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-    await Deno.remove(tmp, { recursive: true });
+    await removeTree(tmp);
   }
 });

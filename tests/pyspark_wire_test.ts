@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { serve } from "@valise/server";
 import { makeVenvPack } from "./fixtures/envs.ts";
+import { removeTree } from "./_util.ts";
 
 const CLIENT = new URL("./python/spark_artifacts.py", import.meta.url).pathname;
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -146,7 +147,6 @@ Deno.test("PySpark's artifact traffic (grpcio) is stored byte for byte and behav
     equal(gone, true);
   } finally {
     await server.close();
-    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-    await Deno.remove(tmp, { recursive: true });
+    await removeTree(tmp);
   }
 });

@@ -7,7 +7,6 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   addArtifactsRequests,
-  type ArtifactSource,
   bytesArtifact,
   ConfigRequest_OperationSchema,
   ErrorInfoSchema,
@@ -18,20 +17,10 @@ import {
 } from "@valise/protocol";
 import { serve } from "@valise/server";
 import { makeCondaPackLike, makePex, makeVenvPack } from "./fixtures/envs.ts";
+import { fileArtifact, removeTree } from "./_util.ts";
 
 type Spark = ReturnType<typeof createClient<typeof SparkConnectService>>;
 type Workers = ReturnType<typeof createClient<typeof WorkerService>>;
-
-function fileArtifact(name: string, path: string): ArtifactSource {
-  return {
-    name,
-    size: Deno.statSync(path).size,
-    async *read() {
-      using f = await Deno.open(path);
-      yield* f.readable;
-    },
-  };
-}
 
 async function withServer(
   fn: (
@@ -56,8 +45,7 @@ async function withServer(
     });
   } finally {
     await server.close();
-    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-    await Deno.remove(tmp, { recursive: true });
+    await removeTree(tmp);
   }
 }
 
