@@ -17,6 +17,10 @@ export const FrameType = {
   RUN: 1,
   /** Deno → Python: SIGKILL the run's process group. */
   KILL: 2,
+  /** Deno → Python: bytes for a streamed stdin (`stdinStream` runs); empty payload: EOF. */
+  STDIN: 3,
+  /** Deno → Python: u32 bytes of a `flow` run's stdout the consumer has taken. */
+  ACK: 4,
   /** Python → Deno: the server is up. Payload: JSON `{pid, executable, version}`. */
   READY: 10,
   /** Python → Deno: the run's process was forked. Payload: JSON `{pid}`. */
@@ -29,7 +33,15 @@ export const FrameType = {
   EXITED: 14,
   /** Python → Deno: the run could not be forked. Payload: JSON `{message}`. */
   FAILED: 15,
+  /** Python → Deno: u32 bytes of streamed stdin written to the run's pipe (or dropped). */
+  STDIN_ACK: 16,
 } as const;
+
+/**
+ * Bytes of a `flow` run's stdout that may be sent but not yet acknowledged; beyond it the
+ * fork server stops reading the run's pipe, so the run blocks in write().
+ */
+export const STDOUT_WINDOW = 1 << 20;
 
 /** The file name the fork server's own frames carry in tracebacks. */
 export const BOOTSTRAP_FILENAME = "<valise-forkserver>";
@@ -41,7 +53,10 @@ if sys.path and sys.path[0] in ('', '.'):
     del sys.path[0]
 import os, json, struct, signal, selectors, errno, io, types, builtins, atexit, traceback, runpy
 
-RUN, KILL, READY, STARTED, STDOUT, STDERR, EXITED, FAILED = 1, 2, 10, 11, 12, 13, 14, 15
+RUN, KILL, STDIN, ACK, READY, STARTED, STDOUT, STDERR, EXITED, FAILED, STDIN_ACK = \
+    1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16
+STDOUT_WINDOW = ${STDOUT_WINDOW}
+ACK_FMT = struct.Struct('>I')
 HDR = struct.Struct('>IBI')
 BOOT_FILE = '${BOOTSTRAP_FILENAME}'
 RUNPY_FILE = getattr(runpy, '__file__', None)
@@ -74,7 +89,9 @@ def send_json(kind, rid, obj):
 
 
 class Run(object):
-    __slots__ = ('rid', 'pid', 'fds', 'stdin_fd', 'stdin_buf', 'status', 'reported')
+    __slots__ = ('rid', 'pid', 'fds', 'stdin_fd', 'stdin_buf', 'status', 'reported',
+                 'stdin_stream', 'stdin_queue', 'stdin_eof', 'stdin_reg', 'stdin_piece',
+                 'flow', 'unacked', 'paused')
 
     def __init__(self, rid):
         self.rid = rid
@@ -84,6 +101,16 @@ class Run(object):
         self.stdin_buf = b''
         self.status = None
         self.reported = False
+        # Streamed stdin: pieces from STDIN frames, each acknowledged once written.
+        self.stdin_stream = False
+        self.stdin_queue = []
+        self.stdin_eof = False
+        self.stdin_reg = False
+        self.stdin_piece = 0
+        # Flow-controlled stdout: the pipe is not read while too much is unacknowledged.
+        self.flow = False
+        self.unacked = 0
+        self.paused = -1
 
 
 runs = {}
@@ -256,27 +283,95 @@ def start(rid, spec, stdin):
         os.set_blocking(fd, False)
         run.fds[fd] = kind
         sel.register(fd, selectors.EVENT_READ, run)
-    if stdin:
+    run.flow = bool(spec.get('flow'))
+    if spec.get('stdinStream'):
+        os.set_blocking(in_w, False)
+        run.stdin_fd = in_w
+        run.stdin_stream = True
+    elif stdin:
         os.set_blocking(in_w, False)
         run.stdin_fd = in_w
         run.stdin_buf = memoryview(stdin)
         sel.register(in_w, selectors.EVENT_WRITE, run)
+        run.stdin_reg = True
     else:
         os.close(in_w)
 
 
 def close_stdin(run):
     if run.stdin_fd >= 0:
-        sel.unregister(run.stdin_fd)
+        if run.stdin_reg:
+            sel.unregister(run.stdin_fd)
+        run.stdin_reg = False
         os.close(run.stdin_fd)
         run.stdin_fd = -1
         run.stdin_buf = b''
+        if run.stdin_stream:
+            # What will never be written still frees the sender's window.
+            dropped = run.stdin_piece + sum(len(p) for p in run.stdin_queue)
+            run.stdin_queue = []
+            run.stdin_piece = 0
+            if dropped:
+                send(STDIN_ACK, run.rid, ACK_FMT.pack(dropped))
+
+
+def feed_stdin(run, payload):
+    if run.stdin_fd < 0:
+        if payload:
+            send(STDIN_ACK, run.rid, ACK_FMT.pack(len(payload)))
+        return
+    if not payload:
+        run.stdin_eof = True
+        if not run.stdin_buf and not run.stdin_queue:
+            close_stdin(run)
+        return
+    run.stdin_queue.append(bytes(payload))
+    if not run.stdin_reg:
+        sel.register(run.stdin_fd, selectors.EVENT_WRITE, run)
+        run.stdin_reg = True
+
+
+def write_stdin(run, fd):
+    if not run.stdin_buf and run.stdin_queue:
+        piece = run.stdin_queue.pop(0)
+        run.stdin_buf = memoryview(piece)
+        run.stdin_piece = len(piece)
+    try:
+        n = os.write(fd, run.stdin_buf[:65536])
+        run.stdin_buf = run.stdin_buf[n:]
+    except BlockingIOError:
+        return
+    except OSError:
+        close_stdin(run)
+        return
+    if run.stdin_buf:
+        return
+    if not run.stdin_stream:
+        close_stdin(run)
+        return
+    send(STDIN_ACK, run.rid, ACK_FMT.pack(run.stdin_piece))
+    run.stdin_piece = 0
+    if run.stdin_queue:
+        return
+    if run.stdin_eof:
+        close_stdin(run)
+    else:
+        sel.unregister(fd)
+        run.stdin_reg = False
+
+
+def resume_stdout(run):
+    if run.paused >= 0:
+        sel.register(run.paused, selectors.EVENT_READ, run)
+        run.paused = -1
 
 
 def close_outputs(run):
     for fd in list(run.fds):
-        sel.unregister(fd)
+        if fd != run.paused:
+            sel.unregister(fd)
         os.close(fd)
+    run.paused = -1
     run.fds.clear()
 
 
@@ -397,10 +492,27 @@ def handle_frame(kind, rid, payload):
         (n,) = struct.unpack_from('>I', payload, 0)
         spec = json.loads(bytes(payload[4:4 + n]).decode('utf-8'))
         start(rid, spec, bytes(payload[4 + n:]))
+    elif kind == STDIN:
+        run = runs.get(rid)
+        if run is None:
+            if payload:
+                send(STDIN_ACK, rid, ACK_FMT.pack(len(payload)))
+            return
+        feed_stdin(run, payload)
+    elif kind == ACK:
+        run = runs.get(rid)
+        if run is None:
+            return
+        run.unacked -= ACK_FMT.unpack_from(payload, 0)[0]
+        if run.unacked < STDOUT_WINDOW:
+            resume_stdout(run)
     elif kind == KILL:
         run = runs.get(rid)
         if run is None:
             return
+        # Nobody will acknowledge any more: drain the pipes so the run can be reported.
+        run.flow = False
+        resume_stdout(run)
         if run.status is None:
             killpg(run.pid)
         else:
@@ -443,15 +555,7 @@ def main():
                 run = data
                 fd = key.fd
                 if fd == run.stdin_fd:
-                    try:
-                        n = os.write(fd, run.stdin_buf[:65536])
-                        run.stdin_buf = run.stdin_buf[n:]
-                        if not run.stdin_buf:
-                            close_stdin(run)
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        close_stdin(run)
+                    write_stdin(run, fd)
                     continue
                 try:
                     chunk = os.read(fd, 65536)
@@ -460,7 +564,13 @@ def main():
                 except OSError:
                     chunk = b''
                 if chunk:
-                    send(run.fds[fd], run.rid, chunk)
+                    kind = run.fds[fd]
+                    send(kind, run.rid, chunk)
+                    if run.flow and kind == STDOUT:
+                        run.unacked += len(chunk)
+                        if run.unacked >= STDOUT_WINDOW:
+                            sel.unregister(fd)
+                            run.paused = fd
                 else:
                     sel.unregister(fd)
                     os.close(fd)

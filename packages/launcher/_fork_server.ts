@@ -53,7 +53,16 @@ export interface RunRequestJson {
   path: string[];
   /** `RLIMIT_AS`, 0 for none. */
   memoryBytes: number;
+  /** Stdin arrives in STDIN frames (ending with an empty one), not in the RUN frame. */
+  stdinStream?: boolean;
+  /** Stdout is flow-controlled by ACK frames. */
+  flow?: boolean;
 }
+
+/** Bytes of streamed stdin sent to the fork server but not yet written to the run's pipe. */
+export const STDIN_WINDOW = 1 << 20;
+/** The largest STDIN frame payload. */
+const STDIN_PIECE = 256 * 1024;
 
 /** Per-run settings kept on this side. */
 export interface RunOptions {
@@ -65,6 +74,11 @@ export interface RunOptions {
   cwd: string;
   /** Called once the run has ended (after its `exited` event is queued). */
   onExit: () => void;
+  /**
+   * Stdout is flow-controlled: the caller acknowledges what it consumed with `ack()`, and
+   * stdout does not count toward `outputBytes`.
+   */
+  flow?: boolean;
 }
 
 /** One run in flight. */
@@ -77,6 +91,21 @@ export interface RunHandle {
    * @param timedOut Reports `timedOut` in `exited`.
    */
   kill(timedOut: boolean): void;
+  /**
+   * Sends bytes to a `stdinStream` run's stdin, waiting while too much is in flight.
+   *
+   * @param data The bytes (copied).
+   * @returns `false` once the run has ended (the bytes were dropped).
+   */
+  writeStdin(data: Uint8Array): Promise<boolean>;
+  /** Ends a `stdinStream` run's stdin once what was sent is written. */
+  endStdin(): void;
+  /**
+   * Acknowledges stdout bytes of a `flow` run that the consumer has taken.
+   *
+   * @param bytes How many.
+   */
+  ack(bytes: number): void;
 }
 
 interface RunState {
@@ -87,6 +116,9 @@ interface RunState {
   timedOut: boolean;
   start: number;
   options: RunOptions;
+  ended: boolean;
+  inflight: number;
+  wake: (() => void) | undefined;
 }
 
 /** A running fork server. */
@@ -195,6 +227,9 @@ export class ForkServer {
       timedOut: false,
       start: performance.now(),
       options,
+      ended: false,
+      inflight: 0,
+      wake: undefined,
     };
     this.#runs.set(id, state);
     if (this.dead) {
@@ -208,6 +243,29 @@ export class ForkServer {
         if (!this.#runs.has(id)) return;
         if (timedOut) state.timedOut = true;
         this.#send(encodeFrame(FrameType.KILL, id));
+      },
+      writeStdin: async (data: Uint8Array) => {
+        for (let off = 0; off < data.length; off += STDIN_PIECE) {
+          const piece = data.subarray(off, off + STDIN_PIECE);
+          while (
+            !state.ended && state.inflight > 0 && state.inflight + piece.length > STDIN_WINDOW
+          ) {
+            await new Promise<void>((resolve) => state.wake = resolve);
+          }
+          if (state.ended) return false;
+          state.inflight += piece.length;
+          this.#send(encodeFrame(FrameType.STDIN, id, piece));
+        }
+        return !state.ended;
+      },
+      endStdin: () => {
+        if (!state.ended) this.#send(encodeFrame(FrameType.STDIN, id));
+      },
+      ack: (bytes: number) => {
+        if (state.ended || bytes <= 0) return;
+        const payload = new Uint8Array(4);
+        new DataView(payload.buffer).setUint32(0, bytes);
+        this.#send(encodeFrame(FrameType.ACK, id, payload));
       },
     };
   }
@@ -309,6 +367,9 @@ export class ForkServer {
   }
 
   #exit(state: RunState, exitCode: number, signal: string): void {
+    state.ended = true;
+    state.wake?.();
+    state.wake = undefined;
     state.events.push({
       kind: "exited",
       exitCode,
@@ -346,8 +407,19 @@ export class ForkServer {
         });
         return;
       }
+      case FrameType.STDIN_ACK: {
+        state.inflight -= new DataView(f.payload.buffer, f.payload.byteOffset).getUint32(0);
+        const wake = state.wake;
+        state.wake = undefined;
+        wake?.();
+        return;
+      }
       case FrameType.STDOUT:
       case FrameType.STDERR: {
+        if (f.type === FrameType.STDOUT && state.options.flow) {
+          state.events.push({ kind: "stdout", data: f.payload });
+          return;
+        }
         if (state.truncated) return;
         const kind = f.type === FrameType.STDOUT ? "stdout" : "stderr";
         if (f.payload.length <= state.remaining) {

@@ -100,10 +100,20 @@ export type RunSpec = RunTarget & {
    */
   args?: string[];
   /**
-   * Bytes on the program's standard input, which is then closed.
+   * Bytes on the program's standard input, which is then closed. An async iterable is
+   * streamed with backpressure (at most about 1 MiB in flight; the iterable is pulled only as
+   * the program reads) and stdin is closed when it ends; if it throws, the run is killed.
    * @default {empty}
    */
-  stdin?: Uint8Array;
+  stdin?: Uint8Array | AsyncIterable<Uint8Array>;
+  /**
+   * Flow-control stdout: the program blocks in `write()` while more than about 1 MiB of
+   * `stdout` events are produced but not yet taken by the consumer (taking = asking the
+   * iterator for the next event), and stdout does not count toward `outputBytes` (stderr
+   * still does). For bulk data on stdout.
+   * @default {false}
+   */
+  streamStdout?: boolean;
   /**
    * Wall-clock limit in ms; 0 or absent means the session's `wallTimeMs`, larger values are
    * capped to it.
@@ -499,6 +509,7 @@ export class Launcher {
             interpreter: interp.display,
             cwd: root,
             onExit: release,
+            flow: job.request.flow ?? false,
           });
           break;
         }
@@ -507,11 +518,14 @@ export class Launcher {
       timer = setTimeout(() => h.kill(true), job.timeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
       if (signal?.aborted) onAbort();
+      if (job.stream) this.#pump(h, job.stream, session.key);
+      const flow = job.request.flow ?? false;
       while (true) {
         const ev = await h.events.next();
         if (ev === undefined) break;
         if (ev.kind === "exited") finished = true;
         yield ev;
+        if (flow && ev.kind === "stdout") h.ack(ev.data.length);
       }
       finished = true;
     } finally {
@@ -606,7 +620,12 @@ export class Launcher {
     session: SessionSpec,
     request: RunSpec,
     limits: LauncherLimits,
-  ): { request: RunRequestJson; stdin: Uint8Array; timeoutMs: number } {
+  ): {
+    request: RunRequestJson;
+    stdin: Uint8Array;
+    stream: AsyncIterable<Uint8Array> | undefined;
+    timeoutMs: number;
+  } {
     const targets = (["code", "module", "script"] as const).filter((k) =>
       typeof request[k] === "string"
     );
@@ -642,11 +661,51 @@ export class Launcher {
     }
     const asked = positiveInt("timeoutMs", request.timeoutMs ?? 0, true);
     const timeoutMs = asked === 0 ? limits.wallTimeMs : Math.min(asked, limits.wallTimeMs);
+    const raw = request.stdin ?? new Uint8Array();
+    let stream: AsyncIterable<Uint8Array> | undefined;
+    if (!(raw instanceof Uint8Array)) {
+      if (typeof (raw as AsyncIterable<Uint8Array>)?.[Symbol.asyncIterator] !== "function") {
+        throw new TypeError("Cannot run: stdin must be a Uint8Array or an AsyncIterable");
+      }
+      stream = raw;
+    }
+    const json: RunRequestJson = {
+      kind,
+      target,
+      args,
+      cwd: root,
+      path,
+      memoryBytes: limits.memoryBytes,
+    };
+    if (stream) json.stdinStream = true;
+    if (request.streamStdout) json.flow = true;
     return {
-      request: { kind, target, args, cwd: root, path, memoryBytes: limits.memoryBytes },
-      stdin: request.stdin ?? new Uint8Array(),
+      request: json,
+      stdin: stream ? new Uint8Array() : raw as Uint8Array,
+      stream,
       timeoutMs,
     };
+  }
+
+  #pump(h: RunHandle, source: AsyncIterable<Uint8Array>, key: string): void {
+    // Not tracked in #pending: a source that never yields again must not hold up close().
+    (async () => {
+      try {
+        for await (const chunk of source) {
+          if (!(chunk instanceof Uint8Array)) {
+            throw new TypeError("Cannot stream stdin: a chunk is not a Uint8Array");
+          }
+          if (!(await h.writeStdin(chunk))) return;
+        }
+        h.endStdin();
+      } catch (e) {
+        this.#log("warn", "stdin source failed; killing the run", {
+          session: key,
+          error: e instanceof Error ? e.message : String(e),
+        });
+        h.kill(false);
+      }
+    })();
   }
 
   #checkEpoch(key: string, epoch: number): void {
