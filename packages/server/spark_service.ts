@@ -72,6 +72,7 @@ export function createSparkConnectService(
       let session: Session | undefined;
       let upload: Upload | undefined;
       let done: (() => void) | undefined;
+      let committed = false;
       try {
         let first: AddArtifactsRequest | undefined;
         for await (const req of requests) {
@@ -116,6 +117,7 @@ export function createSparkConnectService(
         }
         await upload.finish();
         const result = await session.commit(upload);
+        committed = true;
         if (result.errors.length) throw combine(result.errors);
         return create(AddArtifactsResponseSchema, {
           sessionId: first!.sessionId,
@@ -125,7 +127,11 @@ export function createSparkConnectService(
       } catch (e) {
         throw toConnectError(e);
       } finally {
-        await upload?.abort();
+        // After a commit only leftovers remain in staging (e.g. the second copy of content the
+        // store already held): removing them need not delay the answer. A failed stream is
+        // cleaned before its error is sent, so nothing half-written outlives it.
+        if (committed) upload?.abort().catch(() => {});
+        else await upload?.abort();
         done?.();
       }
     },

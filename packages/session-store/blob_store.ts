@@ -41,8 +41,8 @@ export class BlobStore {
   }
 
   /**
-   * Moves a staged file whose digest is already known into the store, or drops it when the
-   * store has that content already. The blob is made read-only so that no hard link to it
+   * Moves a staged file whose digest is already known into the store; when the store has that
+   * content already the staged file is left where it is, for its upload's cleanup. The blob is made read-only so that no hard link to it
    * can be written through by accident.
    *
    * @param staged A file on the same file system as the store.
@@ -52,7 +52,7 @@ export class BlobStore {
   async adopt(staged: string, sha256: string): Promise<{ path: string; added: boolean }> {
     const target = this.path(sha256);
     if (await exists(target)) {
-      await Deno.remove(staged);
+      // The staged copy is left to its upload's cleanup, off the path to the client's answer.
       return { path: target, added: false };
     }
     await Deno.mkdir(join(this.root, sha256.slice(0, 2)), { recursive: true });
