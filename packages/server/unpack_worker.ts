@@ -1,37 +1,44 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * Runs one archive unpack off the server's event loop: a multi-gigabyte environment must not
- * stall every other session's RPCs while it is written.
+ * Runs archive unpacks off the server's event loop: a multi-gigabyte environment must not stall
+ * every other session's RPCs while it is written. One long-lived worker serves every unpack,
+ * because starting a worker from inside a worker costs Deno about a second each time.
  *
  * @module
  */
 /// <reference lib="deno.worker" />
 import { isUnpackError, unpack, type UnpackOptions } from "@valise/archive";
 
-const abort = new AbortController();
+const running = new Map<number, AbortController>();
+
 self.onmessage = async (ev: MessageEvent) => {
   const msg = ev.data as
-    | { type: "abort" }
-    | { type: "unpack"; archive: string; dest: string; options: UnpackOptions };
+    | { type: "abort"; id: number }
+    | { type: "unpack"; id: number; archive: string; dest: string; options: UnpackOptions };
   if (msg.type === "abort") {
-    abort.abort();
+    running.get(msg.id)?.abort();
     return;
   }
+  const abort = new AbortController();
+  running.set(msg.id, abort);
   try {
     const r = await unpack(msg.archive, msg.dest, { ...msg.options, signal: abort.signal });
     self.postMessage({
+      id: msg.id,
       ok: true,
       bytes: r.bytesWritten,
       entries: r.entries,
       flavor: r.flavor,
-      interpreterLinks: r.interpreterLinks.length,
     });
   } catch (e) {
     self.postMessage({
+      id: msg.id,
       ok: false,
       code: isUnpackError(e) ? e.code : "IO",
       entry: isUnpackError(e) ? e.entry : undefined,
       message: e instanceof Error ? e.message : String(e),
     });
+  } finally {
+    running.delete(msg.id);
   }
 };

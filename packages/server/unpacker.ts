@@ -34,41 +34,69 @@ export function archiveUnpacker(options: ServerUnpackOptions = {}): ArchiveUnpac
   const fingerprint = createHash("sha256")
     .update(JSON.stringify(Object.entries(options).sort()))
     .digest("hex").slice(0, 12);
+  let worker: Worker | undefined;
+  let nextId = 0;
+  const pending = new Map<number, { resolve: (i: TreeInfo) => void; reject: (e: Error) => void }>();
+  const failAll = (why: string) => {
+    for (const p of pending.values()) p.reject(new ArchiveUnpackFailure("IO", why));
+    pending.clear();
+  };
+  const ensureWorker = (): Worker => {
+    if (worker) return worker;
+    const w = new Worker(new URL("./unpack_worker.ts", import.meta.url), { type: "module" });
+    w.onmessage = (ev: MessageEvent) => {
+      const r = ev.data as {
+        id: number;
+        ok: boolean;
+        bytes?: number;
+        entries?: number;
+        code?: string;
+        entry?: string;
+        message?: string;
+      };
+      const p = pending.get(r.id);
+      if (!p) return;
+      pending.delete(r.id);
+      if (r.ok) p.resolve({ bytes: r.bytes ?? 0, entries: r.entries ?? 0 });
+      else {p.reject(
+          new ArchiveUnpackFailure(r.code ?? "IO", r.message ?? "unpack failed", r.entry),
+        );}
+    };
+    w.onerror = (ev) => {
+      ev.preventDefault();
+      // The worker died: fail what it held, start a fresh one for the next unpack.
+      w.terminate();
+      worker = undefined;
+      failAll(`Cannot unpack archive: the unpack worker failed: ${ev.message}`);
+    };
+    worker = w;
+    return w;
+  };
   return {
     fingerprint,
     unpack(archive: string, dest: string, o: { signal?: AbortSignal }): Promise<TreeInfo> {
       return new Promise<TreeInfo>((resolve, reject) => {
-        const worker = new Worker(new URL("./unpack_worker.ts", import.meta.url), {
-          type: "module",
-        });
-        const onAbort = () => worker.postMessage({ type: "abort" });
+        const w = ensureWorker();
+        const id = nextId++;
+        const onAbort = () => w.postMessage({ type: "abort", id });
         o.signal?.addEventListener("abort", onAbort, { once: true });
-        const done = () => {
-          o.signal?.removeEventListener("abort", onAbort);
-          worker.terminate();
-        };
-        worker.onmessage = (ev: MessageEvent) => {
-          done();
-          const r = ev.data as {
-            ok: boolean;
-            bytes?: number;
-            entries?: number;
-            code?: string;
-            entry?: string;
-            message?: string;
-          };
-          if (r.ok) resolve({ bytes: r.bytes ?? 0, entries: r.entries ?? 0 });
-          else {reject(
-              new ArchiveUnpackFailure(r.code ?? "IO", r.message ?? "unpack failed", r.entry),
-            );}
-        };
-        worker.onerror = (ev) => {
-          ev.preventDefault();
-          done();
-          reject(new ArchiveUnpackFailure("IO", `Cannot unpack archive: ${ev.message}`));
-        };
-        worker.postMessage({ type: "unpack", archive, dest, options });
+        pending.set(id, {
+          resolve: (i) => {
+            o.signal?.removeEventListener("abort", onAbort);
+            resolve(i);
+          },
+          reject: (e) => {
+            o.signal?.removeEventListener("abort", onAbort);
+            reject(e);
+          },
+        });
+        w.postMessage({ type: "unpack", id, archive, dest, options });
       });
+    },
+    close(): void {
+      worker?.terminate();
+      worker = undefined;
+      failAll("Cannot unpack archive: the server is shutting down");
     },
   };
 }

@@ -19,6 +19,8 @@ export interface ArchiveUnpacker {
   readonly fingerprint: string;
   /** Unpacks `archive` into `dest`, which does not exist yet, atomically. */
   unpack(archive: string, dest: string, options: { signal?: AbortSignal }): Promise<TreeInfo>;
+  /** Frees what the unpacker holds (threads); called when the store closes. */
+  close?(): void;
 }
 
 /** Limits on what sessions and users may store. */

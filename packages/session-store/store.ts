@@ -410,6 +410,7 @@ export class SessionStore {
   /** Stops using the data directory. Sessions stay on disk and are restored on next open. */
   close(): Promise<void> {
     this.#sessions.clear();
+    this.#ctx.unpack?.close?.();
     return Promise.resolve();
   }
 
