@@ -1,0 +1,245 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+// The CLI end to end: a real server, the CLI as a subprocess in a pipe and in a pseudo-terminal.
+import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
+import { join } from "node:path";
+import { sessionDir, withServer, writeFile } from "./_test_util.ts";
+
+const CLI = new URL("./cli.ts", import.meta.url).pathname;
+
+interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function cli(
+  args: string[],
+  env: Record<string, string>,
+  opts: { cwd?: string; stdin?: string } = {},
+): Promise<Ran> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    env: { NO_COLOR: "1", ...env },
+    cwd: opts.cwd ?? Deno.cwd(),
+    stdin: opts.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (opts.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(opts.stdin));
+    await w.close();
+  }
+  const r = await child.output();
+  const d = new TextDecoder();
+  return { code: r.code, stdout: d.decode(r.stdout), stderr: d.decode(r.stderr) };
+}
+
+function stateOf(path: string): Record<string, { sessionId: string }> {
+  return JSON.parse(Deno.readTextFileSync(path)).sessions;
+}
+
+Deno.test("valise --help and usage errors", async () => {
+  const env = { VALISE_STATE_FILE: "/nonexistent/state.json" };
+  const main = await cli(["--help"], env);
+  equal(main.code, 0);
+  match(main.stdout, /Usage: valise \[OPTIONS\] <COMMAND>/);
+  for (const cmd of ["add", "conf", "run", "status", "release"]) {
+    const r = await cli([cmd, "--help"], env);
+    equal(r.code, 0, cmd);
+    match(r.stdout, new RegExp(`Usage: valise ${cmd}`));
+  }
+  const none = await cli([], env);
+  equal(none.code, 2);
+  equal(none.stderr, "valise: [USAGE] no command given\nhint: see `valise --help`\n");
+  const unknown = await cli(["frobnicate"], env);
+  equal(unknown.code, 2);
+  match(unknown.stderr, /^valise: \[USAGE\] unknown command "frobnicate"\nhint: /);
+  const two = await cli(["add", "--pyfile", "--file", "x.py"], env);
+  equal(two.code, 2);
+  match(
+    two.stderr,
+    /\[USAGE\] give at most one of --pyfile, --archive, --file\nhint: see `valise add --help`/,
+  );
+  const conf = await cli(["conf", "set", "k"], env);
+  equal(conf.code, 2);
+  const badRemote = await cli(["--remote", "http://x", "status"], env);
+  equal(badRemote.code, 2);
+  match(
+    badRemote.stderr,
+    /^valise: \[INVALID_CONNECT_URL\] .*scheme must be "sc", not "http"\nhint: the format is sc:\/\//,
+  );
+});
+
+Deno.test("valise in a pipe: a session shared by consecutive commands, plain output", async () => {
+  await withServer(async ({ url, tmp, dataDir }) => {
+    const state = join(tmp, "state", "cli.json");
+    const work = join(tmp, "work");
+    await Deno.mkdir(work);
+    await writeFile(work, "util.py", "def shout(s):\n    return s.upper() + '!'\n");
+    await writeFile(work, "main.py", "import sys, util\nprint(util.shout(sys.argv[1]))\n");
+    await writeFile(work, "input.txt", "from a file");
+    // deno task runs in the package root; INIT_CWD keeps the user's directory.
+    const env = { VALISE_STATE_FILE: state, SPARK_REMOTE: url, INIT_CWD: work };
+
+    const add = await cli(["add", "--pyfile", "util.py"], env, { cwd: tmp });
+    equal(add.code, 0, add.stderr);
+    match(add.stdout, /^pyfiles\/util\.py\t\d+\tuploaded\n$/);
+    const id = /new session ([0-9a-f-]{36})/.exec(add.stderr)?.[1];
+    ok(id, add.stderr);
+    match(add.stderr, /uploading pyfiles\/util\.py \(\d+ B\)\nuploaded pyfiles\/util\.py: /);
+    deepEqual(Object.values(stateOf(state)).map((s) => s.sessionId), [id]);
+
+    const addFile = await cli(["add", "--file", "main.py"], env, { cwd: tmp });
+    equal(addFile.code, 0, addFile.stderr);
+    ok(!addFile.stderr.includes("new session"));
+    const root = join(await sessionDir(dataDir, id), "root");
+    ok((await Deno.stat(join(root, "main.py"))).isFile);
+
+    const run = await cli(["run", "main.py", "hello"], env);
+    equal(run.code, 0, run.stderr);
+    equal(run.stdout, "HELLO!\n");
+    const code = await cli(
+      ["run", "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+      env,
+    );
+    equal(code.code, 3);
+    equal(code.stdout, "out\n");
+    equal(code.stderr, "err\n");
+    const mod = await cli(["run", "--stdin", "input.txt", "-m", "util"], env);
+    equal(mod.code, 0, mod.stderr);
+    const stdin = await cli(
+      ["run", "--stdin", "input.txt", "-c", "import sys; print(sys.stdin.read()[::-1])"],
+      env,
+    );
+    equal(stdin.stdout, "elif a morf\n");
+    const piped = await cli(
+      ["run", "--stdin", "-", "-c", "import sys; print(len(sys.stdin.read()))"],
+      env,
+      {
+        stdin: "12345",
+      },
+    );
+    equal(piped.stdout, "5\n");
+    const slow = await cli(
+      ["run", "--timeout-ms", "300", "-c", "import time; time.sleep(60)"],
+      env,
+    );
+    equal(slow.code, 124);
+    match(slow.stderr, /time limit/);
+
+    equal((await cli(["conf", "set", "spark.cli.k", "v 1"], env)).code, 0);
+    equal((await cli(["conf", "get", "spark.cli.k"], env)).stdout, "v 1\n");
+    equal((await cli(["conf", "list", "spark.cli."], env)).stdout, "k=v 1\n");
+    equal((await cli(["conf", "unset", "spark.cli.k"], env)).code, 0);
+    const missing = await cli(["conf", "get", "spark.cli.k"], env);
+    equal(missing.code, 1);
+    match(
+      missing.stderr,
+      /^valise: \[SQL_CONF_NOT_FOUND\] The SQL config "spark.cli.k" cannot be found.*\nhint: `valise conf list`/,
+    );
+
+    const status = await cli(["status"], env);
+    match(status.stdout, new RegExp(`^remote\\tsc://127\\.0\\.0\\.1:\\d+/\\nsession\\t${id}\\n`));
+    const names = await cli(["status", "pyfiles/util.py", "files/nope"], env);
+    equal(names.stdout, "pyfiles/util.py\texists\nfiles/nope\tmissing\n");
+    equal(names.code, 1);
+
+    const dup = await cli(["add", "--pyfile", "util.py"], env);
+    equal(dup.code, 0);
+    match(dup.stdout, /\tattached\n$/);
+    await writeFile(work, "other", "x");
+    await Deno.mkdir(join(work, "v2"));
+    await writeFile(join(work, "v2"), "util.py", "changed = True\n");
+    const clash = await cli(["add", "--pyfile", "v2/util.py"], env);
+    equal(clash.code, 1);
+    match(
+      clash.stderr,
+      /\nvalise: \[ARTIFACT_ALREADY_EXISTS\] .*\nhint: artifacts cannot be overwritten.*\n$/,
+    );
+    const badFile = await cli(["add", "--pyfile", "other"], env);
+    equal(badFile.code, 2);
+    match(badFile.stderr, /Unsupported file format/);
+
+    // --session picks another session without touching the remembered one.
+    const other = crypto.randomUUID();
+    const o = await cli(["--session", other, "status", "pyfiles/util.py"], env);
+    equal(o.stdout, "pyfiles/util.py\tmissing\n");
+    deepEqual(Object.values(stateOf(state)).map((s) => s.sessionId), [id]);
+
+    const rel = await cli(["release"], env);
+    equal(rel.code, 0, rel.stderr);
+    match(rel.stderr, new RegExp(`released session ${id}`));
+    deepEqual(stateOf(state), {});
+    const again = await cli(["-q", "status"], env);
+    equal(again.code, 0);
+    equal(again.stderr, "");
+    notEqual(/session\t(\S+)/.exec(again.stdout)?.[1], id);
+
+    const quiet = await cli(["add", "--quiet", "--file", "input.txt"], env);
+    equal(quiet.stderr, "");
+    equal(quiet.code, 0);
+  });
+});
+
+Deno.test("valise reports an unreachable server in one line with a hint", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const r = await cli(["--retries", "1", "--remote", "sc://127.0.0.1:1", "conf", "list"], {
+      VALISE_STATE_FILE: join(tmp, "s.json"),
+    });
+    equal(r.code, 1);
+    const lines = r.stderr.trimEnd().split("\n").filter((l) => !l.includes("new session"));
+    equal(lines.length, 2, r.stderr);
+    match(lines[0]!, /^valise: \[UNAVAILABLE\] /);
+    match(lines[1]!, /^hint: is a server running there\?/);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+const hasScript = (() => {
+  try {
+    return new Deno.Command("script", { args: ["--version"] }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+function sh(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+Deno.test({
+  name: "valise in a pseudo-terminal draws progress bars and keeps the worker's exit code",
+  ignore: !hasScript, // util-linux `script` provides the TTY; without it there is none to test.
+  fn: async () => {
+    await withServer(async ({ url, tmp }) => {
+      const big = await writeFile(tmp, "big.bin", 3_000_000);
+      const env = { VALISE_STATE_FILE: join(tmp, "state.json"), SPARK_REMOTE: url };
+      const inPty = async (args: string[]) => {
+        const cmd = [Deno.execPath(), "run", "-A", CLI, ...args].map(sh).join(" ");
+        const r = await new Deno.Command("script", {
+          args: ["-qec", cmd, "/dev/null"],
+          env: { NO_COLOR: "1", ...env },
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        return { code: r.code, out: new TextDecoder().decode(r.stdout) };
+      };
+      const add = await inPty(["add", "--file", big]);
+      equal(add.code, 0, add.out);
+      match(add.out, /files\/big\.bin \[#+\] 100% 2\.9 MiB\/2\.9 MiB .*\/s ETA 0s/);
+      ok(add.out.includes("\r\x1b[2K"));
+      match(add.out, /files\/big\.bin\t3000000\tuploaded/);
+      const again = await inPty(["add", "--file", big]);
+      match(again.out, /already on the server, 2\.9 MiB not sent/);
+      const quiet = await inPty(["add", "-q", "--file", big]);
+      ok(!quiet.out.includes("ETA"));
+      const run = await inPty(["run", "-c", "import sys; print('tty'); sys.exit(5)"]);
+      equal(run.code, 5);
+      match(run.out, /tty\r?\n/);
+    });
+  },
+});

@@ -1,0 +1,35 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * The Valise client: open a Spark Connect session on a Valise server, add artifacts with
+ * PySpark's names and chunking (plus a fast path that sends only the bytes the server lacks),
+ * set its config, run Python in it, release it. Errors are {@linkcode ValiseClientError}s
+ * carrying the server's error class. The command line is `deno task valise` (`./cli`).
+ *
+ * ```ts
+ * import { connect } from "@valise/client";
+ * import { serve } from "@valise/server";
+ * import { equal } from "node:assert/strict";
+ * import { join } from "node:path";
+ *
+ * const tmp = await Deno.makeTempDir();
+ * const server = await serve({ dataDir: join(tmp, "data"), port: 0 });
+ * await Deno.writeTextFile(join(tmp, "util.py"), "GREETING = 'hello'\n");
+ *
+ * const session = connect(`sc://127.0.0.1:${server.port}/;user_id=ada`);
+ * const [added] = await session.addArtifacts(join(tmp, "util.py"), { pyfile: true });
+ * equal(added!.name, "pyfiles/util.py");
+ * await session.conf.set("spark.app.name", "demo");
+ * equal(await session.conf.get("spark.app.name"), "demo");
+ * equal((await session.status(["pyfiles/util.py"]))["pyfiles/util.py"], true);
+ * await session.release();
+ *
+ * await server.close();
+ * await Deno.remove(tmp, { recursive: true });
+ * ```
+ *
+ * @module
+ */
+export * from "./artifact_path.ts";
+export * from "./connection_string.ts";
+export * from "./error.ts";
+export * from "./session.ts";
