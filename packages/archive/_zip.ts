@@ -254,7 +254,10 @@ async function entryOut(
       data = e.compressionMethod === 0
         ? raw
         : e.compressionMethod === 8
-        ? zlib.inflateRawSync(raw, { maxOutputLength: Math.max(declared, 1) })
+        ? zlib.inflateRawSync(raw, {
+          maxOutputLength: Math.max(declared, 1),
+          chunkSize: Math.max(declared, 64),
+        })
         : zlib.zstdDecompressSync(
           raw,
           { maxOutputLength: Math.max(declared, 1) } as zlib.ZlibOptions,

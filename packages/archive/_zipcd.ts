@@ -113,7 +113,8 @@ export function readCentralDirectory(cd: Uint8Array, end: ZipEnd, maxEntries: nu
     const ext = dv.getUint32(p + 38, true);
     let offset = dv.getUint32(p + 42, true);
     if (p + 46 + n + m + k > cd.length) throw corrupt("record runs past the central directory");
-    const rawFilename = cd.slice(p + 46, p + 46 + n);
+    // A view, not a copy: one backing store for all names (the directory stays in memory).
+    const rawFilename = cd.subarray(p + 46, p + 46 + n);
     const filename = decodeName(rawFilename, (flags & 0x800) !== 0);
     let mtime = dosTime(date, time);
     // Extra fields: Zip64 sizes/offset, extended timestamp.
