@@ -56,8 +56,15 @@ export function ttyRenderer(write: Write, columns = 80, intervalMs = 100): Progr
   };
   return {
     update(p) {
-      if (p.phase === "hash") return;
       if (drawnFor !== undefined && drawnFor !== p.name) end();
+      if (p.phase === "hash") {
+        // Hashing a large environment takes a moment; say so instead of staying silent.
+        if (p.totalBytes >= 8 * 1024 * 1024) {
+          write(`\r\x1b[2K${p.name}: hashing ${formatBytes(p.totalBytes)}…`);
+          drawnFor = p.name;
+        }
+        return;
+      }
       if (p.phase === "attached") {
         write(`\r\x1b[2K${p.name}: already on the server, ${formatBytes(p.totalBytes)} not sent\n`);
         return;

@@ -192,7 +192,10 @@ interface Context {
   notice: (line: string) => void;
 }
 
-async function openSession(ctx: Context): Promise<{ session: Session; isNew: boolean }> {
+async function openSession(
+  ctx: Context,
+  create = true,
+): Promise<{ session: Session; isNew: boolean } | undefined> {
   const path = statePath();
   const key = stateKey(ctx.remote);
   const parsed = parseConnectionString(ctx.remote);
@@ -202,6 +205,7 @@ async function openSession(ctx: Context): Promise<{ session: Session; isNew: boo
     const state = await readState(path);
     sessionId = state.sessions[key]?.sessionId;
     if (sessionId === undefined) {
+      if (!create) return undefined;
       sessionId = crypto.randomUUID();
       isNew = true;
       state.sessions[key] = { sessionId, updatedAt: new Date().toISOString() };
@@ -261,7 +265,7 @@ async function cmdAdd(args: string[], ctx: Context): Promise<number> {
     : Deno.stderr.isTerminal()
     ? ttyRenderer(err, consoleColumns())
     : plainRenderer(err);
-  const { session } = await openSession(ctx);
+  const { session } = (await openSession(ctx))!;
   try {
     const added = await session.addArtifacts(paths, {
       ...flags,
@@ -312,7 +316,7 @@ async function cmdConf(args: string[], ctx: Context): Promise<number> {
   if (xs.length < bounds[0] || xs.length > bounds[1]) {
     throw new UsageError(`wrong number of arguments for conf ${sub}`, "conf");
   }
-  const { session } = await openSession(ctx);
+  const { session } = (await openSession(ctx))!;
   try {
     switch (sub) {
       case "set": {
@@ -406,7 +410,7 @@ async function cmdRun(args: string[], ctx: Context): Promise<number> {
   const ac = new AbortController();
   const onSignal = () => ac.abort();
   Deno.addSignalListener("SIGINT", onSignal);
-  const { session } = await openSession(ctx);
+  const { session } = (await openSession(ctx))!;
   try {
     const spec: RunSpec = {
       ...target,
@@ -458,7 +462,7 @@ async function cmdStatus(args: string[], ctx: Context): Promise<number> {
     names.push(args[i]!);
   }
   if (ctx.globals.help) return help("status");
-  const { session } = await openSession(ctx);
+  const { session } = (await openSession(ctx))!;
   try {
     const st = await session.status(names);
     if (names.length === 0) {
@@ -485,9 +489,14 @@ async function cmdRelease(args: string[], ctx: Context): Promise<number> {
     throw new UsageError(`unexpected argument ${args[i]}`, "release");
   }
   if (ctx.globals.help) return help("release");
-  const { session, isNew } = await openSession(ctx);
+  const opened = await openSession(ctx, false);
+  if (!opened) {
+    ctx.notice(`valise: no session to release for ${stateKey(ctx.remote)}`);
+    return 0;
+  }
+  const { session } = opened;
   try {
-    if (!isNew) await session.release();
+    await session.release();
   } finally {
     session.close();
     await forget(ctx, session.sessionId);

@@ -2,7 +2,7 @@
 // The CLI end to end: a real server, the CLI as a subprocess in a pipe and in a pseudo-terminal.
 import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { sessionDir, withServer, writeFile } from "./_test_util.ts";
+import { makeTar, sessionDir, withServer, writeFile } from "./_test_util.ts";
 
 const CLI = new URL("./cli.ts", import.meta.url).pathname;
 
@@ -167,6 +167,13 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     equal(o.stdout, "pyfiles/util.py\tmissing\n");
     deepEqual(Object.values(stateOf(state)).map((s) => s.sessionId), [id]);
 
+    await makeTar(work, "env.tar", "marker.txt", "in the archive");
+    const arch = await cli(["add", "--archive", "env.tar#myenv"], env);
+    equal(arch.code, 0, arch.stderr);
+    match(arch.stdout, /^archives\/env\.tar#myenv\t\d+\tuploaded\n$/);
+    const inArchive = await cli(["run", "-c", "print(open('myenv/marker.txt').read())"], env);
+    equal(inArchive.stdout, "in the archive\n");
+
     const rel = await cli(["release"], env);
     equal(rel.code, 0, rel.stderr);
     match(rel.stderr, new RegExp(`released session ${id}`));
@@ -179,6 +186,11 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     const quiet = await cli(["add", "--quiet", "--file", "input.txt"], env);
     equal(quiet.stderr, "");
     equal(quiet.code, 0);
+    equal((await cli(["-q", "release"], env)).code, 0);
+    const nothing = await cli(["release"], env);
+    equal(nothing.code, 0);
+    match(nothing.stderr, /no session to release/);
+    deepEqual(stateOf(state), {});
   });
 });
 

@@ -249,6 +249,8 @@ export class Session extends EventTarget {
   readonly remote: ConnectionString;
   /** The session's runtime config (Spark's `spark.conf`). */
   readonly conf: RuntimeConfig;
+  /** The URL calls go to: `https://…` when the connection string says `use_ssl=true`. */
+  readonly endpoint: string;
   #serverSideSessionId: string | undefined;
   #spark: Spark;
   #store: Store;
@@ -295,6 +297,7 @@ export class Session extends EventTarget {
       for (const [k, v] of Object.entries(headers)) req.header.set(k, v);
       return next(req);
     };
+    this.endpoint = baseUrl;
     this.#manager = new Http2SessionManager(baseUrl);
     const transport = createGrpcTransport({
       baseUrl,

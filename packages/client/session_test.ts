@@ -276,6 +276,8 @@ Deno.test("Session release() deletes the session and closes the client", async (
     const session = connect(`${url}/;session_id=${sessionId};user_id=bo`);
     equal(session.sessionId, sessionId);
     equal(session.userId, "bo");
+    equal(session.endpoint, url.replace("sc://", "http://"));
+    equal(connect("sc://[::1]:443/;use_ssl=true").endpoint, "https://[::1]:443");
     await session.addArtifacts(await writeFile(tmp, "x.py", "x=1"), { pyfile: true });
     const dir = await sessionDir(dataDir, sessionId);
     ok((await Deno.stat(dir)).isDirectory);
