@@ -699,7 +699,8 @@ export class Launcher {
         }
         h.endStdin();
       } catch (e) {
-        this.#log("warn", "stdin source failed; killing the run", {
+        // The source's owner sees its own failure; for the server it is not a fault.
+        this.#log("info", "stdin source failed; killing the run", {
           session: key,
           error: e instanceof Error ? e.message : String(e),
         });

@@ -66,6 +66,18 @@ export {
   UserContextSchema,
 } from "./gen/spark/connect/base_pb.ts";
 export {
+  type ApplyDone,
+  ApplyDoneSchema,
+  type ApplyError,
+  ApplyErrorSchema,
+  ApplyForm,
+  ApplyFormSchema,
+  type ApplyRequest,
+  ApplyRequestSchema,
+  type ApplyResponse,
+  ApplyResponseSchema,
+  type ApplyStart,
+  ApplyStartSchema,
   file_valise_v1_worker,
   type RunEvent,
   RunEventSchema,

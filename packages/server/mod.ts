@@ -30,6 +30,7 @@
  * @module
  */
 export * from "./errors.ts";
+export * from "./apply_service.ts";
 export * from "./cli_options.ts";
 export * from "./health_service.ts";
 export * from "./metrics.ts";

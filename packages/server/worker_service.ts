@@ -15,6 +15,7 @@ import type { Session, SessionStore } from "@valise/session-store";
 import { type ClassifiedError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./spark_service.ts";
+import { createApplyHandler } from "./apply_service.ts";
 
 /**
  * Config keys a session may use to lower (never raise) the server's worker limits for itself.
@@ -75,7 +76,14 @@ const LAUNCH_CODES: Record<LaunchErrorCode, [Code, string]> = {
   SANDBOX_UNAVAILABLE: [Code.FailedPrecondition, "WORKER_SANDBOX_UNAVAILABLE"],
 };
 
-function classify(e: unknown): unknown {
+/**
+ * Maps a launcher error (and a malformed request) to the error class and gRPC code a client
+ * receives; anything else is returned unchanged.
+ *
+ * @param e The error.
+ * @returns A {@linkcode ClassifiedError}, or `e`.
+ */
+export function classifyWorkerError(e: unknown): unknown {
   if (isLaunchError(e)) {
     const [code, errorClass] = LAUNCH_CODES[e.code];
     const c: ClassifiedError = {
@@ -99,8 +107,9 @@ function classify(e: unknown): unknown {
 
 /**
  * `valise.v1.WorkerService`: runs Python in a session — its working directory, interpreter,
- * `sys.path` and worker environment — streaming output as it is produced. Cancelling the call
- * kills the worker.
+ * `sys.path` and worker environment — streaming output as it is produced (`Run`), and applies
+ * Python functions to Arrow record batches there (`Apply`, see `apply_service.ts`).
+ * Cancelling the call kills the worker.
  *
  * @param ctx The session store and the launcher.
  * @returns The service implementation.
@@ -115,6 +124,7 @@ export function createWorkerService(
 ): ServiceImpl<typeof WorkerService> {
   const { store, launcher } = ctx;
   return {
+    apply: createApplyHandler(ctx),
     async *run(req, call) {
       let done: (() => void) | undefined;
       const start = performance.now();
@@ -139,7 +149,7 @@ export function createWorkerService(
           yield toRunEvent(ev);
         }
       } catch (e) {
-        throw toConnectError(classify(e));
+        throw toConnectError(classifyWorkerError(e));
       } finally {
         done?.();
         if (call.signal.aborted && outcome === "error") outcome = "cancelled";

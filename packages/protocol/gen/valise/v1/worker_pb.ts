@@ -4,8 +4,8 @@
 // @generated from file valise/v1/worker.proto (package valise.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { UserContext } from "../../spark/connect/base_pb.ts";
 import { file_spark_connect_base } from "../../spark/connect/base_pb.ts";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file valise/v1/worker.proto.
  */
 export const file_valise_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZ2YWxpc2UvdjEvd29ya2VyLnByb3RvEgl2YWxpc2UudjEioQIKClJ1blJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJSAGIAQESDgoEY29kZRgEIAEoCUgAEhAKBm1vZHVsZRgFIAEoCUgAEhAKBnNjcmlwdBgGIAEoCUgAEgwKBGFyZ3MYByADKAkSDQoFc3RkaW4YCCABKAwSEgoKdGltZW91dF9tcxgJIAEoDUIICgZ0YXJnZXRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIjsKClJ1blN0YXJ0ZWQSCwoDcGlkGAEgASgNEhMKC2ludGVycHJldGVyGAIgASgJEgsKA2N3ZBgDIAEoCSJwCglSdW5FeGl0ZWQSEQoJZXhpdF9jb2RlGAEgASgREg4KBnNpZ25hbBgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBBIRCgl0aW1lZF9vdXQYBCABKAgSGAoQb3V0cHV0X3RydW5jYXRlZBgFIAEoCCKJAQoIUnVuRXZlbnQSKAoHc3RhcnRlZBgBIAEoCzIVLnZhbGlzZS52MS5SdW5TdGFydGVkSAASEAoGc3Rkb3V0GAIgASgMSAASEAoGc3RkZXJyGAMgASgMSAASJgoGZXhpdGVkGAQgASgLMhQudmFsaXNlLnYxLlJ1bkV4aXRlZEgAQgcKBWV2ZW50MkYKDVdvcmtlclNlcnZpY2USNQoDUnVuEhUudmFsaXNlLnYxLlJ1blJlcXVlc3QaEy52YWxpc2UudjEuUnVuRXZlbnQiADABYgZwcm90bzM", [file_spark_connect_base]);
+  fileDesc("ChZ2YWxpc2UvdjEvd29ya2VyLnByb3RvEgl2YWxpc2UudjEioQIKClJ1blJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJSAGIAQESDgoEY29kZRgEIAEoCUgAEhAKBm1vZHVsZRgFIAEoCUgAEhAKBnNjcmlwdBgGIAEoCUgAEgwKBGFyZ3MYByADKAkSDQoFc3RkaW4YCCABKAwSEgoKdGltZW91dF9tcxgJIAEoDUIICgZ0YXJnZXRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIjsKClJ1blN0YXJ0ZWQSCwoDcGlkGAEgASgNEhMKC2ludGVycHJldGVyGAIgASgJEgsKA2N3ZBgDIAEoCSJwCglSdW5FeGl0ZWQSEQoJZXhpdF9jb2RlGAEgASgREg4KBnNpZ25hbBgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBBIRCgl0aW1lZF9vdXQYBCABKAgSGAoQb3V0cHV0X3RydW5jYXRlZBgFIAEoCCKJAQoIUnVuRXZlbnQSKAoHc3RhcnRlZBgBIAEoCzIVLnZhbGlzZS52MS5SdW5TdGFydGVkSAASEAoGc3Rkb3V0GAIgASgMSAASEAoGc3RkZXJyGAMgASgMSAASJgoGZXhpdGVkGAQgASgLMhQudmFsaXNlLnYxLlJ1bkV4aXRlZEgAQgcKBWV2ZW50IoYDCgpBcHBseVN0YXJ0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUgCiAEBEhkKD21vZHVsZV9mdW5jdGlvbhgEIAEoCUgAEg4KBGNvZGUYBSABKAlIABIVCg1mdW5jdGlvbl9uYW1lGAYgASgJEiIKBGZvcm0YByABKA4yFC52YWxpc2UudjEuQXBwbHlGb3JtEhIKCHN0cmVhbWVkGAggASgISAESGAoOY2FjaGVfYXJ0aWZhY3QYCSABKAlIARIVCg1vdXRwdXRfc2NoZW1hGAogASgMEhIKCnRpbWVvdXRfbXMYCyABKA1CCgoIZnVuY3Rpb25CBwoFaW5wdXRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIlYKDEFwcGx5UmVxdWVzdBImCgVzdGFydBgBIAEoCzIVLnZhbGlzZS52MS5BcHBseVN0YXJ0SAASEwoJYXJyb3dfaXBjGAIgASgMSABCCQoHcmVxdWVzdCJFCgpBcHBseUVycm9yEg8KB21lc3NhZ2UYASABKAkSEQoJdHJhY2ViYWNrGAIgASgJEhMKC2Vycm9yX2NsYXNzGAMgASgJIn8KCUFwcGx5RG9uZRIPCgdyb3dzX2luGAEgASgEEhAKCHJvd3Nfb3V0GAIgASgEEhIKCmJhdGNoZXNfaW4YAyABKAQSEwoLYmF0Y2hlc19vdXQYBCABKAQSEQoJdHJhbnNwb3J0GAUgASgJEhMKC2ludGVycHJldGVyGAYgASgJIpABCg1BcHBseVJlc3BvbnNlEhMKCWFycm93X2lwYxgBIAEoDEgAEiYKBWVycm9yGAIgASgLMhUudmFsaXNlLnYxLkFwcGx5RXJyb3JIABIkCgRkb25lGAMgASgLMhQudmFsaXNlLnYxLkFwcGx5RG9uZUgAEhAKBnN0ZGVychgEIAEoDEgAQgoKCHJlc3BvbnNlKm4KCUFwcGx5Rm9ybRIaChZBUFBMWV9GT1JNX1VOU1BFQ0lGSUVEEAASFgoSQVBQTFlfRk9STV9QWUFSUk9XEAESFQoRQVBQTFlfRk9STV9QQU5EQVMQAhIWChJBUFBMWV9GT1JNX0NPTFVNTlMQAzKIAQoNV29ya2VyU2VydmljZRI1CgNSdW4SFS52YWxpc2UudjEuUnVuUmVxdWVzdBoTLnZhbGlzZS52MS5SdW5FdmVudCIAMAESQAoFQXBwbHkSFy52YWxpc2UudjEuQXBwbHlSZXF1ZXN0GhgudmFsaXNlLnYxLkFwcGx5UmVzcG9uc2UiACgBMAFiBnByb3RvMw", [file_spark_connect_base]);
 
 /**
  * Runs one Python program in the session: its working directory, interpreter and path.
@@ -219,6 +219,314 @@ export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
   messageDesc(file_valise_v1_worker, 3);
 
 /**
+ * The first request of an Apply call.
+ *
+ * @generated from message valise.v1.ApplyStart
+ */
+export type ApplyStart = Message<"valise.v1.ApplyStart"> & {
+  /**
+   * The client's session id (a UUID), the same one the artifact RPCs use.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 3;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+
+  /**
+   * The function.
+   *
+   * @generated from oneof valise.v1.ApplyStart.function
+   */
+  function: {
+    /**
+     * "pkg.mod:fn", importable in the session (a pyfile, a package of its environment).
+     *
+     * @generated from field: string module_function = 4;
+     */
+    value: string;
+    case: "moduleFunction";
+  } | {
+    /**
+     * Source that defines `function_name`, run in a fresh module.
+     *
+     * @generated from field: string code = 5;
+     */
+    value: string;
+    case: "code";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The name of the function `code` defines; unused with module_function.
+   *
+   * @generated from field: string function_name = 6;
+   */
+  functionName: string;
+
+  /**
+   * @generated from field: valise.v1.ApplyForm form = 7;
+   */
+  form: ApplyForm;
+
+  /**
+   * The input.
+   *
+   * @generated from oneof valise.v1.ApplyStart.input
+   */
+  input: {
+    /**
+     * The following requests carry `arrow_ipc`: one Arrow IPC stream, split anywhere.
+     *
+     * @generated from field: bool streamed = 8;
+     */
+    value: boolean;
+    case: "streamed";
+  } | {
+    /**
+     * "cache/<sha256>": an artifact of the session holding an Arrow IPC stream.
+     *
+     * @generated from field: string cache_artifact = 9;
+     */
+    value: string;
+    case: "cacheArtifact";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The output's schema as an Arrow IPC stream holding only a schema message (an EOS marker
+   * may follow). Empty: inferred from the first output batch.
+   *
+   * @generated from field: bytes output_schema = 10;
+   */
+  outputSchema: Uint8Array;
+
+  /**
+   * Wall-clock limit in milliseconds; 0 means the server's default.
+   *
+   * @generated from field: uint32 timeout_ms = 11;
+   */
+  timeoutMs: number;
+};
+
+/**
+ * Describes the message valise.v1.ApplyStart.
+ * Use `create(ApplyStartSchema)` to create a new message.
+ */
+export const ApplyStartSchema: GenMessage<ApplyStart> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 4);
+
+/**
+ * One request of an Apply call: `start` first, then `arrow_ipc` chunks of the input stream
+ * when the input is streamed.
+ *
+ * @generated from message valise.v1.ApplyRequest
+ */
+export type ApplyRequest = Message<"valise.v1.ApplyRequest"> & {
+  /**
+   * @generated from oneof valise.v1.ApplyRequest.request
+   */
+  request: {
+    /**
+     * @generated from field: valise.v1.ApplyStart start = 1;
+     */
+    value: ApplyStart;
+    case: "start";
+  } | {
+    /**
+     * @generated from field: bytes arrow_ipc = 2;
+     */
+    value: Uint8Array;
+    case: "arrowIpc";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message valise.v1.ApplyRequest.
+ * Use `create(ApplyRequestSchema)` to create a new message.
+ */
+export const ApplyRequestSchema: GenMessage<ApplyRequest> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 5);
+
+/**
+ * The function failed; the call then ends with an error status of the same class.
+ *
+ * @generated from message valise.v1.ApplyError
+ */
+export type ApplyError = Message<"valise.v1.ApplyError"> & {
+  /**
+   * What went wrong, e.g. "ValueError: bad row".
+   *
+   * @generated from field: string message = 1;
+   */
+  message: string;
+
+  /**
+   * The Python traceback, when the failure was in Python.
+   *
+   * @generated from field: string traceback = 2;
+   */
+  traceback: string;
+
+  /**
+   * The error class, e.g. APPLY_FUNCTION_FAILED.
+   *
+   * @generated from field: string error_class = 3;
+   */
+  errorClass: string;
+};
+
+/**
+ * Describes the message valise.v1.ApplyError.
+ * Use `create(ApplyErrorSchema)` to create a new message.
+ */
+export const ApplyErrorSchema: GenMessage<ApplyError> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 6);
+
+/**
+ * The call has ended successfully; always the last response.
+ *
+ * @generated from message valise.v1.ApplyDone
+ */
+export type ApplyDone = Message<"valise.v1.ApplyDone"> & {
+  /**
+   * @generated from field: uint64 rows_in = 1;
+   */
+  rowsIn: bigint;
+
+  /**
+   * @generated from field: uint64 rows_out = 2;
+   */
+  rowsOut: bigint;
+
+  /**
+   * @generated from field: uint64 batches_in = 3;
+   */
+  batchesIn: bigint;
+
+  /**
+   * @generated from field: uint64 batches_out = 4;
+   */
+  batchesOut: bigint;
+
+  /**
+   * "pyarrow" when Arrow IPC reached the function untouched, "columnar" when the server
+   * converted it (see docs/apply.md).
+   *
+   * @generated from field: string transport = 5;
+   */
+  transport: string;
+
+  /**
+   * The interpreter as resolved on the server.
+   *
+   * @generated from field: string interpreter = 6;
+   */
+  interpreter: string;
+};
+
+/**
+ * Describes the message valise.v1.ApplyDone.
+ * Use `create(ApplyDoneSchema)` to create a new message.
+ */
+export const ApplyDoneSchema: GenMessage<ApplyDone> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 7);
+
+/**
+ * One response of an Apply call.
+ *
+ * @generated from message valise.v1.ApplyResponse
+ */
+export type ApplyResponse = Message<"valise.v1.ApplyResponse"> & {
+  /**
+   * @generated from oneof valise.v1.ApplyResponse.response
+   */
+  response: {
+    /**
+     * Bytes of one Arrow IPC stream (schema, record batches, end marker) of the function's
+     * output, as it is produced; concatenate them.
+     *
+     * @generated from field: bytes arrow_ipc = 1;
+     */
+    value: Uint8Array;
+    case: "arrowIpc";
+  } | {
+    /**
+     * @generated from field: valise.v1.ApplyError error = 2;
+     */
+    value: ApplyError;
+    case: "error";
+  } | {
+    /**
+     * @generated from field: valise.v1.ApplyDone done = 3;
+     */
+    value: ApplyDone;
+    case: "done";
+  } | {
+    /**
+     * What the function wrote to stdout or stderr (both go to stderr).
+     *
+     * @generated from field: bytes stderr = 4;
+     */
+    value: Uint8Array;
+    case: "stderr";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message valise.v1.ApplyResponse.
+ * Use `create(ApplyResponseSchema)` to create a new message.
+ */
+export const ApplyResponseSchema: GenMessage<ApplyResponse> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 8);
+
+/**
+ * How the function receives and returns each batch.
+ *
+ * @generated from enum valise.v1.ApplyForm
+ */
+export enum ApplyForm {
+  /**
+   * @generated from enum value: APPLY_FORM_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A pyarrow.RecordBatch in, a RecordBatch or Table out. Needs pyarrow in the session's
+   * interpreter.
+   *
+   * @generated from enum value: APPLY_FORM_PYARROW = 1;
+   */
+  PYARROW = 1,
+
+  /**
+   * A pandas.DataFrame in and out. Needs pandas in the session's interpreter.
+   *
+   * @generated from enum value: APPLY_FORM_PANDAS = 2;
+   */
+  PANDAS = 2,
+
+  /**
+   * A dict of column name to Python list in and out. Works in any interpreter.
+   *
+   * @generated from enum value: APPLY_FORM_COLUMNS = 3;
+   */
+  COLUMNS = 3,
+}
+
+/**
+ * Describes the enum valise.v1.ApplyForm.
+ */
+export const ApplyFormSchema: GenEnum<ApplyForm> = /*@__PURE__*/
+  enumDesc(file_valise_v1_worker, 0);
+
+/**
  * Python workers bound to Spark Connect sessions.
  *
  * @generated from service valise.v1.WorkerService
@@ -231,6 +539,16 @@ export const WorkerService: GenService<{
     methodKind: "server_streaming";
     input: typeof RunRequestSchema;
     output: typeof RunEventSchema;
+  },
+  /**
+   * Runs a Python function over Arrow record batches, once per batch, streaming.
+   *
+   * @generated from rpc valise.v1.WorkerService.Apply
+   */
+  apply: {
+    methodKind: "bidi_streaming";
+    input: typeof ApplyRequestSchema;
+    output: typeof ApplyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_valise_v1_worker, 0);
