@@ -90,6 +90,7 @@ const BRAND = Symbol.for("valise.archive.UnpackError");
  * ```
  */
 export class UnpackError extends Error {
+  /** Always `"UnpackError"`. */
   override name = "UnpackError";
   /** Stable code, see {@linkcode UnpackErrorCode}. */
   readonly code: UnpackErrorCode;
@@ -97,6 +98,8 @@ export class UnpackError extends Error {
   readonly entry: string | undefined;
 
   /**
+   * Creates the error.
+   *
    * @param code Stable code.
    * @param message A `Cannot <action>: <state>` message naming the values involved.
    * @param options Entry name and cause.

@@ -368,3 +368,27 @@ Deno.test("removeStaleTemps() removes what a killed unpack left", async () => {
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("unpack() defaults let a 100k-file environment through", async () => {
+  const { root, dest } = await makeSandbox();
+  try {
+    await Deno.mkdir(`${root}/w`);
+    const entries: TarEntry[] = [];
+    for (let i = 0; i < 100_000; i++) {
+      entries.push({
+        name: `lib/python3.11/site-packages/p${i % 400}/m${i}.py`,
+        data: `V = ${i}\n`,
+      });
+    }
+    const zlib = await import("node:zlib");
+    await Deno.writeFile(`${root}/env.tar.gz`, zlib.gzipSync(makeTar(entries), { level: 1 }));
+    const r = await unpack(`${root}/env.tar.gz`, dest);
+    assert.equal(r.files, 100_000);
+    assert.equal(
+      await Deno.readTextFile(`${dest}/lib/python3.11/site-packages/p399/m99999.py`),
+      "V = 99999\n",
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
