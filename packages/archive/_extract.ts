@@ -87,6 +87,20 @@ function ioError(e: unknown, action: string, entry?: string): UnpackError {
   );
 }
 
+/**
+ * `0o666 & ~umask`, read from `/proc/self/status`: `Deno.umask()` (like Node's) reads the mask
+ * by setting it and setting it back, a window in which another thread could create a file with
+ * the wrong mode. -1 (never equal to a mode, so modes are always passed) when it cannot tell.
+ */
+function plainFileMode(): number {
+  try {
+    const m = /^Umask:\s+([0-7]+)$/m.exec(Deno.readTextFileSync("/proc/self/status"));
+    return m ? 0o666 & ~parseInt(m[1]!, 8) : -1;
+  } catch {
+    return -1;
+  }
+}
+
 /** Free bytes for unprivileged users on the file system holding `path`. */
 export function freeBytes(path: string): number {
   const s = fs.statfsSync(path);
@@ -112,7 +126,7 @@ export class Extractor implements TarSink {
   #fileBytes = 0;
   #nextDiskCheck: number;
   /** Mode a file gets without an explicit mode; passing none saves an `fchmod`. */
-  #plainMode = 0o666 & ~Deno.umask();
+  #plainMode = plainFileMode();
   #pool: WritePool | undefined;
   #smallFiles = 0;
   entries = 0;
