@@ -57,6 +57,11 @@ type Node =
 
 const INTERPRETER = /^bin\/python(3(\.[0-9]+)?)?$/;
 const MAX_HOPS = 40;
+/**
+ * Budget of path components walked while checking all symlinks: bounds the CPU a crafted
+ * archive (many links, long chains, long targets) can make the check take (~1 s).
+ */
+const RESOLVE_BUDGET = 20_000_000;
 
 function sanitizeMode(mode: number): number {
   let m = (mode & 0o777) | 0o600;
@@ -128,6 +133,8 @@ export class Extractor implements TarSink {
   /** Mode a file gets without an explicit mode; passing none saves an `fchmod`. */
   #plainMode = plainFileMode();
   #pool: WritePool | undefined;
+  #implied = 0;
+  #resolveSteps = 0;
   #smallFiles = 0;
   entries = 0;
   files = 0;
@@ -192,6 +199,14 @@ export class Extractor implements TarSink {
       );
     }
     this.#ensureDir(parentOf(rel), entry);
+    // Implied directories are inodes too: without this, deep names multiply the entry quota.
+    if (++this.#implied > this.#p.maxEntries) {
+      throw new UnpackError(
+        "QUOTA_ENTRIES",
+        `Cannot unpack archive: more than ${this.#p.maxEntries} directories, counting implied ones`,
+        { entry },
+      );
+    }
     try {
       Deno.mkdirSync(this.root + "/" + rel, { mode: 0o755 });
     } catch (e) {
@@ -510,14 +525,25 @@ export class Extractor implements TarSink {
   #resolve(rel: string, entry: string, interpreterOk: (p: string) => boolean): string {
     const first = this.#symlinks.get(rel)!;
     const stack = rel.split("/").slice(0, -1);
-    let queue = targetParts(first.target);
+    // Components still to walk, in reverse so that taking the next one is a pop().
+    const todo = targetParts(first.target).reverse();
     let hops = 0;
     if (first.target.startsWith("/")) {
       if (interpreterOk(rel)) return "interpreter";
       throw this.#escape(entry, first.raw, "is absolute");
     }
-    while (queue.length) {
-      const c = queue.shift()!;
+    while (todo.length) {
+      this.#resolveSteps += stack.length + 1;
+      if (this.#resolveSteps > RESOLVE_BUDGET) {
+        throw new UnpackError(
+          "BAD_LINK",
+          `Cannot unpack symlink ${
+            JSON.stringify(entry)
+          }: the archive's symlinks are too many or too convoluted to check`,
+          { entry },
+        );
+      }
+      const c = todo.pop()!;
       if (c === "..") {
         if (stack.length === 0) throw this.#escape(entry, first.raw, "leaves the destination");
         stack.pop();
@@ -537,7 +563,7 @@ export class Extractor implements TarSink {
         );
       }
       if (link.target.startsWith("/")) {
-        if (interpreterOk(here) && queue.length === 0) return "interpreter";
+        if (interpreterOk(here) && todo.length === 0) return "interpreter";
         throw this.#escape(
           entry,
           first.raw,
@@ -545,7 +571,8 @@ export class Extractor implements TarSink {
         );
       }
       stack.pop();
-      queue = [...targetParts(link.target), ...queue];
+      const parts = targetParts(link.target);
+      for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]!);
     }
     if (stack.length === 0) {
       throw this.#escape(entry, first.raw, "points at the destination itself");
