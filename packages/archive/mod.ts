@@ -18,7 +18,8 @@
  * - Nothing is written through a symlink: regular files, directories and hardlinks are
  *   created first, with `O_CREAT|O_EXCL`, in a tree that holds no symlink yet; symlinks are
  *   created last, after a virtual `realpath` over all the archive's links shows each one ends
- *   inside the destination (not at the destination itself). A member below a symlink member
+ *   inside the destination (not at the destination itself); the check has a CPU budget, so
+ *   a maze of long link chains fails with `BAD_LINK` instead of spinning. A member below a symlink member
  *   is refused (`THROUGH_LINK`). Exception: in an archive with a root `pyvenv.cfg`, the
  *   interpreter links `bin/python`, `bin/python3`, `bin/python3.X` may point at an absolute
  *   path (every venv has one); they are reported in `interpreterLinks`.
@@ -32,7 +33,8 @@
  *   (`UNSUPPORTED`). File modes: owner read/write forced; setuid, setgid, sticky and
  *   group/other write removed (reported); group/other execute kept only when the owner has
  *   it. Directories are `0755`. Owners are never applied. File mtimes are kept.
- * - Quotas on bytes produced: 20 GiB in total, 4 GiB per entry, 1,000,000 entries, a
+ * - Quotas on bytes produced: 20 GiB in total, 4 GiB per entry, 1,000,000 entries (and as
+ *   many directories, counting those implied by deep names), a
  *   decompression ratio of 100 once 64 MiB were produced (real environments are 3–5:1), 512
  *   MiB kept free on the destination's file system (checked before and every 64 MiB).
  * - Zip: central directory read by `@zip.js/zip.js` (Zip64, preambles), each local header
