@@ -50,7 +50,10 @@ export class Channel<T> {
   async next(): Promise<T | undefined> {
     while (true) {
       if (this.#head < this.#items.length) {
-        const item = this.#items[this.#head++] as T;
+        const item = this.#items[this.#head] as T;
+        // Taken items must not stay reachable until the next compaction: with streamed
+        // output that would be up to 1024 chunks of bulk data.
+        (this.#items as (T | undefined)[])[this.#head++] = undefined;
         if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
           this.#items = this.#items.slice(this.#head);
           this.#head = 0;
