@@ -30,6 +30,8 @@ export interface Policy {
   maxTotalBytes: number;
   maxEntryBytes: number;
   allowInterpreterLinks: boolean;
+  allowSymlinks: boolean;
+  allowHardlinks: boolean;
   preserveMtime: boolean;
   minFreeDiskBytes: number;
   diskCheckIntervalBytes: number;
@@ -336,12 +338,22 @@ export class Extractor implements TarSink {
         this.#startFile(rel, m, whole);
         return;
       case "hardlink":
+        if (!this.#p.allowHardlinks) throw this.#linksOff(entry, "hardlinks", "allowHardlinks");
         this.#hardlink(rel, m);
         return;
       case "symlink":
+        if (!this.#p.allowSymlinks) throw this.#linksOff(entry, "symlinks", "allowSymlinks");
         this.#symlink(rel, m);
         return;
     }
+  }
+
+  #linksOff(entry: string, what: string, option: string): UnpackError {
+    return new UnpackError(
+      "BAD_LINK",
+      `Cannot unpack entry ${JSON.stringify(entry)}: ${what} are not allowed (${option}: false)`,
+      { entry },
+    );
   }
 
   #startFile(rel: string, m: Member, whole: Uint8Array | undefined): void {

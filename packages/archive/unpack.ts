@@ -83,6 +83,18 @@ export interface UnpackOptions {
    */
   allowInterpreterLinks?: boolean;
   /**
+   * Allow symlink members at all (checked as described above). `false` refuses any with
+   * `BAD_LINK`, as node-tar's advice for untrusted input goes; venvs need them.
+   * @default {true}
+   */
+  allowSymlinks?: boolean;
+  /**
+   * Allow hardlink members at all (to regular files unpacked earlier). `false` refuses any
+   * with `BAD_LINK`.
+   * @default {true}
+   */
+  allowHardlinks?: boolean;
+  /**
    * Set file modification times from the archive (Python checks `.pyc` files against them).
    * @default {true}
    */
@@ -195,6 +207,8 @@ function validateOptions(
     maxComponentBytes: num(o.maxComponentBytes, 255, "maxComponentBytes"),
     maxDepth: num(o.maxDepth, 256, "maxDepth"),
     allowInterpreterLinks: o.allowInterpreterLinks ?? true,
+    allowSymlinks: o.allowSymlinks ?? true,
+    allowHardlinks: o.allowHardlinks ?? true,
     preserveMtime: o.preserveMtime ?? true,
     condaUnpack: o.condaUnpack ?? true,
     condaUnpackPython: o.condaUnpackPython,
@@ -313,6 +327,8 @@ export async function unpack(
     maxTotalBytes: o.maxTotalBytes,
     maxEntryBytes: o.maxEntryBytes,
     allowInterpreterLinks: o.allowInterpreterLinks,
+    allowSymlinks: o.allowSymlinks,
+    allowHardlinks: o.allowHardlinks,
     preserveMtime: o.preserveMtime,
     minFreeDiskBytes: o.minFreeDiskBytes,
     diskCheckIntervalBytes: o.diskCheckIntervalBytes,

@@ -392,3 +392,60 @@ Deno.test("unpack() defaults let a 100k-file environment through", async () => {
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("unpack() can refuse all links, and keep or drop mtimes", async () => {
+  const { root } = await makeSandbox();
+  try {
+    await Deno.writeFile(
+      `${root}/a.tar`,
+      makeTar([
+        { name: "f", data: "x", mtime: 1234567890 },
+        { name: "s", type: "symlink", linkname: "f" },
+        { name: "h", type: "hardlink", linkname: "f" },
+      ]),
+    );
+    await assert.rejects(
+      unpack(`${root}/a.tar`, `${root}/o1`, { allowSymlinks: false }),
+      (e) =>
+        isUnpackError(e) && e.code === "BAD_LINK" && e.entry === "s" &&
+        /allowSymlinks/.test(e.message),
+    );
+    await assert.rejects(
+      unpack(`${root}/a.tar`, `${root}/o2`, { allowHardlinks: false }),
+      (e) => isUnpackError(e) && e.code === "BAD_LINK" && e.entry === "h",
+    );
+    const r = await unpack(`${root}/a.tar`, `${root}/o3`);
+    assert.equal(r.linksMade, 2);
+    assert.equal((await Deno.stat(`${root}/o3/f`)).mtime?.getTime(), 1234567890_000);
+    await unpack(`${root}/a.tar`, `${root}/o4`, { preserveMtime: false });
+    assert.notEqual((await Deno.stat(`${root}/o4/f`)).mtime?.getTime(), 1234567890_000);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("unpack() allows the venv interpreter links only when asked to", async () => {
+  const { root } = await makeSandbox();
+  try {
+    await Deno.writeFile(
+      `${root}/v.tar`,
+      makeTar([
+        { name: "pyvenv.cfg", data: "home = /usr/bin\n" },
+        { name: "bin/python3", type: "symlink", linkname: "/usr/bin/python3" },
+        { name: "bin/python", type: "symlink", linkname: "python3" },
+        { name: "bin/python3.11", type: "symlink", linkname: "python3" },
+      ]),
+    );
+    const r = await unpack(`${root}/v.tar`, `${root}/ok`);
+    assert.equal(r.flavor, "venv");
+    assert.deepEqual(r.interpreterLinks, [{ path: "bin/python3", target: "/usr/bin/python3" }]);
+    assert.equal(r.changeCounts["interpreter-link"], 1);
+    assert.equal(await Deno.readLink(`${root}/ok/bin/python`), "python3");
+    await assert.rejects(
+      unpack(`${root}/v.tar`, `${root}/no`, { allowInterpreterLinks: false }),
+      (e) => isUnpackError(e) && e.code === "LINK_ESCAPE" && e.entry === "bin/python3",
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
