@@ -133,6 +133,7 @@ export declare class RecordBatch {
   readonly data: Data;
   getChildAt(index: number): Vector | null;
   getChild(name: string): Vector | null;
+  slice(begin?: number, end?: number): RecordBatch;
 }
 export declare class Table {
   constructor(...args: any[]);
@@ -141,6 +142,7 @@ export declare class Table {
   readonly numRows: number;
   getChild(name: string): Vector | null;
   select(names: string[]): Table;
+  slice(begin?: number, end?: number): Table;
 }
 
 export interface AsyncRecordBatchReader extends AsyncIterable<RecordBatch> {

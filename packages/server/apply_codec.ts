@@ -343,18 +343,20 @@ export function encodeColumnarBatch(batch: RecordBatch): Uint8Array[] {
     const nulls = data.nullBitmap && data.nullBitmap.length ? data.nullCount : 0;
     col.nulls = nulls;
     col.buffers.push(add(nulls ? bitsToBytes(data.nullBitmap!, off, rows) : new Uint8Array()));
+    // apache-arrow slices fixed-width values and value offsets when it slices Data, but not
+    // bitmaps (validity, bool values), which `offset` then indexes.
     const width = WIDTH[f.type];
     if (width !== undefined) {
-      col.buffers.push(add(viewBytes(data.values, off * width, rows * width)));
+      col.buffers.push(add(viewBytes(data.values, 0, rows * width)));
     } else if (f.type === "bool") {
       col.buffers.push(add(bitsToBytes(data.values as Uint8Array, off, rows)));
     } else {
       const vo = data.valueOffsets as Int32Array | BigInt64Array;
-      const first = Number(vo[off] ?? 0);
-      const last = Number(vo[off + rows] ?? 0);
+      const first = Number(vo[0] ?? 0);
+      const last = Number(vo[rows] ?? 0);
       let offsets: Int32Array;
       if (vo instanceof Int32Array && first === 0) {
-        offsets = vo.subarray(off, off + rows + 1);
+        offsets = vo.subarray(0, rows + 1);
       } else {
         if (last - first >= 2 ** 31) {
           throw new ColumnarTypeError(
@@ -363,7 +365,7 @@ export function encodeColumnarBatch(batch: RecordBatch): Uint8Array[] {
           );
         }
         offsets = new Int32Array(rows + 1);
-        for (let r = 0; r <= rows; r++) offsets[r] = Number(vo[off + r]) - first;
+        for (let r = 0; r <= rows; r++) offsets[r] = Number(vo[r]) - first;
       }
       col.buffers.push(add(viewBytes(offsets, 0, offsets.byteLength)));
       col.buffers.push(add(viewBytes(data.values, first, last - first)));
@@ -443,7 +445,7 @@ export function decodeColumnarBatch(payload: Uint8Array, schema: Schema): Record
           `but the function produced ${describeColumnarType(c)}`,
       );
     }
-    if (!f.nullable && c.nulls > 0) {
+    if (!f.nullable && c.nulls > 0 && c.type !== "null") {
       throw new ColumnarTypeError(
         c.name,
         `Column ${JSON.stringify(c.name)} is declared non-nullable, but has ${c.nulls} nulls`,
@@ -539,6 +541,7 @@ export class IpcStreamPieces {
 export class DriverFrameReader {
   #chunks: Uint8Array[] = [];
   #have = 0;
+  #need = 0;
 
   /**
    * Adds bytes and returns the frames completed by them; each payload is its own copy.
@@ -551,11 +554,15 @@ export class DriverFrameReader {
     this.#have += chunk.length;
     const out: { type: number; payload: Uint8Array }[] = [];
     while (this.#have >= 5) {
-      const head = this.#peek(5);
-      const n = new DataView(head.buffer, head.byteOffset).getUint32(0);
-      if (n < 1) throw new SyntaxError("Cannot decode driver frame: length 0");
-      if (this.#have < 4 + n) break;
-      const whole = this.#take(4 + n);
+      if (this.#need === 0) {
+        const head = this.#peek5();
+        const n = new DataView(head.buffer, head.byteOffset).getUint32(0);
+        if (n < 1) throw new SyntaxError("Cannot decode driver frame: length 0");
+        this.#need = 4 + n;
+      }
+      if (this.#have < this.#need) break;
+      const whole = this.#take(this.#need);
+      this.#need = 0;
       out.push({ type: whole[4]!, payload: whole.slice(5) });
     }
     return out;
@@ -566,13 +573,18 @@ export class DriverFrameReader {
     return this.#have;
   }
 
-  #peek(n: number): Uint8Array {
+  #peek5(): Uint8Array {
     const first = this.#chunks[0]!;
-    if (first.length >= n) return first.subarray(0, n);
-    const joined = this.#take(this.#have);
-    this.#chunks = [joined];
-    this.#have = joined.length;
-    return joined.subarray(0, n);
+    if (first.length >= 5) return first.subarray(0, 5);
+    const out = new Uint8Array(5);
+    let filled = 0;
+    for (const c of this.#chunks) {
+      const k = Math.min(c.length, 5 - filled);
+      out.set(c.subarray(0, k), filled);
+      filled += k;
+      if (filled === 5) break;
+    }
+    return out;
   }
 
   #take(n: number): Uint8Array {
