@@ -230,3 +230,43 @@ Deno.test("shared trees are read-only on disk", async () => {
     equal(Deno.statSync(join(s.root, "environment/bin")).mode! & 0o222, 0);
   });
 });
+
+Deno.test("conda-unpack, code from the archive, runs in the sandbox, not with the server's rights", async (t) => {
+  await withServer(async ({ spark, server, tmp }) => {
+    const fx = await makeCondaPackLike(join(tmp, "fx"));
+    // Rebuild the archive with a conda-unpack that also tries to reach outside its tree.
+    const src = join(tmp, "src");
+    await Deno.mkdir(src);
+    await run("tar", ["-xzf", fx.archive, "-C", src]);
+    const marker = join(tmp, "escaped-by-conda-unpack");
+    const script = await Deno.readTextFile(join(src, "bin/conda-unpack"));
+    await Deno.writeTextFile(
+      join(src, "bin/conda-unpack"),
+      script +
+        `\ntry:\n    open(${JSON.stringify(marker)}, "w").write("x")\nexcept OSError:\n    pass\n`,
+    );
+    const hostile = join(tmp, "hostile-conda.tar.gz");
+    await run("tar", ["-czf", hostile, "-C", src, "."]);
+    const sessionId = crypto.randomUUID();
+    await spark.addArtifacts(
+      addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", hostile)], {
+        sessionId,
+      }),
+    );
+    const s = server.valise.store.find("", sessionId)!;
+    // conda-unpack did its job at the tree's shared path...
+    const prefix = await run(join(s.root, "environment/bin/python"), [
+      "-c",
+      `import ${fx.prefixPackage}._prefix as p; print(p.PREFIX)`,
+    ], s.root);
+    equal(prefix, Deno.realPathSync(join(s.root, "environment")));
+    if (!server.valise.launcher.sandboxed) {
+      t.step({ name: "skipped: workers are not sandboxed here", ignore: true, fn: () => {} });
+      return;
+    }
+    // ...and nothing else.
+    let escaped = true;
+    await Deno.stat(marker).catch(() => (escaped = false));
+    equal(escaped, false);
+  });
+});

@@ -37,6 +37,7 @@ export interface Policy {
   diskCheckIntervalBytes: number;
   maxReportedChanges: number;
   parallelWritesThreshold: number;
+  keepWriterThread: boolean;
 }
 
 /** Kinds of change reported in {@linkcode ChangeRecord}. */
@@ -373,7 +374,7 @@ export class Extractor implements TarSink {
         whole !== undefined && this.#pool === undefined &&
         ++this.#smallFiles > this.#p.parallelWritesThreshold
       ) {
-        this.#pool = new WritePool();
+        this.#pool = new WritePool(this.#p.keepWriterThread);
       }
       if (whole !== undefined && this.#pool !== undefined) {
         this.#pool.add(

@@ -61,11 +61,47 @@ const BATCH_FILES = 512;
 const BATCH_BYTES = 1 << 20;
 const MAX_IN_FLIGHT = 4;
 
+interface Thread {
+  worker: Worker;
+  ctl: Int32Array;
+  err: Uint8Array;
+}
+
+// A writer thread kept between unpacks (`keepThread`): inside a Worker, Deno takes about a
+// second to start a nested Worker, which would dominate the unpack of a small archive.
+let spare: Thread | undefined;
+
+function startThread(): Thread {
+  const t: Thread = {
+    worker: new Worker(new URL("./_write_worker.ts", import.meta.url), { type: "module" }),
+    ctl: new Int32Array(new SharedArrayBuffer(16)),
+    err: new Uint8Array(new SharedArrayBuffer(4096)),
+  };
+  t.worker.postMessage({ init: { ctl: t.ctl.buffer, err: t.err.buffer } });
+  return t;
+}
+
+/**
+ * Starts the writer thread that later unpacks with `keepWriterThread` reuse, so that not even
+ * the first pays for starting it.
+ */
+export function prestartWriterThread(): void {
+  spare ??= startThread();
+}
+
+/** Stops a kept writer thread, if any (an idle Worker keeps a Deno process alive). */
+export function stopWriterThread(): void {
+  spare?.worker.terminate();
+  spare = undefined;
+}
+
 /** Collects files into batches and hands them to a worker (or writes them itself). */
 export class WritePool {
   #worker: Worker;
-  #ctl = new Int32Array(new SharedArrayBuffer(16));
-  #err = new Uint8Array(new SharedArrayBuffer(4096));
+  #ctl: Int32Array;
+  #err: Uint8Array;
+  #thread: Thread;
+  #keep: boolean;
   #submitted = 0;
   #paths: string[] = [];
   #modes: number[] = [];
@@ -76,9 +112,14 @@ export class WritePool {
   #fill = 0;
   #closed = false;
 
-  constructor() {
-    this.#worker = new Worker(new URL("./_write_worker.ts", import.meta.url), { type: "module" });
-    this.#worker.postMessage({ init: { ctl: this.#ctl.buffer, err: this.#err.buffer } });
+  /** @param keepThread On close, keep the (idle) writer thread for the next pool. */
+  constructor(keepThread = false) {
+    this.#thread = spare ?? startThread();
+    spare = undefined;
+    this.#worker = this.#thread.worker;
+    this.#ctl = this.#thread.ctl;
+    this.#err = this.#thread.err;
+    this.#keep = keepThread;
   }
 
   /** Queues a file. Throws the first failure of an earlier batch. */
@@ -165,6 +206,17 @@ export class WritePool {
       } catch {
         // never started: nothing to wait for
       }
+    }
+    // Reuse only a thread that is idle and clean: every batch completed, no failure.
+    if (
+      this.#keep && spare === undefined && Atomics.load(this.#ctl, READY) === 1 &&
+      Atomics.load(this.#ctl, ERROR) === 0 &&
+      Atomics.load(this.#ctl, COMPLETED) >= this.#submitted
+    ) {
+      Atomics.store(this.#ctl, COMPLETED, 0);
+      Atomics.store(this.#ctl, CANCEL, 0);
+      spare = this.#thread;
+      return;
     }
     this.#worker.terminate();
   }

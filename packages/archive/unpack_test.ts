@@ -2,7 +2,14 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { makeTar, makeZip, type TarEntry } from "../../tests/fixtures/archive_writers.ts";
-import { isUnpackError, removeStaleTemps, unpack, UnpackError } from "./mod.ts";
+import {
+  isUnpackError,
+  prestartWriterThread,
+  removeStaleTemps,
+  stopWriterThread,
+  unpack,
+  UnpackError,
+} from "./mod.ts";
 import { makeSandbox, snapshot } from "./_test_util.ts";
 
 const enc = new TextEncoder();
@@ -319,6 +326,57 @@ Deno.test("unpack() with the writer thread matches GNU tar on many files, duplic
     assert.ok(x.success);
     assert.deepEqual(await snapshot(`${root}/out`), await snapshot(`${root}/ref`));
   } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("unpack() reuses a kept writer thread across unpacks, each one exact", async () => {
+  const { root } = await makeSandbox();
+  try {
+    prestartWriterThread();
+    for (let round = 0; round < 3; round++) {
+      const entries: TarEntry[] = [];
+      for (let i = 0; i < 600; i++) {
+        entries.push({ name: `d${i % 7}/f${i}.txt`, data: `round ${round} file ${i}\n` });
+      }
+      await Deno.writeFile(`${root}/r${round}.tar`, makeTar(entries));
+      const r = await unpack(`${root}/r${round}.tar`, `${root}/out${round}`, {
+        parallelWritesThreshold: 0,
+        keepWriterThread: true,
+      });
+      assert.equal(r.files, 600);
+      await Deno.mkdir(`${root}/ref${round}`);
+      const x = await new Deno.Command("tar", {
+        args: ["-xf", `${root}/r${round}.tar`, "-C", `${root}/ref${round}`],
+      }).output();
+      assert.ok(x.success);
+      assert.deepEqual(
+        await snapshot(`${root}/out${round}`),
+        await snapshot(`${root}/ref${round}`),
+      );
+    }
+    // A failed unpack does not hand a dirty thread to the next one.
+    await Deno.writeFile(
+      `${root}/bad.tar`,
+      makeTar([
+        ...Array.from({ length: 300 }, (_, i) => ({ name: `f${i}`, data: "x" })),
+        { name: "../evil", data: "x" },
+      ]),
+    );
+    await assert.rejects(
+      unpack(`${root}/bad.tar`, `${root}/bad`, {
+        parallelWritesThreshold: 0,
+        keepWriterThread: true,
+      }),
+      (e) => isUnpackError(e) && e.code === "PATH_ESCAPE",
+    );
+    const r = await unpack(`${root}/r0.tar`, `${root}/again`, {
+      parallelWritesThreshold: 0,
+      keepWriterThread: true,
+    });
+    assert.equal(r.files, 600);
+  } finally {
+    stopWriterThread();
     await Deno.remove(root, { recursive: true });
   }
 });

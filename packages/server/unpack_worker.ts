@@ -7,9 +7,11 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { isUnpackError, unpack, type UnpackOptions } from "@valise/archive";
+import { isUnpackError, prestartWriterThread, unpack, type UnpackOptions } from "@valise/archive";
 
 const running = new Map<number, AbortController>();
+// Started once, kept across unpacks: a Worker started from a Worker costs Deno ~1 s.
+prestartWriterThread();
 
 self.onmessage = async (ev: MessageEvent) => {
   const msg = ev.data as
@@ -22,7 +24,11 @@ self.onmessage = async (ev: MessageEvent) => {
   const abort = new AbortController();
   running.set(msg.id, abort);
   try {
-    const r = await unpack(msg.archive, msg.dest, { ...msg.options, signal: abort.signal });
+    const r = await unpack(msg.archive, msg.dest, {
+      ...msg.options,
+      keepWriterThread: true,
+      signal: abort.signal,
+    });
     self.postMessage({
       id: msg.id,
       ok: true,

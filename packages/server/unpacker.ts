@@ -1,6 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { createHash } from "node:crypto";
 import type { UnpackOptions } from "@valise/archive";
+import type { Launcher } from "@valise/launcher";
 import type { ArchiveUnpacker, TreeInfo } from "@valise/session-store";
 
 /** An unpack failure reported by the worker, with the archive package's stable code. */
@@ -20,7 +21,16 @@ export class ArchiveUnpackFailure extends Error {
 }
 
 /** Unpack options a server may set; the rest are the archive package's safe defaults. */
-export type ServerUnpackOptions = Omit<UnpackOptions, "signal">;
+export type ServerUnpackOptions = Omit<
+  UnpackOptions,
+  "signal" | "condaUnpack" | "keepWriterThread"
+>;
+
+/**
+ * Runs an unpacked conda-pack environment's `bin/conda-unpack` (code from the archive) at the
+ * tree's final path. The server runs it in the workers' sandbox, never with its own rights.
+ */
+export type CondaUnpackRunner = (dest: string) => Promise<void>;
 
 /**
  * The session store's archive unpacker, backed by `@valise/archive` running in a Web Worker
@@ -30,13 +40,17 @@ export type ServerUnpackOptions = Omit<UnpackOptions, "signal">;
  * @param options Unpack policy and quotas.
  * @returns The unpacker to pass as the store's `unpack` option.
  */
-export function archiveUnpacker(options: ServerUnpackOptions = {}): ArchiveUnpacker {
+export function archiveUnpacker(
+  options: ServerUnpackOptions = {},
+  condaUnpack?: CondaUnpackRunner,
+): ArchiveUnpacker {
   const fingerprint = createHash("sha256")
     .update(JSON.stringify(Object.entries(options).sort()))
     .digest("hex").slice(0, 12);
   let worker: Worker | undefined;
   let nextId = 0;
-  const pending = new Map<number, { resolve: (i: TreeInfo) => void; reject: (e: Error) => void }>();
+  type Done = TreeInfo & { flavor: string };
+  const pending = new Map<number, { resolve: (i: Done) => void; reject: (e: Error) => void }>();
   const failAll = (why: string) => {
     for (const p of pending.values()) p.reject(new ArchiveUnpackFailure("IO", why));
     pending.clear();
@@ -50,6 +64,7 @@ export function archiveUnpacker(options: ServerUnpackOptions = {}): ArchiveUnpac
         ok: boolean;
         bytes?: number;
         entries?: number;
+        flavor?: string;
         code?: string;
         entry?: string;
         message?: string;
@@ -57,7 +72,7 @@ export function archiveUnpacker(options: ServerUnpackOptions = {}): ArchiveUnpac
       const p = pending.get(r.id);
       if (!p) return;
       pending.delete(r.id);
-      if (r.ok) p.resolve({ bytes: r.bytes ?? 0, entries: r.entries ?? 0 });
+      if (r.ok) p.resolve({ bytes: r.bytes ?? 0, entries: r.entries ?? 0, flavor: r.flavor ?? "" });
       else {p.reject(
           new ArchiveUnpackFailure(r.code ?? "IO", r.message ?? "unpack failed", r.entry),
         );}
@@ -74,8 +89,8 @@ export function archiveUnpacker(options: ServerUnpackOptions = {}): ArchiveUnpac
   };
   return {
     fingerprint,
-    unpack(archive: string, dest: string, o: { signal?: AbortSignal }): Promise<TreeInfo> {
-      return new Promise<TreeInfo>((resolve, reject) => {
+    async unpack(archive: string, dest: string, o: { signal?: AbortSignal }): Promise<TreeInfo> {
+      const done = await new Promise<Done>((resolve, reject) => {
         const w = ensureWorker();
         const id = nextId++;
         const onAbort = () => w.postMessage({ type: "abort", id });
@@ -90,13 +105,86 @@ export function archiveUnpacker(options: ServerUnpackOptions = {}): ArchiveUnpac
             reject(e);
           },
         });
-        w.postMessage({ type: "unpack", id, archive, dest, options });
+        // conda-unpack is code from the archive: never run inside the unpack, with the server's
+        // rights; the runner below does it in the sandbox once the tree is in place.
+        w.postMessage({
+          type: "unpack",
+          id,
+          archive,
+          dest,
+          options: { ...options, condaUnpack: false },
+        });
       });
+      if (done.flavor === "conda-pack" && condaUnpack) {
+        try {
+          await condaUnpack(dest);
+        } catch (e) {
+          await Deno.remove(dest, { recursive: true }).catch(() => {});
+          throw e instanceof ArchiveUnpackFailure ? e : new ArchiveUnpackFailure(
+            "POST_UNPACK",
+            `Cannot finish the conda-pack environment: ${e instanceof Error ? e.message : e}`,
+          );
+        }
+      }
+      return { bytes: done.bytes, entries: done.entries };
     },
     close(): void {
       worker?.terminate();
       worker = undefined;
       failAll("Cannot unpack archive: the server is shutting down");
     },
+  };
+}
+
+/**
+ * Runs `bin/conda-unpack` of a freshly unpacked conda-pack environment with the environment's
+ * own interpreter, through the launcher: in the workers' sandbox (with the tree bound
+ * read-write at its real path, since conda-unpack rewrites it in place), never with the server's
+ * rights.
+ *
+ * @param launcher The server's launcher.
+ * @param timeoutMs How long conda-unpack may run.
+ * @returns The runner for {@linkcode archiveUnpacker}.
+ */
+export function sandboxedCondaUnpack(launcher: Launcher, timeoutMs = 300_000): CondaUnpackRunner {
+  return async (dest) => {
+    const key = `conda-unpack\u0000${dest}`;
+    let stderr = "";
+    let exit: { exitCode: number; signal: string; timedOut: boolean } | undefined;
+    const dec = new TextDecoder();
+    try {
+      for await (
+        const ev of launcher.run(
+          {
+            key,
+            root: dest,
+            pythonPath: [],
+            interpreter: "bin/python",
+            limits: { wallTimeMs: timeoutMs },
+          },
+          { script: "bin/conda-unpack", timeoutMs },
+        )
+      ) {
+        if (ev.kind === "stderr") stderr = (stderr + dec.decode(ev.data)).slice(-4000);
+        if (ev.kind === "exited") exit = ev;
+      }
+    } finally {
+      await launcher.stopSession(key);
+    }
+    if (!exit || exit.exitCode !== 0) {
+      const how = !exit
+        ? "did not finish"
+        : exit.timedOut
+        ? `timed out after ${timeoutMs} ms`
+        : exit.signal
+        ? `was killed by ${exit.signal}`
+        : `exited with ${exit.exitCode}`;
+      throw new ArchiveUnpackFailure(
+        "POST_UNPACK",
+        `Cannot finish the conda-pack environment: bin/conda-unpack ${how}${
+          stderr ? `: ${stderr.trim()}` : ""
+        }`,
+      );
+    }
   };
 }

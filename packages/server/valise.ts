@@ -19,7 +19,7 @@ import {
   WorkerService,
 } from "@valise/protocol";
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
-import { archiveUnpacker } from "./unpacker.ts";
+import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";
@@ -127,14 +127,6 @@ export interface Valise {
  */
 export async function createValise(options: ValiseOptions): Promise<Valise> {
   assertCrc32Works();
-  const store = await SessionStore.open({
-    dataDir: options.dataDir,
-    ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
-    unpack: options.unpack === false ? undefined : (options.unpack ?? archiveUnpacker()),
-    ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
-    ...(options.quotas ? { quotas: options.quotas } : {}),
-  });
-  const shutdown = new AbortController();
   const log = options.log;
   const workerOptions = options.workers ?? {};
   const launcher = new Launcher({
@@ -144,6 +136,22 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         if (level !== "info" || log) (log ?? console.error)(`workers: ${message}`);
       }),
   });
+  let store: SessionStore;
+  try {
+    store = await SessionStore.open({
+      dataDir: options.dataDir,
+      ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
+      unpack: options.unpack === false
+        ? undefined
+        : (options.unpack ?? archiveUnpacker({}, sandboxedCondaUnpack(launcher))),
+      ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
+      ...(options.quotas ? { quotas: options.quotas } : {}),
+    });
+  } catch (e) {
+    await launcher.close();
+    throw e;
+  }
+  const shutdown = new AbortController();
   const limits = { ...DEFAULT_LIMITS, ...workerOptions.limits };
   // Workers go before their session's files do.
   store.onRelease((s) => launcher.stopSession(`${s.userId}\u0000${s.sessionId}`));
