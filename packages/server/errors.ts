@@ -67,9 +67,7 @@ export function toConnectError(e: unknown): ConnectError {
       reason: e.reason,
       parameters: e.parameters,
     };
-    if (e.errorClass === "ARTIFACT_UNPACK_FAILED" && e.reason?.startsWith("QUOTA")) {
-      c.code = Code.ResourceExhausted;
-    }
+    if (e.errorClass === "ARTIFACT_UNPACK_FAILED") c.code = unpackCode(e.reason);
   } else if (isClassified(e)) {
     c = e;
   } else {
@@ -91,6 +89,15 @@ export function toConnectError(e: unknown): ConnectError {
   return new ConnectError(c.message.slice(0, 2048), c.code, undefined, [
     { desc: ErrorInfoSchema, value: info },
   ], e);
+}
+
+/** The archive is at fault (INVALID_ARGUMENT) unless the unpack code says otherwise. */
+function unpackCode(reason: string | undefined): Code {
+  if (reason?.startsWith("QUOTA")) return Code.ResourceExhausted;
+  if (reason === "POST_UNPACK") return Code.FailedPrecondition;
+  if (reason === "ABORTED") return Code.Canceled;
+  if (reason === "IO" || reason === "DEST_EXISTS") return Code.Internal;
+  return Code.InvalidArgument;
 }
 
 function isClassified(e: unknown): e is ClassifiedError {
