@@ -156,8 +156,12 @@ export class WritePool {
     this.#entries = [];
     this.#fill = 0;
     this.check();
-    if (this.#submitted - Atomics.load(this.#ctl, COMPLETED) >= MAX_IN_FLIGHT) {
-      // The worker is behind: this thread writes this batch itself.
+    if (
+      Atomics.load(this.#ctl, READY) === 0 ||
+      this.#submitted - Atomics.load(this.#ctl, COMPLETED) >= MAX_IN_FLIGHT
+    ) {
+      // The worker is still starting (which can take a second inside a Worker) or behind: this
+      // thread writes this batch itself rather than wait.
       const f = writeBatch(batch, () => false);
       if (f !== undefined) throw f;
       return;

@@ -87,6 +87,8 @@ export function archiveUnpacker(
     worker = w;
     return w;
   };
+  // Started now, not at the first unpack: the worker's writer thread takes a second to come up.
+  ensureWorker();
   return {
     fingerprint,
     async unpack(archive: string, dest: string, o: { signal?: AbortSignal }): Promise<TreeInfo> {
