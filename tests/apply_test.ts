@@ -59,7 +59,7 @@ const SYSTEM_PYTHON = "/usr/bin/python3";
 const INTERPRETER_KEY = "spark.sql.execution.pyspark.python";
 
 async function withServer(
-  fn: (c: { spark: Spark; workers: Workers }) => Promise<void>,
+  fn: (c: { spark: Spark; workers: Workers; running: () => number }) => Promise<void>,
 ): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: "valise-apply-" });
   const server = await serve({
@@ -75,6 +75,7 @@ async function withServer(
     await fn({
       spark: createClient(SparkConnectService, transport),
       workers: createClient(WorkerService, transport),
+      running: () => server.valise.launcher.stats().running,
     });
   } finally {
     await server.close();
@@ -694,5 +695,45 @@ Deno.test("malformed requests are INVALID_ARGUMENT", async () => {
       ...inline("def f(c):\n    return c\n"),
     }, new TextEncoder().encode("this is not arrow at all, not even close"));
     equal(garbage.failure?.code, Code.InvalidArgument, garbage.failure?.rawMessage);
+  });
+});
+
+Deno.test("a worker past its time limit is APPLY_TIMEOUT; a cancelled call kills its worker", async () => {
+  await withServer(async ({ workers, running }) => {
+    const sessionId = crypto.randomUUID();
+    const input = tableToIPC(new Table({ x: column(new Int64(), [1n]) }), "stream");
+    const slow = await apply(workers, {
+      sessionId,
+      ...inline("import time\ndef f(c):\n    time.sleep(60)\n"),
+      timeoutMs: 300,
+    }, input);
+    equal(slow.failure?.code, Code.DeadlineExceeded, slow.failure?.rawMessage);
+    equal(errorClassOf(slow.failure), "APPLY_TIMEOUT");
+
+    // The input never ends: the function has its first batch and waits for more.
+    const abort = new AbortController();
+    async function* endless(): AsyncGenerator<ApplyRequest> {
+      yield* requests(
+        { sessionId, ...inline("def f(c):\n    print('got', flush=True)\n    return c\n") },
+        input.subarray(0, input.length - 8),
+        1 << 16,
+      );
+      await new Promise(() => {});
+    }
+    let printed = false;
+    try {
+      for await (const res of workers.apply(endless(), { signal: abort.signal })) {
+        if (res.response.case === "stderr") {
+          printed = true;
+          equal(running(), 1);
+          abort.abort();
+        }
+      }
+    } catch (e) {
+      equal(ConnectError.from(e).code, Code.Canceled);
+    }
+    ok(printed);
+    for (let i = 0; i < 200 && running() > 0; i++) await new Promise((r) => setTimeout(r, 25));
+    equal(running(), 0, "the worker outlived its cancelled call");
   });
 });

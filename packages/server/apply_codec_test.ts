@@ -1,5 +1,5 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import {
   Binary,
   Bool,
@@ -29,6 +29,7 @@ import {
   driverFrameHeader,
   DriverFrameReader,
   encodeColumnarBatch,
+  ipcRecordBatches,
   IpcStreamPieces,
   readColumnarBatch,
   schemaOfHeader,
@@ -196,4 +197,37 @@ Deno.test("DriverFrameReader reassembles frames split at any byte", () => {
     deepEqual(Array.from(got[1]!.payload), [1, 2, 3]);
     equal(r.pending, 0);
   }
+});
+
+Deno.test("ipcRecordBatches yields each batch as soon as its message is whole", async () => {
+  const t = sample();
+  const b = t.batches[0]!;
+  const pieces = new IpcStreamPieces(t.schema);
+  const stream = join([pieces.start(), pieces.batch(b), pieces.batch(b.slice(2, 5)), pieces.end()]);
+  for (const step of [1, 7, 64, stream.length]) {
+    async function* chunks() {
+      for (let off = 0; off < stream.length; off += step) yield stream.subarray(off, off + step);
+    }
+    const rows = [];
+    for await (const got of ipcRecordBatches(chunks())) rows.push(got.numRows);
+    deepEqual(rows, [5, 3], `step ${step}`);
+  }
+  // Without the end-of-stream marker and with more input pending, the first batch is out.
+  let release!: () => void;
+  const more = new Promise<void>((r) => release = r);
+  async function* open() {
+    yield join([pieces.start(), pieces.batch(b)]);
+    await more;
+  }
+  const it = ipcRecordBatches(open());
+  equal((await it.next()).value?.numRows, 5);
+  release();
+  equal((await it.next()).done, true);
+  await rejects(async () => {
+    for await (
+      const _ of ipcRecordBatches((async function* () {
+        yield stream.subarray(0, stream.length - 20);
+      })())
+    ) { /* drain */ }
+  }, /ends inside a message/);
 });

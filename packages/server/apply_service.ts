@@ -17,7 +17,7 @@ import {
   type ApplyStart,
 } from "@valise/protocol";
 import type { Session, SessionStore } from "@valise/session-store";
-import { RecordBatchReader, type Schema } from "./apply_arrow.ts";
+import type { Schema } from "./apply_arrow.ts";
 import {
   type ColumnarField,
   columnarField,
@@ -26,6 +26,7 @@ import {
   driverFrameHeader,
   DriverFrameReader,
   encodeColumnarBatch,
+  ipcRecordBatches,
   IpcStreamPieces,
   parseSchemaMessage,
   readColumnarBatch,
@@ -362,8 +363,7 @@ async function* drive(
           yield chunk;
         }
       } else {
-        const reader = await RecordBatchReader.from(job.input);
-        for await (const batch of reader) {
+        for await (const batch of ipcRecordBatches(job.input)) {
           const parts = encodeColumnarBatch(batch);
           yield driverFrameHeader(DriverFrame.DATA, parts.reduce((n, p) => n + p.length, 0));
           yield* parts;
