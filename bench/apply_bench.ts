@@ -18,15 +18,7 @@ import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { ApplyForm, type ApplyRequest, ApplyRequestSchema, WorkerService } from "@valise/protocol";
-import {
-  Float64,
-  Int32,
-  Int64,
-  makeData,
-  makeVector,
-  type RecordBatch,
-  Table,
-} from "../packages/server/apply_arrow.ts";
+import { Float64, Int32, Int64, makeData, makeVector, type RecordBatch, Table } from "apache-arrow";
 import {
   driverFrameHeader,
   encodeColumnarBatch,

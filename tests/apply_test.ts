@@ -50,7 +50,7 @@ import {
   Uint8,
   Utf8,
   vectorFromArray,
-} from "../packages/server/apply_arrow.ts";
+} from "apache-arrow";
 
 type Spark = ReturnType<typeof createClient<typeof SparkConnectService>>;
 type Workers = ReturnType<typeof createClient<typeof WorkerService>>;

@@ -258,9 +258,13 @@ async function entryOut(
           maxOutputLength: Math.max(declared, 1),
           chunkSize: Math.max(declared, 64),
         })
+        // The options object is typed loosely: Deno's and npm's @types/node (pulled in by
+        // apache-arrow's types) disagree on the name of this parameter's type.
         : zlib.zstdDecompressSync(
           raw,
-          { maxOutputLength: Math.max(declared, 1) } as zlib.ZlibOptions,
+          { maxOutputLength: Math.max(declared, 1) } as Parameters<
+            typeof zlib.zstdDecompressSync
+          >[1],
         );
     } catch (cause) {
       throw new UnpackError(

@@ -38,7 +38,7 @@ import {
   Uint64,
   Uint8,
   Utf8,
-} from "./apply_arrow.ts";
+} from "apache-arrow";
 
 /** A type of the columnar encoding. */
 export type ColumnarType =

@@ -21,7 +21,7 @@ import {
   Uint64,
   Utf8,
   vectorFromArray,
-} from "./apply_arrow.ts";
+} from "apache-arrow";
 import {
   columnarField,
   ColumnarTypeError,
@@ -205,9 +205,9 @@ Deno.test("ipcRecordBatches yields each batch as soon as its message is whole", 
   const pieces = new IpcStreamPieces(t.schema);
   const stream = join([pieces.start(), pieces.batch(b), pieces.batch(b.slice(2, 5)), pieces.end()]);
   for (const step of [1, 7, 64, stream.length]) {
-    async function* chunks() {
+    const chunks = async function* () {
       for (let off = 0; off < stream.length; off += step) yield stream.subarray(off, off + step);
-    }
+    };
     const rows = [];
     for await (const got of ipcRecordBatches(chunks())) rows.push(got.numRows);
     deepEqual(rows, [5, 3], `step ${step}`);

@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 // The driver on its own: a real Python process fed frames on stdin, as the launcher feeds it.
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { Int64, Int8, type RecordBatch, Table, Utf8, vectorFromArray } from "./apply_arrow.ts";
+import { Int64, Int8, type RecordBatch, Table, Utf8, vectorFromArray } from "apache-arrow";
 import {
   type ColumnarField,
   decodeColumnarBatch,

@@ -17,7 +17,7 @@ import {
   type ApplyStart,
 } from "@valise/protocol";
 import type { Session, SessionStore } from "@valise/session-store";
-import type { Schema } from "./apply_arrow.ts";
+import type { Schema } from "apache-arrow";
 import {
   type ColumnarField,
   columnarField,

@@ -168,7 +168,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   };
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
 
-  const router = createConnectRouter({ interceptors, readMaxBytes });
+  // Compressed requests are accepted, responses are never compressed: artifacts, worker output
+  // and Arrow data compress poorly, and gzip cost Apply about half of the server's CPU.
+  const compressMinBytes = Number.MAX_SAFE_INTEGER;
+  const router = createConnectRouter({ interceptors, readMaxBytes, compressMinBytes });
   routes(router);
   const byPath = new Map<string, FetchHandler>();
   for (const h of router.handlers as UniversalHandler[]) {
@@ -186,6 +189,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     routes,
     interceptors,
     readMaxBytes,
+    compressMinBytes,
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
   }) as NodeHandler;
