@@ -41,8 +41,9 @@ export class BlobStore {
   }
 
   /**
-   * Moves a staged file whose digest is already known into the store; when the store has that
-   * content already the staged file is left where it is, for its upload's cleanup. The blob is made read-only so that no hard link to it
+   * Adds a staged file whose digest is already known to the store (as a hard link to it); the
+   * staged name is left for its upload's cleanup, which also drops it when the store held that
+   * content already. The blob is made read-only so that no hard link to it
    * can be written through by accident.
    *
    * @param staged A file on the same file system as the store.
@@ -57,10 +58,27 @@ export class BlobStore {
     }
     await Deno.mkdir(join(this.root, sha256.slice(0, 2)), { recursive: true });
     await Deno.chmod(staged, 0o444);
-    // rename() replaces silently; a concurrent adopt of the same bytes is harmless.
-    await Deno.rename(staged, target);
+    // link(), not rename(): when two uploads of the same bytes race here, rename would replace
+    // the blob the first one already linked into its session with a second inode, splitting
+    // one content in two. link() fails instead, and the first inode stays the blob.
+    try {
+      await Deno.link(staged, target);
+    } catch (e) {
+      if (e instanceof Deno.errors.AlreadyExists) return { path: target, added: false };
+      throw e;
+    }
     await syncDir(join(this.root, sha256.slice(0, 2)));
     return { path: target, added: true };
+  }
+
+  /** The (device, inode) of every stored blob, to recognise links to blobs elsewhere. */
+  async inodes(): Promise<Set<string>> {
+    const out = new Set<string>();
+    for (const d of await this.list()) {
+      const st = await Deno.lstat(this.path(d)).catch(() => undefined);
+      if (st) out.add(`${st.dev}:${st.ino}`);
+    }
+    return out;
   }
 
   /** Lists the digests of every stored blob. */

@@ -133,6 +133,6 @@ Deno.test("no artifact name or operation touches anything outside its own sessio
         await Deno.remove(top, { recursive: true });
       }
     }),
-    { numRuns: 60 },
+    { numRuns: 150 },
   );
 });

@@ -267,6 +267,18 @@ export class Session {
         { parameters: { normalizedRemoteRelativePath: name.path } },
       );
     }
+    // In Spark's layout a name cannot be both a file and a directory of other names.
+    const nested = this.artifacts().find((a) =>
+      a.key.startsWith(`${key}/`) || key.startsWith(`${a.key}/`)
+    );
+    if (nested) {
+      throw new SessionError(
+        "ARTIFACT_ALREADY_EXISTS",
+        `The artifact ${name.raw} cannot be stored: ${nested.name} is already stored under ` +
+          `${key.startsWith(`${nested.key}/`) ? "a parent" : "a child"} of that path.`,
+        { parameters: { normalizedRemoteRelativePath: name.path } },
+      );
+    }
     const view = executorViewName(name);
     if (view !== undefined) {
       const taken = this.artifacts().find((a) => a.view === view);
@@ -364,7 +376,7 @@ export class Session {
    * interrupted commit made but never recorded are removed, recorded ones that are missing
    * are made again. Files the session's workers wrote are left alone.
    */
-  async reconcile(): Promise<void> {
+  async reconcile(blobInodes: Set<string>): Promise<void> {
     const records = this.artifacts();
     const keys = new Set(records.map((r) => r.key));
     const views = new Set(records.flatMap((r) => (r.view ? [r.view] : [])));
@@ -373,17 +385,18 @@ export class Session {
     for (const rel of await listFiles(this.artifactsDir)) {
       if (!keys.has(rel)) await Deno.remove(join(this.artifactsDir, rel));
     }
+    const leftovers: string[] = [];
     for await (const e of Deno.readDir(this.root)) {
       if (views.has(e.name)) continue;
       const path = join(this.root, e.name);
       const st = await Deno.lstat(path);
       const intoTrees = st.isSymlink &&
         (await Deno.readLink(path)).startsWith(this.#ctx.trees.root + "/");
-      // A hard link to a blob that no record names is the leftover of an interrupted commit.
-      if (intoTrees || (st.isFile && (st.nlink ?? 1) > 1 && (st.mode! & 0o222) === 0)) {
-        await Deno.remove(path);
-      }
+      // A link to a blob, or to a tree, that no record names is the leftover of an interrupted
+      // commit; anything else here was written by the session's workers and stays.
+      if (intoTrees || (st.isFile && blobInodes.has(`${st.dev}:${st.ino}`))) leftovers.push(path);
     }
+    for (const path of leftovers) await Deno.remove(path);
     for (const r of records) {
       const blob = this.#ctx.blobs.path(r.sha256);
       await linkFresh(blob, join(this.artifactsDir, r.key)).catch(() => {});
@@ -500,7 +513,16 @@ async function listFiles(dir: string, prefix = ""): Promise<string[]> {
  * but never anything else.
  */
 async function linkFresh(blob: string, path: string): Promise<void> {
-  await Deno.mkdir(dirname(path), { recursive: true });
+  try {
+    await Deno.mkdir(dirname(path), { recursive: true });
+  } catch (e) {
+    // A file where a directory of the path should be (an interrupted commit's leftover).
+    throw new SessionError(
+      "ARTIFACT_ALREADY_EXISTS",
+      `Cannot place the artifact at ${path}: part of its path is already a file.`,
+      { cause: e },
+    );
+  }
   try {
     await Deno.link(blob, path);
   } catch (e) {

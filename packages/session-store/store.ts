@@ -164,6 +164,7 @@ export class SessionStore {
       ][];
       this.#tombstones = new Map(saved);
     } catch { /* none yet */ }
+    const blobInodes = await this.blobs.inodes();
     for await (const u of Deno.readDir(join(this.dataDir, "sessions"))) {
       if (!u.isDirectory) continue;
       const userDir = join(this.dataDir, "sessions", u.name);
@@ -181,7 +182,7 @@ export class SessionStore {
           continue;
         }
         const session = new Session(dir, manifest, this.#ctx);
-        await session.reconcile();
+        await session.reconcile(blobInodes);
         this.#sessions.set(keyOf(manifest.userId, manifest.sessionId), session);
       }
     }

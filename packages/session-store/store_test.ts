@@ -1,5 +1,5 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { deepEqual, equal, notEqual, rejects } from "node:assert/strict";
+import { deepEqual, equal, notEqual, ok, rejects } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { crc32 } from "@valise/protocol";
@@ -129,6 +129,23 @@ Deno.test("Session.commit() refuses two artifacts that take the same place in th
     equal(r.errors[0]?.errorClass, "ARTIFACT_ALREADY_EXISTS");
     equal(r.errors[0]!.message.includes("./x.py"), true);
     equal(await Deno.readTextFile(join(s.root, "x.py")), "a");
+  });
+});
+
+Deno.test("Session.commit() refuses a name that is a file and a directory of another", async () => {
+  await withStore(async (store) => {
+    const s = await store.session({ userId: "", sessionId: uid() });
+    const r = await addBytes(s, [["root", "a"], ["root\\pyfiles/", "b"], ["x/y", "c"], ["x", "d"]]);
+    deepEqual(r.errors.map((e) => e.errorClass), [
+      "ARTIFACT_ALREADY_EXISTS",
+      "ARTIFACT_ALREADY_EXISTS",
+    ]);
+    ok(
+      r.errors[0]!.message.includes("root is already stored under a parent"),
+      r.errors[0]!.message,
+    );
+    equal(await Deno.readTextFile(join(s.artifactsDir, "root")), "a");
+    equal(await Deno.readTextFile(join(s.artifactsDir, "x/y")), "c");
   });
 });
 
@@ -307,4 +324,51 @@ Deno.test("SessionStore.expireIdle() releases idle sessions but not busy ones", 
     done();
     deepEqual(await store.expireIdle(Date.now() + 10_000), [busy.sessionId]);
   }, { idleTimeoutMs: 5_000 });
+});
+
+Deno.test("concurrent commits of the same bytes in many sessions share one inode", async () => {
+  await withStore(async (store) => {
+    const sessions = await Promise.all(
+      Array.from({ length: 8 }, () => store.session({ userId: "", sessionId: uid() })),
+    );
+    const bytes = new Uint8Array(200_000).map((_, i) => (i * 31) & 0xff);
+    await Promise.all(sessions.map((s, i) => addBytes(s, [[`files/x${i}`, bytes]])));
+    const blob = await Deno.stat(store.blobs.path(sha(bytes)));
+    for (const [i, s] of sessions.entries()) {
+      equal((await Deno.stat(join(s.root, `x${i}`))).ino, blob.ino);
+    }
+    equal(blob.nlink, 1 + 2 * sessions.length);
+  });
+});
+
+Deno.test("a restart removes links an interrupted commit left, and keeps the workers' files", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "valise-store-" });
+  try {
+    let store = await SessionStore.open({ dataDir });
+    const s = await store.session({ userId: "", sessionId: uid() });
+    await addBytes(s, [["files/kept", "recorded"]]);
+    // What a crash between linking and writing the manifest leaves: links no record names,
+    // including one whose by-name twin is gone already (so the blob has few links).
+    const blob = store.blobs.path(sha("recorded"));
+    await Deno.link(blob, join(s.root, "leftover"));
+    await Deno.link(blob, join(s.artifactsDir, "files", "leftover"));
+    await Deno.writeTextFile(join(s.root, "worker-output.txt"), "written by a worker");
+    await store.close();
+    store = await SessionStore.open({ dataDir });
+    const r = store.find("", s.sessionId)!;
+    deepEqual(
+      (await Array.fromAsync(Deno.readDir(r.root))).map((e) => e.name).sort(),
+      ["kept", "worker-output.txt"],
+    );
+    deepEqual(
+      (await Array.fromAsync(Deno.readDir(join(r.artifactsDir, "files")))).map((e) => e.name),
+      [
+        "kept",
+      ],
+    );
+    await store.close();
+  } finally {
+    await new Deno.Command("chmod", { args: ["-R", "u+w", dataDir] }).output();
+    await Deno.remove(dataDir, { recursive: true });
+  }
 });
