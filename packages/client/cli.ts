@@ -1,12 +1,14 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
  * The `valise` command line: add artifacts to a session, set its config, run Python in it,
- * release it. Run it as `deno task valise …` or `deno run -A jsr:@valise/client/cli …`.
+ * apply Python functions to Arrow files in it, release it. Run it as `deno task valise …` or
+ * `deno run -A jsr:@valise/client/cli …`.
  *
  * ```sh
  * deno task valise add --archive env.tar.gz#environment
  * deno task valise conf set spark.sql.execution.pyspark.python environment/bin/python
  * deno task valise run -c "import sys; print(sys.executable)"
+ * deno task valise apply --fn util:double --in data.arrow --out result.arrow
  * deno task valise release
  * ```
  *
@@ -14,8 +16,25 @@
  */
 import { dirname, join, resolve } from "node:path";
 import { formatConnectionString, parseConnectionString } from "./connection_string.ts";
+import { open as fsOpen } from "node:fs/promises";
+import {
+  type RecordBatch,
+  RecordBatchReader,
+  type Schema,
+  Table,
+  tableFromIPC,
+  tableToIPC,
+} from "apache-arrow";
+import {
+  type ApplyFormName,
+  type ApplyFunction,
+  type ApplyInput,
+  type ApplySummary,
+  isIpcFile,
+} from "./apply.ts";
 import { ValiseClientError } from "./error.ts";
 import { connect, type RunSpec, type Session } from "./session.ts";
+import { ipcStream } from "./_ipc.ts";
 import { plainRenderer, type ProgressRenderer, quietRenderer, ttyRenderer } from "./_progress.ts";
 
 const DEFAULT_REMOTE = "sc://localhost:15002";
@@ -29,6 +48,7 @@ Commands:
   add      Add local files to the session (--pyfile, --archive, --file)
   conf     Set, get, unset or list the session's config
   run      Run Python in the session (-c CODE, -m MODULE or SCRIPT)
+  apply    Run a Python function over an Arrow file's record batches
   status   Show the session, or whether artifacts exist
   release  Release the session on the server and forget it
 
@@ -70,6 +90,24 @@ MODULE or SCRIPT is passed to the program. SCRIPT is a path in the session direc
 is the program's (124 when the time limit killed it, 128+N for signal N).
   --stdin FILE      Send FILE's bytes ('-' for this stdin) to the program's stdin
   --timeout-ms N    Wall-clock limit in milliseconds (0: the server's default)
+`,
+  apply: `Usage: valise apply (--fn MOD:FN | --code FILE --function NAME) --in FILE --out FILE
+                    [--form columns|pandas|pyarrow] [--schema FILE] [--timeout-ms N]
+
+Runs a Python function in the session (its interpreter and sys.path) once per record
+batch of an Arrow IPC stream or file, streaming, and writes what it returns as an Arrow
+IPC stream, batch by batch as they arrive. What the function prints goes to stderr; a
+summary line (rows in and out) follows unless --quiet.
+  --fn MOD:FN        A function importable in the session (e.g. from 'add --pyfile')
+  --code FILE        A local Python file that defines the function ...
+  --function NAME    ... named NAME
+  --form FORM        What the function gets per batch: columns (dict of lists, the
+                     default), pandas (a DataFrame) or pyarrow (a RecordBatch)
+  --schema FILE      An Arrow IPC file or stream whose schema the output must have
+                     (default: inferred from the first output batch)
+  --in FILE          The input ('-' for stdin)
+  --out FILE         The output ('-' for stdout); removed again if the call fails
+  --timeout-ms N     Wall-clock limit in milliseconds (0: the server's)
 `,
   status: `Usage: valise status [NAME...]
 
@@ -445,6 +483,195 @@ async function cmdRun(args: string[], ctx: Context): Promise<number> {
   }
 }
 
+async function cmdApply(args: string[], ctx: Context): Promise<number> {
+  let fnName: string | undefined;
+  let codeFile: string | undefined;
+  let functionName: string | undefined;
+  let form: ApplyFormName = "columns";
+  let schemaFile: string | undefined;
+  let inFile: string | undefined;
+  let outFile: string | undefined;
+  let timeoutMs = 0;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const used = globalOption(args, i, ctx.globals, "apply");
+    if (used > 0) {
+      i += used - 1;
+      continue;
+    }
+    const eq = a.indexOf("=");
+    const [flag, inline] = a.startsWith("--") && eq > 0
+      ? [a.slice(0, eq), a.slice(eq + 1)]
+      : [a, undefined];
+    const value = (): string => {
+      if (inline !== undefined) return inline;
+      i++;
+      return takeValue(args, i - 1, flag, "apply");
+    };
+    switch (flag) {
+      case "--fn":
+        fnName = value();
+        break;
+      case "--code":
+        codeFile = value();
+        break;
+      case "--function":
+        functionName = value();
+        break;
+      case "--form": {
+        const f = value();
+        if (f !== "columns" && f !== "pandas" && f !== "pyarrow") {
+          throw new UsageError(`--form must be columns, pandas or pyarrow, not "${f}"`, "apply");
+        }
+        form = f;
+        break;
+      }
+      case "--schema":
+        schemaFile = value();
+        break;
+      case "--in":
+        inFile = value();
+        break;
+      case "--out":
+        outFile = value();
+        break;
+      case "--timeout-ms": {
+        const n = Number(value());
+        if (!Number.isInteger(n) || n < 0) {
+          throw new UsageError("--timeout-ms must be a non-negative integer", "apply");
+        }
+        timeoutMs = n;
+        break;
+      }
+      default:
+        throw new UsageError(
+          a.startsWith("-") ? `unknown option ${a}` : `unexpected argument ${a}`,
+          "apply",
+        );
+    }
+  }
+  if (ctx.globals.help) return help("apply");
+  if ((fnName === undefined) === (codeFile === undefined)) {
+    throw new UsageError("give exactly one of --fn MOD:FN or --code FILE", "apply");
+  }
+  if (codeFile !== undefined && functionName === undefined) {
+    throw new UsageError("--code needs --function NAME", "apply");
+  }
+  if (fnName !== undefined && functionName !== undefined) {
+    throw new UsageError("--function goes with --code, not --fn", "apply");
+  }
+  if (inFile === undefined) throw new UsageError("apply needs --in FILE (or - for stdin)", "apply");
+  if (outFile === undefined) {
+    throw new UsageError("apply needs --out FILE (or - for stdout)", "apply");
+  }
+  const fn: ApplyFunction = fnName ?? {
+    code: await Deno.readTextFile(resolve(ctx.cwd, codeFile!)),
+    functionName: functionName!,
+  };
+  let outputSchema: Schema | undefined;
+  if (schemaFile !== undefined) {
+    const bytes = await Deno.readFile(resolve(ctx.cwd, schemaFile));
+    try {
+      outputSchema = tableFromIPC(bytes).schema;
+    } catch (e) {
+      throw new TypeError(
+        `Cannot read the schema in ${schemaFile}: ${(e as Error).message} ` +
+          `(it must be an Arrow IPC file or stream)`,
+      );
+    }
+  }
+  const input = inFile === "-" ? Deno.stdin.readable : await openInput(resolve(ctx.cwd, inFile));
+  const outPath = outFile === "-" ? undefined : resolve(ctx.cwd, outFile);
+  const ac = new AbortController();
+  const onSignal = () => ac.abort();
+  Deno.addSignalListener("SIGINT", onSignal);
+  const { session } = (await openSession(ctx))!;
+  let out: Deno.FsFile | undefined;
+  let ok = false;
+  try {
+    out = outPath === undefined ? undefined : await Deno.open(outPath, {
+      write: true,
+      create: true,
+      truncate: true,
+    });
+    const sink = out ?? Deno.stdout;
+    const it = session.apply(fn, input as ApplyInput, {
+      form,
+      timeoutMs,
+      signal: ac.signal,
+      onStderr: (data) => Deno.stderr.writeSync(data),
+      ...(outputSchema ? { outputSchema } : {}),
+    });
+    let summary: ApplySummary | undefined;
+    let written = 0;
+    const batches = async function* (): AsyncGenerator<RecordBatch, void, undefined> {
+      while (true) {
+        const r = await it.next();
+        if (r.done) {
+          summary = r.value;
+          return;
+        }
+        written++;
+        yield r.value;
+      }
+    };
+    for await (const piece of ipcStream(undefined, batches())) await writeAll(sink, piece);
+    if (written === 0 && outputSchema) {
+      await writeAll(sink, tableToIPC(new Table(outputSchema), "stream"));
+    }
+    const s = summary!;
+    if (written === 0 && !outputSchema) {
+      ctx.notice("valise: the function produced no output and no --schema was given: empty output");
+    }
+    ctx.notice(
+      `valise: apply: ${s.rowsIn} rows in (${s.batchesIn} batches), ` +
+        `${s.rowsOut} rows out (${s.batchesOut} batches); ${s.transport} transport, ${s.interpreter}`,
+    );
+    ok = true;
+    return 0;
+  } catch (e) {
+    if (ac.signal.aborted) return 130;
+    if (e instanceof ValiseClientError && e.traceback !== undefined) err(e.traceback);
+    throw e;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    session.close();
+    out?.close();
+    if (!ok && outPath !== undefined) await Deno.remove(outPath).catch(() => {});
+  }
+}
+
+/**
+ * An IPC file is read batch by batch from its footer's blocks (apache-arrow writes a file's
+ * schema only in the footer, so its bytes cannot always be read as a stream); anything else is
+ * sent as bytes.
+ */
+async function openInput(path: string): Promise<AsyncIterable<Uint8Array | RecordBatch>> {
+  const f = await Deno.open(path);
+  const head = new Uint8Array(6);
+  let n = 0;
+  while (n < 6) {
+    const k = await f.read(head.subarray(n));
+    if (k === null) break;
+    n += k;
+  }
+  if (n === 6 && isIpcFile(head)) {
+    f.close();
+    const handle = await fsOpen(path, "r");
+    const reader = await RecordBatchReader.from(handle);
+    await reader.open();
+    return (async function* () {
+      try {
+        yield* reader;
+      } finally {
+        await handle.close();
+      }
+    })();
+  }
+  await f.seek(0, Deno.SeekMode.Start);
+  return f.readable;
+}
+
 async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
   let at = 0;
   while (at < data.length) at += await w.write(data.subarray(at));
@@ -535,6 +762,14 @@ const HINTS: [RegExp, string][] = [
     /^QUOTA_EXCEEDED$/,
     "release sessions you no longer need, or ask the operator for a larger quota",
   ],
+  [
+    /^APPLY_FUNCTION_(NOT_FOUND|FAILED)$/,
+    "check the function: --fn needs a module of the session (`valise add --pyfile`), or use --code",
+  ],
+  [/^APPLY_(PYARROW|PANDAS)_UNAVAILABLE$/, "use --form columns, or an interpreter that has it"],
+  [/^APPLY_OUTPUT_TYPE_MISMATCH$/, "make the function's output fit --schema (or drop --schema)"],
+  [/^APPLY_INVALID_INPUT$/, "--in must be an Arrow IPC stream or file"],
+  [/^APPLY_TIMEOUT$/, "raise --timeout-ms, or the server's wall-time limit"],
   [/^INVALID_CONNECT_URL$/, "the format is sc://host:port/;token=…;user_id=…"],
 ];
 
@@ -621,6 +856,8 @@ export async function main(args: string[]): Promise<number> {
         return await cmdConf(rest, ctx);
       case "run":
         return await cmdRun(rest, ctx);
+      case "apply":
+        return await cmdApply(rest, ctx);
       case "status":
         return await cmdStatus(rest, ctx);
       default:

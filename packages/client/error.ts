@@ -30,6 +30,11 @@ export interface ValiseClientErrorInit {
    */
   parameters?: Record<string, string>;
   /**
+   * The Python traceback, when the failure was in Python (Apply's `APPLY_FUNCTION_FAILED`, …).
+   * @default {undefined}
+   */
+  traceback?: string | undefined;
+  /**
    * What caused it.
    * @default {undefined}
    */
@@ -54,6 +59,8 @@ export class ValiseClientError extends Error {
   readonly reason: string | undefined;
   /** The message parameters the server sent. */
   readonly parameters: Record<string, string>;
+  /** The Python traceback, when the failure was in Python and the server sent one. */
+  readonly traceback: string | undefined;
 
   /**
    * Creates the error.
@@ -68,6 +75,7 @@ export class ValiseClientError extends Error {
     this.sqlState = init.sqlState;
     this.reason = init.reason;
     this.parameters = init.parameters ?? {};
+    this.traceback = init.traceback;
   }
 
   /** Recognises the error even across duplicate copies of this package. */

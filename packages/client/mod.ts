@@ -2,7 +2,8 @@
 /**
  * The Valise client: open a Spark Connect session on a Valise server, add artifacts with
  * PySpark's names and chunking (plus a fast path that sends only the bytes the server lacks),
- * set its config, run Python in it, release it. Errors are {@linkcode ValiseClientError}s
+ * set its config, run Python in it, apply Python functions to Arrow record batches in it
+ * (`session.apply`), release it. Errors are {@linkcode ValiseClientError}s
  * carrying the server's error class. The command line is `deno task valise` (`./cli`).
  *
  * ```ts
@@ -29,6 +30,14 @@
  *
  * @module
  */
+export type {
+  ApplyFormName,
+  ApplyFunction,
+  ApplyInput,
+  ApplyOptions,
+  ApplyResult,
+  ApplySummary,
+} from "./apply.ts";
 export * from "./artifact_path.ts";
 export * from "./connection_string.ts";
 export * from "./error.ts";

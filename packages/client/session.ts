@@ -3,8 +3,13 @@ import { createHash } from "node:crypto";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { type RecordBatch, type Schema, Table, tableToIPC } from "apache-arrow";
 import {
   addArtifactsRequests,
+  ApplyForm,
+  type ApplyRequest,
+  ApplyRequestSchema,
+  type ApplyStartSchema,
   type ArtifactSource,
   type ConfigRequest_Operation,
   ConfigRequest_OperationSchema,
@@ -20,6 +25,16 @@ import {
 import { type ArtifactKindFlags, resolveArtifact } from "./artifact_path.ts";
 import { type ConnectionString, parseConnectionString } from "./connection_string.ts";
 import { ValiseClientError } from "./error.ts";
+import {
+  type ApplyFormName,
+  type ApplyFunction,
+  type ApplyInput,
+  type ApplyOptions,
+  type ApplyResult,
+  type ApplySummary,
+  resolveApplyInput,
+} from "./apply.ts";
+import { ipcRecordBatches } from "./_ipc.ts";
 
 /** The client's version, sent in `client_type`. */
 export const CLIENT_VERSION = "0.1.0";
@@ -221,6 +236,7 @@ export interface RunResult {
   durationMs: number;
 }
 
+type ApplyStartInit = MessageInitShape<typeof ApplyStartSchema>;
 type Spark = Client<typeof SparkConnectService>;
 type Store = Client<typeof StoreService>;
 type Workers = Client<typeof WorkerService>;
@@ -255,6 +271,7 @@ export class Session extends EventTarget {
   #spark: Spark;
   #store: Store;
   #workers: Workers;
+  #applyWorkers: Workers;
   #manager: Http2SessionManager;
   #retry: Required<RetryOptions>;
   #closed = false;
@@ -307,6 +324,17 @@ export class Session extends EventTarget {
     this.#spark = createClient(SparkConnectService, transport);
     this.#store = createClient(StoreService, transport);
     this.#workers = createClient(WorkerService, transport);
+    // Arrow data compresses poorly and gzip would cost the server about half its CPU on Apply
+    // (docs/apply.md): this call does not advertise it.
+    this.#applyWorkers = createClient(
+      WorkerService,
+      createGrpcTransport({
+        baseUrl,
+        sessionManager: this.#manager,
+        interceptors: [auth, ...(options.interceptors ?? [])],
+        acceptCompression: [],
+      }),
+    );
     this.conf = new RuntimeConfig((op) => this.#config(op));
   }
 
@@ -612,6 +640,218 @@ export class Session extends EventTarget {
   }
 
   /**
+   * Runs a Python function over Arrow record batches in the session (its interpreter, path and
+   * limits), once per input batch, yielding the output batches as the server produces them. The
+   * input is streamed: an iterable is pulled one batch at a time as the call sends it. The
+   * generator's return value is the {@linkcode ApplySummary}; {@linkcode Session.applyCollect}
+   * gathers everything. Stopping the iteration early cancels the call (the server kills the
+   * worker). A call that fails with `UNAVAILABLE` before any response is retried when its input
+   * can be sent again (not an iterable).
+   *
+   * @example
+   * ```ts ignore
+   * import { tableFromArrays } from "apache-arrow";
+   * const it = session.apply(
+   *   { code: "def f(c):\n    return {'y': [x * 2 for x in c['x']]}\n", functionName: "f" },
+   *   tableFromArrays({ x: Int32Array.of(1, 2, 3) }),
+   * );
+   * for await (const batch of it) console.log(batch.numRows);
+   * ```
+   *
+   * @param fn `"pkg.mod:fn"` or `{ code, functionName }`.
+   * @param input A `Table`, record batches, Arrow IPC bytes, or `{ cacheArtifact }`.
+   * @param options Form, output schema, time limit, signal, stderr callback.
+   * @returns The output batches; the return value is the summary.
+   * @throws {TypeError} For a bad function name or input (before anything is sent).
+   * @throws {ValiseClientError} For the server's errors (`APPLY_FUNCTION_FAILED` with the
+   *   Python `traceback`, `APPLY_OUTPUT_TYPE_MISMATCH`, `APPLY_TIMEOUT`, …).
+   */
+  async *apply(
+    fn: ApplyFunction,
+    input: ApplyInput,
+    options: ApplyOptions = {},
+  ): AsyncGenerator<RecordBatch, ApplySummary, undefined> {
+    this.#checkOpen();
+    const start = this.#applyStart(fn, options);
+    const resolved = resolveApplyInput(input);
+    const stderrParts: Uint8Array[] = [];
+    let traceback: string | undefined;
+    let summary: ApplySummary | undefined;
+    let attempt = 0;
+    while (true) {
+      const ac = new AbortController();
+      const signal = options.signal ? AbortSignal.any([options.signal, ac.signal]) : ac.signal;
+      const inputFailure: { error?: unknown } = {};
+      const requests = this.#applyRequests(start, resolved, inputFailure);
+      let seen = false;
+      const responses = this.#applyWorkers.apply(requests, { signal });
+      const output = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
+        for await (const res of responses) {
+          seen = true;
+          const m = res.response;
+          switch (m.case) {
+            case "arrowIpc":
+              yield m.value;
+              break;
+            case "stderr":
+              stderrParts.push(m.value);
+              options.onStderr?.(m.value);
+              break;
+            case "error":
+              if (m.value.traceback !== "") traceback = m.value.traceback;
+              break;
+            case "done":
+              summary = {
+                rowsIn: Number(m.value.rowsIn),
+                rowsOut: Number(m.value.rowsOut),
+                batchesIn: Number(m.value.batchesIn),
+                batchesOut: Number(m.value.batchesOut),
+                transport: m.value.transport,
+                interpreter: m.value.interpreter,
+                stderr: "",
+              };
+              break;
+          }
+        }
+      };
+      try {
+        yield* ipcRecordBatches(output());
+        if (!summary) {
+          throw new ValiseClientError(
+            "[APPLY_PROTOCOL] The Apply call ended without its done response",
+            { errorClass: "APPLY_PROTOCOL", code: "Internal" },
+          );
+        }
+        summary.stderr = decodeAll(stderrParts);
+        return summary;
+      } catch (e) {
+        // What the input threw (a bad batch, the caller's own generator failing) is the cause,
+        // not the cancelled call it led to.
+        if ("error" in inputFailure) throw inputFailure.error;
+        if (e instanceof SyntaxError) {
+          throw new ValiseClientError(`[APPLY_PROTOCOL] The Apply output: ${e.message}`, {
+            errorClass: "APPLY_PROTOCOL",
+            code: "Internal",
+            cause: e,
+          });
+        }
+        const err = withTraceback(ValiseClientError.from(e), traceback);
+        attempt++;
+        if (
+          seen || !resolved.replayable || err.code !== "Unavailable" ||
+          attempt >= this.#retry.maxAttempts || options.signal?.aborted
+        ) {
+          throw err;
+        }
+        await this.#backoff(attempt);
+      } finally {
+        // Also when the caller stops early: the server then kills the worker.
+        ac.abort();
+      }
+    }
+  }
+
+  /**
+   * Runs {@linkcode Session.apply} and gathers the output into one table.
+   *
+   * @param fn `"pkg.mod:fn"` or `{ code, functionName }`.
+   * @param input A `Table`, record batches, Arrow IPC bytes, or `{ cacheArtifact }`.
+   * @param options Form, output schema, time limit, signal, stderr callback.
+   * @returns The output table, the counts, the transport, the interpreter and what it printed.
+   */
+  async applyCollect(
+    fn: ApplyFunction,
+    input: ApplyInput,
+    options: ApplyOptions = {},
+  ): Promise<ApplyResult> {
+    const it = this.apply(fn, input, options);
+    const batches: RecordBatch[] = [];
+    while (true) {
+      const r = await it.next();
+      if (r.done) {
+        const table = batches.length > 0
+          ? new Table(batches)
+          : options.outputSchema
+          ? new Table(options.outputSchema)
+          : new Table();
+        return { ...r.value, table, batches: batches.length };
+      }
+      batches.push(r.value);
+    }
+  }
+
+  #applyStart(fn: ApplyFunction, options: ApplyOptions): ApplyStartInit {
+    let func: { case: "moduleFunction" | "code"; value: string };
+    let functionName = "";
+    if (typeof fn === "string") {
+      if (!/^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$/.test(fn)) {
+        throw new TypeError(`Cannot apply "${fn}": the function must look like "pkg.mod:fn"`);
+      }
+      func = { case: "moduleFunction", value: fn };
+    } else if (
+      typeof fn === "object" && fn !== null && typeof fn.code === "string" &&
+      typeof fn.functionName === "string" && fn.functionName !== ""
+    ) {
+      func = { case: "code", value: fn.code };
+      functionName = fn.functionName;
+    } else {
+      throw new TypeError(
+        'Cannot apply: the function must be "pkg.mod:fn" or { code, functionName }',
+      );
+    }
+    const form = options.form ?? "columns";
+    const forms: Record<ApplyFormName, ApplyForm> = {
+      columns: ApplyForm.COLUMNS,
+      pandas: ApplyForm.PANDAS,
+      pyarrow: ApplyForm.PYARROW,
+    };
+    if (!(form in forms)) {
+      throw new TypeError(`Cannot apply: form "${form}" is not columns, pandas or pyarrow`);
+    }
+    const timeoutMs = options.timeoutMs ?? 0;
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 0xffffffff) {
+      throw new RangeError(`Cannot apply: timeoutMs ${timeoutMs} is not a non-negative integer`);
+    }
+    return {
+      sessionId: this.sessionId,
+      userContext: this.#userContext,
+      function: func,
+      functionName,
+      form: forms[form],
+      outputSchema: options.outputSchema ? schemaIpc(options.outputSchema) : new Uint8Array(),
+      timeoutMs,
+    };
+  }
+
+  async *#applyRequests(
+    start: ApplyStartInit,
+    input: ReturnType<typeof resolveApplyInput>,
+    failure: { error?: unknown },
+  ): AsyncGenerator<ApplyRequest, void, undefined> {
+    // Built per attempt: the server-side session id may be known by now.
+    yield create(ApplyRequestSchema, {
+      request: {
+        case: "start",
+        value: {
+          ...start,
+          ...this.#observed(),
+          input: input.cacheArtifact === undefined
+            ? { case: "streamed", value: true }
+            : { case: "cacheArtifact", value: input.cacheArtifact },
+        },
+      },
+    });
+    try {
+      for await (const piece of input.chunks()) {
+        yield create(ApplyRequestSchema, { request: { case: "arrowIpc", value: piece } });
+      }
+    } catch (e) {
+      failure.error = e;
+      throw e;
+    }
+  }
+
+  /**
    * Releases the session on the server (its files are deleted) and closes the connection.
    *
    * @returns When the server has released it.
@@ -884,6 +1124,23 @@ function kv(key: string, value: string): { key: string; value: string } {
 
 function callOptions(signal: AbortSignal | undefined): CallOptions {
   return signal === undefined ? {} : { signal };
+}
+
+function schemaIpc(schema: Schema): Uint8Array {
+  return tableToIPC(new Table(schema), "stream");
+}
+
+function withTraceback(err: ValiseClientError, traceback: string | undefined): ValiseClientError {
+  if (traceback === undefined || err.traceback !== undefined) return err;
+  return new ValiseClientError(err.message, {
+    errorClass: err.errorClass,
+    code: err.code,
+    sqlState: err.sqlState,
+    reason: err.reason,
+    parameters: err.parameters,
+    traceback,
+    cause: err.cause,
+  });
 }
 
 function integrity(message: string): ValiseClientError {
