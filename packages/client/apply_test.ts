@@ -127,6 +127,15 @@ Deno.test("apply: inline code over streamed batches keeps their order; every inp
     const file = await session.applyCollect(fn, tableToIPC(table, "file"));
     deepEqual(rows(file.table), rows(whole.table));
 
+    // Nothing at all, and an empty table (its schema only).
+    equal((await session.applyCollect(fn, [])).rowsIn, 0);
+    const empty = await session.applyCollect(
+      fn,
+      new Table(new Schema([new Field("x", new Int32())])),
+    );
+    equal(empty.rowsIn, 0);
+    equal(empty.batches, 0);
+
     // A declared output schema.
     const schema = new Schema([new Field("x", new Int32(), true)]);
     const typed = await session.applyCollect(fn, table, { outputSchema: schema });
@@ -265,6 +274,43 @@ def f(cols):
       throw boom;
     }
     equal(await attempt({ code: "def f(c):\n    return c\n", functionName: "f" }, broken()), boom);
+  });
+});
+
+Deno.test("apply: output streams back while the input is still being sent; no gzip offered", async () => {
+  await withServer(async ({ url }) => {
+    const accept: (string | null)[] = [];
+    await using session = connect(url, {
+      interceptors: [(next) => (req) => {
+        if (req.method.name === "Apply") accept.push(req.header.get("grpc-accept-encoding"));
+        return next(req);
+      }],
+    });
+    // Each input batch is sent only once the output of the one before it has arrived: a client
+    // that held back input or output would never finish (the server's time limit would end it).
+    let seen = 0;
+    let wake: (() => void) | undefined;
+    async function* lockstep(): AsyncGenerator<RecordBatch> {
+      for (let i = 0; i < 4; i++) {
+        if (seen < i) await new Promise<void>((r) => wake = r);
+        yield batchOf(i * 10, 10);
+      }
+    }
+    const firsts: number[] = [];
+    for await (
+      const b of session.apply(
+        { code: "def f(c):\n    return c\n", functionName: "f" },
+        lockstep(),
+        { timeoutMs: 15_000 },
+      )
+    ) {
+      firsts.push(Number(b.getChild("x")!.get(0)));
+      seen++;
+      wake?.();
+    }
+    deepEqual(firsts, [0, 10, 20, 30]);
+    equal(accept.length, 1);
+    ok(!(accept[0] ?? "").includes("gzip"), String(accept[0]));
   });
 });
 

@@ -728,6 +728,13 @@ export class Session extends EventTarget {
         // What the input threw (a bad batch, the caller's own generator failing) is the cause,
         // not the cancelled call it led to.
         if ("error" in inputFailure) throw inputFailure.error;
+        // `done` is the server's last word: the call succeeded. The server may finish before
+        // the client half-closes (it stops reading at the input's end-of-stream marker), and
+        // the HTTP/2 stream closing under a pending write can then fail the call afterwards.
+        if (summary) {
+          summary.stderr = decodeAll(stderrParts);
+          return summary;
+        }
         if (e instanceof SyntaxError) {
           throw new ValiseClientError(`[APPLY_PROTOCOL] The Apply output: ${e.message}`, {
             errorClass: "APPLY_PROTOCOL",
