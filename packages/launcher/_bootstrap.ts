@@ -567,6 +567,11 @@ def main():
                 if fd == run.stdin_fd:
                     write_stdin(run, fd)
                     continue
+                if fd not in run.fds or fd == run.paused:
+                    # Closed or paused by an earlier event of this same select() batch (a kill
+                    # frame closes the run's pipes): the event is stale, and the fd number may
+                    # already belong to something else.
+                    continue
                 try:
                     chunk = os.read(fd, BULK if run.flow else 65536)
                 except BlockingIOError:

@@ -311,6 +311,11 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
         timeoutMs: start.timeoutMs,
         signal: abort.signal,
       });
+      // End the response only after the client half-closed: ending it while the client still
+      // writes (e.g. after the IPC end marker) fails that client's call ("Premature close").
+      for (let r = await it.next(); !r.done; r = await it.next()) {
+        // Nothing after the end of the input counts.
+      }
     } catch (e) {
       throw toConnectError(classify(e));
     } finally {
