@@ -45,6 +45,8 @@ async function listAll(dir: string): Promise<string[]> {
 /** Checks every invariant a restart must restore. */
 async function verify(dataDir: string): Promise<number> {
   equal((await listAll(join(dataDir, "staging"))).length, 0, "staging left behind");
+  const tmpLeft = (names: string[]) => names.filter((n) => n.endsWith(".tmp"));
+  equal(tmpLeft(await listAll(dataDir)).length, 0, "temporary file left in the data dir");
   const trees = await listAll(join(dataDir, "trees"));
   for (const t of trees) {
     ok(!t.startsWith("."), `temporary tree left behind: ${t}`);
@@ -55,6 +57,7 @@ async function verify(dataDir: string): Promise<number> {
     for (const s of await listAll(join(dataDir, "sessions", u))) {
       ok(!s.startsWith("."), `half-released session left behind: ${s}`);
       const dir = join(dataDir, "sessions", u, s);
+      equal(tmpLeft(await listAll(dir)).length, 0, `temporary file left in session ${s}`);
       const m = JSON.parse(await Deno.readTextFile(join(dir, "manifest.json"))) as SessionManifest;
       const views = new Set<string>();
       for (const r of Object.values(m.artifacts)) {

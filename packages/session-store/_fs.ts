@@ -1,9 +1,10 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { dirname } from "node:path";
+import { basename, dirname, join } from "node:path";
 
 /** Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.${crypto.randomUUID()}.tmp`;
+  // A dot name: start-up clean-ups remove what a crash leaves of these (removeAtomicLeftovers).
+  const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID()}.tmp`);
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o644 });
   try {
@@ -20,6 +21,15 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
     throw e;
   }
   await syncDir(dirname(path));
+}
+
+/** Removes the temporary files that {@linkcode writeFileAtomic} calls cut short left in `dir`. */
+export async function removeAtomicLeftovers(dir: string): Promise<void> {
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile && e.name.startsWith(".") && e.name.endsWith(".tmp")) {
+      await Deno.remove(join(dir, e.name)).catch(() => {});
+    }
+  }
 }
 
 /** Makes a rename or create in `dir` durable. */

@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { dirname, join } from "node:path";
 import { type ArtifactName, executorViewName, parseArtifactName } from "@valise/protocol";
-import { Mutex } from "./_fs.ts";
+import { Mutex, removeAtomicLeftovers } from "./_fs.ts";
 import type { BlobStore } from "./blob_store.ts";
 import type { TreeInfo, TreeStore } from "./tree_store.ts";
 import { PYTHON_EXEC_KEY, SessionConfig } from "./config.ts";
@@ -382,6 +382,7 @@ export class Session {
     const views = new Set(records.flatMap((r) => (r.view ? [r.view] : [])));
     await Deno.mkdir(this.root, { recursive: true });
     await Deno.mkdir(this.artifactsDir, { recursive: true });
+    await removeAtomicLeftovers(this.dir);
     for (const rel of await listFiles(this.artifactsDir)) {
       if (!keys.has(rel)) await Deno.remove(join(this.artifactsDir, rel));
     }

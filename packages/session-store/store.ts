@@ -2,7 +2,7 @@
 import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
 import { isSparkSessionId } from "@valise/protocol";
-import { removeAll, writeFileAtomic } from "./_fs.ts";
+import { removeAll, removeAtomicLeftovers, writeFileAtomic } from "./_fs.ts";
 import { BlobStore } from "./blob_store.ts";
 import { SessionError } from "./errors.ts";
 import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts";
@@ -151,6 +151,7 @@ export class SessionStore {
 
   async #init(): Promise<void> {
     await Deno.mkdir(join(this.dataDir, "sessions"), { recursive: true });
+    await removeAtomicLeftovers(this.dataDir);
     await this.blobs.init();
     // Half-unpacked trees of a crash are removed here; complete ones are kept.
     await this.trees.init();

@@ -372,3 +372,28 @@ Deno.test("a restart removes links an interrupted commit left, and keeps the wor
     await Deno.remove(dataDir, { recursive: true });
   }
 });
+
+Deno.test("a restart removes what interrupted atomic writes left", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "valise-store-" });
+  try {
+    let store = await SessionStore.open({ dataDir });
+    const s = await store.session({ userId: "", sessionId: uid() });
+    const left = [
+      join(s.dir, `.manifest.json.${uid()}.tmp`),
+      join(dataDir, `.closed-sessions.json.${uid()}.tmp`),
+      join(dataDir, "trees", `.${"a".repeat(64)}-fp.json.${uid()}.tmp`),
+    ];
+    for (const f of left) await Deno.writeTextFile(f, "half");
+    await store.close();
+    store = await SessionStore.open({ dataDir });
+    for (const f of left) {
+      let there = true;
+      await Deno.stat(f).catch(() => (there = false));
+      equal(there, false, f);
+    }
+    equal(store.find("", s.sessionId)?.serverSideSessionId, s.serverSideSessionId);
+    await store.close();
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
