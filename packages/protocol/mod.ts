@@ -23,6 +23,7 @@
  *
  * @module
  */
+export * from "./arrow_ipc.ts";
 export * from "./artifact_name.ts";
 export * from "./chunking.ts";
 export * from "./crc32.ts";
