@@ -101,7 +101,9 @@ export interface UnpackOptions {
    */
   preserveMtime?: boolean;
   /**
-   * Run `bin/conda-unpack` after the final rename when the flavor is `conda-pack`.
+   * Run `bin/conda-unpack` after the final rename when the flavor is `conda-pack`. That script
+   * comes from the archive: for untrusted archives set `false` and run it in a sandbox (the
+   * Valise server does, with the launcher).
    * @default {true}
    */
   condaUnpack?: boolean;

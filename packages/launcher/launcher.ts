@@ -549,8 +549,13 @@ export class Launcher {
     );
     const entries = this.#servers.get(key);
     this.#servers.delete(key);
-    if (!entries) return;
-    await Promise.all([...entries.values()].map((e) => this.#stopEntry(e)));
+    if (entries) await Promise.all([...entries.values()].map((e) => this.#stopEntry(e)));
+    // What a .pex unpacked for this session goes with it (the processes are gone now).
+    if (this.#pexRoot !== undefined) {
+      await Deno.remove(join(this.#pexRoot, `s-${hashKey(key)}`), { recursive: true }).catch(
+        () => {},
+      );
+    }
   }
 
   /**

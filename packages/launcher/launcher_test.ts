@@ -619,6 +619,11 @@ Deno.test("Launcher runs a .pex as the interpreter with a server-owned PEX_ROOT"
               assert.ok(started?.kind === "started");
               assert.equal(started.interpreter, join(s.root, name));
             }
+            // The session's PEX_ROOT goes when the session is stopped.
+            const before = [...Deno.readDirSync(pexRoot)].length;
+            await l.stopSession(s.key);
+            if (!useDebianPex) assert.equal(before, 1);
+            assert.equal([...Deno.readDirSync(pexRoot)].length, 0);
           });
         }
       });
