@@ -1,7 +1,7 @@
 // Regression: a function that raises must not take the session's fork server down with it.
 // (A kill frame and the run's own pipe events in one select() batch used to crash the fork
 // server about once in forty calls; this loops well past that.)
-import { equal } from "node:assert/strict";
+import { equal, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { tableFromArrays } from "apache-arrow";
 import { connect, ValiseClientError } from "@valise/client";
@@ -25,12 +25,17 @@ Deno.test("after a function raises, the same session's next Apply still works, 6
         errorClass = e instanceof ValiseClientError ? e.errorClass : String(e);
       }
       equal(errorClass, "APPLY_FUNCTION_FAILED", `round ${i}`);
-      const ok = await session.applyCollect(
+      const good = await session.applyCollect(
         { code: "def f(c):\n    return c\n", functionName: "f" },
         table,
       );
-      equal(ok.table.numRows, 3, `round ${i}`);
+      equal(good.table.numRows, 3, `round ${i}`);
     }
+    // Every call is counted for /metrics.
+    const text = await server.valise.metrics.render(server.valise.store, server.valise.launcher);
+    ok(text.includes('valise_applies_total{outcome="ok"} 60'), text);
+    ok(text.includes('valise_applies_total{outcome="error"} 60'), text);
+    ok(text.includes('valise_apply_rows_total{direction="out"} 180'), text);
   } finally {
     await session.release();
     session.close();

@@ -34,6 +34,7 @@ import {
 } from "./apply_codec.ts";
 import { DRIVER_STUB, DriverFrame } from "./apply_driver.ts";
 import { type ClassifiedError, toConnectError } from "./errors.ts";
+import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./spark_service.ts";
 import { classifyWorkerError, sessionSpec } from "./worker_service.ts";
 
@@ -249,6 +250,8 @@ export interface ApplyContext {
   readonly launcher: Launcher;
   /** The server's worker limits, which session overrides may only lower. */
   readonly limits: SessionLimits;
+  /** Counters for `/metrics`. */
+  readonly metrics?: Metrics | undefined;
 }
 
 /** The Apply method of `valise.v1.WorkerService`. */
@@ -273,6 +276,10 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
     const onAbort = () => abort.abort(call.signal.reason);
     call.signal.addEventListener("abort", onAbort, { once: true });
     let release: (() => void) | undefined;
+    const started = performance.now();
+    let outcome: "ok" | "error" | "cancelled" = "error";
+    let rowsIn = 0;
+    let rowsOut = 0;
     try {
       const first = await it.next();
       if (first.done || first.value.request.case !== "start") {
@@ -302,15 +309,24 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
           "Cannot apply: the start request names no input (streamed or cache_artifact)",
         );
       }
-      yield* drive(ctx, session, {
-        fn,
-        form,
-        declared,
-        declaredBytes: start.outputSchema,
-        input: streamFormat(input),
-        timeoutMs: start.timeoutMs,
-        signal: abort.signal,
-      });
+      for await (
+        const r of drive(ctx, session, {
+          fn,
+          form,
+          declared,
+          declaredBytes: start.outputSchema,
+          input: streamFormat(input),
+          timeoutMs: start.timeoutMs,
+          signal: abort.signal,
+        })
+      ) {
+        if (r.response.case === "done") {
+          rowsIn = Number(r.response.value.rowsIn);
+          rowsOut = Number(r.response.value.rowsOut);
+          outcome = "ok";
+        }
+        yield r;
+      }
       // End the response only after the client half-closed: ending it while the client still
       // writes (e.g. after the IPC end marker) fails that client's call ("Premature close").
       for (let r = await it.next(); !r.done; r = await it.next()) {
@@ -322,6 +338,8 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       call.signal.removeEventListener("abort", onAbort);
       abort.abort();
       release?.();
+      if (outcome === "error" && call.signal.aborted) outcome = "cancelled";
+      ctx.metrics?.apply(outcome, (performance.now() - started) / 1000, rowsIn, rowsOut);
     }
   };
 }

@@ -54,6 +54,9 @@ export class Metrics {
   #quota = new Map<string, number>();
   #runs = new Map<string, number>();
   #runLatency = new Histogram();
+  #applies = new Map<string, number>();
+  #applyLatency = new Histogram();
+  #applyRows = { in: 0, out: 0 };
 
   /** Counts a finished RPC. */
   rpc(method: string, code: Code | 0, seconds: number): void {
@@ -73,6 +76,19 @@ export class Metrics {
   run(outcome: "ok" | "error" | "timeout" | "cancelled", seconds: number): void {
     this.#runs.set(outcome, (this.#runs.get(outcome) ?? 0) + 1);
     this.#runLatency.observe(seconds);
+  }
+
+  /** Counts a finished Apply call, its latency and the rows it moved. */
+  apply(
+    outcome: "ok" | "error" | "cancelled",
+    seconds: number,
+    rowsIn: number,
+    rowsOut: number,
+  ): void {
+    this.#applies.set(outcome, (this.#applies.get(outcome) ?? 0) + 1);
+    this.#applyLatency.observe(seconds);
+    this.#applyRows.in += rowsIn;
+    this.#applyRows.out += rowsOut;
   }
 
   /** An interceptor that counts every RPC and every quota refusal. */
@@ -173,6 +189,22 @@ export class Metrics {
       "# TYPE valise_run_seconds histogram",
     );
     out.push(...this.#runLatency.render("valise_run_seconds", ""));
+    out.push(
+      "# HELP valise_applies_total Apply calls by outcome.",
+      "# TYPE valise_applies_total counter",
+    );
+    for (const [k, v] of this.#applies) out.push(`valise_applies_total{outcome="${k}"} ${v}`);
+    out.push(
+      "# HELP valise_apply_seconds Apply call latency.",
+      "# TYPE valise_apply_seconds histogram",
+    );
+    out.push(...this.#applyLatency.render("valise_apply_seconds", ""));
+    out.push(
+      "# HELP valise_apply_rows_total Rows through Apply, by direction.",
+      "# TYPE valise_apply_rows_total counter",
+      `valise_apply_rows_total{direction="in"} ${this.#applyRows.in}`,
+      `valise_apply_rows_total{direction="out"} ${this.#applyRows.out}`,
+    );
     out.push(
       "# HELP valise_quota_refusals_total Requests refused for a quota, by reason.",
       "# TYPE valise_quota_refusals_total counter",
