@@ -1,0 +1,104 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { deepEqual, equal, throws } from "node:assert/strict";
+import { parseServeCommand, parseSize, UsageError } from "./cli_options.ts";
+
+const noEnv = () => undefined;
+
+Deno.test("parseServeCommand() defaults: loopback, 15002, ./.data under the user's directory", () => {
+  const c = parseServeCommand([], noEnv, "/home/ada/project");
+  equal(c.options.host, "127.0.0.1");
+  equal(c.options.port, 15002);
+  equal(c.options.dataDir, "/home/ada/project/.data");
+  equal(c.options.idleTimeoutMs, 3_600_000);
+  equal(c.options.token, undefined);
+  equal(c.metricsPort, undefined);
+  deepEqual(c.options.workers, {
+    sandbox: "auto",
+    workerNetwork: false,
+    allowedInterpreters: [],
+    limits: {},
+  });
+});
+
+Deno.test("parseServeCommand() reads flags over environment variables", () => {
+  const env = (k: string) =>
+    ({ VALISE_HOST: "0.0.0.0", VALISE_PORT: "9000", VALISE_DATA_DIR: "/srv/v", VALISE_TOKEN: "t" })[
+      k
+    ];
+  const fromEnv = parseServeCommand([], env, "/x");
+  equal(fromEnv.options.host, "0.0.0.0");
+  equal(fromEnv.options.port, 9000);
+  equal(fromEnv.options.dataDir, "/srv/v");
+  equal(fromEnv.options.token, "t");
+  const flags = parseServeCommand(
+    [
+      "--port=0",
+      "--data-dir",
+      "rel",
+      "--cache-bytes",
+      "2G",
+      "--max-session-bytes",
+      "512M",
+      "--max-session-artifacts",
+      "7",
+      "--min-free-bytes",
+      "1.5G",
+      "--allow-interpreter",
+      "/usr/bin/python3",
+      "--allow-interpreter",
+      "/opt/py/bin/python",
+      "--sandbox",
+      "none",
+      "--worker-network",
+      "--worker-memory",
+      "1G",
+      "--max-workers",
+      "3",
+      "--metrics-port",
+      "9100",
+      "--idle-timeout-min",
+      "0",
+    ],
+    env,
+    "/work",
+  );
+  equal(flags.options.port, 0);
+  equal(flags.options.dataDir, "/work/rel");
+  equal(flags.options.cacheBytes, 2 * 2 ** 30);
+  deepEqual(flags.options.quotas, {
+    maxSessionBytes: 512 * 2 ** 20,
+    maxSessionArtifacts: 7,
+    minFreeBytes: 1.5 * 2 ** 30,
+  });
+  deepEqual(flags.options.workers, {
+    sandbox: "none",
+    workerNetwork: true,
+    allowedInterpreters: ["/usr/bin/python3", "/opt/py/bin/python"],
+    limits: { maxWorkersTotal: 3, memoryBytes: 2 ** 30 },
+  });
+  equal(flags.metricsPort, 9100);
+  equal(flags.options.idleTimeoutMs, 0);
+});
+
+Deno.test("parseServeCommand() refuses bad input with a message naming the flag", () => {
+  const bad = (args: string[], re: RegExp) =>
+    throws(
+      () => parseServeCommand(args, noEnv, "/x"),
+      (e: unknown) => e instanceof UsageError && re.test((e as Error).message),
+    );
+  bad(["--port", "70000"], /--port: "70000"/);
+  bad(["--sandbox", "docker"], /--sandbox: "docker" is not one of auto, bwrap, none/);
+  bad(["--allow-interpreter", "python3"], /not an absolute path/);
+  bad(["--cache-bytes", "lots"], /--cache-bytes: "lots" is not a size/);
+  bad(["--max-workers", "0"], /--max-workers: "0"/);
+  bad(["--nope"], /nope/);
+  bad(["extra"], /extra/);
+});
+
+Deno.test("parseSize() takes plain bytes and K/M/G/T suffixes", () => {
+  equal(parseSize("1048576", "x"), 1048576);
+  equal(parseSize("512K", "x"), 512 * 1024);
+  equal(parseSize("10g", "x"), 10 * 2 ** 30);
+  equal(parseSize("1.5GiB", "x"), 1.5 * 2 ** 30);
+  equal(parseSize("2T", "x"), 2 * 2 ** 40);
+});
