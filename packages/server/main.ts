@@ -51,7 +51,9 @@ const stop = async (signal: string) => {
   stopping = true;
   log(`${signal}, shutting down`);
   await metrics?.close();
-  await server.close();
+  // Workers are stopped; connections are left to the process exit. Closing them from here
+  // (GOAWAY or reset through Deno's node:http2) can crash Deno-based clients still connected.
+  await server.valise.close();
   Deno.exit(0);
 };
 Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
