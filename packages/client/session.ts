@@ -557,6 +557,7 @@ export class Session extends EventTarget {
     const req = this.#runRequest(spec);
     let attempt = 0;
     let seen = false;
+    let exited = false;
     while (true) {
       try {
         for await (const ev of this.#workers.run(req, callOptions(spec.signal))) {
@@ -576,6 +577,7 @@ export class Session extends EventTarget {
               yield { type: e.case, data: e.value };
               break;
             case "exited":
+              exited = true;
               yield {
                 type: "exited",
                 exitCode: e.value.exitCode,
@@ -589,6 +591,9 @@ export class Session extends EventTarget {
         }
         return;
       } catch (e) {
+        // The run is over once `exited` arrived: Deno's node:http2 can still report the stream
+        // closing under it as "Premature close", which is not the run's failure.
+        if (exited && /premature close/i.test(String((e as Error)?.message ?? e))) return;
         const err = ValiseClientError.from(e);
         attempt++;
         if (seen || err.code !== "Unavailable" || attempt >= this.#retry.maxAttempts) throw err;

@@ -221,6 +221,47 @@ Deno.test("Session.run() streams typed events; runCollect() gathers them", async
   });
 });
 
+Deno.test("Session.run() treats a stream closed under it after `exited` as done, not failed", async () => {
+  await withServer(async ({ url }) => {
+    // What Deno's node:http2 sometimes reports once a run's last event arrived.
+    const prematureClose: Interceptor = (next) => async (req) => {
+      const res = await next(req);
+      if (!res.stream || req.method.name !== "Run") return res;
+      const inner = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          yield* inner;
+          throw new ConnectError("Premature close", Code.Internal);
+        })(),
+      };
+    };
+    await using session = connect(url, { interceptors: [prematureClose] });
+    const r = await session.runCollect({ code: "print('done')" });
+    equal(r.stdout, "done\n");
+    equal(r.exitCode, 0);
+    // Without `exited` the same close is the call's failure.
+    const cutEarly: Interceptor = (next) => async (req) => {
+      const res = await next(req);
+      if (!res.stream || req.method.name !== "Run") return res;
+      const inner = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          // Only the first event (`started`), then the close.
+          for await (const m of inner) {
+            yield m;
+            break;
+          }
+          throw new ConnectError("Premature close", Code.Internal);
+        })(),
+      };
+    };
+    await using other = connect(url, { interceptors: [cutEarly] });
+    await rejects(other.runCollect({ code: "print(1)" }), /Premature close/);
+  });
+});
+
 Deno.test("Session errors are ValiseClientErrors built from the server's ErrorInfo", async () => {
   await withServer(async ({ url, tmp }) => {
     await using session = connect(url);
