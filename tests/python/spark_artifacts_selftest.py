@@ -274,6 +274,14 @@ class Base(unittest.TestCase):
         self.session = str(uuid.uuid4())
         self.client = sa.SparkArtifactsClient(self.remote, session_id=self.session)
 
+    def streams(self) -> List[List[Any]]:
+        """This test's recorded streams: a stream of an earlier test (cancelled, or handled late
+        by the server's thread pool) can land in the recorder after setUp cleared it."""
+        with self.rec.lock:
+            streams = [r for r in self.rec.streams if r]
+        mine = [r for r in streams if r[0].session_id == self.session]
+        return mine or streams
+
     def tearDown(self) -> None:
         self.client.close()
 
@@ -311,7 +319,7 @@ class ChunkingTest(Base):
                 p = self.write(f"s{size}.bin", data)
                 resps = self.client.add_artifacts(str(p), file=True)
                 self.assertEqual(len(self.rec.streams), 1)
-                reqs = self.rec.streams[0]
+                reqs = self.streams()[0]
                 self.check_envelope(reqs)
                 want = expected_stream([(f"files/s{size}.bin", data)])
                 got = recorded_tuples(reqs)
@@ -351,7 +359,7 @@ class ChunkingTest(Base):
                     arts.append(sa.parse_artifact(str(p), pyfile=True))
                     specs.append((f"pyfiles/f{i}.py", data))
                 self.client.upload(arts)
-                reqs = self.rec.streams[0]
+                reqs = self.streams()[0]
                 self.check_envelope(reqs)
                 got, want = recorded_tuples(reqs), expected_stream(specs)
                 self.assertEqual(got, want, (short(got), short(want)))
@@ -414,7 +422,7 @@ class NamesTest(Base):
     def test_archive_name_on_wire(self) -> None:
         p = self.write("w/env.tar.gz", b"x" * 40000)
         r = self.client.add_artifacts(f"{p}#environment", archive=True)[0]
-        reqs = self.rec.streams[0]
+        reqs = self.streams()[0]
         self.assertEqual(reqs[0].begin_chunk.name, "archives/env.tar.gz#environment")
         self.assertEqual(r.artifacts[0].name, "archives/env.tar.gz#environment")
 
@@ -431,7 +439,7 @@ class CacheConfigReleaseTest(Base):
         self.assertTrue(st.HasField("user_context"))
         self.assertFalse(st.HasField("client_type"))
         self.assertIsNotNone(resp)
-        got = recorded_tuples(self.rec.streams[0])
+        got = recorded_tuples(self.streams()[0])
         self.assertEqual(got, expected_stream([(f"cache/{h}", blob)]))
         h2, resp2 = self.client.cache_artifact(blob)  # now the server has it
         self.assertEqual(h2, h)
@@ -519,14 +527,14 @@ class RawTest(Base):
         self.assertTrue(r["ok"])
         data = random.Random(1).randbytes(100000)
         want = expected_stream([("files/x", data)])
-        got = recorded_tuples(self.rec.streams[0])
+        got = recorded_tuples(self.streams()[0])
         self.assertEqual([t[0] for t in got], [t[0] for t in want])
         self.assertEqual([g[-1] == w[-1] for g, w in zip(got, want)], [True, True, False, True])
         self.assertEqual(r["response"]["artifacts"][0]["is_crc_successful"], True)  # recorder
 
         self.rec.streams.clear()
         self.client.raw([{"artifact": {"name": "files/y", "size": 100000, "drop_chunks": 1}}])
-        got = recorded_tuples(self.rec.streams[0])
+        got = recorded_tuples(self.streams()[0])
         self.assertEqual([t[0] for t in got], ["begin", "chunk", "chunk"])
         self.assertEqual(got[0][3], 4)
 
@@ -537,12 +545,12 @@ class RawTest(Base):
                                           "initial_chunk": {"data_hex": "00ff"}}},
                          {"chunk": {"data": "x", "crc": 7}, "session_id": "other",
                           "user_id": None}])
-        got = recorded_tuples(self.rec.streams[0])
+        got = recorded_tuples(self.streams()[0])
         self.assertEqual(got, [("chunk", b"hello", 907060870), ("none",),
                                ("batch", [("a", b"hello", 907060870 ^ 1)]),
                                ("begin", "b", 9, 2, b"\x00\xff", crc32_ref(b"\x00\xff")),
                                ("chunk", b"x", 7)])
-        last = self.rec.streams[0][-1]
+        last = self.streams()[0][-1]
         self.assertEqual(last.session_id, "other")
         self.assertFalse(last.HasField("user_context"))
 
@@ -550,7 +558,7 @@ class RawTest(Base):
         p = self.write("r/big.bin", random.Random(4).randbytes(70000))
         self.client.raw([{"pyspark": [{"path": str(p), "file": True},
                                       {"name": "cache/abc", "data": "xyz"}]}])
-        got = recorded_tuples(self.rec.streams[0])
+        got = recorded_tuples(self.streams()[0])
         self.assertEqual(got, expected_stream([("files/big.bin", p.read_bytes()),
                                                ("cache/abc", b"xyz")]))
 
@@ -578,7 +586,7 @@ class CliTest(Base):
         self.assertEqual(code, 0, out)
         self.assertEqual(out["responses"][0]["artifacts"],
                          [{"name": "files/big.bin", "is_crc_successful": True}])
-        self.assertEqual(recorded_tuples(self.rec.streams[0]),
+        self.assertEqual(recorded_tuples(self.streams()[0]),
                          expected_stream([("files/big.bin", data)]))
         code, plan = self.run_cli("--session", self.session, "plan", "--file", str(p))
         self.assertEqual(code, 0)
