@@ -225,6 +225,7 @@ def child(spec, in_r, out_w, err_w):
     code = 1
     try:
         os.chdir(spec['cwd'])
+        os.environ['PWD'] = spec['cwd']
         sys.path[:0] = spec['path']
         code = execute(spec)
     except SystemExit as e:

@@ -1,6 +1,12 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * bubblewrap command lines and the host paths an interpreter needs.
+ * bubblewrap command lines, and the host directories of the interpreters the server trusts.
+ *
+ * Every bind source comes from a fact the server established itself: the session's working
+ * directory, server-owned read-only views and shared trees (by their store paths), and the homes
+ * of interpreters on the server's allow-list, resolved once when the launcher starts. Nothing a
+ * session wrote (a `pyvenv.cfg`, a symlink in its directory, a file in an archive) is read to
+ * decide what gets mounted.
  *
  * @module
  */
@@ -31,7 +37,15 @@ export function findExecutable(name: string, path: string | undefined): string |
 }
 
 /** Directories whose contents are system files every interpreter may see. */
-const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+export const SYSTEM_DIRS: readonly string[] = [
+  "/usr",
+  "/bin",
+  "/sbin",
+  "/lib",
+  "/lib32",
+  "/lib64",
+  "/libx32",
+];
 
 /** Files and directories of `/etc` an interpreter and its libraries read. */
 const ETC_ENTRIES = [
@@ -41,8 +55,6 @@ const ETC_ENTRIES = [
   "localtime",
   "timezone",
   "nsswitch.conf",
-  "passwd",
-  "group",
   "hosts",
   "host.conf",
   "resolv.conf",
@@ -57,31 +69,32 @@ const ETC_ENTRIES = [
   "os-release",
 ];
 
-function under(path: string, dir: string): boolean {
+/**
+ * Whether `path` is `dir` or below it (both normalized, absolute).
+ *
+ * @param path The path.
+ * @param dir The directory.
+ * @returns `true` when inside.
+ */
+export function under(path: string, dir: string): boolean {
   return path === dir || path.startsWith(dir.endsWith("/") ? dir : dir + "/");
 }
 
 /**
- * The host directories, outside the system ones, that running `interpreter` reads: the
- * prefix of every symlink hop (`venv/bin/python` → `/root/.pyenv/versions/3.11.7/bin/python3`)
- * and of the `home` of a `pyvenv.cfg`.
+ * The host directories, outside the system ones, that running a *trusted* interpreter reads:
+ * the prefix of every symlink hop (`/opt/venv/bin/python` → `/root/.pyenv/versions/3.11.7/bin/
+ * python3`) and of the `home` of its `pyvenv.cfg`. Only for interpreters the operator named (the
+ * default and the allow-list): their files are the server's, never a session's.
  *
- * @param interpreter Absolute path of the executable that is started.
- * @param exclude Directories already bound (the session root), whose insides need nothing.
- * @returns Directories to bind read-only.
+ * @param interpreter Absolute path of a trusted interpreter.
+ * @returns Directories to bind read-only, sorted.
  */
-export function interpreterDirs(interpreter: string, exclude: string[]): string[] {
+export function trustedInterpreterDirs(interpreter: string): string[] {
   const found = new Set<string>();
   const add = (file: string) => {
     const bin = dirname(file);
     const prefix = bin.endsWith("/bin") ? dirname(bin) : bin;
     if (prefix === "/" || SYSTEM_DIRS.some((d) => under(prefix, d))) return;
-    if (exclude.some((d) => under(prefix, d))) return;
-    // Never expose a directory that holds a session: bind only the bin directory then.
-    if (exclude.some((d) => under(d, prefix))) {
-      if (!exclude.some((d) => under(d, bin)) && bin !== "/") found.add(bin);
-      return;
-    }
     found.add(prefix);
   };
   let p = interpreter;
@@ -99,7 +112,7 @@ export function interpreterDirs(interpreter: string, exclude: string[]): string[
   try {
     add(Deno.realPathSync(interpreter));
   } catch {
-    // reported later, when it fails to start
+    // reported when it fails to start
   }
   try {
     const cfg = Deno.readTextFileSync(join(dirname(dirname(interpreter)), "pyvenv.cfg"));
@@ -111,41 +124,85 @@ export function interpreterDirs(interpreter: string, exclude: string[]): string[
   return [...found].sort();
 }
 
+/** Who the worker runs as, when the server is root and drops it to an unprivileged id. */
+export interface DropTo {
+  /** Host uid of the worker. */
+  uid: number;
+  /** Host gid of the worker. */
+  gid: number;
+  /** The `setpriv` program (from util-linux, under `/usr`, so the sandbox shows it read-only). */
+  setpriv: string;
+}
+
 /** What one sandbox exposes. */
 export interface SandboxLayout {
   /** Session directory, bound read-write at the same path; the working directory. */
   root: string;
-  /** Paths inside `root` bound read-only over it. */
-  readOnlyPaths: string[];
-  /** Shared trees bound read-only at the same path. */
+  /**
+   * Server-owned directories bound read-only at the same path (the session's view of its
+   * artifacts). No worker can write them or change the path that leads to them.
+   */
+  readOnlyDirs: string[];
+  /** Shared trees, by their store paths, bound read-only at the same path. */
   sharedTrees: string[];
-  /** Interpreter directories bound read-only at the same path. */
+  /** Homes of trusted interpreters, bound read-only at the same path. */
   interpreterDirs: string[];
+  /** Trusted files (an absolute `.pex` on the allow-list), bound read-only at the same path. */
+  interpreterFiles: string[];
   /** Extra directories bound read-write at the same path (the session's PEX_ROOT). */
   writableDirs: string[];
+  /** Server-written `/etc/passwd` and `/etc/group` for the sandbox. */
+  identity: { passwd: string; group: string } | undefined;
   /** Keep the host's network. */
   network: boolean;
+  /**
+   * Run bubblewrap as root without a user namespace, and drop the worker to this uid/gid with
+   * `setpriv` before the interpreter starts: mounts are made with the server's rights, the
+   * session's code never has them. Without it, bubblewrap makes a user namespace and the worker
+   * runs as the server's own user.
+   */
+  dropTo: DropTo | undefined;
 }
 
 /**
- * The bwrap arguments (before `--`) for a layout. Order matters: later mounts go over
- * earlier ones, so read-only binds come after the read-write session root.
+ * The full command line that runs `command` in a sandbox: `bwrap`'s arguments, `--`, and (when
+ * dropping privileges) `setpriv` before the command. Order matters: later mounts go over earlier
+ * ones, so read-only binds come after the read-write session root.
  *
+ * @param bwrap The bwrap program.
  * @param layout What to expose.
- * @returns Arguments for `bwrap`.
+ * @param command The program and its arguments.
+ * @returns The argv to spawn.
  */
-export function bwrapArgs(layout: SandboxLayout): string[] {
+export function sandboxCommand(bwrap: string, layout: SandboxLayout, command: string[]): string[] {
+  const isolation = layout.dropTo
+    // No user namespace: bwrap keeps root's rights to set up mounts. The sandbox keeps only
+    // the capabilities setpriv needs to give up root; uid changes clear them all.
+    ? [
+      "--unshare-ipc",
+      "--unshare-pid",
+      "--unshare-uts",
+      "--unshare-cgroup-try",
+      ...(layout.network ? [] : ["--unshare-net"]),
+      "--cap-drop",
+      "ALL",
+      "--cap-add",
+      "CAP_SETUID",
+      "--cap-add",
+      "CAP_SETGID",
+      "--cap-add",
+      "CAP_SETPCAP",
+    ]
+    : ["--unshare-all", ...(layout.network ? ["--share-net"] : []), "--cap-drop", "ALL"];
   const args = [
-    "--unshare-all",
-    ...(layout.network ? ["--share-net"] : []),
+    bwrap,
+    ...isolation,
     "--unshare-pid",
     // The fork server is PID 1 of the namespace and reaps it; bwrap's own init would exit
     // after reporting the status and leave itself a zombie for the host's init to reap.
     "--as-pid-1",
     "--die-with-parent",
     "--new-session",
-    "--cap-drop",
-    "ALL",
   ];
   for (const d of SYSTEM_DIRS) {
     let st: Deno.FileInfo;
@@ -157,6 +214,8 @@ export function bwrapArgs(layout: SandboxLayout): string[] {
     if (st.isSymlink) args.push("--symlink", Deno.readLinkSync(d), d);
     else if (st.isDirectory) args.push("--ro-bind", d, d);
   }
+  // bwrap makes the parents of a file bind 0700; a worker of its own uid must read /etc.
+  args.push("--perms", "0755", "--dir", "/etc");
   for (const e of ETC_ENTRIES) args.push("--ro-bind-try", `/etc/${e}`, `/etc/${e}`);
   try {
     for (const e of Deno.readDirSync("/etc")) {
@@ -167,14 +226,22 @@ export function bwrapArgs(layout: SandboxLayout): string[] {
   } catch {
     // no /etc to read
   }
-  args.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
+  if (layout.identity) {
+    args.push("--ro-bind", layout.identity.passwd, "/etc/passwd");
+    args.push("--ro-bind", layout.identity.group, "/etc/group");
+  }
+  // World-writable and sticky, as on a host: a worker of its own uid must be able to use it.
+  args.push("--proc", "/proc", "--dev", "/dev");
+  args.push("--perms", "01777", "--tmpfs", "/tmp", "--perms", "01777", "--tmpfs", "/dev/shm");
   // Every directory leading to a bind exists only as an empty mount point; make it
   // traversable but unlistable, so the names of sessions and trees around stay unknown.
   const ancestors = new Set<string>();
   const binds = [
     layout.root,
+    ...layout.readOnlyDirs,
     ...layout.sharedTrees,
     ...layout.interpreterDirs,
+    ...layout.interpreterFiles,
     ...layout.writableDirs,
   ];
   for (const b of binds) {
@@ -187,10 +254,58 @@ export function bwrapArgs(layout: SandboxLayout): string[] {
     args.push("--perms", "0111", "--dir", d);
   }
   args.push("--bind", layout.root, layout.root);
-  for (const p of layout.readOnlyPaths) args.push("--ro-bind-try", p, p);
+  for (const p of layout.readOnlyDirs) args.push("--ro-bind", p, p);
   for (const p of layout.sharedTrees) args.push("--ro-bind", p, p);
   for (const p of layout.interpreterDirs) args.push("--ro-bind", p, p);
+  for (const p of layout.interpreterFiles) args.push("--ro-bind", p, p);
   for (const p of layout.writableDirs) args.push("--bind", p, p);
-  args.push("--remount-ro", "/", "--chdir", layout.root);
-  return args;
+  // Dropping to the worker's uid, bwrap has no right left to enter a directory the worker
+  // owns; each run enters its working directory itself, as the worker.
+  args.push("--remount-ro", "/", "--chdir", layout.dropTo ? "/" : layout.root, "--");
+  if (layout.dropTo) args.push(...dropPrivileges(layout.dropTo));
+  return [...args, ...command];
+}
+
+/**
+ * The `setpriv` prefix that makes a command run as an unprivileged uid/gid with no
+ * supplementary groups, no capabilities (not even in the bounding set) and `no_new_privs`, so
+ * that no setuid program can give any back.
+ *
+ * @param to The uid, gid and setpriv program.
+ * @returns Program and arguments, ending with `--`.
+ */
+export function dropPrivileges(to: DropTo): string[] {
+  return [
+    to.setpriv,
+    `--reuid=${to.uid}`,
+    `--regid=${to.gid}`,
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+    "--",
+  ];
+}
+
+/**
+ * The `/etc/passwd` and `/etc/group` a sandbox shows: root, nobody and the worker, so that
+ * `getpass.getuser()` and `pwd.getpwuid(os.getuid())` work without revealing the host's users.
+ *
+ * @param uid The worker's uid.
+ * @param gid The worker's gid.
+ * @param home The worker's home (its working directory).
+ * @returns The two files' text.
+ */
+export function identityFiles(
+  uid: number,
+  gid: number,
+  home: string,
+): { passwd: string; group: string } {
+  const lines = ["root:x:0:0:root:/:/usr/sbin/nologin"];
+  if (uid !== 0) lines.push(`valise:x:${uid}:${gid}:valise worker:${home}:/usr/sbin/nologin`);
+  lines.push("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin");
+  const groups = ["root:x:0:"];
+  if (gid !== 0) groups.push(`valise:x:${gid}:`);
+  groups.push("nogroup:x:65534:");
+  return { passwd: lines.join("\n") + "\n", group: groups.join("\n") + "\n" };
 }

@@ -8,8 +8,17 @@
  */
 import { dirname, isAbsolute, join, normalize, relative } from "node:path";
 import { BOOTSTRAP_FILENAME, BOOTSTRAP_SOURCE } from "./_bootstrap.ts";
+import { type CgroupHandle, Cgroups, enterCgroups } from "./_cgroup.ts";
 import { ForkServer, type RunHandle, type RunRequestJson } from "./_fork_server.ts";
-import { bwrapArgs, findExecutable, interpreterDirs } from "./_sandbox.ts";
+import {
+  dropPrivileges,
+  findExecutable,
+  identityFiles,
+  sandboxCommand,
+  SYSTEM_DIRS,
+  trustedInterpreterDirs,
+  under,
+} from "./_sandbox.ts";
 import { LaunchError } from "./launch_error.ts";
 
 /** The config key that names a session's interpreter; error messages cite it. */
@@ -25,6 +34,17 @@ export interface SessionLimits {
   memoryBytes: number;
   /** Bytes of stdout plus stderr one run may produce; beyond it the run is killed. */
   outputBytes: number;
+  /**
+   * Processes and threads one sandbox (all runs of a session with one interpreter) may have at
+   * once: the cgroup's `pids.max`, and a hard `RLIMIT_NPROC` when workers run as their own uid;
+   * 0 for none. Forking cannot multiply it.
+   */
+  processes: number;
+  /**
+   * Memory of one sandbox as a whole (the cgroup's memory limit), in bytes; 0 for none. Unlike
+   * `memoryBytes`, which bounds each process, forking cannot multiply it.
+   */
+  sandboxMemoryBytes: number;
 }
 
 /** All limits of a launcher. */
@@ -43,6 +63,8 @@ export const DEFAULT_LIMITS: Readonly<LauncherLimits> = Object.freeze({
   maxQueue: 64,
   memoryBytes: 2 * 1024 ** 3,
   outputBytes: 16 * 1024 ** 2,
+  processes: 512,
+  sandboxMemoryBytes: 8 * 1024 ** 3,
 });
 
 /** A plain description of a session, as the session store knows it. */
@@ -57,17 +79,28 @@ export interface SessionSpec {
   /** Entries relative to `root` put on `sys.path` right after `root` (`.zip`/`.egg` pyfiles). */
   pythonPath: string[];
   /**
-   * Absolute paths inside `root` the worker must not modify (hardlinks to shared blobs). The
-   * sandbox binds them read-only over the read-write root.
+   * Absolute directories outside `root` that hold what `root` links to and the worker must not
+   * change (the session's view of its artifacts: hard links to shared blobs). The sandbox binds
+   * them read-only at the same path. The caller guarantees that no worker can write them or
+   * change the path leading to them; they are never inside `root`.
    * @default {[]}
    */
-  readOnlyPaths?: string[];
+  readOnlyDirs?: string[];
   /**
-   * Absolute paths outside `root` (shared unpacked environments) that `root` links to. The
-   * sandbox binds them read-only at the same path.
+   * Absolute paths outside `root` (shared unpacked environments, by their store paths) that the
+   * session links to. The sandbox binds them read-only at the same path. Same guarantee as
+   * `readOnlyDirs`.
    * @default {[]}
    */
   sharedTrees?: string[];
+  /**
+   * Host uid and gid the session's workers run as. Needs a launcher running as root, which
+   * then never runs a session's code as root: the sandbox is set up with the server's rights
+   * and the worker dropped to this id before its interpreter starts. `root` must be writable by
+   * it.
+   * @default {undefined} the launcher's own user
+   */
+  worker?: { uid: number; gid: number };
   /**
    * The session's `spark.pythonWorkerEnv.<NAME>` entries, added to the fixed base environment.
    * @default {{}}
@@ -223,12 +256,34 @@ export interface LauncherOptions {
    * @default {warnings and errors to console.error}
    */
   logger?: LauncherLogger;
+  /**
+   * Directories no worker may see beyond what a session's binds show (the server's data
+   * directory). An allowed interpreter whose home contains one of them is refused.
+   * @default {[]}
+   */
+  protectedPaths?: string[];
+  /**
+   * `"auto"` puts each sandbox in a cgroup with `sandboxMemoryBytes` and `processes` as its
+   * limits when the launcher runs as root and finds a writable cgroup hierarchy (v2, else v1);
+   * `"none"` never does.
+   * @default {"auto"}
+   */
+  cgroups?: "auto" | "none";
+  /**
+   * Fork servers kept alive across all sessions; beyond it the least recently used idle ones
+   * are stopped. Each session keeps at most one idle fork server: one whose session changed
+   * (new artifacts, interpreter or environment) is stopped as soon as its runs end.
+   * @default {64}
+   */
+  maxForkServers?: number;
 }
 
 /** Counters of a launcher, for health checks. */
 export interface LauncherStats {
   /** Fork server processes alive or starting. */
   forkServers: number;
+  /** Fork servers started since the launcher was created. */
+  forkServersStarted: number;
   /** Runs holding a slot. */
   running: number;
   /** Runs waiting for a slot. */
@@ -248,6 +303,12 @@ interface ServerEntry {
   starting: Promise<ForkServer>;
   server: ForkServer | undefined;
   idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The session changed since it started: stop it when its runs end. */
+  retiring: boolean;
+  /** When a run last took or left it (for least-recently-used stopping). */
+  lastUsed: number;
+  /** Its cgroup, if any. */
+  cgroup: CgroupHandle | undefined;
 }
 
 interface Interpreter {
@@ -290,7 +351,8 @@ function validateLimits(limits: Partial<LauncherLimits>, base: LauncherLimits): 
   for (const [k, v] of Object.entries(limits)) {
     if (v === undefined) continue;
     if (!(k in base)) throw new TypeError(`Cannot use limit ${k}: unknown`);
-    const allowZero = k === "memoryBytes" || k === "maxQueue";
+    const allowZero = k === "memoryBytes" || k === "maxQueue" || k === "processes" ||
+      k === "sandboxMemoryBytes";
     out[k as keyof LauncherLimits] = positiveInt(`limits.${k}`, v, allowZero);
   }
   return out;
@@ -335,6 +397,7 @@ export class Launcher {
   #defaultReal: Promise<string> | undefined;
   #pexRoot: string | undefined;
   #pexRootOwned = false;
+  #pexRootOpen = false;
   #idleMs: number;
   #startTimeoutMs: number;
   #closed = false;
@@ -344,6 +407,17 @@ export class Launcher {
   #runningBySession = new Map<string, number>();
   #queue: Waiter[] = [];
   #pending = new Set<Promise<unknown>>();
+  #protected: string[];
+  #trustedDirs: string[] = [];
+  #trustedFiles: string[] = [];
+  #defaultDirs: Promise<string[]> | undefined;
+  #cgroups: Cgroups | undefined;
+  #noCgroups = "";
+  #setpriv: string | undefined;
+  #prlimit: string | undefined;
+  #runtimeDir: string | undefined;
+  #maxForkServers: number;
+  #started = 0;
 
   /**
    * Checks the options and finds `bwrap` and the default interpreter. Logs once when workers
@@ -363,8 +437,32 @@ export class Launcher {
       }
     }
     this.#allowed = new Set((options.allowedInterpreters ?? []).map((p) => normalize(p)));
+    this.#maxForkServers = positiveInt("maxForkServers", options.maxForkServers ?? 64);
+    this.#protected = (options.protectedPaths ?? []).map((p) => {
+      if (!isAbsolute(p)) throw new TypeError(`Cannot protect ${p}: the path is not absolute`);
+      return realOrNormal(p);
+    });
+    // The homes of allowed interpreters are what sandboxes bind for any interpreter: resolved
+    // here, once, from the operator's paths, never from a session's files.
+    for (const p of this.#allowed) {
+      if (/\.pex$/i.test(p)) this.#trustedFiles.push(p);
+      else this.#trustedDirs.push(...this.#checkTrusted(p, trustedInterpreterDirs(p)));
+    }
+    this.#trustedDirs = [...new Set(this.#trustedDirs)].sort();
     this.#defaultName = options.defaultPython ?? "python3";
     this.#defaultFound = findExecutable(this.#defaultName, Deno.env.get("PATH"));
+    if (Deno.build.os === "linux" && Deno.uid() === 0) {
+      // Trusted programs under /usr, which every sandbox shows read-only.
+      this.#setpriv = findExecutable("/usr/bin/setpriv", undefined);
+      this.#prlimit = findExecutable("/usr/bin/prlimit", undefined);
+    }
+    if ((options.cgroups ?? "auto") === "auto") {
+      const found = Cgroups.detect();
+      if (typeof found === "string") this.#noCgroups = found;
+      else this.#cgroups = found;
+    } else {
+      this.#noCgroups = "cgroups are set to none";
+    }
     if (options.pexRoot !== undefined) {
       if (!isAbsolute(options.pexRoot)) {
         throw new TypeError(`Cannot use pexRoot ${options.pexRoot}: the path is not absolute`);
@@ -430,6 +528,33 @@ export class Launcher {
   }
 
   /**
+   * How each sandbox's memory and process count are bounded as a whole: `"cgroup v2"`,
+   * `"cgroup v1"`, or why no cgroup is used (then only per-process limits hold, and a hard
+   * `RLIMIT_NPROC` when workers run as their own uid).
+   */
+  get containment(): string {
+    return this.#cgroups ? `cgroup ${this.#cgroups.version}` : `no cgroups: ${this.#noCgroups}`;
+  }
+
+  /** Whether the launcher can run a session's workers as another uid (it runs as root). */
+  get canDropPrivileges(): boolean {
+    return this.#setpriv !== undefined;
+  }
+
+  #checkTrusted(interpreter: string, dirs: string[]): string[] {
+    for (const d of dirs) {
+      const bad = this.#protected.find((p) => under(p, d) || under(d, p));
+      if (bad !== undefined) {
+        throw new TypeError(
+          `Cannot allow interpreter ${interpreter}: its directory ${d} overlaps ${bad}, which ` +
+            `workers must not see; install the interpreter elsewhere`,
+        );
+      }
+    }
+    return dirs;
+  }
+
+  /**
    * Current counters.
    *
    * @returns Fork servers, running and queued runs.
@@ -441,7 +566,13 @@ export class Launcher {
       forkServers += m.size;
       for (const e of m.values()) if (e.server && !e.server.dead) pids.push(e.server.pid);
     }
-    return { forkServers, running: this.#running, queued: this.#queue.length, pids };
+    return {
+      forkServers,
+      forkServersStarted: this.#started,
+      running: this.#running,
+      queued: this.#queue.length,
+      pids,
+    };
   }
 
   /**
@@ -498,7 +629,7 @@ export class Launcher {
       for (let attempt = 0;; attempt++) {
         // Checked right before a fork server may be created, so none outlives close().
         this.#checkEpoch(session.key, epoch);
-        entry = this.#entry(session, root, interp);
+        entry = this.#entry(session, root, interp, limits);
         if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
         entry.idleTimer = undefined;
         const server = await abortable(entry.starting, signal);
@@ -581,6 +712,8 @@ export class Launcher {
     if (this.#pexRootOwned && this.#pexRoot) {
       await Deno.remove(this.#pexRoot, { recursive: true }).catch(() => {});
     }
+    if (this.#runtimeDir) await Deno.remove(this.#runtimeDir, { recursive: true }).catch(() => {});
+    await this.#cgroups?.close();
   }
 
   async #stopEntry(entry: ServerEntry): Promise<void> {
@@ -609,12 +742,26 @@ export class Launcher {
         throw new TypeError(`Cannot use worker environment variable ${JSON.stringify(k)}`);
       }
     }
-    for (const p of [...(session.readOnlyPaths ?? []), ...(session.sharedTrees ?? [])]) {
+    for (const p of [...(session.readOnlyDirs ?? []), ...(session.sharedTrees ?? [])]) {
       if (!isAbsolute(p)) throw new TypeError(`Cannot bind ${p}: the path is not absolute`);
+      // A bind source inside the read-write root would be resolved through a path the session
+      // can change; one that holds the root would expose it read-only, and its neighbours.
+      const n = normalize(p);
+      if (inside(root, n) || inside(n, root) || n === "/") {
+        throw new RangeError(`Cannot bind ${p} read-only: it overlaps the session's root ${root}`);
+      }
     }
-    for (const p of session.readOnlyPaths ?? []) {
-      if (!inside(root, normalize(p))) {
-        throw new RangeError(`Cannot bind ${p} read-only: it is not inside ${root}`);
+    if (session.worker !== undefined) {
+      const { uid, gid } = session.worker;
+      if (!Number.isSafeInteger(uid) || !Number.isSafeInteger(gid) || uid <= 0 || gid <= 0) {
+        throw new TypeError(`Cannot run as uid ${uid} gid ${gid}: not unprivileged ids`);
+      }
+      if (this.#setpriv === undefined) {
+        throw new LaunchError(
+          "SANDBOX_UNAVAILABLE",
+          "Cannot run a session's workers as their own uid: the launcher is not root (or " +
+            "/usr/bin/setpriv is missing)",
+        );
       }
     }
     return root;
@@ -811,6 +958,7 @@ export class Launcher {
         { interpreter: path },
       );
     }
+    if (!isAbsolute(raw)) await this.#checkResolves(session, root, raw, path);
     if (pex) {
       const exe = await this.#defaultPython();
       return { display: path, exe, prefixArgs: [path], pex: true };
@@ -818,7 +966,88 @@ export class Launcher {
     return { display: path, exe: path, prefixArgs: [], pex: false };
   }
 
-  #entry(session: SessionSpec, root: string, interp: Interpreter): ServerEntry {
+  /**
+   * An interpreter inside the session may be a symlink (a venv's `bin/python`); where it leads
+   * must be something a worker is shown: the session, its shared trees, the system, or an
+   * allowed interpreter's home. The server resolves the link only to refuse early with a clear
+   * message; what gets mounted never depends on it.
+   */
+  async #checkResolves(
+    session: SessionSpec,
+    root: string,
+    raw: string,
+    path: string,
+  ): Promise<void> {
+    let real: string;
+    try {
+      real = await Deno.realPath(path);
+    } catch {
+      real = "";
+    }
+    const visible = [
+      realOrNormal(root),
+      ...(session.readOnlyDirs ?? []).map(realOrNormal),
+      ...(session.sharedTrees ?? []).map(realOrNormal),
+      ...SYSTEM_DIRS,
+      ...await this.#allTrustedDirs(),
+      ...this.#trustedFiles,
+    ];
+    if (real !== "" && visible.some((d) => under(real, d))) return;
+    throw new LaunchError(
+      "INTERPRETER_NOT_ALLOWED",
+      `Cannot use interpreter ${raw} from ${INTERPRETER_CONFIG_KEY}: it links to an ` +
+        `interpreter outside the session that the server does not allow. Pack the interpreter ` +
+        `inside the environment (conda-pack), or build the venv on an interpreter the server ` +
+        `allows (its --allow-interpreter list)`,
+      { interpreter: raw },
+    );
+  }
+
+  /** Homes of the default interpreter and the allow-list. */
+  async #allTrustedDirs(): Promise<string[]> {
+    if (this.#defaultDirs === undefined) {
+      this.#defaultDirs = this.#defaultPython().then((real) => {
+        const dirs = new Set<string>();
+        for (const p of [this.#defaultFound, real]) {
+          if (p) { for (const d of this.#checkTrusted(p, trustedInterpreterDirs(p))) dirs.add(d); }
+        }
+        return [...dirs];
+      });
+      this.#defaultDirs.catch(() => this.#defaultDirs = undefined);
+    }
+    const defaults = await this.#defaultDirs.catch(() => [] as string[]);
+    return [...new Set([...this.#trustedDirs, ...defaults])].sort();
+  }
+
+  /** A private directory for files the sandboxes bind (identity files), created on first use. */
+  #runtime(): string {
+    if (this.#runtimeDir === undefined) {
+      this.#runtimeDir = Deno.makeTempDirSync({ prefix: "valise-run-" });
+      Deno.chmodSync(this.#runtimeDir, 0o711);
+    }
+    return this.#runtimeDir;
+  }
+
+  #identity(uid: number, gid: number, home: string): { passwd: string; group: string } {
+    const dir = join(this.#runtime(), `id-${uid}-${gid}-${hashKey(home)}`);
+    const files = { passwd: join(dir, "passwd"), group: join(dir, "group") };
+    try {
+      Deno.statSync(files.group);
+    } catch {
+      const text = identityFiles(uid, gid, home);
+      Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
+      Deno.writeTextFileSync(files.passwd, text.passwd, { mode: 0o644 });
+      Deno.writeTextFileSync(files.group, text.group, { mode: 0o644 });
+    }
+    return files;
+  }
+
+  #entry(
+    session: SessionSpec,
+    root: string,
+    interp: Interpreter,
+    limits: LauncherLimits,
+  ): ServerEntry {
     const env: Record<string, string> = {
       PATH: `${dirname(interp.exe)}:/usr/local/bin:/usr/bin:/bin`,
       LANG: "C.UTF-8",
@@ -833,34 +1062,90 @@ export class Launcher {
       env.PEX_INTERPRETER = "1";
       env.PEX_ROOT = pexDir;
     }
-    const readOnlyPaths = (session.readOnlyPaths ?? []).map((p) => normalize(p));
+    const worker = this.#workerOf(session);
+    const readOnlyDirs = (session.readOnlyDirs ?? []).map((p) => normalize(p));
     const sharedTrees = (session.sharedTrees ?? []).map((p) => normalize(p));
-    const fingerprint = JSON.stringify([root, interp, env, readOnlyPaths, sharedTrees]);
+    const bounds = [limits.memoryBytes, limits.processes, limits.sandboxMemoryBytes];
+    const fingerprint = JSON.stringify([
+      root,
+      interp,
+      env,
+      readOnlyDirs,
+      sharedTrees,
+      worker,
+      bounds,
+    ]);
     let byKey = this.#servers.get(session.key);
     if (!byKey) this.#servers.set(session.key, byKey = new Map());
     const existing = byKey.get(fingerprint);
     if (existing && !(existing.server?.dead ?? false)) return existing;
+    this.#retire(byKey);
     const command = [interp.exe, ...interp.prefixArgs, "-c", STUB];
     const log = this.#log;
-    const entry: ServerEntry = { server: undefined, idleTimer: undefined, starting: undefined! };
+    const entry: ServerEntry = {
+      server: undefined,
+      idleTimer: undefined,
+      starting: undefined!,
+      retiring: false,
+      lastUsed: performance.now(),
+      cgroup: undefined,
+    };
     const starting = (async () => {
-      if (pexDir) await Deno.mkdir(pexDir, { recursive: true });
-      let full = command;
+      if (pexDir) {
+        await Deno.mkdir(pexDir, { recursive: true, mode: 0o700 });
+        if (worker) await Deno.chown(pexDir, worker.uid, worker.gid);
+      }
+      if (worker) await this.#ownRoot(root, worker);
+      const prefix: string[] = [];
+      if (this.#cgroups) {
+        entry.cgroup = this.#cgroups.create({
+          memoryBytes: limits.sandboxMemoryBytes,
+          pids: limits.processes,
+        });
+        prefix.push(...enterCgroups(entry.cgroup.procs));
+      }
+      // Hard limits set before any of the session's code runs, so it cannot raise them.
+      const rlimits = [
+        "--core=0:0",
+        ...(limits.memoryBytes > 0 ? [`--as=${limits.memoryBytes}:${limits.memoryBytes}`] : []),
+        // Counted per uid: only meaningful for a uid of the session's own.
+        ...(session.worker && limits.processes > 0
+          ? [`--nproc=${limits.processes}:${limits.processes}`]
+          : []),
+      ];
+      if (this.#prlimit) prefix.push(this.#prlimit, ...rlimits, "--");
+      const dropTo = worker && this.#setpriv ? { ...worker, setpriv: this.#setpriv } : undefined;
+      let full: string[];
       if (this.#bwrap) {
-        const layout = {
+        const trusted = await this.#allTrustedDirs();
+        const identity = this.#identity(
+          dropTo?.uid ?? Deno.uid() ?? 0,
+          dropTo?.gid ?? Deno.gid() ?? 0,
           root,
-          readOnlyPaths,
-          sharedTrees,
-          interpreterDirs: [
-            ...new Set([
-              ...interpreterDirs(interp.exe, [root, ...sharedTrees]),
-              ...interp.prefixArgs.filter((p) => !inside(root, p)),
-            ]),
-          ],
-          writableDirs: pexDir ? [pexDir] : [],
-          network: this.#network,
-        };
-        full = [this.#bwrap, ...bwrapArgs(layout), "--", ...command];
+        );
+        full = [
+          ...prefix,
+          ...sandboxCommand(this.#bwrap, {
+            root,
+            readOnlyDirs,
+            sharedTrees,
+            // Never a home that holds what the session's binds would otherwise keep apart.
+            interpreterDirs: trusted.filter((d) =>
+              ![root, ...readOnlyDirs, ...sharedTrees, ...this.#protected].some((b) =>
+                under(b, d) || under(d, b)
+              )
+            ),
+            interpreterFiles: interp.pex && !inside(root, interp.prefixArgs[0]!)
+              ? [interp.prefixArgs[0]!]
+              : [],
+            writableDirs: pexDir ? [pexDir] : [],
+            identity,
+            network: this.#network,
+            dropTo,
+          }, command),
+        ];
+      } else {
+        full = [...prefix, ...(dropTo ? dropPrivileges(dropTo) : []), ...command];
       }
       const server = new ForkServer({
         command: full,
@@ -870,14 +1155,8 @@ export class Launcher {
         log,
         startTimeoutMs: this.#startTimeoutMs,
       });
+      this.#started++;
       entry.server = server;
-      try {
-        const info = await server.ready;
-        log("info", "fork server ready", { session: session.key, hostPid: server.pid, ...info });
-      } catch (e) {
-        await server.stop(0);
-        throw e;
-      }
       server.done.then(() => {
         if (byKey.get(fingerprint) === entry) byKey.delete(fingerprint);
         if (byKey.size === 0 && this.#servers.get(session.key) === byKey) {
@@ -885,7 +1164,18 @@ export class Launcher {
         }
         if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
         entry.idleTimer = undefined;
+        const p = (entry.cgroup?.remove() ?? Promise.resolve()).finally(() =>
+          this.#pending.delete(p)
+        );
+        this.#pending.add(p);
       });
+      try {
+        const info = await server.ready;
+        log("info", "fork server ready", { session: session.key, hostPid: server.pid, ...info });
+      } catch (e) {
+        await server.stop(0);
+        throw e;
+      }
       return server;
     })();
     entry.starting = starting;
@@ -893,7 +1183,59 @@ export class Launcher {
       if (byKey.get(fingerprint) === entry) byKey.delete(fingerprint);
     });
     byKey.set(fingerprint, entry);
+    this.#bound();
     return entry;
+  }
+
+  /** The uid/gid a session's workers run as: its own, or nobody when the launcher is root. */
+  #workerOf(session: SessionSpec): { uid: number; gid: number } | undefined {
+    if (session.worker) return { uid: session.worker.uid, gid: session.worker.gid };
+    return this.#setpriv ? { uid: 65534, gid: 65534 } : undefined;
+  }
+
+  /** Makes the session's working directory the worker's own (only the directory itself). */
+  async #ownRoot(root: string, worker: { uid: number; gid: number }): Promise<void> {
+    const st = await Deno.lstat(root);
+    if (!st.isDirectory) {
+      throw new LaunchError("SESSION_DIR_MISSING", `Cannot run: ${root} is not a directory`);
+    }
+    if (st.uid !== worker.uid || st.gid !== worker.gid) {
+      await Deno.chown(root, worker.uid, worker.gid);
+    }
+  }
+
+  /**
+   * A session whose spec changed (new artifacts, interpreter, environment) never goes back to
+   * its older fork servers: idle ones stop now, busy ones when their runs end.
+   */
+  #retire(byKey: Map<string, ServerEntry>): void {
+    for (const e of byKey.values()) {
+      e.retiring = true;
+      if (e.server && !e.server.dead && e.server.activeRuns === 0) this.#stopLater(e);
+    }
+  }
+
+  /** Keeps the number of fork servers bounded: the least recently used idle ones stop. */
+  #bound(): void {
+    const all: ServerEntry[] = [];
+    for (const m of this.#servers.values()) all.push(...m.values());
+    let over = all.filter((e) => !e.retiring).length - this.#maxForkServers;
+    if (over <= 0) return;
+    const idle = all.filter((e) =>
+      !e.retiring && e.server && !e.server.dead && e.server.activeRuns === 0
+    ).sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const e of idle) {
+      if (over-- <= 0) break;
+      e.retiring = true;
+      this.#stopLater(e);
+    }
+  }
+
+  #stopLater(entry: ServerEntry): void {
+    if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
+    entry.idleTimer = undefined;
+    const p = this.#stopEntry(entry).finally(() => this.#pending.delete(p));
+    this.#pending.add(p);
   }
 
   #ensurePexRoot(): string {
@@ -901,12 +1243,20 @@ export class Launcher {
       this.#pexRoot = Deno.makeTempDirSync({ prefix: "valise-pex-" });
       this.#pexRootOwned = true;
     }
+    if (this.#setpriv && !this.#pexRootOpen) {
+      // Workers of other uids must reach their own subdirectory, but never list the others.
+      Deno.mkdirSync(this.#pexRoot, { recursive: true });
+      Deno.chmodSync(this.#pexRoot, 0o711);
+      this.#pexRootOpen = true;
+    }
     return this.#pexRoot;
   }
 
   #maybeIdle(entry: ServerEntry): void {
     const server = entry.server;
+    entry.lastUsed = performance.now();
     if (!server || server.dead || server.activeRuns > 0 || this.#closed) return;
+    if (entry.retiring) return this.#stopLater(entry);
     if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
     entry.idleTimer = setTimeout(() => {
       entry.idleTimer = undefined;
@@ -998,4 +1348,13 @@ function hashKey(key: string): string {
     h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
   }
   return h.toString(16).padStart(16, "0");
+}
+
+/** The real path of `p` when it exists, else its normal form. */
+function realOrNormal(p: string): string {
+  try {
+    return Deno.realPathSync(p);
+  } catch {
+    return normalize(p);
+  }
 }

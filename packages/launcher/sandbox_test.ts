@@ -5,6 +5,7 @@ import { Launcher, type SessionSpec } from "./mod.ts";
 import { bwrapWorks, collect } from "./testdata/helpers.ts";
 
 const ignore = !bwrapWorks();
+const REFUSED = /^(EROFS|EACCES)$/;
 
 /** Python that tries `op` on each path and prints `path -> result` as JSON. */
 const PROBE = `
@@ -48,14 +49,16 @@ Deno.test({
     const data = await Deno.makeTempDir({ prefix: "valise-data-" });
     const sessions = join(data, "sessions");
     const shared = join(data, "shared", "env1");
-    const a: SessionSpec = { key: "A", root: join(sessions, "A"), pythonPath: [] };
-    const b: SessionSpec = { key: "B", root: join(sessions, "B"), pythonPath: [] };
-    for (const d of [a.root, b.root, shared]) await Deno.mkdir(d, { recursive: true });
+    const a: SessionSpec = { key: "A", root: join(sessions, "A", "root"), pythonPath: [] };
+    const b: SessionSpec = { key: "B", root: join(sessions, "B", "root"), pythonPath: [] };
+    const view = join(sessions, "A", "ro");
+    for (const d of [a.root, b.root, shared, view]) await Deno.mkdir(d, { recursive: true });
     await Deno.writeTextFile(join(b.root, "secret.txt"), "B's data");
-    await Deno.writeTextFile(join(a.root, "blob.txt"), "shared blob");
+    await Deno.writeTextFile(join(view, "blob.txt"), "shared blob");
+    await Deno.symlink("../ro/blob.txt", join(a.root, "blob.txt"));
     await Deno.writeTextFile(join(shared, "lib.py"), "X = 1\n");
     await Deno.symlink(shared, join(a.root, "env"));
-    a.readOnlyPaths = [join(a.root, "blob.txt")];
+    a.readOnlyDirs = [view];
     a.sharedTrees = [shared];
     const l = new Launcher({ sandbox: "bwrap", logger: () => {} });
     try {
@@ -92,14 +95,16 @@ Deno.test({
       assert.equal(out.writeOwn, "ok");
       assert.equal(out.readOwn, "x");
       assert.equal(out.readBlob, "shared blob");
-      assert.equal(out.writeBlob, "EROFS");
+      // Read-only however the worker is mapped: the mount (EROFS) or, for a worker dropped to
+      // its own uid, the file's owner (EACCES) refuses.
+      assert.match(String(out.writeBlob), REFUSED);
       assert.equal(out.readShared, "X = 1\n");
-      assert.equal(out.writeShared, "EROFS");
-      assert.equal(out.newInShared, "EROFS");
+      assert.match(String(out.writeShared), REFUSED);
+      assert.match(String(out.newInShared), REFUSED);
       assert.equal(out.writeUsr, "EROFS");
       assert.equal(out.writeRootfs, "EROFS");
       assert.equal(out.writeTmp, "ok");
-      assert.equal(await Deno.readTextFile(join(a.root, "blob.txt")), "shared blob");
+      assert.equal(await Deno.readTextFile(join(view, "blob.txt")), "shared blob");
       assert.equal(await Deno.readTextFile(join(shared, "lib.py")), "X = 1\n");
       // The private /tmp holds only the mount points leading to the session, not the host's.
       const top = data.startsWith("/tmp/") ? [data.split("/")[2]] : [];
@@ -165,6 +170,87 @@ Deno.test({
       listener.close();
       await accepted.catch(() => {});
       await Deno.remove(root, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "sandbox never runs a worker as host root, and what it plants carries no root setuid",
+  ignore: ignore || Deno.uid() !== 0,
+  async fn() {
+    const data = await Deno.makeTempDir({ prefix: "valise-uid-" });
+    const root = join(data, "root");
+    await Deno.mkdir(root);
+    const l = new Launcher({ sandbox: "bwrap", logger: () => {} });
+    try {
+      const session: SessionSpec = {
+        key: "u",
+        root,
+        pythonPath: [],
+        worker: { uid: 1_900_000_123, gid: 1_900_000_123 },
+      };
+      const r = await collect(l, session, {
+        code: "import os, shutil, json, pwd\n" +
+          "st = {l.split(':')[0]: l.split(':')[1].split() for l in open('/proc/self/status')}\n" +
+          "shutil.copy('/usr/bin/true', 'planted'); os.chmod('planted', 0o4755)\n" +
+          "import multiprocessing; multiprocessing.Lock()\n" +
+          "print(json.dumps([st['Uid'], st['Gid'], st['CapBnd'], st['NoNewPrivs'], " +
+          "os.getgroups(), pwd.getpwuid(os.getuid()).pw_name]))",
+      });
+      assert.equal(r.exit.exitCode, 0, r.stderr);
+      const [uids, gids, capBnd, nnp, groups, name] = JSON.parse(r.stdout);
+      assert.deepEqual(uids, Array(4).fill("1900000123"));
+      assert.deepEqual(gids, Array(4).fill("1900000123"));
+      assert.deepEqual(capBnd, ["0000000000000000"]);
+      assert.deepEqual(nnp, ["1"]);
+      assert.deepEqual(groups, []);
+      assert.equal(name, "valise");
+      // The file the worker planted is its own, never root's, whatever mode it asked for.
+      const planted = await Deno.stat(join(root, "planted"));
+      assert.equal(planted.uid, 1_900_000_123);
+      // The session's directory is the worker's, and only the worker's.
+      const st = await Deno.stat(root);
+      assert.equal(st.uid, 1_900_000_123);
+    } finally {
+      await l.close();
+      await Deno.remove(data, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "sandbox binds never come from a session's files: pyvenv.cfg home and symlinks are ignored",
+  ignore,
+  async fn() {
+    const data = await Deno.makeTempDir({ prefix: "valise-binds-" });
+    const secret = join(data, "secret");
+    const root = join(data, "session", "root");
+    await Deno.mkdir(join(secret, "bin"), { recursive: true });
+    await Deno.writeTextFile(join(secret, "token.txt"), "the server's secret");
+    await Deno.mkdir(join(root, "env", "bin"), { recursive: true });
+    // A venv whose python is the system's, with a pyvenv.cfg naming a directory to expose.
+    await Deno.symlink("/usr/bin/python3", join(root, "env", "bin", "python"));
+    await Deno.writeTextFile(join(root, "env", "pyvenv.cfg"), `home = ${join(secret, "bin")}\n`);
+    // And an interpreter that is a symlink into that directory.
+    await Deno.copyFile("/usr/bin/python3", join(secret, "bin", "python"));
+    await Deno.chmod(join(secret, "bin", "python"), 0o755);
+    await Deno.symlink(join(secret, "bin", "python"), join(root, "sneaky"));
+    const l = new Launcher({ sandbox: "bwrap", logger: () => {} });
+    try {
+      const base = { key: "b", root, pythonPath: [] };
+      const r = await collect(l, { ...base, interpreter: "env/bin/python" }, {
+        code: "import os\nprint(os.path.exists(" + JSON.stringify(join(secret, "token.txt")) +
+          "))",
+      });
+      assert.equal(r.exit.exitCode, 0, r.stderr);
+      assert.equal(r.stdout.trim(), "False");
+      await assert.rejects(
+        collect(l, { ...base, interpreter: "sneaky" }, { code: "print(1)" }),
+        (e: Error) => e.name === "LaunchError" && /does not allow/.test(e.message),
+      );
+    } finally {
+      await l.close();
+      await Deno.remove(data, { recursive: true });
     }
   },
 });
