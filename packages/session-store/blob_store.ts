@@ -17,9 +17,12 @@ export class BlobStore {
     this.root = root;
   }
 
-  /** Creates the store's directory. */
+  /** Creates the store's directory, reachable by the server's user only. */
   async init(): Promise<void> {
     await Deno.mkdir(this.root, { recursive: true });
+    // Workers reach a session's blobs through hard links in its own view, never through here.
+    await Deno.chmod(join(this.root, ".."), 0o700);
+    await Deno.chmod(this.root, 0o700);
   }
 
   /**
@@ -50,11 +53,21 @@ export class BlobStore {
    * @param sha256 The digest of the file's bytes, computed while it was written.
    * @returns The blob's path and whether this call added it.
    */
-  async adopt(staged: string, sha256: string): Promise<{ path: string; added: boolean }> {
+  async adopt(
+    staged: string,
+    sha256: string,
+    size?: number,
+  ): Promise<{ path: string; added: boolean }> {
     const target = this.path(sha256);
-    if (await exists(target)) {
+    const held = await Deno.lstat(target).catch(() => undefined);
+    if (held && this.#trusted(held, size)) {
       // The staged copy is left to its upload's cleanup, off the path to the client's answer.
       return { path: target, added: false };
+    }
+    if (held) {
+      // Not as the server leaves a blob (mode, owner, size): never adopted as that content.
+      // Sessions that link the old inode keep it; the name now gets the bytes just verified.
+      await Deno.remove(target).catch(() => {});
     }
     await Deno.mkdir(join(this.root, sha256.slice(0, 2)), { recursive: true });
     await Deno.chmod(staged, 0o444);
@@ -69,6 +82,18 @@ export class BlobStore {
     }
     await syncDir(join(this.root, sha256.slice(0, 2)));
     return { path: target, added: true };
+  }
+
+  /**
+   * Whether a stored blob is as only the server leaves one: a regular file of the expected size,
+   * mode 0444, owned by the server's user. Workers never get a writable path to a blob; this
+   * check keeps even a file changed some other way from being trusted as that content.
+   */
+  #trusted(st: Deno.FileInfo, size: number | undefined): boolean {
+    if (!st.isFile || ((st.mode ?? 0o444) & 0o7777) !== 0o444) return false;
+    if (size !== undefined && st.size !== size) return false;
+    const uid = Deno.uid();
+    return uid === null || st.uid === null || st.uid === uid;
   }
 
   /** The (device, inode) of every stored blob, to recognise links to blobs elsewhere. */

@@ -22,6 +22,10 @@ export interface ArtifactRecord {
   readonly sha256: string;
   /** Size in bytes. */
   readonly size: number;
+  /** For an unpacked archive: bytes of its tree, counted against the session's quotas. */
+  readonly treeBytes?: number;
+  /** For an unpacked archive: entries (files, directories, links) of its tree. */
+  readonly treeEntries?: number;
   /** When it was committed (ms since the epoch). */
   readonly addedAt: number;
 }
@@ -42,6 +46,11 @@ export interface SessionManifest {
   artifacts: Record<string, ArtifactRecord>;
   /** Explicitly set config values. */
   config: Record<string, string>;
+  /**
+   * The host uid and gid the session's workers run as, when the store gives each session its
+   * own (the server runs as root).
+   */
+  worker?: { uid: number; gid: number };
 }
 
 /** Reads a manifest; `undefined` when there is none. */

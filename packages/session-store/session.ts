@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { dirname, join } from "node:path";
 import { type ArtifactName, executorViewName, parseArtifactName } from "@valise/protocol";
-import { Mutex, removeAtomicLeftovers } from "./_fs.ts";
+import { Mutex, removeAll, removeAtomicLeftovers } from "./_fs.ts";
 import type { BlobStore } from "./blob_store.ts";
 import type { TreeInfo, TreeStore } from "./tree_store.ts";
 import { PYTHON_EXEC_KEY, SessionConfig } from "./config.ts";
@@ -25,12 +25,18 @@ export interface ArchiveUnpacker {
 
 /** Limits on what sessions and users may store. */
 export interface Quotas {
-  /** Most bytes of artifacts one session may hold. */
+  /** Most bytes of artifacts, and of the trees they unpack to, one session may hold. */
   readonly maxSessionBytes: number;
   /** Most artifacts one session may hold. */
   readonly maxSessionArtifacts: number;
-  /** Most bytes of artifacts all sessions of one user may hold. */
+  /** Most entries (files, directories, links) of unpacked trees one session may hold. */
+  readonly maxSessionEntries: number;
+  /** Most bytes of artifacts and unpacked trees all sessions of one user may hold. */
   readonly maxUserBytes: number;
+  /** Most live sessions one user may have. */
+  readonly maxSessionsPerUser: number;
+  /** Most live sessions in all. */
+  readonly maxSessions: number;
   /** Uploads are refused, and stopped, when the data directory's free space falls below this. */
   readonly minFreeBytes: number;
 }
@@ -93,9 +99,18 @@ export class Session {
   readonly serverSideSessionId: string;
   /** The session's own directory. */
   readonly dir: string;
-  /** The working directory of the session's workers. */
+  /**
+   * The working directory of the session's workers, which they may write. The server puts only
+   * symlinks here (`x` → `../ro/x`), never a link to shared bytes, and never follows anything
+   * in it.
+   */
   readonly root: string;
-  /** Artifacts by name. */
+  /**
+   * The session's read-only view of its artifacts (`<dir>/ro`): hard links to blobs and
+   * symlinks to shared trees, written by the server only. Workers see it read-only.
+   */
+  readonly viewDir: string;
+  /** Artifacts by name (Spark's layout; never shown to workers). */
   readonly artifactsDir: string;
   /** The session's config. */
   readonly config: SessionConfig;
@@ -111,6 +126,7 @@ export class Session {
   constructor(dir: string, manifest: SessionManifest, ctx: SessionContext) {
     this.dir = dir;
     this.root = join(dir, "root");
+    this.viewDir = join(dir, "ro");
     this.artifactsDir = join(dir, "artifacts");
     this.userId = manifest.userId;
     this.sessionId = manifest.sessionId;
@@ -124,6 +140,11 @@ export class Session {
   /** Whether the session was released. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The host uid and gid its workers run as, when it has its own. */
+  get worker(): { uid: number; gid: number } | undefined {
+    return this.#manifest.worker;
   }
 
   /** Whether work is in progress (uploads, runs): idle expiry skips busy sessions. */
@@ -169,6 +190,11 @@ export class Session {
       .filter((a) => a.kind === "pyfiles" && a.view && /\.(zip|egg|jar)$/i.test(a.view))
       .sort((a, b) => a.addedAt - b.addedAt)
       .map((a) => a.view!);
+  }
+
+  /** Store paths of the shared trees the session's archives unpacked to. */
+  sharedTrees(): string[] {
+    return this.artifacts().flatMap((a) => (a.tree ? [this.#ctx.trees.path(a.tree)] : []));
   }
 
   /** The interpreter the session chose (`spark.sql.execution.pyspark.python`), if any. */
@@ -224,16 +250,43 @@ export class Session {
    * @throws {SessionError} `BLOB_NOT_FOUND` when the server does not hold the digest.
    */
   attach(rawName: string, sha256: string): Promise<void> {
+    return this.attachAll([{ name: rawName, sha256 }]).then((r) => {
+      if (r.error) throw r.error;
+    });
+  }
+
+  /**
+   * Adds artifacts by digest, in order, writing the manifest once. Stops at the first one that
+   * is refused; those before it stay added.
+   *
+   * @param items Names and digests.
+   * @returns The names added, and the error that stopped the rest, if any.
+   */
+  attachAll(
+    items: readonly { name: string; sha256: string }[],
+  ): Promise<{ attached: string[]; error: SessionError | undefined }> {
     return this.#lock.run(async () => {
       this.#checkOpen();
-      const name = parseArtifactName(rawName);
-      let size = 0;
+      const attached: string[] = [];
+      let changed = false;
+      let error: SessionError | undefined;
       try {
-        size = (await Deno.stat(this.#ctx.blobs.path(sha256))).size;
-      } catch { /* #place reports the missing blob once it holds the pin */ }
-      if (await this.#place(name, sha256, size, undefined)) {
-        await this.#writeManifest();
+        for (const item of items) {
+          const name = parseArtifactName(item.name);
+          let size = 0;
+          try {
+            size = (await Deno.stat(this.#ctx.blobs.path(item.sha256))).size;
+          } catch { /* #place reports the missing blob once it holds the pin */ }
+          changed = (await this.#place(name, item.sha256, size, undefined)) || changed;
+          attached.push(item.name);
+        }
+      } catch (e) {
+        if (!(e instanceof SessionError)) throw e;
+        error = e;
+      } finally {
+        if (changed) await this.#writeManifest();
       }
+      return { attached, error };
     });
   }
 
@@ -241,9 +294,46 @@ export class Session {
     return await this.#place(staged.name, staged.sha256, staged.size, staged.file);
   }
 
-  /** Bytes of all committed artifacts. */
+  /** Bytes of all committed artifacts and of the trees they unpacked to. */
   bytes(): number {
-    return this.artifacts().reduce((n, a) => n + a.size, 0);
+    return this.artifacts().reduce((n, a) => n + a.size + (a.treeBytes ?? 0), 0);
+  }
+
+  /** Entries of the trees the session's archives unpacked to. */
+  entries(): number {
+    return this.artifacts().reduce((n, a) => n + (a.treeEntries ?? 0), 0);
+  }
+
+  /** Refuses adding `bytes` and `entries` when a quota of the session or its user would break. */
+  #checkQuota(name: ArtifactName, bytes: number, entries: number): void {
+    const q = this.#ctx.quotas;
+    const sessionBytes = this.bytes() + bytes;
+    if (sessionBytes > q.maxSessionBytes) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot add ${name.raw}: the session would hold ${sessionBytes} bytes of artifacts and ` +
+          `unpacked archives, the limit per session is ${q.maxSessionBytes} bytes.`,
+        { reason: "SESSION_BYTES" },
+      );
+    }
+    const sessionEntries = this.entries() + entries;
+    if (sessionEntries > q.maxSessionEntries) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot add ${name.raw}: the session's unpacked archives would hold ${sessionEntries} ` +
+          `files, the limit per session is ${q.maxSessionEntries}.`,
+        { reason: "SESSION_ENTRIES" },
+      );
+    }
+    const userBytes = this.#ctx.userBytes(this.userId) + bytes;
+    if (userBytes > q.maxUserBytes) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot add ${name.raw}: the sessions of user ${JSON.stringify(this.userId)} would hold ` +
+          `${userBytes} bytes, the limit per user is ${q.maxUserBytes} bytes.`,
+        { reason: "USER_BYTES" },
+      );
+    }
   }
 
   /** Puts one artifact in place; returns whether the manifest changed. */
@@ -312,6 +402,7 @@ export class Session {
     // slip in between (the race behind Ray's most common runtime_env failure).
     const unpinBlob = await this.#ctx.pin(`b:${sha256}`);
     const unpinTree = treeKey ? await this.#ctx.pin(`t:${treeKey}`) : () => {};
+    const made: string[] = [];
     try {
       if (!stagedFile && !(await this.#ctx.blobs.has(sha256))) {
         throw new SessionError(
@@ -320,26 +411,19 @@ export class Session {
         );
       }
       const blob = stagedFile
-        ? (await this.#ctx.blobs.adopt(stagedFile, sha256)).path
+        ? (await this.#ctx.blobs.adopt(stagedFile, sha256, size)).path
         : this.#ctx.blobs.path(sha256);
-      const byName = join(this.artifactsDir, key);
-      await linkFresh(blob, byName);
-      if (view !== undefined) {
-        const target = join(this.root, view);
+      let tree: { path: string; info: TreeInfo } | undefined;
+      if (treeKey && unpacker) {
         try {
-          if (treeKey && unpacker) {
-            // Not cancelled with this client's call: the tree is shared, and other sessions may
-            // be waiting for it; a finished tree is kept for the next add.
-            const tree = await this.#ctx.trees.ensure(
-              treeKey,
-              (dest) => unpacker.unpack(blob, dest, {}),
-            );
-            await symlinkFresh(tree.path, target);
-          } else {
-            await linkFresh(blob, target);
-          }
+          // Not cancelled with this client's call: the tree is shared, and other sessions may
+          // be waiting for it; a finished tree is kept for the next add.
+          const t = await this.#ctx.trees.ensure(
+            treeKey,
+            (dest) => unpacker.unpack(blob, dest, {}),
+          );
+          tree = { path: t.path, info: await this.#ctx.trees.info(treeKey) };
         } catch (e) {
-          await Deno.remove(byName).catch(() => {});
           if (e instanceof SessionError) throw e;
           const code = (e as { code?: unknown }).code;
           throw new SessionError(
@@ -348,6 +432,19 @@ export class Session {
             { cause: e, ...(typeof code === "string" ? { reason: code } : {}) },
           );
         }
+      }
+      this.#checkQuota(name, size + (tree?.info.bytes ?? 0), tree?.info.entries ?? 0);
+      const byName = join(this.artifactsDir, key);
+      await linkFresh(blob, byName);
+      made.push(byName);
+      if (view !== undefined) {
+        const inView = join(this.viewDir, view);
+        if (tree) await symlinkFresh(tree.path, inView);
+        else await linkFresh(blob, inView);
+        made.push(inView);
+        const inRoot = join(this.root, view);
+        await placeInRoot(view, inRoot);
+        made.push(inRoot);
       }
       this.#ctx.touch(`b:${sha256}`);
       if (treeKey) this.#ctx.touch(`t:${treeKey}`);
@@ -361,11 +458,15 @@ export class Session {
         ...(treeKey !== undefined ? { tree: treeKey } : {}),
         sha256,
         size,
+        ...(tree ? { treeBytes: tree.info.bytes, treeEntries: tree.info.entries } : {}),
         addedAt: Date.now(),
       };
       this.#manifest.artifacts[key] = record;
+      made.length = 0;
       return true;
     } finally {
+      // What a refused add made goes again, newest first; the manifest never named it.
+      for (const p of made.reverse()) await Deno.remove(p).catch(() => {});
       unpinTree();
       unpinBlob();
     }
@@ -374,7 +475,8 @@ export class Session {
   /**
    * Brings the directories back in line with the manifest after a restart: links an
    * interrupted commit made but never recorded are removed, recorded ones that are missing
-   * are made again. Files the session's workers wrote are left alone.
+   * are made again. Files the session's workers wrote are left alone. A session of an older
+   * layout (links to shared blobs inside the workers' directory) is moved to this one.
    */
   async reconcile(blobInodes: Set<string>): Promise<void> {
     const records = this.artifacts();
@@ -382,29 +484,38 @@ export class Session {
     const views = new Set(records.flatMap((r) => (r.view ? [r.view] : [])));
     await Deno.mkdir(this.root, { recursive: true });
     await Deno.mkdir(this.artifactsDir, { recursive: true });
+    await Deno.mkdir(this.viewDir, { recursive: true });
     await removeAtomicLeftovers(this.dir);
     for (const rel of await listFiles(this.artifactsDir)) {
       if (!keys.has(rel)) await Deno.remove(join(this.artifactsDir, rel));
     }
+    for await (const e of Deno.readDir(this.viewDir)) {
+      if (!views.has(e.name)) await removeAll(join(this.viewDir, e.name));
+    }
     const leftovers: string[] = [];
     for await (const e of Deno.readDir(this.root)) {
-      if (views.has(e.name)) continue;
       const path = join(this.root, e.name);
       const st = await Deno.lstat(path);
-      const intoTrees = st.isSymlink &&
-        (await Deno.readLink(path)).startsWith(this.#ctx.trees.root + "/");
-      // A link to a blob, or to a tree, that no record names is the leftover of an interrupted
-      // commit; anything else here was written by the session's workers and stays.
-      if (intoTrees || (st.isFile && blobInodes.has(`${st.dev}:${st.ino}`))) leftovers.push(path);
+      const target = st.isSymlink ? await Deno.readLink(path) : undefined;
+      const ours = target !== undefined &&
+        (target === `../ro/${e.name}` || target.startsWith(this.#ctx.trees.root + "/"));
+      // A server-made link no record names is the leftover of an interrupted commit; a hard
+      // link to a blob is the older layout's, which let a worker write shared bytes. Anything
+      // else here was written by the session's workers and stays.
+      const blobLink = st.isFile && blobInodes.has(`${st.dev}:${st.ino}`);
+      if ((ours && !views.has(e.name)) || blobLink || (ours && target !== `../ro/${e.name}`)) {
+        leftovers.push(path);
+      }
     }
     for (const path of leftovers) await Deno.remove(path);
     for (const r of records) {
       const blob = this.#ctx.blobs.path(r.sha256);
       await linkFresh(blob, join(this.artifactsDir, r.key)).catch(() => {});
       if (r.view === undefined) continue;
-      const target = join(this.root, r.view);
-      if (r.tree) await symlinkFresh(this.#ctx.trees.path(r.tree), target).catch(() => {});
-      else await linkFresh(blob, target).catch(() => {});
+      const inView = join(this.viewDir, r.view);
+      if (r.tree) await symlinkFresh(this.#ctx.trees.path(r.tree), inView).catch(() => {});
+      else await linkFresh(blob, inView).catch(() => {});
+      await placeInRoot(r.view, join(this.root, r.view)).catch(() => {});
     }
   }
 
@@ -460,9 +571,13 @@ export class Session {
     };
   }
 
-  /** Marks the session closed; the store removes its directory. */
-  markClosed(): void {
+  /**
+   * Marks the session closed once the change in progress (a commit, an attach, a config
+   * write) has finished, so that nothing writes into its directory after the store removes it.
+   */
+  close(): Promise<void> {
     this.#closed = true;
+    return this.#lock.run(() => Promise.resolve());
   }
 
   #checkOpen(): void {
@@ -475,12 +590,36 @@ export class Session {
   }
 
   #persist(): Promise<void> {
-    return this.#lock.run(() => this.#writeManifest());
+    return this.#lock.run(() => {
+      this.#checkOpen();
+      return this.#writeManifest();
+    });
   }
 
   #writeManifest(): Promise<void> {
     this.#manifest.config = this.config.toJSON();
     return writeManifest(join(this.dir, "manifest.json"), this.#manifest);
+  }
+}
+
+/**
+ * Shows an artifact in the workers' directory as a relative symlink into the read-only view.
+ * The directory is the workers' to write: nothing in it is followed, and an entry they made
+ * under that name is never replaced.
+ */
+async function placeInRoot(view: string, path: string): Promise<void> {
+  const target = `../ro/${view}`;
+  try {
+    await Deno.symlink(target, path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    const st = await Deno.lstat(path);
+    if (st.isSymlink && (await Deno.readLink(path)) === target) return;
+    throw new SessionError(
+      "ARTIFACT_ALREADY_EXISTS",
+      `Cannot show the artifact as ./${view}: the session's working directory already holds ` +
+        `./${view}, written by its workers. Remove it, or choose another name.`,
+    );
   }
 }
 

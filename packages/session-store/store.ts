@@ -43,9 +43,16 @@ export interface SessionStoreOptions {
   cacheBytes?: number;
   /**
    * Storage limits per session and per user, and the free-disk floor.
-   * @default {{ maxSessionBytes: 64 GiB, maxSessionArtifacts: 10000, maxUserBytes: 256 GiB, minFreeBytes: 1 GiB }}
+   * @default {{ maxSessionBytes: 64 GiB, maxSessionArtifacts: 10000, maxSessionEntries: 1000000, maxUserBytes: 256 GiB, maxSessionsPerUser: 100, maxSessions: 10000, minFreeBytes: 1 GiB }}
    */
   quotas?: Partial<Quotas>;
+  /**
+   * Give each session its own host uid and gid from this range, for its workers: the store
+   * makes the session's working directory theirs and its other directories reachable only by
+   * them and the server. Needs a store running as root.
+   * @default {undefined} workers run as whatever the launcher chooses
+   */
+  workerIds?: { first: number; count: number } | undefined;
 }
 
 /** What a garbage collection removed. */
@@ -93,6 +100,9 @@ export class SessionStore {
   #idleTimeoutMs: number;
   #maxTombstones: number;
   #hooks: ReleaseHook[] = [];
+  #releasing = new Map<string, Promise<unknown>>();
+  #workerIds: { first: number; count: number } | undefined;
+  #idsInUse = new Set<number>();
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -102,10 +112,28 @@ export class SessionStore {
     const quotas: Quotas = {
       maxSessionBytes: 64 * 2 ** 30,
       maxSessionArtifacts: 10_000,
+      maxSessionEntries: 1_000_000,
       maxUserBytes: 256 * 2 ** 30,
+      maxSessionsPerUser: 100,
+      maxSessions: 10_000,
       minFreeBytes: 2 ** 30,
       ...options.quotas,
     };
+    const ids = options.workerIds;
+    if (ids !== undefined) {
+      if (
+        !Number.isSafeInteger(ids.first) || !Number.isSafeInteger(ids.count) || ids.first < 1000 ||
+        ids.count < 1 || ids.first + ids.count > 2 ** 32 - 2
+      ) {
+        throw new RangeError(
+          `Cannot use worker ids ${ids.first}+${ids.count}: not a range of unprivileged ids`,
+        );
+      }
+      if (Deno.uid() !== 0) {
+        throw new TypeError("Cannot give sessions their own worker ids: the store is not root");
+      }
+      this.#workerIds = ids;
+    }
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
     this.#maxTombstones = options.maxTombstones ?? 1000;
     this.#ctx = {
@@ -151,6 +179,10 @@ export class SessionStore {
 
   async #init(): Promise<void> {
     await Deno.mkdir(join(this.dataDir, "sessions"), { recursive: true });
+    // Traversable, not listable: without a sandbox a worker reaches its own session by path;
+    // nobody learns the names of the others.
+    await Deno.chmod(this.dataDir, 0o711);
+    await Deno.chmod(join(this.dataDir, "sessions"), 0o711);
     await removeAtomicLeftovers(this.dataDir);
     await this.blobs.init();
     // Half-unpacked trees of a crash are removed here; complete ones are kept.
@@ -182,11 +214,106 @@ export class SessionStore {
           await removeAll(dir);
           continue;
         }
+        const assigned = this.#restoreWorker(manifest);
         const session = new Session(dir, manifest, this.#ctx);
         await session.reconcile(blobInodes);
+        await this.#secure(session, assigned);
         this.#sessions.set(keyOf(manifest.userId, manifest.sessionId), session);
       }
     }
+  }
+
+  /** The range of worker ids sessions get, if they get their own. */
+  get workerIds(): Readonly<{ first: number; count: number }> | undefined {
+    return this.#workerIds;
+  }
+
+  /** Keeps a restored session's worker id, or gives it a new one (range changed, or none). */
+  #restoreWorker(manifest: SessionManifest): boolean {
+    const ids = this.#workerIds;
+    if (!ids) {
+      delete manifest.worker;
+      return false;
+    }
+    const w = manifest.worker;
+    if (
+      w && w.uid === w.gid && w.uid >= ids.first && w.uid < ids.first + ids.count &&
+      !this.#idsInUse.has(w.uid)
+    ) {
+      this.#idsInUse.add(w.uid);
+      return false;
+    }
+    const id = this.#allocateId();
+    manifest.worker = { uid: id, gid: id };
+    return true;
+  }
+
+  #allocateId(): number {
+    const ids = this.#workerIds!;
+    if (this.#idsInUse.size >= ids.count) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot create a session: all ${ids.count} worker ids of the server are in use; ` +
+          "release sessions, or give the server a larger --worker-ids range.",
+        { reason: "WORKER_IDS" },
+      );
+    }
+    // Random, not sequential: an id lately freed is unlikely to be handed out again soon.
+    for (;;) {
+      const buf = new Uint32Array(1);
+      crypto.getRandomValues(buf);
+      const id = ids.first + (buf[0]! % ids.count);
+      if (!this.#idsInUse.has(id)) {
+        this.#idsInUse.add(id);
+        return id;
+      }
+    }
+  }
+
+  /**
+   * Lends a worker id of the store's range for work that is no session's (running an archive's
+   * own code while it is unpacked); `undefined` without a range.
+   *
+   * @returns The id and a function that gives it back.
+   */
+  leaseWorkerId(): { uid: number; gid: number; release: () => void } | undefined {
+    if (!this.#workerIds) return undefined;
+    const id = this.#allocateId();
+    let done = false;
+    return {
+      uid: id,
+      gid: id,
+      release: () => {
+        if (done) return;
+        done = true;
+        this.#idsInUse.delete(id);
+      },
+    };
+  }
+
+  /**
+   * Sets a session's directories' owners and modes: its directory reachable only by the server
+   * and its workers, its view readable by them but only the server's to write, its working
+   * directory theirs. With `rechown`, also gives the working directory's contents to the
+   * session's (new) worker id.
+   */
+  async #secure(session: Session, rechown: boolean): Promise<void> {
+    const w = session.worker;
+    await Deno.chmod(join(session.dir, ".."), 0o711);
+    if (!w) {
+      for (const d of [session.dir, session.root, session.viewDir, session.artifactsDir]) {
+        await Deno.chmod(d, 0o700);
+      }
+      return;
+    }
+    await Deno.chown(session.dir, 0, w.gid);
+    await Deno.chmod(session.dir, 0o710);
+    await Deno.chown(session.viewDir, 0, w.gid);
+    await Deno.chmod(session.viewDir, 0o750);
+    await Deno.chmod(session.artifactsDir, 0o700);
+    if (rechown) await chownTree(session.root, w.uid, w.gid);
+    else await Deno.chown(session.root, w.uid, w.gid);
+    await Deno.chmod(session.root, 0o700);
   }
 
   /**
@@ -308,6 +435,8 @@ export class SessionStore {
       );
     }
     const key = keyOf(userId, sessionId);
+    // A release in progress finishes before the pair can be used again (allowReconnect).
+    await this.#releasing.get(key);
     if (this.#tombstones.has(key)) {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_CLOSED",
@@ -341,6 +470,26 @@ export class SessionStore {
   }
 
   async #create(userId: string, sessionId: string): Promise<Session> {
+    const q = this.#ctx.quotas;
+    const all = this.sessions();
+    if (all.length + this.#creating.size > q.maxSessions) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot create a session: the server holds ${all.length} sessions, the most it keeps ` +
+          `is ${q.maxSessions}. Release sessions you no longer use.`,
+        { reason: "SESSIONS" },
+      );
+    }
+    const mine = all.filter((s) => s.userId === userId).length;
+    if (mine >= q.maxSessionsPerUser) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot create a session for user ${JSON.stringify(userId)}: they hold ${mine} ` +
+          `sessions, the most one user may hold is ${q.maxSessionsPerUser}. Release sessions ` +
+          "you no longer use (spark.stop()).",
+        { reason: "USER_SESSIONS" },
+      );
+    }
     const dir = this.sessionDir(userId, sessionId);
     const manifest: SessionManifest = {
       version: 1,
@@ -351,12 +500,23 @@ export class SessionStore {
       artifacts: {},
       config: {},
     };
-    await Deno.mkdir(join(dir, "root"), { recursive: true });
-    await Deno.mkdir(join(dir, "artifacts"), { recursive: true });
-    await writeManifest(join(dir, "manifest.json"), manifest);
-    const session = new Session(dir, manifest, this.#ctx);
-    this.#sessions.set(keyOf(userId, sessionId), session);
-    return session;
+    if (this.#workerIds) {
+      const id = this.#allocateId();
+      manifest.worker = { uid: id, gid: id };
+    }
+    try {
+      await Deno.mkdir(join(dir, "root"), { recursive: true });
+      await Deno.mkdir(join(dir, "artifacts"), { recursive: true });
+      await Deno.mkdir(join(dir, "ro"), { recursive: true });
+      const session = new Session(dir, manifest, this.#ctx);
+      await this.#secure(session, false);
+      await writeManifest(join(dir, "manifest.json"), manifest);
+      this.#sessions.set(keyOf(userId, sessionId), session);
+      return session;
+    } catch (e) {
+      if (manifest.worker) this.#idsInUse.delete(manifest.worker.uid);
+      throw e;
+    }
   }
 
   /**
@@ -372,17 +532,27 @@ export class SessionStore {
     options: { allowReconnect?: boolean } = {},
   ): Promise<string | undefined> {
     const key = keyOf(userId, sessionId);
+    await this.#releasing.get(key);
     const session = this.#sessions.get(key);
     if (!session) return undefined;
     this.#sessions.delete(key);
-    session.markClosed();
-    if (!options.allowReconnect) await this.#tombstone(key);
-    for (const hook of this.#hooks) await hook(session);
-    // Rename first so that a crash half-way through the delete is finished at start-up,
-    // never restored as a session with missing files.
-    const doomed = join(session.dir, "..", `.released-${crypto.randomUUID()}`);
-    await Deno.rename(session.dir, doomed);
-    await removeAll(doomed);
+    let finish!: () => void;
+    this.#releasing.set(key, new Promise<void>((r) => finish = r));
+    try {
+      // A commit or config write under way finishes first; none starts after this.
+      await session.close();
+      if (!options.allowReconnect) await this.#tombstone(key);
+      for (const hook of this.#hooks) await hook(session);
+      // Rename first so that a crash half-way through the delete is finished at start-up,
+      // never restored as a session with missing files.
+      const doomed = join(session.dir, "..", `.released-${crypto.randomUUID()}`);
+      await Deno.rename(session.dir, doomed);
+      await removeAll(doomed);
+      if (session.worker) this.#idsInUse.delete(session.worker.uid);
+    } finally {
+      this.#releasing.delete(key);
+      finish();
+    }
     const now = Date.now();
     for (const a of session.artifacts()) {
       this.#lastUsed.set(`b:${a.sha256}`, now);
@@ -439,4 +609,18 @@ function keyOf(userId: string, sessionId: string): string {
  */
 function userDirName(userId: string): string {
   return "u-" + createHash("sha256").update(userId).digest("hex").slice(0, 32);
+}
+
+/**
+ * Gives a directory and everything in it to uid/gid, never following a symlink (Deno cannot
+ * change a symlink's own owner; it does not matter for access).
+ */
+async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
+  const st = await Deno.lstat(dir);
+  if (st.isSymlink) return;
+  await Deno.chown(dir, uid, gid);
+  if (!st.isDirectory) return;
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.isSymlink) await chownTree(join(dir, e.name), uid, gid);
+  }
 }

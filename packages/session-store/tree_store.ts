@@ -48,6 +48,9 @@ export class TreeStore {
    */
   async init(): Promise<void> {
     await Deno.mkdir(this.root, { recursive: true });
+    // Traversable, not listable: a worker without a sandbox reaches a tree its session links
+    // to, but cannot learn which others exist.
+    await Deno.chmod(this.root, 0o711);
     for await (const e of Deno.readDir(this.root)) {
       const path = join(this.root, e.name);
       if (e.name.startsWith(".")) {
@@ -115,12 +118,16 @@ export class TreeStore {
 }
 
 /**
- * Takes write permission away from everything in a shared tree, so that without a sandbox a
- * worker running as another user, and with one any worker, cannot change what other sessions
- * see. (The owner can chmod it back; the sandbox binds trees read-only.)
+ * Takes write permission, and setuid/setgid bits, away from everything in a shared tree and
+ * makes it readable by all, so that workers of every session's uid can use it and none can
+ * change what other sessions see. (The sandbox also binds trees read-only.) `chmod -R` never
+ * follows the tree's symlinks.
  */
 async function makeReadOnly(dir: string): Promise<void> {
-  const p = new Deno.Command("chmod", { args: ["-R", "a-w", dir], stderr: "piped" });
+  const p = new Deno.Command("chmod", {
+    args: ["-R", "a-w,a+rX,ug-s", dir],
+    stderr: "piped",
+  });
   const out = await p.output();
   if (!out.success) {
     throw new Error(`Cannot make ${dir} read-only: ${new TextDecoder().decode(out.stderr)}`);
