@@ -2,7 +2,8 @@
 // here): the session it creates holds the module, the unpacked environment and the config.
 import { equal, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { serve } from "@valise/server";
+import { DEFAULT_LIMITS } from "@valise/launcher";
+import { serve, sessionSpec } from "@valise/server";
 import { makeVenvPack } from "./fixtures/envs.ts";
 import { removeTree } from "./_util.ts";
 
@@ -35,15 +36,10 @@ Deno.test("examples/pyspark: addArtifacts + conf.set give the session its enviro
     // The session's worker sees both artifacts, with the environment's interpreter.
     let stdout = "";
     for await (
-      const ev of server.valise.launcher.run({
-        key: "example",
-        root: s.root,
-        pythonPath: s.pythonPath(),
-        sharedTrees: s.artifacts().flatMap((a) =>
-          a.tree ? [Deno.realPathSync(join(s.root, a.view!))] : []
-        ),
-        interpreter: s.interpreter()!,
-      }, { code: "import util, envlib; print(util.double(envlib.X))" })
+      const ev of server.valise.launcher.run(
+        sessionSpec(s, DEFAULT_LIMITS),
+        { code: "import util, envlib; print(util.double(envlib.X))" },
+      )
     ) {
       if (ev.kind === "stdout") stdout += new TextDecoder().decode(ev.data);
     }

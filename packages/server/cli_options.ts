@@ -21,6 +21,9 @@ Storage (sizes take K, M, G, T suffixes, powers of 1024):
   --max-session-artifacts N   artifacts one session may hold (default 10000)
   --max-user-bytes SIZE       artifacts all sessions of a user may hold (default 256G)
   --min-free-bytes SIZE       refuse and stop uploads below this much free disk (default 1G)
+  --max-session-files N       files of unpacked archives one session may hold (default 1000000)
+  --max-sessions-per-user N   live sessions one user may have (default 100)
+  --max-sessions N            live sessions in all (default 10000)
 
 Workers:
   --python PATH               interpreter of sessions that choose none (default python3)
@@ -32,6 +35,11 @@ Workers:
   --max-workers N             concurrent runs in total (default 16)
   --worker-memory SIZE        address-space limit per worker (default 2G)
   --worker-output-bytes SIZE  stdout+stderr per run (default 16M)
+  --worker-processes N        processes+threads of one session's sandbox (default 512)
+  --sandbox-memory SIZE       memory of one session's sandbox as a whole, with cgroups (default 8G)
+  --max-fork-servers N        warm fork servers kept in total (default 64)
+  --worker-ids FIRST:COUNT    host uids/gids for sessions' workers, one per session, when the
+                              server runs as root; none = one uid, nobody (default 1900000000:1000000)
 
 Other:
   --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
@@ -107,6 +115,13 @@ export function parseServeCommand(
         "max-session-artifacts": { type: "string" },
         "max-user-bytes": { type: "string" },
         "min-free-bytes": { type: "string" },
+        "max-session-files": { type: "string" },
+        "max-sessions-per-user": { type: "string" },
+        "max-sessions": { type: "string" },
+        "worker-processes": { type: "string" },
+        "sandbox-memory": { type: "string" },
+        "max-fork-servers": { type: "string" },
+        "worker-ids": { type: "string" },
         python: { type: "string" },
         "allow-interpreter": { type: "string", multiple: true },
         sandbox: { type: "string" },
@@ -149,7 +164,29 @@ export function parseServeCommand(
     ...(v["min-free-bytes"]
       ? { minFreeBytes: parseSize(v["min-free-bytes"], "--min-free-bytes") }
       : {}),
+    ...(v["max-session-files"]
+      ? { maxSessionEntries: int(v["max-session-files"], "--max-session-files", 1) }
+      : {}),
+    ...(v["max-sessions-per-user"]
+      ? { maxSessionsPerUser: int(v["max-sessions-per-user"], "--max-sessions-per-user", 1) }
+      : {}),
+    ...(v["max-sessions"] ? { maxSessions: int(v["max-sessions"], "--max-sessions", 1) } : {}),
   };
+  let workerIds: ServeOptions["workerIds"];
+  if (v["worker-ids"] !== undefined) {
+    if (v["worker-ids"] === "none") {
+      workerIds = "none";
+    } else {
+      const m = /^(\d+):(\d+)$/.exec(v["worker-ids"]);
+      if (!m) {
+        throw new UsageError(`--worker-ids: "${v["worker-ids"]}" is not FIRST:COUNT or none`);
+      }
+      workerIds = {
+        first: int(m[1]!, "--worker-ids FIRST", 1000, 2 ** 32 - 3),
+        count: int(m[2]!, "--worker-ids COUNT", 1, 2 ** 31),
+      };
+    }
+  }
   const sandbox = v.sandbox ?? "auto";
   if (!["auto", "bwrap", "none"].includes(sandbox)) {
     throw new UsageError(`--sandbox: "${sandbox}" is not one of auto, bwrap, none`);
@@ -173,6 +210,12 @@ export function parseServeCommand(
     ...(v["worker-output-bytes"]
       ? { outputBytes: parseSize(v["worker-output-bytes"], "--worker-output-bytes") }
       : {}),
+    ...(v["worker-processes"]
+      ? { processes: int(v["worker-processes"], "--worker-processes", 0) }
+      : {}),
+    ...(v["sandbox-memory"]
+      ? { sandboxMemoryBytes: parseSize(v["sandbox-memory"], "--sandbox-memory") }
+      : {}),
   };
   const token = v.token ?? e("VALISE_TOKEN");
   return {
@@ -189,11 +232,15 @@ export function parseServeCommand(
       idleTimeoutMs: idle * 60_000,
       ...(v["cache-bytes"] ? { cacheBytes: parseSize(v["cache-bytes"], "--cache-bytes") } : {}),
       quotas,
+      ...(workerIds !== undefined ? { workerIds } : {}),
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,
         ...(v.python ? { defaultPython: v.python } : {}),
         allowedInterpreters: v["allow-interpreter"] ?? [],
+        ...(v["max-fork-servers"]
+          ? { maxForkServers: int(v["max-fork-servers"], "--max-fork-servers", 1) }
+          : {}),
         limits: workerLimits,
       },
     },

@@ -37,6 +37,7 @@ log(
   `data directory ${cmd.options.dataDir}; ${server.valise.store.sessions().length} session(s) restored; ` +
     `workers ${server.valise.launcher.sandboxed ? "sandboxed with bubblewrap" : "NOT sandboxed"}`,
 );
+log(`workers run as ${server.valise.workerIdentity}; ${server.valise.launcher.containment}`);
 const metrics = cmd.metricsPort !== undefined
   ? serveMetrics(server.valise, {
     port: cmd.metricsPort,

@@ -138,23 +138,35 @@ export function archiveUnpacker(
   };
 }
 
+/** Lends a worker uid/gid for running an archive's own code, or none. */
+export type WorkerIdLease = () => { uid: number; gid: number; release: () => void } | undefined;
+
 /**
  * Runs `bin/conda-unpack` of a freshly unpacked conda-pack environment with the environment's
  * own interpreter, through the launcher: in the workers' sandbox (with the tree bound
  * read-write at its real path, since conda-unpack rewrites it in place), never with the server's
- * rights.
+ * rights. With a worker id lease (a root server), it runs as a uid of its own that owns the tree
+ * only while it runs; then the tree is the server's again, and anything but files, directories
+ * and symlinks it made (FIFOs, sockets) is removed.
  *
  * @param launcher The server's launcher.
+ * @param lease Lends a worker uid/gid.
  * @param timeoutMs How long conda-unpack may run.
  * @returns The runner for {@linkcode archiveUnpacker}.
  */
-export function sandboxedCondaUnpack(launcher: Launcher, timeoutMs = 300_000): CondaUnpackRunner {
+export function sandboxedCondaUnpack(
+  launcher: Launcher,
+  lease: WorkerIdLease = () => undefined,
+  timeoutMs = 300_000,
+): CondaUnpackRunner {
   return async (dest) => {
     const key = `conda-unpack\u0000${dest}`;
     let stderr = "";
     let exit: { exitCode: number; signal: string; timedOut: boolean } | undefined;
     const dec = new TextDecoder();
+    const id = lease();
     try {
+      if (id) await command("chown", ["-R", "-h", `${id.uid}:${id.gid}`, dest]);
       for await (
         const ev of launcher.run(
           {
@@ -163,6 +175,7 @@ export function sandboxedCondaUnpack(launcher: Launcher, timeoutMs = 300_000): C
             pythonPath: [],
             interpreter: "bin/python",
             limits: { wallTimeMs: timeoutMs },
+            ...(id ? { worker: { uid: id.uid, gid: id.gid } } : {}),
           },
           { script: "bin/conda-unpack", timeoutMs },
         )
@@ -172,6 +185,28 @@ export function sandboxedCondaUnpack(launcher: Launcher, timeoutMs = 300_000): C
       }
     } finally {
       await launcher.stopSession(key);
+      if (id) {
+        // Its processes are gone (stopSession): nothing races these walks.
+        await command("chown", ["-R", "-h", `${Deno.uid()}:${Deno.gid()}`, dest]);
+        await command("find", [
+          dest,
+          "(",
+          "-type",
+          "p",
+          "-o",
+          "-type",
+          "s",
+          "-o",
+          "-type",
+          "b",
+          "-o",
+          "-type",
+          "c",
+          ")",
+          "-delete",
+        ]);
+        id.release();
+      }
     }
     if (!exit || exit.exitCode !== 0) {
       const how = !exit
@@ -189,4 +224,16 @@ export function sandboxedCondaUnpack(launcher: Launcher, timeoutMs = 300_000): C
       );
     }
   };
+}
+
+async function command(program: string, args: string[]): Promise<void> {
+  const out = await new Deno.Command(program, { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new ArchiveUnpackFailure(
+      "IO",
+      `Cannot prepare the environment: ${program} failed: ${
+        new TextDecoder().decode(out.stderr).trim()
+      }`,
+    );
+  }
 }

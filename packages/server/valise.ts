@@ -1,5 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import type * as http2 from "node:http2";
+import { resolve } from "node:path";
 import { timingSafeEqual } from "node:crypto";
 import {
   Code,
@@ -76,7 +77,23 @@ export interface ValiseOptions {
    * @default {67_108_864}
    */
   readMaxBytes?: number;
+  /**
+   * Host uids/gids for sessions' workers, one per session, when the server runs as root (never
+   * root itself); `"none"` runs every session's workers as `nobody`. Ignored when not root:
+   * workers then run as the server's own user.
+   * @default {DEFAULT_WORKER_IDS when root}
+   */
+  workerIds?: { first: number; count: number } | "none" | undefined;
 }
+
+/**
+ * The default range of worker uids/gids: above the ranges Linux distributions, container
+ * user namespaces (subuid) and systemd allocate, below the signed 32-bit limit.
+ */
+export const DEFAULT_WORKER_IDS: Readonly<{ first: number; count: number }> = Object.freeze({
+  first: 1_900_000_000,
+  count: 1_000_000,
+});
 
 /** A request handler in the style of `fetch`: what `Deno.serve` and Hono's `mount` take. */
 export type FetchHandler = (request: Request) => Promise<Response>;
@@ -108,6 +125,8 @@ export interface Valise {
   readonly nodeHandler: NodeHandler;
   /** Aborted when {@linkcode Valise.close} starts. */
   readonly shutdownSignal: AbortSignal;
+  /** Who workers run as, in words (for the start-up log). */
+  readonly workerIdentity: string;
   /** Stops maintenance and releases nothing: sessions stay on disk for the next start. */
   close(): Promise<void>;
 }
@@ -129,8 +148,11 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   assertCrc32Works();
   const log = options.log;
   const workerOptions = options.workers ?? {};
+  const dataDir = resolve(options.dataDir);
   const launcher = new Launcher({
     ...workerOptions,
+    // No interpreter home the sandboxes bind may hold the data directory.
+    protectedPaths: [...(workerOptions.protectedPaths ?? []), dataDir],
     logger: workerOptions.logger ??
       ((level, message) => {
         if (level !== "info" || log) (log ?? console.error)(`workers: ${message}`);
@@ -138,12 +160,15 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   });
   let store: SessionStore;
   try {
+    const workerIds = options.workerIds === "none" || !launcher.canDropPrivileges
+      ? undefined
+      : options.workerIds ?? DEFAULT_WORKER_IDS;
     store = await SessionStore.open({
-      dataDir: options.dataDir,
+      dataDir,
+      workerIds,
       ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
-      unpack: options.unpack === false
-        ? undefined
-        : (options.unpack ?? archiveUnpacker({}, sandboxedCondaUnpack(launcher))),
+      unpack: options.unpack === false ? undefined : (options.unpack ??
+        archiveUnpacker({}, sandboxedCondaUnpack(launcher, () => store.leaseWorkerId()))),
       ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
       ...(options.quotas ? { quotas: options.quotas } : {}),
     });
@@ -211,6 +236,11 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     handle,
     nodeHandler,
     shutdownSignal: shutdown.signal,
+    workerIdentity: store.workerIds
+      ? `a uid of their session's own (from ${store.workerIds.first}, ${store.workerIds.count} ids)`
+      : launcher.canDropPrivileges
+      ? "nobody (65534)"
+      : `the server's own user (uid ${Deno.uid()})`,
     async close() {
       clearInterval(timer);
       shutdown.abort();

@@ -1,5 +1,4 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -25,6 +24,8 @@ export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = 
   maxWorkersPerSession: "spark.valise.worker.maxConcurrent",
   memoryBytes: "spark.valise.worker.memoryBytes",
   outputBytes: "spark.valise.worker.outputBytes",
+  processes: "spark.valise.worker.processes",
+  sandboxMemoryBytes: "spark.valise.worker.sandboxMemoryBytes",
 };
 
 /**
@@ -37,14 +38,6 @@ export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = 
  * @returns The launcher's view of the session.
  */
 export function sessionSpec(session: Session, serverLimits: SessionLimits): SessionSpec {
-  const readOnlyPaths: string[] = [];
-  const sharedTrees: string[] = [];
-  const treesRoot = join(session.dir, "..", "..", "..", "trees");
-  for (const a of session.artifacts()) {
-    if (!a.view) continue;
-    if (a.tree) sharedTrees.push(join(treesRoot, a.tree));
-    else readOnlyPaths.push(join(session.root, a.view));
-  }
   const limits: Partial<SessionLimits> = {};
   for (const [k, key] of Object.entries(WORKER_LIMIT_KEYS) as [keyof SessionLimits, string][]) {
     const raw = session.config.value(key);
@@ -56,8 +49,10 @@ export function sessionSpec(session: Session, serverLimits: SessionLimits): Sess
     key: `${session.userId}\u0000${session.sessionId}`,
     root: session.root,
     pythonPath: session.pythonPath(),
-    readOnlyPaths,
-    sharedTrees,
+    // Bound by the store's own paths: nothing the session's workers wrote decides a mount.
+    readOnlyDirs: [session.viewDir],
+    sharedTrees: session.sharedTrees(),
+    ...(session.worker ? { worker: session.worker } : {}),
     env: session.config.workerEnv(),
     ...(interpreter !== undefined && interpreter !== "" ? { interpreter } : {}),
     limits,
