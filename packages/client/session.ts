@@ -11,6 +11,7 @@ import {
   ApplyRequestSchema,
   type ApplyStartSchema,
   type ArtifactSource,
+  type BlobChallenge,
   type ConfigRequest_Operation,
   ConfigRequest_OperationSchema,
   type ConfigResponse,
@@ -35,6 +36,7 @@ import {
   resolveApplyInput,
 } from "./apply.ts";
 import { ipcRecordBatches } from "./_ipc.ts";
+import { answerChallenge, attachRefused, type BlobProofInit } from "./_blob_proof.ts";
 
 /** The client's version, sent in `client_type`. */
 export const CLIENT_VERSION = "0.1.0";
@@ -399,15 +401,35 @@ export class Session extends EventTarget {
       const pending = items.filter((i) => !i.committed);
       if (pending.length === 0) return;
       if (fast && this.#fastPath) {
-        const present = await this.#hasBlobs(pending.map((i) => i.sha256), options.signal);
-        const attach = pending.filter((i) => present.has(i.sha256));
-        if (attach.length > 0) {
-          const res = await this.#store.attachArtifacts({
-            sessionId: this.sessionId,
-            userContext: this.#userContext,
-            ...this.#observed(),
-            artifacts: attach.map((i) => ({ name: i.name, sha256: i.sha256 })),
-          }, callOptions(options.signal));
+        const { present, challenges } = await this.#hasBlobs(
+          pending.map((i) => i.sha256),
+          options.signal,
+        );
+        const proofs = new Map<string, BlobProofInit | undefined>();
+        for (const i of pending) {
+          const c = challenges.get(i.sha256);
+          if (c && present.has(i.sha256) && !proofs.has(i.sha256)) {
+            proofs.set(i.sha256, await answerChallenge(i.path, c, options.signal));
+          }
+        }
+        // Content the user's sessions do not hold is attached only with a proof of holding it.
+        const attach = pending.filter((i) =>
+          present.has(i.sha256) && (!challenges.has(i.sha256) || proofs.get(i.sha256))
+        );
+        // A refused attach (no or a stale proof, an evicted blob) falls back to uploading.
+        const res = attach.length === 0 ? undefined : await this.#store.attachArtifacts({
+          sessionId: this.sessionId,
+          userContext: this.#userContext,
+          ...this.#observed(),
+          artifacts: attach.map((i) => {
+            const proof = proofs.get(i.sha256);
+            return { name: i.name, sha256: i.sha256, ...(proof ? { proof } : {}) };
+          }),
+        }, callOptions(options.signal)).catch((e) => {
+          if (attachRefused(ValiseClientError.from(e))) return undefined;
+          throw e;
+        });
+        if (res) {
           this.#verify(res);
           const attached = new Set(res.attached);
           for (const i of attach) {
@@ -446,7 +468,10 @@ export class Session extends EventTarget {
     }));
   }
 
-  async #hasBlobs(digests: string[], signal: AbortSignal | undefined): Promise<Set<string>> {
+  async #hasBlobs(
+    digests: string[],
+    signal: AbortSignal | undefined,
+  ): Promise<{ present: Set<string>; challenges: Map<string, BlobChallenge> }> {
     try {
       const res = await this.#store.hasBlobs({
         sessionId: this.sessionId,
@@ -454,13 +479,16 @@ export class Session extends EventTarget {
         sha256: digests,
       }, callOptions(signal));
       this.#verifyServerSide(res.serverSideSessionId);
-      return new Set(res.present);
+      return {
+        present: new Set(res.present),
+        challenges: new Map(res.challenges.map((c) => [c.sha256, c])),
+      };
     } catch (e) {
       const err = ValiseClientError.from(e);
       // A plain Spark Connect server has no store service: upload everything.
       if (err.code === "Unimplemented") {
         this.#fastPath = false;
-        return new Set();
+        return { present: new Set(), challenges: new Map() };
       }
       throw err;
     }

@@ -16,6 +16,9 @@ const CODES: Record<SessionErrorClass, Code> = {
   CACHE_ARTIFACT_HASH_MISMATCH: Code.InvalidArgument,
   ARTIFACT_UNPACK_FAILED: Code.InvalidArgument,
   BLOB_NOT_FOUND: Code.FailedPrecondition,
+  // Attaching another user's content by digest needs proof of holding it; uploading does not.
+  BLOB_PROOF_REQUIRED: Code.PermissionDenied,
+  BLOB_PROOF_INVALID: Code.PermissionDenied,
   SQL_CONF_NOT_FOUND: Code.NotFound,
   CANNOT_MODIFY_CONFIG: Code.FailedPrecondition,
   INVALID_CONF_VALUE: Code.InvalidArgument,

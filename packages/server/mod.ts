@@ -29,6 +29,7 @@
  *
  * @module
  */
+export * from "./blob_proof.ts";
 export * from "./errors.ts";
 export * from "./apply_service.ts";
 export * from "./cli_options.ts";

@@ -20,6 +20,7 @@ import {
   WorkerService,
 } from "@valise/protocol";
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
+import { BlobProofs } from "./blob_proof.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
@@ -181,13 +182,15 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // Workers go before their session's files do.
   store.onRelease((s) => launcher.stopSession(`${s.userId}\u0000${s.sessionId}`));
   const metrics = new Metrics();
+  // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
+  const proofs = new BlobProofs();
   const interceptors: Interceptor[] = [metrics.interceptor()];
   if (log) interceptors.push(logInterceptor(log));
   if (options.token) interceptors.push(authInterceptor(options.token));
 
   const routes = (router: ConnectRouter): void => {
     router.service(SparkConnectService, createSparkConnectService({ store }));
-    router.service(StoreService, createStoreService({ store }));
+    router.service(StoreService, createStoreService({ store, proofs }));
     router.service(WorkerService, createWorkerService({ store, launcher, limits, metrics }));
     router.service(Health, createHealthService(shutdown.signal));
   };

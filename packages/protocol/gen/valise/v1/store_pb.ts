@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file valise/v1/store.proto.
  */
 export const file_valise_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChV2YWxpc2UvdjEvc3RvcmUucHJvdG8SCXZhbGlzZS52MSJnCg9IYXNCbG9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0Eg4KBnNoYTI1NhgDIAMoCSJDChBIYXNCbG9ic1Jlc3BvbnNlEg8KB3ByZXNlbnQYASADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgCIAEoCSKrAgoWQXR0YWNoQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAlIAIgBARI/CglhcnRpZmFjdHMYBCADKAsyLC52YWxpc2UudjEuQXR0YWNoQXJ0aWZhY3RzUmVxdWVzdC5BdHRhY2htZW50GioKCkF0dGFjaG1lbnQSDAoEbmFtZRgBIAEoCRIOCgZzaGEyNTYYAiABKAlCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIl8KF0F0dGFjaEFydGlmYWN0c1Jlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgCIAEoCRIQCghhdHRhY2hlZBgDIAMoCTKxAQoMU3RvcmVTZXJ2aWNlEkUKCEhhc0Jsb2JzEhoudmFsaXNlLnYxLkhhc0Jsb2JzUmVxdWVzdBobLnZhbGlzZS52MS5IYXNCbG9ic1Jlc3BvbnNlIgASWgoPQXR0YWNoQXJ0aWZhY3RzEiEudmFsaXNlLnYxLkF0dGFjaEFydGlmYWN0c1JlcXVlc3QaIi52YWxpc2UudjEuQXR0YWNoQXJ0aWZhY3RzUmVzcG9uc2UiAGIGcHJvdG8z", [file_spark_connect_base]);
+  fileDesc("ChV2YWxpc2UvdjEvc3RvcmUucHJvdG8SCXZhbGlzZS52MSJnCg9IYXNCbG9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0Eg4KBnNoYTI1NhgDIAMoCSJxChBIYXNCbG9ic1Jlc3BvbnNlEg8KB3ByZXNlbnQYASADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgCIAEoCRIsCgpjaGFsbGVuZ2VzGAMgAygLMhgudmFsaXNlLnYxLkJsb2JDaGFsbGVuZ2UiVAoNQmxvYkNoYWxsZW5nZRIOCgZzaGEyNTYYASABKAkSDQoFbm9uY2UYAiABKAwSJAoGcmFuZ2VzGAMgAygLMhQudmFsaXNlLnYxLkJ5dGVSYW5nZSIrCglCeXRlUmFuZ2USDgoGb2Zmc2V0GAEgASgEEg4KBmxlbmd0aBgCIAEoBCIqCglCbG9iUHJvb2YSDQoFbm9uY2UYASABKAwSDgoGc2hhMjU2GAIgASgMItACChZBdHRhY2hBcnRpZmFjdHNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUgAiAEBEj8KCWFydGlmYWN0cxgEIAMoCzIsLnZhbGlzZS52MS5BdHRhY2hBcnRpZmFjdHNSZXF1ZXN0LkF0dGFjaG1lbnQaTwoKQXR0YWNobWVudBIMCgRuYW1lGAEgASgJEg4KBnNoYTI1NhgCIAEoCRIjCgVwcm9vZhgDIAEoCzIULnZhbGlzZS52MS5CbG9iUHJvb2ZCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIl8KF0F0dGFjaEFydGlmYWN0c1Jlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgCIAEoCRIQCghhdHRhY2hlZBgDIAMoCTKxAQoMU3RvcmVTZXJ2aWNlEkUKCEhhc0Jsb2JzEhoudmFsaXNlLnYxLkhhc0Jsb2JzUmVxdWVzdBobLnZhbGlzZS52MS5IYXNCbG9ic1Jlc3BvbnNlIgASWgoPQXR0YWNoQXJ0aWZhY3RzEiEudmFsaXNlLnYxLkF0dGFjaEFydGlmYWN0c1JlcXVlc3QaIi52YWxpc2UudjEuQXR0YWNoQXJ0aWZhY3RzUmVzcG9uc2UiAGIGcHJvdG8z", [file_spark_connect_base]);
 
 /**
  * Which of these sha256 digests (lowercase hex) the server holds.
@@ -60,6 +60,15 @@ export type HasBlobsResponse = Message<"valise.v1.HasBlobsResponse"> & {
    * @generated from field: string server_side_session_id = 2;
    */
   serverSideSessionId: string;
+
+  /**
+   * For each present digest that no live session of the requesting user holds: the proof of
+   * possession AttachArtifacts requires for it. Knowing a digest is not a capability; holding
+   * the bytes is.
+   *
+   * @generated from field: repeated valise.v1.BlobChallenge challenges = 3;
+   */
+  challenges: BlobChallenge[];
 };
 
 /**
@@ -68,6 +77,94 @@ export type HasBlobsResponse = Message<"valise.v1.HasBlobsResponse"> & {
  */
 export const HasBlobsResponseSchema: GenMessage<HasBlobsResponse> = /*@__PURE__*/
   messageDesc(file_valise_v1_store, 1);
+
+/**
+ * A request to prove that the client holds a blob's bytes. Valid for the user it was issued to,
+ * for a few minutes, on the server that issued it (a restart invalidates it: ask again, or upload).
+ *
+ * @generated from message valise.v1.BlobChallenge
+ */
+export type BlobChallenge = Message<"valise.v1.BlobChallenge"> & {
+  /**
+   * The blob's sha256, lowercase hex.
+   *
+   * @generated from field: string sha256 = 1;
+   */
+  sha256: string;
+
+  /**
+   * Opaque; send it back unchanged in the proof.
+   *
+   * @generated from field: bytes nonce = 2;
+   */
+  nonce: Uint8Array;
+
+  /**
+   * The bytes to hash, in this order. Together they are the whole blob when it is small.
+   *
+   * @generated from field: repeated valise.v1.ByteRange ranges = 3;
+   */
+  ranges: ByteRange[];
+};
+
+/**
+ * Describes the message valise.v1.BlobChallenge.
+ * Use `create(BlobChallengeSchema)` to create a new message.
+ */
+export const BlobChallengeSchema: GenMessage<BlobChallenge> = /*@__PURE__*/
+  messageDesc(file_valise_v1_store, 2);
+
+/**
+ * `length` bytes of a blob from `offset`.
+ *
+ * @generated from message valise.v1.ByteRange
+ */
+export type ByteRange = Message<"valise.v1.ByteRange"> & {
+  /**
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: uint64 length = 2;
+   */
+  length: bigint;
+};
+
+/**
+ * Describes the message valise.v1.ByteRange.
+ * Use `create(ByteRangeSchema)` to create a new message.
+ */
+export const ByteRangeSchema: GenMessage<ByteRange> = /*@__PURE__*/
+  messageDesc(file_valise_v1_store, 3);
+
+/**
+ * The answer to a BlobChallenge.
+ *
+ * @generated from message valise.v1.BlobProof
+ */
+export type BlobProof = Message<"valise.v1.BlobProof"> & {
+  /**
+   * The challenge's nonce.
+   *
+   * @generated from field: bytes nonce = 1;
+   */
+  nonce: Uint8Array;
+
+  /**
+   * sha256(nonce || the bytes of each range, in the challenge's order): 32 bytes.
+   *
+   * @generated from field: bytes sha256 = 2;
+   */
+  sha256: Uint8Array;
+};
+
+/**
+ * Describes the message valise.v1.BlobProof.
+ * Use `create(BlobProofSchema)` to create a new message.
+ */
+export const BlobProofSchema: GenMessage<BlobProof> = /*@__PURE__*/
+  messageDesc(file_valise_v1_store, 4);
 
 /**
  * Adds artifacts to a session by name and digest, without sending bytes.
@@ -101,7 +198,7 @@ export type AttachArtifactsRequest = Message<"valise.v1.AttachArtifactsRequest">
  * Use `create(AttachArtifactsRequestSchema)` to create a new message.
  */
 export const AttachArtifactsRequestSchema: GenMessage<AttachArtifactsRequest> = /*@__PURE__*/
-  messageDesc(file_valise_v1_store, 2);
+  messageDesc(file_valise_v1_store, 5);
 
 /**
  * @generated from message valise.v1.AttachArtifactsRequest.Attachment
@@ -120,6 +217,15 @@ export type AttachArtifactsRequest_Attachment = Message<"valise.v1.AttachArtifac
    * @generated from field: string sha256 = 2;
    */
   sha256: string;
+
+  /**
+   * Required unless one of the user's live sessions holds the digest: the answer to the
+   * challenge HasBlobs gave for it. Without a valid one the call fails with PERMISSION_DENIED
+   * (BLOB_PROOF_REQUIRED or BLOB_PROOF_INVALID) and nothing is attached: upload the bytes.
+   *
+   * @generated from field: valise.v1.BlobProof proof = 3;
+   */
+  proof?: BlobProof | undefined;
 };
 
 /**
@@ -127,7 +233,7 @@ export type AttachArtifactsRequest_Attachment = Message<"valise.v1.AttachArtifac
  * Use `create(AttachArtifactsRequest_AttachmentSchema)` to create a new message.
  */
 export const AttachArtifactsRequest_AttachmentSchema: GenMessage<AttachArtifactsRequest_Attachment> = /*@__PURE__*/
-  messageDesc(file_valise_v1_store, 2, 0);
+  messageDesc(file_valise_v1_store, 5, 0);
 
 /**
  * @generated from message valise.v1.AttachArtifactsResponse
@@ -154,7 +260,7 @@ export type AttachArtifactsResponse = Message<"valise.v1.AttachArtifactsResponse
  * Use `create(AttachArtifactsResponseSchema)` to create a new message.
  */
 export const AttachArtifactsResponseSchema: GenMessage<AttachArtifactsResponse> = /*@__PURE__*/
-  messageDesc(file_valise_v1_store, 3);
+  messageDesc(file_valise_v1_store, 6);
 
 /**
  * Content-addressed artifact operations.
