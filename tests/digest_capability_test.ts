@@ -210,7 +210,7 @@ Deno.test("a digest is not a capability: another user who knows only the sha256 
     for (const f of files) ok(!includes(f.bytes, enc.encode(secret)), `${f.path} has the secret`);
     // Alice's bytes are unchanged.
     const aliceFiles = await filesUnder(join(userDir(dataDir, "alice"), sa));
-    ok(aliceFiles.some((f) => f.path.endsWith("root/settings.env") && hex(f.bytes) === digest));
+    ok(aliceFiles.some((f) => f.path.endsWith("ro/settings.env") && hex(f.bytes) === digest));
   });
 });
 

@@ -94,11 +94,11 @@ export function createStoreService(ctx: StoreServiceContext): ServiceImpl<typeof
             await checkProof(store, proofs, session.userId, a);
             proven.add(a.sha256);
           }
-          const attached: string[] = [];
-          for (const a of req.artifacts) {
-            await session.attach(a.name, a.sha256);
-            attached.push(a.name);
-          }
+          // One manifest write for the whole request, however many artifacts it names.
+          const { attached, error } = await session.attachAll(
+            req.artifacts.map((a) => ({ name: a.name, sha256: a.sha256 })),
+          );
+          if (error) throw error;
           return create(AttachArtifactsResponseSchema, {
             sessionId: req.sessionId,
             serverSideSessionId: session.serverSideSessionId,
