@@ -536,6 +536,16 @@ export class Launcher {
     return this.#cgroups ? `cgroup ${this.#cgroups.version}` : `no cgroups: ${this.#noCgroups}`;
   }
 
+  /**
+   * Finds the default interpreter's real path (logging, once, a problem workers would have
+   * with it); a server calls it at start so that a bad default shows then, not at a first run.
+   *
+   * @returns The interpreter's real path.
+   */
+  defaultInterpreter(): Promise<string> {
+    return this.#defaultPython();
+  }
+
   /** Whether the launcher can run a session's workers as another uid (it runs as root). */
   get canDropPrivileges(): boolean {
     return this.#setpriv !== undefined;
@@ -899,6 +909,18 @@ export class Launcher {
           }`,
           { interpreter: found },
         );
+      }
+      if (!this.#bwrap && this.#setpriv) {
+        const closed = closedToOthers(exe);
+        if (closed) {
+          this.#log(
+            "warn",
+            `workers run as their own uids without a sandbox and cannot reach the default ` +
+              `interpreter ${exe} (${closed} is closed to other users): choose one they can ` +
+              `reach (--python /usr/bin/python3), or use the sandbox`,
+            {},
+          );
+        }
       }
       return exe;
     })();
@@ -1357,4 +1379,16 @@ function realOrNormal(p: string): string {
   } catch {
     return normalize(p);
   }
+}
+
+/** The first directory on the way to `file` that other users may not search, if any. */
+function closedToOthers(file: string): string | undefined {
+  for (let d = dirname(file); d !== "/"; d = dirname(d)) {
+    try {
+      if (((Deno.statSync(d).mode ?? 0o755) & 0o001) === 0) return d;
+    } catch {
+      return d;
+    }
+  }
+  return undefined;
 }

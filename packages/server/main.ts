@@ -38,6 +38,10 @@ log(
     `workers ${server.valise.launcher.sandboxed ? "sandboxed with bubblewrap" : "NOT sandboxed"}`,
 );
 log(`workers run as ${server.valise.workerIdentity}; ${server.valise.launcher.containment}`);
+server.valise.launcher.defaultInterpreter().then(
+  (exe) => log(`default interpreter ${exe}`),
+  (e) => log(`default interpreter unusable: ${e instanceof Error ? e.message : e}`),
+);
 const metrics = cmd.metricsPort !== undefined
   ? serveMetrics(server.valise, {
     port: cmd.metricsPort,
