@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { type RecordBatch, type Schema, Table, tableToIPC } from "apache-arrow";
+import { type RecordBatch, RecordBatchReader, type Schema, Table, tableToIPC } from "apache-arrow";
 import {
   addArtifactsRequests,
   ApplyForm,
@@ -14,6 +14,7 @@ import {
   type ConfigRequest_Operation,
   ConfigRequest_OperationSchema,
   type ConfigResponse,
+  ipcRecordBatches,
   type RunRequest,
   RunRequestSchema,
   SparkConnectService,
@@ -34,7 +35,6 @@ import {
   type ApplySummary,
   resolveApplyInput,
 } from "./apply.ts";
-import { ipcRecordBatches } from "./_ipc.ts";
 
 /** The client's version, sent in `client_type`. */
 export const CLIENT_VERSION = "0.1.0";
@@ -720,7 +720,8 @@ export class Session extends EventTarget {
         }
       };
       try {
-        yield* ipcRecordBatches(output());
+        // Drained: the call's last responses (stderr, done) follow the end-of-stream marker.
+        yield* ipcRecordBatches<RecordBatch>(output(), RecordBatchReader, { drain: true });
         if (!summary) {
           throw new ValiseClientError(
             "[APPLY_PROTOCOL] The Apply call ended without its done response",

@@ -208,7 +208,7 @@ export async function* ipcBatchStreams(
         throw new FramingError(
           "TOO_LARGE",
           `Cannot read Arrow IPC: the schema and dictionaries take more than the limit of ${max} bytes`,
-          max,
+          { limit: max, size: prefixBytes },
         );
       }
       prefix.push(m.bytes.slice());

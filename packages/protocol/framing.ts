@@ -46,16 +46,23 @@ export class FramingError extends SyntaxError {
   readonly code: FramingErrorCode;
   /** For `TOO_LARGE`: the cap in bytes that was exceeded. */
   readonly limit: number | undefined;
+  /** For `TOO_LARGE`: the size in bytes that exceeded it. */
+  readonly size: number | undefined;
 
   /**
    * @param code Stable code.
    * @param message A `Cannot read <what>: <why>` message naming the values involved.
-   * @param limit For `TOO_LARGE`, the cap that was exceeded.
+   * @param sizes For `TOO_LARGE`: the cap, and the size that exceeded it.
    */
-  constructor(code: FramingErrorCode, message: string, limit?: number) {
+  constructor(
+    code: FramingErrorCode,
+    message: string,
+    sizes: { limit?: number; size?: number } = {},
+  ) {
     super(message);
     this.code = code;
-    this.limit = limit;
+    this.limit = sizes.limit;
+    this.size = sizes.size;
     Object.defineProperty(this, BRAND, { value: true });
   }
 }
@@ -102,7 +109,7 @@ export class ByteQueue {
       throw new FramingError(
         "TOO_LARGE",
         `Cannot buffer ${chunk.length} more bytes: ${this.#length} are held and the limit is ${this.#max}`,
-        this.#max,
+        { limit: this.#max, size: this.#length + chunk.length },
       );
     }
     if (chunk.length) {
@@ -338,7 +345,7 @@ export class FrameReader<F> {
       throw new FramingError(
         "TOO_LARGE",
         `Cannot read ${name}: ${n} bytes is larger than the limit of ${this.#max} bytes`,
-        this.#max,
+        { limit: this.#max, size: n },
       );
     }
     this.#frame = frame;
