@@ -25,6 +25,11 @@ export interface SessionLimits {
   memoryBytes: number;
   /** Bytes of stdout plus stderr one run may produce; beyond it the run is killed. */
   outputBytes: number;
+  /**
+   * Bytes of flow-controlled stdout (`streamStdout`) one run may produce; beyond it the run is
+   * killed and reported truncated, like `outputBytes`.
+   */
+  streamBytes: number;
 }
 
 /** All limits of a launcher. */
@@ -43,6 +48,7 @@ export const DEFAULT_LIMITS: Readonly<LauncherLimits> = Object.freeze({
   maxQueue: 64,
   memoryBytes: 2 * 1024 ** 3,
   outputBytes: 16 * 1024 ** 2,
+  streamBytes: 16 * 1024 ** 3,
 });
 
 /** A plain description of a session, as the session store knows it. */
@@ -109,8 +115,8 @@ export type RunSpec = RunTarget & {
   /**
    * Flow-control stdout: the program blocks in `write()` while more than about 1 MiB of
    * `stdout` events are produced but not yet taken by the consumer (taking = asking the
-   * iterator for the next event), and stdout does not count toward `outputBytes` (stderr
-   * still does). For bulk data on stdout.
+   * iterator for the next event), and stdout counts toward `streamBytes` instead of
+   * `outputBytes` (stderr still does). For bulk data on stdout.
    * @default {false}
    */
   streamStdout?: boolean;
@@ -506,6 +512,7 @@ export class Launcher {
         if (!server.dead || attempt > 0) {
           handle = server.start(job.request, job.stdin, {
             outputBytes: limits.outputBytes,
+            streamBytes: limits.streamBytes,
             interpreter: interp.display,
             cwd: root,
             onExit: release,

@@ -77,10 +77,19 @@ export function isFramingError(e: unknown): e is FramingError {
   return typeof e === "object" && e !== null && BRAND in e;
 }
 
-/** A FIFO of byte chunks that refuses to hold more than its cap. */
+/** Capacity kept after the queue empties; larger buffers (one big frame's) are let go. */
+const KEEP_BYTES = 4 * 1024 * 1024;
+const EMPTY = new Uint8Array(0);
+
+/**
+ * A FIFO of bytes that refuses to hold more than its cap. Bytes are copied into one buffer, so
+ * memory follows the bytes held, however small the pieces they came in (a sender writing one
+ * byte at a time must not cost an object per byte).
+ */
 export class ByteQueue {
-  #chunks: Uint8Array[] = [];
-  #length = 0;
+  #buf: Uint8Array = EMPTY;
+  #start = 0;
+  #end = 0;
   #max: number;
 
   /**
@@ -95,70 +104,83 @@ export class ByteQueue {
 
   /** Bytes held. */
   get length(): number {
-    return this.#length;
+    return this.#end - this.#start;
+  }
+
+  /** Bytes allocated (at most the cap, and at most 4 MiB once empty). */
+  get capacity(): number {
+    return this.#buf.length;
   }
 
   /**
-   * Appends bytes (kept as a view: the caller must not reuse the chunk's memory).
+   * Makes room for `n` bytes in all, at most the cap, so a frame of known size is not copied
+   * again as it grows.
+   *
+   * @param n Bytes to have room for.
+   */
+  reserve(n: number): void {
+    const want = Math.min(n, this.#max);
+    if (want <= this.#buf.length) return;
+    const next = new Uint8Array(want);
+    next.set(this.#buf.subarray(this.#start, this.#end));
+    this.#end -= this.#start;
+    this.#start = 0;
+    this.#buf = next;
+  }
+
+  /**
+   * Appends a copy of `chunk`.
    *
    * @param chunk The bytes.
    * @throws {FramingError} `TOO_LARGE` when the queue would hold more than its cap.
    */
   push(chunk: Uint8Array): void {
-    if (this.#length + chunk.length > this.#max) {
+    const held = this.length;
+    if (held + chunk.length > this.#max) {
       throw new FramingError(
         "TOO_LARGE",
-        `Cannot buffer ${chunk.length} more bytes: ${this.#length} are held and the limit is ${this.#max}`,
-        { limit: this.#max, size: this.#length + chunk.length },
+        `Cannot buffer ${chunk.length} more bytes: ${held} are held and the limit is ${this.#max}`,
+        { limit: this.#max, size: held + chunk.length },
       );
     }
-    if (chunk.length) {
-      this.#chunks.push(chunk);
-      this.#length += chunk.length;
+    if (!chunk.length) return;
+    if (this.#end + chunk.length > this.#buf.length) {
+      if (held + chunk.length <= this.#buf.length) {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+        this.#start = 0;
+        this.#end = held;
+      } else {
+        this.reserve(Math.max(held + chunk.length, this.#buf.length * 2, 1024));
+      }
     }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
   }
 
   /**
-   * The first `n` bytes, left in the queue: a view when they lie in one chunk, else a copy.
+   * The first `n` bytes, left in the queue: a view, valid until the queue next changes.
    *
    * @param n How many (at most `length`).
    * @returns The bytes.
    */
   peek(n: number): Uint8Array {
-    if (n > this.#length) throw new RangeError(`Cannot peek ${n} bytes of ${this.#length}`);
-    const first = this.#chunks[0];
-    if (first && first.length >= n) return first.subarray(0, n);
-    const out = new Uint8Array(n);
-    let filled = 0;
-    for (let i = 0; filled < n; i++) {
-      const c = this.#chunks[i]!;
-      const k = Math.min(c.length, n - filled);
-      out.set(c.subarray(0, k), filled);
-      filled += k;
-    }
-    return out;
+    if (n > this.length) throw new RangeError(`Cannot peek ${n} bytes of ${this.length}`);
+    return this.#buf.subarray(this.#start, this.#start + n);
   }
 
   /**
-   * The first `n` bytes, removed from the queue: a view when they lie in one chunk, else a copy.
+   * The first `n` bytes, removed from the queue: a copy.
    *
    * @param n How many (at most `length`).
    * @returns The bytes.
    */
   take(n: number): Uint8Array {
-    const out = this.peek(n);
-    let left = n;
-    while (left > 0) {
-      const c = this.#chunks[0]!;
-      if (c.length <= left) {
-        this.#chunks.shift();
-        left -= c.length;
-      } else {
-        this.#chunks[0] = c.subarray(left);
-        left = 0;
-      }
+    const out = this.peek(n).slice();
+    this.#start += n;
+    if (this.#start === this.#end) {
+      this.#start = this.#end = 0;
+      if (this.#buf.length > KEEP_BYTES) this.#buf = EMPTY;
     }
-    this.#length -= n;
     return out;
   }
 }
@@ -350,6 +372,7 @@ export class FrameReader<F> {
     }
     this.#frame = frame;
     this.#need = n;
+    if (this.#queue.length) this.#queue.reserve(n);
   }
 }
 

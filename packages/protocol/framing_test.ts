@@ -165,6 +165,7 @@ Deno.test("ByteQueue refuses to hold more than its cap and hands bytes back in o
             ok(q.length + c.length > cap);
           }
           ok(q.length <= cap);
+          ok(q.capacity <= cap, `allocated ${q.capacity} bytes, cap ${cap}`);
           const n = Math.min(takes[t++ % Math.max(1, takes.length)] ?? 0, q.length);
           deepEqual([...q.peek(n)], pushed.slice(taken.length, taken.length + n));
           taken.push(...q.take(n));
@@ -175,4 +176,13 @@ Deno.test("ByteQueue refuses to hold more than its cap and hands bytes back in o
     ),
     { numRuns: 300 },
   );
+});
+
+Deno.test("ByteQueue memory follows the bytes held, not the number of pieces", () => {
+  const q = new ByteQueue(1 << 20);
+  for (let i = 0; i < 100_000; i++) q.push(Uint8Array.of(i & 0xff));
+  equal(q.length, 100_000);
+  ok(q.capacity < 2 * 100_000 + 1024, `capacity ${q.capacity}`);
+  const all = q.take(100_000);
+  equal(all[99_999], 99_999 & 0xff);
 });

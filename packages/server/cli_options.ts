@@ -32,6 +32,7 @@ Workers:
   --max-workers N             concurrent runs in total (default 16)
   --worker-memory SIZE        address-space limit per worker (default 2G)
   --worker-output-bytes SIZE  stdout+stderr per run (default 16M)
+  --worker-stream-bytes SIZE  Apply output data per call (default 16G)
 
 Other:
   --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
@@ -116,6 +117,7 @@ export function parseServeCommand(
         "max-workers": { type: "string" },
         "worker-memory": { type: "string" },
         "worker-output-bytes": { type: "string" },
+        "worker-stream-bytes": { type: "string" },
         "metrics-port": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -172,6 +174,9 @@ export function parseServeCommand(
       : {}),
     ...(v["worker-output-bytes"]
       ? { outputBytes: parseSize(v["worker-output-bytes"], "--worker-output-bytes") }
+      : {}),
+    ...(v["worker-stream-bytes"]
+      ? { streamBytes: parseSize(v["worker-stream-bytes"], "--worker-stream-bytes") }
       : {}),
   };
   const token = v.token ?? e("VALISE_TOKEN");

@@ -25,6 +25,7 @@ export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = 
   maxWorkersPerSession: "spark.valise.worker.maxConcurrent",
   memoryBytes: "spark.valise.worker.memoryBytes",
   outputBytes: "spark.valise.worker.outputBytes",
+  streamBytes: "spark.valise.worker.streamBytes",
 };
 
 /**
