@@ -84,7 +84,12 @@ function messageInfo(meta: Uint8Array): { type: number; bodyLength: number } {
   const lengthAt = field(3, 8);
   const body = lengthAt ? v.getBigInt64(table + lengthAt, true) : 0n;
   if (body < 0n || body > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new FramingError("BAD_LENGTH", `Cannot read Arrow IPC message: body length ${body}`);
+    throw new FramingError(
+      "BAD_LENGTH",
+      `Cannot read Arrow IPC message: body length ${body} is ${
+        body < 0n ? "negative" : "too large"
+      }`,
+    );
   }
   return { type: typeAt ? v.getUint8(table + typeAt) : 0, bodyLength: Number(body) };
 }
