@@ -10,17 +10,7 @@ import {
   ipcRecordBatches,
 } from "./arrow_ipc.ts";
 import { FramingError, isFramingError } from "./framing.ts";
-
-function chunked(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
-  const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let prev = 0;
-  for (const c of [...at, bytes.length]) {
-    out.push(bytes.subarray(prev, c));
-    prev = c;
-  }
-  return out;
-}
+import { chunked } from "./testdata/chunks.ts";
 
 async function* each(chunks: Uint8Array[]): AsyncGenerator<Uint8Array> {
   yield* chunks;

@@ -2,28 +2,7 @@
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import fc from "fast-check";
 import { ByteQueue, FrameReader, FramingError, isFramingError, u32Frames } from "./framing.ts";
-
-/** Splits `bytes` at the given cut points (taken modulo its length). */
-function chunked(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
-  const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let prev = 0;
-  for (const c of [...at, bytes.length]) {
-    out.push(bytes.subarray(prev, c));
-    prev = c;
-  }
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
+import { chunked, concat } from "./testdata/chunks.ts";
 
 /** `u32 length | u8 type | payload`, as the Apply driver frames. */
 function encode(type: number, payload: Uint8Array): Uint8Array {
