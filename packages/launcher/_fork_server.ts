@@ -44,8 +44,9 @@ export interface ForkServerInit {
    */
   sendQueueBytes?: number;
   /**
-   * Time a run has to end after a KILL frame; a fork server that lets it live longer is
-   * killed (an honest one SIGKILLs the run's process group at once).
+   * Time a run has to end after a KILL frame before a second one is sent, and after that;
+   * a fork server that lets it live longer is killed (an honest one SIGKILLs the run's
+   * process group at once, and on a second KILL closes the run's pipes).
    * @default {KILL_GRACE_MS}
    */
   killGraceMs?: number;
@@ -378,13 +379,17 @@ export class ForkServer {
   #kill(id: number, state: RunState): void {
     state.killing = true;
     this.#send(encodeFrame(FrameType.KILL, id));
-    if (state.killTimer === undefined && !state.ended) {
-      const grace = this.#init.killGraceMs ?? KILL_GRACE_MS;
+    if (state.killTimer !== undefined || state.ended) return;
+    const grace = this.#init.killGraceMs ?? KILL_GRACE_MS;
+    state.killTimer = setTimeout(() => {
+      // A second KILL makes an honest fork server close the pipes that a process which left
+      // the run's group still holds; a run alive after that is kept alive by the fork server.
+      this.#send(encodeFrame(FrameType.KILL, id));
       state.killTimer = setTimeout(
-        () => this.#fail(`run ${id} was still running ${grace} ms after it was killed`),
+        () => this.#fail(`run ${id} was still running ${2 * grace} ms after it was killed`),
         grace,
       );
-    }
+    }, grace);
   }
 
   /** Kills the fork server for breaking the protocol; its runs end reporting why. */

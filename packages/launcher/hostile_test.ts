@@ -192,5 +192,5 @@ Deno.test("a fork server that keeps a killed run alive is killed after the grace
   const h = start(server, false);
   assert.equal((await h.events.next())?.kind, "started");
   h.kill(false);
-  await expectKilled(server, h, false, lines, /run 1 was still running 200 ms after it was killed/);
+  await expectKilled(server, h, false, lines, /run 1 was still running 400 ms after it was killed/);
 });
