@@ -1,35 +1,15 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-// Arrow IPC streaming for Apply: the input written batch by batch (never whole in memory), the
-// output read message by message so each batch is handed on as soon as its bytes are in.
-// The byte-level splitting is shared with the server (`ipcBatchStreams` in @valise/protocol).
+// Arrow IPC streaming for Apply: the input written batch by batch (never whole in memory). The
+// output is read with `ipcRecordBatches` of @valise/protocol, shared with the server.
 import {
   AsyncByteQueue,
   type RecordBatch,
-  RecordBatchReader,
   RecordBatchStreamWriter,
   type Schema,
 } from "apache-arrow";
-import { ipcBatchStreams } from "@valise/protocol";
 
 /** Largest `arrow_ipc` request piece: well under the server's 64 MiB message limit. */
 export const PIECE_BYTES = 4 << 20;
-
-/**
- * Reads the record batches of an Arrow IPC stream, each as soon as its message is complete.
- *
- * @param source The stream's bytes, in chunks of any size.
- * @returns The batches.
- */
-export async function* ipcRecordBatches(
-  source: AsyncIterable<Uint8Array>,
-): AsyncGenerator<RecordBatch, void, undefined> {
-  // Drained: the call's last responses (stderr, done) follow the end-of-stream marker.
-  for await (const piece of ipcBatchStreams(source, { drain: true })) {
-    const reader = RecordBatchReader.from(piece);
-    reader.open();
-    for (const b of reader) yield b;
-  }
-}
 
 /** Collects what the writer writes, synchronously, so each batch's bytes can be taken at once. */
 class ChunkSink extends AsyncByteQueue {

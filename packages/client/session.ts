@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { type RecordBatch, type Schema, Table, tableToIPC } from "apache-arrow";
+import { type RecordBatch, RecordBatchReader, type Schema, Table, tableToIPC } from "apache-arrow";
 import {
   addArtifactsRequests,
   ApplyForm,
@@ -15,6 +15,7 @@ import {
   type ConfigRequest_Operation,
   ConfigRequest_OperationSchema,
   type ConfigResponse,
+  ipcRecordBatches,
   type RunRequest,
   RunRequestSchema,
   SparkConnectService,
@@ -35,7 +36,6 @@ import {
   type ApplySummary,
   resolveApplyInput,
 } from "./apply.ts";
-import { ipcRecordBatches } from "./_ipc.ts";
 import { answerChallenge, attachRefused, type BlobProofInit } from "./_blob_proof.ts";
 
 /** The client's version, sent in `client_type`. */
@@ -748,7 +748,8 @@ export class Session extends EventTarget {
         }
       };
       try {
-        yield* ipcRecordBatches(output());
+        // Drained: the call's last responses (stderr, done) follow the end-of-stream marker.
+        yield* ipcRecordBatches<RecordBatch>(output(), RecordBatchReader, { drain: true });
         if (!summary) {
           throw new ValiseClientError(
             "[APPLY_PROTOCOL] The Apply call ended without its done response",

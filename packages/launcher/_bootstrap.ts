@@ -43,6 +43,12 @@ export const FrameType = {
  */
 export const STDOUT_WINDOW = 1 << 20;
 
+/**
+ * The most the fork server reads from a run's pipe at once: no STDOUT or STDERR frame carries
+ * more, so the launcher refuses longer frames.
+ */
+export const OUTPUT_PIECE = 1 << 20;
+
 /** The file name the fork server's own frames carry in tracebacks. */
 export const BOOTSTRAP_FILENAME = "<valise-forkserver>";
 
@@ -57,7 +63,7 @@ import fcntl
 RUN, KILL, STDIN, ACK, READY, STARTED, STDOUT, STDERR, EXITED, FAILED, STDIN_ACK = \
     1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16
 STDOUT_WINDOW = ${STDOUT_WINDOW}
-BULK = 1 << 20
+BULK = ${OUTPUT_PIECE}
 F_SETPIPE_SZ = 1031
 ACK_FMT = struct.Struct('>I')
 HDR = struct.Struct('>IBI')

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { FrameType } from "./_bootstrap.ts";
+import { FrameType, OUTPUT_PIECE, STDOUT_WINDOW } from "./_bootstrap.ts";
 import { Channel } from "./_channel.ts";
 import { encodeFrame, encodeRunPayload, type Frame, FrameDecoder } from "./_frames.ts";
 import { LaunchError } from "./launch_error.ts";
@@ -37,6 +37,19 @@ export interface ForkServerInit {
   log: LauncherLogger;
   /** Limit on the time to the READY frame. */
   startTimeoutMs: number;
+  /**
+   * Bytes of frames other than RUN that may wait to be written to the process, beyond the
+   * streamed stdin of its runs (each within `STDIN_WINDOW`); past it the process is killed.
+   * @default {SEND_QUEUE_BYTES}
+   */
+  sendQueueBytes?: number;
+  /**
+   * Time a run has to end after a KILL frame before a second one is sent, and after that;
+   * a fork server that lets it live longer is killed (an honest one SIGKILLs the run's
+   * process group at once, and on a second KILL closes the run's pipes).
+   * @default {KILL_GRACE_MS}
+   */
+  killGraceMs?: number;
 }
 
 /** The JSON the fork server's child reads. */
@@ -63,6 +76,19 @@ export interface RunRequestJson {
 export const STDIN_WINDOW = 1 << 20;
 /** The largest STDIN frame payload. */
 const STDIN_PIECE = 256 * 1024;
+/**
+ * Bytes of frames other than RUN (acks, kills, streamed stdin beyond the runs' windows) that may
+ * wait to be written to the fork server. An honest one reads its stdin all the time; one that
+ * stops must not make this process queue without bound.
+ */
+export const SEND_QUEUE_BYTES = 16 * 1024 * 1024;
+/** Default of {@linkcode ForkServerInit.killGraceMs}. */
+export const KILL_GRACE_MS = 10_000;
+/**
+ * Unacknowledged stdout of a `flow` run the fork server may have sent: it stops reading the
+ * run's pipe at `STDOUT_WINDOW`, after a read of at most `OUTPUT_PIECE`.
+ */
+const FLOW_SLACK = STDOUT_WINDOW + OUTPUT_PIECE;
 
 /** Per-run settings kept on this side. */
 export interface RunOptions {
@@ -76,9 +102,11 @@ export interface RunOptions {
   onExit: () => void;
   /**
    * Stdout is flow-controlled: the caller acknowledges what it consumed with `ack()`, and
-   * stdout does not count toward `outputBytes`.
+   * stdout does not count toward `outputBytes` but toward `streamBytes`.
    */
   flow?: boolean;
+  /** Cap on a `flow` run's stdout bytes; beyond it the run is killed, reported truncated. */
+  streamBytes: number;
 }
 
 /** One run in flight. */
@@ -119,6 +147,23 @@ interface RunState {
   ended: boolean;
   inflight: number;
   wake: (() => void) | undefined;
+  /** A STARTED frame came. */
+  started: boolean;
+  /** A KILL frame was sent: the fork server then drains the pipes without flow control. */
+  killing: boolean;
+  /** Fails the fork server if the run outlives its KILL frame by `killGraceMs`. */
+  killTimer: ReturnType<typeof setTimeout> | undefined;
+  /** `flow` stdout delivered but not yet acknowledged. */
+  unacked: number;
+  /** `flow` stdout bytes left before `streamBytes`. */
+  streamLeft: number;
+  /** Stdin is streamed in STDIN frames. */
+  stdinStream: boolean;
+}
+
+/** The fork server broke the frame protocol: it is killed. */
+class ProtocolViolation extends Error {
+  override name = "ProtocolViolation";
 }
 
 /** A running fork server. */
@@ -137,6 +182,10 @@ export class ForkServer {
   #done: Promise<void>;
   #init: ForkServerInit;
   #startTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Bytes of non-RUN frames handed to the writer and not yet written. */
+  #queued = 0;
+  /** Why it was killed for breaking the protocol, if it was. */
+  #violation: string | undefined;
 
   /**
    * Spawns the process; throws a {@linkcode LaunchError} when it cannot be spawned.
@@ -230,19 +279,27 @@ export class ForkServer {
       ended: false,
       inflight: 0,
       wake: undefined,
+      started: false,
+      killing: false,
+      killTimer: undefined,
+      unacked: 0,
+      streamLeft: options.streamBytes,
+      stdinStream: request.stdinStream ?? false,
     };
     this.#runs.set(id, state);
     if (this.dead) {
       this.#finishLost(id, state);
     } else {
-      this.#send(encodeFrame(FrameType.RUN, id, encodeRunPayload(request, stdin)));
+      // Not counted against SEND_QUEUE_BYTES: a RUN frame's size is the request's, bounded by
+      // the caller, and a server holds at most its session's concurrent runs.
+      this.#send(encodeFrame(FrameType.RUN, id, encodeRunPayload(request, stdin)), false);
     }
     return {
       events: state.events,
       kill: (timedOut: boolean) => {
         if (!this.#runs.has(id)) return;
         if (timedOut) state.timedOut = true;
-        this.#send(encodeFrame(FrameType.KILL, id));
+        this.#kill(id, state);
       },
       writeStdin: async (data: Uint8Array) => {
         for (let off = 0; off < data.length; off += STDIN_PIECE) {
@@ -263,6 +320,7 @@ export class ForkServer {
       },
       ack: (bytes: number) => {
         if (state.ended || bytes <= 0) return;
+        state.unacked = Math.max(0, state.unacked - bytes);
         const payload = new Uint8Array(4);
         new DataView(payload.buffer).setUint32(0, bytes);
         this.#send(encodeFrame(FrameType.ACK, id, payload));
@@ -301,9 +359,49 @@ export class ForkServer {
     }
   }
 
-  #send(frame: Uint8Array): void {
+  #send(frame: Uint8Array, counted = true): void {
     if (this.#dead) return;
-    this.#writer.write(frame).catch(() => {});
+    if (!counted) {
+      this.#writer.write(frame).catch(() => {});
+      return;
+    }
+    // Streamed stdin stays within each run's window; the rest is a few bytes per event.
+    let cap = this.#init.sendQueueBytes ?? SEND_QUEUE_BYTES;
+    for (const r of this.#runs.values()) if (r.stdinStream) cap += STDIN_WINDOW;
+    if (this.#queued + frame.length > cap) {
+      this.#fail(`it stopped reading its input (${this.#queued} bytes waiting, limit ${cap})`);
+      return;
+    }
+    this.#queued += frame.length;
+    this.#writer.write(frame).then(() => this.#queued -= frame.length, () => {});
+  }
+
+  #kill(id: number, state: RunState): void {
+    state.killing = true;
+    this.#send(encodeFrame(FrameType.KILL, id));
+    if (state.killTimer !== undefined || state.ended) return;
+    const grace = this.#init.killGraceMs ?? KILL_GRACE_MS;
+    state.killTimer = setTimeout(() => {
+      // A second KILL makes an honest fork server close the pipes that a process which left
+      // the run's group still holds; a run alive after that is kept alive by the fork server.
+      this.#send(encodeFrame(FrameType.KILL, id));
+      state.killTimer = setTimeout(
+        () => this.#fail(`run ${id} was still running ${2 * grace} ms after it was killed`),
+        grace,
+      );
+    }, grace);
+  }
+
+  /** Kills the fork server for breaking the protocol; its runs end reporting why. */
+  #fail(why: string): void {
+    if (this.#violation !== undefined) return;
+    this.#violation = why;
+    this.#init.log(
+      "error",
+      `fork server ${this.pid} (${this.#init.interpreter}) broke the protocol and was killed: ${why}`,
+      {},
+    );
+    this.hardKill();
   }
 
   async #readFrames(): Promise<void> {
@@ -311,10 +409,10 @@ export class ForkServer {
     try {
       for await (const chunk of this.#child.stdout) {
         for (const f of frames.push(chunk)) this.#onFrame(f);
+        if (this.#violation !== undefined) break;
       }
     } catch (e) {
-      this.#init.log("error", `fork server ${this.pid}: bad frame stream`, { error: String(e) });
-      this.hardKill();
+      this.#fail(e instanceof Error ? e.message : String(e));
     }
     this.#dead = true;
     if (this.#startTimer !== undefined) clearTimeout(this.#startTimer);
@@ -357,7 +455,14 @@ export class ForkServer {
 
   #finishLost(id: number, state: RunState): void {
     this.#runs.delete(id);
-    if (!this.#stopping) {
+    if (this.#violation !== undefined) {
+      state.events.push({
+        kind: "stderr",
+        data: encoder.encode(
+          `[valise] the worker's fork server broke the protocol and was killed: ${this.#violation}\n`,
+        ),
+      });
+    } else if (!this.#stopping) {
       state.events.push({
         kind: "stderr",
         data: encoder.encode("[valise] the worker's fork server exited\n"),
@@ -368,6 +473,7 @@ export class ForkServer {
 
   #exit(state: RunState, exitCode: number, signal: string): void {
     state.ended = true;
+    clearTimeout(state.killTimer);
     state.wake?.();
     state.wake = undefined;
     state.events.push({
@@ -386,6 +492,43 @@ export class ForkServer {
     }
   }
 
+  /**
+   * Flow-controlled stdout: the window is enforced here too, since the fork server runs the
+   * session's interpreter, and every byte counts toward the run's `streamBytes`.
+   */
+  #onFlowStdout(id: number, state: RunState, data: Uint8Array): void {
+    if (state.truncated) return;
+    if (state.unacked + data.length > FLOW_SLACK) {
+      // After a KILL the fork server drains the pipes without flow control: nobody will take
+      // that output, so it is dropped rather than queued.
+      if (state.killing) return;
+      throw new ProtocolViolation(
+        `run ${id}: ${
+          state.unacked + data.length
+        } bytes of flow-controlled stdout unacknowledged, window ${STDOUT_WINDOW}`,
+      );
+    }
+    if (data.length <= state.streamLeft) {
+      state.streamLeft -= data.length;
+      state.unacked += data.length;
+      state.events.push({ kind: "stdout", data });
+      return;
+    }
+    if (state.streamLeft > 0) {
+      state.unacked += state.streamLeft;
+      state.events.push({ kind: "stdout", data: data.subarray(0, state.streamLeft) });
+    }
+    state.streamLeft = 0;
+    state.truncated = true;
+    state.events.push({
+      kind: "stderr",
+      data: encoder.encode(
+        `\n[valise] output stream truncated at ${state.options.streamBytes} bytes\n`,
+      ),
+    });
+    this.#kill(id, state);
+  }
+
   #onFrame(f: Frame): void {
     if (f.type === FrameType.READY) {
       this.#isReady = true;
@@ -398,6 +541,8 @@ export class ForkServer {
     if (!state) return;
     switch (f.type) {
       case FrameType.STARTED: {
+        if (state.started) throw new ProtocolViolation(`run ${f.id} was reported started twice`);
+        state.started = true;
         const { pid } = JSON.parse(decoder.decode(f.payload)) as { pid: number };
         state.events.push({
           kind: "started",
@@ -408,7 +553,17 @@ export class ForkServer {
         return;
       }
       case FrameType.STDIN_ACK: {
-        state.inflight -= new DataView(f.payload.buffer, f.payload.byteOffset).getUint32(0);
+        if (f.payload.length !== 4) {
+          throw new ProtocolViolation(`a STDIN_ACK frame of ${f.payload.length} bytes, not 4`);
+        }
+        const acked = new DataView(f.payload.buffer, f.payload.byteOffset, 4).getUint32(0);
+        if (acked > state.inflight) {
+          // An ack for bytes never sent would open the window without bound.
+          throw new ProtocolViolation(
+            `run ${f.id}: ${acked} bytes of stdin acknowledged, ${state.inflight} in flight`,
+          );
+        }
+        state.inflight -= acked;
         const wake = state.wake;
         state.wake = undefined;
         wake?.();
@@ -417,7 +572,7 @@ export class ForkServer {
       case FrameType.STDOUT:
       case FrameType.STDERR: {
         if (f.type === FrameType.STDOUT && state.options.flow) {
-          state.events.push({ kind: "stdout", data: f.payload });
+          this.#onFlowStdout(f.id, state, f.payload);
           return;
         }
         if (state.truncated) return;
@@ -436,7 +591,7 @@ export class ForkServer {
           kind: "stderr",
           data: encoder.encode(`\n[valise] output truncated at ${state.limit} bytes\n`),
         });
-        this.#send(encodeFrame(FrameType.KILL, f.id));
+        this.#kill(f.id, state);
         return;
       }
       case FrameType.EXITED: {

@@ -5,6 +5,8 @@
  *
  * @module
  */
+import { FrameReader, u32Frames } from "@valise/protocol";
+import { OUTPUT_PIECE } from "./_bootstrap.ts";
 
 /** One decoded frame. */
 export interface Frame {
@@ -12,7 +14,7 @@ export interface Frame {
   type: number;
   /** Run id, 0 for server-wide frames. */
   id: number;
-  /** Payload bytes (a view into the decoder's buffer copy). */
+  /** Payload bytes (a view into the bytes read: not to be written to). */
   payload: Uint8Array;
 }
 
@@ -56,55 +58,25 @@ export function encodeRunPayload(spec: unknown, stdin: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Incremental decoder of a byte stream into frames. */
-export class FrameDecoder {
-  #buf: Uint8Array = new Uint8Array(0);
-  #start = 0;
-  #end = 0;
+/**
+ * The longest frame the fork server may send: header and one read of a run's pipe (JSON frames
+ * are far smaller). The fork server runs the session's own interpreter, so a longer length is a
+ * protocol violation, refused before any of it is buffered.
+ */
+export const MAX_FRAME_BYTES: number = 9 + OUTPUT_PIECE;
 
+const FORMAT = u32Frames<Frame>("fork server frame", 5, (body) => ({
+  type: body[0]!,
+  id: new DataView(body.buffer, body.byteOffset, 5).getUint32(1),
+  payload: body.subarray(5),
+}));
+
+/** Incremental, size-capped decoder of the fork server's frames. */
+export class FrameDecoder extends FrameReader<Frame> {
   /**
-   * Adds bytes and returns the frames completed by them.
-   *
-   * @param chunk Bytes read from the stream.
-   * @returns Complete frames, in order.
+   * @param maxFrameBytes The longest frame accepted, header included.
    */
-  push(chunk: Uint8Array): Frame[] {
-    this.#append(chunk);
-    const frames: Frame[] = [];
-    while (this.#end - this.#start >= 4) {
-      const view = new DataView(this.#buf.buffer, this.#buf.byteOffset + this.#start);
-      const n = view.getUint32(0);
-      if (n < 5) throw new SyntaxError(`Cannot decode frame: length ${n} is below 5`);
-      if (this.#end - this.#start < 4 + n) break;
-      const type = view.getUint8(4);
-      const id = view.getUint32(5);
-      const payload = this.#buf.slice(this.#start + 9, this.#start + 4 + n);
-      frames.push({ type, id, payload });
-      this.#start += 4 + n;
-    }
-    if (this.#start === this.#end) this.#start = this.#end = 0;
-    return frames;
-  }
-
-  /** Bytes held that do not yet make a whole frame. */
-  get pending(): number {
-    return this.#end - this.#start;
-  }
-
-  #append(chunk: Uint8Array): void {
-    if (this.#end + chunk.length > this.#buf.length) {
-      const live = this.#end - this.#start;
-      if (live + chunk.length <= this.#buf.length) {
-        this.#buf.copyWithin(0, this.#start, this.#end);
-      } else {
-        const next = new Uint8Array(Math.max(live + chunk.length, this.#buf.length * 2, 65536));
-        next.set(this.#buf.subarray(this.#start, this.#end), 0);
-        this.#buf = next;
-      }
-      this.#start = 0;
-      this.#end = live;
-    }
-    this.#buf.set(chunk, this.#end);
-    this.#end += chunk.length;
+  constructor(maxFrameBytes: number = MAX_FRAME_BYTES) {
+    super(FORMAT, { maxFrameBytes });
   }
 }

@@ -45,6 +45,11 @@ export interface SessionLimits {
    * `memoryBytes`, which bounds each process, forking cannot multiply it.
    */
   sandboxMemoryBytes: number;
+  /**
+   * Bytes of flow-controlled stdout (`streamStdout`) one run may produce; beyond it the run is
+   * killed and reported truncated, like `outputBytes`.
+   */
+  streamBytes: number;
 }
 
 /** All limits of a launcher. */
@@ -65,6 +70,7 @@ export const DEFAULT_LIMITS: Readonly<LauncherLimits> = Object.freeze({
   outputBytes: 16 * 1024 ** 2,
   processes: 512,
   sandboxMemoryBytes: 8 * 1024 ** 3,
+  streamBytes: 16 * 1024 ** 3,
 });
 
 /** A plain description of a session, as the session store knows it. */
@@ -142,8 +148,8 @@ export type RunSpec = RunTarget & {
   /**
    * Flow-control stdout: the program blocks in `write()` while more than about 1 MiB of
    * `stdout` events are produced but not yet taken by the consumer (taking = asking the
-   * iterator for the next event), and stdout does not count toward `outputBytes` (stderr
-   * still does). For bulk data on stdout.
+   * iterator for the next event), and stdout counts toward `streamBytes` instead of
+   * `outputBytes` (stderr still does). For bulk data on stdout.
    * @default {false}
    */
   streamStdout?: boolean;
@@ -647,6 +653,7 @@ export class Launcher {
         if (!server.dead || attempt > 0) {
           handle = server.start(job.request, job.stdin, {
             outputBytes: limits.outputBytes,
+            streamBytes: limits.streamBytes,
             interpreter: interp.display,
             cwd: root,
             onExit: release,

@@ -137,4 +137,35 @@ for i in range(${total}):
       assert.equal(exitCode, 0);
     });
   });
+  Deno.test(`streamStdout past the run's streamBytes is cut there, killed and reported truncated (${mode})`, async () => {
+    await withSession(mode, async (l, s) => {
+      let got = 0;
+      let stderr = "";
+      let exit: RunEvent | undefined;
+      for await (
+        const ev of l.run(
+          { ...s, limits: { streamBytes: 3 * MiB + 5 } },
+          {
+            code: `
+import sys
+chunk = b"x" * ${MiB}
+while True:
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+`,
+            streamStdout: true,
+          },
+        )
+      ) {
+        if (ev.kind === "stdout") got += ev.data.length;
+        if (ev.kind === "stderr") stderr += new TextDecoder().decode(ev.data);
+        if (ev.kind === "exited") exit = ev;
+      }
+      assert.equal(got, 3 * MiB + 5);
+      assert.match(stderr, /\[valise\] output stream truncated at 3145733 bytes/);
+      assert.ok(exit?.kind === "exited");
+      assert.equal(exit.outputTruncated, true);
+      assert.equal(exit.signal, "SIGKILL");
+    });
+  });
 }

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { type FrameFormat, FrameReader, FramingError } from "./framing.ts";
 
 /** Kinds of Arrow IPC messages (`MessageHeader` of the Arrow format). */
 export const IpcMessageType: { SCHEMA: 1; DICTIONARY_BATCH: 2; RECORD_BATCH: 3 } = {
@@ -24,82 +25,145 @@ export interface IpcMessage {
   bytes: Uint8Array;
 }
 
-/** The `header_type` and `bodyLength` of a `Message` flatbuffer. */
+/**
+ * The largest Arrow IPC message accepted by default (metadata and body): the server's default
+ * `readMaxBytes`, so one message fits one gRPC message.
+ */
+export const DEFAULT_MAX_IPC_MESSAGE_BYTES: number = 64 * 1024 * 1024;
+
+/** Options of {@linkcode ipcMessages} and {@linkcode ipcBatchStreams}. */
+export interface IpcReadOptions {
+  /**
+   * Read the source to its end after the end-of-stream marker, without yielding more (for a
+   * caller whose source carries other data after the stream).
+   * @default {false}
+   */
+  drain?: boolean;
+  /**
+   * The largest message accepted (framing, metadata and body); a larger one fails with a
+   * {@linkcode FramingError} `TOO_LARGE` before any of it is buffered.
+   * @default {DEFAULT_MAX_IPC_MESSAGE_BYTES}
+   */
+  maxMessageBytes?: number;
+}
+
+function badHeader(why: string): FramingError {
+  return new FramingError("BAD_HEADER", `Cannot read Arrow IPC message: ${why}`);
+}
+
+/**
+ * The `header_type` and `bodyLength` of a `Message` flatbuffer, every offset checked against
+ * the metadata's bounds (they come from whoever wrote the stream).
+ */
 function messageInfo(meta: Uint8Array): { type: number; bodyLength: number } {
-  const v = new DataView(meta.buffer, meta.byteOffset, meta.byteLength);
+  const size = meta.byteLength;
+  const v = new DataView(meta.buffer, meta.byteOffset, size);
+  if (size < 8) throw badHeader(`its metadata is ${size} bytes, too short for a flatbuffer`);
   const table = v.getUint32(0, true);
+  if (table + 4 > size) {
+    throw badHeader(`the root table at ${table} is outside the ${size}-byte metadata`);
+  }
   const vtable = table - v.getInt32(table, true);
+  if (vtable < 0 || vtable + 4 > size) {
+    throw badHeader(`the vtable at ${vtable} is outside the ${size}-byte metadata`);
+  }
   const vsize = v.getUint16(vtable, true);
-  const field = (i: number): number => {
+  if (vsize < 4 || vtable + vsize > size) {
+    throw badHeader(`the vtable of ${vsize} bytes at ${vtable} overruns the ${size}-byte metadata`);
+  }
+  const field = (i: number, width: number): number => {
     const at = 4 + 2 * i;
-    return at + 2 <= vsize ? v.getUint16(vtable + at, true) : 0;
+    if (at + 2 > vsize) return 0;
+    const offset = v.getUint16(vtable + at, true);
+    if (offset && table + offset + width > size) {
+      throw badHeader(`field ${i} at ${table + offset} is outside the ${size}-byte metadata`);
+    }
+    return offset;
   };
-  const typeAt = field(1);
-  const lengthAt = field(3);
-  return {
-    type: typeAt ? v.getUint8(table + typeAt) : 0,
-    bodyLength: lengthAt ? Number(v.getBigInt64(table + lengthAt, true)) : 0,
-  };
+  const typeAt = field(1, 1);
+  const lengthAt = field(3, 8);
+  const body = lengthAt ? v.getBigInt64(table + lengthAt, true) : 0n;
+  if (body < 0n || body > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new FramingError(
+      "BAD_LENGTH",
+      `Cannot read Arrow IPC message: body length ${body} is ${
+        body < 0n ? "negative" : "too large"
+      }`,
+    );
+  }
+  return { type: typeAt ? v.getUint8(table + typeAt) : 0, bodyLength: Number(body) };
+}
+
+/** The framing prefix's size and the metadata's length: `[prefix, metadata]`. */
+function prefixOf(v: DataView): [number, number] | undefined {
+  const first = v.getUint32(0, true);
+  if (first !== 0xffffffff) return [4, first | 0];
+  return v.byteLength < 8 ? undefined : [8, v.getInt32(4, true)];
+}
+
+const IPC_FORMAT: FrameFormat<IpcMessage | undefined> = {
+  name: "Arrow IPC message",
+  headerBytes: 4,
+  measure(head) {
+    const v = new DataView(head.buffer, head.byteOffset, head.byteLength);
+    const p = prefixOf(v);
+    if (!p) return { headerBytes: 8 };
+    const [prefix, meta] = p;
+    if (meta === 0) return { frameBytes: prefix };
+    if (meta < 0) {
+      throw new FramingError(
+        "BAD_LENGTH",
+        `Cannot read Arrow IPC message: metadata length ${meta}`,
+      );
+    }
+    if (head.length < prefix + meta) return { headerBytes: prefix + meta };
+    return { frameBytes: prefix + meta + messageInfo(head.subarray(prefix)).bodyLength };
+  },
+  decode(frame) {
+    const [prefix, meta] = prefixOf(new DataView(frame.buffer, frame.byteOffset, frame.length))!;
+    if (meta === 0) return undefined;
+    return { type: messageInfo(frame.subarray(prefix, prefix + meta)).type, bytes: frame };
+  },
+  last: (m) => m === undefined,
+};
+
+/**
+ * A size-capped reader of Arrow IPC messages, for callers that push bytes as they come; the
+ * end-of-stream marker reads as `undefined` and ends it.
+ *
+ * @param options The cap.
+ * @returns The reader.
+ */
+export function ipcMessageReader(
+  options: Pick<IpcReadOptions, "maxMessageBytes"> = {},
+): FrameReader<IpcMessage | undefined> {
+  return new FrameReader(IPC_FORMAT, {
+    maxFrameBytes: options.maxMessageBytes ?? DEFAULT_MAX_IPC_MESSAGE_BYTES,
+  });
 }
 
 /**
  * Splits an Arrow IPC stream into whole messages as soon as each one has arrived. Stops at the
- * end-of-stream marker; with `drain`, keeps reading the source to its end without yielding more
- * (for a caller whose source carries other data after the stream).
+ * end-of-stream marker; with `drain`, keeps reading the source to its end without yielding more.
+ * Every length is checked before anything is buffered: memory stays below one message of at
+ * most `maxMessageBytes`.
  *
- * @param source The stream's bytes, in chunks of any size.
- * @param options `drain`: read the source to its end.
+ * @param source The stream's bytes, in chunks of any size (not reused by the caller).
+ * @param options `drain`, `maxMessageBytes`.
  * @returns The messages.
- * @throws {SyntaxError} when the bytes are not an Arrow IPC stream.
+ * @throws {FramingError} (a `SyntaxError`) when the bytes are not an Arrow IPC stream or a
+ * message is larger than `maxMessageBytes`.
  */
 export async function* ipcMessages(
-  source: AsyncIterable<Uint8Array>,
-  options: { drain?: boolean } = {},
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  options: IpcReadOptions = {},
 ): AsyncGenerator<IpcMessage, void, undefined> {
-  const q = new ByteQueue();
-  let need = 8;
-  let frame: { prefix: number; meta: number } | undefined;
-  let size = 0;
-  let type = 0;
-  let ended = false;
+  const reader = ipcMessageReader(options);
   for await (const chunk of source) {
-    if (ended) continue;
-    q.push(chunk);
-    while (q.length >= need) {
-      if (!frame) {
-        const head = new DataView(q.peek(8).buffer);
-        const first = head.getUint32(0, true);
-        const prefix = first === 0xffffffff ? 8 : 4;
-        const meta = prefix === 8 ? head.getInt32(4, true) : first;
-        if (meta === 0) {
-          if (!options.drain) return;
-          ended = true;
-          break;
-        }
-        if (meta < 0 || meta > 1 << 30) {
-          throw new SyntaxError(`Cannot read Arrow IPC: metadata length ${meta}`);
-        }
-        frame = { prefix, meta };
-        need = prefix + meta;
-        continue;
-      }
-      if (size === 0) {
-        const meta = q.peek(frame.prefix + frame.meta).subarray(frame.prefix);
-        const info = messageInfo(meta);
-        type = info.type;
-        size = frame.prefix + frame.meta + info.bodyLength;
-        need = size;
-        continue;
-      }
-      yield { type, bytes: q.take(size) };
-      frame = undefined;
-      size = 0;
-      need = 8;
-    }
+    for (const m of reader.push(chunk)) if (m) yield m;
+    if (reader.done && !options.drain) return;
   }
-  if (!ended && (frame || q.length >= 4)) {
-    throw new SyntaxError("Cannot read Arrow IPC: the stream ends inside a message");
-  }
+  reader.end();
 }
 
 /**
@@ -118,27 +182,41 @@ export async function* ipcMessages(
  * @param source The stream's bytes, in chunks of any size.
  * @param options `drain`: read the source to its end.
  * @returns One IPC stream per record batch.
- * @throws {SyntaxError} when a batch comes before the schema, or the bytes are not Arrow IPC.
+ * @throws {FramingError} (a `SyntaxError`) when the bytes are not Arrow IPC, a batch comes
+ * before the schema, or a message (or the schema with its dictionaries) is larger than
+ * `maxMessageBytes`.
  */
 export async function* ipcBatchStreams(
   source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-  options: { drain?: boolean } = {},
+  options: IpcReadOptions = {},
 ): AsyncGenerator<Uint8Array, void, undefined> {
+  const max = options.maxMessageBytes ?? DEFAULT_MAX_IPC_MESSAGE_BYTES;
   let prefix: Uint8Array[] = [];
-  const asAsync = (async function* () {
-    yield* source;
-  })();
-  for await (const m of ipcMessages(asAsync, options)) {
+  let prefixBytes = 0;
+  for await (const m of ipcMessages(source, options)) {
     if (m.type === IpcMessageType.SCHEMA) {
-      prefix = [m.bytes];
+      // Copied: a view would keep the whole chunk it came in alive for the stream's length.
+      prefix = [m.bytes.slice()];
+      prefixBytes = m.bytes.length;
       continue;
     }
     if (m.type !== IpcMessageType.DICTIONARY_BATCH && m.type !== IpcMessageType.RECORD_BATCH) {
       continue;
     }
-    if (!prefix.length) throw new SyntaxError("Cannot read Arrow IPC: a batch before the schema");
+    if (!prefix.length) {
+      throw new FramingError("UNEXPECTED", "Cannot read Arrow IPC: a batch before the schema");
+    }
     if (m.type === IpcMessageType.DICTIONARY_BATCH) {
-      prefix.push(m.bytes);
+      // Every piece repeats the dictionaries: together they get the cap of one message.
+      prefixBytes += m.bytes.length;
+      if (prefixBytes > max) {
+        throw new FramingError(
+          "TOO_LARGE",
+          `Cannot read Arrow IPC: the schema and dictionaries take more than the limit of ${max} bytes`,
+          { limit: max, size: prefixBytes },
+        );
+      }
+      prefix.push(m.bytes.slice());
       continue;
     }
     const parts = [...prefix, m.bytes];
@@ -152,60 +230,39 @@ export async function* ipcBatchStreams(
   }
 }
 
-class ByteQueue {
-  #chunks: Uint8Array[] = [];
-  #head = 0;
-  #length = 0;
+/**
+ * Opens one self-contained Arrow IPC stream and iterates its record batches: apache-arrow's
+ * `RecordBatchReader` class fits, so this package needs no Arrow library.
+ */
+export interface IpcStreamOpener<T> {
+  /** Opens the stream's bytes. */
+  from(stream: Uint8Array): Iterable<T> & { open(): unknown };
+}
 
-  get length(): number {
-    return this.#length;
-  }
-
-  push(chunk: Uint8Array): void {
-    if (chunk.length) {
-      this.#chunks.push(chunk);
-      this.#length += chunk.length;
-    }
-  }
-
-  /** A copy of the first `n` bytes (n <= length), left in the queue. */
-  peek(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    let filled = 0;
-    for (let i = this.#head; filled < n; i++) {
-      const c = this.#chunks[i]!;
-      const k = Math.min(c.length, n - filled);
-      out.set(c.subarray(0, k), filled);
-      filled += k;
-    }
-    return out;
-  }
-
-  /** The first `n` bytes (n <= length), removed from the queue. */
-  take(n: number): Uint8Array {
-    const first = this.#chunks[this.#head]!;
-    let out: Uint8Array;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.#chunks[this.#head++] = undefined!;
-      else this.#chunks[this.#head] = first.subarray(n);
-    } else {
-      out = new Uint8Array(n);
-      let filled = 0;
-      while (filled < n) {
-        const c = this.#chunks[this.#head]!;
-        const k = Math.min(c.length, n - filled);
-        out.set(c.subarray(0, k), filled);
-        filled += k;
-        if (k === c.length) this.#chunks[this.#head++] = undefined!;
-        else this.#chunks[this.#head] = c.subarray(k);
-      }
-    }
-    this.#length -= n;
-    if (this.#head > 64 && this.#head * 2 > this.#chunks.length) {
-      this.#chunks = this.#chunks.slice(this.#head);
-      this.#head = 0;
-    }
-    return out;
+/**
+ * Reads the record batches of an Arrow IPC stream, each as soon as its message is complete.
+ *
+ * @example
+ * ```ts ignore
+ * import { type RecordBatch, RecordBatchReader } from "apache-arrow";
+ * // TypeScript cannot infer the batch type through apache-arrow's overloads: name it.
+ * for await (const b of ipcRecordBatches<RecordBatch>(bytes, RecordBatchReader)) console.log(b);
+ * ```
+ *
+ * @param source The stream's bytes, in chunks of any size.
+ * @param reader Opens each batch's piece: apache-arrow's `RecordBatchReader`.
+ * @param options `drain`, `maxMessageBytes`.
+ * @returns The batches.
+ * @throws {FramingError} as {@linkcode ipcBatchStreams} does.
+ */
+export async function* ipcRecordBatches<T>(
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  reader: IpcStreamOpener<T>,
+  options: IpcReadOptions = {},
+): AsyncGenerator<T, void, undefined> {
+  for await (const piece of ipcBatchStreams(source, options)) {
+    const r = reader.from(piece);
+    r.open();
+    yield* r;
   }
 }

@@ -2,7 +2,8 @@
 /**
  * The wire contract of Valise: Spark Connect's artifact, config and session RPCs
  * (`spark.connect.SparkConnectService`), Valise's own `valise.v1` services, and the pure
- * helpers both sides need — artifact-name rules, PySpark-identical chunking and CRC-32.
+ * helpers both sides need — artifact-name rules, PySpark-identical chunking and CRC-32, and the
+ * size-capped framing of every length-prefixed stream (`FrameReader`, Arrow IPC splitting).
  *
  * Generated code (protobuf-es v2) lives under `gen/` and is re-exported here by name.
  *
@@ -23,10 +24,31 @@
  *
  * @module
  */
-export * from "./arrow_ipc.ts";
+export {
+  DEFAULT_MAX_IPC_MESSAGE_BYTES,
+  ipcBatchStreams,
+  type IpcMessage,
+  ipcMessageReader,
+  ipcMessages,
+  IpcMessageType,
+  type IpcReadOptions,
+  ipcRecordBatches,
+  type IpcStreamOpener,
+} from "./arrow_ipc.ts";
 export * from "./artifact_name.ts";
 export * from "./chunking.ts";
 export * from "./crc32.ts";
+export {
+  ByteQueue,
+  type FrameFormat,
+  type FrameMeasure,
+  FrameReader,
+  type FrameReaderOptions,
+  FramingError,
+  type FramingErrorCode,
+  isFramingError,
+  u32Frames,
+} from "./framing.ts";
 export * from "./session_id.ts";
 export {
   type AddArtifactsRequest,

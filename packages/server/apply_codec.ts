@@ -39,7 +39,7 @@ import {
   Uint8,
   Utf8,
 } from "apache-arrow";
-import { ipcBatchStreams } from "@valise/protocol";
+import { FrameReader, u32Frames } from "@valise/protocol";
 
 /** A type of the columnar encoding. */
 export type ColumnarType =
@@ -538,93 +538,37 @@ export class IpcStreamPieces {
   }
 }
 
-/**
- * Reads the record batches of an Arrow IPC stream, each as soon as its message is complete.
- *
- * @param source The stream's bytes, in chunks of any size.
- * @returns The batches.
- */
-export async function* ipcRecordBatches(
-  source: AsyncIterable<Uint8Array>,
-): AsyncGenerator<RecordBatch, void, undefined> {
-  for await (const piece of ipcBatchStreams(source)) {
-    const reader = RecordBatchReader.from(piece);
-    reader.open();
-    for (const b of reader) yield b;
-  }
+/** One frame the Apply driver wrote. */
+export interface DriverFrameData {
+  /** Frame type, one of `DriverFrame`. */
+  type: number;
+  /** Payload: its own copy, starting 8-byte aligned (the columnar decoder views it). */
+  payload: Uint8Array;
 }
 
-/** Incremental reader of driver frames: `u32 length (big-endian) | u8 type | payload`. */
-export class DriverFrameReader {
-  #chunks: Uint8Array[] = [];
-  #have = 0;
-  #need = 0;
+/**
+ * The largest driver frame (type and payload) accepted by default: one columnar output batch
+ * or one piece of the Arrow IPC output, as large as the server's default `readMaxBytes`.
+ */
+export const DRIVER_FRAME_BYTES: number = 64 * 1024 * 1024;
 
+const DRIVER_FORMAT = u32Frames<DriverFrameData>(
+  "driver frame",
+  1,
+  (body) => ({ type: body[0]!, payload: body.slice(1) }),
+);
+
+/**
+ * Incremental reader of driver frames (`u32 length (big-endian) | u8 type | payload`), capped:
+ * the driver runs code of the session, which may write any bytes to the driver's stdout.
+ */
+export class DriverFrameReader extends FrameReader<DriverFrameData> {
   /**
-   * Adds bytes and returns the frames completed by them; each payload is its own copy.
-   *
-   * @param chunk Bytes read.
-   * @returns Complete frames, in order.
+   * @param maxFrameBytes The largest frame accepted, header included; a longer length fails
+   * with a `FramingError` (`TOO_LARGE`) as soon as it is read.
    */
-  push(chunk: Uint8Array): { type: number; payload: Uint8Array }[] {
-    this.#chunks.push(chunk);
-    this.#have += chunk.length;
-    const out: { type: number; payload: Uint8Array }[] = [];
-    while (this.#have >= 5) {
-      if (this.#need === 0) {
-        const head = this.#peek5();
-        const n = new DataView(head.buffer, head.byteOffset).getUint32(0);
-        if (n < 1) throw new SyntaxError("Cannot decode driver frame: length 0");
-        this.#need = 4 + n;
-      }
-      if (this.#have < this.#need) break;
-      const whole = this.#take(this.#need);
-      this.#need = 0;
-      out.push({ type: whole[4]!, payload: whole.slice(5) });
-    }
-    return out;
-  }
-
-  /** Bytes held that do not yet make a whole frame. */
-  get pending(): number {
-    return this.#have;
-  }
-
-  #peek5(): Uint8Array {
-    const first = this.#chunks[0]!;
-    if (first.length >= 5) return first.subarray(0, 5);
-    const out = new Uint8Array(5);
-    let filled = 0;
-    for (const c of this.#chunks) {
-      const k = Math.min(c.length, 5 - filled);
-      out.set(c.subarray(0, k), filled);
-      filled += k;
-      if (filled === 5) break;
-    }
-    return out;
-  }
-
-  #take(n: number): Uint8Array {
-    const first = this.#chunks[0]!;
-    if (first.length >= n) {
-      const out = first.subarray(0, n);
-      if (first.length === n) this.#chunks.shift();
-      else this.#chunks[0] = first.subarray(n);
-      this.#have -= n;
-      return out;
-    }
-    const out = new Uint8Array(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.#chunks[0]!;
-      const k = Math.min(c.length, n - filled);
-      out.set(c.subarray(0, k), filled);
-      filled += k;
-      if (k === c.length) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(k);
-    }
-    this.#have -= n;
-    return out;
+  constructor(maxFrameBytes: number = DRIVER_FRAME_BYTES + 5) {
+    super(DRIVER_FORMAT, { maxFrameBytes });
   }
 }
 

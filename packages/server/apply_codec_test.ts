@@ -13,6 +13,7 @@ import {
   makeVector,
   Null,
   type RecordBatch,
+  RecordBatchReader,
   Schema,
   Table,
   tableFromIPC,
@@ -29,11 +30,15 @@ import {
   driverFrameHeader,
   DriverFrameReader,
   encodeColumnarBatch,
-  ipcRecordBatches,
   IpcStreamPieces,
   readColumnarBatch,
   schemaOfHeader,
 } from "./apply_codec.ts";
+import fc from "fast-check";
+import { FramingError, ipcRecordBatches, isFramingError } from "@valise/protocol";
+
+const batchesOf = (source: AsyncIterable<Uint8Array>) =>
+  ipcRecordBatches<RecordBatch>(source, RecordBatchReader);
 
 function join(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -209,7 +214,7 @@ Deno.test("ipcRecordBatches yields each batch as soon as its message is whole", 
       for (let off = 0; off < stream.length; off += step) yield stream.subarray(off, off + step);
     };
     const rows = [];
-    for await (const got of ipcRecordBatches(chunks())) rows.push(got.numRows);
+    for await (const got of batchesOf(chunks())) rows.push(got.numRows);
     deepEqual(rows, [5, 3], `step ${step}`);
   }
   // Without the end-of-stream marker and with more input pending, the first batch is out.
@@ -219,15 +224,88 @@ Deno.test("ipcRecordBatches yields each batch as soon as its message is whole", 
     yield join([pieces.start(), pieces.batch(b)]);
     await more;
   }
-  const it = ipcRecordBatches(open());
+  const it = batchesOf(open());
   equal((await it.next()).value?.numRows, 5);
   release();
   equal((await it.next()).done, true);
   await rejects(async () => {
     for await (
-      const _ of ipcRecordBatches((async function* () {
+      const _ of batchesOf((async function* () {
         yield stream.subarray(0, stream.length - 20);
       })())
     ) { /* drain */ }
-  }, /ends inside a message/);
+  }, /the stream ends inside one/);
+});
+
+/** Splits `bytes` at the given cut points (taken modulo its length). */
+function chunked(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
+  const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+  return [...at, bytes.length].map((c, i, all) => bytes.subarray(i ? all[i - 1] : 0, c));
+}
+
+/** Pushes every chunk, checking what is held after each; the frames, or the framing error. */
+function readDriver(r: DriverFrameReader, chunks: Uint8Array[]) {
+  const got: { type: number; payload: Uint8Array }[] = [];
+  try {
+    for (const c of chunks) {
+      got.push(...r.push(c));
+      ok(r.pending <= r.maxFrameBytes, `holds ${r.pending} bytes, cap ${r.maxFrameBytes}`);
+    }
+    r.end();
+    return got;
+  } catch (e) {
+    if (!isFramingError(e)) throw e;
+    return e;
+  }
+}
+
+Deno.test("DriverFrameReader gives back what the driver framed, however it is chunked", () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.tuple(fc.integer({ min: 10, max: 13 }), fc.uint8Array({ maxLength: 500 })), {
+        maxLength: 12,
+      }),
+      fc.array(fc.nat(), { maxLength: 30 }),
+      (frames, cuts) => {
+        const bytes = join(frames.flatMap(([t, p]) => [driverFrameHeader(t, p.length), p]));
+        const got = readDriver(new DriverFrameReader(505), chunked(bytes, cuts));
+        ok(Array.isArray(got), String(got));
+        deepEqual(got.map((f) => [f.type, [...f.payload]]), frames.map(([t, p]) => [t, [...p]]));
+        // Own copies, 8-byte aligned: the columnar decoder puts typed arrays over them.
+        for (const f of got) equal(f.payload.byteOffset % 8, 0);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+Deno.test("DriverFrameReader ends arbitrary and forged bytes with frames or a FramingError, within its cap", () => {
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        fc.uint8Array({ maxLength: 3000 }),
+        // A forged header (huge, zero, just above the cap), then a stream of bytes.
+        fc.tuple(
+          fc.oneof(
+            fc.constantFrom(0, 0xfffffff0, 0xffffffff, 1020, 1021),
+            fc.nat(0xffffffff),
+          ),
+          fc.nat(40),
+        ).map(([n, k]) => join([driverFrameHeader(2, n - 1), new Uint8Array(k * 100).fill(120)])),
+      ),
+      fc.array(fc.nat(), { maxLength: 30 }),
+      (bytes, cuts) => {
+        const got = readDriver(new DriverFrameReader(1024), chunked(bytes, cuts));
+        if (Array.isArray(got)) { for (const f of got) ok(f.payload.length + 5 <= 1024); }
+        else ok(got instanceof FramingError, String(got));
+      },
+    ),
+    { numRuns: 500 },
+  );
+  // The attack of issue 10.5: a 4 GiB header fails as it arrives, not after 4 GiB.
+  const r = new DriverFrameReader();
+  throws(() => r.push(driverFrameHeader(2, 0xfffffff0 - 1)), (e) => {
+    ok(e instanceof FramingError && e.code === "TOO_LARGE" && e.size === 0xfffffff0 + 4);
+    return true;
+  });
 });

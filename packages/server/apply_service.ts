@@ -15,18 +15,20 @@ import {
   type ApplyResponse,
   ApplyResponseSchema,
   type ApplyStart,
+  ipcRecordBatches,
+  isFramingError,
 } from "@valise/protocol";
 import type { Session, SessionStore } from "@valise/session-store";
-import type { Schema } from "apache-arrow";
+import { type RecordBatch, RecordBatchReader, type Schema } from "apache-arrow";
 import {
   type ColumnarField,
   columnarField,
   ColumnarTypeError,
   decodeColumnarBatch,
+  DRIVER_FRAME_BYTES,
   driverFrameHeader,
   DriverFrameReader,
   encodeColumnarBatch,
-  ipcRecordBatches,
   IpcStreamPieces,
   parseSchemaMessage,
   readColumnarBatch,
@@ -51,6 +53,7 @@ export type ApplyErrorClass =
   | "APPLY_PANDAS_UNAVAILABLE"
   | "APPLY_TIMEOUT"
   | "APPLY_WORKER_FAILED"
+  | "APPLY_OUTPUT_TOO_LARGE"
   | "APPLY_PROTOCOL";
 
 /** The gRPC code of each Apply error class. */
@@ -67,6 +70,7 @@ export const APPLY_ERROR_CODES: Readonly<Record<ApplyErrorClass, Code>> = {
   APPLY_PANDAS_UNAVAILABLE: Code.FailedPrecondition,
   APPLY_TIMEOUT: Code.DeadlineExceeded,
   APPLY_WORKER_FAILED: Code.Aborted,
+  APPLY_OUTPUT_TOO_LARGE: Code.ResourceExhausted,
   APPLY_PROTOCOL: Code.Internal,
 };
 
@@ -237,6 +241,35 @@ function ipc(bytes: Uint8Array): ApplyResponse {
   return response({ case: "arrowIpc", value: bytes });
 }
 
+/**
+ * The frames completed by `chunk`. The driver shares its stdout with the session's code, so a
+ * length it did not write fails the call (and the run is killed) instead of being buffered.
+ */
+function readFrames(
+  frames: DriverFrameReader,
+  chunk: Uint8Array,
+  limit: number,
+): ReturnType<DriverFrameReader["push"]> {
+  try {
+    return frames.push(chunk);
+  } catch (e) {
+    if (!isFramingError(e)) throw e;
+    if (e.code === "TOO_LARGE") {
+      throw new ApplyFailure(
+        "APPLY_OUTPUT_TOO_LARGE",
+        `Cannot pass the function's output: a batch of ${
+          (e.size ?? 0) - 5
+        } bytes is larger than the limit of ${limit} bytes (the server's message size limit); ` +
+          "return smaller batches (fewer rows each), and do not write to the driver's stdout",
+      );
+    }
+    throw new ApplyFailure(
+      "APPLY_PROTOCOL",
+      `Cannot read the Apply driver's output: ${e.message} (did the function write to stdout's file descriptor?)`,
+    );
+  }
+}
+
 function describeExit(ev: RunExitedEvent | undefined): string {
   if (!ev) return "ended without an exit status";
   return ev.signal ? `was killed by ${ev.signal}` : `exited with code ${ev.exitCode}`;
@@ -252,6 +285,12 @@ export interface ApplyContext {
   readonly limits: SessionLimits;
   /** Counters for `/metrics`. */
   readonly metrics?: Metrics | undefined;
+  /**
+   * The largest Arrow IPC message of the input, and the largest output batch (one driver
+   * frame), in bytes: the server's `readMaxBytes`.
+   * @default {DRIVER_FRAME_BYTES}
+   */
+  readonly maxMessageBytes?: number | undefined;
 }
 
 /** The Apply method of `valise.v1.WorkerService`. */
@@ -386,7 +425,10 @@ async function* drive(
           yield chunk;
         }
       } else {
-        for await (const batch of ipcRecordBatches(job.input)) {
+        const batches = ipcRecordBatches<RecordBatch>(job.input, RecordBatchReader, {
+          maxMessageBytes,
+        });
+        for await (const batch of batches) {
           const parts = encodeColumnarBatch(batch);
           yield driverFrameHeader(DriverFrame.DATA, parts.reduce((n, p) => n + p.length, 0));
           yield* parts;
@@ -399,7 +441,8 @@ async function* drive(
     }
   }
 
-  const frames = new DriverFrameReader();
+  const maxMessageBytes = ctx.maxMessageBytes ?? DRIVER_FRAME_BYTES;
+  const frames = new DriverFrameReader(maxMessageBytes + 5);
   let pieces: IpcStreamPieces | undefined;
   let done: DoneStats | undefined;
   let failure: ApplyFailure | undefined;
@@ -424,7 +467,7 @@ async function* drive(
       } else if (ev.kind === "exited") {
         exited = ev;
       } else {
-        for (const f of frames.push(ev.data)) {
+        for (const f of readFrames(frames, ev.data, maxMessageBytes)) {
           switch (f.type) {
             case DriverFrame.HELLO: {
               const h = JSON.parse(decoder.decode(f.payload)) as Hello;
@@ -502,9 +545,12 @@ async function* drive(
       throw inputError;
     }
     const why = inputError instanceof Error ? inputError.message : String(inputError);
+    const fix = isFramingError(inputError) && inputError.code === "TOO_LARGE"
+      ? "; send smaller record batches (fewer rows each)"
+      : "";
     throw new ApplyFailure(
       "APPLY_INVALID_INPUT",
-      `Cannot read the input as an Arrow IPC stream: ${why}`,
+      `Cannot read the input as an Arrow IPC stream: ${why}${fix}`,
       "",
       inputError,
     );
@@ -514,6 +560,16 @@ async function* drive(
       throw new ApplyFailure(
         "APPLY_TIMEOUT",
         `Cannot finish: the worker ran past its time limit and was killed`,
+      );
+    }
+    if (exited?.outputTruncated) {
+      const marker = stderrTail.trim().split("\n").findLast((l) => l.startsWith("[valise]"));
+      throw new ApplyFailure(
+        "APPLY_OUTPUT_TOO_LARGE",
+        `Cannot finish: the worker passed an output limit and was killed (${
+          marker ?? "output truncated"
+        }); what the function prints counts toward spark.valise.worker.outputBytes, the ` +
+          "output batches toward spark.valise.worker.streamBytes: print less, or produce less",
       );
     }
     throw new ApplyFailure(

@@ -40,6 +40,7 @@ Workers:
   --max-fork-servers N        warm fork servers kept in total (default 64)
   --worker-ids FIRST:COUNT    host uids/gids for sessions' workers, one per session, when the
                               server runs as root; none = one uid, nobody (default 1900000000:1000000)
+  --worker-stream-bytes SIZE  Apply output data per call (default 16G)
 
 Other:
   --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
@@ -131,6 +132,7 @@ export function parseServeCommand(
         "max-workers": { type: "string" },
         "worker-memory": { type: "string" },
         "worker-output-bytes": { type: "string" },
+        "worker-stream-bytes": { type: "string" },
         "metrics-port": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -215,6 +217,9 @@ export function parseServeCommand(
       : {}),
     ...(v["sandbox-memory"]
       ? { sandboxMemoryBytes: parseSize(v["sandbox-memory"], "--sandbox-memory") }
+      : {}),
+    ...(v["worker-stream-bytes"]
+      ? { streamBytes: parseSize(v["worker-stream-bytes"], "--worker-stream-bytes") }
       : {}),
   };
   const token = v.token ?? e("VALISE_TOKEN");

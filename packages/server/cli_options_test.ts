@@ -54,6 +54,8 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
       "1G",
       "--max-workers",
       "3",
+      "--worker-stream-bytes",
+      "2G",
       "--metrics-port",
       "9100",
       "--idle-timeout-min",
@@ -74,7 +76,7 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
     sandbox: "none",
     workerNetwork: true,
     allowedInterpreters: ["/usr/bin/python3", "/opt/py/bin/python"],
-    limits: { maxWorkersTotal: 3, memoryBytes: 2 ** 30 },
+    limits: { maxWorkersTotal: 3, memoryBytes: 2 ** 30, streamBytes: 2 * 2 ** 30 },
   });
   equal(flags.metricsPort, 9100);
   equal(flags.options.idleTimeoutMs, 0);
@@ -90,6 +92,7 @@ Deno.test("parseServeCommand() refuses bad input with a message naming the flag"
   bad(["--sandbox", "docker"], /--sandbox: "docker" is not one of auto, bwrap, none/);
   bad(["--allow-interpreter", "python3"], /not an absolute path/);
   bad(["--cache-bytes", "lots"], /--cache-bytes: "lots" is not a size/);
+  bad(["--worker-stream-bytes", "lots"], /--worker-stream-bytes: "lots" is not a size/);
   bad(["--max-workers", "0"], /--max-workers: "0"/);
   bad(["--nope"], /nope/);
   bad(["extra"], /extra/);

@@ -188,13 +188,17 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   if (log) interceptors.push(logInterceptor(log));
   if (options.token) interceptors.push(authInterceptor(options.token));
 
+  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+
   const routes = (router: ConnectRouter): void => {
     router.service(SparkConnectService, createSparkConnectService({ store }));
     router.service(StoreService, createStoreService({ store, proofs }));
-    router.service(WorkerService, createWorkerService({ store, launcher, limits, metrics }));
+    router.service(
+      WorkerService,
+      createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
+    );
     router.service(Health, createHealthService(shutdown.signal));
   };
-  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
 
   // Compressed requests are accepted, responses are never compressed: artifacts, worker output
   // and Arrow data compress poorly, and gzip cost Apply about half of the server's CPU.

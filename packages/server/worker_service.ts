@@ -26,6 +26,7 @@ export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = 
   outputBytes: "spark.valise.worker.outputBytes",
   processes: "spark.valise.worker.processes",
   sandboxMemoryBytes: "spark.valise.worker.sandboxMemoryBytes",
+  streamBytes: "spark.valise.worker.streamBytes",
 };
 
 /**
@@ -106,7 +107,8 @@ export function classifyWorkerError(e: unknown): unknown {
  * Python functions to Arrow record batches there (`Apply`, see `apply_service.ts`).
  * Cancelling the call kills the worker.
  *
- * @param ctx The session store and the launcher.
+ * @param ctx The session store, the launcher, the limits, and the largest message (Apply's input
+ * messages and output batches).
  * @returns The service implementation.
  */
 export function createWorkerService(
@@ -115,6 +117,7 @@ export function createWorkerService(
     readonly launcher: Launcher;
     readonly limits: SessionLimits;
     readonly metrics?: Metrics;
+    readonly maxMessageBytes?: number;
   },
 ): ServiceImpl<typeof WorkerService> {
   const { store, launcher } = ctx;
