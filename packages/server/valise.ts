@@ -1,6 +1,5 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import type * as http2 from "node:http2";
-import { timingSafeEqual } from "node:crypto";
 import {
   Code,
   ConnectError,
@@ -20,6 +19,8 @@ import {
 } from "@valise/protocol";
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
+import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./front_door.ts";
+import { type AccessToken, TokenSet } from "./tokens.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";
@@ -35,6 +36,12 @@ export interface ValiseOptions {
    * @default {undefined}
    */
   token?: string | undefined;
+  /**
+   * More accepted tokens (with `token`, if both are set); one bound to a user id may act only
+   * as that user (`user_context.user_id`).
+   * @default {[]}
+   */
+  tokens?: readonly AccessToken[] | undefined;
   /**
    * Sessions unused for this long are released; `0` disables expiry.
    * @default {3_600_000}
@@ -156,17 +163,38 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // Workers go before their session's files do.
   store.onRelease((s) => launcher.stopSession(`${s.userId}\u0000${s.sessionId}`));
   const metrics = new Metrics();
+  const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
+  const tokens = accepted.length ? new TokenSet(accepted) : undefined;
   const interceptors: Interceptor[] = [metrics.interceptor()];
   if (log) interceptors.push(logInterceptor(log));
-  if (options.token) interceptors.push(authInterceptor(options.token));
+  if (tokens) interceptors.push(authInterceptor(tokens));
 
-  const routes = (router: ConnectRouter): void => {
-    router.service(SparkConnectService, createSparkConnectService({ store }));
-    router.service(StoreService, createStoreService({ store }));
-    router.service(WorkerService, createWorkerService({ store, launcher, limits, metrics }));
-    router.service(Health, createHealthService(shutdown.signal));
-  };
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+  // The token is checked on the headers, before any body byte is read; each method reads at
+  // most its own cap.
+  const refused = (method: string, problem: string) => {
+    metrics.rpc(method, Code.Unauthenticated, 0);
+    log?.(
+      `rpc ${method} Unauthenticated (token ${problem.toLowerCase()}, refused before the body)`,
+    );
+  };
+  const door = { readMaxBytes, gate: tokens ? authGate(tokens, refused) : undefined };
+  const routes = (router: ConnectRouter): void => {
+    registerService(
+      router,
+      SparkConnectService,
+      createSparkConnectService({ store }),
+      door,
+    );
+    registerService(router, StoreService, createStoreService({ store }), door);
+    registerService(
+      router,
+      WorkerService,
+      createWorkerService({ store, launcher, limits, metrics }),
+      door,
+    );
+    registerService(router, Health, createHealthService(shutdown.signal), door);
+  };
 
   // Compressed requests are accepted, responses are never compressed: artifacts, worker output
   // and Arrow data compress poorly, and gzip cost Apply about half of the server's CPU.
@@ -185,7 +213,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const fetch: FetchHandler = async (request) =>
     (await handle(request)) ?? new Response("Not Found", { status: 404 });
 
-  const nodeHandler = connectNodeAdapter({
+  const connectHandler: NodeHandler = connectNodeAdapter({
     routes,
     interceptors,
     readMaxBytes,
@@ -193,6 +221,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
   }) as NodeHandler;
+  const nodeHandler = tokens ? discardRefusedBodies(connectHandler, tokens) : connectHandler;
 
   const interval = options.maintenanceIntervalMs ?? 30_000;
   const timer = setInterval(() => {
@@ -252,23 +281,6 @@ function unimplementedFallback(
     res.end();
   });
   req.resume();
-}
-
-function authInterceptor(token: string): Interceptor {
-  const want = new TextEncoder().encode(`Bearer ${token}`);
-  return (next) => (req) => {
-    // Health checks come from load balancers that carry no credentials.
-    if (req.service.typeName !== "grpc.health.v1.Health") {
-      const got = new TextEncoder().encode(req.header.get("authorization") ?? "");
-      if (got.length !== want.length || !timingSafeEqual(got, want)) {
-        throw new ConnectError(
-          "[UNAUTHENTICATED] A valid 'authorization: Bearer <token>' header is required.",
-          Code.Unauthenticated,
-        );
-      }
-    }
-    return next(req);
-  };
 }
 
 function logInterceptor(log: (line: string) => void): Interceptor {
