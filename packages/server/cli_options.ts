@@ -18,6 +18,8 @@ Listening and data:
                               (env VALISE_TOKEN_FILE)
   --token TOKEN               one token (env VALISE_TOKEN); on the command line it is
                               visible to every local user in ps: prefer the file or env
+  --stream-idle-timeout-s N   abort an AddArtifacts stream silent for N s; 0 = never
+                              (default 60)
   --idle-timeout-min N        release sessions idle for N minutes; 0 = never (default 60)
 
 Storage (sizes take K, M, G, T suffixes, powers of 1024):
@@ -119,6 +121,7 @@ export function parseServeCommand(
         "data-dir": { type: "string" },
         token: { type: "string" },
         "token-file": { type: "string" },
+        "stream-idle-timeout-s": { type: "string" },
         "metrics-token-file": { type: "string" },
         "idle-timeout-min": { type: "string" },
         "cache-bytes": { type: "string" },
@@ -220,6 +223,13 @@ export function parseServeCommand(
       dataDir,
       ...(token ? { token } : {}),
       ...(tokens ? { tokens } : {}),
+      ...(v["stream-idle-timeout-s"] !== undefined
+        ? {
+          streamIdleTimeoutMs:
+            int(v["stream-idle-timeout-s"], "--stream-idle-timeout-s", 0, 86_400) *
+            1000,
+        }
+        : {}),
       idleTimeoutMs: idle * 60_000,
       ...(v["cache-bytes"] ? { cacheBytes: parseSize(v["cache-bytes"], "--cache-bytes") } : {}),
       quotas,

@@ -131,3 +131,19 @@ Deno.test("parseServeCommand() reads --token-file (or VALISE_TOKEN_FILE) relativ
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("parseServeCommand() reads --stream-idle-timeout-s in seconds, 0 for never", () => {
+  equal(parseServeCommand([], noEnv, "/x").options.streamIdleTimeoutMs, undefined);
+  equal(
+    parseServeCommand(["--stream-idle-timeout-s", "5"], noEnv, "/x").options.streamIdleTimeoutMs,
+    5000,
+  );
+  equal(
+    parseServeCommand(["--stream-idle-timeout-s", "0"], noEnv, "/x").options.streamIdleTimeoutMs,
+    0,
+  );
+  throws(
+    () => parseServeCommand(["--stream-idle-timeout-s", "1.5"], noEnv, "/x"),
+    /--stream-idle-timeout-s: "1.5" is not a whole number/,
+  );
+});

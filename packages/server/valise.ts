@@ -43,6 +43,11 @@ export interface ValiseOptions {
    */
   tokens?: readonly AccessToken[] | undefined;
   /**
+   * An AddArtifacts stream with no message for this long is aborted; `0` waits forever.
+   * @default {60_000}
+   */
+  streamIdleTimeoutMs?: number | undefined;
+  /**
    * Sessions unused for this long are released; `0` disables expiry.
    * @default {3_600_000}
    */
@@ -179,11 +184,12 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     );
   };
   const door = { readMaxBytes, gate: tokens ? authGate(tokens, refused) : undefined };
+  const streamIdleTimeoutMs = options.streamIdleTimeoutMs;
   const routes = (router: ConnectRouter): void => {
     registerService(
       router,
       SparkConnectService,
-      createSparkConnectService({ store }),
+      createSparkConnectService({ store, streamIdleTimeoutMs }),
       door,
     );
     registerService(router, StoreService, createStoreService({ store }), door);
