@@ -20,6 +20,7 @@ import {
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./front_door.ts";
+import { PathRedactor, redactingInterceptor, serverSideMessage } from "./redact.ts";
 import { type AccessToken, TokenSet } from "./tokens.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
@@ -170,9 +171,14 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const metrics = new Metrics();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
+  const redactor = new PathRedactor({
+    dataDir: store.dataDir,
+    pexRoots: workerOptions.pexRoot ? [workerOptions.pexRoot] : [],
+  });
   const interceptors: Interceptor[] = [metrics.interceptor()];
   if (log) interceptors.push(logInterceptor(log));
   if (tokens) interceptors.push(authInterceptor(tokens));
+  interceptors.push(redactingInterceptor(redactor));
 
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
   // The token is checked on the headers, before any body byte is read; each method reads at
@@ -319,7 +325,8 @@ function logInterceptor(log: (line: string) => void): Interceptor {
   };
 }
 
+/** The server's log has the full message, with the paths clients are not shown. */
 function describe(e: unknown): string {
   const c = ConnectError.from(e);
-  return `${Code[c.code]} ${c.rawMessage.slice(0, 200)}`;
+  return `${Code[c.code]} ${serverSideMessage(c).slice(0, 1000)}`;
 }
