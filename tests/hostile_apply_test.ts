@@ -18,7 +18,7 @@ import {
   ipcMessages,
   IpcMessageType,
 } from "@valise/protocol";
-import { Int32, makeVector, RecordBatch, Table, tableFromIPC, tableToIPC } from "apache-arrow";
+import { Int32, makeVector, type RecordBatch, Table, tableFromIPC, tableToIPC } from "apache-arrow";
 import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
 
 const SANDBOX = bwrapWorks();

@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import type { ServeOptions } from "./serve.ts";
+import { type AccessToken, readTokenFile } from "./tokens.ts";
 
 /** The usage text of `deno task serve`. */
 export const USAGE = `Usage: deno task serve [options]
@@ -12,7 +13,13 @@ Listening and data:
   --host HOST                 address to listen on (env VALISE_HOST; default 127.0.0.1)
   --port PORT                 port; 0 picks a free one (env VALISE_PORT; default 15002)
   --data-dir DIR              sessions, blobs, trees (env VALISE_DATA_DIR; default ./.data)
-  --token TOKEN               require 'authorization: Bearer TOKEN' (env VALISE_TOKEN)
+  --token-file PATH           require 'authorization: Bearer TOKEN' with a TOKEN of the file:
+                              one per line, 'TOKEN user-id' binds it to that user
+                              (env VALISE_TOKEN_FILE)
+  --token TOKEN               one token (env VALISE_TOKEN); on the command line it is
+                              visible to every local user in ps: prefer the file or env
+  --stream-idle-timeout-s N   abort an AddArtifacts stream silent for N s; 0 = never
+                              (default 60)
   --idle-timeout-min N        release sessions idle for N minutes; 0 = never (default 60)
 
 Storage (sizes take K, M, G, T suffixes, powers of 1024):
@@ -44,6 +51,8 @@ Workers:
 
 Other:
   --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
+  --metrics-token-file PATH   require 'authorization: Bearer TOKEN' on /metrics, a TOKEN of
+                              the file, one per line (env VALISE_METRICS_TOKEN_FILE)
   --quiet                     no per-RPC log lines
   -h, --help                  this help
 `;
@@ -61,6 +70,8 @@ export interface ServeCommand {
   quiet: boolean;
   /** Port of the metrics endpoint, if any. */
   metricsPort: number | undefined;
+  /** Tokens the metrics endpoint requires, if any. */
+  metricsTokens: AccessToken[] | undefined;
   /** Everything else, ready for {@linkcode serve}. */
   options: ServeOptions;
 }
@@ -87,8 +98,16 @@ function int(text: string, flag: string, min = 0, max = Number.MAX_SAFE_INTEGER)
   return n;
 }
 
+function tokensOf(path: string, flag: string): AccessToken[] {
+  try {
+    return readTokenFile(path);
+  } catch (e) {
+    throw new UsageError(`${flag}: ${e instanceof Error ? e.message : e}`);
+  }
+}
+
 /**
- * Reads flags and environment variables into server options.
+ * Reads flags and environment variables into server options; token files are read here.
  *
  * @param args The command line (without the program).
  * @param env Environment lookup.
@@ -110,6 +129,9 @@ export function parseServeCommand(
         port: { type: "string" },
         "data-dir": { type: "string" },
         token: { type: "string" },
+        "token-file": { type: "string" },
+        "stream-idle-timeout-s": { type: "string" },
+        "metrics-token-file": { type: "string" },
         "idle-timeout-min": { type: "string" },
         "cache-bytes": { type: "string" },
         "max-session-bytes": { type: "string" },
@@ -223,17 +245,39 @@ export function parseServeCommand(
       : {}),
   };
   const token = v.token ?? e("VALISE_TOKEN");
+  const tokenFile = v["token-file"] ?? e("VALISE_TOKEN_FILE");
+  const tokens = tokenFile ? tokensOf(resolve(cwd, tokenFile), "--token-file") : undefined;
+  const metricsTokenFile = v["metrics-token-file"] ?? e("VALISE_METRICS_TOKEN_FILE");
+  const metricsTokens = metricsTokenFile
+    ? tokensOf(resolve(cwd, metricsTokenFile), "--metrics-token-file")
+    : undefined;
+  const bound = metricsTokens?.find((t) => t.userId !== undefined);
+  if (bound) {
+    throw new UsageError(
+      `--metrics-token-file: a token is bound to user ${JSON.stringify(bound.userId)}; ` +
+        `metrics tokens are not bound to users`,
+    );
+  }
   return {
     help: v.help ?? false,
     quiet: v.quiet ?? false,
     metricsPort: v["metrics-port"] !== undefined
       ? int(v["metrics-port"], "--metrics-port", 0, 65535)
       : undefined,
+    metricsTokens,
     options: {
       host,
       port,
       dataDir,
       ...(token ? { token } : {}),
+      ...(tokens ? { tokens } : {}),
+      ...(v["stream-idle-timeout-s"] !== undefined
+        ? {
+          streamIdleTimeoutMs:
+            int(v["stream-idle-timeout-s"], "--stream-idle-timeout-s", 0, 86_400) *
+            1000,
+        }
+        : {}),
       idleTimeoutMs: idle * 60_000,
       ...(v["cache-bytes"] ? { cacheBytes: parseSize(v["cache-bytes"], "--cache-bytes") } : {}),
       quotas,

@@ -105,3 +105,48 @@ Deno.test("parseSize() takes plain bytes and K/M/G/T suffixes", () => {
   equal(parseSize("1.5GiB", "x"), 1.5 * 2 ** 30);
   equal(parseSize("2T", "x"), 2 * 2 ** 40);
 });
+
+Deno.test("parseServeCommand() reads --token-file (or VALISE_TOKEN_FILE) relative to the user's directory", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "valise-cli-" });
+  try {
+    await Deno.writeTextFile(`${dir}/tokens`, "# ops\nt-one\nt-two ada\n");
+    const flag = parseServeCommand(["--token-file", "tokens"], noEnv, dir);
+    deepEqual(flag.options.tokens, [{ token: "t-one" }, { token: "t-two", userId: "ada" }]);
+    equal(flag.options.token, undefined);
+    const env = (k: string) => ({ VALISE_TOKEN_FILE: `${dir}/tokens`, VALISE_TOKEN: "t-env" })[k];
+    const fromEnv = parseServeCommand([], env, "/elsewhere");
+    deepEqual(fromEnv.options.tokens, [{ token: "t-one" }, { token: "t-two", userId: "ada" }]);
+    equal(fromEnv.options.token, "t-env");
+    await Deno.writeTextFile(`${dir}/metrics`, "m-one\n");
+    const metrics = parseServeCommand(["--metrics-token-file", `${dir}/metrics`], noEnv, "/x");
+    deepEqual(metrics.metricsTokens, [{ token: "m-one" }]);
+    equal(parseServeCommand([], noEnv, "/x").metricsTokens, undefined);
+    const bad = (args: string[], re: RegExp) =>
+      throws(
+        () => parseServeCommand(args, noEnv, dir),
+        (e: unknown) => e instanceof UsageError && re.test((e as Error).message),
+      );
+    bad(["--token-file", "missing"], /--token-file: cannot read .*missing/);
+    await Deno.writeTextFile(`${dir}/empty`, "# none yet\n");
+    bad(["--token-file", "empty"], /--token-file: .*empty: the file lists no token/);
+    bad(["--metrics-token-file", "tokens"], /metrics tokens are not bound to users/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseServeCommand() reads --stream-idle-timeout-s in seconds, 0 for never", () => {
+  equal(parseServeCommand([], noEnv, "/x").options.streamIdleTimeoutMs, undefined);
+  equal(
+    parseServeCommand(["--stream-idle-timeout-s", "5"], noEnv, "/x").options.streamIdleTimeoutMs,
+    5000,
+  );
+  equal(
+    parseServeCommand(["--stream-idle-timeout-s", "0"], noEnv, "/x").options.streamIdleTimeoutMs,
+    0,
+  );
+  throws(
+    () => parseServeCommand(["--stream-idle-timeout-s", "1.5"], noEnv, "/x"),
+    /--stream-idle-timeout-s: "1.5" is not a whole number/,
+  );
+});

@@ -19,6 +19,8 @@ try {
   console.error(`valise: ${e.message}\n\n${USAGE}`);
   Deno.exit(2);
 }
+// Read once; nothing started later (unpack sandboxes, helpers) needs to inherit it.
+Deno.env.delete("VALISE_TOKEN");
 if (cmd.help) {
   console.log(USAGE);
   Deno.exit(0);
@@ -46,6 +48,7 @@ const metrics = cmd.metricsPort !== undefined
   ? serveMetrics(server.valise, {
     port: cmd.metricsPort,
     hostname: cmd.options.host ?? "127.0.0.1",
+    tokens: cmd.metricsTokens,
   })
   : undefined;
 if (metrics) log(`metrics on http://${metrics.hostname}:${metrics.port}/metrics`);

@@ -3,6 +3,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "@valise/protocol";
 import type { Launcher } from "@valise/launcher";
 import type { SessionStore } from "@valise/session-store";
+import { type AccessToken, TokenSet } from "./tokens.ts";
 
 const LATENCY_BUCKETS = [
   0.001,
@@ -224,22 +225,45 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
+/** Options of {@linkcode serveMetrics}. */
+export interface MetricsServerOptions {
+  /** Port to listen on; `0` picks a free one. */
+  port: number;
+  /** Address to listen on. */
+  hostname: string;
+  /**
+   * When set, `/metrics` requires `authorization: Bearer <token>` with one of these.
+   * @default {undefined} open
+   */
+  tokens?: readonly AccessToken[] | undefined;
+}
+
 /**
  * Serves `GET /metrics` (Prometheus text format) on its own port, apart from the RPC port.
  *
  * @param valise What to report on.
- * @param options Where to listen.
+ * @param options Where to listen, and the tokens it requires.
  * @returns The running endpoint.
  */
 export function serveMetrics(
   valise: { readonly metrics: Metrics; readonly store: SessionStore; readonly launcher: Launcher },
-  options: { port: number; hostname: string },
+  options: MetricsServerOptions,
 ): MetricsServer {
+  const tokens = options.tokens?.length ? new TokenSet(options.tokens) : undefined;
   const server = Deno.serve(
     { port: options.port, hostname: options.hostname, onListen() {} },
     async (req) => {
       if (new URL(req.url).pathname !== "/metrics") {
         return new Response("Not Found", { status: 404 });
+      }
+      const refused = tokens?.check(req.headers.get("authorization"));
+      if (refused && !refused.ok) {
+        return new Response(
+          refused.problem === "WRONG"
+            ? "The bearer token is wrong.\n"
+            : "/metrics requires 'authorization: Bearer <token>'.\n",
+          { status: 401, headers: { "www-authenticate": 'Bearer realm="valise-metrics"' } },
+        );
       }
       return new Response(await valise.metrics.render(valise.store, valise.launcher), {
         headers: { "content-type": "text/plain; version=0.0.4" },

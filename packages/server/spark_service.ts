@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { create } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, type ServiceImpl } from "@connectrpc/connect";
 import {
   type AddArtifactsRequest,
   AddArtifactsResponseSchema,
@@ -17,12 +17,19 @@ import {
   type UserContext,
 } from "@valise/protocol";
 import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
-import { toConnectError } from "./errors.ts";
+import { type ClassifiedError, toConnectError } from "./errors.ts";
+import { idleLimited } from "./stream_idle.ts";
 
 /** What the Spark Connect handlers need. */
 export interface SparkServiceContext {
   /** Where sessions live. */
   readonly store: SessionStore;
+  /**
+   * An AddArtifacts stream with no message for this long is aborted (DEADLINE_EXCEEDED) and
+   * what it staged removed; `0` waits forever.
+   * @default {60_000}
+   */
+  readonly streamIdleTimeoutMs?: number | undefined;
 }
 
 /** The user id of a request: Spark keys sessions by `user_context.user_id`, `""` when unset. */
@@ -67,15 +74,20 @@ export function createSparkConnectService(
   ctx: SparkServiceContext,
 ): Partial<ServiceImpl<typeof SparkConnectService>> {
   const { store } = ctx;
+  const idleMs = ctx.streamIdleTimeoutMs ?? 60_000;
   return {
     async addArtifacts(requests) {
       let session: Session | undefined;
       let upload: Upload | undefined;
       let done: (() => void) | undefined;
       let committed = false;
+      let received = 0;
       try {
         let first: AddArtifactsRequest | undefined;
-        for await (const req of requests) {
+        // A stalled stream would hold a staging directory and an open file until the peer
+        // went away, which a hostile peer never does.
+        const messages = idleLimited(requests, idleMs, () => streamIdle(idleMs, received));
+        for await (const req of messages) {
           if (!session) {
             first = req;
             // Spark binds the stream to the session named by its first message.
@@ -107,6 +119,7 @@ export function createSparkConnectService(
                 "Unsupported data transfer request: the message has no batch, begin_chunk or chunk.",
               );
           }
+          received++;
         }
         if (!session || !upload) {
           // No message means no session to answer for; Spark fails such a stream too.
@@ -222,6 +235,18 @@ async function runConfig(session: Session, req: ConfigRequest): Promise<ConfigRe
 function kv(p: { key: string; value: string | undefined }): KeyValue {
   // An absent value must be left unset on the wire: PySpark reads HasField("value").
   return create(KeyValueSchema, p.value === undefined ? { key: p.key } : p);
+}
+
+function streamIdle(idleMs: number, received: number): ClassifiedError {
+  const s = idleMs / 1000;
+  return {
+    errorClass: "ARTIFACT_STREAM_IDLE",
+    message: `[ARTIFACT_STREAM_IDLE] No AddArtifacts message arrived for ${s} s (after ` +
+      `${received} message${received === 1 ? "" : "s"}): the stream was aborted and what it ` +
+      `had staged removed. Send the stream without long pauses, or ask the operator to raise ` +
+      `--stream-idle-timeout-s.`,
+    code: Code.DeadlineExceeded,
+  };
 }
 
 /** Spark reports every refused artifact of a stream; the first one's class leads. */

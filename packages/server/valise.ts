@@ -1,7 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import type * as http2 from "node:http2";
 import { resolve } from "node:path";
-import { timingSafeEqual } from "node:crypto";
 import {
   Code,
   ConnectError,
@@ -22,6 +21,9 @@ import {
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
+import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./front_door.ts";
+import { PathRedactor, redactingInterceptor, serverSideMessage } from "./redact.ts";
+import { type AccessToken, TokenSet } from "./tokens.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";
@@ -37,6 +39,17 @@ export interface ValiseOptions {
    * @default {undefined}
    */
   token?: string | undefined;
+  /**
+   * More accepted tokens (with `token`, if both are set); one bound to a user id may act only
+   * as that user (`user_context.user_id`).
+   * @default {[]}
+   */
+  tokens?: readonly AccessToken[] | undefined;
+  /**
+   * An AddArtifacts stream with no message for this long is aborted; `0` waits forever.
+   * @default {60_000}
+   */
+  streamIdleTimeoutMs?: number | undefined;
   /**
    * Sessions unused for this long are released; `0` disables expiry.
    * @default {3_600_000}
@@ -184,20 +197,43 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const metrics = new Metrics();
   // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
   const proofs = new BlobProofs();
+  const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
+  const tokens = accepted.length ? new TokenSet(accepted) : undefined;
+  const redactor = new PathRedactor({
+    dataDir: store.dataDir,
+    pexRoots: workerOptions.pexRoot ? [workerOptions.pexRoot] : [],
+  });
   const interceptors: Interceptor[] = [metrics.interceptor()];
   if (log) interceptors.push(logInterceptor(log));
-  if (options.token) interceptors.push(authInterceptor(options.token));
+  if (tokens) interceptors.push(authInterceptor(tokens));
+  interceptors.push(redactingInterceptor(redactor));
 
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
-
+  // The token is checked on the headers, before any body byte is read; each method reads at
+  // most its own cap.
+  const refused = (method: string, problem: string) => {
+    metrics.rpc(method, Code.Unauthenticated, 0);
+    log?.(
+      `rpc ${method} Unauthenticated (token ${problem.toLowerCase()}, refused before the body)`,
+    );
+  };
+  const door = { readMaxBytes, gate: tokens ? authGate(tokens, refused) : undefined };
+  const streamIdleTimeoutMs = options.streamIdleTimeoutMs;
   const routes = (router: ConnectRouter): void => {
-    router.service(SparkConnectService, createSparkConnectService({ store }));
-    router.service(StoreService, createStoreService({ store, proofs }));
-    router.service(
+    registerService(
+      router,
+      SparkConnectService,
+      createSparkConnectService({ store, streamIdleTimeoutMs }),
+      door,
+    );
+    registerService(router, StoreService, createStoreService({ store, proofs }), door);
+    registerService(
+      router,
       WorkerService,
       createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
+      door,
     );
-    router.service(Health, createHealthService(shutdown.signal));
+    registerService(router, Health, createHealthService(shutdown.signal), door);
   };
 
   // Compressed requests are accepted, responses are never compressed: artifacts, worker output
@@ -217,7 +253,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const fetch: FetchHandler = async (request) =>
     (await handle(request)) ?? new Response("Not Found", { status: 404 });
 
-  const nodeHandler = connectNodeAdapter({
+  const connectHandler: NodeHandler = connectNodeAdapter({
     routes,
     interceptors,
     readMaxBytes,
@@ -225,6 +261,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
   }) as NodeHandler;
+  const nodeHandler = tokens ? discardRefusedBodies(connectHandler, tokens) : connectHandler;
 
   const interval = options.maintenanceIntervalMs ?? 30_000;
   const timer = setInterval(() => {
@@ -291,23 +328,6 @@ function unimplementedFallback(
   req.resume();
 }
 
-function authInterceptor(token: string): Interceptor {
-  const want = new TextEncoder().encode(`Bearer ${token}`);
-  return (next) => (req) => {
-    // Health checks come from load balancers that carry no credentials.
-    if (req.service.typeName !== "grpc.health.v1.Health") {
-      const got = new TextEncoder().encode(req.header.get("authorization") ?? "");
-      if (got.length !== want.length || !timingSafeEqual(got, want)) {
-        throw new ConnectError(
-          "[UNAUTHENTICATED] A valid 'authorization: Bearer <token>' header is required.",
-          Code.Unauthenticated,
-        );
-      }
-    }
-    return next(req);
-  };
-}
-
 function logInterceptor(log: (line: string) => void): Interceptor {
   return (next) => async (req) => {
     const start = performance.now();
@@ -338,7 +358,8 @@ function logInterceptor(log: (line: string) => void): Interceptor {
   };
 }
 
+/** The server's log has the full message, with the paths clients are not shown. */
 function describe(e: unknown): string {
   const c = ConnectError.from(e);
-  return `${Code[c.code]} ${c.rawMessage.slice(0, 200)}`;
+  return `${Code[c.code]} ${serverSideMessage(c).slice(0, 1000)}`;
 }

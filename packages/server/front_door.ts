@@ -1,0 +1,236 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * What every RPC passes before a handler sees it: the bearer token, checked on the headers
+ * before any byte of the body is read (Connect's request gate), a body cap per method, and —
+ * once the messages are parsed — the user a token is bound to.
+ *
+ * @module
+ */
+import { constants as http2constants } from "node:http2";
+import type { DescMessage, DescMethod, DescService } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type HandlerContext,
+  type Interceptor,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import { CREDENTIAL_MESSAGES, type CredentialProblem, type TokenSet } from "./tokens.ts";
+
+/** Health checks come from load balancers that carry no credentials. */
+const OPEN_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health"]);
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/**
+ * The largest request message of each method that is not a stream of data, in bytes. Methods
+ * not listed here and not in {@linkcode BULK_METHODS} get 4 MiB: Spark's methods Valise does
+ * not implement are refused at that size rather than read up to the server-wide maximum.
+ */
+export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
+  "spark.connect.SparkConnectService/Config": 4 * MiB,
+  "spark.connect.SparkConnectService/ArtifactStatus": 4 * MiB,
+  "spark.connect.SparkConnectService/ReleaseSession": 64 * KiB,
+  "valise.v1.StoreService/HasBlobs": 4 * MiB,
+  // 10000 artifacts (the default session maximum) with 1 KiB names fit.
+  "valise.v1.StoreService/AttachArtifacts": 16 * MiB,
+  "grpc.health.v1.Health/Check": 64 * KiB,
+  "grpc.health.v1.Health/Watch": 64 * KiB,
+};
+
+/**
+ * Methods whose messages carry artifact bytes, stdin or Arrow data: they take the server-wide
+ * `readMaxBytes` per message (AddArtifacts and Apply streams are capped per message, not per
+ * call).
+ */
+export const BULK_METHODS: ReadonlySet<string> = new Set([
+  "spark.connect.SparkConnectService/AddArtifacts",
+  "valise.v1.WorkerService/Run",
+  "valise.v1.WorkerService/Apply",
+]);
+
+/**
+ * The body cap of a method: its own, never above the server-wide maximum.
+ *
+ * @param method The method.
+ * @param readMaxBytes The server-wide maximum message size.
+ * @returns Bytes.
+ */
+export function methodReadMaxBytes(method: DescMethod, readMaxBytes: number): number {
+  const key = `${method.parent.typeName}/${method.name}`;
+  if (BULK_METHODS.has(key)) return readMaxBytes;
+  return Math.min(readMaxBytes, METHOD_READ_MAX_BYTES[key] ?? 4 * MiB);
+}
+
+/**
+ * A request gate that refuses a call without a valid token from its headers alone, so a
+ * tokenless caller cannot make the server read (and buffer) its body. Connect answers in the
+ * caller's protocol: gRPC status 16 in trailers, gRPC-web likewise, Connect HTTP 401 with
+ * `{"code":"unauthenticated"}`.
+ *
+ * @param tokens The accepted tokens.
+ * @param onRefuse Told of each refusal (for the log and metrics), by method and problem.
+ * @returns The gate.
+ */
+export function authGate(
+  tokens: TokenSet,
+  onRefuse?: (method: string, problem: CredentialProblem) => void,
+): (ctx: HandlerContext) => void {
+  return (ctx) => {
+    if (OPEN_SERVICES.has(ctx.service.typeName)) return;
+    const c = tokens.check(ctx.requestHeader.get("authorization"));
+    if (!c.ok) {
+      onRefuse?.(`${ctx.service.typeName}/${ctx.method.name}`, c.problem);
+      throw new ConnectError(CREDENTIAL_MESSAGES[c.problem], Code.Unauthenticated);
+    }
+  };
+}
+
+/** The parts of a `node:http2` request a refusal needs. */
+interface NodeRequest {
+  readonly url: string;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly stream?: { close(code?: number): void };
+  on(event: "data", fn: (chunk: Uint8Array) => void): unknown;
+  resume(): unknown;
+}
+
+/** A refused caller's body is read and dropped up to this much, then its stream is reset. */
+export const REFUSED_BODY_DRAIN_BYTES: number = 8 * MiB;
+
+/**
+ * Wraps a `node:http2` handler so that the body of a call the gate will refuse is drained and
+ * dropped as it arrives, never buffered. Deno's `node:http2` resets a stream answered before
+ * its body was read, and the peer's frames still in flight then count as invalid frames: enough
+ * of them (a few 60 MiB calls) and the whole connection gets GOAWAY(ENHANCE_YOUR_CALM). A
+ * caller that keeps sending long after its answer is cut off.
+ *
+ * @param handler The handler whose request gate refuses the call.
+ * @param tokens The accepted tokens.
+ * @returns The wrapped handler.
+ */
+export function discardRefusedBodies<Req extends NodeRequest, Res>(
+  handler: (req: Req, res: Res) => void,
+  tokens: TokenSet,
+): (req: Req, res: Res) => void {
+  return (req, res) => {
+    const service = req.url.split("/")[1] ?? "";
+    if (!OPEN_SERVICES.has(service)) {
+      const raw = req.headers.authorization;
+      const c = tokens.check(typeof raw === "string" ? raw : null);
+      if (!c.ok) {
+        let drained = 0;
+        req.on("data", (chunk) => {
+          drained += chunk.length;
+          if (
+            drained > REFUSED_BODY_DRAIN_BYTES && drained - chunk.length <= REFUSED_BODY_DRAIN_BYTES
+          ) {
+            req.stream?.close(http2constants.NGHTTP2_CANCEL);
+          }
+        });
+        req.resume();
+      }
+    }
+    handler(req, res);
+  };
+}
+
+/**
+ * Registers every method of a service with its own body cap and the auth gate. Methods the
+ * implementation lacks answer UNIMPLEMENTED, as `router.service` would.
+ *
+ * @param router The router.
+ * @param service The service.
+ * @param impl Its implementation.
+ * @param options The server-wide maximum message size and the gate, if tokens are required.
+ */
+export function registerService<T extends DescService>(
+  router: ConnectRouter,
+  service: T,
+  impl: Partial<ServiceImpl<T>>,
+  options: { readMaxBytes: number; gate?: ((ctx: HandlerContext) => void) | undefined },
+): void {
+  for (const method of service.methods) {
+    let fn = (impl as Record<string, unknown>)[method.localName];
+    if (typeof fn === "function") fn = fn.bind(impl);
+    else {
+      const message = `${service.typeName}.${method.name} is not implemented`;
+      fn = () => {
+        throw new ConnectError(message, Code.Unimplemented);
+      };
+    }
+    router.rpc(method as never, fn as never, {
+      readMaxBytes: methodReadMaxBytes(method, options.readMaxBytes),
+      ...(options.gate ? { requestGate: options.gate } : {}),
+    });
+  }
+}
+
+/**
+ * The user ids a request message acts as: its `user_context.user_id` (`""` when unset), and
+ * that of a message chosen in a oneof (ApplyRequest's `start`).
+ */
+function userIdsOf(schema: DescMessage, message: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  if (schema.fields.some((f) => f.localName === "userContext")) {
+    const ctx = message.userContext as { userId?: string } | undefined;
+    out.push(ctx?.userId ?? "");
+  }
+  for (const oneof of schema.oneofs) {
+    const sel = message[oneof.localName] as { case?: string; value?: unknown } | undefined;
+    const field = oneof.fields.find((f) => f.localName === sel?.case);
+    if (field?.fieldKind === "message" && typeof sel?.value === "object" && sel.value) {
+      out.push(...userIdsOf(field.message, sel.value as Record<string, unknown>));
+    }
+  }
+  return out;
+}
+
+function checkUser(bound: string | undefined, schema: DescMessage, message: unknown): void {
+  if (bound === undefined) return;
+  for (const id of userIdsOf(schema, message as Record<string, unknown>)) {
+    if (id !== bound) {
+      throw new ConnectError(
+        `[PERMISSION_DENIED] This token is bound to user ${JSON.stringify(bound)}, but the ` +
+          `request acts as user ${JSON.stringify(id)} (user_context.user_id). Set user_id to ` +
+          `${JSON.stringify(bound)} or use the token issued for that user.`,
+        Code.PermissionDenied,
+      );
+    }
+  }
+}
+
+/**
+ * An interceptor that checks the token again (defence in depth behind the gate) and holds a
+ * token bound to a user to that user: every message that names a user (each message of a
+ * stream too) must name the token's user, else PERMISSION_DENIED.
+ *
+ * @param tokens The accepted tokens.
+ * @returns The interceptor.
+ */
+export function authInterceptor(tokens: TokenSet): Interceptor {
+  return (next) => (req) => {
+    if (OPEN_SERVICES.has(req.service.typeName)) return next(req);
+    const c = tokens.check(req.header.get("authorization"));
+    if (!c.ok) throw new ConnectError(CREDENTIAL_MESSAGES[c.problem], Code.Unauthenticated);
+    const bound = c.userId;
+    if (bound === undefined) return next(req);
+    const schema = req.method.input;
+    if (!req.stream) {
+      checkUser(bound, schema, req.message);
+      return next(req);
+    }
+    const inner = req.message;
+    return next({
+      ...req,
+      message: (async function* () {
+        for await (const m of inner) {
+          checkUser(bound, schema, m);
+          yield m;
+        }
+      })(),
+    });
+  };
+}
