@@ -155,6 +155,8 @@ export interface SandboxLayout {
   identity: { passwd: string; group: string } | undefined;
   /** Keep the host's network. */
   network: boolean;
+  /** Size of the private `/tmp` and `/dev/shm` (memory-backed), in bytes. */
+  tmpBytes: number;
   /**
    * Run bubblewrap as root without a user namespace, and drop the worker to this uid/gid with
    * `setpriv` before the interpreter starts: mounts are made with the server's rights, the
@@ -232,7 +234,10 @@ export function sandboxCommand(bwrap: string, layout: SandboxLayout, command: st
   }
   // World-writable and sticky, as on a host: a worker of its own uid must be able to use it.
   args.push("--proc", "/proc", "--dev", "/dev");
-  args.push("--perms", "01777", "--tmpfs", "/tmp", "--perms", "01777", "--tmpfs", "/dev/shm");
+  // Memory-backed: sized, so that without a cgroup they cannot take the host's RAM.
+  const size = String(layout.tmpBytes);
+  args.push("--perms", "01777", "--size", size, "--tmpfs", "/tmp");
+  args.push("--perms", "01777", "--size", size, "--tmpfs", "/dev/shm");
   // Every directory leading to a bind exists only as an empty mount point; make it
   // traversable but unlistable, so the names of sessions and trees around stay unknown.
   const ancestors = new Set<string>();

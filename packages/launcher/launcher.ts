@@ -1170,6 +1170,7 @@ export class Launcher {
             writableDirs: pexDir ? [pexDir] : [],
             identity,
             network: this.#network,
+            tmpBytes: limits.sandboxMemoryBytes > 0 ? limits.sandboxMemoryBytes : 2 ** 30,
             dropTo,
           }, command),
         ];
