@@ -755,8 +755,12 @@ export class Launcher {
     const root = normalize(session.root).replace(/(.)\/$/, "$1");
     if (root === "/") throw new RangeError("Cannot run: session.root is /");
     for (const [k, v] of Object.entries(session.env ?? {})) {
-      if (k === "" || k.includes("=") || k.includes("\0") || String(v).includes("\0")) {
-        throw new TypeError(`Cannot use worker environment variable ${JSON.stringify(k)}`);
+      // A plain name: it becomes an argument of env(1), which must never read it as an option.
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || String(v).includes("\0")) {
+        throw new TypeError(
+          `Cannot use worker environment variable ${JSON.stringify(k)}: names are letters, ` +
+            `digits and '_', not starting with a digit, and values hold no NUL`,
+        );
       }
     }
     for (const p of [...(session.readOnlyDirs ?? []), ...(session.sharedTrees ?? [])]) {
@@ -1109,7 +1113,18 @@ export class Launcher {
     const existing = byKey.get(fingerprint);
     if (existing && !(existing.server?.dead ?? false)) return existing;
     this.#retire(byKey);
-    const command = [interp.exe, ...interp.prefixArgs, "-c", STUB];
+    // The session's environment reaches the interpreter only: env(1) sets it as the last step,
+    // after any step that runs with the server's rights (sh, prlimit, bwrap, setpriv), so no
+    // variable of the session (LD_PRELOAD, LD_AUDIT, LD_DEBUG_OUTPUT, …) can steer those.
+    const command = [
+      "/usr/bin/env",
+      "-i",
+      ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      interp.exe,
+      ...interp.prefixArgs,
+      "-c",
+      STUB,
+    ];
     const log = this.#log;
     const entry: ServerEntry = {
       server: undefined,
@@ -1179,8 +1194,10 @@ export class Launcher {
       }
       const server = new ForkServer({
         command: full,
-        env,
-        cwd: root,
+        // The steps before the interpreter get only this, and run from "/": each run enters
+        // its working directory itself.
+        env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LANG: "C.UTF-8" },
+        cwd: "/",
         interpreter: interp.display,
         log,
         startTimeoutMs: this.#startTimeoutMs,

@@ -16,6 +16,7 @@ import {
   descendants,
   makeZip,
   memoryLogger,
+  reachablePython,
   sh,
   SYSTEM_PYTHON,
   until,
@@ -40,7 +41,7 @@ async function withLauncher(
   options: LauncherOptions,
   fn: (l: Launcher) => Promise<void>,
 ): Promise<void> {
-  const launcher = new Launcher({ logger: quiet, ...options });
+  const launcher = new Launcher({ logger: quiet, ...reachablePython(options.sandbox), ...options });
   try {
     await fn(launcher);
   } finally {
@@ -542,6 +543,7 @@ Deno.test("Launcher leaves no process behind after 200 runs, idle expiry and clo
     for (const sandbox of MODES) {
       const l = new Launcher({
         sandbox,
+        ...reachablePython(sandbox),
         logger: quiet,
         forkServerIdleMs: 100,
         limits: { maxQueue: 200 },

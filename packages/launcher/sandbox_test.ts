@@ -254,3 +254,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a session's environment reaches only its interpreter, never the steps that set up the sandbox",
+  ignore,
+  async fn() {
+    const data = await Deno.makeTempDir({ prefix: "valise-env-" });
+    const root = join(data, "root");
+    await Deno.mkdir(root);
+    const l = new Launcher({ sandbox: "bwrap", logger: () => {} });
+    try {
+      // The dynamic loader of every process that gets LD_DEBUG_OUTPUT writes there: on the host
+      // only if a step outside the sandbox (sh, prlimit, bwrap, setpriv) got it.
+      const target = join(data, "loader-log");
+      const session = { key: "env", root, pythonPath: [] };
+      const debug = { LD_DEBUG: "statistics", LD_DEBUG_OUTPUT: target };
+      // Inside, the loader cannot open the host path and writes to the fork server's frame
+      // channel instead: that breaks the session's own fork server, which is its business.
+      await collect(l, { ...session, env: debug }, { code: "" }).catch(() => {});
+      const r = await collect(l, { ...session, env: { MARK: "on" } }, {
+        code: "import os; print(os.environ['MARK'])",
+      });
+      assert.equal(r.stdout.trim(), "on", r.stderr);
+      const written = [...Deno.readDirSync(data)].filter((e) => e.name.startsWith("loader-log"));
+      assert.deepEqual(written, []);
+      // A name env(1) could read as an option is refused, not passed.
+      await assert.rejects(
+        collect(l, { key: "env2", root, pythonPath: [], env: { "-u": "PATH" } }, { code: "" }),
+        TypeError,
+      );
+    } finally {
+      await l.close();
+      await Deno.remove(data, { recursive: true });
+    }
+  },
+});

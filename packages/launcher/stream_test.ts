@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Launcher, type RunEvent, type SessionSpec } from "./mod.ts";
-import { bwrapWorks } from "./testdata/helpers.ts";
+import { bwrapWorks, reachablePython } from "./testdata/helpers.ts";
 
 const MODES: ("none" | "bwrap")[] = bwrapWorks() ? ["none", "bwrap"] : ["none"];
 const MiB = 1024 * 1024;
@@ -14,7 +14,7 @@ async function withSession(
   fn: (l: Launcher, s: SessionSpec) => Promise<void>,
 ): Promise<void> {
   const root = await Deno.makeTempDir({ prefix: "valise-stream-" });
-  const l = new Launcher({ sandbox: mode, logger: () => {} });
+  const l = new Launcher({ sandbox: mode, ...reachablePython(mode), logger: () => {} });
   try {
     await fn(l, { key: `stream-${mode}`, root, pythonPath: [] });
   } finally {

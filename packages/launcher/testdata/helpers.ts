@@ -55,6 +55,17 @@ export async function collect(
 export const SYSTEM_PYTHON = "/usr/bin/python3";
 
 /**
+ * Without a sandbox, a root launcher's workers run as nobody, who cannot reach an interpreter
+ * in root's home (a pyenv default): such tests use the system's.
+ *
+ * @param sandbox The sandbox mode of the test's launcher.
+ * @returns Launcher options to spread.
+ */
+export function reachablePython(sandbox: string | undefined): { defaultPython?: string } {
+  return sandbox === "none" && Deno.uid() === 0 ? { defaultPython: SYSTEM_PYTHON } : {};
+}
+
+/**
  * Runs a command and fails on a non-zero exit.
  *
  * @param cmd Program and arguments.
