@@ -7,7 +7,7 @@
  * @module
  */
 import { dirname, isAbsolute, join, normalize, relative } from "node:path";
-import { BOOTSTRAP_FILENAME, BOOTSTRAP_SOURCE } from "./_bootstrap.ts";
+import { BOOTSTRAP_STUB } from "./_bootstrap.ts";
 import { type CgroupHandle, Cgroups, enterCgroups } from "./_cgroup.ts";
 import { ForkServer, type RunHandle, type RunRequestJson } from "./_fork_server.ts";
 import {
@@ -334,9 +334,7 @@ const defaultLogger: LauncherLogger = (level, message, fields) => {
   console.error(`[valise launcher] ${level}: ${message}${extra}`);
 };
 
-const STUB = `exec(compile(${JSON.stringify(BOOTSTRAP_SOURCE)}, ${
-  JSON.stringify(BOOTSTRAP_FILENAME)
-}, 'exec'))`;
+const STUB = BOOTSTRAP_STUB;
 
 function inside(root: string, path: string): boolean {
   const rel = relative(root, path);

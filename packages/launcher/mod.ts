@@ -31,3 +31,4 @@
  */
 export * from "./launcher.ts";
 export * from "./launch_error.ts";
+export { pythonStub } from "./python_stub.ts";

@@ -11,7 +11,7 @@ import {
   readColumnarBatch,
   schemaOfHeader,
 } from "./apply_codec.ts";
-import { DRIVER_STUB, DriverFrame } from "./apply_driver.ts";
+import { DRIVER_FILENAME, DRIVER_STUB, DriverFrame } from "./apply_driver.ts";
 
 interface Driven {
   hello: Record<string, unknown>;
@@ -152,4 +152,27 @@ Deno.test("a missing function and a failing import are reported with their class
   equal(broken.error?.errorClass, "APPLY_FUNCTION_FAILED");
   ok(broken.error?.traceback.includes("RuntimeError: at import"), broken.error?.traceback);
   equal(broken.code, 1);
+});
+
+Deno.test("a driver traceback names apply_driver.py and the line that raised", async () => {
+  const child = new Deno.Command("/usr/bin/python3", {
+    args: ["-c", DRIVER_STUB],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // A START frame whose JSON is cut short: the driver's own code raises.
+  const bad = new TextEncoder().encode('{"form": ');
+  const w = child.stdin.getWriter();
+  await w.write(driverFrameHeader(DriverFrame.START, bad.length));
+  await w.write(bad);
+  await w.close();
+  const res = await child.output();
+  const stderr = new TextDecoder().decode(res.stderr);
+  equal(res.success, false);
+  const source = await Deno.readTextFile(new URL("./apply_driver.py", import.meta.url));
+  const lines = source.split("\n");
+  const line = lines.findIndex((l) => l.includes("start = json.loads(payload")) + 1;
+  ok(line > 0);
+  ok(stderr.includes(`File "${DRIVER_FILENAME}", line ${line}, in main`), stderr);
 });

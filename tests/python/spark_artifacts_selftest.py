@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
 import subprocess
 import sys

@@ -1,0 +1,567 @@
+# Copyright 2026 the Valise authors. Apache-2.0 license.
+"""The Valise fork server: a stdlib-only Python program (3.8+) started once per (session,
+interpreter). It reads run requests from fd 0, forks one child per run and multiplexes the
+children's stdout/stderr into frames on fd 1. Frames both ways are
+``u32 length (of what follows) | u8 type | u32 run id | payload``, big-endian.
+
+It imports nothing of the user's: ``sys.path[0]`` (the working directory that ``-c`` adds) is
+dropped before the first import that could be shadowed. The launcher runs it as
+``python -c "VALISE = {...}; exec(compile(<this file>, '@valise/launcher/fork_server.py', 'exec'))"``.
+"""
+import sys
+if sys.path and sys.path[0] in ('', '.'):
+    del sys.path[0]
+import os, json, struct, signal, selectors, io, types, builtins, atexit, traceback, runpy
+import fcntl
+
+# Defined once, on the TypeScript side (_bootstrap.ts), and injected by the launcher's stub.
+VALISE = globals()['VALISE']
+_F = VALISE['frames']
+RUN, KILL, STDIN, ACK = _F['RUN'], _F['KILL'], _F['STDIN'], _F['ACK']
+READY, STARTED, STDOUT, STDERR = _F['READY'], _F['STARTED'], _F['STDOUT'], _F['STDERR']
+EXITED, FAILED, STDIN_ACK = _F['EXITED'], _F['FAILED'], _F['STDIN_ACK']
+STDOUT_WINDOW = VALISE['stdoutWindow']
+BULK = VALISE['outputPiece']
+F_SETPIPE_SZ = 1031
+ACK_FMT = struct.Struct('>I')
+HDR = struct.Struct('>IBI')
+BOOT_FILE = VALISE['file']
+RUNPY_FILE = getattr(runpy, '__file__', None)
+
+CTL_IN = os.dup(0)
+CTL_OUT = os.dup(1)
+_null = os.open(os.devnull, os.O_RDWR)
+os.dup2(_null, 0)
+os.dup2(2, 1)  # a stray print of the interpreter's start-up goes to the log, not the frames
+os.close(_null)
+
+_libc = None
+try:
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: a run's orphans come back to us
+except Exception:
+    _libc = None
+
+
+def send(kind, rid, payload=b''):
+    view = memoryview(HDR.pack(len(payload) + 5, kind, rid) + payload)
+    while view:
+        n = os.write(CTL_OUT, view)
+        view = view[n:]
+
+
+def send_json(kind, rid, obj):
+    send(kind, rid, json.dumps(obj).encode('utf-8'))
+
+
+class Run(object):
+    __slots__ = ('rid', 'pid', 'fds', 'stdin_fd', 'stdin_buf', 'status', 'reported',
+                 'stdin_stream', 'stdin_queue', 'stdin_eof', 'stdin_reg', 'stdin_piece',
+                 'flow', 'unacked', 'paused')
+
+    def __init__(self, rid):
+        self.rid = rid
+        self.pid = 0
+        self.fds = {}
+        self.stdin_fd = -1
+        self.stdin_buf = b''
+        self.status = None
+        self.reported = False
+        # Streamed stdin: pieces from STDIN frames, each acknowledged once written.
+        self.stdin_stream = False
+        self.stdin_queue = []
+        self.stdin_eof = False
+        self.stdin_reg = False
+        self.stdin_piece = 0
+        # Flow-controlled stdout: the pipe is not read while too much is unacknowledged.
+        self.flow = False
+        self.unacked = 0
+        self.paused = -1
+
+
+runs = {}
+by_pid = {}
+sel = selectors.DefaultSelector()
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_r, False)
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # we stop on EOF of fd 0, after killing the runs
+os.set_blocking(CTL_IN, False)
+sel.register(CTL_IN, selectors.EVENT_READ, 'ctl')
+sel.register(wake_r, selectors.EVENT_READ, 'wake')
+
+
+def close_fds():
+    try:
+        fds = [int(x) for x in os.listdir('/proc/self/fd')]
+    except OSError:
+        fds = range(3, 65536)
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def make_streams():
+    stdin = io.TextIOWrapper(io.open(0, 'rb', closefd=False), encoding='utf-8', errors='strict')
+    stdout = io.TextIOWrapper(io.FileIO(1, 'w', closefd=False), encoding='utf-8',
+                              errors='strict', write_through=True)
+    stderr = io.TextIOWrapper(io.FileIO(2, 'w', closefd=False), encoding='utf-8',
+                              errors='backslashreplace', write_through=True)
+    sys.stdin = sys.__stdin__ = stdin
+    sys.stdout = sys.__stdout__ = stdout
+    sys.stderr = sys.__stderr__ = stderr
+
+
+def strip_tb(tb):
+    while tb is not None and tb.tb_frame.f_code.co_filename in (BOOT_FILE, RUNPY_FILE):
+        tb = tb.tb_next
+    return tb
+
+
+def exit_code(e):
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xff
+    try:
+        sys.stderr.write(str(code) + '\n')
+    except Exception:
+        pass
+    return 1
+
+
+def execute(spec):
+    main = types.ModuleType('__main__')
+    main.__dict__['__builtins__'] = builtins
+    sys.modules['__main__'] = main
+    kind = spec['kind']
+    args = list(spec['args'])
+    if kind == 'code':
+        sys.argv = ['-c'] + args
+        exec(compile(spec['target'], '<string>', 'exec'), main.__dict__)
+    elif kind == 'module':
+        sys.argv = ['-m'] + args
+        run_as_main = getattr(runpy, '_run_module_as_main', None)
+        if run_as_main is not None:
+            run_as_main(spec['target'], True)
+        else:
+            runpy.run_module(spec['target'], run_name='__main__', alter_sys=True)
+    else:
+        path = spec['target']
+        sys.argv = [path] + args
+        if not os.path.exists(path):
+            sys.stderr.write("%s: can't open file %r: [Errno 2] No such file or directory\n"
+                             % (sys.executable, path))
+            return 2
+        runpy.run_path(path, run_name='__main__')
+    return 0
+
+
+def child(spec, in_r, out_w, err_w):
+    os.setsid()
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    signal.set_wakeup_fd(-1)
+    for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.dup2(in_r, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    close_fds()
+    try:
+        import resource
+        mem = spec.get('memoryBytes')
+        if mem:
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except Exception:
+        pass
+    make_streams()
+    atexit._clear()
+    code = 1
+    try:
+        os.chdir(spec['cwd'])
+        os.environ['PWD'] = spec['cwd']
+        sys.path[:0] = spec['path']
+        code = execute(spec)
+    except SystemExit as e:
+        code = exit_code(e)
+    except BaseException as e:
+        try:
+            e.__traceback__ = strip_tb(e.__traceback__)
+            sys.excepthook(type(e), e, e.__traceback__)
+        except Exception:
+            pass
+        if isinstance(e, KeyboardInterrupt):
+            code = -signal.SIGINT
+        else:
+            code = 1
+    try:
+        if 'threading' in sys.modules:
+            shutdown = getattr(sys.modules['threading'], '_shutdown', None)
+            if shutdown is not None:
+                shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except BaseException:
+            pass
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+def start(rid, spec, stdin):
+    run = Run(rid)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+            os.close(fd)
+        send_json(FAILED, rid, {'message': 'Cannot fork: %s' % e})
+        return
+    if pid == 0:
+        try:
+            child(spec, in_r, out_w, err_w)
+        finally:
+            os._exit(70)
+    os.close(in_r)
+    os.close(out_w)
+    os.close(err_w)
+    run.pid = pid
+    runs[rid] = run
+    by_pid[pid] = run
+    send_json(STARTED, rid, {'pid': pid})
+    for fd, kind in ((out_r, STDOUT), (err_r, STDERR)):
+        os.set_blocking(fd, False)
+        run.fds[fd] = kind
+        sel.register(fd, selectors.EVENT_READ, run)
+    run.flow = bool(spec.get('flow'))
+    if run.flow or spec.get('stdinStream'):
+        # Bulk data: bigger pipes mean fewer wake-ups of this loop per megabyte.
+        for fd in (in_w, out_r):
+            try:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, BULK)
+            except Exception:
+                pass
+    if spec.get('stdinStream'):
+        os.set_blocking(in_w, False)
+        run.stdin_fd = in_w
+        run.stdin_stream = True
+    elif stdin:
+        os.set_blocking(in_w, False)
+        run.stdin_fd = in_w
+        run.stdin_buf = memoryview(stdin)
+        sel.register(in_w, selectors.EVENT_WRITE, run)
+        run.stdin_reg = True
+    else:
+        os.close(in_w)
+
+
+def close_stdin(run):
+    if run.stdin_fd >= 0:
+        if run.stdin_reg:
+            sel.unregister(run.stdin_fd)
+        run.stdin_reg = False
+        os.close(run.stdin_fd)
+        run.stdin_fd = -1
+        run.stdin_buf = b''
+        if run.stdin_stream:
+            # What will never be written still frees the sender's window.
+            dropped = run.stdin_piece + sum(len(p) for p in run.stdin_queue)
+            run.stdin_queue = []
+            run.stdin_piece = 0
+            if dropped:
+                send(STDIN_ACK, run.rid, ACK_FMT.pack(dropped))
+
+
+def feed_stdin(run, payload):
+    if run.stdin_fd < 0:
+        if payload:
+            send(STDIN_ACK, run.rid, ACK_FMT.pack(len(payload)))
+        return
+    if not payload:
+        run.stdin_eof = True
+        if not run.stdin_buf and not run.stdin_queue:
+            close_stdin(run)
+        return
+    run.stdin_queue.append(bytes(payload))
+    if not run.stdin_reg:
+        sel.register(run.stdin_fd, selectors.EVENT_WRITE, run)
+        run.stdin_reg = True
+
+
+def write_stdin(run, fd):
+    if not run.stdin_buf and run.stdin_queue:
+        piece = run.stdin_queue.pop(0)
+        run.stdin_buf = memoryview(piece)
+        run.stdin_piece = len(piece)
+    try:
+        n = os.write(fd, run.stdin_buf[:BULK if run.stdin_stream else 65536])
+        run.stdin_buf = run.stdin_buf[n:]
+    except BlockingIOError:
+        return
+    except OSError:
+        close_stdin(run)
+        return
+    if run.stdin_buf:
+        return
+    if not run.stdin_stream:
+        close_stdin(run)
+        return
+    send(STDIN_ACK, run.rid, ACK_FMT.pack(run.stdin_piece))
+    run.stdin_piece = 0
+    if run.stdin_queue:
+        return
+    if run.stdin_eof:
+        close_stdin(run)
+    else:
+        sel.unregister(fd)
+        run.stdin_reg = False
+
+
+def resume_stdout(run):
+    if run.paused >= 0:
+        sel.register(run.paused, selectors.EVENT_READ, run)
+        run.paused = -1
+
+
+def close_outputs(run):
+    for fd in list(run.fds):
+        if fd != run.paused:
+            sel.unregister(fd)
+        os.close(fd)
+    run.paused = -1
+    run.fds.clear()
+
+
+def group_gone(pid):
+    # With the subreaper, what is left of the run's process group are our children: the run
+    # is over once they are reaped too.
+    while True:
+        try:
+            p, _ = os.waitpid(-pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if p == 0:
+            return False
+
+
+def maybe_report(run):
+    if run.status is None or run.fds or run.reported:
+        return
+    if _libc is not None and not group_gone(run.pid):
+        return
+    run.reported = True
+    close_stdin(run)
+    st = run.status
+    if os.WIFSIGNALED(st):
+        sig = os.WTERMSIG(st)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = 'SIG%d' % sig
+        send_json(EXITED, run.rid, {'code': -1, 'signal': name})
+    else:
+        send_json(EXITED, run.rid, {'code': os.WEXITSTATUS(st), 'signal': ''})
+    runs.pop(run.rid, None)
+
+
+def killpg(pid, unreaped=True):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    if not unreaped:
+        return
+    try:
+        # Before the child's setsid() there is no group yet; it has started nothing then.
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def reap():
+    for pid, run in list(by_pid.items()):
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+        if info is None:
+            continue
+        killpg(pid)  # the leader is a zombie still, so its group id cannot be reused yet
+        _, st = os.waitpid(pid, 0)
+        del by_pid[pid]
+        run.status = st
+        maybe_report(run)
+    while True:  # orphans handed to us as subreaper, and leaders that ended just now
+        try:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        run = by_pid.pop(pid, None)
+        if run is not None:
+            killpg(pid, False)
+            run.status = st
+    for run in list(runs.values()):
+        if run.status is not None:
+            maybe_report(run)
+
+
+def kill_orphans():
+    me = str(os.getpid())
+    try:
+        names = os.listdir('/proc')
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % name, 'rb') as f:
+                stat = f.read().decode('ascii', 'replace')
+            ppid = stat[stat.rindex(')') + 2:].split()[1]
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def shutdown():
+    for run in list(runs.values()):
+        if run.pid:
+            killpg(run.pid)
+    kill_orphans()
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except OSError:
+            break
+    os._exit(0)
+
+
+def handle_frame(kind, rid, payload):
+    if kind == RUN:
+        (n,) = struct.unpack_from('>I', payload, 0)
+        spec = json.loads(bytes(payload[4:4 + n]).decode('utf-8'))
+        start(rid, spec, bytes(payload[4 + n:]))
+    elif kind == STDIN:
+        run = runs.get(rid)
+        if run is None:
+            if payload:
+                send(STDIN_ACK, rid, ACK_FMT.pack(len(payload)))
+            return
+        feed_stdin(run, payload)
+    elif kind == ACK:
+        run = runs.get(rid)
+        if run is None:
+            return
+        run.unacked -= ACK_FMT.unpack_from(payload, 0)[0]
+        if run.unacked < STDOUT_WINDOW:
+            resume_stdout(run)
+    elif kind == KILL:
+        run = runs.get(rid)
+        if run is None:
+            return
+        # Nobody will acknowledge any more: drain the pipes so the run can be reported.
+        run.flow = False
+        resume_stdout(run)
+        if run.status is None:
+            killpg(run.pid)
+        else:
+            # The leader is gone but something that left its group still holds the pipes.
+            close_outputs(run)
+            maybe_report(run)
+
+
+def main():
+    send_json(READY, 0, {'pid': os.getpid(), 'executable': sys.executable,
+                         'version': list(sys.version_info[:3])})
+    buf = bytearray()
+    while True:
+        for key, mask in sel.select():
+            data = key.data
+            if data == 'wake':
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except OSError:
+                    pass
+                reap()
+            elif data == 'ctl':
+                try:
+                    chunk = os.read(CTL_IN, 1 << 20)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    shutdown()
+                buf += chunk
+                while len(buf) >= 4:
+                    (n,) = struct.unpack_from('>I', buf, 0)
+                    if len(buf) < 4 + n:
+                        break
+                    frame = bytes(buf[4:4 + n])
+                    del buf[:4 + n]
+                    kind, rid = struct.unpack_from('>BI', frame, 0)
+                    handle_frame(kind, rid, memoryview(frame)[5:])
+            else:
+                run = data
+                fd = key.fd
+                if fd == run.stdin_fd:
+                    write_stdin(run, fd)
+                    continue
+                if fd not in run.fds or fd == run.paused:
+                    # Closed or paused by an earlier event of this same select() batch (a kill
+                    # frame closes the run's pipes): the event is stale, and the fd number may
+                    # already belong to something else.
+                    continue
+                try:
+                    chunk = os.read(fd, BULK if run.flow else 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b''
+                if chunk:
+                    kind = run.fds[fd]
+                    send(kind, run.rid, chunk)
+                    if run.flow and kind == STDOUT:
+                        run.unacked += len(chunk)
+                        if run.unacked >= STDOUT_WINDOW:
+                            sel.unregister(fd)
+                            run.paused = fd
+                else:
+                    sel.unregister(fd)
+                    os.close(fd)
+                    del run.fds[fd]
+                    maybe_report(run)
+
+
+try:
+    main()
+except BrokenPipeError:
+    shutdown()
+except BaseException:
+    traceback.print_exc()
+    shutdown()
