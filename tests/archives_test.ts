@@ -13,7 +13,7 @@ import {
 } from "@valise/protocol";
 import { serve } from "@valise/server";
 import { makeCondaPackLike, makeVenvPack } from "./fixtures/envs.ts";
-import { HOSTILE_CASES } from "./fixtures/hostile.ts";
+import { HOSTILE_CASES } from "../packages/archive/testdata/hostile_cases.ts";
 import { fileArtifact, removeTree } from "./_util.ts";
 
 async function withServer(

@@ -12,7 +12,7 @@ import {
   ConfigRequest_OperationSchema,
   ErrorInfoSchema,
 } from "@valise/protocol";
-import { makeTar } from "./fixtures/archive_writers.ts";
+import { makeTar } from "../packages/archive/testdata/archive_writers.ts";
 import { startServer } from "./_server.ts";
 import { removeTree } from "./_util.ts";
 

@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import assert from "node:assert/strict";
-import { makeTar } from "../../tests/fixtures/archive_writers.ts";
+import { makeTar } from "./testdata/archive_writers.ts";
 
 const CLI = new URL("./cli.ts", import.meta.url).pathname;
 

@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import assert from "node:assert/strict";
-import { makeTar, makeZip } from "../../tests/fixtures/archive_writers.ts";
+import { makeTar, makeZip } from "./testdata/archive_writers.ts";
 import { detect, isUnpackError, unpack } from "./mod.ts";
 
 async function sh(cmd: string, cwd: string): Promise<void> {

@@ -1,8 +1,8 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import assert from "node:assert/strict";
-import { HOSTILE_CASES } from "../../tests/fixtures/hostile.ts";
+import { HOSTILE_CASES } from "./testdata/hostile_cases.ts";
 import { isUnpackError, unpack, type UnpackResult } from "./mod.ts";
-import { makeSandbox, snapshot } from "./_test_util.ts";
+import { makeSandbox, snapshot } from "./testdata/helpers.ts";
 
 for (const c of HOSTILE_CASES) {
   Deno.test(`unpack() handles hostile ${c.name}: ${c.description} -> ${c.expect}`, async () => {

@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { makeTar, makeZip, type TarEntry } from "../../tests/fixtures/archive_writers.ts";
+import { makeTar, makeZip, type TarEntry } from "./testdata/archive_writers.ts";
 import {
   isUnpackError,
   prestartWriterThread,
@@ -10,7 +10,7 @@ import {
   unpack,
   UnpackError,
 } from "./mod.ts";
-import { makeSandbox, snapshot } from "./_test_util.ts";
+import { makeSandbox, snapshot } from "./testdata/helpers.ts";
 
 const enc = new TextEncoder();
 

@@ -1,7 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { makeCondaPackLike, makePex, makeVenvPack } from "../../tests/fixtures/envs.ts";
 import {
   isLaunchError,
   Launcher,
@@ -17,15 +16,12 @@ import {
   makeZip,
   memoryLogger,
   reachablePython,
-  sh,
   SYSTEM_PYTHON,
   until,
 } from "./testdata/helpers.ts";
 
 const HAS_BWRAP = bwrapWorks();
 const MODES: ("none" | "bwrap")[] = HAS_BWRAP ? ["none", "bwrap"] : ["none"];
-/** A root launcher runs workers as another uid: root's own files are then out of their reach. */
-const IS_ROOT = Deno.uid() === 0;
 const quiet = () => {};
 
 async function tempSession(key: string, files: Record<string, string> = {}): Promise<SessionSpec> {
@@ -78,47 +74,6 @@ function runProcesses(l: Launcher): number[] {
   }
   return out;
 }
-
-Deno.test("Launcher.run() gives each session its own mylib over 50 concurrent runs", async (t) => {
-  const out = await Deno.makeTempDir();
-  const a = await tempSession("A");
-  const b = await tempSession("B", { "mylib.py": "VERSION = 2\n" });
-  try {
-    const { archive } = await makeVenvPack(out, { packages: { mylib: "VERSION = 1\n" } });
-    await Deno.mkdir(join(a.root, "environment"));
-    await sh("tar", "-xzf", archive, "-C", join(a.root, "environment"));
-    a.interpreter = "environment/bin/python";
-    for (const sandbox of MODES) {
-      await t.step(`sandbox ${sandbox}`, async () => {
-        await withLauncher({ sandbox, limits: { maxQueue: 200 } }, async (l) => {
-          const code = "import mylib, sys; print(mylib.VERSION, sys.prefix)";
-          const runs = [];
-          for (let i = 0; i < 50; i++) {
-            runs.push(collect(l, a, { code }), collect(l, b, { code }));
-          }
-          const results = await Promise.all(runs);
-          for (let i = 0; i < results.length; i++) {
-            const r = results[i]!;
-            assert.equal(r.exit.exitCode, 0, r.stderr);
-            const [version, prefix] = r.stdout.trim().split(" ");
-            if (i % 2 === 0) {
-              assert.equal(version, "1");
-              assert.equal(prefix, join(a.root, "environment"));
-              const started = r.events[0];
-              assert.ok(started?.kind === "started");
-              assert.equal(started.interpreter, join(a.root, "environment/bin/python"));
-              assert.equal(started.cwd, a.root);
-            } else {
-              assert.equal(version, "2");
-            }
-          }
-        });
-      });
-    }
-  } finally {
-    for (const d of [out, a.root, b.root]) await Deno.remove(d, { recursive: true });
-  }
-});
 
 Deno.test("Launcher.run() puts root, then pythonPath entries (a zip) first on sys.path", async () => {
   const s = await tempSession("zip");
@@ -602,47 +557,6 @@ Deno.test("Launcher leaves no process behind after 200 runs, idle expiry and clo
   }
 });
 
-Deno.test("Launcher runs a .pex as the interpreter with a server-owned PEX_ROOT", async (t) => {
-  const s = await tempSession("pex");
-  const pexRoot = await Deno.makeTempDir({ prefix: "valise-pexroot-" });
-  try {
-    for (const useDebianPex of [false, true]) {
-      await t.step(useDebianPex ? "Debian pex" : "fixture pex", async () => {
-        const name = useDebianPex ? "debian.pex" : "env.pex";
-        await makePex(s.root, { name, useDebianPex, packages: { mylib: "VERSION = 3\n" } });
-        for (const sandbox of MODES) {
-          // Unsandboxed, a root launcher's workers run as nobody, who cannot reach root's home
-          // (where a pyenv default interpreter lives): use the system's there.
-          const python = sandbox === "none" && IS_ROOT ? { defaultPython: SYSTEM_PYTHON } : {};
-          await withLauncher({ sandbox, pexRoot, ...python }, async (l) => {
-            const session = { ...s, interpreter: name };
-            // Real pex strips PEX_* variables before user code runs.
-            const code = "import mylib, os; print(mylib.VERSION, os.environ.get('PEX_ROOT'))";
-            for (let i = 0; i < 3; i++) {
-              const r = await collect(l, session, { code });
-              assert.equal(r.exit.exitCode, 0, r.stderr);
-              const [version, root] = r.stdout.trim().split(" ");
-              assert.equal(version, "3");
-              if (!useDebianPex) assert.ok(root?.startsWith(pexRoot + "/"), root);
-              const started = r.events[0];
-              assert.ok(started?.kind === "started");
-              assert.equal(started.interpreter, join(s.root, name));
-            }
-            // The session's PEX_ROOT goes when the session is stopped.
-            const before = [...Deno.readDirSync(pexRoot)].length;
-            await l.stopSession(s.key);
-            if (!useDebianPex) assert.equal(before, 1);
-            assert.equal([...Deno.readDirSync(pexRoot)].length, 0);
-          });
-        }
-      });
-    }
-  } finally {
-    await Deno.remove(s.root, { recursive: true });
-    await Deno.remove(pexRoot, { recursive: true });
-  }
-});
-
 Deno.test("Launcher logs once when workers are not sandboxed", async () => {
   const { lines, log } = memoryLogger();
   const l = new Launcher({ sandbox: "none", logger: log });
@@ -669,54 +583,6 @@ Deno.test("Launcher logs once when workers are not sandboxed", async () => {
     () => new Launcher({ sandbox: "bwrap", bwrapPath: "/nonexistent/bwrap", logger: quiet }),
     (e: unknown) => isLaunchError(e) && e.code === "SANDBOX_UNAVAILABLE",
   );
-});
-
-Deno.test("Launcher runs a conda-pack env unpacked once in a shared tree, read-only", async () => {
-  const data = await Deno.makeTempDir({ prefix: "valise-conda-" });
-  // Unsandboxed workers of a root launcher run as nobody: the way to the session must be open.
-  await Deno.chmod(data, 0o711);
-  try {
-    const built = await makeCondaPackLike(join(data, "out"), {
-      packages: { condalib: "VERSION = 4\n" },
-    });
-    const tree = join(data, "shared", built.sha256.slice(0, 16));
-    await Deno.mkdir(tree, { recursive: true });
-    await sh("tar", "-xzf", built.archive, "-C", tree);
-    await sh(join(tree, "bin/python"), join(tree, "bin/conda-unpack"));
-    const sessions: SessionSpec[] = [];
-    for (const key of ["c1", "c2"]) {
-      const root = join(data, "sessions", key);
-      await Deno.mkdir(root, { recursive: true });
-      await Deno.symlink(tree, join(root, "env"));
-      sessions.push({
-        key,
-        root,
-        pythonPath: [],
-        interpreter: "env/bin/python",
-        sharedTrees: [tree],
-      });
-    }
-    const code = "import condalib, condalib._prefix as p, sys, os, errno\n" +
-      "try:\n    open(os.path.join(p.PREFIX, 'poison.py'), 'w'); w = 'ok'\n" +
-      "except OSError as e:\n    w = errno.errorcode[e.errno]\n" +
-      "print(condalib.VERSION, p.PREFIX, w)";
-    for (const sandbox of MODES) {
-      await withLauncher({ sandbox }, async (l) => {
-        for (const s of sessions) {
-          const r = await collect(l, s, { code });
-          assert.equal(r.exit.exitCode, 0, r.stderr);
-          const [version, prefix, write] = r.stdout.trim().split(" ");
-          assert.equal(version, "4");
-          assert.equal(prefix, tree);
-          // The mount (EROFS) or, for a worker of its own uid, the tree's owner (EACCES) refuses.
-          if (sandbox === "bwrap" || IS_ROOT) assert.match(String(write), /^(EROFS|EACCES)$/);
-        }
-      });
-      await Deno.remove(join(tree, "poison.py")).catch(() => {});
-    }
-  } finally {
-    await Deno.remove(data, { recursive: true });
-  }
 });
 
 Deno.test("Launcher frees a run's slot when it ends even if nobody reads its events", async () => {

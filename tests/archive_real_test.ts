@@ -7,9 +7,9 @@ import {
   makePex,
   makeVenvPack,
   makeZipapp,
-} from "../../tests/fixtures/envs.ts";
-import { detect, unpack } from "./mod.ts";
-import { snapshot } from "./_test_util.ts";
+} from "./fixtures/envs.ts";
+import { detect, unpack } from "@valise/archive";
+import { snapshot } from "../packages/archive/testdata/helpers.ts";
 
 async function py(python: string, code: string, env: Record<string, string> = {}): Promise<string> {
   const out = await new Deno.Command(python, {
