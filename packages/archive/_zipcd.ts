@@ -1,8 +1,8 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * Central directory reader. It keeps a compact record per entry: `@zip.js/zip.js` (used at
- * first) builds ~2 KB of objects per entry while listing, which showed as 250 MB of peak RSS
- * on a 48k-entry zip; this reader stays at a few hundred bytes per entry.
+ * Central directory reader (Zip64, preambles, UTF-8/CP437 names). It keeps a compact record per
+ * entry, a few hundred bytes, so a 100k-entry environment lists in little memory (a library
+ * tried first built ~2 KB of objects per entry: see docs/dependencies.md).
  */
 import { UnpackError } from "./error.ts";
 import type { ZipEnd } from "./_zipdir.ts";

@@ -2,7 +2,7 @@
 /**
  * Finds a zip's end records, for detection and for the overlap check: where the central
  * directory is, how many bytes precede the zip (a `#!` preamble, an SFX stub), Zip64.
- * Entry parsing proper is left to `@zip.js/zip.js`.
+ * The records themselves are read by `_zipcd.ts`.
  */
 
 /** Where a zip's central directory is. */

@@ -37,7 +37,7 @@
  *   many directories, counting those implied by deep names), a
  *   decompression ratio of 100 once 64 MiB were produced (real environments are 3–5:1), 512
  *   MiB kept free on the destination's file system (checked before and every 64 MiB).
- * - Zip: central directory read by `@zip.js/zip.js` (Zip64, preambles), each local header
+ * - Zip: central directory read by our own reader (Zip64, preambles), each local header
  *   cross-checked (name, method), overlapping entries refused (`OVERLAP`), encrypted entries
  *   refused (`ENCRYPTED`), sizes and CRC-32 verified on the bytes produced.
  * - Atomicity: everything happens in a fresh `0700` sibling temporary directory, renamed to

@@ -363,7 +363,7 @@ export async function unpack(
       if (end === undefined) {
         throw new UnpackError("CORRUPT", "Cannot read zip: no end of central directory record");
       }
-      // Loaded on demand: tar-only users skip zip.js's start-up cost.
+      // Loaded on demand: tar-only users skip loading the zip reader and node:zlib's inflate.
       const { unpackZip } = await import("./_zip.ts");
       const r = await unpackZip(path, end, x, {
         maxRatio: o.maxRatio,
