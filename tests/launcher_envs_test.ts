@@ -8,6 +8,7 @@ import { Launcher, type LauncherOptions, type SessionSpec } from "@valise/launch
 import {
   bwrapWorks,
   collect,
+  eachSandbox,
   reachablePython,
   sh,
   SYSTEM_PYTHON,
@@ -49,33 +50,31 @@ Deno.test("Launcher.run() gives each session its own mylib over 50 concurrent ru
     await Deno.mkdir(join(a.root, "environment"));
     await sh("tar", "-xzf", archive, "-C", join(a.root, "environment"));
     a.interpreter = "environment/bin/python";
-    for (const sandbox of MODES) {
-      await t.step(`sandbox ${sandbox}`, async () => {
-        await withLauncher({ sandbox, limits: { maxQueue: 200 } }, async (l) => {
-          const code = "import mylib, sys; print(mylib.VERSION, sys.prefix)";
-          const runs = [];
-          for (let i = 0; i < 50; i++) {
-            runs.push(collect(l, a, { code }), collect(l, b, { code }));
+    await eachSandbox(t, async (sandbox) => {
+      await withLauncher({ sandbox, limits: { maxQueue: 200 } }, async (l) => {
+        const code = "import mylib, sys; print(mylib.VERSION, sys.prefix)";
+        const runs = [];
+        for (let i = 0; i < 50; i++) {
+          runs.push(collect(l, a, { code }), collect(l, b, { code }));
+        }
+        const results = await Promise.all(runs);
+        for (let i = 0; i < results.length; i++) {
+          const r = results[i]!;
+          assert.equal(r.exit.exitCode, 0, r.stderr);
+          const [version, prefix] = r.stdout.trim().split(" ");
+          if (i % 2 === 0) {
+            assert.equal(version, "1");
+            assert.equal(prefix, join(a.root, "environment"));
+            const started = r.events[0];
+            assert.ok(started?.kind === "started");
+            assert.equal(started.interpreter, join(a.root, "environment/bin/python"));
+            assert.equal(started.cwd, a.root);
+          } else {
+            assert.equal(version, "2");
           }
-          const results = await Promise.all(runs);
-          for (let i = 0; i < results.length; i++) {
-            const r = results[i]!;
-            assert.equal(r.exit.exitCode, 0, r.stderr);
-            const [version, prefix] = r.stdout.trim().split(" ");
-            if (i % 2 === 0) {
-              assert.equal(version, "1");
-              assert.equal(prefix, join(a.root, "environment"));
-              const started = r.events[0];
-              assert.ok(started?.kind === "started");
-              assert.equal(started.interpreter, join(a.root, "environment/bin/python"));
-              assert.equal(started.cwd, a.root);
-            } else {
-              assert.equal(version, "2");
-            }
-          }
-        });
+        }
       });
-    }
+    });
   } finally {
     for (const d of [out, a.root, b.root]) await Deno.remove(d, { recursive: true });
   }
@@ -86,10 +85,10 @@ Deno.test("Launcher runs a .pex as the interpreter with a server-owned PEX_ROOT"
   const pexRoot = await Deno.makeTempDir({ prefix: "valise-pexroot-" });
   try {
     for (const useDebianPex of [false, true]) {
-      await t.step(useDebianPex ? "Debian pex" : "fixture pex", async () => {
+      await t.step(useDebianPex ? "Debian pex" : "fixture pex", async (t) => {
         const name = useDebianPex ? "debian.pex" : "env.pex";
         await makePex(s.root, { name, useDebianPex, packages: { mylib: "VERSION = 3\n" } });
-        for (const sandbox of MODES) {
+        await eachSandbox(t, async (sandbox) => {
           // Unsandboxed, a root launcher's workers run as nobody, who cannot reach root's home
           // (where a pyenv default interpreter lives): use the system's there.
           const python = sandbox === "none" && IS_ROOT ? { defaultPython: SYSTEM_PYTHON } : {};
@@ -113,7 +112,7 @@ Deno.test("Launcher runs a .pex as the interpreter with a server-owned PEX_ROOT"
             if (!useDebianPex) assert.equal(before, 1);
             assert.equal([...Deno.readDirSync(pexRoot)].length, 0);
           });
-        }
+        });
       });
     }
   } finally {
@@ -122,7 +121,7 @@ Deno.test("Launcher runs a .pex as the interpreter with a server-owned PEX_ROOT"
   }
 });
 
-Deno.test("Launcher runs a conda-pack env unpacked once in a shared tree, read-only", async () => {
+Deno.test("Launcher runs a conda-pack env unpacked once in a shared tree, read-only", async (t) => {
   const data = await Deno.makeTempDir({ prefix: "valise-conda-" });
   // Unsandboxed workers of a root launcher run as nobody: the way to the session must be open.
   await Deno.chmod(data, 0o711);
@@ -151,7 +150,7 @@ Deno.test("Launcher runs a conda-pack env unpacked once in a shared tree, read-o
       "try:\n    open(os.path.join(p.PREFIX, 'poison.py'), 'w'); w = 'ok'\n" +
       "except OSError as e:\n    w = errno.errorcode[e.errno]\n" +
       "print(condalib.VERSION, p.PREFIX, w)";
-    for (const sandbox of MODES) {
+    await eachSandbox(t, async (sandbox) => {
       await withLauncher({ sandbox }, async (l) => {
         for (const s of sessions) {
           const r = await collect(l, s, { code });
@@ -164,7 +163,7 @@ Deno.test("Launcher runs a conda-pack env unpacked once in a shared tree, read-o
         }
       });
       await Deno.remove(join(tree, "poison.py")).catch(() => {});
-    }
+    });
   } finally {
     await Deno.remove(data, { recursive: true });
   }

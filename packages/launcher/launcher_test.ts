@@ -13,6 +13,7 @@ import {
   bwrapWorks,
   collect,
   descendants,
+  eachSandbox,
   makeZip,
   memoryLogger,
   reachablePython,
@@ -166,12 +167,12 @@ Deno.test("Launcher.run() refuses interpreters it cannot or may not use", async 
   }
 });
 
-Deno.test("Launcher.run() gives the worker a fixed base environment and the session's", async () => {
+Deno.test("Launcher.run() gives the worker a fixed base environment and the session's", async (t) => {
   Deno.env.set("VALISE_TEST_SERVER_SECRET", "hunter2");
   const s = await tempSession("env");
   s.env = { MY_SETTING: "on", OTHER: "x=y" };
   try {
-    for (const sandbox of MODES) {
+    await eachSandbox(t, async (sandbox) => {
       await withLauncher({ sandbox }, async (l) => {
         const r = await collect(l, s, {
           code: "import os, json; print(json.dumps(dict(os.environ)))",
@@ -200,7 +201,7 @@ Deno.test("Launcher.run() gives the worker a fixed base environment and the sess
           "PYTHONUNBUFFERED",
         ]);
       });
-    }
+    });
   } finally {
     Deno.env.delete("VALISE_TEST_SERVER_SECRET");
     await Deno.remove(s.root, { recursive: true });
@@ -320,10 +321,10 @@ Deno.test("Launcher.run() reports exit codes, signals and exceptions like python
   }
 });
 
-Deno.test("Launcher.run() kills a run past its timeout, with its children", async () => {
+Deno.test("Launcher.run() kills a run past its timeout, with its children", async (t) => {
   const s = await tempSession("timeout");
   try {
-    for (const sandbox of MODES) {
+    await eachSandbox(t, async (sandbox) => {
       await withLauncher({ sandbox }, async (l) => {
         const r = await collect(l, s, {
           code:
@@ -337,7 +338,7 @@ Deno.test("Launcher.run() kills a run past its timeout, with its children", asyn
         assert.equal(r.exit.exitCode, -1);
         assert.deepEqual(runProcesses(l), []);
       });
-    }
+    });
   } finally {
     await Deno.remove(s.root, { recursive: true });
   }
@@ -434,12 +435,12 @@ Deno.test("Launcher.run() applies the memory limit", async () => {
   }
 });
 
-Deno.test("Launcher.stopSession() kills the session's running and queued runs", async () => {
+Deno.test("Launcher.stopSession() kills the session's running and queued runs", async (t) => {
   const s = await tempSession("stop");
   const other = await tempSession("other");
   s.limits = { maxWorkersPerSession: 1 };
   try {
-    for (const sandbox of MODES) {
+    await eachSandbox(t, async (sandbox) => {
       await withLauncher({ sandbox }, async (l) => {
         const running = l.run(s, { code: "print('up', flush=True)\nimport time; time.sleep(300)" });
         const first = await running.next();
@@ -462,7 +463,7 @@ Deno.test("Launcher.stopSession() kills the session's running and queued runs", 
         // The session works again afterwards, with a new fork server.
         assert.equal((await collect(l, s, { code: "print(1)" })).stdout, "1\n");
       });
-    }
+    });
   } finally {
     await Deno.remove(s.root, { recursive: true });
     await Deno.remove(other.root, { recursive: true });
@@ -492,10 +493,10 @@ Deno.test("Launcher.run() queues beyond the limits and refuses when the queue is
   }
 });
 
-Deno.test("Launcher leaves no process behind after 200 runs, idle expiry and close()", async () => {
+Deno.test("Launcher leaves no process behind after 200 runs, idle expiry and close()", async (t) => {
   const sessions = await Promise.all([tempSession("many1"), tempSession("many2")]);
   try {
-    for (const sandbox of MODES) {
+    await eachSandbox(t, async (sandbox) => {
       const l = new Launcher({
         sandbox,
         ...reachablePython(sandbox),
@@ -551,7 +552,7 @@ Deno.test("Launcher leaves no process behind after 200 runs, idle expiry and clo
       } finally {
         await l.close();
       }
-    }
+    });
   } finally {
     for (const s of sessions) await Deno.remove(s.root, { recursive: true });
   }

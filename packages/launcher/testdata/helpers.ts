@@ -227,3 +227,24 @@ export function memoryLogger(): { lines: string[]; log: (l: string, m: string) =
   const lines: string[] = [];
   return { lines, log: (l: string, m: string) => lines.push(`${l}: ${m}`) };
 }
+
+/**
+ * Runs `fn` once per sandbox mode, each as a test step; where bubblewrap does not work, its step
+ * is reported as ignored, with the reason, never silently dropped.
+ *
+ * @param t The test's context.
+ * @param fn The body, given the mode.
+ */
+export async function eachSandbox(
+  t: Deno.TestContext,
+  fn: (sandbox: "none" | "bwrap") => Promise<void>,
+): Promise<void> {
+  for (const sandbox of ["none", "bwrap"] as const) {
+    const skip = sandbox === "bwrap" && !bwrapWorks();
+    await t.step({
+      name: `sandbox ${sandbox}${skip ? " (ignored: bubblewrap does not work here)" : ""}`,
+      ignore: skip,
+      fn: () => fn(sandbox),
+    });
+  }
+}
