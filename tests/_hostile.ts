@@ -283,10 +283,7 @@ export async function add(
   userId?: string,
 ): Promise<{ name: string; isCrcSuccessful: boolean }[]> {
   const res = await s.clients.spark.addArtifacts(
-    addArtifactsRequests(artifacts, {
-      sessionId,
-      ...(userId !== undefined ? { userContext: { userId } } : {}),
-    }),
+    addArtifactsRequests(artifacts, { sessionId, ...(userId !== undefined ? { userId } : {}) }),
   );
   return res.artifacts;
 }
@@ -340,8 +337,22 @@ export function blobOnDisk(dataDir: string, sha256: string): {
 export async function asOtherUser(
   args: string[],
 ): Promise<{ code: number; stdout: string; stderr: string }> {
+  // Through a shell: setpriv keeps root's capabilities until its own exec, so the command's
+  // path must be walked by a process that has none left.
   const out = await new Deno.Command("setpriv", {
-    args: ["--reuid", "12345", "--regid", "12345", "--clear-groups", "--", ...args],
+    args: [
+      "--reuid",
+      "12345",
+      "--regid",
+      "12345",
+      "--clear-groups",
+      "--",
+      "/bin/sh",
+      "-c",
+      'exec "$@"',
+      "sh",
+      ...args,
+    ],
     stdout: "piped",
     stderr: "piped",
   }).output();
