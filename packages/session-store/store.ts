@@ -472,7 +472,10 @@ export class SessionStore {
   async #create(userId: string, sessionId: string): Promise<Session> {
     const q = this.#ctx.quotas;
     const all = this.sessions();
-    if (all.length + this.#creating.size > q.maxSessions) {
+    // Creations still under way count too (this one is not among them yet): concurrent
+    // requests for new sessions must not all pass the same check.
+    const inFlight = [...this.#creating.keys()];
+    if (all.length + inFlight.length >= q.maxSessions) {
       throw new SessionError(
         "QUOTA_EXCEEDED",
         `Cannot create a session: the server holds ${all.length} sessions, the most it keeps ` +
@@ -480,7 +483,8 @@ export class SessionStore {
         { reason: "SESSIONS" },
       );
     }
-    const mine = all.filter((s) => s.userId === userId).length;
+    const mine = all.filter((s) => s.userId === userId).length +
+      inFlight.filter((k) => k.slice(0, k.lastIndexOf("\u0000")) === userId).length;
     if (mine >= q.maxSessionsPerUser) {
       throw new SessionError(
         "QUOTA_EXCEEDED",
