@@ -247,6 +247,57 @@ print(os.getuid())`,
 );
 
 sandboxTest(
+  "issue 10 #6: a conda-pack archive whose interpreter never answers cannot hang its add, nor leave processes",
+  async () => {
+    await withServer({}, async (s) => {
+      const mark = 100_000 + Math.floor(Math.random() * 800_000);
+      const conda = makeTar([
+        { name: "bin/", type: "dir" },
+        {
+          name: "bin/python",
+          data: `#!/bin/sh\ntrap '' TERM INT HUP\nexec sleep ${mark}\n`,
+          mode: 0o755,
+        },
+        { name: "bin/conda-unpack", data: "print('never')\n", mode: 0o755 },
+        { name: "conda-meta/", type: "dir" },
+        { name: "conda-meta/history", data: "==> 2020-01-01 00:00:00 <==\n" },
+      ]);
+      const ours = () =>
+        [...Deno.readDirSync("/proc")].filter((e) => /^\d+$/.test(e.name)).filter((e) => {
+          try {
+            return Deno.readTextFileSync(`/proc/${e.name}/cmdline`) === `sleep\0${mark}\0`;
+          } catch {
+            return false;
+          }
+        }).map((e) => Number(e.name));
+      try {
+        const problems: string[] = [];
+        const sid = crypto.randomUUID();
+        const outcome = await within(
+          add(s, sid, [bytesArtifact("archives/hang.tar#henv", conda)]).then(
+            () => "added",
+            (e) => String(e),
+          ),
+          90_000,
+        );
+        if (outcome === undefined) problems.push("the add did not end within 90 s");
+        else if (!outcome.includes("ARTIFACT_UNPACK_FAILED")) problems.push(`the add: ${outcome}`);
+        const left = await until(ours, (l) => l.length === 0, "", 15_000).catch(ours);
+        if (left.length) problems.push(`conda-unpack's processes outlived it: ${left.join(", ")}`);
+        await healthy(s);
+        equal(problems.length, 0, problems.join("\n"));
+      } finally {
+        for (const pid of ours()) {
+          try {
+            Deno.kill(pid, "SIGKILL");
+          } catch { /* gone */ }
+        }
+      }
+    });
+  },
+);
+
+sandboxTest(
   "issue 10 #5/#6: a session's interpreter cannot make the server buffer a forged 2 GiB control frame",
   async () => {
     await withServer({}, async (s) => {
