@@ -301,15 +301,6 @@ sandboxTest(
   "issue 10 #6: a session's interpreter cannot outlive a server that crashed",
   async () => {
     await withServer({}, async (s) => {
-      const mark = 100_000 + Math.floor(Math.random() * 800_000);
-      const ours = () =>
-        [...Deno.readDirSync("/proc")].filter((e) => /^\d+$/.test(e.name)).filter((e) => {
-          try {
-            return Deno.readTextFileSync(`/proc/${e.name}/cmdline`) === `sleep\0${mark}\0`;
-          } catch {
-            return false;
-          }
-        }).map((e) => Number(e.name));
       const sid = crypto.randomUUID();
       // A working interpreter that, once its fork server has gone, stays behind as the
       // sandbox's init.
@@ -317,25 +308,29 @@ sandboxTest(
         s,
         sid,
         `import os
-open("stay.sh", "w").write("#!/bin/sh\\n/usr/bin/python3 \\"$@\\"\\nexec sleep ${mark}\\n")
+open("stay.sh", "w").write("#!/bin/sh\\n/usr/bin/python3 \\"$@\\"\\nexec sleep 100000\\n")
 os.chmod("stay.sh", 0o755)
-print("ok")`,
+print(os.getuid())`,
       );
-      equal(made.stdout.trim(), "ok", made.stderr);
+      const uid = Number(made.stdout.trim());
+      ok(uid > 0, made.stderr);
       try {
         await setConf(s, sid, { [PY]: "stay.sh" });
         const r = await run(s, sid, "print('working')");
         equal(r.stdout.trim(), "working", r.stderr);
         s.child.kill("SIGKILL");
         await s.child.status;
-        const left = await until(ours, (l) => l.length === 0, "", 15_000).catch(ours);
-        equal(left.length, 0, `the session's sandbox outlived the server: pids ${left.join(", ")}`);
+        // Every process of the session's uid must go: the interpreter stays sh until its fork
+        // server has seen the server go, then becomes the sleep.
+        const left = await until(() => processesOf(uid), (l) => l.length === 0, "", 15_000)
+          .catch(() => processesOf(uid));
+        equal(
+          left.length,
+          0,
+          `the session's sandbox outlived the server: ${left.map((p) => `${p} ${comm(p)}`)}`,
+        );
       } finally {
-        for (const pid of ours()) {
-          try {
-            Deno.kill(pid, "SIGKILL");
-          } catch { /* gone */ }
-        }
+        killAll(uid);
       }
     });
   },
