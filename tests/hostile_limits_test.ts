@@ -501,6 +501,7 @@ sandboxTest(
         `the session holds a ${held}-byte file its archive's conda-unpack wrote, past the 8 MiB ` +
           `quota (add: ${outcome})`,
       );
+      ok(outcome.includes("QUOTA_EXCEEDED"), `the add: ${outcome}`);
     });
   },
 );
