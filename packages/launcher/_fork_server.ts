@@ -349,9 +349,23 @@ export class ForkServer {
     await this.#done;
   }
 
-  /** SIGKILLs the process (with bwrap, its whole PID namespace goes with it). */
+  /**
+   * SIGKILLs the process and its direct children. With bwrap, a child is the sandbox's init:
+   * killing it ends its whole PID namespace. Killing bwrap alone is not enough once a root
+   * launcher has dropped the init to a worker uid: the kernel then no longer sends it bwrap's
+   * parent-death signal, and a session's interpreter that ignores its closed stdin would run on,
+   * holding the pipes (and this server's `done`) forever.
+   */
   hardKill(): void {
     this.#stopping = true;
+    // Children first: once bwrap is gone they belong to the host's init and cannot be found.
+    for (const pid of childrenOf(this.#child.pid)) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch {
+        // gone meanwhile
+      }
+    }
     try {
       this.#child.kill("SIGKILL");
     } catch {
@@ -612,4 +626,27 @@ export class ForkServer {
       }
     }
   }
+}
+
+/** The pids whose parent is `pid` (from /proc; none where there is no /proc). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync("/proc")];
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      // Fields after the command (which may hold spaces and parentheses): state, ppid, ...
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === pid) out.push(Number(e.name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
 }

@@ -120,6 +120,13 @@ export function archiveUnpacker(
       if (done.flavor === "conda-pack" && condaUnpack) {
         try {
           await condaUnpack(dest);
+          // conda-unpack is the archive's own code and may have grown the tree: what counts
+          // against quotas is what is on disk now, not what the archive declared.
+          const now = await measure(dest);
+          return {
+            bytes: Math.max(done.bytes, now.bytes),
+            entries: Math.max(done.entries, now.entries),
+          };
         } catch (e) {
           await Deno.remove(dest, { recursive: true }).catch(() => {});
           throw e instanceof ArchiveUnpackFailure ? e : new ArchiveUnpackFailure(
@@ -236,4 +243,21 @@ async function command(program: string, args: string[]): Promise<void> {
       }`,
     );
   }
+}
+
+/** Bytes of regular files and entries (files, directories, links) under `dir`, links not followed. */
+async function measure(dir: string): Promise<TreeInfo> {
+  const out: TreeInfo = { bytes: 0, entries: 0 };
+  const pending = [dir];
+  while (pending.length) {
+    const d = pending.pop()!;
+    for await (const e of Deno.readDir(d)) {
+      const path = `${d}/${e.name}`;
+      const st = await Deno.lstat(path);
+      out.entries++;
+      if (st.isFile) out.bytes += st.size;
+      else if (st.isDirectory) pending.push(path);
+    }
+  }
+  return out;
 }

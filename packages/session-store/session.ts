@@ -57,6 +57,12 @@ export interface SessionContext {
   readonly quotas: Quotas;
   /** Bytes held by all sessions of a user. */
   userBytes(userId: string): number;
+  /**
+   * Counts `bytes` in `userBytes(userId)` from a quota check until the returned function is
+   * called (once the add is recorded, or refused), so that adds running at once in several of
+   * the user's sessions cannot all pass the same check.
+   */
+  holdUserBytes(userId: string, bytes: number): () => void;
   /** Free bytes on the data directory's file system. */
   freeBytes(): number;
   /**
@@ -403,6 +409,7 @@ export class Session {
     const unpinBlob = await this.#ctx.pin(`b:${sha256}`);
     const unpinTree = treeKey ? await this.#ctx.pin(`t:${treeKey}`) : () => {};
     const made: string[] = [];
+    let letGo: (() => void) | undefined;
     try {
       if (!stagedFile && !(await this.#ctx.blobs.has(sha256))) {
         throw new SessionError(
@@ -433,7 +440,9 @@ export class Session {
           );
         }
       }
-      this.#checkQuota(name, size + (tree?.info.bytes ?? 0), tree?.info.entries ?? 0);
+      const adding = size + (tree?.info.bytes ?? 0);
+      this.#checkQuota(name, adding, tree?.info.entries ?? 0);
+      letGo = this.#ctx.holdUserBytes(this.userId, adding);
       const byName = join(this.artifactsDir, key);
       await linkFresh(blob, byName);
       made.push(byName);
@@ -467,6 +476,8 @@ export class Session {
     } finally {
       // What a refused add made goes again, newest first; the manifest never named it.
       for (const p of made.reverse()) await Deno.remove(p).catch(() => {});
+      // Recorded (now counted by the session itself) or refused: either way no longer held.
+      letGo?.();
       unpinTree();
       unpinBlob();
     }

@@ -103,6 +103,8 @@ export class SessionStore {
   #releasing = new Map<string, Promise<unknown>>();
   #workerIds: { first: number; count: number } | undefined;
   #idsInUse = new Set<number>();
+  /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
+  #heldBytes = new Map<string, number>();
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -144,7 +146,19 @@ export class SessionStore {
       trees: this.trees,
       quotas,
       userBytes: (userId) =>
-        this.sessions().filter((s) => s.userId === userId).reduce((n, s) => n + s.bytes(), 0),
+        this.sessions().filter((s) => s.userId === userId).reduce((n, s) => n + s.bytes(), 0) +
+        (this.#heldBytes.get(userId) ?? 0),
+      holdUserBytes: (userId, bytes) => {
+        this.#heldBytes.set(userId, (this.#heldBytes.get(userId) ?? 0) + bytes);
+        let held = true;
+        return () => {
+          if (!held) return;
+          held = false;
+          const left = (this.#heldBytes.get(userId) ?? 0) - bytes;
+          if (left > 0) this.#heldBytes.set(userId, left);
+          else this.#heldBytes.delete(userId);
+        };
+      },
       freeBytes: () => {
         const st = statfsSync(dataDir);
         return Number(st.bavail) * Number(st.bsize);
@@ -472,7 +486,10 @@ export class SessionStore {
   async #create(userId: string, sessionId: string): Promise<Session> {
     const q = this.#ctx.quotas;
     const all = this.sessions();
-    if (all.length + this.#creating.size > q.maxSessions) {
+    // Creations still under way count too (this one is not among them yet): concurrent
+    // requests for new sessions must not all pass the same check.
+    const inFlight = [...this.#creating.keys()];
+    if (all.length + inFlight.length >= q.maxSessions) {
       throw new SessionError(
         "QUOTA_EXCEEDED",
         `Cannot create a session: the server holds ${all.length} sessions, the most it keeps ` +
@@ -480,7 +497,8 @@ export class SessionStore {
         { reason: "SESSIONS" },
       );
     }
-    const mine = all.filter((s) => s.userId === userId).length;
+    const mine = all.filter((s) => s.userId === userId).length +
+      inFlight.filter((k) => k.slice(0, k.lastIndexOf("\u0000")) === userId).length;
     if (mine >= q.maxSessionsPerUser) {
       throw new SessionError(
         "QUOTA_EXCEEDED",
