@@ -15,7 +15,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { bytesArtifact } from "@valise/protocol";
-import { makeTar } from "./fixtures/archive_writers.ts";
+import { makeTar } from "../packages/archive/testdata/archive_writers.ts";
 import {
   add,
   ATTEMPT,

@@ -14,7 +14,7 @@ import { equal, ok } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { bytesArtifact } from "@valise/protocol";
-import { makeTar } from "./fixtures/archive_writers.ts";
+import { makeTar } from "../packages/archive/testdata/archive_writers.ts";
 import {
   add,
   asOtherUser,

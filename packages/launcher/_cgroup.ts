@@ -69,7 +69,9 @@ function tryMkdir(path: string): boolean {
 }
 
 function removeStale(parent: string): void {
-  // Subtrees of earlier servers that died without cleaning up; empty ones go, busy ones stay.
+  // Subtrees of earlier servers that died without cleaning up (a crash): what still runs in
+  // them is a sandbox that outlived its server, which nothing else would stop. Kill it; remove
+  // what is empty (a cgroup whose processes are still exiting goes at the next start).
   try {
     for (const e of Deno.readDirSync(parent)) {
       const m = /^valise-(\d+)$/.exec(e.name);
@@ -78,7 +80,17 @@ function removeStale(parent: string): void {
       const dir = join(parent, e.name);
       try {
         for (const c of Deno.readDirSync(dir)) {
-          if (c.isDirectory) Deno.removeSync(join(dir, c.name));
+          if (!c.isDirectory) continue;
+          for (const pid of (read(join(dir, c.name, "cgroup.procs")) ?? "").split(/\s+/)) {
+            if (/^\d+$/.test(pid)) {
+              try {
+                Deno.kill(Number(pid), "SIGKILL");
+              } catch { /* gone */ }
+            }
+          }
+          try {
+            Deno.removeSync(join(dir, c.name));
+          } catch { /* its processes are still exiting */ }
         }
         Deno.removeSync(dir);
       } catch {

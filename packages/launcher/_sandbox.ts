@@ -201,7 +201,9 @@ export function sandboxCommand(bwrap: string, layout: SandboxLayout, command: st
     ...isolation,
     "--unshare-pid",
     // The fork server is PID 1 of the namespace and reaps it; bwrap's own init would exit
-    // after reporting the status and leave itself a zombie for the host's init to reap.
+    // after reporting the status and leave itself a zombie for the host's init to reap. (A
+    // worker dropped to its uid loses the parent-death signal, and a capless root bwrap may not
+    // send it to another uid: a crashed server's sandbox is killed at the next start instead.)
     "--as-pid-1",
     "--die-with-parent",
     "--new-session",

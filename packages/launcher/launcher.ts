@@ -550,6 +550,38 @@ export class Launcher {
     return this.#defaultPython();
   }
 
+  /**
+   * Kills every process of these uids: at start, what a crashed server's sandboxes left (a
+   * hostile interpreter can keep its sandbox alive after the server dies; its uid says whose
+   * it is). Only for uids the caller gave to its own sessions' workers.
+   *
+   * @param uids Worker uids.
+   * @returns How many processes were killed.
+   */
+  killWorkersOf(uids: Iterable<number>): number {
+    const wanted = new Set(uids);
+    if (wanted.size === 0 || this.#setpriv === undefined) return 0;
+    let killed = 0;
+    for (const e of Deno.readDirSync("/proc")) {
+      if (!/^\d+$/.test(e.name)) continue;
+      let status: string;
+      try {
+        status = Deno.readTextFileSync(`/proc/${e.name}/status`);
+      } catch {
+        continue;
+      }
+      const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+      if (!wanted.has(uid)) continue;
+      try {
+        Deno.kill(Number(e.name), "SIGKILL");
+        killed++;
+      } catch {
+        // already gone
+      }
+    }
+    return killed;
+  }
+
   /** Whether the launcher can run a session's workers as another uid (it runs as root). */
   get canDropPrivileges(): boolean {
     return this.#setpriv !== undefined;

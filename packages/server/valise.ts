@@ -190,6 +190,13 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     await launcher.close();
     throw e;
   }
+  // A crashed server's sandboxes may have outlived it; the restored sessions' uids name them.
+  const strays = launcher.killWorkersOf(
+    store.sessions().flatMap((s) => (s.worker ? [s.worker.uid] : [])),
+  );
+  if (strays > 0) {
+    (log ?? console.error)(`killed ${strays} process(es) a previous run's workers left behind`);
+  }
   const shutdown = new AbortController();
   const limits = { ...DEFAULT_LIMITS, ...workerOptions.limits };
   // Workers go before their session's files do.

@@ -49,38 +49,6 @@ const RESERVED_ENV = new Set([
   "LD_LIBRARY_PATH",
 ]);
 
-/**
- * Names the C library and the dynamic loader act on in every program they start (glibc's list
- * of variables unsafe for privileged programs; every `LD_` name is refused too). The programs
- * that set a sandbox up (a shell, prlimit, bwrap, setpriv) inherit the worker environment and
- * may run with the server's rights: one of these would let a session load its own code there
- * (`LD_AUDIT`) or have files written where it says (`LD_DEBUG_OUTPUT`).
- */
-const LOADER_ENV = new Set([
-  "GCONV_PATH",
-  "GETCONF_DIR",
-  "GLIBC_TUNABLES",
-  "HOSTALIASES",
-  "LOCALDOMAIN",
-  "LOCPATH",
-  "MALLOC_TRACE",
-  "NIS_PATH",
-  "NLSPATH",
-  "RESOLV_HOST_CONF",
-  "RES_OPTIONS",
-  "TZDIR",
-]);
-
-/** Whether a locale variable names a path: the C library would load locale files from there. */
-function localePath(name: string, value: string): boolean {
-  return /^(LANG|LANGUAGE|LC_[A-Z]+)$/.test(name) && value.includes("/");
-}
-
-/** Whether a session may not set this worker environment variable. */
-function reservedEnv(name: string): boolean {
-  return RESERVED_ENV.has(name) || LOADER_ENV.has(name) || name.startsWith("LD_");
-}
-
 /** An optional config value: `undefined` means "no value" (sent as an absent field). */
 export type ConfigValue = string | undefined;
 
@@ -201,7 +169,7 @@ export class SessionConfig {
       if (!k.startsWith(PYTHON_WORKER_ENV_PREFIX)) continue;
       const name = k.slice(PYTHON_WORKER_ENV_PREFIX.length);
       // A session restored from an older manifest may hold a name refused since.
-      if (!reservedEnv(name) && !localePath(name, v)) env[name] = v;
+      if (!RESERVED_ENV.has(name)) env[name] = v;
     }
     return env;
   }
@@ -227,17 +195,10 @@ function checkSettable(key: string, value: ConfigValue): void {
         `The config "${key}" must name an environment variable: "${name}" is not a valid name.`,
       );
     }
-    if (reservedEnv(name)) {
+    if (RESERVED_ENV.has(name)) {
       throw new SessionError(
         "INVALID_CONF_VALUE",
         `The config "${key}" cannot set ${name}: the worker launcher controls it.`,
-      );
-    }
-    // A locale named by a path makes the C library load locale files from there.
-    if (value !== undefined && localePath(name, value)) {
-      throw new SessionError(
-        "INVALID_CONF_VALUE",
-        `The config "${key}" must name a locale (such as C.UTF-8), not a path.`,
       );
     }
   }
