@@ -158,12 +158,25 @@ async function exists(path: string): Promise<boolean> {
  * observed state, whatever the time it takes (up to {@linkcode GUARD_MS}, then a failure).
  */
 async function until<T>(what: string, reached: () => Promise<T | undefined>): Promise<T> {
-  const give_up = Date.now() + GUARD_MS;
+  const deadline = Date.now() + GUARD_MS;
   for (;;) {
     const r = await reached();
     if (r !== undefined) return r;
-    if (Date.now() > give_up) throw new Error(`kill point never reached: ${what}`);
+    if (Date.now() > deadline) throw new Error(`kill point never reached: ${what}`);
     await new Promise((res) => setTimeout(res, 2));
+  }
+}
+
+/** Awaits `p`, failing after {@linkcode GUARD_MS}: a hang becomes a failure. */
+async function guarded<T>(what: string, p: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${GUARD_MS} ms`)), GUARD_MS);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -339,7 +352,7 @@ Deno.test({
               }
               return answered > 0 ? "answered" : undefined;
             });
-            land(`unpack, killed once ${how}`);
+            land(`unpack (seen ${how})`);
           } else {
             // Right after the j-th commit: as the server logged it, or as the client got it.
             commits = 1 + random(streams.length);
@@ -357,9 +370,9 @@ Deno.test({
           // Only now may held streams go on: they fail, as the server is gone.
           gate.resolve(false);
           abort.abort();
-          await Promise.all(calls);
+          await guarded(`${what}: the calls end once the server is gone`, Promise.all(calls));
           if (kind === "unpack" && await unpackDir(trees, sha(archive))) {
-            land("unpack, died unpacking");
+            land("unpack (died with the unpack under way)");
           }
           for (const s of streams) {
             if (!s.response) continue;
