@@ -402,7 +402,7 @@ Deno.test({
       }
       // By construction: every "committed" round killed after a commit.
       ok(seen > 0, "no upload ever committed");
-      console.log(`seed ${SEED}: ${[...landed].map(([k, n]) => `${n}× ${k}`).join(", ")}`);
+      console.log(`seed ${SEED}: ${[...landed].sort().map(([k, n]) => `${n}× ${k}`).join(", ")}`);
     } finally {
       await removeTree(tmp);
     }
