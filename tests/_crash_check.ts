@@ -95,14 +95,16 @@ export class DataDirChecker {
           );
           if (r.view === undefined) continue;
           views.add(r.view);
+          // The workers' directory shows it as a symlink into the read-only view.
           const view = join(dir, "root", r.view);
+          equal(await Deno.readLink(view), `../ro/${r.view}`, `${s}: root/${r.view}`);
           if (r.tree) {
             ok(trees.includes(r.tree), `${s}: tree of ${r.key} missing`);
             equal(await Deno.realPath(view), await Deno.realPath(join(treeDir, r.tree)), r.view);
             ok((await Deno.stat(join(view, "pyvenv.cfg"))).isFile, `${s}: ${r.view} incomplete`);
           } else {
-            const v = await Deno.lstat(view);
-            ok(v.ino === blob.ino && v.dev === blob.dev, `${s}: root/${r.view} is not its blob`);
+            const v = await Deno.lstat(join(dir, "ro", r.view));
+            ok(v.ino === blob.ino && v.dev === blob.dev, `${s}: ro/${r.view} is not its blob`);
           }
         }
         const keys = new Set(Object.values(m.artifacts).map((r) => r.key));
@@ -110,7 +112,7 @@ export class DataDirChecker {
           ok(keys.has(rel), `unrecorded artifacts/${rel} in ${s}`);
         }
         // The test's sessions run no workers, so anything else in the view is a commit's leftover.
-        for (const name of await names(join(dir, "root"))) {
+        for (const name of [...await names(join(dir, "root")), ...await names(join(dir, "ro"))]) {
           ok(views.has(name), `unrecorded ${name} visible in ${s}`);
         }
         state.sessions.set(s, held);

@@ -17,7 +17,11 @@ import {
   type AddArtifactsResponse,
   bytesArtifact,
 } from "@valise/protocol";
-import { concatBytes, makeTar, type TarEntry } from "./fixtures/archive_writers.ts";
+import {
+  concatBytes,
+  makeTar,
+  type TarEntry,
+} from "../packages/archive/testdata/archive_writers.ts";
 import { makeVenvPack } from "./fixtures/envs.ts";
 import { DataDirChecker } from "./_crash_check.ts";
 import { type ServerProcess, startServer } from "./_server.ts";

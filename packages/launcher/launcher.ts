@@ -380,7 +380,7 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
  * import { Launcher } from "@valise/launcher";
  * import assert from "node:assert/strict";
  * const root = await Deno.makeTempDir();
- * const launcher = new Launcher({ sandbox: "none", logger: () => {} });
+ * const launcher = new Launcher({ logger: () => {} });
  * let out = "";
  * for await (const ev of launcher.run({ key: "s1", root, pythonPath: [] }, { code: "print(6 * 7)" })) {
  *   if (ev.kind === "stdout") out += new TextDecoder().decode(ev.data);
