@@ -11,6 +11,10 @@ import { LaunchError } from "./launch_error.ts";
 import type { LauncherLogger, RunEvent } from "./launcher.ts";
 
 const decoder = new TextDecoder();
+/** Characters of one line of a fork server's stderr that go to the server's log. */
+const LOG_LINE = 2000;
+/** Characters of a fork server's stderr that go to the server's log in all. */
+const LOG_TOTAL = 64 * 1024;
 const encoder = new TextEncoder();
 
 /** What the fork server says once it is up. */
@@ -452,17 +456,37 @@ export class ForkServer {
   #stderrDone: Promise<void> = Promise.resolve();
 
   #readStderr(): Promise<void> {
+    // The fork server runs the session's interpreter: what it writes here is the session's.
+    // The server logs a bounded amount of it (lines cut at LOG_LINE, LOG_TOTAL in all), keeps a
+    // bounded tail for error messages, and drains the rest.
     this.#stderrDone = (async () => {
       let line = "";
+      let logged = 0;
+      const log = (text: string) => {
+        if (logged >= LOG_TOTAL) return;
+        logged += text.length;
+        this.#init.log(
+          "warn",
+          logged >= LOG_TOTAL
+            ? `fork server: ${text} (more of its stderr is not logged)`
+            : `fork server: ${text}`,
+          {},
+        );
+      };
       for await (const chunk of this.#child.stderr) {
         const text = decoder.decode(chunk, { stream: true });
         this.#stderrTail = (this.#stderrTail + text).slice(-4000);
+        if (logged >= LOG_TOTAL) continue;
         line += text;
         const parts = line.split("\n");
         line = parts.pop() ?? "";
-        for (const p of parts) if (p) this.#init.log("warn", `fork server: ${p}`, {});
+        if (line.length > LOG_LINE) {
+          parts.push(line.slice(0, LOG_LINE) + " …");
+          line = "";
+        }
+        for (const p of parts) if (p) log(p.slice(0, LOG_LINE));
       }
-      if (line) this.#init.log("warn", `fork server: ${line}`, {});
+      if (line) log(line);
     })();
     return this.#stderrDone;
   }

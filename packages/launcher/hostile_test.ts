@@ -9,57 +9,8 @@ import { ForkServer, type RunHandle } from "./_fork_server.ts";
 import type { RunEvent } from "./launcher.ts";
 import { SYSTEM_PYTHON } from "./testdata/helpers.ts";
 
-/**
- * Sends READY, waits for the RUN frame of run 1, reports it started, then misbehaves for a
- * while and reports the run exited: without the launcher's checks each test ends (and fails)
- * instead of hanging.
- */
-const LIAR = String.raw`
-import os, sys, json, struct, time
-mode = sys.argv[1]
-def send(kind, rid, payload=b''):
-    data = struct.pack('>IBI', len(payload) + 5, kind, rid) + payload
-    while data:
-        data = data[os.write(1, data):]
-def read_frame():
-    head = b''
-    while len(head) < 4:
-        head += os.read(0, 4 - len(head))
-    (n,) = struct.unpack('>I', head)
-    body = b''
-    while len(body) < n:
-        body += os.read(0, n - len(body))
-    return body
-send(10, 0, json.dumps({'pid': os.getpid(), 'executable': 'liar', 'version': [3, 8, 0]}).encode())
-read_frame()
-send(11, 1, b'{"pid": 4242}')
-if mode == 'huge':
-    # A 4 GiB STDOUT frame, then 256 MiB of it.
-    os.write(1, struct.pack('>IBI', 0xFFFFFFF0, 12, 1))
-    for _ in range(4096):
-        os.write(1, b'x' * 65536)
-    sys.exit(0)
-elif mode == 'window':
-    # 64 MiB of flow-controlled stdout that never waits for an acknowledgement.
-    for _ in range(1024):
-        send(12, 1, b'y' * 65536)
-elif mode == 'ack':
-    # Acknowledges stdin that was never sent: the window would open without bound.
-    send(16, 1, struct.pack('>I', 1 << 30))
-elif mode == 'deaf':
-    # Never reads its stdin again, and makes the launcher answer each tiny frame with an ACK.
-    for _ in range(200000):
-        send(12, 1, b'z')
-elif mode == 'twice':
-    for _ in range(1000):
-        send(11, 1, b'{"pid": 4242}')
-elif mode == 'immortal':
-    # Reads the KILL frame, and keeps the run alive.
-    read_frame()
-    time.sleep(120)
-send(14, 1, b'{"code": 0, "signal": ""}')
-time.sleep(120)
-`;
+/** The liar's source (see testdata/liar.py). */
+const LIAR = await Deno.readTextFile(new URL("./testdata/liar.py", import.meta.url));
 
 function liar(
   mode: string,
@@ -193,4 +144,23 @@ Deno.test("a fork server that keeps a killed run alive is killed after the grace
   assert.equal((await h.events.next())?.kind, "started");
   h.kill(false);
   await expectKilled(server, h, false, lines, /run 1 was still running 400 ms after it was killed/);
+});
+
+Deno.test("a fork server that floods its stderr gets a bounded part of it logged, and no more memory", async () => {
+  const lines: string[] = [];
+  const server = liar("shout", lines);
+  await server.ready;
+  const before = Deno.memoryUsage().rss;
+  const h = start(server, false);
+  // The liar writes 64 MiB to stderr, then reports the run exited.
+  for (let ev = await h.events.next(); ev !== undefined; ev = await h.events.next()) {
+    if (ev.kind === "exited") break;
+  }
+  await server.stop();
+  const logged = lines.filter((l) => l.includes("fork server: "));
+  const chars = logged.reduce((n, l) => n + l.length, 0);
+  assert.ok(chars < 80 * 1024, `${chars} characters of stderr logged`);
+  assert.ok(logged.some((l) => l.includes("more of its stderr is not logged")), logged.join("\n"));
+  const grown = Deno.memoryUsage().rss - before;
+  assert.ok(grown < 48 * 2 ** 20, `${grown} bytes more resident memory`);
 });
