@@ -205,13 +205,15 @@ print("setuid-root", attempt(lambda: os.setuid(0)))
       }
       // The session's directories: reachable by the server and the session's own workers only.
       const mode = (p: string) => (Deno.statSync(p).mode ?? 0) & 0o7777;
-      equal(mode(dir), 0o710);
+      // Sandboxed workers reach it through binds only: closed even to the session's own gid.
+      equal(mode(dir), 0o700);
       equal(Deno.statSync(dir).uid, 0);
       equal(String(Deno.statSync(dir).gid), got["gid"]);
       equal(mode(join(dir, "ro")), 0o750);
       equal(mode(r.cwd), 0o700);
       equal(mode(join(dir, "artifacts")), 0o700);
-      ok((mode(s.dataDir) & 0o044) === 0, `data dir mode ${mode(s.dataDir).toString(8)}`);
+      equal(mode(s.dataDir), 0o700, `data dir mode ${mode(s.dataDir).toString(8)}`);
+      equal(mode(join(s.dataDir, "trees")), 0o700);
 
       // Another host user: nothing of the session, its planted programs or the blobs.
       const digest = sha(enc.encode("tenant data"));

@@ -180,6 +180,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store = await SessionStore.open({
       dataDir,
       workerIds,
+      workersReachByBinds: launcher.sandboxed,
       ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
       unpack: options.unpack === false ? undefined : (options.unpack ??
         archiveUnpacker({}, sandboxedCondaUnpack(launcher, () => store.leaseWorkerId()))),

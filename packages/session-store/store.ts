@@ -53,6 +53,14 @@ export interface SessionStoreOptions {
    * @default {undefined} workers run as whatever the launcher chooses
    */
   workerIds?: { first: number; count: number } | undefined;
+  /**
+   * Workers reach their session only through a sandbox's binds (made with the server's rights),
+   * never by path: then the data directory, the sessions and the trees are closed to every
+   * other user (`0700`). Without it they are traversable (`0711`), not listable, so that an
+   * unsandboxed worker of its own uid can reach its session by path.
+   * @default {false}
+   */
+  workersReachByBinds?: boolean | undefined;
 }
 
 /** What a garbage collection removed. */
@@ -102,6 +110,7 @@ export class SessionStore {
   #hooks: ReleaseHook[] = [];
   #releasing = new Map<string, Promise<unknown>>();
   #workerIds: { first: number; count: number } | undefined;
+  #traverse: number;
   #idsInUse = new Set<number>();
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
   #heldBytes = new Map<string, number>();
@@ -109,7 +118,7 @@ export class SessionStore {
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
     this.blobs = new BlobStore(join(dataDir, "blobs", "sha256"));
-    this.trees = new TreeStore(join(dataDir, "trees"));
+    this.trees = new TreeStore(join(dataDir, "trees"), options.workersReachByBinds ? 0o700 : 0o711);
     this.#cacheBytes = options.cacheBytes ?? 10 * 2 ** 30;
     const quotas: Quotas = {
       maxSessionBytes: 64 * 2 ** 30,
@@ -121,6 +130,7 @@ export class SessionStore {
       minFreeBytes: 2 ** 30,
       ...options.quotas,
     };
+    this.#traverse = options.workersReachByBinds ? 0o700 : 0o711;
     const ids = options.workerIds;
     if (ids !== undefined) {
       if (
@@ -193,10 +203,10 @@ export class SessionStore {
 
   async #init(): Promise<void> {
     await Deno.mkdir(join(this.dataDir, "sessions"), { recursive: true });
-    // Traversable, not listable: without a sandbox a worker reaches its own session by path;
-    // nobody learns the names of the others.
-    await Deno.chmod(this.dataDir, 0o711);
-    await Deno.chmod(join(this.dataDir, "sessions"), 0o711);
+    // Traversable, not listable, only when unsandboxed workers must reach their own session by
+    // path; nobody learns the names of the others either way.
+    await Deno.chmod(this.dataDir, this.#traverse);
+    await Deno.chmod(join(this.dataDir, "sessions"), this.#traverse);
     await removeAtomicLeftovers(this.dataDir);
     await this.blobs.init();
     // Half-unpacked trees of a crash are removed here; complete ones are kept.
@@ -313,7 +323,7 @@ export class SessionStore {
    */
   async #secure(session: Session, rechown: boolean): Promise<void> {
     const w = session.worker;
-    await Deno.chmod(join(session.dir, ".."), 0o711);
+    await Deno.chmod(join(session.dir, ".."), this.#traverse);
     if (!w) {
       for (const d of [session.dir, session.root, session.viewDir, session.artifactsDir]) {
         await Deno.chmod(d, 0o700);
@@ -321,7 +331,7 @@ export class SessionStore {
       return;
     }
     await Deno.chown(session.dir, 0, w.gid);
-    await Deno.chmod(session.dir, 0o710);
+    await Deno.chmod(session.dir, this.#traverse === 0o700 ? 0o700 : 0o710);
     await Deno.chown(session.viewDir, 0, w.gid);
     await Deno.chmod(session.viewDir, 0o750);
     await Deno.chmod(session.artifactsDir, 0o700);

@@ -27,9 +27,17 @@ export class TreeStore {
   #builds = 0;
   #buildSeconds = 0;
 
-  /** Creates a store over `root`; call {@linkcode TreeStore.init} before use. */
-  constructor(root: string) {
+  #mode: number;
+
+  /**
+   * Creates a store over `root`; call {@linkcode TreeStore.init} before use.
+   *
+   * @param root The directory holding the trees.
+   * @param mode Its mode: `0711` when unsandboxed workers reach trees by path, else `0700`.
+   */
+  constructor(root: string, mode = 0o711) {
     this.root = root;
+    this.#mode = mode;
   }
 
   /** How many trees this process has built (not found ready-made). */
@@ -48,9 +56,9 @@ export class TreeStore {
    */
   async init(): Promise<void> {
     await Deno.mkdir(this.root, { recursive: true });
-    // Traversable, not listable: a worker without a sandbox reaches a tree its session links
-    // to, but cannot learn which others exist.
-    await Deno.chmod(this.root, 0o711);
+    // Traversable, not listable, when a worker without a sandbox must reach a tree its session
+    // links to; it cannot learn which others exist either way.
+    await Deno.chmod(this.root, this.#mode);
     for await (const e of Deno.readDir(this.root)) {
       const path = join(this.root, e.name);
       if (e.name.startsWith(".")) {
