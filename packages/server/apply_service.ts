@@ -7,7 +7,7 @@
  * @module
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { Code, type HandlerContext } from "@connectrpc/connect";
+import type { HandlerContext } from "@connectrpc/connect";
 import type { Launcher, RunExitedEvent, SessionLimits } from "@valise/launcher";
 import {
   ApplyForm,
@@ -35,72 +35,26 @@ import {
   schemaOfHeader,
 } from "./apply_codec.ts";
 import { DRIVER_STUB, DriverFrame } from "./apply_driver.ts";
-import { type ClassifiedError, toConnectError } from "./errors.ts";
+import { type ApplyErrorClass, isServerErrorCode, ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./spark_service.ts";
-import { classifyWorkerError, sessionSpec } from "./worker_service.ts";
+import { sessionSpec } from "./worker_service.ts";
 
-/** The error classes an Apply call fails with. */
-export type ApplyErrorClass =
-  | "APPLY_INVALID_REQUEST"
-  | "APPLY_INVALID_INPUT"
-  | "APPLY_INPUT_NOT_FOUND"
-  | "APPLY_UNSUPPORTED_TYPE"
-  | "APPLY_FUNCTION_NOT_FOUND"
-  | "APPLY_FUNCTION_FAILED"
-  | "APPLY_OUTPUT_TYPE_MISMATCH"
-  | "APPLY_PYARROW_UNAVAILABLE"
-  | "APPLY_PANDAS_UNAVAILABLE"
-  | "APPLY_TIMEOUT"
-  | "APPLY_WORKER_FAILED"
-  | "APPLY_OUTPUT_TOO_LARGE"
-  | "APPLY_PROTOCOL";
-
-/** The gRPC code of each Apply error class. */
-export const APPLY_ERROR_CODES: Readonly<Record<ApplyErrorClass, Code>> = {
-  APPLY_INVALID_REQUEST: Code.InvalidArgument,
-  APPLY_INVALID_INPUT: Code.InvalidArgument,
-  APPLY_INPUT_NOT_FOUND: Code.NotFound,
-  APPLY_UNSUPPORTED_TYPE: Code.InvalidArgument,
-  APPLY_FUNCTION_NOT_FOUND: Code.InvalidArgument,
-  // As gRPC servers report an exception raised by application code.
-  APPLY_FUNCTION_FAILED: Code.Unknown,
-  APPLY_OUTPUT_TYPE_MISMATCH: Code.InvalidArgument,
-  APPLY_PYARROW_UNAVAILABLE: Code.FailedPrecondition,
-  APPLY_PANDAS_UNAVAILABLE: Code.FailedPrecondition,
-  APPLY_TIMEOUT: Code.DeadlineExceeded,
-  APPLY_WORKER_FAILED: Code.Aborted,
-  APPLY_OUTPUT_TOO_LARGE: Code.ResourceExhausted,
-  APPLY_PROTOCOL: Code.Internal,
-};
-
-class ApplyFailure extends Error {
-  override name = "ApplyFailure";
-  readonly errorClass: ApplyErrorClass;
-  readonly traceback: string;
-  constructor(errorClass: ApplyErrorClass, message: string, traceback = "", cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.errorClass = errorClass;
-    this.traceback = traceback;
-  }
+/** Apply's own failures: a {@linkcode ServerError} of an `APPLY_*` class. */
+function applyFailure(
+  code: ApplyErrorClass,
+  message: string,
+  traceback = "",
+  cause?: unknown,
+): ServerError {
+  return new ServerError(code, message, { traceback, ...(cause === undefined ? {} : { cause }) });
 }
 
-function classify(e: unknown): unknown {
-  if (e instanceof ApplyFailure) {
-    const c: ClassifiedError = {
-      errorClass: e.errorClass,
-      message: `[${e.errorClass}] ${e.message}`,
-      code: APPLY_ERROR_CODES[e.errorClass],
-    };
-    return c;
-  }
-  if (e instanceof ColumnarTypeError) {
-    return classify(new ApplyFailure("APPLY_UNSUPPORTED_TYPE", e.message));
-  }
-  if (e instanceof TypeError || e instanceof RangeError) {
-    return classify(new ApplyFailure("APPLY_INVALID_REQUEST", e.message));
-  }
-  return classifyWorkerError(e);
+/** What Apply's failures become for a client: column types Python cannot take are the input's fault. */
+function asApplyError(e: unknown): unknown {
+  return e instanceof ColumnarTypeError
+    ? applyFailure("APPLY_UNSUPPORTED_TYPE", e.message, "", e)
+    : e;
 }
 
 interface Hello {
@@ -134,7 +88,7 @@ function functionOf(start: ApplyStart): { module: string } | { code: string; nam
   const f = start.function;
   if (f.case === "moduleFunction") {
     if (!MODULE_FUNCTION.test(f.value)) {
-      throw new ApplyFailure(
+      throw applyFailure(
         "APPLY_INVALID_REQUEST",
         `Cannot apply ${JSON.stringify(f.value)}: module_function must look like "pkg.mod:fn"`,
       );
@@ -143,7 +97,7 @@ function functionOf(start: ApplyStart): { module: string } | { code: string; nam
   }
   if (f.case === "code") {
     if (!FUNCTION_NAME.test(start.functionName)) {
-      throw new ApplyFailure(
+      throw applyFailure(
         "APPLY_INVALID_REQUEST",
         `Cannot apply inline code: function_name ${
           JSON.stringify(start.functionName)
@@ -152,7 +106,7 @@ function functionOf(start: ApplyStart): { module: string } | { code: string; nam
     }
     return { code: f.value, name: start.functionName };
   }
-  throw new ApplyFailure(
+  throw applyFailure(
     "APPLY_INVALID_REQUEST",
     "Cannot apply: the start request names no function (module_function or code)",
   );
@@ -166,7 +120,7 @@ async function* streamedInput(
     if (r.done) return;
     const m = r.value.request;
     if (m.case !== "arrowIpc") {
-      throw new ApplyFailure(
+      throw applyFailure(
         "APPLY_INVALID_REQUEST",
         "Cannot apply: only the first request may be `start`; the others carry `arrow_ipc`",
       );
@@ -191,14 +145,14 @@ function cacheInput(
   name: string,
 ): AsyncGenerator<Uint8Array, void, undefined> {
   if (!CACHE_NAME.test(name)) {
-    throw new ApplyFailure(
+    throw applyFailure(
       "APPLY_INVALID_REQUEST",
       `Cannot read input ${JSON.stringify(name)}: cache_artifact must be "cache/<sha256 hex>"`,
     );
   }
   const record = session.artifact(name);
   if (!record) {
-    throw new ApplyFailure(
+    throw applyFailure(
       "APPLY_INPUT_NOT_FOUND",
       `Cannot read input ${name}: session ${session.sessionId} holds no such artifact`,
     );
@@ -255,7 +209,7 @@ function readFrames(
   } catch (e) {
     if (!isFramingError(e)) throw e;
     if (e.code === "TOO_LARGE") {
-      throw new ApplyFailure(
+      throw applyFailure(
         "APPLY_OUTPUT_TOO_LARGE",
         `Cannot pass the function's output: a batch of ${
           (e.size ?? 0) - 5
@@ -263,7 +217,7 @@ function readFrames(
           "return smaller batches (fewer rows each), and do not write to the driver's stdout",
       );
     }
-    throw new ApplyFailure(
+    throw applyFailure(
       "APPLY_PROTOCOL",
       `Cannot read the Apply driver's output: ${e.message} (did the function write to stdout's file descriptor?)`,
     );
@@ -322,7 +276,7 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
     try {
       const first = await it.next();
       if (first.done || first.value.request.case !== "start") {
-        throw new ApplyFailure(
+        throw applyFailure(
           "APPLY_INVALID_REQUEST",
           "Cannot apply: the first request must be `start`",
         );
@@ -333,7 +287,7 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       const fn = functionOf(start);
       const form = FORMS[start.form];
       if (form === undefined) {
-        throw new ApplyFailure("APPLY_INVALID_REQUEST", `Cannot apply: unknown form ${start.form}`);
+        throw applyFailure("APPLY_INVALID_REQUEST", `Cannot apply: unknown form ${start.form}`);
       }
       const declared = start.outputSchema.length
         ? parseSchemaMessage(start.outputSchema)
@@ -343,7 +297,7 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       else if (start.input.case === "cacheArtifact") {
         input = cacheInput(ctx.store, session, start.input.value);
       } else {
-        throw new ApplyFailure(
+        throw applyFailure(
           "APPLY_INVALID_REQUEST",
           "Cannot apply: the start request names no input (streamed or cache_artifact)",
         );
@@ -372,7 +326,7 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
         // Nothing after the end of the input counts.
       }
     } catch (e) {
-      throw toConnectError(classify(e));
+      throw toConnectError(asApplyError(e), { badRequest: "APPLY_INVALID_REQUEST" });
     } finally {
       call.signal.removeEventListener("abort", onAbort);
       abort.abort();
@@ -445,7 +399,7 @@ async function* drive(
   const frames = new DriverFrameReader(maxMessageBytes + 5);
   let pieces: IpcStreamPieces | undefined;
   let done: DoneStats | undefined;
-  let failure: ApplyFailure | undefined;
+  let failure: ServerError | undefined;
   let exited: RunExitedEvent | undefined;
   let interpreter = "";
   let stderrTail = "";
@@ -473,14 +427,14 @@ async function* drive(
               const h = JSON.parse(decoder.decode(f.payload)) as Hello;
               const where = `the session's interpreter ${interpreter} (${h.executable})`;
               if (job.form === "pyarrow" && !h.pyarrow) {
-                throw new ApplyFailure(
+                throw applyFailure(
                   "APPLY_PYARROW_UNAVAILABLE",
                   `Cannot apply a pyarrow-form function: pyarrow is not importable by ${where}; ` +
                     "use form COLUMNS or PANDAS, or add pyarrow to the session's environment",
                 );
               }
               if (job.form === "pandas" && !h.pandas) {
-                throw new ApplyFailure(
+                throw applyFailure(
                   "APPLY_PANDAS_UNAVAILABLE",
                   `Cannot apply a pandas-form function: pandas is not importable by ${where}; ` +
                     "use form COLUMNS, or add pandas to the session's environment",
@@ -508,19 +462,23 @@ async function* drive(
                 batch = decodeColumnarBatch(f.payload, pieces.schema);
               } catch (e) {
                 if (!(e instanceof ColumnarTypeError)) throw e;
-                throw new ApplyFailure("APPLY_OUTPUT_TYPE_MISMATCH", e.message);
+                throw applyFailure("APPLY_OUTPUT_TYPE_MISMATCH", e.message);
               }
               yield ipc(pieces.batch(batch));
               break;
             }
             case DriverFrame.ERROR: {
               const err = JSON.parse(decoder.decode(f.payload)) as {
-                errorClass: ApplyErrorClass;
+                errorClass: string;
                 message: string;
                 traceback: string;
               };
-              const cls = err.errorClass in APPLY_ERROR_CODES ? err.errorClass : "APPLY_PROTOCOL";
-              failure = new ApplyFailure(cls, err.message, err.traceback);
+              // What the driver names must be one of Apply's classes; anything else is a lie.
+              const cls: ApplyErrorClass =
+                isServerErrorCode(err.errorClass) && err.errorClass.startsWith("APPLY_")
+                  ? err.errorClass as ApplyErrorClass
+                  : "APPLY_PROTOCOL";
+              failure = applyFailure(cls, err.message, err.traceback);
               yield response({
                 case: "error",
                 value: { message: err.message, traceback: err.traceback, errorClass: cls },
@@ -531,7 +489,7 @@ async function* drive(
               done = JSON.parse(decoder.decode(f.payload)) as DoneStats;
               break;
             default:
-              throw new ApplyFailure("APPLY_PROTOCOL", `Unexpected driver frame ${f.type}`);
+              throw applyFailure("APPLY_PROTOCOL", `Unexpected driver frame ${f.type}`);
           }
         }
       }
@@ -541,14 +499,14 @@ async function* drive(
   }
   if (failure) throw failure;
   if (inputError !== undefined) {
-    if (inputError instanceof ApplyFailure || inputError instanceof ColumnarTypeError) {
+    if (inputError instanceof ServerError || inputError instanceof ColumnarTypeError) {
       throw inputError;
     }
     const why = inputError instanceof Error ? inputError.message : String(inputError);
     const fix = isFramingError(inputError) && inputError.code === "TOO_LARGE"
       ? "; send smaller record batches (fewer rows each)"
       : "";
-    throw new ApplyFailure(
+    throw applyFailure(
       "APPLY_INVALID_INPUT",
       `Cannot read the input as an Arrow IPC stream: ${why}${fix}`,
       "",
@@ -557,14 +515,14 @@ async function* drive(
   }
   if (!done) {
     if (exited?.timedOut) {
-      throw new ApplyFailure(
+      throw applyFailure(
         "APPLY_TIMEOUT",
         `Cannot finish: the worker ran past its time limit and was killed`,
       );
     }
     if (exited?.outputTruncated) {
       const marker = stderrTail.trim().split("\n").findLast((l) => l.startsWith("[valise]"));
-      throw new ApplyFailure(
+      throw applyFailure(
         "APPLY_OUTPUT_TOO_LARGE",
         `Cannot finish: the worker passed an output limit and was killed (${
           marker ?? "output truncated"
@@ -572,7 +530,7 @@ async function* drive(
           "output batches toward spark.valise.worker.streamBytes: print less, or produce less",
       );
     }
-    throw new ApplyFailure(
+    throw applyFailure(
       "APPLY_WORKER_FAILED",
       `Cannot finish: the worker (${interpreter}) ${describeExit(exited)} before it was done${
         stderrTail.trim() ? `: ${stderrTail.trim().slice(-1500)}` : ""

@@ -1,11 +1,66 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * The one place where a failure becomes what a client receives: every domain error (the session
+ * store's, the launcher's, the server's own) has its error class and gRPC code here, and
+ * {@linkcode toConnectError} is the only way handlers turn errors into responses.
+ *
+ * @module
+ */
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { isLaunchError, type LaunchErrorCode } from "@valise/launcher";
 import { ErrorInfoSchema } from "@valise/protocol";
-import { SessionError, type SessionErrorClass } from "@valise/session-store";
+import { isSessionError, type SessionErrorClass } from "@valise/session-store";
 
-/** The gRPC code for each error class: the class says what went wrong, the code how to react. */
-const CODES: Record<SessionErrorClass, Code> = {
+/**
+ * The server's own error classes (the session store's and the launcher's have theirs):
+ *
+ * - `APPLY_*`: an Apply call failed (see `docs/apply.md` for each).
+ * - `INVALID_RUN_REQUEST`: a Run or Apply request is malformed (what to run, its arguments).
+ * - `ARTIFACT_STREAM_IDLE`: an upload stream sent nothing for too long.
+ */
+export type ServerErrorCode =
+  | "APPLY_INVALID_REQUEST"
+  | "APPLY_INVALID_INPUT"
+  | "APPLY_INPUT_NOT_FOUND"
+  | "APPLY_UNSUPPORTED_TYPE"
+  | "APPLY_FUNCTION_NOT_FOUND"
+  | "APPLY_FUNCTION_FAILED"
+  | "APPLY_OUTPUT_TYPE_MISMATCH"
+  | "APPLY_PYARROW_UNAVAILABLE"
+  | "APPLY_PANDAS_UNAVAILABLE"
+  | "APPLY_TIMEOUT"
+  | "APPLY_WORKER_FAILED"
+  | "APPLY_OUTPUT_TOO_LARGE"
+  | "APPLY_PROTOCOL"
+  | "INVALID_RUN_REQUEST"
+  | "ARTIFACT_STREAM_IDLE";
+
+/** The error classes an Apply call fails with. */
+export type ApplyErrorClass = Extract<ServerErrorCode, `APPLY_${string}`>;
+
+/** The gRPC code of each of the server's error classes. */
+const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
+  APPLY_INVALID_REQUEST: Code.InvalidArgument,
+  APPLY_INVALID_INPUT: Code.InvalidArgument,
+  APPLY_INPUT_NOT_FOUND: Code.NotFound,
+  APPLY_UNSUPPORTED_TYPE: Code.InvalidArgument,
+  APPLY_FUNCTION_NOT_FOUND: Code.InvalidArgument,
+  // As gRPC servers report an exception raised by application code.
+  APPLY_FUNCTION_FAILED: Code.Unknown,
+  APPLY_OUTPUT_TYPE_MISMATCH: Code.InvalidArgument,
+  APPLY_PYARROW_UNAVAILABLE: Code.FailedPrecondition,
+  APPLY_PANDAS_UNAVAILABLE: Code.FailedPrecondition,
+  APPLY_TIMEOUT: Code.DeadlineExceeded,
+  APPLY_WORKER_FAILED: Code.Aborted,
+  APPLY_OUTPUT_TOO_LARGE: Code.ResourceExhausted,
+  APPLY_PROTOCOL: Code.Internal,
+  INVALID_RUN_REQUEST: Code.InvalidArgument,
+  ARTIFACT_STREAM_IDLE: Code.DeadlineExceeded,
+};
+
+/** The gRPC code for each session store class: the class says what went wrong, the code how to react. */
+const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   "INVALID_HANDLE.FORMAT": Code.InvalidArgument,
   "INVALID_HANDLE.SESSION_CLOSED": Code.FailedPrecondition,
   "INVALID_HANDLE.SESSION_CHANGED": Code.FailedPrecondition,
@@ -25,6 +80,99 @@ const CODES: Record<SessionErrorClass, Code> = {
   QUOTA_EXCEEDED: Code.ResourceExhausted,
 };
 
+/** The error class and gRPC code of each launcher failure. */
+const LAUNCH_CODES: Readonly<Record<LaunchErrorCode, [string, Code]>> = {
+  INTERPRETER_NOT_FOUND: ["PYTHON_INTERPRETER.NOT_FOUND", Code.FailedPrecondition],
+  INTERPRETER_NOT_ALLOWED: ["PYTHON_INTERPRETER.NOT_ALLOWED", Code.FailedPrecondition],
+  INTERPRETER_OUTSIDE_SESSION: ["PYTHON_INTERPRETER.OUTSIDE_SESSION", Code.FailedPrecondition],
+  INTERPRETER_FAILED: ["PYTHON_INTERPRETER.FAILED", Code.FailedPrecondition],
+  SESSION_DIR_MISSING: ["INVALID_HANDLE.SESSION_NOT_FOUND", Code.FailedPrecondition],
+  QUEUE_FULL: ["WORKER_QUEUE_FULL", Code.ResourceExhausted],
+  SESSION_STOPPED: ["INVALID_HANDLE.SESSION_CLOSED", Code.Aborted],
+  CLOSED: ["SERVER_SHUTTING_DOWN", Code.Unavailable],
+  SANDBOX_UNAVAILABLE: ["WORKER_SANDBOX_UNAVAILABLE", Code.FailedPrecondition],
+};
+
+/** Options of {@linkcode ServerError}. */
+export interface ServerErrorOptions {
+  /**
+   * A Python traceback (Apply).
+   * @default {""}
+   */
+  traceback?: string;
+  /**
+   * A finer, machine-readable reason.
+   * @default {undefined}
+   */
+  reason?: string;
+  /**
+   * The underlying error.
+   * @default {undefined}
+   */
+  cause?: unknown;
+}
+
+/**
+ * A failure of the server's own (not the store's or the launcher's): its `code` is the error
+ * class a client receives.
+ *
+ * @example
+ * ```ts
+ * import { isServerError, ServerError } from "@valise/server";
+ * import assert from "node:assert/strict";
+ * const e = new ServerError("APPLY_TIMEOUT", "the worker ran past its time limit");
+ * assert.ok(isServerError(e));
+ * assert.equal(e.message, "[APPLY_TIMEOUT] the worker ran past its time limit");
+ * ```
+ */
+export class ServerError extends Error {
+  override name = "ServerError";
+  /** The error class. */
+  readonly code: ServerErrorCode;
+  /** The message without the `[CLASS]` prefix. */
+  readonly detail: string;
+  /** A Python traceback, when the failure was in Python. */
+  readonly traceback: string;
+  /** A finer reason, when there is one. */
+  readonly reason: string | undefined;
+
+  /**
+   * Creates the error; `message` is prefixed with `[code] `.
+   *
+   * @param code The error class.
+   * @param message What went wrong and what to do.
+   * @param options Traceback, reason, cause.
+   */
+  constructor(code: ServerErrorCode, message: string, options: ServerErrorOptions = {}) {
+    super(`[${code}] ${message}`, options.cause === undefined ? {} : { cause: options.cause });
+    this.code = code;
+    this.detail = message;
+    this.traceback = options.traceback ?? "";
+    this.reason = options.reason;
+  }
+}
+
+/**
+ * Whether `e` is a {@linkcode ServerError}, also across duplicate copies of this package.
+ *
+ * @param e Anything.
+ * @returns `true` for a server error.
+ */
+export function isServerError(e: unknown): e is ServerError {
+  return typeof e === "object" && e !== null && (e as Error).name === "ServerError" &&
+    typeof (e as ServerError).code === "string" && (e as ServerError).code in SERVER_CODES;
+}
+
+/**
+ * Whether a class names one of the server's own classes.
+ *
+ * @param value A string.
+ * @returns `true` for a {@linkcode ServerErrorCode}.
+ */
+export function isServerErrorCode(value: string): value is ServerErrorCode {
+  return Object.hasOwn(SERVER_CODES, value);
+}
+
 /** The JVM exception class PySpark maps each error to (ErrorInfo.reason). */
 function exceptionClass(errorClass: string): string {
   if (errorClass === "SQL_CONF_NOT_FOUND") return "org.apache.spark.SparkNoSuchElementException";
@@ -33,20 +181,49 @@ function exceptionClass(errorClass: string): string {
   return "org.apache.spark.SparkRuntimeException";
 }
 
-/** A failure with an error class, as the server reports it. */
-export interface ClassifiedError {
-  /** The error class, e.g. `ARTIFACT_ALREADY_EXISTS`. */
+interface Classified {
   errorClass: string;
-  /** The message, starting with `[errorClass]`. */
   message: string;
-  /** The gRPC code. */
   code: Code;
-  /** Spark's SQLSTATE, when there is one. */
   sqlState?: string | undefined;
-  /** A finer reason (e.g. an unpack error code). */
   reason?: string | undefined;
-  /** The message's parameters, sent as ErrorInfo `messageParameters`. */
   parameters?: Record<string, string> | undefined;
+}
+
+/** Options of {@linkcode toConnectError}. */
+export interface ToConnectErrorOptions {
+  /**
+   * The class of a `TypeError` or `RangeError`: where the request was checked by a building
+   * block that throws built-ins for malformed arguments (the launcher), they are the client's
+   * fault, not the server's.
+   * @default {undefined} reported as INTERNAL_ERROR
+   */
+  badRequest?: ServerErrorCode;
+}
+
+function classify(e: unknown, options: ToConnectErrorOptions): Classified {
+  if (isSessionError(e)) {
+    return {
+      errorClass: e.code,
+      message: e.message,
+      code: e.code === "ARTIFACT_UNPACK_FAILED" ? unpackCode(e.reason) : SESSION_CODES[e.code],
+      sqlState: e.sqlState,
+      reason: e.reason,
+      parameters: e.parameters,
+    };
+  }
+  if (isLaunchError(e)) {
+    const [errorClass, code] = LAUNCH_CODES[e.code];
+    return { errorClass, message: `[${errorClass}] ${e.message}`, code, reason: e.code };
+  }
+  if (isServerError(e)) {
+    return { errorClass: e.code, message: e.message, code: SERVER_CODES[e.code], reason: e.reason };
+  }
+  if (options.badRequest && (e instanceof TypeError || e instanceof RangeError)) {
+    return classify(new ServerError(options.badRequest, e.message, { cause: e }), {});
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  return { errorClass: "INTERNAL_ERROR", message: `[INTERNAL_ERROR] ${msg}`, code: Code.Internal };
 }
 
 /**
@@ -54,29 +231,14 @@ export interface ClassifiedError {
  * brackets, as Spark's do, and a `google.rpc.ErrorInfo` detail carries `errorClass` and
  * `sqlState` the way Spark Connect sends them, so PySpark raises its usual exceptions.
  *
- * @param e The error: a {@linkcode ClassifiedError}, a `SessionError`, a `ConnectError`
- *   (returned as is), or anything else (reported as `INTERNAL`).
+ * @param e The error: a `SessionError`, a `LaunchError`, a {@linkcode ServerError}, a
+ *   `ConnectError` (returned as is), or anything else (reported as `INTERNAL`).
+ * @param options How to read built-in argument errors.
  * @returns The error to throw from a handler.
  */
-export function toConnectError(e: unknown): ConnectError {
+export function toConnectError(e: unknown, options: ToConnectErrorOptions = {}): ConnectError {
   if (e instanceof ConnectError) return e;
-  let c: ClassifiedError;
-  if (e instanceof SessionError) {
-    c = {
-      errorClass: e.errorClass,
-      message: e.message,
-      code: CODES[e.errorClass],
-      sqlState: e.sqlState,
-      reason: e.reason,
-      parameters: e.parameters,
-    };
-    if (e.errorClass === "ARTIFACT_UNPACK_FAILED") c.code = unpackCode(e.reason);
-  } else if (isClassified(e)) {
-    c = e;
-  } else {
-    const msg = e instanceof Error ? e.message : String(e);
-    c = { errorClass: "INTERNAL_ERROR", message: `[INTERNAL_ERROR] ${msg}`, code: Code.Internal };
-  }
+  const c = classify(e, options);
   const metadata: Record<string, string> = {
     errorClass: c.errorClass,
     classes: JSON.stringify([exceptionClass(c.errorClass)]),
@@ -101,11 +263,4 @@ function unpackCode(reason: string | undefined): Code {
   if (reason === "ABORTED") return Code.Canceled;
   if (reason === "IO" || reason === "DEST_EXISTS") return Code.Internal;
   return Code.InvalidArgument;
-}
-
-function isClassified(e: unknown): e is ClassifiedError {
-  return typeof e === "object" && e !== null &&
-    typeof (e as ClassifiedError).errorClass === "string" &&
-    typeof (e as ClassifiedError).message === "string" &&
-    typeof (e as ClassifiedError).code === "number";
 }

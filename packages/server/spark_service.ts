@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { create } from "@bufbuild/protobuf";
-import { Code, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import {
   type AddArtifactsRequest,
   AddArtifactsResponseSchema,
@@ -17,7 +17,7 @@ import {
   type UserContext,
 } from "@valise/protocol";
 import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
-import { type ClassifiedError, toConnectError } from "./errors.ts";
+import { ServerError, toConnectError } from "./errors.ts";
 import { idleLimited } from "./stream_idle.ts";
 
 /** What the Spark Connect handlers need. */
@@ -237,16 +237,14 @@ function kv(p: { key: string; value: string | undefined }): KeyValue {
   return create(KeyValueSchema, p.value === undefined ? { key: p.key } : p);
 }
 
-function streamIdle(idleMs: number, received: number): ClassifiedError {
+function streamIdle(idleMs: number, received: number): ServerError {
   const s = idleMs / 1000;
-  return {
-    errorClass: "ARTIFACT_STREAM_IDLE",
-    message: `[ARTIFACT_STREAM_IDLE] No AddArtifacts message arrived for ${s} s (after ` +
-      `${received} message${received === 1 ? "" : "s"}): the stream was aborted and what it ` +
-      `had staged removed. Send the stream without long pauses, or ask the operator to raise ` +
-      `--stream-idle-timeout-s.`,
-    code: Code.DeadlineExceeded,
-  };
+  return new ServerError(
+    "ARTIFACT_STREAM_IDLE",
+    `No AddArtifacts message arrived for ${s} s (after ${received} message` +
+      `${received === 1 ? "" : "s"}): the stream was aborted and what it had staged removed. ` +
+      `Send the stream without long pauses, or ask the operator to raise --stream-idle-timeout-s.`,
+  );
 }
 
 /** Spark reports every refused artifact of a stream; the first one's class leads. */

@@ -1,23 +1,42 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { createHash } from "node:crypto";
-import type { UnpackOptions } from "@valise/archive";
+import {
+  isUnpackError,
+  UnpackError,
+  type UnpackErrorCode,
+  type UnpackOptions,
+} from "@valise/archive";
 import type { Launcher } from "@valise/launcher";
 import type { ArchiveUnpacker, TreeInfo } from "@valise/session-store";
 
-/** An unpack failure reported by the worker, with the archive package's stable code. */
-export class ArchiveUnpackFailure extends Error {
-  /** The `UnpackError` code, e.g. `PATH_ESCAPE` or `QUOTA_BYTES`. */
-  readonly code: string;
-  /** The archive entry involved, if any. */
-  readonly entry: string | undefined;
-  override name = "ArchiveUnpackFailure";
+/** The archive package's codes, to check what the unpack worker posts back. */
+const UNPACK_CODES: ReadonlySet<string> = new Set<UnpackErrorCode>([
+  "PATH_ESCAPE",
+  "ABSOLUTE_PATH",
+  "BAD_NAME",
+  "LINK_ESCAPE",
+  "BAD_LINK",
+  "THROUGH_LINK",
+  "CONFLICT",
+  "SPECIAL_FILE",
+  "QUOTA_BYTES",
+  "QUOTA_ENTRIES",
+  "QUOTA_RATIO",
+  "QUOTA_DISK",
+  "CORRUPT",
+  "OVERLAP",
+  "ENCRYPTED",
+  "UNSUPPORTED",
+  "DEST_EXISTS",
+  "POST_UNPACK",
+  "ABORTED",
+  "IO",
+]);
 
-  /** Creates the failure. */
-  constructor(code: string, message: string, entry?: string) {
-    super(message);
-    this.code = code;
-    this.entry = entry;
-  }
+/** Rebuilds an `UnpackError` from what the worker posted (a structured clone loses the class). */
+function unpackError(code: string | undefined, message: string, entry?: string): UnpackError {
+  const c = code !== undefined && UNPACK_CODES.has(code) ? code as UnpackErrorCode : "IO";
+  return new UnpackError(c, message, entry === undefined ? {} : { entry });
 }
 
 /** Unpack options a server may set; the rest are the archive package's safe defaults. */
@@ -52,7 +71,7 @@ export function archiveUnpacker(
   type Done = TreeInfo & { flavor: string };
   const pending = new Map<number, { resolve: (i: Done) => void; reject: (e: Error) => void }>();
   const failAll = (why: string) => {
-    for (const p of pending.values()) p.reject(new ArchiveUnpackFailure("IO", why));
+    for (const p of pending.values()) p.reject(unpackError("IO", why));
     pending.clear();
   };
   const ensureWorker = (): Worker => {
@@ -74,7 +93,7 @@ export function archiveUnpacker(
       pending.delete(r.id);
       if (r.ok) p.resolve({ bytes: r.bytes ?? 0, entries: r.entries ?? 0, flavor: r.flavor ?? "" });
       else {p.reject(
-          new ArchiveUnpackFailure(r.code ?? "IO", r.message ?? "unpack failed", r.entry),
+          unpackError(r.code, r.message ?? "unpack failed", r.entry),
         );}
     };
     w.onerror = (ev) => {
@@ -129,7 +148,7 @@ export function archiveUnpacker(
           };
         } catch (e) {
           await Deno.remove(dest, { recursive: true }).catch(() => {});
-          throw e instanceof ArchiveUnpackFailure ? e : new ArchiveUnpackFailure(
+          throw isUnpackError(e) ? e : new UnpackError(
             "POST_UNPACK",
             `Cannot finish the conda-pack environment: ${e instanceof Error ? e.message : e}`,
           );
@@ -223,7 +242,7 @@ export function sandboxedCondaUnpack(
         : exit.signal
         ? `was killed by ${exit.signal}`
         : `exited with ${exit.exitCode}`;
-      throw new ArchiveUnpackFailure(
+      throw new UnpackError(
         "POST_UNPACK",
         `Cannot finish the conda-pack environment: bin/conda-unpack ${how}${
           stderr ? `: ${stderr.trim()}` : ""
@@ -236,7 +255,7 @@ export function sandboxedCondaUnpack(
 async function command(program: string, args: string[]): Promise<void> {
   const out = await new Deno.Command(program, { args, stdout: "null", stderr: "piped" }).output();
   if (!out.success) {
-    throw new ArchiveUnpackFailure(
+    throw new UnpackError(
       "IO",
       `Cannot prepare the environment: ${program} failed: ${
         new TextDecoder().decode(out.stderr).trim()

@@ -1,17 +1,10 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { create } from "@bufbuild/protobuf";
-import { Code, type ServiceImpl } from "@connectrpc/connect";
-import {
-  isLaunchError,
-  type Launcher,
-  type LaunchErrorCode,
-  type RunSpec,
-  type SessionLimits,
-  type SessionSpec,
-} from "@valise/launcher";
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { Launcher, RunSpec, SessionLimits, SessionSpec } from "@valise/launcher";
 import { type RunEvent, RunEventSchema, type WorkerService } from "@valise/protocol";
 import type { Session, SessionStore } from "@valise/session-store";
-import { type ClassifiedError, toConnectError } from "./errors.ts";
+import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./spark_service.ts";
 import { createApplyHandler } from "./apply_service.ts";
@@ -60,47 +53,6 @@ export function sessionSpec(session: Session, serverLimits: SessionLimits): Sess
   };
 }
 
-const LAUNCH_CODES: Record<LaunchErrorCode, [Code, string]> = {
-  INTERPRETER_NOT_FOUND: [Code.FailedPrecondition, "PYTHON_INTERPRETER.NOT_FOUND"],
-  INTERPRETER_NOT_ALLOWED: [Code.FailedPrecondition, "PYTHON_INTERPRETER.NOT_ALLOWED"],
-  INTERPRETER_OUTSIDE_SESSION: [Code.FailedPrecondition, "PYTHON_INTERPRETER.OUTSIDE_SESSION"],
-  INTERPRETER_FAILED: [Code.FailedPrecondition, "PYTHON_INTERPRETER.FAILED"],
-  SESSION_DIR_MISSING: [Code.FailedPrecondition, "INVALID_HANDLE.SESSION_NOT_FOUND"],
-  QUEUE_FULL: [Code.ResourceExhausted, "WORKER_QUEUE_FULL"],
-  SESSION_STOPPED: [Code.Aborted, "INVALID_HANDLE.SESSION_CLOSED"],
-  CLOSED: [Code.Unavailable, "SERVER_SHUTTING_DOWN"],
-  SANDBOX_UNAVAILABLE: [Code.FailedPrecondition, "WORKER_SANDBOX_UNAVAILABLE"],
-};
-
-/**
- * Maps a launcher error (and a malformed request) to the error class and gRPC code a client
- * receives; anything else is returned unchanged.
- *
- * @param e The error.
- * @returns A {@linkcode ClassifiedError}, or `e`.
- */
-export function classifyWorkerError(e: unknown): unknown {
-  if (isLaunchError(e)) {
-    const [code, errorClass] = LAUNCH_CODES[e.code];
-    const c: ClassifiedError = {
-      errorClass,
-      message: `[${errorClass}] ${e.message}`,
-      code,
-      reason: e.code,
-    };
-    return c;
-  }
-  if (e instanceof TypeError || e instanceof RangeError) {
-    const c: ClassifiedError = {
-      errorClass: "INVALID_RUN_REQUEST",
-      message: `[INVALID_RUN_REQUEST] ${e.message}`,
-      code: Code.InvalidArgument,
-    };
-    return c;
-  }
-  return e;
-}
-
 /**
  * `valise.v1.WorkerService`: runs Python in a session — its working directory, interpreter,
  * `sys.path` and worker environment — streaming output as it is produced (`Run`), and applies
@@ -147,7 +99,7 @@ export function createWorkerService(
           yield toRunEvent(ev);
         }
       } catch (e) {
-        throw toConnectError(classifyWorkerError(e));
+        throw toConnectError(e, { badRequest: "INVALID_RUN_REQUEST" });
       } finally {
         done?.();
         if (call.signal.aborted && outcome === "error") outcome = "cancelled";

@@ -51,6 +51,8 @@ export interface SessionErrorOptions {
 export class SessionError extends Error {
   /** The error class, e.g. `ARTIFACT_ALREADY_EXISTS`. */
   readonly errorClass: SessionErrorClass;
+  /** The same as {@linkcode SessionError.errorClass}: the closed code every package's error has. */
+  readonly code: SessionErrorClass;
   /** Spark's SQLSTATE for the class, when Spark has one. */
   readonly sqlState: string | undefined;
   /** A finer machine-readable reason, when there is one. */
@@ -63,6 +65,7 @@ export class SessionError extends Error {
   constructor(errorClass: SessionErrorClass, message: string, options: SessionErrorOptions = {}) {
     super(`[${errorClass}] ${message}`, { cause: options.cause });
     this.errorClass = errorClass;
+    this.code = errorClass;
     this.sqlState = SQL_STATES[errorClass];
     this.reason = options.reason;
     this.parameters = options.parameters ?? {};
@@ -74,4 +77,14 @@ export class SessionError extends Error {
       (value as { name?: unknown }).name === "SessionError" &&
       typeof (value as { errorClass?: unknown }).errorClass === "string";
   }
+}
+
+/**
+ * Whether `value` is a {@linkcode SessionError}, also across duplicate copies of this package.
+ *
+ * @param value Anything.
+ * @returns `true` for a session error.
+ */
+export function isSessionError(value: unknown): value is SessionError {
+  return value instanceof SessionError;
 }
