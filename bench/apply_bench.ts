@@ -23,8 +23,8 @@ import {
   driverFrameHeader,
   encodeColumnarBatch,
   IpcStreamPieces,
-} from "../packages/server/apply_codec.ts";
-import { DRIVER_STUB, DriverFrame } from "../packages/server/apply_driver.ts";
+} from "../packages/server/_apply_codec.ts";
+import { DRIVER_STUB, DriverFrame } from "../packages/server/_apply_driver.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SCALE = Number(Deno.env.get("VALISE_BENCH_SCALE") ?? "1");

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { parseServeCommand, USAGE, UsageError } from "./cli_options.ts";
+import { parseServeCommand, USAGE, UsageError } from "./_cli_options.ts";
 import { serveMetrics } from "./metrics.ts";
 import { serve } from "./serve.ts";
 

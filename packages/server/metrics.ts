@@ -3,7 +3,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "@valise/protocol";
 import type { Launcher } from "@valise/launcher";
 import type { SessionStore } from "@valise/session-store";
-import { type AccessToken, TokenSet } from "./tokens.ts";
+import { type AccessToken, TokenSet } from "./_tokens.ts";
 
 const LATENCY_BUCKETS = [
   0.001,

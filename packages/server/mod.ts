@@ -29,15 +29,43 @@
  *
  * @module
  */
-export * from "./blob_proof.ts";
-export * from "./errors.ts";
-export * from "./apply_service.ts";
-export * from "./cli_options.ts";
-export * from "./health_service.ts";
-export * from "./metrics.ts";
-export * from "./serve.ts";
-export * from "./spark_service.ts";
-export * from "./store_service.ts";
-export * from "./unpacker.ts";
-export * from "./valise.ts";
-export * from "./worker_service.ts";
+export {
+  createValise,
+  DEFAULT_WORKER_IDS,
+  type FetchHandler,
+  type MaybeFetchHandler,
+  type NodeHandler,
+  type Valise,
+  type ValiseOptions,
+} from "./valise.ts";
+export { type RunningServer, serve, type ServeOptions } from "./serve.ts";
+export {
+  type ApplyErrorClass,
+  isServerError,
+  isServerErrorCode,
+  ServerError,
+  type ServerErrorCode,
+  type ServerErrorOptions,
+  toConnectError,
+  type ToConnectErrorOptions,
+} from "./errors.ts";
+export { createSparkConnectService, type SparkServiceContext } from "./spark_service.ts";
+export { createStoreService, type StoreServiceContext } from "./store_service.ts";
+export { createWorkerService } from "./worker_service.ts";
+export { createHealthService, HEALTH_SERVICES } from "./health_service.ts";
+export { sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";
+export {
+  archiveUnpacker,
+  type CondaUnpackRunner,
+  sandboxedCondaUnpack,
+  type ServerUnpackOptions,
+  type WorkerIdLease,
+} from "./unpacker.ts";
+export {
+  BlobProofs,
+  type BlobProofsOptions,
+  type BlobRange,
+  type PossessionChallenge,
+  type PossessionProof,
+} from "./blob_proof.ts";
+export { Metrics, type MetricsServer, type MetricsServerOptions, serveMetrics } from "./metrics.ts";

@@ -17,8 +17,9 @@ import {
   type UserContext,
 } from "@valise/protocol";
 import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
+import { bindSession, userIdOf } from "./_bind.ts";
 import { ServerError, toConnectError } from "./errors.ts";
-import { idleLimited } from "./stream_idle.ts";
+import { idleLimited } from "./_stream_idle.ts";
 
 /** What the Spark Connect handlers need. */
 export interface SparkServiceContext {
@@ -30,37 +31,6 @@ export interface SparkServiceContext {
    * @default {60_000}
    */
   readonly streamIdleTimeoutMs?: number | undefined;
-}
-
-/** The user id of a request: Spark keys sessions by `user_context.user_id`, `""` when unset. */
-export function userIdOf(ctx: UserContext | undefined): string {
-  return ctx?.userId ?? "";
-}
-
-/** The session fields every Valise and Spark request carries. */
-export interface SessionFields {
-  /** The client's session id. */
-  readonly sessionId: string;
-  /** The client's user context. */
-  readonly userContext?: UserContext | undefined;
-  /** The server-side session id the client saw before, if any. */
-  readonly clientObservedServerSideSessionId?: string | undefined;
-}
-
-/**
- * Finds or creates the session a request names, with Spark's checks (id format, closed
- * sessions, a changed server-side id).
- *
- * @param store The session store.
- * @param req The request's session fields.
- * @returns The session.
- */
-export function bindSession(store: SessionStore, req: SessionFields): Promise<Session> {
-  return store.session({
-    userId: userIdOf(req.userContext),
-    sessionId: req.sessionId,
-    clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
-  });
 }
 
 /**

@@ -13,7 +13,7 @@ import type { SessionStore } from "@valise/session-store";
 import { SessionError } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { toConnectError } from "./errors.ts";
-import { bindSession } from "./spark_service.ts";
+import { bindSession } from "./_bind.ts";
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 

@@ -76,7 +76,7 @@ export function archiveUnpacker(
   };
   const ensureWorker = (): Worker => {
     if (worker) return worker;
-    const w = new Worker(new URL("./unpack_worker.ts", import.meta.url), { type: "module" });
+    const w = new Worker(new URL("./_unpack_worker.ts", import.meta.url), { type: "module" });
     w.onmessage = (ev: MessageEvent) => {
       const r = ev.data as {
         id: number;

@@ -21,9 +21,9 @@ import {
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
-import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./front_door.ts";
-import { PathRedactor, redactingInterceptor, serverSideMessage } from "./redact.ts";
-import { type AccessToken, TokenSet } from "./tokens.ts";
+import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./_front_door.ts";
+import { PathRedactor, redactingInterceptor, serverSideMessage } from "./_redact.ts";
+import { type AccessToken, TokenSet } from "./_tokens.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";

@@ -6,52 +6,9 @@ import { type RunEvent, RunEventSchema, type WorkerService } from "@valise/proto
 import type { Session, SessionStore } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { bindSession } from "./spark_service.ts";
-import { createApplyHandler } from "./apply_service.ts";
-
-/**
- * Config keys a session may use to lower (never raise) the server's worker limits for itself.
- */
-export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = {
-  wallTimeMs: "spark.valise.worker.timeoutMs",
-  maxWorkersPerSession: "spark.valise.worker.maxConcurrent",
-  memoryBytes: "spark.valise.worker.memoryBytes",
-  outputBytes: "spark.valise.worker.outputBytes",
-  processes: "spark.valise.worker.processes",
-  sandboxMemoryBytes: "spark.valise.worker.sandboxMemoryBytes",
-  streamBytes: "spark.valise.worker.streamBytes",
-};
-
-/**
- * Describes a session to the launcher: its working directory, the `sys.path` entries of its
- * zip/egg pyfiles, the shared parts it links to (bound read-only in the sandbox), its
- * interpreter and worker environment, and the limits it chose below the server's.
- *
- * @param session The session.
- * @param serverLimits The launcher's limits, which session overrides may only lower.
- * @returns The launcher's view of the session.
- */
-export function sessionSpec(session: Session, serverLimits: SessionLimits): SessionSpec {
-  const limits: Partial<SessionLimits> = {};
-  for (const [k, key] of Object.entries(WORKER_LIMIT_KEYS) as [keyof SessionLimits, string][]) {
-    const raw = session.config.value(key);
-    const n = raw === undefined ? NaN : Number(raw);
-    if (Number.isSafeInteger(n) && n > 0) limits[k] = Math.min(n, serverLimits[k]);
-  }
-  const interpreter = session.interpreter();
-  return {
-    key: `${session.userId}\u0000${session.sessionId}`,
-    root: session.root,
-    pythonPath: session.pythonPath(),
-    // Bound by the store's own paths: nothing the session's workers wrote decides a mount.
-    readOnlyDirs: [session.viewDir],
-    sharedTrees: session.sharedTrees(),
-    ...(session.worker ? { worker: session.worker } : {}),
-    env: session.config.workerEnv(),
-    ...(interpreter !== undefined && interpreter !== "" ? { interpreter } : {}),
-    limits,
-  };
-}
+import { bindSession } from "./_bind.ts";
+import { sessionSpec } from "./session_spec.ts";
+import { createApplyHandler } from "./_apply_service.ts";
 
 /**
  * `valise.v1.WorkerService`: runs Python in a session — its working directory, interpreter,

@@ -7,7 +7,7 @@ import {
   StoreService,
   WorkerService,
 } from "@valise/protocol";
-import { methodReadMaxBytes } from "./front_door.ts";
+import { methodReadMaxBytes } from "./_front_door.ts";
 import { createValise } from "./valise.ts";
 
 const MiB = 2 ** 20;

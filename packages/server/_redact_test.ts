@@ -5,7 +5,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "@valise/protocol";
 import { SessionError } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
-import { PathRedactor, redactError, serverSideMessage } from "./redact.ts";
+import { PathRedactor, redactError, serverSideMessage } from "./_redact.ts";
 
 const DATA = "/srv/valise/data";
 const ROOT = `${DATA}/sessions/u-0123abcd/6d0f4c37-5b1c-4b4e-9b39-0a8b56f1d2a1/root`;

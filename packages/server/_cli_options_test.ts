@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { deepEqual, equal, throws } from "node:assert/strict";
-import { parseServeCommand, parseSize, UsageError } from "./cli_options.ts";
+import { parseServeCommand, parseSize, UsageError } from "./_cli_options.ts";
 
 const noEnv = () => undefined;
 

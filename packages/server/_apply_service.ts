@@ -33,12 +33,12 @@ import {
   parseSchemaMessage,
   readColumnarBatch,
   schemaOfHeader,
-} from "./apply_codec.ts";
-import { DRIVER_STUB, DriverFrame } from "./apply_driver.ts";
+} from "./_apply_codec.ts";
+import { DRIVER_STUB, DriverFrame } from "./_apply_driver.ts";
 import { type ApplyErrorClass, isServerErrorCode, ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { bindSession } from "./spark_service.ts";
-import { sessionSpec } from "./worker_service.ts";
+import { bindSession } from "./_bind.ts";
+import { sessionSpec } from "./session_spec.ts";
 
 /** Apply's own failures: a {@linkcode ServerError} of an `APPLY_*` class. */
 function applyFailure(

@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { deepEqual, equal, rejects } from "node:assert/strict";
-import { idleLimited } from "./stream_idle.ts";
+import { idleLimited } from "./_stream_idle.ts";
 
 class Idle extends Error {}
 

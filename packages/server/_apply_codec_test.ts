@@ -33,7 +33,7 @@ import {
   IpcStreamPieces,
   readColumnarBatch,
   schemaOfHeader,
-} from "./apply_codec.ts";
+} from "./_apply_codec.ts";
 import fc from "fast-check";
 import { FramingError, ipcRecordBatches, isFramingError } from "@valise/protocol";
 

@@ -10,8 +10,8 @@ import {
   encodeColumnarBatch,
   readColumnarBatch,
   schemaOfHeader,
-} from "./apply_codec.ts";
-import { DRIVER_FILENAME, DRIVER_STUB, DriverFrame } from "./apply_driver.ts";
+} from "./_apply_codec.ts";
+import { DRIVER_FILENAME, DRIVER_STUB, DriverFrame } from "./_apply_driver.ts";
 
 interface Driven {
   hello: Record<string, unknown>;

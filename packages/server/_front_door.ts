@@ -16,7 +16,7 @@ import {
   type Interceptor,
   type ServiceImpl,
 } from "@connectrpc/connect";
-import { CREDENTIAL_MESSAGES, type CredentialProblem, type TokenSet } from "./tokens.ts";
+import { CREDENTIAL_MESSAGES, type CredentialProblem, type TokenSet } from "./_tokens.ts";
 
 /** Health checks come from load balancers that carry no credentials. */
 const OPEN_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health"]);

@@ -2,7 +2,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import type { ServeOptions } from "./serve.ts";
-import { type AccessToken, readTokenFile } from "./tokens.ts";
+import { type AccessToken, readTokenFile } from "./_tokens.ts";
 
 /** The usage text of `deno task serve`. */
 export const USAGE = `Usage: deno task serve [options]

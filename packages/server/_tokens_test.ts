@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import fc from "fast-check";
-import { parseTokenFile, readTokenFile, TokenSet } from "./tokens.ts";
+import { parseTokenFile, readTokenFile, TokenSet } from "./_tokens.ts";
 
 Deno.test("parseTokenFile() reads one token per line, optionally bound to a user id", () => {
   const tokens = parseTokenFile(
