@@ -6,7 +6,6 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Launcher, type LauncherOptions, type SessionSpec } from "@valise/launcher";
 import {
-  bwrapWorks,
   collect,
   eachSandbox,
   reachablePython,
@@ -15,7 +14,6 @@ import {
 } from "../packages/launcher/testdata/helpers.ts";
 import { makeCondaPackLike, makePex, makeVenvPack } from "./fixtures/envs.ts";
 
-const MODES: ("none" | "bwrap")[] = bwrapWorks() ? ["none", "bwrap"] : ["none"];
 /** A root launcher runs workers as another uid: root's own files are then out of their reach. */
 const IS_ROOT = Deno.uid() === 0;
 const quiet = () => {};

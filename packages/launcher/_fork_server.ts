@@ -8,7 +8,7 @@ import { FrameType, OUTPUT_PIECE, STDOUT_WINDOW } from "./_bootstrap.ts";
 import { Channel } from "./_channel.ts";
 import { encodeFrame, encodeRunPayload, type Frame, FrameDecoder } from "./_frames.ts";
 import { LaunchError } from "./launch_error.ts";
-import type { LauncherLogger, RunEvent } from "./launcher.ts";
+import type { LauncherLogger, RunEvent } from "./types.ts";
 
 const decoder = new TextDecoder();
 /** Characters of one line of a fork server's stderr that go to the server's log. */

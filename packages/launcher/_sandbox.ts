@@ -316,3 +316,42 @@ export function identityFiles(
   groups.push("nogroup:x:65534:");
   return { passwd: lines.join("\n") + "\n", group: groups.join("\n") + "\n" };
 }
+
+/**
+ * Whether bubblewrap works here with the very command line sandboxes use (so an old bwrap
+ * without a flag, or a host without user namespaces, is caught at start).
+ *
+ * @param bwrap The bwrap program.
+ * @param setpriv The setpriv program, when the launcher is root and drops workers to a uid.
+ * @returns Why it does not work, or `undefined` when it does.
+ */
+export function probeBwrap(bwrap: string, setpriv: string | undefined): string | undefined {
+  let root: string | undefined;
+  try {
+    root = Deno.makeTempDirSync({ prefix: "valise-probe-" });
+    const argv = sandboxCommand(bwrap, {
+      root,
+      readOnlyDirs: [],
+      sharedTrees: [],
+      interpreterDirs: [],
+      interpreterFiles: [],
+      writableDirs: [],
+      identity: undefined,
+      network: false,
+      tmpBytes: 2 ** 20,
+      dropTo: setpriv ? { uid: 65534, gid: 65534, setpriv } : undefined,
+    }, ["/bin/true"]);
+    const out = new Deno.Command(argv[0]!, {
+      args: argv.slice(1),
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).outputSync();
+    if (out.success) return undefined;
+    return `${bwrap} does not work here: ${new TextDecoder().decode(out.stderr).trim()}`;
+  } catch (e) {
+    return `${bwrap} cannot run: ${e instanceof Error ? e.message : String(e)}`;
+  } finally {
+    if (root) Deno.removeSync(root);
+  }
+}

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { OUTPUT_PIECE, STDOUT_WINDOW } from "./_bootstrap.ts";
 import { ForkServer, type RunHandle } from "./_fork_server.ts";
-import type { RunEvent } from "./launcher.ts";
+import type { RunEvent } from "./types.ts";
 import { SYSTEM_PYTHON } from "./testdata/helpers.ts";
 
 /** The liar's source (see testdata/liar.py). */

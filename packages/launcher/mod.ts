@@ -29,6 +29,27 @@
  *
  * @module
  */
-export * from "./launcher.ts";
-export * from "./launch_error.ts";
+export { Launcher } from "./launcher.ts";
+export {
+  DEFAULT_LIMITS,
+  INTERPRETER_CONFIG_KEY,
+  type LauncherLimits,
+  type LauncherLogger,
+  type LauncherOptions,
+  type LauncherStats,
+  type RunEvent,
+  type RunExitedEvent,
+  type RunOutputEvent,
+  type RunSpec,
+  type RunStartedEvent,
+  type RunTarget,
+  type SessionLimits,
+  type SessionSpec,
+} from "./types.ts";
+export {
+  isLaunchError,
+  LaunchError,
+  type LaunchErrorCode,
+  type LaunchErrorOptions,
+} from "./launch_error.ts";
 export { pythonStub } from "./python_stub.ts";

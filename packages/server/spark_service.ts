@@ -14,7 +14,6 @@ import {
   KeyValueSchema,
   ReleaseSessionResponseSchema,
   type SparkConnectService,
-  type UserContext,
 } from "@valise/protocol";
 import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
 import { bindSession, userIdOf } from "./_bind.ts";

@@ -1,9 +1,9 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { Launcher, RunSpec, SessionLimits, SessionSpec } from "@valise/launcher";
+import type { Launcher, RunSpec, SessionLimits } from "@valise/launcher";
 import { type RunEvent, RunEventSchema, type WorkerService } from "@valise/protocol";
-import type { Session, SessionStore } from "@valise/session-store";
+import type { SessionStore } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
