@@ -19,12 +19,9 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { ApplyForm, type ApplyRequest, ApplyRequestSchema, WorkerService } from "@valise/protocol";
 import { Float64, Int32, Int64, makeData, makeVector, type RecordBatch, Table } from "apache-arrow";
-import {
-  driverFrameHeader,
-  encodeColumnarBatch,
-  IpcStreamPieces,
-} from "../packages/server/_apply_codec.ts";
-import { DRIVER_STUB, DriverFrame } from "../packages/server/_apply_driver.ts";
+import { encodeColumnarBatch } from "../packages/server/_columnar.ts";
+import { IpcStreamPieces } from "../packages/server/_ipc_pieces.ts";
+import { DRIVER_STUB, DriverFrame, driverFrameHeader } from "../packages/server/_apply_driver.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SCALE = Number(Deno.env.get("VALISE_BENCH_SCALE") ?? "1");

@@ -11,6 +11,7 @@
  * @module
  */
 import { pythonStub } from "@valise/launcher";
+import { FrameReader, u32Frames } from "@valise/protocol";
 import DRIVER_SOURCE_TEXT from "./apply_driver.py" with { type: "text" };
 
 /** Frame types of the driver protocol. */
@@ -42,3 +43,52 @@ export const DRIVER_STUB: string = pythonStub(DRIVER_SOURCE_TEXT, DRIVER_FILENAM
   frames: DriverFrame,
   file: DRIVER_FILENAME,
 });
+
+/** One frame the Apply driver wrote. */
+export interface DriverFrameData {
+  /** Frame type, one of `DriverFrame`. */
+  type: number;
+  /** Payload: its own copy, starting 8-byte aligned (the columnar decoder views it). */
+  payload: Uint8Array;
+}
+
+/**
+ * The largest driver frame (type and payload) accepted by default: one columnar output batch
+ * or one piece of the Arrow IPC output, as large as the server's default `readMaxBytes`.
+ */
+export const DRIVER_FRAME_BYTES: number = 64 * 1024 * 1024;
+
+const DRIVER_FORMAT = u32Frames<DriverFrameData>(
+  "driver frame",
+  1,
+  (body) => ({ type: body[0]!, payload: body.slice(1) }),
+);
+
+/**
+ * Incremental reader of driver frames (`u32 length (big-endian) | u8 type | payload`), capped:
+ * the driver runs code of the session, which may write any bytes to the driver's stdout.
+ */
+export class DriverFrameReader extends FrameReader<DriverFrameData> {
+  /**
+   * @param maxFrameBytes The largest frame accepted, header included; a longer length fails
+   * with a `FramingError` (`TOO_LARGE`) as soon as it is read.
+   */
+  constructor(maxFrameBytes: number = DRIVER_FRAME_BYTES + 5) {
+    super(DRIVER_FORMAT, { maxFrameBytes });
+  }
+}
+
+/**
+ * Encodes a driver frame header; the payload follows it.
+ *
+ * @param type The frame type.
+ * @param payloadLength Bytes of payload that follow.
+ * @returns The 5-byte header.
+ */
+export function driverFrameHeader(type: number, payloadLength: number): Uint8Array {
+  const out = new Uint8Array(5);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, payloadLength + 1);
+  v.setUint8(4, type);
+  return out;
+}

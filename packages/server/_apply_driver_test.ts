@@ -5,13 +5,17 @@ import { Int64, Int8, type RecordBatch, Table, Utf8, vectorFromArray } from "apa
 import {
   type ColumnarField,
   decodeColumnarBatch,
-  driverFrameHeader,
-  DriverFrameReader,
   encodeColumnarBatch,
   readColumnarBatch,
   schemaOfHeader,
-} from "./_apply_codec.ts";
-import { DRIVER_FILENAME, DRIVER_STUB, DriverFrame } from "./_apply_driver.ts";
+} from "./_columnar.ts";
+import {
+  DRIVER_FILENAME,
+  DRIVER_STUB,
+  DriverFrame,
+  driverFrameHeader,
+  DriverFrameReader,
+} from "./_apply_driver.ts";
 
 interface Driven {
   hello: Record<string, unknown>;

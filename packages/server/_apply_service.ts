@@ -25,16 +25,18 @@ import {
   columnarField,
   ColumnarTypeError,
   decodeColumnarBatch,
-  DRIVER_FRAME_BYTES,
-  driverFrameHeader,
-  DriverFrameReader,
   encodeColumnarBatch,
-  IpcStreamPieces,
-  parseSchemaMessage,
   readColumnarBatch,
   schemaOfHeader,
-} from "./_apply_codec.ts";
-import { DRIVER_STUB, DriverFrame } from "./_apply_driver.ts";
+} from "./_columnar.ts";
+import { IpcStreamPieces, parseSchemaMessage } from "./_ipc_pieces.ts";
+import {
+  DRIVER_FRAME_BYTES,
+  DRIVER_STUB,
+  DriverFrame,
+  driverFrameHeader,
+  DriverFrameReader,
+} from "./_apply_driver.ts";
 import { type ApplyErrorClass, isServerErrorCode, ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";

@@ -25,11 +25,8 @@ import {
   Null,
   Precision,
   RecordBatch,
-  RecordBatchReader,
   Schema,
   Struct,
-  Table,
-  tableToIPC,
   Timestamp,
   type TimeUnit,
   Type,
@@ -39,7 +36,6 @@ import {
   Uint8,
   Utf8,
 } from "apache-arrow";
-import { FrameReader, u32Frames } from "@valise/protocol";
 
 /** A type of the columnar encoding. */
 export type ColumnarType =
@@ -238,30 +234,6 @@ function sameType(a: Pick<ColumnarField, "type" | "unit" | "tz">, b: typeof a): 
 export function describeColumnarType(c: Pick<ColumnarField, "type" | "unit" | "tz">): string {
   if (c.type !== "timestamp") return c.type;
   return `timestamp[${c.unit}${c.tz ? `, tz=${c.tz}` : ""}]`;
-}
-
-/**
- * Parses an Arrow IPC stream that holds a schema (an EOS marker or batches may follow).
- *
- * @param bytes The stream's bytes.
- * @returns The schema.
- * @throws {TypeError} when the bytes are not an Arrow IPC stream.
- */
-export function parseSchemaMessage(bytes: Uint8Array): Schema {
-  let schema: Schema | undefined;
-  try {
-    const reader = RecordBatchReader.from(bytes);
-    reader.open();
-    schema = reader.schema;
-  } catch (e) {
-    throw new TypeError(
-      `Cannot read the output schema: not an Arrow IPC stream (${
-        e instanceof Error ? e.message : e
-      })`,
-    );
-  }
-  if (!schema) throw new TypeError("Cannot read the output schema: the stream holds none");
-  return schema;
 }
 
 function bitsToBytes(bitmap: Uint8Array, offset: number, length: number): Uint8Array {
@@ -480,109 +452,4 @@ export function decodeColumnarBatch(payload: Uint8Array, schema: Schema): Record
     children,
   });
   return new RecordBatch(schema, data);
-}
-
-/**
- * Serializes batches of one schema as consecutive pieces of a single Arrow IPC stream:
- * `start()` gives the schema message, `batch()` each record batch message, `end()` the
- * end-of-stream marker.
- */
-export class IpcStreamPieces {
-  #schema: Schema;
-  #head: number;
-  #headBytes: Uint8Array;
-
-  /**
-   * @param schema The stream's schema.
-   */
-  constructor(schema: Schema) {
-    this.#schema = schema;
-    const empty = tableToIPC(new Table(schema), "stream");
-    // An empty table serializes as the schema message and the 8-byte end-of-stream marker.
-    this.#head = empty.length - 8;
-    this.#headBytes = empty.subarray(0, this.#head);
-  }
-
-  /** The schema. */
-  get schema(): Schema {
-    return this.#schema;
-  }
-
-  /**
-   * The schema message.
-   *
-   * @returns Its bytes.
-   */
-  start(): Uint8Array {
-    return this.#headBytes;
-  }
-
-  /**
-   * One record batch message.
-   *
-   * @param batch A batch of the stream's schema.
-   * @returns Its bytes.
-   */
-  batch(batch: RecordBatch): Uint8Array {
-    const full = tableToIPC(new Table([batch]), "stream");
-    return full.subarray(this.#head, full.length - 8);
-  }
-
-  /**
-   * The end-of-stream marker.
-   *
-   * @returns Its bytes.
-   */
-  end(): Uint8Array {
-    return new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
-  }
-}
-
-/** One frame the Apply driver wrote. */
-export interface DriverFrameData {
-  /** Frame type, one of `DriverFrame`. */
-  type: number;
-  /** Payload: its own copy, starting 8-byte aligned (the columnar decoder views it). */
-  payload: Uint8Array;
-}
-
-/**
- * The largest driver frame (type and payload) accepted by default: one columnar output batch
- * or one piece of the Arrow IPC output, as large as the server's default `readMaxBytes`.
- */
-export const DRIVER_FRAME_BYTES: number = 64 * 1024 * 1024;
-
-const DRIVER_FORMAT = u32Frames<DriverFrameData>(
-  "driver frame",
-  1,
-  (body) => ({ type: body[0]!, payload: body.slice(1) }),
-);
-
-/**
- * Incremental reader of driver frames (`u32 length (big-endian) | u8 type | payload`), capped:
- * the driver runs code of the session, which may write any bytes to the driver's stdout.
- */
-export class DriverFrameReader extends FrameReader<DriverFrameData> {
-  /**
-   * @param maxFrameBytes The largest frame accepted, header included; a longer length fails
-   * with a `FramingError` (`TOO_LARGE`) as soon as it is read.
-   */
-  constructor(maxFrameBytes: number = DRIVER_FRAME_BYTES + 5) {
-    super(DRIVER_FORMAT, { maxFrameBytes });
-  }
-}
-
-/**
- * Encodes a driver frame header; the payload follows it.
- *
- * @param type The frame type.
- * @param payloadLength Bytes of payload that follow.
- * @returns The 5-byte header.
- */
-export function driverFrameHeader(type: number, payloadLength: number): Uint8Array {
-  const out = new Uint8Array(5);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, payloadLength + 1);
-  v.setUint8(4, type);
-  return out;
 }

@@ -27,13 +27,12 @@ import {
   columnarField,
   ColumnarTypeError,
   decodeColumnarBatch,
-  driverFrameHeader,
-  DriverFrameReader,
   encodeColumnarBatch,
-  IpcStreamPieces,
   readColumnarBatch,
   schemaOfHeader,
-} from "./_apply_codec.ts";
+} from "./_columnar.ts";
+import { driverFrameHeader, DriverFrameReader } from "./_apply_driver.ts";
+import { IpcStreamPieces } from "./_ipc_pieces.ts";
 import fc from "fast-check";
 import { FramingError, ipcRecordBatches, isFramingError } from "@valise/protocol";
 
