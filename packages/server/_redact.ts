@@ -14,6 +14,7 @@ type Detail = ConnectError["details"][number];
 type OutgoingDetail = Extract<Detail, { desc: unknown }>;
 type IncomingDetail = Exclude<Detail, OutgoingDetail>;
 import { ErrorInfoSchema } from "@valise/protocol";
+import { observingInterceptor } from "./_interceptors.ts";
 
 /** Where the server keeps things whose paths clients must not learn. */
 export interface RedactedPlaces {
@@ -134,24 +135,5 @@ export function redactError(e: unknown, redactor: PathRedactor): unknown {
  * @returns The interceptor.
  */
 export function redactingInterceptor(redactor: PathRedactor): Interceptor {
-  return (next) => async (req) => {
-    let res;
-    try {
-      res = await next(req);
-    } catch (e) {
-      throw redactError(e, redactor);
-    }
-    if (!res.stream) return res;
-    const inner = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        try {
-          yield* inner;
-        } catch (e) {
-          throw redactError(e, redactor);
-        }
-      })(),
-    };
-  };
+  return observingInterceptor({ mapError: (e) => redactError(e, redactor) });
 }

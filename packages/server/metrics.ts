@@ -3,6 +3,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "@valise/protocol";
 import type { Launcher } from "@valise/launcher";
 import type { SessionStore } from "@valise/session-store";
+import { observingInterceptor } from "./_interceptors.ts";
 import { type AccessToken, TokenSet } from "./_tokens.ts";
 
 const LATENCY_BUCKETS = [
@@ -94,42 +95,18 @@ export class Metrics {
 
   /** An interceptor that counts every RPC and every quota refusal. */
   interceptor(): Interceptor {
-    return (next) => async (req) => {
-      const start = performance.now();
-      const method = `${req.service.typeName}/${req.method.name}`;
-      const fail = (e: unknown) => {
-        const err = ConnectError.from(e);
-        this.rpc(method, err.code, (performance.now() - start) / 1000);
+    return observingInterceptor({
+      end: (method, error, startedAt) => {
+        const seconds = (performance.now() - startedAt) / 1000;
+        if (error === undefined) return this.rpc(method, 0, seconds);
+        const err = ConnectError.from(error);
+        this.rpc(method, err.code, seconds);
         if (err.code === Code.ResourceExhausted) {
           const info = err.findDetails(ErrorInfoSchema)[0];
           this.quotaRefusal(info?.metadata["valise.reason"] ?? "UNKNOWN");
         }
-      };
-      try {
-        const res = await next(req);
-        if (!res.stream) {
-          this.rpc(method, 0, (performance.now() - start) / 1000);
-          return res;
-        }
-        const inner = res.message;
-        const done = () => this.rpc(method, 0, (performance.now() - start) / 1000);
-        return {
-          ...res,
-          message: (async function* () {
-            try {
-              yield* inner;
-              done();
-            } catch (e) {
-              fail(e);
-              throw e;
-            }
-          })(),
-        };
-      } catch (e) {
-        fail(e);
-        throw e;
-      }
-    };
+      },
+    });
   }
 
   /** Renders every metric in Prometheus' text exposition format. */

@@ -20,6 +20,7 @@ import {
 } from "@valise/protocol";
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
+import { observingInterceptor } from "./_interceptors.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./_front_door.ts";
 import { PathRedactor, redactingInterceptor, serverSideMessage } from "./_redact.ts";
@@ -337,33 +338,12 @@ function unimplementedFallback(
 }
 
 function logInterceptor(log: (line: string) => void): Interceptor {
-  return (next) => async (req) => {
-    const start = performance.now();
-    const what = `${req.service.typeName}/${req.method.name}`;
-    try {
-      const res = await next(req);
-      if (!res.stream) {
-        log(`rpc ${what} OK ${(performance.now() - start).toFixed(1)}ms`);
-        return res;
-      }
-      const inner = res.message;
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* inner;
-            log(`rpc ${what} OK ${(performance.now() - start).toFixed(1)}ms`);
-          } catch (e) {
-            log(`rpc ${what} ${describe(e)} ${(performance.now() - start).toFixed(1)}ms`);
-            throw e;
-          }
-        })(),
-      };
-    } catch (e) {
-      log(`rpc ${what} ${describe(e)} ${(performance.now() - start).toFixed(1)}ms`);
-      throw e;
-    }
-  };
+  return observingInterceptor({
+    end: (method, error, startedAt) => {
+      const ms = (performance.now() - startedAt).toFixed(1);
+      log(`rpc ${method} ${error === undefined ? "OK" : describe(error)} ${ms}ms`);
+    },
+  });
 }
 
 /** The server's log has the full message, with the paths clients are not shown. */
