@@ -618,34 +618,31 @@ export class Session {
  * The directory is the workers' to write: nothing in it is followed, and an entry they made
  * under that name is never replaced.
  */
-async function placeInRoot(view: string, path: string): Promise<void> {
-  const target = `../ro/${view}`;
-  try {
-    await Deno.symlink(target, path);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    const st = await Deno.lstat(path);
-    if (st.isSymlink && (await Deno.readLink(path)) === target) return;
-    throw new SessionError(
-      "ARTIFACT_ALREADY_EXISTS",
-      `Cannot show the artifact as ./${view}: the session's working directory already holds ` +
-        `./${view}, written by its workers. Remove it, or choose another name.`,
-    );
-  }
+function placeInRoot(view: string, path: string): Promise<void> {
+  return symlinkFresh(
+    `../ro/${view}`,
+    path,
+    `Cannot show the artifact as ./${view}: the session's working directory already holds ` +
+      `./${view}, written by its workers. Remove it, or choose another name.`,
+  );
 }
 
-/** Points a symlink at `path` to `target`, replacing only a link to that same target. */
-async function symlinkFresh(target: string, path: string): Promise<void> {
+/**
+ * Points a symlink at `path` to `target`, accepting only a link to that same target already
+ * there (a leftover of an interrupted commit); `symlink()` never follows what is at `path`.
+ */
+async function symlinkFresh(
+  target: string,
+  path: string,
+  conflict = `Cannot place the archive at ${path}: something else is already there.`,
+): Promise<void> {
   try {
     await Deno.symlink(target, path);
   } catch (e) {
     if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
     const st = await Deno.lstat(path);
     if (st.isSymlink && (await Deno.readLink(path)) === target) return;
-    throw new SessionError(
-      "ARTIFACT_ALREADY_EXISTS",
-      `Cannot place the archive at ${path}: something else is already there.`,
-    );
+    throw new SessionError("ARTIFACT_ALREADY_EXISTS", conflict);
   }
 }
 
