@@ -28,7 +28,9 @@ function pct(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 }
 
-const realPython = new TextDecoder().decode(
+// A root launcher runs workers as uids of their own, which cannot reach an interpreter in root's
+// home (a pyenv default) without the sandbox: then both sides use the system's.
+const realPython = Deno.uid() === 0 ? "/usr/bin/python3" : new TextDecoder().decode(
   (await new Deno.Command("python3", {
     args: ["-c", "import sys; sys.stdout.write(sys.executable)"],
     stdout: "piped",
@@ -59,6 +61,8 @@ async function once(l: Launcher, s: SessionSpec): Promise<number> {
 }
 
 const dir = await Deno.makeTempDir({ prefix: "valise-launcher-bench-" });
+// Unsandboxed workers of another uid must reach their session's directory by path.
+await Deno.chmod(dir, 0o711);
 const session = (key: string): SessionSpec => ({ key, root: `${dir}/${key}`, pythonPath: [] });
 const rows: string[] = [];
 const thrRows: string[] = [];
@@ -92,7 +96,12 @@ try {
     // no sandbox here
   }
   for (const sandbox of modes) {
-    const l = new Launcher({ sandbox, logger: () => {}, limits: { maxQueue: 2000 } });
+    const l = new Launcher({
+      sandbox,
+      defaultPython: realPython,
+      logger: () => {},
+      limits: { maxQueue: 2000 },
+    });
     try {
       await once(l, session("s0"));
       const cold: number[] = [];
