@@ -459,9 +459,9 @@ async function cmdRun(args: string[], ctx: Context): Promise<number> {
     };
     let code = 1;
     for await (const ev of session.run(spec)) {
-      if (ev.type === "stdout") await writeAll(Deno.stdout, ev.data);
-      else if (ev.type === "stderr") await writeAll(Deno.stderr, ev.data);
-      else if (ev.type === "exited") {
+      if (ev.kind === "stdout") await writeAll(Deno.stdout, ev.data);
+      else if (ev.kind === "stderr") await writeAll(Deno.stderr, ev.data);
+      else if (ev.kind === "exited") {
         if (ev.outputTruncated) ctx.notice("valise: output was truncated by the server's limit");
         if (ev.timedOut) {
           ctx.notice("valise: the run hit its time limit and was killed");

@@ -206,11 +206,11 @@ export type RunSpec = RunTarget & RunOptions;
 
 /** One event of a run, in order. */
 export type RunEvent =
-  | { type: "started"; pid: number; interpreter: string; cwd: string }
-  | { type: "stdout"; data: Uint8Array }
-  | { type: "stderr"; data: Uint8Array }
+  | { kind: "started"; pid: number; interpreter: string; cwd: string }
+  | { kind: "stdout"; data: Uint8Array }
+  | { kind: "stderr"; data: Uint8Array }
   | {
-    type: "exited";
+    kind: "exited";
     exitCode: number;
     signal: string;
     durationMs: number;
@@ -573,7 +573,7 @@ export class Session extends EventTarget {
    * @example
    * ```ts ignore
    * for await (const ev of session.run({ code: "print(1)" })) {
-   *   if (ev.type === "stdout") await Deno.stdout.write(ev.data);
+   *   if (ev.kind === "stdout") await Deno.stdout.write(ev.data);
    * }
    * ```
    *
@@ -594,7 +594,7 @@ export class Session extends EventTarget {
           switch (e.case) {
             case "started":
               yield {
-                type: "started",
+                kind: "started",
                 pid: e.value.pid,
                 interpreter: e.value.interpreter,
                 cwd: e.value.cwd,
@@ -602,12 +602,12 @@ export class Session extends EventTarget {
               break;
             case "stdout":
             case "stderr":
-              yield { type: e.case, data: e.value };
+              yield { kind: e.case, data: e.value };
               break;
             case "exited":
               exited = true;
               yield {
-                type: "exited",
+                kind: "exited",
                 exitCode: e.value.exitCode,
                 signal: e.value.signal,
                 durationMs: Number(e.value.durationMs),
@@ -656,9 +656,9 @@ export class Session extends EventTarget {
       durationMs: 0,
     };
     for await (const ev of this.run(spec)) {
-      if (ev.type === "stdout") out.push(ev.data);
-      else if (ev.type === "stderr") err.push(ev.data);
-      else if (ev.type === "started") result.interpreter = ev.interpreter;
+      if (ev.kind === "stdout") out.push(ev.data);
+      else if (ev.kind === "stderr") err.push(ev.data);
+      else if (ev.kind === "started") result.interpreter = ev.interpreter;
       else {
         result.exitCode = ev.exitCode;
         result.signal = ev.signal;

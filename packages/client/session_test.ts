@@ -189,11 +189,11 @@ Deno.test("Session.run() streams typed events; runCollect() gathers them", async
     );
     const events = [];
     for await (const ev of session.run({ script: "greet.py", args: ["a", "b"] })) events.push(ev);
-    equal(events[0]!.type, "started");
+    equal(events[0]!.kind, "started");
     const last = events.at(-1)!;
-    equal(last.type, "exited");
-    if (last.type === "exited") equal(last.exitCode, 0);
-    const out = events.flatMap((e) => e.type === "stdout" ? [new TextDecoder().decode(e.data)] : [])
+    equal(last.kind, "exited");
+    if (last.kind === "exited") equal(last.exitCode, 0);
+    const out = events.flatMap((e) => e.kind === "stdout" ? [new TextDecoder().decode(e.data)] : [])
       .join("");
     equal(out, "hello a b\n");
 
