@@ -486,7 +486,7 @@ export class Session extends EventTarget {
     } catch (e) {
       const err = ValiseClientError.from(e);
       // A plain Spark Connect server has no store service: upload everything.
-      if (err.code === "Unimplemented") {
+      if (err.grpcCode === "Unimplemented") {
         this.#fastPath = false;
         return { present: new Set(), challenges: new Map() };
       }
@@ -537,7 +537,7 @@ export class Session extends EventTarget {
       throw new ValiseClientError(
         `[CRC_MISMATCH] The server reported a CRC mismatch for ${bad.join(", ")}; ` +
           `the artifact was not added.`,
-        { errorClass: "CRC_MISMATCH", code: "DataLoss", parameters: { names: bad.join(",") } },
+        { errorClass: "CRC_MISMATCH", grpcCode: "DataLoss", parameters: { names: bad.join(",") } },
       );
     }
   }
@@ -624,7 +624,7 @@ export class Session extends EventTarget {
         if (exited && /premature close/i.test(String((e as Error)?.message ?? e))) return;
         const err = ValiseClientError.from(e);
         attempt++;
-        if (seen || err.code !== "Unavailable" || attempt >= this.#retry.maxAttempts) throw err;
+        if (seen || err.grpcCode !== "Unavailable" || attempt >= this.#retry.maxAttempts) throw err;
         await this.#backoff(attempt);
       }
     }
@@ -753,7 +753,7 @@ export class Session extends EventTarget {
         if (!summary) {
           throw new ValiseClientError(
             "[APPLY_PROTOCOL] The Apply call ended without its done response",
-            { errorClass: "APPLY_PROTOCOL", code: "Internal" },
+            { errorClass: "APPLY_PROTOCOL", grpcCode: "Internal" },
           );
         }
         summary.stderr = decodeAll(stderrParts);
@@ -772,14 +772,14 @@ export class Session extends EventTarget {
         if (e instanceof SyntaxError) {
           throw new ValiseClientError(`[APPLY_PROTOCOL] The Apply output: ${e.message}`, {
             errorClass: "APPLY_PROTOCOL",
-            code: "Internal",
+            grpcCode: "Internal",
             cause: e,
           });
         }
         const err = withTraceback(ValiseClientError.from(e), traceback);
         attempt++;
         if (
-          seen || !resolved.replayable || err.code !== "Unavailable" ||
+          seen || !resolved.replayable || err.grpcCode !== "Unavailable" ||
           attempt >= this.#retry.maxAttempts || options.signal?.aborted
         ) {
           throw err;
@@ -1006,7 +1006,7 @@ export class Session extends EventTarget {
     if (this.#closed) {
       throw new ValiseClientError(
         `[INVALID_HANDLE.SESSION_CLOSED] The session ${this.sessionId} is closed on this client.`,
-        { errorClass: "INVALID_HANDLE.SESSION_CLOSED", code: "FailedPrecondition" },
+        { errorClass: "INVALID_HANDLE.SESSION_CLOSED", grpcCode: "FailedPrecondition" },
       );
     }
   }
@@ -1017,7 +1017,7 @@ export class Session extends EventTarget {
         return await fn();
       } catch (e) {
         const err = ValiseClientError.from(e);
-        if (err.code !== "Unavailable" || attempt >= this.#retry.maxAttempts) throw err;
+        if (err.grpcCode !== "Unavailable" || attempt >= this.#retry.maxAttempts) throw err;
         await this.#backoff(attempt);
       }
     }
@@ -1175,7 +1175,7 @@ function withTraceback(err: ValiseClientError, traceback: string | undefined): V
   if (traceback === undefined || err.traceback !== undefined) return err;
   return new ValiseClientError(err.message, {
     errorClass: err.errorClass,
-    code: err.code,
+    grpcCode: err.grpcCode,
     sqlState: err.sqlState,
     reason: err.reason,
     parameters: err.parameters,
@@ -1187,7 +1187,7 @@ function withTraceback(err: ValiseClientError, traceback: string | undefined): V
 function integrity(message: string): ValiseClientError {
   return new ValiseClientError(`[INTEGRITY_ERROR] ${message}`, {
     errorClass: "INTEGRITY_ERROR",
-    code: "Internal",
+    grpcCode: "Internal",
   });
 }
 

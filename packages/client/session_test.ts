@@ -171,7 +171,7 @@ Deno.test("Session.conf follows Spark: set/get/getOption/unset/getAll/isModifiab
     await session.conf.unset("spark.valise.test");
     equal(await session.conf.getOption("spark.valise.test"), undefined);
     const e = await failsWith(session.conf.get("spark.valise.test"), "SQL_CONF_NOT_FOUND");
-    equal(e.code, "NotFound");
+    equal(e.grpcCode, "NotFound");
     equal(e.name, "ValiseClientError");
     ok(e.message.startsWith("[SQL_CONF_NOT_FOUND]"));
     equal(await session.conf.isModifiable("spark.sql.ansi.enabled"), true);
@@ -263,7 +263,7 @@ Deno.test("Session errors are ValiseClientErrors built from the server's ErrorIn
       session.addArtifacts(join(tmp, "m.py"), { pyfile: true }),
       "ARTIFACT_ALREADY_EXISTS",
     );
-    equal(dup.code, "AlreadyExists");
+    equal(dup.grpcCode, "AlreadyExists");
     equal(dup.sqlState, "42713");
     deepEqual(dup.parameters, { normalizedRemoteRelativePath: "pyfiles/m.py" });
     ok(dup.message.includes("pyfiles/m.py"));
@@ -276,7 +276,7 @@ Deno.test("Session errors are ValiseClientErrors built from the server's ErrorIn
       }),
       "PYTHON_INTERPRETER.NOT_FOUND",
     );
-    equal(bad.code, "FailedPrecondition");
+    equal(bad.grpcCode, "FailedPrecondition");
 
     // Another client releases the session: this one gets INVALID_HANDLE.SESSION_CLOSED.
     const other = connect(url, { sessionId: session.sessionId });
@@ -291,7 +291,7 @@ Deno.test("Session sends the bearer token of the connection string", async () =>
   await withServer(async ({ port }) => {
     const anon = connect(`sc://127.0.0.1:${port}`);
     const e = await failsWith(anon.status([]), "UNAUTHENTICATED");
-    equal(e.code, "Unauthenticated");
+    equal(e.grpcCode, "Unauthenticated");
     anon.close();
     await using good = connect(`sc://127.0.0.1:${port}/;token=s3cret`);
     deepEqual(await good.status([]), {});
@@ -439,7 +439,7 @@ Deno.test("Session retries UNAVAILABLE and never sends a committed artifact twic
     // Bounded: a server that never answers makes the call fail with UNAVAILABLE.
     const down = connect("sc://127.0.0.1:1", { retry: { maxAttempts: 3, initialDelayMs: 1 } });
     const e = await failsWith(down.status([]), "UNAVAILABLE");
-    equal(e.code, "Unavailable");
+    equal(e.grpcCode, "Unavailable");
     down.close();
   });
 });
