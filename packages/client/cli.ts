@@ -25,15 +25,12 @@ import {
   tableFromIPC,
   tableToIPC,
 } from "apache-arrow";
-import {
-  type ApplyFormName,
-  type ApplyFunction,
-  type ApplyInput,
-  type ApplySummary,
-  isIpcFile,
-} from "./apply.ts";
+import type { ApplyFormName, ApplyFunction, ApplyInput, ApplySummary } from "./apply.ts";
+import { isIpcFile } from "./_apply_input.ts";
 import { ValiseClientError } from "./error.ts";
-import { connect, type RunSpec, type Session } from "./session.ts";
+import type { RunSpec } from "./run.ts";
+import { connect, type Session } from "./session.ts";
+import { CLIENT_VERSION } from "./version.ts";
 import { ipcStream } from "./_ipc.ts";
 import { plainRenderer, type ProgressRenderer, quietRenderer, ttyRenderer } from "./_progress.ts";
 
@@ -830,7 +827,7 @@ export async function main(args: string[]): Promise<number> {
     if (name === undefined || (name.startsWith("-") && !globals.help)) {
       if (globals.help) return help("main");
       if (name === "--version" || name === "-V") {
-        out("valise 0.1.0\n");
+        out(`valise ${CLIENT_VERSION}\n`);
         return 0;
       }
       throw new UsageError(name === undefined ? "no command given" : `unknown option ${name}`);

@@ -4,7 +4,13 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { AddArtifactsRequest } from "@valise/protocol";
-import { type ArtifactProgress, ArtifactProgressEvent, connect, ValiseClientError } from "./mod.ts";
+import {
+  type ArtifactProgress,
+  ArtifactProgressEvent,
+  CLIENT_VERSION,
+  connect,
+  ValiseClientError,
+} from "./mod.ts";
 import { makeTar, sessionDir, withServer, writeFile } from "./_test_util.ts";
 
 /** Counts calls per RPC method name. */
@@ -476,5 +482,25 @@ Deno.test("Session rides out a server restart: calls wait, the session is restor
     const again = await session.addArtifacts(file, { pyfile: true });
     equal(again[0]!.uploaded, false);
     session.close();
+  });
+});
+
+Deno.test("Session sends its package's version as client_type", async () => {
+  await withServer(async ({ url }) => {
+    const { version } = JSON.parse(
+      await Deno.readTextFile(new URL("./deno.json", import.meta.url)),
+    );
+    const seen: string[] = [];
+    const capture: Interceptor = (next) => (req) => {
+      if (!req.stream) seen.push((req.message as { clientType?: string }).clientType ?? "");
+      return next(req);
+    };
+    await using session = connect(url, { interceptors: [capture] });
+    await session.conf.set("spark.valise.v", "1");
+    equal(CLIENT_VERSION, version);
+    deepEqual(seen, [`valise-client/${version}`]);
+    await using agent = connect(`${url}/;user_agent=mine`, { interceptors: [capture] });
+    await agent.status([]);
+    equal(seen.at(-1), "mine");
   });
 });
