@@ -462,6 +462,23 @@ Deno.test("valise apply: files, stdin/stdout, a module function, errors", async 
     equal(String(t.schema.fields[1]!.type), "Float64");
     deepEqual(rows(t).map((r) => r.y), Array.from({ length: 9 }, (_, i) => i * 2));
 
+    // Every option also as --opt=value.
+    const inline = await cli([
+      "apply",
+      "--fn=util:double",
+      "--schema=schema.arrow",
+      "--form=columns",
+      "--timeout-ms=20000",
+      "--in=data.arrow",
+      "--out=inline.arrows",
+      "--quiet",
+    ], env);
+    equal(inline.code, 0, inline.stderr);
+    deepEqual(
+      rows(tableFromIPC(await Deno.readFile(join(work, "inline.arrows")))).map((r) => r.y),
+      Array.from({ length: 9 }, (_, i) => i * 2),
+    );
+
     // A raising function: the traceback, one error line, a hint; no output file left.
     await writeFile(work, "bad.py", "def f(c):\n    raise KeyError('nope')\n");
     const bad = await cli(
