@@ -77,6 +77,7 @@ export interface ValiseClientErrorInit {
  * class; retries go by the code (`Unavailable`).
  */
 export class ValiseClientError extends Error {
+  /** Always `"ValiseClientError"`: what {@linkcode isValiseClientError} recognises. */
   override name = "ValiseClientError";
   /** The error class, e.g. `ARTIFACT_ALREADY_EXISTS` or `CRC_MISMATCH`. */
   readonly errorClass: string;
