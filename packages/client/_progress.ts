@@ -1,5 +1,5 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import type { ArtifactProgress } from "./session.ts";
+import type { ArtifactProgress } from "./upload.ts";
 
 /** Writes text somewhere (the CLI's stderr). */
 export type Write = (text: string) => void;

@@ -196,7 +196,7 @@ Deno.test("apply: input from a cache/<sha256> artifact uploaded the way PySpark 
       }),
       (e: unknown) =>
         e instanceof ValiseClientError && e.errorClass === "APPLY_INPUT_NOT_FOUND" &&
-        e.code === "NotFound",
+        e.grpcCode === "NotFound",
     );
     equal(missing, undefined);
   });
@@ -226,7 +226,7 @@ def f(cols):
     const caught = await attempt({ code, functionName: "f" }, input);
     ok(caught instanceof ValiseClientError, String(caught));
     equal(caught.errorClass, "APPLY_FUNCTION_FAILED");
-    equal(caught.code, "Unknown");
+    equal(caught.grpcCode, "Unknown");
     match(caught.message, /ValueError: bad row 7/);
     const tb = caught.traceback ?? "";
     ok(tb.startsWith("Traceback (most recent call last):"), tb);
@@ -236,7 +236,7 @@ def f(cols):
     const classOf = (e: unknown) => e instanceof ValiseClientError ? e.errorClass : String(e);
     const notFound = await attempt("nosuchmodule:f", input);
     equal(classOf(notFound), "APPLY_FUNCTION_NOT_FOUND");
-    equal((notFound as ValiseClientError).code, "InvalidArgument");
+    equal((notFound as ValiseClientError).grpcCode, "InvalidArgument");
     const mismatch = await attempt(
       { code: "def f(c):\n    return {'x': ['a']}\n", functionName: "f" },
       input,
@@ -250,7 +250,7 @@ def f(cols):
       { form: "pyarrow" },
     );
     equal(classOf(pyarrow), "APPLY_PYARROW_UNAVAILABLE");
-    equal((pyarrow as ValiseClientError).code, "FailedPrecondition");
+    equal((pyarrow as ValiseClientError).grpcCode, "FailedPrecondition");
     const garbage = await attempt(
       { code: "def f(c):\n    return c\n", functionName: "f" },
       new TextEncoder().encode("not arrow at all"),
@@ -342,7 +342,7 @@ Deno.test("apply: stopping early cancels the call; the session goes on", async (
       session.applyCollect({ code: "def f(c):\n    return c\n", functionName: "f" }, endless(), {
         signal: ac.signal,
       }),
-      (e: unknown) => e instanceof ValiseClientError && e.code === "Canceled",
+      (e: unknown) => e instanceof ValiseClientError && e.grpcCode === "Canceled",
     );
   });
 });
@@ -461,6 +461,23 @@ Deno.test("valise apply: files, stdin/stdout, a module function, errors", async 
     const t = tableFromIPC(piped.stdout);
     equal(String(t.schema.fields[1]!.type), "Float64");
     deepEqual(rows(t).map((r) => r.y), Array.from({ length: 9 }, (_, i) => i * 2));
+
+    // Every option also as --opt=value.
+    const inline = await cli([
+      "apply",
+      "--fn=util:double",
+      "--schema=schema.arrow",
+      "--form=columns",
+      "--timeout-ms=20000",
+      "--in=data.arrow",
+      "--out=inline.arrows",
+      "--quiet",
+    ], env);
+    equal(inline.code, 0, inline.stderr);
+    deepEqual(
+      rows(tableFromIPC(await Deno.readFile(join(work, "inline.arrows")))).map((r) => r.y),
+      Array.from({ length: 9 }, (_, i) => i * 2),
+    );
 
     // A raising function: the traceback, one error line, a hint; no output file left.
     await writeFile(work, "bad.py", "def f(c):\n    raise KeyError('nope')\n");

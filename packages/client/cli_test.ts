@@ -63,6 +63,41 @@ Deno.test("valise --help and usage errors", async () => {
   );
   const conf = await cli(["conf", "set", "k"], env);
   equal(conf.code, 2);
+  // The words are checked before anything is sent, in the CLI's own words.
+  const usage: [string[], string, string][] = [
+    [["--retries=0", "status"], "--retries must be a positive integer", "main"],
+    [["status", "--retries", "x"], "--retries must be a positive integer", "status"],
+    [["run", "--timeout-ms=-1", "-c", "1"], "--timeout-ms must be a non-negative integer", "run"],
+    [["run", "-c"], "-c needs a value", "run"],
+    [["run", "--stdin"], "--stdin needs a value", "run"],
+    [["run", "--"], "-- needs a SCRIPT after it", "run"],
+    [["run", "--bogus", "x.py"], "unknown option --bogus", "run"],
+    [["run"], "run needs -c CODE, -m MODULE or SCRIPT", "run"],
+    [["add", "--pyfile=yes", "x.py"], "--pyfile takes no value", "add"],
+    [["add", "-qx", "x.py"], "unknown option -qx", "add"],
+    [["add"], "add needs at least one PATH", "add"],
+    [["conf", "--bogus"], "unknown option --bogus", "conf"],
+    [["conf", "frob"], 'unknown conf command "frob"', "conf"],
+    [["apply", "--in"], "--in needs a value", "apply"],
+    [["apply", "--form=rows"], '--form must be columns, pandas or pyarrow, not "rows"', "apply"],
+    [["apply", "stray"], "unexpected argument stray", "apply"],
+    [["status", "--nope=1"], "unknown option --nope=1", "status"],
+    [["release", "extra"], "unexpected argument extra", "release"],
+    [["--remote"], "--remote needs a value", "main"],
+    [["--bogus"], "unknown option --bogus", "main"],
+  ];
+  for (const [args, message, command] of usage) {
+    const r = await cli(args, env);
+    const hint = command === "main" ? "valise --help" : `valise ${command} --help`;
+    equal(r.code, 2, args.join(" "));
+    equal(r.stderr, `valise: [USAGE] ${message}\nhint: see \`${hint}\`\n`, args.join(" "));
+  }
+  const { version } = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
+  for (const flag of ["--version", "-V"]) {
+    const v = await cli([flag], env);
+    equal(v.code, 0);
+    equal(v.stdout, `valise ${version}\n`);
+  }
   const badRemote = await cli(["--remote", "http://x", "status"], env);
   equal(badRemote.code, 2);
   match(
@@ -191,6 +226,74 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     equal(nothing.code, 0);
     match(nothing.stderr, /no session to release/);
     deepEqual(stateOf(state), {});
+  });
+});
+
+Deno.test("valise takes --opt=value for every option, before or after the command", async () => {
+  await withServer(async ({ url, tmp }) => {
+    const state = join(tmp, "cli.json");
+    const work = join(tmp, "work");
+    await Deno.mkdir(work);
+    await writeFile(work, "input.txt", "abc");
+    await writeFile(work, "-dash.py", "print('dash')\n");
+    // No SPARK_REMOTE: every call names the remote itself.
+    const env = { VALISE_STATE_FILE: state, INIT_CWD: work };
+
+    const add = await cli(
+      [`--remote=${url}`, "--retries=2", "add", "--file", "--", "-dash.py"],
+      env,
+    );
+    equal(add.code, 0, add.stderr);
+    match(add.stdout, /^files\/-dash\.py\t\d+\tuploaded\n$/);
+    const id = Object.values(stateOf(state))[0]!.sessionId;
+
+    const r = await cli([
+      "run",
+      `--remote=${url}`,
+      "--stdin=input.txt",
+      "-c",
+      "import sys; print(sys.stdin.read())",
+    ], env);
+    equal(r.code, 0, r.stderr);
+    equal(r.stdout, "abc\n");
+    // A short option's value may follow it at once; the program's words are its own.
+    const argv = await cli([
+      "run",
+      `--remote=${url}`,
+      "-cimport sys; print(sys.argv[1:])",
+      "--remote=x",
+      "-q",
+    ], env);
+    equal(argv.stdout, "['--remote=x', '-q']\n", argv.stderr);
+    const slow = await cli([
+      "run",
+      "--timeout-ms=300",
+      `--remote=${url}`,
+      "-c",
+      "import time; time.sleep(60)",
+    ], env);
+    equal(slow.code, 124);
+    const script = await cli(["run", `--remote=${url}`, "--", "-dash.py"], env);
+    equal(script.stdout, "dash\n", script.stderr);
+
+    // A value may start with a dash once the key is given.
+    equal((await cli(["conf", "set", "spark.cli.n", "-1", `--remote=${url}`], env)).code, 0);
+    equal((await cli(["conf", "get", "spark.cli.n", `--remote=${url}`], env)).stdout, "-1\n");
+
+    const other = crypto.randomUUID();
+    const st = await cli(
+      ["status", `--remote=${url}`, `--session=${other}`, "files/-dash.py"],
+      env,
+    );
+    equal(st.stdout, "files/-dash.py\tmissing\n");
+    const mine = await cli(["status", "files/-dash.py", `--remote=${url}`], env);
+    equal(mine.stdout, "files/-dash.py\texists\n");
+
+    const rel = await cli(["release", `--remote=${url}`, "--quiet"], env);
+    equal(rel.code, 0, rel.stderr);
+    equal(rel.stderr, "");
+    deepEqual(stateOf(state), {});
+    notEqual(id, other);
   });
 });
 

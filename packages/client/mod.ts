@@ -30,15 +30,37 @@
  *
  * @module
  */
-export type {
-  ApplyFormName,
-  ApplyFunction,
-  ApplyInput,
-  ApplyOptions,
-  ApplyResult,
-  ApplySummary,
-} from "./apply.ts";
-export * from "./artifact_path.ts";
-export * from "./connection_string.ts";
-export * from "./error.ts";
-export * from "./session.ts";
+export type * from "./apply.ts";
+export {
+  ARCHIVE_EXTENSIONS,
+  type ArtifactKindFlags,
+  type LocalArtifact,
+  PYSPARK_ARCHIVE_EXTENSIONS,
+  resolveArtifact,
+} from "./artifact_path.ts";
+export { RuntimeConfig } from "./config.ts";
+export type { ConnectOptions, RetryOptions } from "./connect_options.ts";
+export {
+  type ConnectionString,
+  DEFAULT_PORT,
+  formatConnectionString,
+  parseConnectionString,
+  RESERVED_PARAMS,
+} from "./connection_string.ts";
+export {
+  type ClientErrorClass,
+  type GrpcCodeName,
+  isValiseClientError,
+  ValiseClientError,
+  type ValiseClientErrorInit,
+} from "./error.ts";
+export type { RunEvent, RunOptions, RunResult, RunSpec, RunTarget } from "./run.ts";
+export { connect, Session } from "./session.ts";
+export {
+  type AddArtifactsOptions,
+  type AddedArtifact,
+  type ArtifactProgress,
+  ArtifactProgressEvent,
+  sha256File,
+} from "./upload.ts";
+export { CLIENT_VERSION } from "./version.ts";

@@ -4,7 +4,13 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { AddArtifactsRequest } from "@valise/protocol";
-import { type ArtifactProgress, ArtifactProgressEvent, connect, ValiseClientError } from "./mod.ts";
+import {
+  type ArtifactProgress,
+  ArtifactProgressEvent,
+  CLIENT_VERSION,
+  connect,
+  ValiseClientError,
+} from "./mod.ts";
 import { makeTar, sessionDir, withServer, writeFile } from "./_test_util.ts";
 
 /** Counts calls per RPC method name. */
@@ -171,7 +177,7 @@ Deno.test("Session.conf follows Spark: set/get/getOption/unset/getAll/isModifiab
     await session.conf.unset("spark.valise.test");
     equal(await session.conf.getOption("spark.valise.test"), undefined);
     const e = await failsWith(session.conf.get("spark.valise.test"), "SQL_CONF_NOT_FOUND");
-    equal(e.code, "NotFound");
+    equal(e.grpcCode, "NotFound");
     equal(e.name, "ValiseClientError");
     ok(e.message.startsWith("[SQL_CONF_NOT_FOUND]"));
     equal(await session.conf.isModifiable("spark.sql.ansi.enabled"), true);
@@ -189,11 +195,11 @@ Deno.test("Session.run() streams typed events; runCollect() gathers them", async
     );
     const events = [];
     for await (const ev of session.run({ script: "greet.py", args: ["a", "b"] })) events.push(ev);
-    equal(events[0]!.type, "started");
+    equal(events[0]!.kind, "started");
     const last = events.at(-1)!;
-    equal(last.type, "exited");
-    if (last.type === "exited") equal(last.exitCode, 0);
-    const out = events.flatMap((e) => e.type === "stdout" ? [new TextDecoder().decode(e.data)] : [])
+    equal(last.kind, "exited");
+    if (last.kind === "exited") equal(last.exitCode, 0);
+    const out = events.flatMap((e) => e.kind === "stdout" ? [new TextDecoder().decode(e.data)] : [])
       .join("");
     equal(out, "hello a b\n");
 
@@ -263,7 +269,7 @@ Deno.test("Session errors are ValiseClientErrors built from the server's ErrorIn
       session.addArtifacts(join(tmp, "m.py"), { pyfile: true }),
       "ARTIFACT_ALREADY_EXISTS",
     );
-    equal(dup.code, "AlreadyExists");
+    equal(dup.grpcCode, "AlreadyExists");
     equal(dup.sqlState, "42713");
     deepEqual(dup.parameters, { normalizedRemoteRelativePath: "pyfiles/m.py" });
     ok(dup.message.includes("pyfiles/m.py"));
@@ -276,7 +282,7 @@ Deno.test("Session errors are ValiseClientErrors built from the server's ErrorIn
       }),
       "PYTHON_INTERPRETER.NOT_FOUND",
     );
-    equal(bad.code, "FailedPrecondition");
+    equal(bad.grpcCode, "FailedPrecondition");
 
     // Another client releases the session: this one gets INVALID_HANDLE.SESSION_CLOSED.
     const other = connect(url, { sessionId: session.sessionId });
@@ -291,7 +297,7 @@ Deno.test("Session sends the bearer token of the connection string", async () =>
   await withServer(async ({ port }) => {
     const anon = connect(`sc://127.0.0.1:${port}`);
     const e = await failsWith(anon.status([]), "UNAUTHENTICATED");
-    equal(e.code, "Unauthenticated");
+    equal(e.grpcCode, "Unauthenticated");
     anon.close();
     await using good = connect(`sc://127.0.0.1:${port}/;token=s3cret`);
     deepEqual(await good.status([]), {});
@@ -439,7 +445,7 @@ Deno.test("Session retries UNAVAILABLE and never sends a committed artifact twic
     // Bounded: a server that never answers makes the call fail with UNAVAILABLE.
     const down = connect("sc://127.0.0.1:1", { retry: { maxAttempts: 3, initialDelayMs: 1 } });
     const e = await failsWith(down.status([]), "UNAVAILABLE");
-    equal(e.code, "Unavailable");
+    equal(e.grpcCode, "Unavailable");
     down.close();
   });
 });
@@ -476,5 +482,25 @@ Deno.test("Session rides out a server restart: calls wait, the session is restor
     const again = await session.addArtifacts(file, { pyfile: true });
     equal(again[0]!.uploaded, false);
     session.close();
+  });
+});
+
+Deno.test("Session sends its package's version as client_type", async () => {
+  await withServer(async ({ url }) => {
+    const { version } = JSON.parse(
+      await Deno.readTextFile(new URL("./deno.json", import.meta.url)),
+    );
+    const seen: string[] = [];
+    const capture: Interceptor = (next) => (req) => {
+      if (!req.stream) seen.push((req.message as { clientType?: string }).clientType ?? "");
+      return next(req);
+    };
+    await using session = connect(url, { interceptors: [capture] });
+    await session.conf.set("spark.valise.v", "1");
+    equal(CLIENT_VERSION, version);
+    deepEqual(seen, [`valise-client/${version}`]);
+    await using agent = connect(`${url}/;user_agent=mine`, { interceptors: [capture] });
+    await agent.status([]);
+    equal(seen.at(-1), "mine");
   });
 });

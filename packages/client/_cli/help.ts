@@ -1,0 +1,99 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+import { DEFAULT_REMOTE, out } from "./context.ts";
+
+/** The help of the CLI (`main`) and of each command. */
+export const HELP: Record<string, string> = {
+  main: `valise: add artifacts to a Valise (Spark Connect) session and run Python in it.
+
+Usage: valise [OPTIONS] <COMMAND> [ARGS...]
+
+Commands:
+  add      Add local files to the session (--pyfile, --archive, --file)
+  conf     Set, get, unset or list the session's config
+  run      Run Python in the session (-c CODE, -m MODULE or SCRIPT)
+  apply    Run a Python function over an Arrow file's record batches
+  status   Show the session, or whether artifacts exist
+  release  Release the session on the server and forget it
+
+Options (also accepted after the command):
+  --remote URL     Connection string (default: $SPARK_REMOTE, else ${DEFAULT_REMOTE})
+  --session UUID   Use this session instead of the remembered one
+  --retries N      Attempts per call while the server is unavailable (default 5)
+  -q, --quiet      No progress or notices on stderr
+  -h, --help       Show help (also: valise <COMMAND> --help)
+  -V, --version    Show the version
+
+Every option also takes its value as --opt=value.
+
+Consecutive commands share a session: its id is remembered per remote in
+$VALISE_STATE_FILE (default ~/.config/valise/cli-state.json). Relative paths are
+resolved against $INIT_CWD when set (deno task), else the current directory.
+`,
+  add: `Usage: valise add [--pyfile | --archive | --file] PATH...
+
+Adds local files to the session with PySpark's names:
+  --pyfile   .py, .zip, .egg or .jar on the workers' sys.path   (pyfiles/NAME)
+  --archive  .zip .jar .tar .tar.gz .tgz .tar.zst .tar.xz .tar.bz2, unpacked in the
+             session directory; PATH#ALIAS unpacks it as ALIAS/ (archives/NAME#ALIAS)
+  --file     any file, placed in the session directory          (files/NAME)
+  (none)     .jar files only                                    (jars/NAME)
+Files the server already holds are attached without sending their bytes.
+Prints one line per artifact: NAME<TAB>SIZE<TAB>uploaded|attached.
+`,
+  conf: `Usage: valise conf set KEY VALUE
+       valise conf get KEY
+       valise conf unset KEY...
+       valise conf list [PREFIX]
+
+Reads and writes the session's config (Spark's spark.conf). 'list' prints KEY=VALUE
+lines; with PREFIX, only keys under it (printed without the prefix, as Spark does).
+`,
+  run: `Usage: valise run [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]
+
+Runs Python in the session's directory with its interpreter. Everything after CODE,
+MODULE or SCRIPT is passed to the program. SCRIPT is a path in the session directory
+(e.g. a file added with 'add --file'). stdout and stderr stream live; the exit code
+is the program's (124 when the time limit killed it, 128+N for signal N).
+  --stdin FILE      Send FILE's bytes ('-' for this stdin) to the program's stdin
+  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's default)
+`,
+  apply: `Usage: valise apply (--fn MOD:FN | --code FILE --function NAME) --in FILE --out FILE
+                    [--form columns|pandas|pyarrow] [--schema FILE] [--timeout-ms N]
+
+Runs a Python function in the session (its interpreter and sys.path) once per record
+batch of an Arrow IPC stream or file, streaming, and writes what it returns as an Arrow
+IPC stream, batch by batch as they arrive. What the function prints goes to stderr; a
+summary line (rows in and out) follows unless --quiet.
+  --fn MOD:FN        A function importable in the session (e.g. from 'add --pyfile')
+  --code FILE        A local Python file that defines the function ...
+  --function NAME    ... named NAME
+  --form FORM        What the function gets per batch: columns (dict of lists, the
+                     default), pandas (a DataFrame) or pyarrow (a RecordBatch)
+  --schema FILE      An Arrow IPC file or stream whose schema the output must have
+                     (default: inferred from the first output batch)
+  --in FILE          The input ('-' for stdin)
+  --out FILE         The output ('-' for stdout); removed again if the call fails
+  --timeout-ms N     Wall-clock limit in milliseconds (0: the server's)
+`,
+  status: `Usage: valise status [NAME...]
+
+Without NAMEs, shows the remote, the session id and the user. With NAMEs (artifact
+names such as pyfiles/util.py), prints NAME<TAB>exists|missing for each; the exit code
+is 1 when any is missing.
+`,
+  release: `Usage: valise release
+
+Releases the session on the server (its files are deleted) and forgets it locally.
+`,
+};
+
+/**
+ * Prints a command's help (the CLI's for an unknown one).
+ *
+ * @param command The command, or `main`.
+ * @returns The exit code, 0.
+ */
+export function help(command: string): number {
+  out(HELP[command] ?? HELP.main!);
+  return 0;
+}

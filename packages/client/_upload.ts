@@ -1,0 +1,216 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+// Adding artifacts: hash each file, attach what the server already holds (HasBlobs, then
+// AttachArtifacts with proofs of possession), upload the rest with PySpark's AddArtifacts.
+import { addArtifactsRequests, type ArtifactSource, type BlobChallenge } from "@valise/protocol";
+import { resolveArtifact } from "./artifact_path.ts";
+import { ValiseClientError } from "./error.ts";
+import {
+  type AddArtifactsOptions,
+  type AddedArtifact,
+  type ArtifactProgress,
+  sha256File,
+} from "./upload.ts";
+import { clientError } from "./_client_error.ts";
+import { callOptions, type SessionCore } from "./_core.ts";
+import { answerChallenge, attachRefused, type BlobProofInit } from "./_blob_proof.ts";
+
+interface Pending {
+  name: string;
+  path: string;
+  size: number;
+  sha256: string;
+  uploaded: boolean;
+  committed: boolean;
+}
+
+type Report = (p: ArtifactProgress) => void;
+
+/** A session's uploads; it remembers a server without the store service (no fast path). */
+export class Uploader {
+  #core: SessionCore;
+  #hasStore = true;
+
+  /**
+   * Uploads through a session's transport.
+   *
+   * @param core The session.
+   */
+  constructor(core: SessionCore) {
+    this.#core = core;
+  }
+
+  /**
+   * Checks every path, hashes the files, then attaches or uploads them; a retry (UNAVAILABLE)
+   * asks the server again and skips what was committed.
+   *
+   * @param paths Local paths or `file:` URLs.
+   * @param options The kind flag, progress, base directory, fast path, signal.
+   * @param report Receives every progress report.
+   * @returns One entry per path, in order.
+   */
+  async add(
+    paths: readonly string[],
+    options: AddArtifactsOptions,
+    report: Report,
+  ): Promise<AddedArtifact[]> {
+    const items = await pendingItems(paths, options);
+    for (const it of items) {
+      report(progress(it, "hash", 0));
+      it.sha256 = await sha256File(it.path, options.signal);
+    }
+    const fast = options.fastPath ?? true;
+    await this.#core.retry.call(async () => {
+      const pending = items.filter((i) => !i.committed);
+      if (pending.length === 0) return;
+      if (fast && this.#hasStore) await this.#attach(pending, report, options.signal);
+      for (const it of items) {
+        if (it.committed) continue;
+        await this.#upload(it, report, options.signal);
+        it.committed = true;
+        it.uploaded = true;
+        report(progress(it, "done", it.size));
+      }
+    });
+    return items.map((i) => ({
+      name: i.name,
+      path: i.path,
+      size: i.size,
+      sha256: i.sha256,
+      uploaded: i.uploaded,
+    }));
+  }
+
+  /** Attaches the items whose bytes the server holds, marking them committed. */
+  async #attach(pending: Pending[], report: Report, signal: AbortSignal | undefined) {
+    const core = this.#core;
+    const { present, challenges } = await this.#hasBlobs(pending.map((i) => i.sha256), signal);
+    const proofs = new Map<string, BlobProofInit | undefined>();
+    for (const i of pending) {
+      const c = challenges.get(i.sha256);
+      if (c && present.has(i.sha256) && !proofs.has(i.sha256)) {
+        proofs.set(i.sha256, await answerChallenge(i.path, c, signal));
+      }
+    }
+    // Content the user's sessions do not hold is attached only with a proof of holding it.
+    const attach = pending.filter((i) =>
+      present.has(i.sha256) && (!challenges.has(i.sha256) || proofs.get(i.sha256))
+    );
+    if (attach.length === 0) return;
+    // A refused attach (no or a stale proof, an evicted blob) falls back to uploading.
+    const res = await core.store.attachArtifacts({
+      sessionId: core.sessionId,
+      userContext: core.userContext,
+      ...core.observed(),
+      artifacts: attach.map((i) => {
+        const proof = proofs.get(i.sha256);
+        return { name: i.name, sha256: i.sha256, ...(proof ? { proof } : {}) };
+      }),
+    }, callOptions(signal)).catch((e) => {
+      if (attachRefused(ValiseClientError.from(e))) return undefined;
+      throw e;
+    });
+    if (!res) return;
+    core.verify(res);
+    const attached = new Set(res.attached);
+    for (const i of attach) {
+      if (!attached.has(i.name)) continue;
+      i.committed = true;
+      report(progress(i, "attached", 0));
+    }
+  }
+
+  async #hasBlobs(
+    digests: string[],
+    signal: AbortSignal | undefined,
+  ): Promise<{ present: Set<string>; challenges: Map<string, BlobChallenge> }> {
+    const core = this.#core;
+    try {
+      const res = await core.store.hasBlobs({
+        sessionId: core.sessionId,
+        userContext: core.userContext,
+        sha256: digests,
+      }, callOptions(signal));
+      core.verifyServerSide(res.serverSideSessionId);
+      return {
+        present: new Set(res.present),
+        challenges: new Map(res.challenges.map((c) => [c.sha256, c])),
+      };
+    } catch (e) {
+      const err = ValiseClientError.from(e);
+      // A plain Spark Connect server has no store service: upload everything.
+      if (err.grpcCode === "Unimplemented") {
+        this.#hasStore = false;
+        return { present: new Set(), challenges: new Map() };
+      }
+      throw err;
+    }
+  }
+
+  async #upload(it: Pending, report: Report, signal: AbortSignal | undefined): Promise<void> {
+    const core = this.#core;
+    let sent = 0;
+    let started = 0;
+    const source: ArtifactSource = {
+      name: it.name,
+      size: it.size,
+      async *read() {
+        using f = await Deno.open(it.path);
+        started = performance.now();
+        for await (const piece of f.readable) {
+          sent += piece.length;
+          const secs = (performance.now() - started) / 1000;
+          report(progress(it, "upload", sent, secs > 0 ? sent / secs : 0));
+          yield piece;
+        }
+      },
+    };
+    const observed = core.observed().clientObservedServerSideSessionId;
+    const res = await core.spark.addArtifacts(
+      addArtifactsRequests([source], {
+        sessionId: core.sessionId,
+        ...(core.userId === undefined ? {} : { userId: core.userId }),
+        ...(observed === undefined ? {} : { clientObservedServerSideSessionId: observed }),
+      }),
+      callOptions(signal),
+    );
+    core.verify(res);
+    const bad = res.artifacts.filter((a) => !a.isCrcSuccessful).map((a) => a.name);
+    if (bad.length > 0) {
+      throw clientError(
+        "CRC_MISMATCH",
+        "DataLoss",
+        `The server reported a CRC mismatch for ${bad.join(", ")}; the artifact was not added.`,
+        { parameters: { names: bad.join(",") } },
+      );
+    }
+  }
+}
+
+/** Resolves and checks every path before anything is sent. */
+async function pendingItems(
+  paths: readonly string[],
+  options: AddArtifactsOptions,
+): Promise<Pending[]> {
+  const resolved = paths.map((p) => resolveArtifact(p, options, options.cwd ?? Deno.cwd()));
+  const items: Pending[] = [];
+  for (const r of resolved) {
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(r.path);
+    } catch (e) {
+      throw new TypeError(`Cannot add ${r.path}: ${(e as Error).message}`, { cause: e });
+    }
+    if (!info.isFile) throw new TypeError(`Cannot add ${r.path}: it is not a regular file`);
+    items.push({ ...r, size: info.size, sha256: "", uploaded: false, committed: false });
+  }
+  return items;
+}
+
+function progress(
+  it: Pending,
+  phase: ArtifactProgress["phase"],
+  bytesSent: number,
+  bytesPerSecond = 0,
+): ArtifactProgress {
+  return { name: it.name, phase, bytesSent, totalBytes: it.size, bytesPerSecond };
+}
