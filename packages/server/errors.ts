@@ -18,6 +18,9 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  * - `APPLY_*`: an Apply call failed (see `docs/apply.md` for each).
  * - `INVALID_RUN_REQUEST`: a Run or Apply request is malformed (what to run, its arguments).
  * - `ARTIFACT_STREAM_IDLE`: an upload stream sent nothing for too long.
+ * - `UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION`: a client asked to execute or analyze a plan;
+ *   Valise serves sessions, artifacts, config and Python workers, not queries.
+ * - `INVALID_HANDLE.OPERATION_NOT_FOUND`: a client asked about an operation the server never ran.
  */
 export type ServerErrorCode =
   | "APPLY_INVALID_REQUEST"
@@ -34,7 +37,9 @@ export type ServerErrorCode =
   | "APPLY_OUTPUT_TOO_LARGE"
   | "APPLY_PROTOCOL"
   | "INVALID_RUN_REQUEST"
-  | "ARTIFACT_STREAM_IDLE";
+  | "ARTIFACT_STREAM_IDLE"
+  | "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION"
+  | "INVALID_HANDLE.OPERATION_NOT_FOUND";
 
 /** The error classes an Apply call fails with. */
 export type ApplyErrorClass = Extract<ServerErrorCode, `APPLY_${string}`>;
@@ -57,6 +62,8 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   APPLY_PROTOCOL: Code.Internal,
   INVALID_RUN_REQUEST: Code.InvalidArgument,
   ARTIFACT_STREAM_IDLE: Code.DeadlineExceeded,
+  "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION": Code.Unimplemented,
+  "INVALID_HANDLE.OPERATION_NOT_FOUND": Code.NotFound,
 };
 
 /** The gRPC code for each session store class: the class says what went wrong, the code how to react. */
@@ -173,12 +180,26 @@ export function isServerErrorCode(value: string): value is ServerErrorCode {
   return Object.hasOwn(SERVER_CODES, value);
 }
 
-/** The JVM exception class PySpark maps each error to (ErrorInfo.reason). */
-function exceptionClass(errorClass: string): string {
-  if (errorClass === "SQL_CONF_NOT_FOUND") return "org.apache.spark.SparkNoSuchElementException";
-  if (errorClass.startsWith("INVALID_HANDLE.")) return "org.apache.spark.sql.SparkSQLException";
-  if (errorClass.startsWith("INVALID_")) return "org.apache.spark.SparkIllegalArgumentException";
-  return "org.apache.spark.SparkRuntimeException";
+/**
+ * The JVM exception classes of an error class, most specific first, as Spark sends them
+ * (ErrorInfo `reason` is the first, metadata `classes` all): PySpark raises the Python exception
+ * of the first class it knows.
+ */
+function exceptionClasses(errorClass: string): string[] {
+  if (errorClass === "SQL_CONF_NOT_FOUND") {
+    return ["org.apache.spark.SparkNoSuchElementException", "java.util.NoSuchElementException"];
+  }
+  if (errorClass.startsWith("INVALID_HANDLE.")) return ["org.apache.spark.sql.SparkSQLException"];
+  if (errorClass.startsWith("INVALID_")) {
+    return ["org.apache.spark.SparkIllegalArgumentException", "java.lang.IllegalArgumentException"];
+  }
+  if (errorClass.startsWith("UNSUPPORTED_")) {
+    return [
+      "org.apache.spark.SparkUnsupportedOperationException",
+      "java.lang.UnsupportedOperationException",
+    ];
+  }
+  return ["org.apache.spark.SparkRuntimeException", "java.lang.RuntimeException"];
 }
 
 interface Classified {
@@ -241,13 +262,13 @@ export function toConnectError(e: unknown, options: ToConnectErrorOptions = {}):
   const c = classify(e, options);
   const metadata: Record<string, string> = {
     errorClass: c.errorClass,
-    classes: JSON.stringify([exceptionClass(c.errorClass)]),
+    classes: JSON.stringify(exceptionClasses(c.errorClass)),
     messageParameters: JSON.stringify(c.parameters ?? {}),
   };
   if (c.sqlState) metadata.sqlState = c.sqlState;
   if (c.reason) metadata["valise.reason"] = c.reason;
   const info = create(ErrorInfoSchema, {
-    reason: exceptionClass(c.errorClass),
+    reason: exceptionClasses(c.errorClass)[0]!,
     domain: "org.apache.spark",
     metadata,
   });

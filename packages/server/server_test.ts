@@ -338,7 +338,7 @@ Deno.test("Unknown methods answer UNIMPLEMENTED; health answers SERVING", async 
       const status = await new Promise<string>((resolve, reject) => {
         const req = session.request({
           ":method": "POST",
-          ":path": "/spark.connect.SparkConnectService/ExecutePlan",
+          ":path": "/spark.connect.SparkConnectService/GetStatus",
           "content-type": "application/grpc",
           te: "trailers",
         });

@@ -17,6 +17,7 @@ import {
 } from "@valise/protocol";
 import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
 import { bindSession, userIdOf } from "./_bind.ts";
+import { createOperationHandlers } from "./_spark_operations.ts";
 import { ServerError, toConnectError } from "./errors.ts";
 import { idleLimited } from "./_stream_idle.ts";
 
@@ -45,6 +46,7 @@ export function createSparkConnectService(
   const { store } = ctx;
   const idleMs = ctx.streamIdleTimeoutMs ?? 60_000;
   return {
+    ...createOperationHandlers(store),
     async addArtifacts(requests) {
       let session: Session | undefined;
       let upload: Upload | undefined;

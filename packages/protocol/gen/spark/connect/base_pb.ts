@@ -1,5 +1,6 @@
 // Valise's own description of the part of Spark Connect's wire contract that it serves:
-// the artifact, config and session RPCs of spark.connect.SparkConnectService.
+// the artifact, config, session and operation-housekeeping RPCs of
+// spark.connect.SparkConnectService, and enough of the query RPCs to refuse them clearly.
 // Field names and numbers follow Spark Connect 3.5 and 4.x so that PySpark clients interoperate;
 // the 4.x-only fields are marked. Messages Valise does not serve are left out: unknown fields
 // and unknown RPCs are handled by protobuf and by the server (UNIMPLEMENTED).
@@ -8,8 +9,8 @@
 // @generated from file spark/connect/base.proto (package spark.connect, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Any } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_any } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -18,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spark/connect/base.proto.
  */
 export const file_spark_connect_base: GenFile = /*@__PURE__*/
-  fileDesc("ChhzcGFyay9jb25uZWN0L2Jhc2UucHJvdG8SDXNwYXJrLmNvbm5lY3QiXAoLVXNlckNvbnRleHQSDwoHdXNlcl9pZBgBIAEoCRIRCgl1c2VyX25hbWUYAiABKAkSKQoKZXh0ZW5zaW9ucxjnByADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IjUKCEtleVZhbHVlEgsKA2tleRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBQggKBl92YWx1ZSLlBwoNQ29uZmlnUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSOQoJb3BlcmF0aW9uGAMgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Lk9wZXJhdGlvbhIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAGIAQEasAMKCU9wZXJhdGlvbhIvCgNzZXQYASABKAsyIC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuU2V0SAASLwoDZ2V0GAIgASgLMiAuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldEgAEkcKEGdldF93aXRoX2RlZmF1bHQYAyABKAsyKy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0V2l0aERlZmF1bHRIABI8CgpnZXRfb3B0aW9uGAQgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldE9wdGlvbkgAEjYKB2dldF9hbGwYBSABKAsyIy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0QWxsSAASMwoFdW5zZXQYBiABKAsyIi5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuVW5zZXRIABJCCg1pc19tb2RpZmlhYmxlGAcgASgLMikuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LklzTW9kaWZpYWJsZUgAQgkKB29wX3R5cGUaTQoDU2V0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRITCgZzaWxlbnQYAiABKAhIAIgBAUIJCgdfc2lsZW50GhMKA0dldBIMCgRrZXlzGAEgAygJGjgKDkdldFdpdGhEZWZhdWx0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRoZCglHZXRPcHRpb24SDAoEa2V5cxgBIAMoCRooCgZHZXRBbGwSEwoGcHJlZml4GAEgASgJSACIAQFCCQoHX3ByZWZpeBoVCgVVbnNldBIMCgRrZXlzGAEgAygJGhwKDElzTW9kaWZpYWJsZRIMCgRrZXlzGAEgAygJQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQifgoOQ29uZmlnUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVwYWlycxgCIAMoCzIXLnNwYXJrLmNvbm5lY3QuS2V5VmFsdWUSEAoId2FybmluZ3MYAyADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgEIAEoCSK8BgoTQWRkQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYBiABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBEjkKBWJhdGNoGAMgASgLMiguc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0LkJhdGNoSAASTgoLYmVnaW5fY2h1bmsYBCABKAsyNy5zcGFyay5jb25uZWN0LkFkZEFydGlmYWN0c1JlcXVlc3QuQmVnaW5DaHVua2VkQXJ0aWZhY3RIABJBCgVjaHVuaxgFIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rSAAaKgoNQXJ0aWZhY3RDaHVuaxIMCgRkYXRhGAEgASgMEgsKA2NyYxgCIAEoAxpjChNTaW5nbGVDaHVua0FydGlmYWN0EgwKBG5hbWUYASABKAkSPgoEZGF0YRgCIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rGlIKBUJhdGNoEkkKCWFydGlmYWN0cxgBIAMoCzI2LnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5TaW5nbGVDaHVua0FydGlmYWN0GpYBChRCZWdpbkNodW5rZWRBcnRpZmFjdBIMCgRuYW1lGAEgASgJEhMKC3RvdGFsX2J5dGVzGAIgASgDEhIKCm51bV9jaHVua3MYAyABKAMSRwoNaW5pdGlhbF9jaHVuaxgEIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rQgkKB3BheWxvYWRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLOAQoUQWRkQXJ0aWZhY3RzUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgCIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEkYKCWFydGlmYWN0cxgBIAMoCzIzLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UuQXJ0aWZhY3RTdW1tYXJ5GjoKD0FydGlmYWN0U3VtbWFyeRIMCgRuYW1lGAEgASgJEhkKEWlzX2NyY19zdWNjZXNzZnVsGAIgASgIIvgBChdBcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAIgBARINCgVuYW1lcxgEIAMoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgBiAEBQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiogIKGEFydGlmYWN0U3RhdHVzZXNSZXNwb25zZRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSRwoIc3RhdHVzZXMYASADKAsyNS5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXNwb25zZS5TdGF0dXNlc0VudHJ5GmcKDVN0YXR1c2VzRW50cnkSCwoDa2V5GAEgASgJEkUKBXZhbHVlGAIgASgLMjYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UuQXJ0aWZhY3RTdGF0dXM6AjgBGiAKDkFydGlmYWN0U3RhdHVzEg4KBmV4aXN0cxgBIAEoCCKgAQoVUmVsZWFzZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgAiAEBEhcKD2FsbG93X3JlY29ubmVjdBgEIAEoCEIOCgxfY2xpZW50X3R5cGUiTAoWUmVsZWFzZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkygQMKE1NwYXJrQ29ubmVjdFNlcnZpY2USRwoGQ29uZmlnEhwuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Gh0uc3BhcmsuY29ubmVjdC5Db25maWdSZXNwb25zZSIAElsKDEFkZEFydGlmYWN0cxIiLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdBojLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UiACgBEmMKDkFydGlmYWN0U3RhdHVzEiYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBonLnNwYXJrLmNvbm5lY3QuQXJ0aWZhY3RTdGF0dXNlc1Jlc3BvbnNlIgASXwoOUmVsZWFzZVNlc3Npb24SJC5zcGFyay5jb25uZWN0LlJlbGVhc2VTZXNzaW9uUmVxdWVzdBolLnNwYXJrLmNvbm5lY3QuUmVsZWFzZVNlc3Npb25SZXNwb25zZSIAQiIKHm9yZy5hcGFjaGUuc3BhcmsuY29ubmVjdC5wcm90b1ABYgZwcm90bzM", [file_google_protobuf_any]);
+  fileDesc("ChhzcGFyay9jb25uZWN0L2Jhc2UucHJvdG8SDXNwYXJrLmNvbm5lY3QiXAoLVXNlckNvbnRleHQSDwoHdXNlcl9pZBgBIAEoCRIRCgl1c2VyX25hbWUYAiABKAkSKQoKZXh0ZW5zaW9ucxjnByADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IjUKCEtleVZhbHVlEgsKA2tleRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBQggKBl92YWx1ZSLlBwoNQ29uZmlnUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSOQoJb3BlcmF0aW9uGAMgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Lk9wZXJhdGlvbhIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAGIAQEasAMKCU9wZXJhdGlvbhIvCgNzZXQYASABKAsyIC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuU2V0SAASLwoDZ2V0GAIgASgLMiAuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldEgAEkcKEGdldF93aXRoX2RlZmF1bHQYAyABKAsyKy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0V2l0aERlZmF1bHRIABI8CgpnZXRfb3B0aW9uGAQgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldE9wdGlvbkgAEjYKB2dldF9hbGwYBSABKAsyIy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0QWxsSAASMwoFdW5zZXQYBiABKAsyIi5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuVW5zZXRIABJCCg1pc19tb2RpZmlhYmxlGAcgASgLMikuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LklzTW9kaWZpYWJsZUgAQgkKB29wX3R5cGUaTQoDU2V0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRITCgZzaWxlbnQYAiABKAhIAIgBAUIJCgdfc2lsZW50GhMKA0dldBIMCgRrZXlzGAEgAygJGjgKDkdldFdpdGhEZWZhdWx0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRoZCglHZXRPcHRpb24SDAoEa2V5cxgBIAMoCRooCgZHZXRBbGwSEwoGcHJlZml4GAEgASgJSACIAQFCCQoHX3ByZWZpeBoVCgVVbnNldBIMCgRrZXlzGAEgAygJGhwKDElzTW9kaWZpYWJsZRIMCgRrZXlzGAEgAygJQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQifgoOQ29uZmlnUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVwYWlycxgCIAMoCzIXLnNwYXJrLmNvbm5lY3QuS2V5VmFsdWUSEAoId2FybmluZ3MYAyADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgEIAEoCSK8BgoTQWRkQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYBiABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBEjkKBWJhdGNoGAMgASgLMiguc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0LkJhdGNoSAASTgoLYmVnaW5fY2h1bmsYBCABKAsyNy5zcGFyay5jb25uZWN0LkFkZEFydGlmYWN0c1JlcXVlc3QuQmVnaW5DaHVua2VkQXJ0aWZhY3RIABJBCgVjaHVuaxgFIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rSAAaKgoNQXJ0aWZhY3RDaHVuaxIMCgRkYXRhGAEgASgMEgsKA2NyYxgCIAEoAxpjChNTaW5nbGVDaHVua0FydGlmYWN0EgwKBG5hbWUYASABKAkSPgoEZGF0YRgCIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rGlIKBUJhdGNoEkkKCWFydGlmYWN0cxgBIAMoCzI2LnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5TaW5nbGVDaHVua0FydGlmYWN0GpYBChRCZWdpbkNodW5rZWRBcnRpZmFjdBIMCgRuYW1lGAEgASgJEhMKC3RvdGFsX2J5dGVzGAIgASgDEhIKCm51bV9jaHVua3MYAyABKAMSRwoNaW5pdGlhbF9jaHVuaxgEIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rQgkKB3BheWxvYWRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLOAQoUQWRkQXJ0aWZhY3RzUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgCIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEkYKCWFydGlmYWN0cxgBIAMoCzIzLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UuQXJ0aWZhY3RTdW1tYXJ5GjoKD0FydGlmYWN0U3VtbWFyeRIMCgRuYW1lGAEgASgJEhkKEWlzX2NyY19zdWNjZXNzZnVsGAIgASgIIvgBChdBcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAIgBARINCgVuYW1lcxgEIAMoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgBiAEBQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiogIKGEFydGlmYWN0U3RhdHVzZXNSZXNwb25zZRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSRwoIc3RhdHVzZXMYASADKAsyNS5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXNwb25zZS5TdGF0dXNlc0VudHJ5GmcKDVN0YXR1c2VzRW50cnkSCwoDa2V5GAEgASgJEkUKBXZhbHVlGAIgASgLMjYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UuQXJ0aWZhY3RTdGF0dXM6AjgBGiAKDkFydGlmYWN0U3RhdHVzEg4KBmV4aXN0cxgBIAEoCCKgAQoVUmVsZWFzZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgAiAEBEhcKD2FsbG93X3JlY29ubmVjdBgEIAEoCEIOCgxfY2xpZW50X3R5cGUiTAoWUmVsZWFzZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkixQEKBFBsYW4SJwoEcm9vdBgBIAEoCzIXLnNwYXJrLmNvbm5lY3QuUmVsYXRpb25IABIpCgdjb21tYW5kGAIgASgLMhYuc3BhcmsuY29ubmVjdC5Db21tYW5kSAASRwoUY29tcHJlc3NlZF9vcGVyYXRpb24YAyABKAsyJy5zcGFyay5jb25uZWN0LlBsYW4uQ29tcHJlc3NlZE9wZXJhdGlvbkgAGhUKE0NvbXByZXNzZWRPcGVyYXRpb25CCQoHb3BfdHlwZSIKCghSZWxhdGlvbiIJCgdDb21tYW5kIsECChJFeGVjdXRlUGxhblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EiEKBHBsYW4YAyABKAsyEy5zcGFyay5jb25uZWN0LlBsYW4SGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIZCgxvcGVyYXRpb25faWQYBiABKAlIAYgBARIMCgR0YWdzGAcgAygJEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAKIAQFCDgoMX2NsaWVudF90eXBlQg8KDV9vcGVyYXRpb25faWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIuUBChNFeGVjdXRlUGxhblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSFAoMb3BlcmF0aW9uX2lkGAwgASgJEhMKC3Jlc3BvbnNlX2lkGA0gASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYDyABKAkSTAoPcmVzdWx0X2NvbXBsZXRlGA4gASgLMjEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlLlJlc3VsdENvbXBsZXRlSAAaEAoOUmVzdWx0Q29tcGxldGVCDwoNcmVzcG9uc2VfdHlwZSLrCgoSQW5hbHl6ZVBsYW5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGBEgASgJSAKIAQESOgoGc2NoZW1hGAQgASgLMiguc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2NoZW1hSAASPAoHZXhwbGFpbhgFIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LkV4cGxhaW5IABJDCgt0cmVlX3N0cmluZxgGIAEoCzIsLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlRyZWVTdHJpbmdIABI9Cghpc19sb2NhbBgHIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LklzTG9jYWxIABJFCgxpc19zdHJlYW1pbmcYCCABKAsyLS5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Jc1N0cmVhbWluZ0gAEkMKC2lucHV0X2ZpbGVzGAkgASgLMiwuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuSW5wdXRGaWxlc0gAEkcKDXNwYXJrX3ZlcnNpb24YCiABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TcGFya1ZlcnNpb25IABI/CglkZGxfcGFyc2UYCyABKAsyKi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5ERExQYXJzZUgAEkkKDnNhbWVfc2VtYW50aWNzGAwgASgLMi8uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2FtZVNlbWFudGljc0gAEkcKDXNlbWFudGljX2hhc2gYDSABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TZW1hbnRpY0hhc2hIABI8CgdwZXJzaXN0GA4gASgLMikuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuUGVyc2lzdEgAEkAKCXVucGVyc2lzdBgPIAEoCzIrLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlVucGVyc2lzdEgAEk4KEWdldF9zdG9yYWdlX2xldmVsGBAgASgLMjEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuR2V0U3RvcmFnZUxldmVsSAASQgoLanNvbl90b19kZGwYEiABKAsyKy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Kc29uVG9ERExIABoICgZTY2hlbWEaCQoHRXhwbGFpbhoMCgpUcmVlU3RyaW5nGgkKB0lzTG9jYWwaDQoLSXNTdHJlYW1pbmcaDAoKSW5wdXRGaWxlcxoOCgxTcGFya1ZlcnNpb24aCgoIRERMUGFyc2UaDwoNU2FtZVNlbWFudGljcxoOCgxTZW1hbnRpY0hhc2gaCQoHUGVyc2lzdBoLCglVbnBlcnNpc3QaEQoPR2V0U3RvcmFnZUxldmVsGgsKCUpzb25Ub0RETEIJCgdhbmFseXplQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQivgEKE0FuYWx5emVQbGFuUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGA8gASgJEkgKDXNwYXJrX3ZlcnNpb24YCCABKAsyLy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UuU3BhcmtWZXJzaW9uSAAaHwoMU3BhcmtWZXJzaW9uEg8KB3ZlcnNpb24YASABKAlCCAoGcmVzdWx0IrICChZSZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIUCgxvcGVyYXRpb25faWQYAyABKAkSGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIdChBsYXN0X3Jlc3BvbnNlX2lkGAUgASgJSAGIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBiABKAlIAogBAUIOCgxfY2xpZW50X3R5cGVCEwoRX2xhc3RfcmVzcG9uc2VfaWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIs8DChVSZWxlYXNlRXhlY3V0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhQKDG9wZXJhdGlvbl9pZBgDIAEoCRIYCgtjbGllbnRfdHlwZRgEIAEoCUgBiAEBEkYKC3JlbGVhc2VfYWxsGAUgASgLMi8uc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlcXVlc3QuUmVsZWFzZUFsbEgAEkoKDXJlbGVhc2VfdW50aWwYBiABKAsyMS5zcGFyay5jb25uZWN0LlJlbGVhc2VFeGVjdXRlUmVxdWVzdC5SZWxlYXNlVW50aWxIABIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBGgwKClJlbGVhc2VBbGwaIwoMUmVsZWFzZVVudGlsEhMKC3Jlc3BvbnNlX2lkGAEgASgJQgkKB3JlbGVhc2VCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJ4ChZSZWxlYXNlRXhlY3V0ZVJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSGQoMb3BlcmF0aW9uX2lkGAIgASgJSACIAQESHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUIPCg1fb3BlcmF0aW9uX2lkIuoDChBJbnRlcnJ1cHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEkUKDmludGVycnVwdF90eXBlGAQgASgOMi0uc3BhcmsuY29ubmVjdC5JbnRlcnJ1cHRSZXF1ZXN0LkludGVycnVwdFR5cGUSFwoNb3BlcmF0aW9uX3RhZxgFIAEoCUgAEhYKDG9wZXJhdGlvbl9pZBgGIAEoCUgAEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAcgASgJSAKIAQEigAEKDUludGVycnVwdFR5cGUSHgoaSU5URVJSVVBUX1RZUEVfVU5TUEVDSUZJRUQQABIWChJJTlRFUlJVUFRfVFlQRV9BTEwQARIWChJJTlRFUlJVUFRfVFlQRV9UQUcQAhIfChtJTlRFUlJVUFRfVFlQRV9PUEVSQVRJT05fSUQQA0ILCglpbnRlcnJ1cHRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJgChFJbnRlcnJ1cHRSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhcKD2ludGVycnVwdGVkX2lkcxgCIAMoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJIvwBChhGZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhAKCGVycm9yX2lkGAMgASgJEhgKC2NsaWVudF90eXBlGAQgASgJSACIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBSABKAlIAYgBAUIOCgxfY2xpZW50X3R5cGVCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIn8KGUZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2USGwoOcm9vdF9lcnJvcl9pZHgYASABKAVIAIgBARIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEhIKCnNlc3Npb25faWQYBCABKAlCEQoPX3Jvb3RfZXJyb3JfaWR4MrIHChNTcGFya0Nvbm5lY3RTZXJ2aWNlElgKC0V4ZWN1dGVQbGFuEiEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkV4ZWN1dGVQbGFuUmVzcG9uc2UiADABElYKC0FuYWx5emVQbGFuEiEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UiABJHCgZDb25maWcSHC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QaHS5zcGFyay5jb25uZWN0LkNvbmZpZ1Jlc3BvbnNlIgASWwoMQWRkQXJ0aWZhY3RzEiIuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0GiMuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXNwb25zZSIAKAESYwoOQXJ0aWZhY3RTdGF0dXMSJi5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXF1ZXN0Gicuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UiABJQCglJbnRlcnJ1cHQSHy5zcGFyay5jb25uZWN0LkludGVycnVwdFJlcXVlc3QaIC5zcGFyay5jb25uZWN0LkludGVycnVwdFJlc3BvbnNlIgASYAoPUmVhdHRhY2hFeGVjdXRlEiUuc3BhcmsuY29ubmVjdC5SZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0GiIuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlIgAwARJfCg5SZWxlYXNlRXhlY3V0ZRIkLnNwYXJrLmNvbm5lY3QuUmVsZWFzZUV4ZWN1dGVSZXF1ZXN0GiUuc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlc3BvbnNlIgASXwoOUmVsZWFzZVNlc3Npb24SJC5zcGFyay5jb25uZWN0LlJlbGVhc2VTZXNzaW9uUmVxdWVzdBolLnNwYXJrLmNvbm5lY3QuUmVsZWFzZVNlc3Npb25SZXNwb25zZSIAEmgKEUZldGNoRXJyb3JEZXRhaWxzEicuc3BhcmsuY29ubmVjdC5GZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QaKC5zcGFyay5jb25uZWN0LkZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2UiAEIiCh5vcmcuYXBhY2hlLnNwYXJrLmNvbm5lY3QucHJvdG9QAWIGcHJvdG8z", [file_google_protobuf_any]);
 
 /**
  * User context as the client reports it. Sessions are keyed by (user_id, session_id).
@@ -702,12 +703,921 @@ export const ReleaseSessionResponseSchema: GenMessage<ReleaseSessionResponse> = 
   messageDesc(file_spark_connect_base, 9);
 
 /**
- * The subset of Spark Connect's service that Valise serves. Other RPCs of
- * spark.connect.SparkConnectService answer UNIMPLEMENTED.
+ * A plan, as much of it as Valise reads: which kind of operation a client asks to execute or
+ * analyze. Valise does not execute plans (it is not a query engine); it names what was asked in
+ * its error. The fields of Relation and Command are left out: protobuf skips them.
+ *
+ * @generated from message spark.connect.Plan
+ */
+export type Plan = Message<"spark.connect.Plan"> & {
+  /**
+   * @generated from oneof spark.connect.Plan.op_type
+   */
+  opType: {
+    /**
+     * @generated from field: spark.connect.Relation root = 1;
+     */
+    value: Relation;
+    case: "root";
+  } | {
+    /**
+     * @generated from field: spark.connect.Command command = 2;
+     */
+    value: Command;
+    case: "command";
+  } | {
+    /**
+     * @generated from field: spark.connect.Plan.CompressedOperation compressed_operation = 3;
+     */
+    value: Plan_CompressedOperation;
+    case: "compressedOperation";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spark.connect.Plan.
+ * Use `create(PlanSchema)` to create a new message.
+ */
+export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 10);
+
+/**
+ * A plan compressed by the client (4.1+); Valise never asks for compression.
+ *
+ * @generated from message spark.connect.Plan.CompressedOperation
+ */
+export type Plan_CompressedOperation = Message<"spark.connect.Plan.CompressedOperation"> & {
+};
+
+/**
+ * Describes the message spark.connect.Plan.CompressedOperation.
+ * Use `create(Plan_CompressedOperationSchema)` to create a new message.
+ */
+export const Plan_CompressedOperationSchema: GenMessage<Plan_CompressedOperation> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 10, 0);
+
+/**
+ * A relation (a DataFrame); its fields are not read.
+ *
+ * @generated from message spark.connect.Relation
+ */
+export type Relation = Message<"spark.connect.Relation"> & {
+};
+
+/**
+ * Describes the message spark.connect.Relation.
+ * Use `create(RelationSchema)` to create a new message.
+ */
+export const RelationSchema: GenMessage<Relation> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 11);
+
+/**
+ * A command (a write, a SQL command, a registration…); its fields are not read.
+ *
+ * @generated from message spark.connect.Command
+ */
+export type Command = Message<"spark.connect.Command"> & {
+};
+
+/**
+ * Describes the message spark.connect.Command.
+ * Use `create(CommandSchema)` to create a new message.
+ */
+export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 12);
+
+/**
+ * Request of ExecutePlan.
+ *
+ * @generated from message spark.connect.ExecutePlanRequest
+ */
+export type ExecutePlanRequest = Message<"spark.connect.ExecutePlanRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: spark.connect.Plan plan = 3;
+   */
+  plan?: Plan | undefined;
+
+  /**
+   * @generated from field: optional string client_type = 4;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * @generated from field: optional string operation_id = 6;
+   */
+  operationId?: string | undefined;
+
+  /**
+   * @generated from field: repeated string tags = 7;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 8;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+};
+
+/**
+ * Describes the message spark.connect.ExecutePlanRequest.
+ * Use `create(ExecutePlanRequestSchema)` to create a new message.
+ */
+export const ExecutePlanRequestSchema: GenMessage<ExecutePlanRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 13);
+
+/**
+ * A response of ExecutePlan (and ReattachExecute): the fields every response carries, and the
+ * end of a result. Valise sends none today; the message exists so that the RPCs are typed.
+ *
+ * @generated from message spark.connect.ExecutePlanResponse
+ */
+export type ExecutePlanResponse = Message<"spark.connect.ExecutePlanResponse"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string operation_id = 12;
+   */
+  operationId: string;
+
+  /**
+   * @generated from field: string response_id = 13;
+   */
+  responseId: string;
+
+  /**
+   * @generated from field: string server_side_session_id = 15;
+   */
+  serverSideSessionId: string;
+
+  /**
+   * @generated from oneof spark.connect.ExecutePlanResponse.response_type
+   */
+  responseType: {
+    /**
+     * @generated from field: spark.connect.ExecutePlanResponse.ResultComplete result_complete = 14;
+     */
+    value: ExecutePlanResponse_ResultComplete;
+    case: "resultComplete";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spark.connect.ExecutePlanResponse.
+ * Use `create(ExecutePlanResponseSchema)` to create a new message.
+ */
+export const ExecutePlanResponseSchema: GenMessage<ExecutePlanResponse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 14);
+
+/**
+ * @generated from message spark.connect.ExecutePlanResponse.ResultComplete
+ */
+export type ExecutePlanResponse_ResultComplete = Message<"spark.connect.ExecutePlanResponse.ResultComplete"> & {
+};
+
+/**
+ * Describes the message spark.connect.ExecutePlanResponse.ResultComplete.
+ * Use `create(ExecutePlanResponse_ResultCompleteSchema)` to create a new message.
+ */
+export const ExecutePlanResponse_ResultCompleteSchema: GenMessage<ExecutePlanResponse_ResultComplete> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 14, 0);
+
+/**
+ * Request of AnalyzePlan. Valise answers spark_version; every other analysis needs a query
+ * engine.
+ *
+ * @generated from message spark.connect.AnalyzePlanRequest
+ */
+export type AnalyzePlanRequest = Message<"spark.connect.AnalyzePlanRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: optional string client_type = 3;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 17;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+
+  /**
+   * @generated from oneof spark.connect.AnalyzePlanRequest.analyze
+   */
+  analyze: {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.Schema schema = 4;
+     */
+    value: AnalyzePlanRequest_Schema;
+    case: "schema";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.Explain explain = 5;
+     */
+    value: AnalyzePlanRequest_Explain;
+    case: "explain";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.TreeString tree_string = 6;
+     */
+    value: AnalyzePlanRequest_TreeString;
+    case: "treeString";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.IsLocal is_local = 7;
+     */
+    value: AnalyzePlanRequest_IsLocal;
+    case: "isLocal";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.IsStreaming is_streaming = 8;
+     */
+    value: AnalyzePlanRequest_IsStreaming;
+    case: "isStreaming";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.InputFiles input_files = 9;
+     */
+    value: AnalyzePlanRequest_InputFiles;
+    case: "inputFiles";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.SparkVersion spark_version = 10;
+     */
+    value: AnalyzePlanRequest_SparkVersion;
+    case: "sparkVersion";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.DDLParse ddl_parse = 11;
+     */
+    value: AnalyzePlanRequest_DDLParse;
+    case: "ddlParse";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.SameSemantics same_semantics = 12;
+     */
+    value: AnalyzePlanRequest_SameSemantics;
+    case: "sameSemantics";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.SemanticHash semantic_hash = 13;
+     */
+    value: AnalyzePlanRequest_SemanticHash;
+    case: "semanticHash";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.Persist persist = 14;
+     */
+    value: AnalyzePlanRequest_Persist;
+    case: "persist";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.Unpersist unpersist = 15;
+     */
+    value: AnalyzePlanRequest_Unpersist;
+    case: "unpersist";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.GetStorageLevel get_storage_level = 16;
+     */
+    value: AnalyzePlanRequest_GetStorageLevel;
+    case: "getStorageLevel";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanRequest.JsonToDDL json_to_ddl = 18;
+     */
+    value: AnalyzePlanRequest_JsonToDDL;
+    case: "jsonToDdl";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.
+ * Use `create(AnalyzePlanRequestSchema)` to create a new message.
+ */
+export const AnalyzePlanRequestSchema: GenMessage<AnalyzePlanRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.Schema
+ */
+export type AnalyzePlanRequest_Schema = Message<"spark.connect.AnalyzePlanRequest.Schema"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.Schema.
+ * Use `create(AnalyzePlanRequest_SchemaSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_SchemaSchema: GenMessage<AnalyzePlanRequest_Schema> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 0);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.Explain
+ */
+export type AnalyzePlanRequest_Explain = Message<"spark.connect.AnalyzePlanRequest.Explain"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.Explain.
+ * Use `create(AnalyzePlanRequest_ExplainSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_ExplainSchema: GenMessage<AnalyzePlanRequest_Explain> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 1);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.TreeString
+ */
+export type AnalyzePlanRequest_TreeString = Message<"spark.connect.AnalyzePlanRequest.TreeString"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.TreeString.
+ * Use `create(AnalyzePlanRequest_TreeStringSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_TreeStringSchema: GenMessage<AnalyzePlanRequest_TreeString> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 2);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.IsLocal
+ */
+export type AnalyzePlanRequest_IsLocal = Message<"spark.connect.AnalyzePlanRequest.IsLocal"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.IsLocal.
+ * Use `create(AnalyzePlanRequest_IsLocalSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_IsLocalSchema: GenMessage<AnalyzePlanRequest_IsLocal> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 3);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.IsStreaming
+ */
+export type AnalyzePlanRequest_IsStreaming = Message<"spark.connect.AnalyzePlanRequest.IsStreaming"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.IsStreaming.
+ * Use `create(AnalyzePlanRequest_IsStreamingSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_IsStreamingSchema: GenMessage<AnalyzePlanRequest_IsStreaming> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 4);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.InputFiles
+ */
+export type AnalyzePlanRequest_InputFiles = Message<"spark.connect.AnalyzePlanRequest.InputFiles"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.InputFiles.
+ * Use `create(AnalyzePlanRequest_InputFilesSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_InputFilesSchema: GenMessage<AnalyzePlanRequest_InputFiles> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 5);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.SparkVersion
+ */
+export type AnalyzePlanRequest_SparkVersion = Message<"spark.connect.AnalyzePlanRequest.SparkVersion"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.SparkVersion.
+ * Use `create(AnalyzePlanRequest_SparkVersionSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_SparkVersionSchema: GenMessage<AnalyzePlanRequest_SparkVersion> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 6);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.DDLParse
+ */
+export type AnalyzePlanRequest_DDLParse = Message<"spark.connect.AnalyzePlanRequest.DDLParse"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.DDLParse.
+ * Use `create(AnalyzePlanRequest_DDLParseSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_DDLParseSchema: GenMessage<AnalyzePlanRequest_DDLParse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 7);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.SameSemantics
+ */
+export type AnalyzePlanRequest_SameSemantics = Message<"spark.connect.AnalyzePlanRequest.SameSemantics"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.SameSemantics.
+ * Use `create(AnalyzePlanRequest_SameSemanticsSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_SameSemanticsSchema: GenMessage<AnalyzePlanRequest_SameSemantics> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 8);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.SemanticHash
+ */
+export type AnalyzePlanRequest_SemanticHash = Message<"spark.connect.AnalyzePlanRequest.SemanticHash"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.SemanticHash.
+ * Use `create(AnalyzePlanRequest_SemanticHashSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_SemanticHashSchema: GenMessage<AnalyzePlanRequest_SemanticHash> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 9);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.Persist
+ */
+export type AnalyzePlanRequest_Persist = Message<"spark.connect.AnalyzePlanRequest.Persist"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.Persist.
+ * Use `create(AnalyzePlanRequest_PersistSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_PersistSchema: GenMessage<AnalyzePlanRequest_Persist> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 10);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.Unpersist
+ */
+export type AnalyzePlanRequest_Unpersist = Message<"spark.connect.AnalyzePlanRequest.Unpersist"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.Unpersist.
+ * Use `create(AnalyzePlanRequest_UnpersistSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_UnpersistSchema: GenMessage<AnalyzePlanRequest_Unpersist> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 11);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.GetStorageLevel
+ */
+export type AnalyzePlanRequest_GetStorageLevel = Message<"spark.connect.AnalyzePlanRequest.GetStorageLevel"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.GetStorageLevel.
+ * Use `create(AnalyzePlanRequest_GetStorageLevelSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_GetStorageLevelSchema: GenMessage<AnalyzePlanRequest_GetStorageLevel> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 12);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanRequest.JsonToDDL
+ */
+export type AnalyzePlanRequest_JsonToDDL = Message<"spark.connect.AnalyzePlanRequest.JsonToDDL"> & {
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanRequest.JsonToDDL.
+ * Use `create(AnalyzePlanRequest_JsonToDDLSchema)` to create a new message.
+ */
+export const AnalyzePlanRequest_JsonToDDLSchema: GenMessage<AnalyzePlanRequest_JsonToDDL> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 13);
+
+/**
+ * Response of AnalyzePlan.
+ *
+ * @generated from message spark.connect.AnalyzePlanResponse
+ */
+export type AnalyzePlanResponse = Message<"spark.connect.AnalyzePlanResponse"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string server_side_session_id = 15;
+   */
+  serverSideSessionId: string;
+
+  /**
+   * @generated from oneof spark.connect.AnalyzePlanResponse.result
+   */
+  result: {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanResponse.SparkVersion spark_version = 8;
+     */
+    value: AnalyzePlanResponse_SparkVersion;
+    case: "sparkVersion";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanResponse.
+ * Use `create(AnalyzePlanResponseSchema)` to create a new message.
+ */
+export const AnalyzePlanResponseSchema: GenMessage<AnalyzePlanResponse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 16);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanResponse.SparkVersion
+ */
+export type AnalyzePlanResponse_SparkVersion = Message<"spark.connect.AnalyzePlanResponse.SparkVersion"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanResponse.SparkVersion.
+ * Use `create(AnalyzePlanResponse_SparkVersionSchema)` to create a new message.
+ */
+export const AnalyzePlanResponse_SparkVersionSchema: GenMessage<AnalyzePlanResponse_SparkVersion> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 16, 0);
+
+/**
+ * Request of ReattachExecute: continue the responses of an operation.
+ *
+ * @generated from message spark.connect.ReattachExecuteRequest
+ */
+export type ReattachExecuteRequest = Message<"spark.connect.ReattachExecuteRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: string operation_id = 3;
+   */
+  operationId: string;
+
+  /**
+   * @generated from field: optional string client_type = 4;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * @generated from field: optional string last_response_id = 5;
+   */
+  lastResponseId?: string | undefined;
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 6;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+};
+
+/**
+ * Describes the message spark.connect.ReattachExecuteRequest.
+ * Use `create(ReattachExecuteRequestSchema)` to create a new message.
+ */
+export const ReattachExecuteRequestSchema: GenMessage<ReattachExecuteRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 17);
+
+/**
+ * Request of ReleaseExecute: the client no longer needs an operation's responses.
+ *
+ * @generated from message spark.connect.ReleaseExecuteRequest
+ */
+export type ReleaseExecuteRequest = Message<"spark.connect.ReleaseExecuteRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: string operation_id = 3;
+   */
+  operationId: string;
+
+  /**
+   * @generated from field: optional string client_type = 4;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * @generated from oneof spark.connect.ReleaseExecuteRequest.release
+   */
+  release: {
+    /**
+     * @generated from field: spark.connect.ReleaseExecuteRequest.ReleaseAll release_all = 5;
+     */
+    value: ReleaseExecuteRequest_ReleaseAll;
+    case: "releaseAll";
+  } | {
+    /**
+     * @generated from field: spark.connect.ReleaseExecuteRequest.ReleaseUntil release_until = 6;
+     */
+    value: ReleaseExecuteRequest_ReleaseUntil;
+    case: "releaseUntil";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 7;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+};
+
+/**
+ * Describes the message spark.connect.ReleaseExecuteRequest.
+ * Use `create(ReleaseExecuteRequestSchema)` to create a new message.
+ */
+export const ReleaseExecuteRequestSchema: GenMessage<ReleaseExecuteRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 18);
+
+/**
+ * @generated from message spark.connect.ReleaseExecuteRequest.ReleaseAll
+ */
+export type ReleaseExecuteRequest_ReleaseAll = Message<"spark.connect.ReleaseExecuteRequest.ReleaseAll"> & {
+};
+
+/**
+ * Describes the message spark.connect.ReleaseExecuteRequest.ReleaseAll.
+ * Use `create(ReleaseExecuteRequest_ReleaseAllSchema)` to create a new message.
+ */
+export const ReleaseExecuteRequest_ReleaseAllSchema: GenMessage<ReleaseExecuteRequest_ReleaseAll> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 18, 0);
+
+/**
+ * @generated from message spark.connect.ReleaseExecuteRequest.ReleaseUntil
+ */
+export type ReleaseExecuteRequest_ReleaseUntil = Message<"spark.connect.ReleaseExecuteRequest.ReleaseUntil"> & {
+  /**
+   * @generated from field: string response_id = 1;
+   */
+  responseId: string;
+};
+
+/**
+ * Describes the message spark.connect.ReleaseExecuteRequest.ReleaseUntil.
+ * Use `create(ReleaseExecuteRequest_ReleaseUntilSchema)` to create a new message.
+ */
+export const ReleaseExecuteRequest_ReleaseUntilSchema: GenMessage<ReleaseExecuteRequest_ReleaseUntil> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 18, 1);
+
+/**
+ * Response of ReleaseExecute.
+ *
+ * @generated from message spark.connect.ReleaseExecuteResponse
+ */
+export type ReleaseExecuteResponse = Message<"spark.connect.ReleaseExecuteResponse"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: optional string operation_id = 2;
+   */
+  operationId?: string | undefined;
+
+  /**
+   * @generated from field: string server_side_session_id = 3;
+   */
+  serverSideSessionId: string;
+};
+
+/**
+ * Describes the message spark.connect.ReleaseExecuteResponse.
+ * Use `create(ReleaseExecuteResponseSchema)` to create a new message.
+ */
+export const ReleaseExecuteResponseSchema: GenMessage<ReleaseExecuteResponse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 19);
+
+/**
+ * Request of Interrupt: stop running operations.
+ *
+ * @generated from message spark.connect.InterruptRequest
+ */
+export type InterruptRequest = Message<"spark.connect.InterruptRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: optional string client_type = 3;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * @generated from field: spark.connect.InterruptRequest.InterruptType interrupt_type = 4;
+   */
+  interruptType: InterruptRequest_InterruptType;
+
+  /**
+   * @generated from oneof spark.connect.InterruptRequest.interrupt
+   */
+  interrupt: {
+    /**
+     * @generated from field: string operation_tag = 5;
+     */
+    value: string;
+    case: "operationTag";
+  } | {
+    /**
+     * @generated from field: string operation_id = 6;
+     */
+    value: string;
+    case: "operationId";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 7;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+};
+
+/**
+ * Describes the message spark.connect.InterruptRequest.
+ * Use `create(InterruptRequestSchema)` to create a new message.
+ */
+export const InterruptRequestSchema: GenMessage<InterruptRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 20);
+
+/**
+ * @generated from enum spark.connect.InterruptRequest.InterruptType
+ */
+export enum InterruptRequest_InterruptType {
+  /**
+   * @generated from enum value: INTERRUPT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: INTERRUPT_TYPE_ALL = 1;
+   */
+  ALL = 1,
+
+  /**
+   * @generated from enum value: INTERRUPT_TYPE_TAG = 2;
+   */
+  TAG = 2,
+
+  /**
+   * @generated from enum value: INTERRUPT_TYPE_OPERATION_ID = 3;
+   */
+  OPERATION_ID = 3,
+}
+
+/**
+ * Describes the enum spark.connect.InterruptRequest.InterruptType.
+ */
+export const InterruptRequest_InterruptTypeSchema: GenEnum<InterruptRequest_InterruptType> = /*@__PURE__*/
+  enumDesc(file_spark_connect_base, 20, 0);
+
+/**
+ * Response of Interrupt.
+ *
+ * @generated from message spark.connect.InterruptResponse
+ */
+export type InterruptResponse = Message<"spark.connect.InterruptResponse"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: repeated string interrupted_ids = 2;
+   */
+  interruptedIds: string[];
+
+  /**
+   * @generated from field: string server_side_session_id = 3;
+   */
+  serverSideSessionId: string;
+};
+
+/**
+ * Describes the message spark.connect.InterruptResponse.
+ * Use `create(InterruptResponseSchema)` to create a new message.
+ */
+export const InterruptResponseSchema: GenMessage<InterruptResponse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 21);
+
+/**
+ * Request of FetchErrorDetails: the details of an error the server reported with an error id.
+ *
+ * @generated from message spark.connect.FetchErrorDetailsRequest
+ */
+export type FetchErrorDetailsRequest = Message<"spark.connect.FetchErrorDetailsRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: string error_id = 3;
+   */
+  errorId: string;
+
+  /**
+   * @generated from field: optional string client_type = 4;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 5;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+};
+
+/**
+ * Describes the message spark.connect.FetchErrorDetailsRequest.
+ * Use `create(FetchErrorDetailsRequestSchema)` to create a new message.
+ */
+export const FetchErrorDetailsRequestSchema: GenMessage<FetchErrorDetailsRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 22);
+
+/**
+ * Response of FetchErrorDetails. Valise sends no error ids, so it has no details to give.
+ *
+ * @generated from message spark.connect.FetchErrorDetailsResponse
+ */
+export type FetchErrorDetailsResponse = Message<"spark.connect.FetchErrorDetailsResponse"> & {
+  /**
+   * @generated from field: optional int32 root_error_idx = 1;
+   */
+  rootErrorIdx?: number | undefined;
+
+  /**
+   * @generated from field: string server_side_session_id = 3;
+   */
+  serverSideSessionId: string;
+
+  /**
+   * @generated from field: string session_id = 4;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message spark.connect.FetchErrorDetailsResponse.
+ * Use `create(FetchErrorDetailsResponseSchema)` to create a new message.
+ */
+export const FetchErrorDetailsResponseSchema: GenMessage<FetchErrorDetailsResponse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 23);
+
+/**
+ * The part of Spark Connect's service that Valise serves. ExecutePlan, ReattachExecute and
+ * AnalyzePlan (but spark_version) answer a clear error: Valise does not run queries.
  *
  * @generated from service spark.connect.SparkConnectService
  */
 export const SparkConnectService: GenService<{
+  /**
+   * @generated from rpc spark.connect.SparkConnectService.ExecutePlan
+   */
+  executePlan: {
+    methodKind: "server_streaming";
+    input: typeof ExecutePlanRequestSchema;
+    output: typeof ExecutePlanResponseSchema;
+  },
+  /**
+   * @generated from rpc spark.connect.SparkConnectService.AnalyzePlan
+   */
+  analyzePlan: {
+    methodKind: "unary";
+    input: typeof AnalyzePlanRequestSchema;
+    output: typeof AnalyzePlanResponseSchema;
+  },
   /**
    * @generated from rpc spark.connect.SparkConnectService.Config
    */
@@ -733,12 +1643,44 @@ export const SparkConnectService: GenService<{
     output: typeof ArtifactStatusesResponseSchema;
   },
   /**
+   * @generated from rpc spark.connect.SparkConnectService.Interrupt
+   */
+  interrupt: {
+    methodKind: "unary";
+    input: typeof InterruptRequestSchema;
+    output: typeof InterruptResponseSchema;
+  },
+  /**
+   * @generated from rpc spark.connect.SparkConnectService.ReattachExecute
+   */
+  reattachExecute: {
+    methodKind: "server_streaming";
+    input: typeof ReattachExecuteRequestSchema;
+    output: typeof ExecutePlanResponseSchema;
+  },
+  /**
+   * @generated from rpc spark.connect.SparkConnectService.ReleaseExecute
+   */
+  releaseExecute: {
+    methodKind: "unary";
+    input: typeof ReleaseExecuteRequestSchema;
+    output: typeof ReleaseExecuteResponseSchema;
+  },
+  /**
    * @generated from rpc spark.connect.SparkConnectService.ReleaseSession
    */
   releaseSession: {
     methodKind: "unary";
     input: typeof ReleaseSessionRequestSchema;
     output: typeof ReleaseSessionResponseSchema;
+  },
+  /**
+   * @generated from rpc spark.connect.SparkConnectService.FetchErrorDetails
+   */
+  fetchErrorDetails: {
+    methodKind: "unary";
+    input: typeof FetchErrorDetailsRequestSchema;
+    output: typeof FetchErrorDetailsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spark_connect_base, 0);

@@ -1,0 +1,159 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * The query and operation RPCs of `spark.connect.SparkConnectService`, as a server without a
+ * query engine answers them: `spark.version` is known, plans are refused with an error class
+ * that says why and what to do instead, and the housekeeping a client does around operations
+ * (release, interrupt, error details) succeeds, since there is nothing to release.
+ *
+ * @module
+ */
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  type AnalyzePlanRequest,
+  AnalyzePlanResponseSchema,
+  FetchErrorDetailsResponseSchema,
+  InterruptResponseSchema,
+  type Plan,
+  ReleaseExecuteResponseSchema,
+  SPARK_CONNECT_VERSION,
+  type SparkConnectService,
+} from "@valise/protocol";
+import type { SessionStore } from "@valise/session-store";
+import { bindSession } from "./_bind.ts";
+import { ServerError, toConnectError } from "./errors.ts";
+
+type Operations = Pick<
+  ServiceImpl<typeof SparkConnectService>,
+  | "executePlan"
+  | "analyzePlan"
+  | "reattachExecute"
+  | "releaseExecute"
+  | "interrupt"
+  | "fetchErrorDetails"
+>;
+
+/** What a plan asks for, in the words of the error message. */
+function describePlan(plan: Plan | undefined): string {
+  switch (plan?.opType.case) {
+    case "root":
+      return "a DataFrame query";
+    case "command":
+      return "a command";
+    case "compressedOperation":
+      return "a compressed plan";
+    default:
+      return "an empty plan";
+  }
+}
+
+/** The analyses of `AnalyzePlan` by their request field, for messages. */
+const ANALYSES: Partial<Record<NonNullable<AnalyzePlanRequest["analyze"]["case"]>, string>> = {
+  schema: "schema",
+  explain: "explain",
+  treeString: "tree_string",
+  isLocal: "is_local",
+  isStreaming: "is_streaming",
+  inputFiles: "input_files",
+  ddlParse: "ddl_parse",
+  sameSemantics: "same_semantics",
+  semanticHash: "semantic_hash",
+  persist: "persist",
+  unpersist: "unpersist",
+  getStorageLevel: "get_storage_level",
+  jsonToDdl: "json_to_ddl",
+};
+
+function noQueries(what: string): ServerError {
+  return new ServerError(
+    "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION",
+    `Valise does not execute queries: it serves Spark Connect's sessions, artifacts and config, ` +
+      `and runs Python in a session's environment. This call asked for ${what}. Run queries ` +
+      `against Spark, or run Python in the session with Valise's Run or Apply (valise run, ` +
+      `session.apply()).`,
+  );
+}
+
+/**
+ * The operation handlers.
+ *
+ * @param store The session store.
+ * @returns Handlers to merge into the service.
+ */
+export function createOperationHandlers(store: SessionStore): Operations {
+  return {
+    // deno-lint-ignore require-yield
+    async *executePlan(req) {
+      try {
+        await bindSession(store, req);
+        throw noQueries(describePlan(req.plan));
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+    async analyzePlan(req) {
+      try {
+        const session = await bindSession(store, req);
+        const kind = req.analyze.case;
+        if (kind !== "sparkVersion") {
+          throw noQueries(`the ${kind ? ANALYSES[kind] ?? kind : "(empty)"} analysis of a plan`);
+        }
+        return create(AnalyzePlanResponseSchema, {
+          sessionId: req.sessionId,
+          serverSideSessionId: session.serverSideSessionId,
+          result: { case: "sparkVersion", value: { version: SPARK_CONNECT_VERSION } },
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+    // deno-lint-ignore require-yield
+    async *reattachExecute(req) {
+      try {
+        await bindSession(store, req);
+        throw new ServerError(
+          "INVALID_HANDLE.OPERATION_NOT_FOUND",
+          `The operation ${JSON.stringify(req.operationId)} was not found: Valise runs no ` +
+            `queries, so there is no operation to reattach to.`,
+        );
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+    async releaseExecute(req) {
+      try {
+        const session = await bindSession(store, req);
+        return create(ReleaseExecuteResponseSchema, {
+          sessionId: req.sessionId,
+          serverSideSessionId: session.serverSideSessionId,
+          operationId: req.operationId,
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+    async interrupt(req) {
+      try {
+        const session = await bindSession(store, req);
+        return create(InterruptResponseSchema, {
+          sessionId: req.sessionId,
+          serverSideSessionId: session.serverSideSessionId,
+          interruptedIds: [],
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+    async fetchErrorDetails(req) {
+      try {
+        const session = await bindSession(store, req);
+        return create(FetchErrorDetailsResponseSchema, {
+          sessionId: req.sessionId,
+          serverSideSessionId: session.serverSideSessionId,
+        });
+      } catch (e) {
+        throw toConnectError(e);
+      }
+    },
+  };
+}
