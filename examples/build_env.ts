@@ -27,8 +27,6 @@ if (kind === "venv-pack") {
 } else if (kind === "conda-pack") {
   path = (await makeCondaPackLike(out, { packages, name: "env" })).archive;
 } else {
-  // Debian's pex 1.5.3 builds offline; fall back to a PEX-shaped zipapp where it is missing.
-  const hasPex = await Deno.stat("/usr/bin/pex").then(() => true, () => false);
-  path = (await makePex(out, { packages, name: "env.pex", useDebianPex: hasPex })).path;
+  path = (await makePex(out, { packages, name: "env.pex" })).path;
 }
 console.log(join(path));
