@@ -26,9 +26,13 @@ export function createApp(valise: Valise, token: string): Hono {
 }
 
 if (import.meta.main) {
-  const valise = await createValise({ dataDir: Deno.env.get("VALISE_DATA_DIR") ?? "./.data" });
+  // Not ./.data: that is `deno task serve`'s, and one server owns a data directory.
+  const valise = await createValise({
+    dataDir: Deno.env.get("VALISE_DATA_DIR") ?? "./.data-embedded",
+  });
   const token = Deno.env.get("VALISE_TOKEN") ?? "change-me";
   const app = createApp(valise, token);
   // Plain Deno.serve works too: Deno.serve(valise.fetch)
-  Deno.serve({ port: 8080 }, app.fetch);
+  // Loopback unless told otherwise: a server open to the network is a decision, not a default.
+  Deno.serve({ hostname: Deno.env.get("HOST") ?? "127.0.0.1", port: 8080 }, app.fetch);
 }
