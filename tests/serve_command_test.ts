@@ -150,3 +150,17 @@ Deno.test("deno task serve names its interpreters at start and refuses one that 
     await removeTree(tmp);
   }
 });
+
+Deno.test("deno task serve's usage error is short and ends with the problem and where help is", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--port", "not-a-port"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  equal(out.code, 2);
+  const lines = new TextDecoder().decode(out.stderr).trimEnd().split("\n");
+  ok(lines.length <= 3, lines.join("\n"));
+  ok(/--port/.test(lines.at(-2)!), lines.join("\n"));
+  equal(lines.at(-1), "(deno task serve --help lists every option)");
+});

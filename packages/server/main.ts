@@ -16,7 +16,10 @@ try {
   cmd = parseServeCommand(Deno.args, env, env("INIT_CWD") || Deno.cwd());
 } catch (e) {
   if (!(e instanceof UsageError)) throw e;
-  console.error(`valise: ${e.message}\n\n${USAGE}`);
+  // The error last, where the eye lands; the full usage only on --help.
+  console.error(
+    `${USAGE.split("\n")[0]}\nvalise: ${e.message}\n(deno task serve --help lists every option)`,
+  );
   Deno.exit(2);
 }
 // Read once; nothing started later (unpack sandboxes, helpers) needs to inherit it.
