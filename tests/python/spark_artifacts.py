@@ -1,6 +1,13 @@
 #!/usr/bin/python3
 """Stand-in for PySpark's Spark Connect artifact manager (4.x), for tests and benchmarks.
 
+Why a stand-in when the real PySpark client is in .venv/: this one sends what it is told, which
+the real client never does. The tests use it only for that: broken streams (a bad CRC, missing
+or extra chunks, a stream that ends mid-artifact or is cancelled), exact chunking and batching
+control, and the upload benchmark's Debian-python client. Everything a user's PySpark does is
+tested with the real client (tests/pyspark_wire_test.ts, tests/conformance/), and
+tests/python_client_test.ts checks that this stand-in's streams equal the real client's.
+
 It sends what PySpark's `pyspark/sql/connect/client/artifact.py` and `client/core.py` send
 (see ../shared/spark-connect/README.md sections 4.1 and 4.2): the same artifact names, the
 same 32 KiB batching and chunking, `zlib.crc32` per chunk, `session_id` and `user_context` on
