@@ -84,6 +84,8 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   SQL_CONF_NOT_FOUND: Code.NotFound,
   CANNOT_MODIFY_CONFIG: Code.FailedPrecondition,
   INVALID_CONF_VALUE: Code.InvalidArgument,
+  "INVALID_CONF_VALUE.TYPE_MISMATCH": Code.InvalidArgument,
+  "INVALID_CONF_VALUE.TIME_ZONE": Code.InvalidArgument,
   QUOTA_EXCEEDED: Code.ResourceExhausted,
 };
 

@@ -20,6 +20,8 @@ export type SessionErrorClass =
   | "SQL_CONF_NOT_FOUND"
   | "CANNOT_MODIFY_CONFIG"
   | "INVALID_CONF_VALUE"
+  | "INVALID_CONF_VALUE.TYPE_MISMATCH"
+  | "INVALID_CONF_VALUE.TIME_ZONE"
   | "QUOTA_EXCEEDED";
 
 const SQL_STATES: Partial<Record<SessionErrorClass, string>> = {
@@ -31,6 +33,8 @@ const SQL_STATES: Partial<Record<SessionErrorClass, string>> = {
   SQL_CONF_NOT_FOUND: "42K0I",
   CANNOT_MODIFY_CONFIG: "46110",
   INVALID_CONF_VALUE: "22022",
+  "INVALID_CONF_VALUE.TYPE_MISMATCH": "22022",
+  "INVALID_CONF_VALUE.TIME_ZONE": "22022",
 };
 
 /** Options of {@linkcode SessionError}. */
