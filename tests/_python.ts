@@ -39,3 +39,28 @@ export function sparkHome(): string {
   }
   throw new Error(`no python3.* under ${lib}`);
 }
+
+/**
+ * The pinned requirement of a package of `tools/requirements-test.txt`, e.g. `pyarrow==26.0.1`,
+ * for installing the same version elsewhere (a fixture environment).
+ */
+export function pinned(name: string): string {
+  const text = Deno.readTextFileSync(join(ROOT, "tools", "requirements-test.txt"));
+  const want = name.toLowerCase();
+  for (const line of text.split("\n")) {
+    const m = /^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)/.exec(line.trim());
+    if (m && m[1]!.toLowerCase() === want) return `${m[1]}==${m[3]}`;
+  }
+  throw new Error(`${name} is not pinned in tools/requirements-test.txt`);
+}
+
+/**
+ * `Deno.test` options for a test that needs the environment: where it is missing, the test is
+ * ignored and its name says why.
+ */
+export function needsVenv(name: string): { name: string; ignore: boolean } {
+  const why = venvMissing();
+  return why === undefined
+    ? { name, ignore: false }
+    : { name: `${name} (ignored: ${why})`, ignore: true };
+}

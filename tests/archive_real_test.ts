@@ -1,5 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-// Real archives made with the machine's tools (fixture builders in tests/fixtures/envs.ts).
+// Real archives made with the real tools: venv-pack, pex, zipapp (fixture builders in
+// tests/fixtures/envs.ts; the conda-pack one is hand-made, as conda is not installable here).
 import assert from "node:assert/strict";
 import {
   type ArchiveFormat,
@@ -10,6 +11,7 @@ import {
 } from "./fixtures/envs.ts";
 import { detect, unpack } from "@valise/archive";
 import { snapshot } from "../packages/archive/testdata/helpers.ts";
+import { needsVenv } from "./_python.ts";
 
 async function py(python: string, code: string, env: Record<string, string> = {}): Promise<string> {
   const out = await new Deno.Command(python, {
@@ -32,29 +34,35 @@ const FORMATS: { format: ArchiveFormat; compression: string; container: string }
   { format: "zip", compression: "none", container: "zip" },
 ];
 
-Deno.test("unpack() handles venv-pack archives in every format", async (t) => {
+Deno.test(needsVenv("unpack() handles venv-pack archives in every format"), async (t) => {
   const work = await Deno.makeTempDir({ prefix: "valise-archive-real-" });
   try {
-    for (const { format, compression, container } of FORMATS) {
-      await t.step(format, async () => {
-        const { archive, sitePackages } = await makeVenvPack(work, {
+    const cases = [
+      ...FORMATS.map((f) => ({ ...f, creator: "venv" as const })),
+      { ...FORMATS[0]!, creator: "uv" as const },
+      { ...FORMATS[5]!, creator: "uv" as const },
+    ];
+    for (const { format, compression, container, creator } of cases) {
+      await t.step(`${format} (${creator})`, async () => {
+        const { archive, sitePackages, interpreterLink } = await makeVenvPack(work, {
           format,
-          name: `venv-${format}`,
+          creator,
+          name: `venv-${format}-${creator}`,
           packages: { mylib: 'VERSION = "4.2"\n' },
         });
         const d = await detect(archive);
         assert.equal(d.compression, compression);
         assert.equal(d.container, container);
         assert.equal(d.flavor, "venv");
-        const dest = `${work}/out-${format}`;
+        const dest = `${work}/out-${format}-${creator}`;
         const r = await unpack(archive, dest);
         assert.equal(r.flavor, "venv");
         assert.ok(await Deno.stat(`${dest}/${sitePackages}/mylib/__init__.py`));
         if (container === "tar") {
           // The interpreter link is absolute and allowed, and reported.
-          assert.deepEqual(r.interpreterLinks.map((l) => l.path), ["bin/python3"]);
-          // Same tree as GNU tar makes.
-          const ref = `${work}/ref-${format}`;
+          assert.deepEqual(r.interpreterLinks.map((l) => l.path), [interpreterLink]);
+          // Same tree as GNU tar makes (venv-pack stores pyvenv.cfg twice: the later wins).
+          const ref = `${work}/ref-${format}-${creator}`;
           await Deno.mkdir(ref);
           const x = await new Deno.Command("tar", { args: ["-xf", archive, "-C", ref] }).output();
           assert.ok(x.success);
@@ -121,7 +129,7 @@ Deno.test("unpack() runs bin/conda-unpack for conda-pack archives", async (t) =>
   }
 });
 
-Deno.test("detect() and unpack() recognise zipapps and PEX files", async () => {
+Deno.test(needsVenv("detect() and unpack() recognise zipapps and PEX files"), async () => {
   const work = await Deno.makeTempDir({ prefix: "valise-archive-zipapp-" });
   try {
     const app = await makeZipapp(work);
@@ -133,14 +141,15 @@ Deno.test("detect() and unpack() recognise zipapps and PEX files", async () => {
     assert.equal(r1.flavor, "zipapp");
     assert.ok(await Deno.stat(`${work}/app/__main__.py`));
 
-    for (const useDebianPex of [false, true]) {
-      const pex = await makePex(work, { useDebianPex, name: `app-${useDebianPex}.pex` });
+    for (const venv of [false, true]) {
+      const pex = await makePex(work, { venv, name: `app-${venv}.pex` });
       const d2 = await detect(pex.path);
       assert.equal(d2.flavor, "pex");
       assert.ok(d2.zipPreamble! > 0);
-      const r2 = await unpack(pex.path, `${work}/pex-${useDebianPex}`);
+      const r2 = await unpack(pex.path, `${work}/pex-${venv}`);
       assert.equal(r2.flavor, "pex");
-      assert.ok(await Deno.stat(`${work}/pex-${useDebianPex}/PEX-INFO`));
+      assert.ok(await Deno.stat(`${work}/pex-${venv}/PEX-INFO`));
+      assert.ok(await Deno.stat(`${work}/pex-${venv}/.bootstrap/pex/pex.py`));
     }
   } finally {
     await Deno.remove(work, { recursive: true });

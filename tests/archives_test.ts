@@ -13,6 +13,7 @@ import {
 } from "@valise/protocol";
 import { serve } from "@valise/server";
 import { makeCondaPackLike, makeVenvPack } from "./fixtures/envs.ts";
+import { needsVenv } from "./_python.ts";
 import { HOSTILE_CASES } from "../packages/archive/testdata/hostile_cases.ts";
 import { fileArtifact, removeTree } from "./_util.ts";
 
@@ -47,98 +48,106 @@ async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
   return text;
 }
 
-Deno.test("a venv-pack archive added by two sessions is unpacked once and seen by both", async () => {
-  await withServer(async ({ spark, store, server, tmp }) => {
-    const { archive, sha256 } = await makeVenvPack(join(tmp, "fx"), {
-      packages: { mylib: "VERSION = 1\n" },
-    });
-    const a = crypto.randomUUID();
-    const b = crypto.randomUUID();
-    for (const sessionId of [a, b]) {
-      const res = await spark.addArtifacts(
-        addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
-          sessionId,
-        }),
+Deno.test(
+  needsVenv("a venv-pack archive added by two sessions is unpacked once and seen by both"),
+  async () => {
+    await withServer(async ({ spark, store, server, tmp }) => {
+      const { archive, sha256 } = await makeVenvPack(join(tmp, "fx"), {
+        packages: { mylib: "VERSION = 1\n" },
+      });
+      const a = crypto.randomUUID();
+      const b = crypto.randomUUID();
+      for (const sessionId of [a, b]) {
+        const res = await spark.addArtifacts(
+          addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
+            sessionId,
+          }),
+        );
+        deepEqual(res.artifacts.map((x) => x.isCrcSuccessful), [true]);
+      }
+      equal(server.valise.store.trees.builds, 1);
+      for (const id of [a, b]) {
+        const s = server.valise.store.find("", id)!;
+        const env = join(s.root, "environment");
+        equal(
+          await run(join(env, "bin/python"), ["-c", "import mylib; print(mylib.VERSION)"], s.root),
+          "1",
+        );
+      }
+      // Both views point at the same tree: one copy on disk.
+      const [ra, rb] = [a, b].map((id) =>
+        Deno.realPathSync(join(server.valise.store.find("", id)!.root, "environment"))
       );
-      deepEqual(res.artifacts.map((x) => x.isCrcSuccessful), [true]);
-    }
-    equal(server.valise.store.trees.builds, 1);
-    for (const id of [a, b]) {
-      const s = server.valise.store.find("", id)!;
-      const env = join(s.root, "environment");
-      equal(
-        await run(join(env, "bin/python"), ["-c", "import mylib; print(mylib.VERSION)"], s.root),
-        "1",
-      );
-    }
-    // Both views point at the same tree: one copy on disk.
-    const [ra, rb] = [a, b].map((id) =>
-      Deno.realPathSync(join(server.valise.store.find("", id)!.root, "environment"))
-    );
-    equal(ra, rb);
-    // A third session attaches it by digest, without sending the bytes.
-    const c = crypto.randomUUID();
-    await store.attachArtifacts({
-      sessionId: c,
-      artifacts: [{ name: "archives/other-name.tgz#env", sha256 }],
+      equal(ra, rb);
+      // A third session attaches it by digest, without sending the bytes.
+      const c = crypto.randomUUID();
+      await store.attachArtifacts({
+        sessionId: c,
+        artifacts: [{ name: "archives/other-name.tgz#env", sha256 }],
+      });
+      equal(server.valise.store.trees.builds, 1);
+      ok(Deno.statSync(join(server.valise.store.find("", c)!.root, "env/pyvenv.cfg")).isFile);
     });
-    equal(server.valise.store.trees.builds, 1);
-    ok(Deno.statSync(join(server.valise.store.find("", c)!.root, "env/pyvenv.cfg")).isFile);
-  });
-});
+  },
+);
 
-Deno.test("twenty sessions adding the same environment store and unpack it once", async () => {
-  await withServer(async ({ spark, server, tmp }) => {
-    // A package with 2 MB of incompressible data makes the environment's size dominate.
-    const noise = Array.from(crypto.getRandomValues(new Uint8Array(32768)))
-      .map((b) => b.toString(16).padStart(2, "0")).join("");
-    const { archive } = await makeVenvPack(join(tmp, "fx"), {
-      packages: { big: `DATA = ${JSON.stringify(noise.repeat(32))}\n` },
-    });
-    const ids = Array.from({ length: 20 }, () => crypto.randomUUID());
-    for (const [i, sessionId] of ids.entries()) {
-      await spark.addArtifacts(
-        addArtifactsRequests([fileArtifact(`archives/env${i % 2}.tar.gz#environment`, archive)], {
-          sessionId,
-        }),
-      );
-    }
-    equal(server.valise.store.trees.builds, 1);
-    equal((await server.valise.store.trees.list()).length, 1);
-    equal((await server.valise.store.blobs.list()).length, 1);
-    const fileBytes = async (root: string) => {
-      // Bytes of distinct files: a hard link is counted once, as the disk holds it once.
-      const seen = new Set<string>();
-      let total = 0;
-      const walk = async (dir: string): Promise<void> => {
-        for await (const e of Deno.readDir(dir)) {
-          const p = join(dir, e.name);
-          const st = await Deno.lstat(p);
-          if (st.isDirectory) await walk(p);
-          else if (st.isFile && !seen.has(`${st.dev}:${st.ino}`)) {
-            seen.add(`${st.dev}:${st.ino}`);
-            total += st.size;
+Deno.test(
+  needsVenv("twenty sessions adding the same environment store and unpack it once"),
+  async () => {
+    await withServer(async ({ spark, server, tmp }) => {
+      // A package with 2 MB of incompressible data makes the environment's size dominate.
+      const noise = Array.from(crypto.getRandomValues(new Uint8Array(32768)))
+        .map((b) => b.toString(16).padStart(2, "0")).join("");
+      const { archive } = await makeVenvPack(join(tmp, "fx"), {
+        packages: { big: `DATA = ${JSON.stringify(noise.repeat(32))}\n` },
+        // New noise every run: nothing to reuse.
+        cache: false,
+      });
+      const ids = Array.from({ length: 20 }, () => crypto.randomUUID());
+      for (const [i, sessionId] of ids.entries()) {
+        await spark.addArtifacts(
+          addArtifactsRequests([fileArtifact(`archives/env${i % 2}.tar.gz#environment`, archive)], {
+            sessionId,
+          }),
+        );
+      }
+      equal(server.valise.store.trees.builds, 1);
+      equal((await server.valise.store.trees.list()).length, 1);
+      equal((await server.valise.store.blobs.list()).length, 1);
+      const fileBytes = async (root: string) => {
+        // Bytes of distinct files: a hard link is counted once, as the disk holds it once.
+        const seen = new Set<string>();
+        let total = 0;
+        const walk = async (dir: string): Promise<void> => {
+          for await (const e of Deno.readDir(dir)) {
+            const p = join(dir, e.name);
+            const st = await Deno.lstat(p);
+            if (st.isDirectory) await walk(p);
+            else if (st.isFile && !seen.has(`${st.dev}:${st.ino}`)) {
+              seen.add(`${st.dev}:${st.ino}`);
+              total += st.size;
+            }
           }
-        }
+        };
+        await walk(root);
+        return total;
       };
-      await walk(root);
-      return total;
-    };
-    const data = join(tmp, "data");
-    const oneCopy = await fileBytes(join(data, "trees")) + (await Deno.stat(archive)).size;
-    const all = await fileBytes(data);
-    ok(all < oneCopy * 1.1, `${all} bytes stored for 20 sessions; one copy is ${oneCopy}`);
-    ok(oneCopy > 2_000_000, `the environment is too small to tell: ${oneCopy}`);
-    for (const id of ids) {
-      ok(
-        Deno.statSync(join(server.valise.store.find("", id)!.root, "environment/pyvenv.cfg"))
-          .isFile,
-      );
-    }
-  });
-});
+      const data = join(tmp, "data");
+      const oneCopy = await fileBytes(join(data, "trees")) + (await Deno.stat(archive)).size;
+      const all = await fileBytes(data);
+      ok(all < oneCopy * 1.1, `${all} bytes stored for 20 sessions; one copy is ${oneCopy}`);
+      ok(oneCopy > 2_000_000, `the environment is too small to tell: ${oneCopy}`);
+      for (const id of ids) {
+        ok(
+          Deno.statSync(join(server.valise.store.find("", id)!.root, "environment/pyvenv.cfg"))
+            .isFile,
+        );
+      }
+    });
+  },
+);
 
-Deno.test("concurrent adds of the same archive unpack it once", async () => {
+Deno.test(needsVenv("concurrent adds of the same archive unpack it once"), async () => {
   await withServer(async ({ spark, server, tmp }) => {
     const { archive } = await makeVenvPack(join(tmp, "fx"));
     const ids = Array.from({ length: 6 }, () => crypto.randomUUID());
@@ -214,7 +223,7 @@ Deno.test("hostile archives are refused with a clear error and commit nothing", 
   });
 });
 
-Deno.test("shared trees are read-only on disk", async () => {
+Deno.test(needsVenv("shared trees are read-only on disk"), async () => {
   // Without the sandbox this is the only guard (and root ignores it); with the sandbox the
   // launcher binds trees read-only as well.
   await withServer(async ({ spark, server, tmp }) => {

@@ -23,6 +23,7 @@ import {
   type TarEntry,
 } from "../packages/archive/testdata/archive_writers.ts";
 import { makeVenvPack } from "./fixtures/envs.ts";
+import { needsVenv } from "./_python.ts";
 import { DataDirChecker } from "./_crash_check.ts";
 import { type ServerProcess, startServer } from "./_server.ts";
 import { removeTree } from "./_util.ts";
@@ -185,7 +186,7 @@ async function guarded<T>(what: string, p: Promise<T>): Promise<T> {
 }
 
 Deno.test({
-  name: "SIGKILL during uploads, unpacks and commits never loses or half-shows a stream",
+  ...needsVenv("SIGKILL during uploads, unpacks and commits never loses or half-shows a stream"),
   // Each round starts a server process; the whole loop is bounded by ROUNDS.
   sanitizeResources: false,
   sanitizeOps: false,

@@ -1,8 +1,10 @@
 // The seed's three flows, each as a user runs it: examples/<flow>/run.sh against a real server
-// (build the environment from the machine, add it with the CLI, choose the interpreter, run).
+// (build the environment with the real tools of .venv/, add it with the CLI, choose the
+// interpreter, run).
 import { equal, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { serve } from "@valise/server";
+import { needsVenv } from "./_python.ts";
 import { removeTree } from "./_util.ts";
 
 const EXAMPLES = new URL("../examples/", import.meta.url).pathname;
@@ -14,7 +16,7 @@ for (
     ["pex", "hello from a PEX file"],
   ]
 ) {
-  Deno.test(`examples/${flow}/run.sh works from a fresh directory`, async () => {
+  Deno.test(needsVenv(`examples/${flow}/run.sh works from a fresh directory`), async () => {
     const tmp = await Deno.makeTempDir({ prefix: `valise-ex-${flow}-` });
     const server = await serve({ dataDir: join(tmp, "data"), port: 0 });
     try {

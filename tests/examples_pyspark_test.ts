@@ -5,15 +5,13 @@ import { join } from "node:path";
 import { DEFAULT_LIMITS } from "@valise/launcher";
 import { serve, sessionSpec } from "@valise/server";
 import { makeVenvPack } from "./fixtures/envs.ts";
-import { VENV_PYTHON, venvMissing } from "./_python.ts";
+import { needsVenv, VENV_PYTHON } from "./_python.ts";
 import { removeTree } from "./_util.ts";
 
 const EXAMPLE = new URL("../examples/pyspark/add_environment.py", import.meta.url).pathname;
-const missing = venvMissing();
-const NAME = "examples/pyspark: addArtifacts + conf.set give the session its environment";
 
 Deno.test(
-  { name: missing ? `${NAME} (ignored: ${missing})` : NAME, ignore: !!missing },
+  needsVenv("examples/pyspark: addArtifacts + conf.set give the session its environment"),
   async () => {
     const tmp = await Deno.makeTempDir({ prefix: "valise-ex-pyspark-" });
     const server = await serve({ dataDir: join(tmp, "data"), port: 0 });

@@ -14,14 +14,13 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { serve } from "@valise/server";
 import { makeVenvPack } from "./fixtures/envs.ts";
-import { VENV_PYTHON, venvMissing } from "./_python.ts";
+import { needsVenv, VENV_PYTHON } from "./_python.ts";
 import { removeTree } from "./_util.ts";
 
 const OPS = new URL("./python/pyspark_ops.py", import.meta.url).pathname;
 const STAND_IN = new URL("./python/spark_artifacts.py", import.meta.url).pathname;
 const PY = "spark.sql.execution.pyspark.python";
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const missing = venvMissing();
 
 interface PySparkError {
   type: string;
@@ -60,7 +59,7 @@ function failure(r: OpResult | undefined): PySparkError {
 }
 
 function wireTest(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name: missing ? `${name} (ignored: ${missing})` : name, ignore: !!missing, fn });
+  Deno.test({ ...needsVenv(name), fn });
 }
 
 wireTest(

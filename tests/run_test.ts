@@ -17,6 +17,7 @@ import {
 } from "@valise/protocol";
 import { serve } from "@valise/server";
 import { makeCondaPackLike, makePex, makeVenvPack } from "./fixtures/envs.ts";
+import { needsVenv } from "./_python.ts";
 import { fileArtifact, removeTree } from "./_util.ts";
 
 type Spark = ReturnType<typeof createClient<typeof SparkConnectService>>;
@@ -104,39 +105,42 @@ async function run(
 
 const code = (c: string) => ({ target: { case: "code" as const, value: c } });
 
-Deno.test("the seed scenario: a venv-pack session and a pyfile session, 50 concurrent runs each", async () => {
-  await withServer(async ({ spark, workers, tmp }) => {
-    const a = crypto.randomUUID();
-    const b = crypto.randomUUID();
-    const { archive } = await makeVenvPack(join(tmp, "fx"), {
-      packages: { mylib: "VERSION = 1\n" },
+Deno.test(
+  needsVenv("the seed scenario: a venv-pack session and a pyfile session, 50 concurrent runs each"),
+  async () => {
+    await withServer(async ({ spark, workers, tmp }) => {
+      const a = crypto.randomUUID();
+      const b = crypto.randomUUID();
+      const { archive } = await makeVenvPack(join(tmp, "fx"), {
+        packages: { mylib: "VERSION = 1\n" },
+      });
+      await spark.addArtifacts(
+        addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
+          sessionId: a,
+        }),
+      );
+      await setConf(spark, a, "spark.sql.execution.pyspark.python", "environment/bin/python");
+      await spark.addArtifacts(addArtifactsRequests([
+        bytesArtifact("pyfiles/mylib.py", new TextEncoder().encode("VERSION = 2\n")),
+      ], { sessionId: b }));
+      const runs = await Promise.all([
+        ...Array.from(
+          { length: 50 },
+          () => run(workers, { sessionId: a, ...code("import mylib; print(mylib.VERSION)") }),
+        ),
+        ...Array.from(
+          { length: 50 },
+          () => run(workers, { sessionId: b, ...code("import mylib; print(mylib.VERSION)") }),
+        ),
+      ]);
+      for (const r of runs.slice(0, 50)) equal(r.stdout.trim(), "1", r.stderr);
+      for (const r of runs.slice(50)) equal(r.stdout.trim(), "2", r.stderr);
+      ok(runs[0]!.interpreter.endsWith("environment/bin/python"), runs[0]!.interpreter);
     });
-    await spark.addArtifacts(
-      addArtifactsRequests([fileArtifact("archives/env.tar.gz#environment", archive)], {
-        sessionId: a,
-      }),
-    );
-    await setConf(spark, a, "spark.sql.execution.pyspark.python", "environment/bin/python");
-    await spark.addArtifacts(addArtifactsRequests([
-      bytesArtifact("pyfiles/mylib.py", new TextEncoder().encode("VERSION = 2\n")),
-    ], { sessionId: b }));
-    const runs = await Promise.all([
-      ...Array.from(
-        { length: 50 },
-        () => run(workers, { sessionId: a, ...code("import mylib; print(mylib.VERSION)") }),
-      ),
-      ...Array.from(
-        { length: 50 },
-        () => run(workers, { sessionId: b, ...code("import mylib; print(mylib.VERSION)") }),
-      ),
-    ]);
-    for (const r of runs.slice(0, 50)) equal(r.stdout.trim(), "1", r.stderr);
-    for (const r of runs.slice(50)) equal(r.stdout.trim(), "2", r.stderr);
-    ok(runs[0]!.interpreter.endsWith("environment/bin/python"), runs[0]!.interpreter);
-  });
-});
+  },
+);
 
-Deno.test("a PEX added as a file runs as the session's interpreter", async () => {
+Deno.test(needsVenv("a PEX added as a file runs as the session's interpreter"), async () => {
   await withServer(async ({ spark, workers, tmp }) => {
     const sessionId = crypto.randomUUID();
     const pex = await makePex(join(tmp, "fx"), { packages: { pexlib: "WHO = 'pex'\n" } });
@@ -297,17 +301,19 @@ print("own", open("mine.txt").read())
   });
 });
 
-Deno.test("a worker cannot modify the shared environment tree or its session's artifacts", async (t) => {
-  await withServer(async ({ spark, workers, tmp, sandboxed }) => {
-    const sessionId = crypto.randomUUID();
-    const { archive } = await makeVenvPack(join(tmp, "fx"));
-    await spark.addArtifacts(addArtifactsRequests([
-      fileArtifact("archives/env.tar.gz#environment", archive),
-      bytesArtifact("pyfiles/lib.py", new TextEncoder().encode("X = 1\n")),
-    ], { sessionId }));
-    const r = await run(workers, {
-      sessionId,
-      ...code(`
+Deno.test(
+  needsVenv("a worker cannot modify the shared environment tree or its session's artifacts"),
+  async (t) => {
+    await withServer(async ({ spark, workers, tmp, sandboxed }) => {
+      const sessionId = crypto.randomUUID();
+      const { archive } = await makeVenvPack(join(tmp, "fx"));
+      await spark.addArtifacts(addArtifactsRequests([
+        fileArtifact("archives/env.tar.gz#environment", archive),
+        bytesArtifact("pyfiles/lib.py", new TextEncoder().encode("X = 1\n")),
+      ], { sessionId }));
+      const r = await run(workers, {
+        sessionId,
+        ...code(`
 def attempt(f):
     try:
         f(); return "allowed"
@@ -318,15 +324,16 @@ print("tree-new", attempt(lambda: open("environment/new.txt", "w").write("x")))
 print("artifact", attempt(lambda: open("lib.py", "a").write("x")))
 print("own-new", attempt(lambda: open("output.txt", "w").write("x")))
 `),
+      });
+      const got = Object.fromEntries(r.stdout.trim().split("\n").map((l) => l.split(" ")));
+      equal(got["own-new"], "allowed", r.stderr);
+      if (!sandboxed) {
+        t.step({ name: "skipped: workers are not sandboxed here", ignore: true, fn: () => {} });
+        return;
+      }
+      for (const k of ["tree-file", "tree-new", "artifact"]) {
+        ok(["OSError", "PermissionError"].includes(got[k]!), `${k}: ${got[k]}`);
+      }
     });
-    const got = Object.fromEntries(r.stdout.trim().split("\n").map((l) => l.split(" ")));
-    equal(got["own-new"], "allowed", r.stderr);
-    if (!sandboxed) {
-      t.step({ name: "skipped: workers are not sandboxed here", ignore: true, fn: () => {} });
-      return;
-    }
-    for (const k of ["tree-file", "tree-new", "artifact"]) {
-      ok(["OSError", "PermissionError"].includes(got[k]!), `${k}: ${got[k]}`);
-    }
-  });
-});
+  },
+);

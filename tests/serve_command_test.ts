@@ -69,3 +69,84 @@ for (const signal of ["SIGTERM"] as const) {
     }
   });
 }
+
+Deno.test("deno task serve names its interpreters at start and refuses one that cannot run", async (t) => {
+  const tmp = await Deno.makeTempDir({ prefix: "valise-serve-py-" });
+  const run = (...args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, "--port", "0", "--data-dir", join(tmp, "data"), ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  try {
+    await t.step("a default interpreter that does not exist", async () => {
+      const out = await run("--python", "/nonexistent/python3");
+      equal(out.code, 1);
+      equal(text(out.stdout), "", "it must not say it listens");
+      ok(
+        /cannot start: .*\/nonexistent\/python3: it is not an executable file; choose the default interpreter with --python PATH/
+          .test(text(out.stderr)),
+        text(out.stderr),
+      );
+    });
+    await t.step("an allow-list entry that does not exist", async () => {
+      const out = await run("--allow-interpreter", "/nonexistent/python3");
+      equal(out.code, 1);
+      ok(
+        text(out.stderr).includes(
+          "Cannot allow interpreter /nonexistent/python3: it is not an executable file",
+        ),
+        text(out.stderr),
+      );
+    });
+    await t.step(
+      "the start-up log names the default's path and version and the allow-list",
+      async () => {
+        const child = new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "-A",
+            MAIN,
+            "--port",
+            "0",
+            "--data-dir",
+            join(tmp, "data"),
+            "--python",
+            "/usr/bin/python3",
+            "--allow-interpreter",
+            "/usr/bin/python3",
+          ],
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+        let seen = "";
+        while (!/default interpreter .*\n/.test(seen)) {
+          const { value, done } = await lines.read();
+          if (done) break;
+          seen += value;
+        }
+        child.kill("SIGTERM");
+        await lines.cancel();
+        await child.status;
+        await child.stdout.cancel();
+        const probe = await new Deno.Command("/usr/bin/python3", {
+          args: ["-c", "import platform, sys; print(sys.executable, platform.python_version())"],
+        }).output();
+        const [exe, version] = new TextDecoder().decode(probe.stdout).trim().split(" ");
+        ok(
+          seen.includes(
+            `default interpreter ${exe} (Python ${version}); sessions may choose it, interpreters ` +
+              `inside their own directory and /usr/bin/python3`,
+          ),
+          seen,
+        );
+      },
+    );
+  } finally {
+    await removeTree(tmp);
+  }
+});

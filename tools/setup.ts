@@ -18,7 +18,6 @@ const PACKAGES: Record<string, string> = {
   "python3-venv": "/usr/lib/python3.11/ensurepip/__init__.py",
   "python3-pandas": "/usr/lib/python3/dist-packages/pandas/__init__.py",
   "python3-pyflakes": "/usr/lib/python3/dist-packages/pyflakes/__init__.py",
-  "pex": "/usr/bin/pex",
   "bubblewrap": "/usr/bin/bwrap",
   "pigz": "/usr/bin/pigz",
   "zstd": "/usr/bin/zstd",

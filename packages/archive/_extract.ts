@@ -16,6 +16,12 @@
  *   hardlink made to it keeps the old bytes) or dropping the pending symlink; nothing is
  *   written through a link. A directory is never replaced by a non-directory nor the reverse
  *   (`CONFLICT`); a member below a symlink member is refused (`THROUGH_LINK`).
+ *
+ * Over 600 lines on purpose: the extraction policy (names, links, modes, quotas, the atomic
+ * rename) is one concept, applied entry by entry to tar and zip alike; splitting it would put the
+ * checks of one entry in several files.
+ *
+ * @module
  */
 import fs from "node:fs";
 import { UnpackError } from "./error.ts";

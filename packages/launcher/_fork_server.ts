@@ -1,6 +1,8 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * One warm fork server process (optionally inside bubblewrap) and the runs it carries.
+ * One warm fork server process (optionally inside bubblewrap) and the runs it carries. Over 600
+ * lines on purpose: the fork server's protocol (frames both ways, flow control, the checks that a
+ * lying fork server is killed) is one concept, and every check needs the run state beside it.
  *
  * @module
  */

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { dirname, isAbsolute, join, normalize } from "node:path";
+import { basename, dirname, isAbsolute, join, normalize } from "node:path";
 import { findExecutable, SYSTEM_DIRS, trustedInterpreterDirs, under } from "./_sandbox.ts";
 import { LaunchError } from "./launch_error.ts";
 import { INTERPRETER_CONFIG_KEY, type LauncherLogger, type SessionSpec } from "./types.ts";
@@ -21,6 +21,14 @@ export interface Interpreter {
   prefixArgs: string[];
   /** Whether it is a PEX. */
   pex: boolean;
+}
+
+/** The default interpreter as probed at start. */
+export interface DefaultInterpreter {
+  /** Its real path (`sys.executable`). */
+  path: string;
+  /** Its version (`platform.python_version()`). */
+  version: string;
 }
 
 /** How {@linkcode Interpreters} is set up. */
@@ -80,7 +88,7 @@ export class Interpreters {
   #allowed: Set<string>;
   #protected: string[];
   #defaultFound: string | undefined;
-  #defaultReal: Promise<string> | undefined;
+  #defaultReal: Promise<DefaultInterpreter> | undefined;
   #defaultDirs: Promise<string[]> | undefined;
   #trustedDirs: string[];
   #trustedFiles: string[] = [];
@@ -95,6 +103,13 @@ export class Interpreters {
     for (const p of init.allowed) {
       if (!isAbsolute(p)) {
         throw new TypeError(`Cannot allow interpreter ${p}: the path is not absolute`);
+      }
+      // A typo in the allow-list would otherwise show only when a session names the path.
+      if (!usableInterpreter(p)) {
+        throw new TypeError(
+          `Cannot allow interpreter ${p}: it is not an executable file (or a .pex); ` +
+            `check the --allow-interpreter path`,
+        );
       }
     }
     this.#protected = init.protectedPaths.map((p) => {
@@ -119,7 +134,21 @@ export class Interpreters {
    *
    * @returns Its real path.
    */
-  defaultPython(): Promise<string> {
+  async defaultPython(): Promise<string> {
+    return (await this.defaultInfo()).path;
+  }
+
+  /** The allowed interpreters, as the operator gave them (normalized). */
+  get allowed(): readonly string[] {
+    return [...this.#allowed];
+  }
+
+  /**
+   * The default interpreter's real path and version, probed once.
+   *
+   * @returns Path and version.
+   */
+  defaultInfo(): Promise<DefaultInterpreter> {
     if (this.#defaultReal) return this.#defaultReal;
     const found = this.#defaultFound;
     const name = this.#init.defaultName;
@@ -127,19 +156,24 @@ export class Interpreters {
       return Promise.reject(
         new LaunchError(
           "INTERPRETER_NOT_FOUND",
-          `Cannot find the default interpreter ${name} on PATH (set ${INTERPRETER_CONFIG_KEY} or the server's default)`,
+          name.includes("/")
+            ? `Cannot find the default interpreter ${name}: it is not an executable file`
+            : `Cannot find the default interpreter ${name} on the server's PATH`,
           { interpreter: name },
         ),
       );
     }
     const probe = (async () => {
       const out = await new Deno.Command(found, {
-        args: ["-c", "import sys; sys.stdout.write(sys.executable)"],
+        args: [
+          "-c",
+          "import platform, sys; sys.stdout.write(sys.executable + '\\n' + platform.python_version())",
+        ],
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
       }).output();
-      const exe = new TextDecoder().decode(out.stdout).trim();
+      const [exe = "", version = ""] = new TextDecoder().decode(out.stdout).trim().split("\n");
       if (!out.success || !isAbsolute(exe)) {
         throw new LaunchError(
           "INTERPRETER_FAILED",
@@ -159,7 +193,7 @@ export class Interpreters {
           {},
         );
       }
-      return exe;
+      return { path: exe, version: version.trim() };
     })();
     this.#defaultReal = probe;
     probe.catch(() => this.#defaultReal = undefined);
@@ -203,14 +237,19 @@ export class Interpreters {
       return { display: exe, exe, prefixArgs: [], pex: false };
     }
     let path: string;
-    if (isAbsolute(raw)) {
+    const onPath = raw.includes("/") ? undefined : await this.#lookUp(raw);
+    if (onPath !== undefined) {
+      path = onPath;
+    } else if (isAbsolute(raw)) {
       path = normalize(raw);
       const allowed = this.#allowed.has(path) || path === this.#defaultFound ||
         path === (await this.defaultPython().catch(() => undefined));
       if (!allowed) {
         throw new LaunchError(
           "INTERPRETER_NOT_ALLOWED",
-          `Cannot use interpreter ${raw} from ${INTERPRETER_CONFIG_KEY}: absolute interpreter paths must be on the server's allow-list (--allow-interpreter)`,
+          `Cannot use interpreter ${raw} from ${INTERPRETER_CONFIG_KEY}: absolute interpreter ` +
+            `paths must be on the server's allow-list. Choose ${this.#choices()}, or ask the ` +
+            `operator to start the server with --allow-interpreter ${raw}`,
           { interpreter: raw },
         );
       }
@@ -231,6 +270,16 @@ export class Interpreters {
     } catch {
       st = undefined;
     }
+    if (st === undefined && !raw.includes("/")) {
+      throw new LaunchError(
+        "INTERPRETER_NOT_FOUND",
+        `Cannot find interpreter ${raw} from ${INTERPRETER_CONFIG_KEY}: a bare name is looked ` +
+          `up on the server's PATH among the interpreters it allows, and in the session's ` +
+          `directory; it is in neither. Choose ${this.#choices()}, or a path inside the ` +
+          `session such as environment/bin/python`,
+        { interpreter: raw },
+      );
+    }
     const usable = st !== undefined &&
       (pex ? st.isFile || st.isDirectory : st.isFile && ((st.mode ?? 0o755) & 0o111) !== 0);
     if (!usable) {
@@ -247,7 +296,9 @@ export class Interpreters {
         { interpreter: path },
       );
     }
-    if (!isAbsolute(raw)) await this.#checkResolves(session, root, raw, path);
+    if (onPath === undefined && !isAbsolute(raw)) {
+      await this.#checkResolves(session, root, raw, path);
+    }
     if (pex) {
       const exe = await this.defaultPython();
       return { display: path, exe, prefixArgs: [path], pex: true };
@@ -292,6 +343,35 @@ export class Interpreters {
     );
   }
 
+  /**
+   * A bare name, as Spark's workers would run it: looked up on the server's PATH, but only
+   * among the interpreters the server allows (the default and the allow-list), then among the
+   * allow-list by file name. `undefined` leaves it to the session's directory.
+   */
+  async #lookUp(name: string): Promise<string | undefined> {
+    const real = await this.defaultPython().catch(() => undefined);
+    const allowed = new Set([...this.#allowed, this.#defaultFound, real]);
+    const dirs = (Deno.env.get("PATH") ?? "").split(":").filter((d) => isAbsolute(d));
+    for (const d of dirs) {
+      const candidate = normalize(join(d, name));
+      // The default is run by its real path, as when a session names none.
+      if (real !== undefined && (candidate === this.#defaultFound || candidate === real)) {
+        return real;
+      }
+      if (allowed.has(candidate) && usableInterpreter(candidate)) return candidate;
+    }
+    return [...this.#allowed].find((p) => basename(p) === name);
+  }
+
+  /** What a session may choose, for messages. */
+  #choices(): string {
+    const names = [...new Set([this.#defaultFound, ...this.#allowed])]
+      .filter((p): p is string => p !== undefined);
+    return names.length === 0
+      ? "an interpreter inside the session"
+      : `one the server allows (${names.join(", ")})`;
+  }
+
   #checkTrusted(interpreter: string, dirs: string[]): string[] {
     for (const d of dirs) {
       const bad = this.#protected.find((p) => under(p, d) || under(d, p));
@@ -303,5 +383,16 @@ export class Interpreters {
       }
     }
     return dirs;
+  }
+}
+
+/** Whether `p` is an executable file, or a `.pex` file or directory. */
+function usableInterpreter(p: string): boolean {
+  try {
+    const st = Deno.statSync(p);
+    if (/\.pex$/i.test(p)) return st.isFile || st.isDirectory;
+    return st.isFile && ((st.mode ?? 0o755) & 0o111) !== 0;
+  } catch {
+    return false;
   }
 }

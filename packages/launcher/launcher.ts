@@ -11,7 +11,7 @@
 import { Cgroups } from "./_cgroup.ts";
 import { checkRequest, checkSession, positiveInt, validateLimits } from "./_checks.ts";
 import type { RunHandle } from "./_fork_server.ts";
-import { Interpreters } from "./_interpreters.ts";
+import { type DefaultInterpreter, Interpreters } from "./_interpreters.ts";
 import { ForkServerPool, type PoolEntry } from "./_pool.ts";
 import { findExecutable, probeBwrap } from "./_sandbox.ts";
 import { RunSlots } from "./_slots.ts";
@@ -168,6 +168,20 @@ export class Launcher {
    */
   defaultInterpreter(): Promise<string> {
     return this.#interpreters.defaultPython();
+  }
+
+  /**
+   * The default interpreter's real path and version (for a server's start-up report).
+   *
+   * @returns Path and version.
+   */
+  defaultInterpreterInfo(): Promise<DefaultInterpreter> {
+    return this.#interpreters.defaultInfo();
+  }
+
+  /** The absolute interpreters sessions may choose besides the default (`--allow-interpreter`). */
+  get allowedInterpreters(): readonly string[] {
+    return this.#interpreters.allowed;
   }
 
   /**

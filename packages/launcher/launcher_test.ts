@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import {
   isLaunchError,
   Launcher,
@@ -143,6 +143,44 @@ Deno.test("Launcher.run() refuses interpreters it cannot or may not use", async 
           "it is broken",
         );
       });
+      await t.step(
+        "absolute path not allowed: the message names the choices and the flag",
+        async () => {
+          await rejectsLaunch(
+            run("/usr/bin/python3.11"),
+            "INTERPRETER_NOT_ALLOWED",
+            SYSTEM_PYTHON,
+            "--allow-interpreter /usr/bin/python3.11",
+          );
+        },
+      );
+      await t.step("a bare name is looked up on PATH among the allowed interpreters", async () => {
+        // python3 on this PATH may be pyenv's default; /usr/bin/python3 is allowed either way.
+        const r = await run(basename(SYSTEM_PYTHON));
+        assert.equal(r.exit.exitCode, 0, r.stderr);
+        const started = r.events[0];
+        assert.ok(started?.kind === "started");
+        assert.ok(
+          [SYSTEM_PYTHON, await l.defaultInterpreter()].includes(started.interpreter),
+          started.interpreter,
+        );
+      });
+      await t.step("a bare name neither allowed nor in the session", async () => {
+        await rejectsLaunch(
+          run("python2.7"),
+          "INTERPRETER_NOT_FOUND",
+          "python2.7",
+          "looked up on the server's PATH",
+          SYSTEM_PYTHON,
+        );
+      });
+      await t.step(
+        "a bare name of a host interpreter that is not allowed is not used",
+        async () => {
+          // /bin/sh is on PATH but on no allow-list: the name falls to the session, which has none.
+          await rejectsLaunch(run("sh"), "INTERPRETER_NOT_FOUND", "sh");
+        },
+      );
       await t.step("allowed absolute path", async () => {
         const r = await run(SYSTEM_PYTHON);
         assert.equal(r.exit.exitCode, 0, r.stderr);
@@ -165,6 +203,13 @@ Deno.test("Launcher.run() refuses interpreters it cannot or may not use", async 
   } finally {
     await Deno.remove(s.root, { recursive: true });
   }
+});
+
+Deno.test("Launcher refuses an allow-list entry that is no interpreter, at construction", () => {
+  assert.throws(
+    () => new Launcher({ sandbox: "none", logger: quiet, allowedInterpreters: ["/nope/python"] }),
+    /Cannot allow interpreter \/nope\/python: it is not an executable file.*--allow-interpreter/,
+  );
 });
 
 Deno.test("Launcher.run() gives the worker a fixed base environment and the session's", async (t) => {

@@ -34,15 +34,29 @@ try {
   console.error(`valise: cannot start: ${e instanceof Error ? e.message : e}`);
   Deno.exit(1);
 }
+// A default interpreter that cannot start would fail every session's first run: refuse now.
+let python;
+try {
+  python = await server.valise.launcher.defaultInterpreterInfo();
+} catch (e) {
+  console.error(
+    `valise: cannot start: ${e instanceof Error ? e.message : e}; choose the default ` +
+      `interpreter with --python PATH`,
+  );
+  await server.valise.close();
+  Deno.exit(1);
+}
 console.log(`valise listening on ${server.host}:${server.port}`);
 log(
   `data directory ${cmd.options.dataDir}; ${server.valise.store.sessions().length} session(s) restored; ` +
     `workers ${server.valise.launcher.sandboxed ? "sandboxed with bubblewrap" : "NOT sandboxed"}`,
 );
 log(`workers run as ${server.valise.workerIdentity}; ${server.valise.launcher.containment}`);
-server.valise.launcher.defaultInterpreter().then(
-  (exe) => log(`default interpreter ${exe}`),
-  (e) => log(`default interpreter unusable: ${e instanceof Error ? e.message : e}`),
+const allowed = server.valise.launcher.allowedInterpreters;
+log(
+  `default interpreter ${python.path} (Python ${python.version}); ` +
+    `sessions may choose it, interpreters inside their own directory` +
+    (allowed.length ? ` and ${allowed.join(", ")}` : " (--allow-interpreter adds host ones)"),
 );
 const metrics = cmd.metricsPort !== undefined
   ? serveMetrics(server.valise, {

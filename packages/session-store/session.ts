@@ -1,11 +1,20 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { dirname, join } from "node:path";
+/**
+ * One session: a directory of its own, its manifest, and every change to it (commit, attach,
+ * quotas, restore). Over 600 lines on purpose: each of these changes holds the session's lock
+ * and writes its manifest, and splitting them would scatter that invariant; the links it is made
+ * of are in `_links.ts`.
+ *
+ * @module
+ */
+import { join } from "node:path";
 import { type ArtifactName, executorViewName, parseArtifactName } from "@valise/protocol";
 import { Mutex, removeAll, removeAtomicLeftovers } from "./_fs.ts";
 import type { BlobStore } from "./blob_store.ts";
 import type { TreeInfo, TreeStore } from "./tree_store.ts";
 import { PYTHON_EXEC_KEY, SessionConfig } from "./config.ts";
 import { SessionError } from "./errors.ts";
+import { linkFresh, listFiles, placeInRoot, symlinkFresh } from "./_links.ts";
 import { type ArtifactRecord, type SessionManifest, writeManifest } from "./manifest.ts";
 import type { StagedArtifact, UploadLimits } from "./upload.ts";
 import { Upload } from "./upload.ts";
@@ -611,76 +620,5 @@ export class Session {
   #writeManifest(): Promise<void> {
     this.#manifest.config = this.config.toJSON();
     return writeManifest(join(this.dir, "manifest.json"), this.#manifest);
-  }
-}
-
-/**
- * Shows an artifact in the workers' directory as a relative symlink into the read-only view.
- * The directory is the workers' to write: nothing in it is followed, and an entry they made
- * under that name is never replaced.
- */
-function placeInRoot(view: string, path: string): Promise<void> {
-  return symlinkFresh(
-    `../ro/${view}`,
-    path,
-    `Cannot show the artifact as ./${view}: the session's working directory already holds ` +
-      `./${view}, written by its workers. Remove it, or choose another name.`,
-  );
-}
-
-/**
- * Points a symlink at `path` to `target`, accepting only a link to that same target already
- * there (a leftover of an interrupted commit); `symlink()` never follows what is at `path`.
- */
-async function symlinkFresh(
-  target: string,
-  path: string,
-  conflict = `Cannot place the archive at ${path}: something else is already there.`,
-): Promise<void> {
-  try {
-    await Deno.symlink(target, path);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    const st = await Deno.lstat(path);
-    if (st.isSymlink && (await Deno.readLink(path)) === target) return;
-    throw new SessionError("ARTIFACT_ALREADY_EXISTS", conflict);
-  }
-}
-
-async function listFiles(dir: string, prefix = ""): Promise<string[]> {
-  const out: string[] = [];
-  for await (const e of Deno.readDir(prefix ? join(dir, prefix) : dir)) {
-    const rel = prefix ? `${prefix}/${e.name}` : e.name;
-    if (e.isDirectory) out.push(...await listFiles(dir, rel));
-    else out.push(rel);
-  }
-  return out;
-}
-
-/**
- * Hard-links `blob` at `path`, replacing a leftover of an interrupted commit (same content)
- * but never anything else.
- */
-async function linkFresh(blob: string, path: string): Promise<void> {
-  try {
-    await Deno.mkdir(dirname(path), { recursive: true });
-  } catch (e) {
-    // A file where a directory of the path should be (an interrupted commit's leftover).
-    throw new SessionError(
-      "ARTIFACT_ALREADY_EXISTS",
-      `Cannot place the artifact at ${path}: part of its path is already a file.`,
-      { cause: e },
-    );
-  }
-  try {
-    await Deno.link(blob, path);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    const [a, b] = await Promise.all([Deno.lstat(blob), Deno.lstat(path)]);
-    if (a.ino === b.ino && a.dev === b.dev) return;
-    throw new SessionError(
-      "ARTIFACT_ALREADY_EXISTS",
-      `Cannot place the artifact at ${path}: a different file is already there.`,
-    );
   }
 }

@@ -9,6 +9,7 @@ import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts
 import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
+import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
 /** Options of {@linkcode SessionStore.open}. */
 export interface SessionStoreOptions {
@@ -109,9 +110,8 @@ export class SessionStore {
   #maxTombstones: number;
   #hooks: ReleaseHook[] = [];
   #releasing = new Map<string, Promise<unknown>>();
-  #workerIds: { first: number; count: number } | undefined;
+  #workerIds: WorkerIds | undefined;
   #traverse: number;
-  #idsInUse = new Set<number>();
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
   #heldBytes = new Map<string, number>();
 
@@ -131,21 +131,7 @@ export class SessionStore {
       ...options.quotas,
     };
     this.#traverse = options.workersReachByBinds ? 0o700 : 0o711;
-    const ids = options.workerIds;
-    if (ids !== undefined) {
-      if (
-        !Number.isSafeInteger(ids.first) || !Number.isSafeInteger(ids.count) || ids.first < 1000 ||
-        ids.count < 1 || ids.first + ids.count > 2 ** 32 - 2
-      ) {
-        throw new RangeError(
-          `Cannot use worker ids ${ids.first}+${ids.count}: not a range of unprivileged ids`,
-        );
-      }
-      if (Deno.uid() !== 0) {
-        throw new TypeError("Cannot give sessions their own worker ids: the store is not root");
-      }
-      this.#workerIds = ids;
-    }
+    if (options.workerIds !== undefined) this.#workerIds = new WorkerIds(options.workerIds);
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
     this.#maxTombstones = options.maxTombstones ?? 1000;
     this.#ctx = {
@@ -238,10 +224,12 @@ export class SessionStore {
           await removeAll(dir);
           continue;
         }
-        const assigned = this.#restoreWorker(manifest);
+        let assigned = false;
+        if (this.#workerIds) assigned = this.#workerIds.restore(manifest);
+        else delete manifest.worker;
         const session = new Session(dir, manifest, this.#ctx);
         await session.reconcile(blobInodes);
-        await this.#secure(session, assigned);
+        await secureSessionDirs(session, this.#traverse, assigned);
         this.#sessions.set(keyOf(manifest.userId, manifest.sessionId), session);
       }
     }
@@ -249,49 +237,7 @@ export class SessionStore {
 
   /** The range of worker ids sessions get, if they get their own. */
   get workerIds(): Readonly<{ first: number; count: number }> | undefined {
-    return this.#workerIds;
-  }
-
-  /** Keeps a restored session's worker id, or gives it a new one (range changed, or none). */
-  #restoreWorker(manifest: SessionManifest): boolean {
-    const ids = this.#workerIds;
-    if (!ids) {
-      delete manifest.worker;
-      return false;
-    }
-    const w = manifest.worker;
-    if (
-      w && w.uid === w.gid && w.uid >= ids.first && w.uid < ids.first + ids.count &&
-      !this.#idsInUse.has(w.uid)
-    ) {
-      this.#idsInUse.add(w.uid);
-      return false;
-    }
-    const id = this.#allocateId();
-    manifest.worker = { uid: id, gid: id };
-    return true;
-  }
-
-  #allocateId(): number {
-    const ids = this.#workerIds!;
-    if (this.#idsInUse.size >= ids.count) {
-      throw new SessionError(
-        "QUOTA_EXCEEDED",
-        `Cannot create a session: all ${ids.count} worker ids of the server are in use; ` +
-          "release sessions, or give the server a larger --worker-ids range.",
-        { reason: "WORKER_IDS" },
-      );
-    }
-    // Random, not sequential: an id lately freed is unlikely to be handed out again soon.
-    for (;;) {
-      const buf = new Uint32Array(1);
-      crypto.getRandomValues(buf);
-      const id = ids.first + (buf[0]! % ids.count);
-      if (!this.#idsInUse.has(id)) {
-        this.#idsInUse.add(id);
-        return id;
-      }
-    }
+    return this.#workerIds?.range;
   }
 
   /**
@@ -301,43 +247,7 @@ export class SessionStore {
    * @returns The id and a function that gives it back.
    */
   leaseWorkerId(): { uid: number; gid: number; release: () => void } | undefined {
-    if (!this.#workerIds) return undefined;
-    const id = this.#allocateId();
-    let done = false;
-    return {
-      uid: id,
-      gid: id,
-      release: () => {
-        if (done) return;
-        done = true;
-        this.#idsInUse.delete(id);
-      },
-    };
-  }
-
-  /**
-   * Sets a session's directories' owners and modes: its directory reachable only by the server
-   * and its workers, its view readable by them but only the server's to write, its working
-   * directory theirs. With `rechown`, also gives the working directory's contents to the
-   * session's (new) worker id.
-   */
-  async #secure(session: Session, rechown: boolean): Promise<void> {
-    const w = session.worker;
-    await Deno.chmod(join(session.dir, ".."), this.#traverse);
-    if (!w) {
-      for (const d of [session.dir, session.root, session.viewDir, session.artifactsDir]) {
-        await Deno.chmod(d, 0o700);
-      }
-      return;
-    }
-    await Deno.chown(session.dir, 0, w.gid);
-    await Deno.chmod(session.dir, this.#traverse === 0o700 ? 0o700 : 0o710);
-    await Deno.chown(session.viewDir, 0, w.gid);
-    await Deno.chmod(session.viewDir, 0o750);
-    await Deno.chmod(session.artifactsDir, 0o700);
-    if (rechown) await chownTree(session.root, w.uid, w.gid);
-    else await Deno.chown(session.root, w.uid, w.gid);
-    await Deno.chmod(session.root, 0o700);
+    return this.#workerIds?.lease();
   }
 
   /**
@@ -532,7 +442,7 @@ export class SessionStore {
       config: {},
     };
     if (this.#workerIds) {
-      const id = this.#allocateId();
+      const id = this.#workerIds.allocate();
       manifest.worker = { uid: id, gid: id };
     }
     try {
@@ -540,12 +450,12 @@ export class SessionStore {
       await Deno.mkdir(join(dir, "artifacts"), { recursive: true });
       await Deno.mkdir(join(dir, "ro"), { recursive: true });
       const session = new Session(dir, manifest, this.#ctx);
-      await this.#secure(session, false);
+      await secureSessionDirs(session, this.#traverse, false);
       await writeManifest(join(dir, "manifest.json"), manifest);
       this.#sessions.set(keyOf(userId, sessionId), session);
       return session;
     } catch (e) {
-      if (manifest.worker) this.#idsInUse.delete(manifest.worker.uid);
+      if (manifest.worker) this.#workerIds?.free(manifest.worker.uid);
       throw e;
     }
   }
@@ -579,7 +489,7 @@ export class SessionStore {
       const doomed = join(session.dir, "..", `.released-${crypto.randomUUID()}`);
       await Deno.rename(session.dir, doomed);
       await removeAll(doomed);
-      if (session.worker) this.#idsInUse.delete(session.worker.uid);
+      if (session.worker) this.#workerIds?.free(session.worker.uid);
     } finally {
       this.#releasing.delete(key);
       finish();
@@ -640,18 +550,4 @@ function keyOf(userId: string, sessionId: string): string {
  */
 function userDirName(userId: string): string {
   return "u-" + createHash("sha256").update(userId).digest("hex").slice(0, 32);
-}
-
-/**
- * Gives a directory and everything in it to uid/gid, never following a symlink (Deno cannot
- * change a symlink's own owner; it does not matter for access).
- */
-async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
-  const st = await Deno.lstat(dir);
-  if (st.isSymlink) return;
-  await Deno.chown(dir, uid, gid);
-  if (!st.isDirectory) return;
-  for await (const e of Deno.readDir(dir)) {
-    if (!e.isSymlink) await chownTree(join(dir, e.name), uid, gid);
-  }
 }
