@@ -22,6 +22,11 @@ export interface SparkServer {
   readonly dir: string;
   /** Every log line so far (stdout and stderr). */
   readonly log: string[];
+  /**
+   * Resolves with the first log line (past or future) that matches; rejects when the JVM exits
+   * first.
+   */
+  waitForLog(match: RegExp | string): Promise<string>;
   /** Stops the JVM (SIGTERM to its process group, SIGKILL if it lingers) and removes `dir`. */
   stop(): Promise<void>;
 }
@@ -116,6 +121,23 @@ export async function startSpark(options: StartSparkOptions = {}): Promise<Spark
     stderr: "piped",
   }).spawn();
   const log: string[] = [];
+  const waiters: { match: RegExp | string; resolve: (l: string) => void; reject: () => void }[] =
+    [];
+  const matches = (m: RegExp | string, l: string) =>
+    typeof m === "string" ? l.includes(m) : m.test(l);
+  let exited = false;
+  const onLine = (l: string) => {
+    log.push(l);
+    const m = l.match(READY);
+    if (m) onReady(Number(m[1]));
+    for (let i = 0; i < waiters.length;) {
+      const w = waiters[i]!;
+      if (matches(w.match, l)) {
+        waiters.splice(i, 1);
+        w.resolve(l);
+      } else i++;
+    }
+  };
   let onReady: (port: number) => void = () => {};
   let onExit: (why: Error) => void = () => {};
   const ready = new Promise<number>((resolve, reject) => {
@@ -128,19 +150,26 @@ export async function startSpark(options: StartSparkOptions = {}): Promise<Spark
       rest += text;
       const lines = rest.split("\n");
       rest = lines.pop() ?? "";
-      for (const l of lines) {
-        log.push(l);
-        const m = l.match(READY);
-        if (m) onReady(Number(m[1]));
-      }
+      for (const l of lines) onLine(l);
     }
-    if (rest) log.push(rest);
+    if (rest) onLine(rest);
   };
   const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
   const status = child.status.then((s) => {
+    exited = true;
     onExit(new Error(`Spark exited (${s.code}) before it was ready:\n${log.join("\n")}`));
+    for (const w of waiters.splice(0)) w.reject();
     return s;
   });
+  const waitForLog = (match: RegExp | string): Promise<string> => {
+    const seen = log.find((l) => matches(match, l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    const gone = () => new Error(`Spark exited before logging ${match}:\n${log.join("\n")}`);
+    if (exited) return Promise.reject(gone());
+    return new Promise((resolve, reject) => {
+      waiters.push({ match, resolve, reject: () => reject(gone()) });
+    });
+  };
   let guard: ReturnType<typeof setTimeout> | undefined;
   const stop = async (): Promise<void> => {
     clearTimeout(guard);
@@ -171,7 +200,7 @@ export async function startSpark(options: StartSparkOptions = {}): Promise<Spark
       }),
     ]);
     clearTimeout(guard);
-    return { pid: child.pid, port, remote: `sc://127.0.0.1:${port}`, dir, log, stop };
+    return { pid: child.pid, port, remote: `sc://127.0.0.1:${port}`, dir, log, waitForLog, stop };
   } catch (e) {
     await stop();
     throw e;
