@@ -115,7 +115,8 @@ export async function startSpark(options: StartSparkOptions = {}): Promise<Spark
       "spark-internal",
     ],
     cwd: dir,
-    env: { SPARK_HOME: home, ...options.env },
+    // spark.pyspark.python alone does not reach the workers of Spark Connect sessions.
+    env: { SPARK_HOME: home, PYSPARK_PYTHON: VENV_PYTHON, ...options.env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
