@@ -1,15 +1,14 @@
-// The PySpark example, run as written, with a stand-in pyspark package on the path (no PyPI
-// here): the session it creates holds the module, the unpacked environment and the config.
+// The PySpark example, run as written with the real PySpark client of the project's .venv/:
+// the session it creates holds the module, the unpacked environment and the config.
 import { equal, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { DEFAULT_LIMITS } from "@valise/launcher";
 import { serve, sessionSpec } from "@valise/server";
 import { makeVenvPack } from "./fixtures/envs.ts";
-import { needsVenv } from "./_python.ts";
+import { needsVenv, VENV_PYTHON } from "./_python.ts";
 import { removeTree } from "./_util.ts";
 
 const EXAMPLE = new URL("../examples/pyspark/add_environment.py", import.meta.url).pathname;
-const SHIM = new URL("./python/pyspark_shim", import.meta.url).pathname;
 
 Deno.test(
   needsVenv("examples/pyspark: addArtifacts + conf.set give the session its environment"),
@@ -19,10 +18,9 @@ Deno.test(
     try {
       const { archive } = await makeVenvPack(join(tmp, "fx"), { packages: { envlib: "X = 42\n" } });
       await Deno.writeTextFile(join(tmp, "util.py"), "def double(x):\n    return 2 * x\n");
-      const out = await new Deno.Command("/usr/bin/python3", {
+      const out = await new Deno.Command(VENV_PYTHON, {
         args: [EXAMPLE, archive, join(tmp, "util.py")],
         env: {
-          PYTHONPATH: SHIM,
           SPARK_REMOTE: `sc://127.0.0.1:${server.port}`,
           KEEP_SESSION: "1",
           USER: "example-user",
@@ -48,10 +46,9 @@ Deno.test(
       }
       equal(stdout.trim(), "84");
       // And spark.stop() releases it.
-      const stop = await new Deno.Command("/usr/bin/python3", {
+      const stop = await new Deno.Command(VENV_PYTHON, {
         args: [EXAMPLE, archive, join(tmp, "util.py")],
         env: {
-          PYTHONPATH: SHIM,
           SPARK_REMOTE: `sc://127.0.0.1:${server.port}`,
           USER: "example-user",
         },

@@ -54,7 +54,10 @@ Deno.test("redactError() rewrites message and ErrorInfo, keeps code and class, a
   );
   const sent = redactError(original, r) as ConnectError;
   equal(sent.code, Code.AlreadyExists);
-  equal(sent.rawMessage, "[ARTIFACT_ALREADY_EXISTS] Cannot place the artifact at ./x.txt.");
+  equal(
+    sent.rawMessage,
+    "[ARTIFACT_ALREADY_EXISTS] Cannot place the artifact at ./x.txt. SQLSTATE: 42713",
+  );
   const info = sent.findDetails(ErrorInfoSchema)[0]!;
   equal(info.metadata.errorClass, "ARTIFACT_ALREADY_EXISTS");
   equal(info.metadata.messageParameters, JSON.stringify({ path: "./x.txt" }));

@@ -115,6 +115,7 @@ export function createOperationHandlers(store: SessionStore): Operations {
           "INVALID_HANDLE.OPERATION_NOT_FOUND",
           `The operation ${JSON.stringify(req.operationId)} was not found: Valise runs no ` +
             `queries, so there is no operation to reattach to.`,
+          { parameters: { handle: req.operationId } },
         );
       } catch (e) {
         throw toConnectError(e);
@@ -123,10 +124,10 @@ export function createOperationHandlers(store: SessionStore): Operations {
     async releaseExecute(req) {
       try {
         const session = await bindSession(store, req);
+        // As Spark answers for an operation it does not know: no operation_id.
         return create(ReleaseExecuteResponseSchema, {
           sessionId: req.sessionId,
           serverSideSessionId: session.serverSideSessionId,
-          operationId: req.operationId,
         });
       } catch (e) {
         throw toConnectError(e);
@@ -146,11 +147,10 @@ export function createOperationHandlers(store: SessionStore): Operations {
     },
     async fetchErrorDetails(req) {
       try {
-        const session = await bindSession(store, req);
-        return create(FetchErrorDetailsResponseSchema, {
-          sessionId: req.sessionId,
-          serverSideSessionId: session.serverSideSessionId,
-        });
+        await bindSession(store, req);
+        // Valise's errors carry no error id, so none is ever found; Spark answers an unknown id
+        // with an empty response (not even the session ids).
+        return create(FetchErrorDetailsResponseSchema, {});
       } catch (e) {
         throw toConnectError(e);
       }

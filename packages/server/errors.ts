@@ -73,6 +73,7 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   "INVALID_HANDLE.SESSION_CHANGED": Code.FailedPrecondition,
   "INVALID_HANDLE.SESSION_NOT_FOUND": Code.NotFound,
   ARTIFACT_ALREADY_EXISTS: Code.AlreadyExists,
+  INVALID_ARTIFACT_PATH: Code.InvalidArgument,
   INVALID_ARTIFACT_NAME: Code.InvalidArgument,
   INVALID_ARTIFACT_STREAM: Code.InvalidArgument,
   CACHE_ARTIFACT_HASH_MISMATCH: Code.InvalidArgument,
@@ -84,6 +85,8 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   SQL_CONF_NOT_FOUND: Code.NotFound,
   CANNOT_MODIFY_CONFIG: Code.FailedPrecondition,
   INVALID_CONF_VALUE: Code.InvalidArgument,
+  "INVALID_CONF_VALUE.TYPE_MISMATCH": Code.InvalidArgument,
+  "INVALID_CONF_VALUE.TIME_ZONE": Code.InvalidArgument,
   QUOTA_EXCEEDED: Code.ResourceExhausted,
 };
 
@@ -100,6 +103,12 @@ const LAUNCH_CODES: Readonly<Record<LaunchErrorCode, [string, Code]>> = {
   SANDBOX_UNAVAILABLE: ["WORKER_SANDBOX_UNAVAILABLE", Code.FailedPrecondition],
 };
 
+/** Spark's SQLSTATE of the server's classes that are Spark's too. */
+const SERVER_SQL_STATES: Partial<Record<ServerErrorCode, string>> = {
+  "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION": "0A000",
+  "INVALID_HANDLE.OPERATION_NOT_FOUND": "HY000",
+};
+
 /** Options of {@linkcode ServerError}. */
 export interface ServerErrorOptions {
   /**
@@ -112,6 +121,11 @@ export interface ServerErrorOptions {
    * @default {undefined}
    */
   reason?: string;
+  /**
+   * The values the message names, by Spark's parameter names (sent as `messageParameters`).
+   * @default {{}}
+   */
+  parameters?: Record<string, string>;
   /**
    * The underlying error.
    * @default {undefined}
@@ -142,6 +156,8 @@ export class ServerError extends Error {
   readonly traceback: string;
   /** A finer reason, when there is one. */
   readonly reason: string | undefined;
+  /** The values the message names, by parameter name. */
+  readonly parameters: Record<string, string>;
 
   /**
    * Creates the error; `message` is prefixed with `[code] `.
@@ -156,6 +172,7 @@ export class ServerError extends Error {
     this.detail = message;
     this.traceback = options.traceback ?? "";
     this.reason = options.reason;
+    this.parameters = options.parameters ?? {};
   }
 }
 
@@ -180,6 +197,10 @@ export function isServerErrorCode(value: string): value is ServerErrorCode {
   return Object.hasOwn(SERVER_CODES, value);
 }
 
+/** The JVM classes every exception class extends, as Spark lists them. */
+const THROWABLE = ["java.lang.Exception", "java.lang.Throwable", "java.lang.Object"];
+const RUNTIME = ["java.lang.RuntimeException", ...THROWABLE];
+
 /**
  * The JVM exception classes of an error class, most specific first, as Spark sends them
  * (ErrorInfo `reason` is the first, metadata `classes` all): PySpark raises the Python exception
@@ -187,19 +208,33 @@ export function isServerErrorCode(value: string): value is ServerErrorCode {
  */
 function exceptionClasses(errorClass: string): string[] {
   if (errorClass === "SQL_CONF_NOT_FOUND") {
-    return ["org.apache.spark.SparkNoSuchElementException", "java.util.NoSuchElementException"];
+    return [
+      "org.apache.spark.SparkNoSuchElementException",
+      "java.util.NoSuchElementException",
+      ...RUNTIME,
+    ];
   }
-  if (errorClass.startsWith("INVALID_HANDLE.")) return ["org.apache.spark.sql.SparkSQLException"];
-  if (errorClass.startsWith("INVALID_")) {
-    return ["org.apache.spark.SparkIllegalArgumentException", "java.lang.IllegalArgumentException"];
+  if (errorClass.startsWith("INVALID_HANDLE.")) {
+    return ["org.apache.spark.SparkSQLException", "java.sql.SQLException", ...THROWABLE];
+  }
+  if (errorClass === "CANNOT_MODIFY_CONFIG") {
+    return ["org.apache.spark.sql.AnalysisException", ...THROWABLE];
+  }
+  if (errorClass.startsWith("INVALID_") && errorClass !== "INVALID_ARTIFACT_PATH") {
+    return [
+      "org.apache.spark.SparkIllegalArgumentException",
+      "java.lang.IllegalArgumentException",
+      ...RUNTIME,
+    ];
   }
   if (errorClass.startsWith("UNSUPPORTED_")) {
     return [
       "org.apache.spark.SparkUnsupportedOperationException",
       "java.lang.UnsupportedOperationException",
+      ...RUNTIME,
     ];
   }
-  return ["org.apache.spark.SparkRuntimeException", "java.lang.RuntimeException"];
+  return ["org.apache.spark.SparkRuntimeException", ...RUNTIME];
 }
 
 interface Classified {
@@ -238,7 +273,14 @@ function classify(e: unknown, options: ToConnectErrorOptions): Classified {
     return { errorClass, message: `[${errorClass}] ${e.message}`, code, reason: e.code };
   }
   if (isServerError(e)) {
-    return { errorClass: e.code, message: e.message, code: SERVER_CODES[e.code], reason: e.reason };
+    return {
+      errorClass: e.code,
+      message: e.message,
+      code: SERVER_CODES[e.code],
+      sqlState: SERVER_SQL_STATES[e.code],
+      reason: e.reason,
+      parameters: e.parameters,
+    };
   }
   if (options.badRequest && (e instanceof TypeError || e instanceof RangeError)) {
     return classify(new ServerError(options.badRequest, e.message, { cause: e }), {});
@@ -272,7 +314,9 @@ export function toConnectError(e: unknown, options: ToConnectErrorOptions = {}):
     domain: "org.apache.spark",
     metadata,
   });
-  return new ConnectError(c.message.slice(0, 2048), c.code, undefined, [
+  // Spark ends its messages with the SQLSTATE; it survives truncation.
+  const suffix = c.sqlState ? ` SQLSTATE: ${c.sqlState}` : "";
+  return new ConnectError(c.message.slice(0, 2048 - suffix.length) + suffix, c.code, undefined, [
     { desc: ErrorInfoSchema, value: info },
   ], e);
 }

@@ -148,7 +148,7 @@ Deno.test("AddArtifacts errors carry Spark's error class, the right code and Err
     );
     const escape = await fails(add("../../etc/passwd", "x"));
     equal(escape.code, "InvalidArgument");
-    equal(escape.errorClass, "INVALID_ARTIFACT_NAME");
+    equal(escape.errorClass, "INVALID_ARTIFACT_PATH");
     const badId = await fails(
       client.addArtifacts(
         addArtifactsRequests([bytesArtifact("files/x", new Uint8Array(1))], { sessionId: "x" }),

@@ -58,7 +58,7 @@ export interface ValiseOptions {
   idleTimeoutMs?: number;
   /**
    * How often idle sessions are looked for.
-   * @default {30_000}
+   * @default {a quarter of `idleTimeoutMs`, between 1 s and 30 s}
    */
   maintenanceIntervalMs?: number;
   /**
@@ -272,7 +272,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   }) as NodeHandler;
   const nodeHandler = tokens ? discardRefusedBodies(connectHandler, tokens) : connectHandler;
 
-  const interval = options.maintenanceIntervalMs ?? 30_000;
+  // A short idle timeout is honoured within a quarter of itself, not only at the next 30 s tick.
+  const idleMs = options.idleTimeoutMs ?? 3_600_000;
+  const interval = options.maintenanceIntervalMs ??
+    (idleMs > 0 ? Math.min(30_000, Math.max(1_000, idleMs / 4)) : 30_000);
   const timer = setInterval(() => {
     store.expireIdle().then((ids) => {
       for (const id of ids) log?.(`session ${id} expired after being idle`);

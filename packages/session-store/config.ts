@@ -14,14 +14,14 @@ export const DEFAULT_CONFIG: Readonly<Record<string, string>> = {
   "spark.sql.session.timeZone": "UTC",
   "spark.sql.timestampType": "TIMESTAMP_LTZ",
   "spark.sql.ansi.enabled": "true",
-  "spark.sql.session.localRelationCacheThreshold": "67108864",
-  "spark.sql.session.localRelationSizeLimit": "2147483647",
+  "spark.sql.session.localRelationCacheThreshold": "1048576",
+  "spark.sql.session.localRelationSizeLimit": "3221225472",
   "spark.sql.session.localRelationChunkSizeRows": "10000",
   "spark.sql.session.localRelationChunkSizeBytes": "16777216",
   "spark.sql.session.localRelationBatchOfChunksSizeBytes": "1073741824",
   "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
   "spark.sql.execution.arrow.useLargeVarTypes": "false",
-  "spark.sql.execution.pandas.convertToArrowArraySafely": "false",
+  "spark.sql.execution.pandas.convertToArrowArraySafely": "true",
   "spark.sql.execution.pandas.inferPandasDictAsMap": "false",
   "spark.sql.pyspark.inferNestedDictAsStruct.enabled": "false",
   "spark.sql.pyspark.legacy.inferArrayTypeFromFirstElement.enabled": "false",
@@ -36,9 +36,35 @@ export const DEFAULT_CONFIG: Readonly<Record<string, string>> = {
 
 /**
  * Keys a session may not change: they describe the server, not the session. Spark answers
- * `CANNOT_MODIFY_CONFIG` for such keys too.
+ * `CANNOT_MODIFY_CONFIG` for such keys too. (The `spark.connect.session.*` keys of
+ * {@linkcode DEFAULT_CONFIG} are session configs in Spark, and stay modifiable.)
  */
 const STATIC_PREFIXES = ["spark.connect.", "spark.driver.", "spark.executor.", "spark.master"];
+
+/** SQL configs Spark defines without a default: `Get` answers them with no value. */
+const DEFINED_WITHOUT_DEFAULT: ReadonlySet<string> = new Set([PYTHON_EXEC_KEY]);
+
+/** Where Spark's `CANNOT_MODIFY_CONFIG` message sends the reader. */
+const SPARK_DOC_ROOT = "https://spark.apache.org/docs/latest";
+
+/**
+ * The types of the defaults PySpark parses (`int()`, `bool`): a value that does not parse is
+ * refused when set, as Spark refuses it, instead of breaking the client when it reads it back.
+ */
+const TYPES: Readonly<Record<string, "boolean" | "int" | "timezone">> = {
+  "spark.sql.session.timeZone": "timezone",
+  "spark.sql.ansi.enabled": "boolean",
+  "spark.sql.session.localRelationChunkSizeRows": "int",
+  "spark.sql.execution.arrow.maxRecordsPerBatch": "int",
+  "spark.sql.execution.arrow.useLargeVarTypes": "boolean",
+  "spark.sql.execution.pandas.convertToArrowArraySafely": "boolean",
+  "spark.sql.execution.pandas.inferPandasDictAsMap": "boolean",
+  "spark.sql.pyspark.inferNestedDictAsStruct.enabled": "boolean",
+  "spark.sql.pyspark.legacy.inferArrayTypeFromFirstElement.enabled": "boolean",
+  "spark.sql.pyspark.legacy.inferMapTypeFromFirstPair.enabled": "boolean",
+  "spark.sql.artifact.isolation.enabled": "boolean",
+  "spark.sql.connect.serverStacktrace.enabled": "boolean",
+};
 
 /** Environment names a session may not set for its workers: the launcher owns them. */
 const RESERVED_ENV = new Set([
@@ -116,20 +142,25 @@ export class SessionConfig {
   get(keys: string[]): { key: string; value: ConfigValue }[] {
     return keys.map((key) => {
       const value = this.value(key);
-      if (value === undefined) {
+      if (value === undefined && !DEFINED_WITHOUT_DEFAULT.has(key)) {
         throw new SessionError(
           "SQL_CONF_NOT_FOUND",
           `The SQL config "${key}" cannot be found. Please verify that the config exists.`,
+          { parameters: { sqlConf: `"${key}"` } },
         );
       }
       return { key, value };
     });
   }
 
-  /** Values of keys, each falling back to the default given with it. */
+  /**
+   * Values of keys, each falling back to the default given with it; a default of the wrong
+   * type for a typed key is refused, as Spark refuses it.
+   */
   getWithDefault(
     pairs: { key: string; value: ConfigValue }[],
   ): { key: string; value: ConfigValue }[] {
+    for (const { key, value } of pairs) if (value !== undefined) checkType(key, value);
     return pairs.map(({ key, value }) => ({ key, value: this.value(key) ?? value }));
   }
 
@@ -138,12 +169,14 @@ export class SessionConfig {
     return keys.map((key) => ({ key, value: this.value(key) }));
   }
 
-  /** All explicitly set and default values under `prefix`, with the prefix stripped. */
+  /**
+   * The explicitly set values under `prefix`, with the prefix stripped: as Spark's `GetAll`,
+   * defaults are not listed.
+   */
   getAll(prefix: string | undefined): { key: string; value: string }[] {
-    const merged = new Map<string, string>(Object.entries(DEFAULT_CONFIG));
-    for (const [k, v] of this.#values) merged.set(k, v);
     const p = prefix ?? "";
-    return [...merged].filter(([k]) => k.startsWith(p)).sort(([a], [b]) => (a < b ? -1 : 1))
+    return [...this.#values].filter(([k]) => k.startsWith(p))
+      .sort(([a], [b]) => (a < b ? -1 : 1))
       .map(([k, v]) => ({ key: k.slice(p.length), value: v }));
   }
 
@@ -151,20 +184,23 @@ export class SessionConfig {
   async unset(keys: string[]): Promise<void> {
     let changed = false;
     for (const k of keys) {
-      if (isStatic(k)) {
-        throw new SessionError(
-          "CANNOT_MODIFY_CONFIG",
-          `Cannot modify the value of the config "${k}": it is set by the server.`,
-        );
-      }
+      if (isStatic(k)) throw cannotModify(k);
       changed = this.#values.delete(k) || changed;
     }
     if (changed) await this.#onChange();
   }
 
-  /** `"true"` or `"false"` for each key. */
+  /**
+   * `"true"` or `"false"` for each key: as in Spark, `true` for the session's SQL configs
+   * (`spark.sql.*` and the defaults above) and `false` for the server's and for keys that are
+   * no config of Spark's (which a session may still set, as in Spark).
+   */
   isModifiable(keys: string[]): { key: string; value: string }[] {
-    return keys.map((key) => ({ key, value: String(!isStatic(key)) }));
+    return keys.map((key) => {
+      const sessionConf = Object.hasOwn(DEFAULT_CONFIG, key) ||
+        DEFINED_WITHOUT_DEFAULT.has(key) || key.startsWith("spark.sql.");
+      return { key, value: String(sessionConf && !isStatic(key)) };
+    });
   }
 
   /** The session's `spark.pythonWorkerEnv.<NAME>` entries as an environment. */
@@ -181,17 +217,63 @@ export class SessionConfig {
 }
 
 function isStatic(key: string): boolean {
-  return STATIC_PREFIXES.some((p) => key.startsWith(p));
+  return STATIC_PREFIXES.some((p) => key.startsWith(p)) && !Object.hasOwn(DEFAULT_CONFIG, key);
+}
+
+function cannotModify(key: string): SessionError {
+  return new SessionError(
+    "CANNOT_MODIFY_CONFIG",
+    `Cannot modify the value of the config "${key}": it is set by the server.`,
+    { parameters: { key: `"${key}"`, docroot: SPARK_DOC_ROOT } },
+  );
+}
+
+/** Whether a JVM would accept the zone: a region id, `UTC`/`GMT`/`Z`, or an offset. */
+function isTimeZone(value: string): boolean {
+  if (/^(?:Z|(?:UTC|GMT|UT)?[+-]\d{1,2}(?::?\d{2}){0,2}|UTC|GMT|UT)$/.test(value)) return true;
+  try {
+    new Intl.DateTimeFormat("en", { timeZone: value });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Refuses a value that a typed key's type cannot parse, with Spark's classes. */
+function checkType(key: string, value: string): void {
+  const type = TYPES[key];
+  if (type === "timezone" && !isTimeZone(value)) {
+    throw new SessionError(
+      "INVALID_CONF_VALUE.TIME_ZONE",
+      `The value '${value}' in the config "${key}" is invalid. Cannot resolve the given ` +
+        `timezone. Use a region id such as "Europe/Paris", or an offset such as "+01:00".`,
+      { parameters: { confName: `"${key}"`, confValue: value } },
+    );
+  }
+  const ok = type === "boolean"
+    ? /^(?:true|false)$/i.test(value.trim())
+    : type === "int"
+    ? /^[+-]?\d{1,10}$/.test(value.trim()) && Math.abs(Number(value)) <= 2 ** 31 - 1
+    : true;
+  if (!ok) {
+    throw new SessionError(
+      "INVALID_CONF_VALUE.TYPE_MISMATCH",
+      `The value '${value}' in the config "${key}" is invalid. It should be a/an '${type}' value.`,
+      { parameters: { confName: `"${key}"`, confType: `"${type}"`, confValue: value } },
+    );
+  }
 }
 
 function checkSettable(key: string, value: ConfigValue): void {
   if (key === "") throw new SessionError("INVALID_CONF_VALUE", "The config key is empty.");
-  if (isStatic(key)) {
+  if (isStatic(key)) throw cannotModify(key);
+  if (value === undefined) {
     throw new SessionError(
-      "CANNOT_MODIFY_CONFIG",
-      `Cannot modify the value of the config "${key}": it is set by the server.`,
+      "INVALID_CONF_VALUE",
+      `The config "${key}" was sent without a value. Send a value, or unset the key.`,
     );
   }
+  checkType(key, value);
   if (key.startsWith(PYTHON_WORKER_ENV_PREFIX)) {
     const name = key.slice(PYTHON_WORKER_ENV_PREFIX.length);
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {

@@ -605,6 +605,7 @@ export class Session {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_CLOSED",
         `The session ${this.sessionId} was released and cannot be used.`,
+        { parameters: { handle: this.sessionId } },
       );
     }
   }

@@ -366,6 +366,7 @@ export class SessionStore {
       throw new SessionError(
         "INVALID_HANDLE.FORMAT",
         `The handle ${JSON.stringify(sessionId)} is invalid: the session id must be a UUID.`,
+        { parameters: { handle: sessionId } },
       );
     }
     const key = keyOf(userId, sessionId);
@@ -375,6 +376,7 @@ export class SessionStore {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_CLOSED",
         `The handle ${sessionId} is invalid: the session was closed. Please use a new session id.`,
+        { parameters: { handle: sessionId } },
       );
     }
     let session = this.#sessions.get(key);
@@ -392,6 +394,7 @@ export class SessionStore {
         "INVALID_HANDLE.SESSION_CHANGED",
         `The handle ${sessionId} is invalid: the existing session changed (the client saw ` +
           `server-side session ${observed}, the server has ${session.serverSideSessionId}).`,
+        { parameters: { handle: sessionId } },
       );
     }
     session.lastAccess = Date.now();

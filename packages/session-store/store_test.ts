@@ -206,7 +206,12 @@ Deno.test("Upload refuses broken chunk sequences, naming the artifact and counts
     up = await s.beginUpload();
     await rejects(
       up.single("../escape", c(1)),
-      (e: unknown) => e instanceof SessionError && e.errorClass === "INVALID_ARTIFACT_NAME",
+      (e: unknown) => e instanceof SessionError && e.errorClass === "INVALID_ARTIFACT_PATH",
+    );
+    // Spark's forward_to_fs/ would write to the server's own file system.
+    await rejects(
+      up.single("forward_to_fs/tmp/x", c(1)),
+      (e: unknown) => e instanceof SessionError && e.reason === "FORWARD_TO_FS",
     );
     await up.abort();
 

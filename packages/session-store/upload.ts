@@ -246,18 +246,38 @@ function crcMatches(chunk: WireChunk): boolean {
   return BigInt(crc32(chunk.data)) === BigInt(chunk.crc);
 }
 
+/** The name problems Spark refuses too, with its class `INVALID_ARTIFACT_PATH`. */
+const SPARK_PATH_PROBLEMS: ReadonlySet<string> = new Set(["EMPTY", "ABSOLUTE", "ESCAPES_ROOT"]);
+
 function parseName(raw: string): ArtifactName {
+  let name: ArtifactName;
   try {
-    return parseArtifactName(raw);
+    name = parseArtifactName(raw);
   } catch (e) {
     if (e instanceof ArtifactNameError) {
-      throw new SessionError("INVALID_ARTIFACT_NAME", `${e.message}.`, {
-        cause: e,
-        reason: e.problem,
-      });
+      const spark = SPARK_PATH_PROBLEMS.has(e.problem);
+      throw new SessionError(
+        spark ? "INVALID_ARTIFACT_PATH" : "INVALID_ARTIFACT_NAME",
+        `${e.message}.`,
+        {
+          cause: e,
+          reason: e.problem,
+          parameters: { name: raw },
+        },
+      );
     }
     throw e;
   }
+  if (name.kind === "other" && name.path.startsWith("forward_to_fs/")) {
+    // Spark's forward_to_fs/ copies to a path of the server's own file system.
+    throw new SessionError(
+      "INVALID_ARTIFACT_NAME",
+      `Cannot accept artifact name ${JSON.stringify(raw)}: uploading to the server's local file ` +
+        `system (forward_to_fs/) is not supported; every artifact stays inside its session.`,
+      { reason: "FORWARD_TO_FS", parameters: { name: raw } },
+    );
+  }
+  return name;
 }
 
 function streamError(message: string): SessionError {

@@ -1,6 +1,15 @@
 #!/usr/bin/python3
 """Stand-in for PySpark's Spark Connect artifact manager (4.x), for tests and benchmarks.
 
+Why a stand-in when the real PySpark client is in .venv/: this one sends what it is told, which
+the real client never does. Keep it only for streams the real client cannot produce: a bad
+CRC, missing or extra chunks, a stream that ends mid-artifact or is cancelled
+(tests/pyspark_wire_test.ts, tests/python_client_test.ts against the grpcio reference server). bench/upload_bench.ts still
+uploads with it until the benchmark drives the real client (the bench work of issue 12).
+Everything a user's PySpark does is tested with the real client (tests/pyspark_wire_test.ts,
+tests/conformance/, tests/examples_pyspark_test.ts), and tests/python_client_test.ts checks
+that this stand-in's well-formed streams equal the real client's, message for message.
+
 It sends what PySpark's `pyspark/sql/connect/client/artifact.py` and `client/core.py` send
 (see ../shared/spark-connect/README.md sections 4.1 and 4.2): the same artifact names, the
 same 32 KiB batching and chunking, `zlib.crc32` per chunk, `session_id` and `user_context` on
