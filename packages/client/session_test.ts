@@ -165,18 +165,18 @@ Deno.test("Session reports upload progress: bytes, totals and a rate", async () 
 Deno.test("Session.conf follows Spark: set/get/getOption/unset/getAll/isModifiable", async () => {
   await withServer(async ({ url }) => {
     await using session = connect(url);
-    deepEqual(await session.conf.set("spark.valise.test", "v1"), []);
-    equal(await session.conf.get("spark.valise.test"), "v1");
-    await session.conf.set("spark.valise.flag", true);
-    equal(await session.conf.get("spark.valise.flag"), "true");
+    deepEqual(await session.conf.set("spark.myapp.test", "v1"), []);
+    equal(await session.conf.get("spark.myapp.test"), "v1");
+    await session.conf.set("spark.myapp.flag", true);
+    equal(await session.conf.get("spark.myapp.flag"), "true");
     equal(await session.conf.get("spark.nope", "dflt"), "dflt");
     equal(await session.conf.getOption("spark.nope"), undefined);
-    equal(await session.conf.getOption("spark.valise.test"), "v1");
-    deepEqual(await session.conf.getAll("spark.valise."), { flag: "true", test: "v1" });
-    equal((await session.conf.getAll())["spark.valise.test"], "v1");
-    await session.conf.unset("spark.valise.test");
-    equal(await session.conf.getOption("spark.valise.test"), undefined);
-    const e = await failsWith(session.conf.get("spark.valise.test"), "SQL_CONF_NOT_FOUND");
+    equal(await session.conf.getOption("spark.myapp.test"), "v1");
+    deepEqual(await session.conf.getAll("spark.myapp."), { flag: "true", test: "v1" });
+    equal((await session.conf.getAll())["spark.myapp.test"], "v1");
+    await session.conf.unset("spark.myapp.test");
+    equal(await session.conf.getOption("spark.myapp.test"), undefined);
+    const e = await failsWith(session.conf.get("spark.myapp.test"), "SQL_CONF_NOT_FOUND");
     equal(e.grpcCode, "NotFound");
     equal(e.name, "ValiseClientError");
     ok(e.message.startsWith("[SQL_CONF_NOT_FOUND]"));
@@ -496,7 +496,7 @@ Deno.test("Session sends its package's version as client_type", async () => {
       return next(req);
     };
     await using session = connect(url, { interceptors: [capture] });
-    await session.conf.set("spark.valise.v", "1");
+    await session.conf.set("spark.myapp.v", "1");
     equal(CLIENT_VERSION, version);
     deepEqual(seen, [`valise-client/${version}`]);
     await using agent = connect(`${url}/;user_agent=mine`, { interceptors: [capture] });

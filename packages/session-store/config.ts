@@ -66,6 +66,25 @@ const TYPES: Readonly<Record<string, "boolean" | "int" | "timezone">> = {
   "spark.sql.connect.serverStacktrace.enabled": "boolean",
 };
 
+/** The prefix of Valise's own session configs. */
+export const VALISE_CONFIG_PREFIX = "spark.valise.";
+
+/**
+ * Valise's own session configs and the unit of each: limits a session may lower (never raise)
+ * for its own workers. Each takes a positive whole number; a key under `spark.valise.` that is
+ * not here is refused, since a typo would otherwise be accepted and then ignored.
+ */
+export const VALISE_CONFIG_KEYS: Readonly<Record<string, "milliseconds" | "bytes" | "count">> = {
+  "spark.valise.worker.timeoutMs": "milliseconds",
+  "spark.valise.worker.interactiveTimeoutMs": "milliseconds",
+  "spark.valise.worker.maxConcurrent": "count",
+  "spark.valise.worker.memoryBytes": "bytes",
+  "spark.valise.worker.outputBytes": "bytes",
+  "spark.valise.worker.processes": "count",
+  "spark.valise.worker.sandboxMemoryBytes": "bytes",
+  "spark.valise.worker.streamBytes": "bytes",
+};
+
 /** Environment names a session may not set for its workers: the launcher owns them. */
 const RESERVED_ENV = new Set([
   "PATH",
@@ -274,6 +293,7 @@ function checkSettable(key: string, value: ConfigValue): void {
     );
   }
   checkType(key, value);
+  if (key.startsWith(VALISE_CONFIG_PREFIX)) checkValiseKey(key, value);
   if (key.startsWith(PYTHON_WORKER_ENV_PREFIX)) {
     const name = key.slice(PYTHON_WORKER_ENV_PREFIX.length);
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
@@ -294,6 +314,32 @@ function checkSettable(key: string, value: ConfigValue): void {
     throw new SessionError(
       "INVALID_CONF_VALUE",
       `The value of the config "${key}" contains a NUL character.`,
+    );
+  }
+}
+
+/** Refuses an unknown `spark.valise.*` key, or a value that is no positive whole number. */
+function checkValiseKey(key: string, value: string): void {
+  const unit = VALISE_CONFIG_KEYS[key];
+  if (unit === undefined) {
+    throw new SessionError(
+      "INVALID_CONF_VALUE",
+      `The config "${key}" is not one of Valise's: the spark.valise. keys are ` +
+        `${Object.keys(VALISE_CONFIG_KEYS).join(", ")}. Check the spelling.`,
+      { parameters: { confName: `"${key}"`, confValue: value } },
+    );
+  }
+  const n = /^\d{1,16}$/.test(value.trim()) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    const example = unit === "milliseconds" ? "60000" : unit === "bytes" ? "1073741824" : "4";
+    throw new SessionError(
+      "INVALID_CONF_VALUE.TYPE_MISMATCH",
+      `The value '${value}' in the config "${key}" is invalid. It should be a positive whole ` +
+        `number of ${unit}, e.g. ${example}; a value above the server's own limit means that ` +
+        `limit.`,
+      {
+        parameters: { confName: `"${key}"`, confType: `"positive ${unit}"`, confValue: value },
+      },
     );
   }
 }

@@ -134,3 +134,29 @@ Deno.test("Spark's config semantics: no value, GetAll, IsModifiable, a key defin
     (e) => classOf(e) === "CANNOT_MODIFY_CONFIG",
   );
 });
+
+Deno.test("Valise's own keys take positive whole numbers, and an unknown spark.valise. key is refused", async () => {
+  const c = conf();
+  for (const value of ["abc", "0", "-5", "1.5", "1e3", "", "99999999999999999"]) {
+    await rejects(
+      c.set([{ key: "spark.valise.worker.timeoutMs", value }], false),
+      (e) =>
+        classOf(e) === "INVALID_CONF_VALUE.TYPE_MISMATCH" &&
+        (e as Error).message.includes("positive whole number of milliseconds"),
+      JSON.stringify(value),
+    );
+  }
+  await rejects(
+    c.set([{ key: "spark.valise.worker.timeoutMS", value: "1000" }], false),
+    (e) =>
+      classOf(e) === "INVALID_CONF_VALUE" &&
+      (e as Error).message.includes("spark.valise.worker.timeoutMs") &&
+      (e as Error).message.includes("Check the spelling"),
+  );
+  // Nothing of the refused calls stuck.
+  deepEqual(c.getAll("spark.valise."), []);
+  await c.set([{ key: "spark.valise.worker.memoryBytes", value: "1073741824" }], false);
+  deepEqual(c.getAll("spark.valise."), [{ key: "worker.memoryBytes", value: "1073741824" }]);
+  // Other namespaces stay free, as in Spark.
+  await c.set([{ key: "spark.myapp.anything", value: "abc" }], false);
+});
