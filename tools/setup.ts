@@ -1,11 +1,11 @@
 /**
  * Makes sure the machine has what the tests and the server's sandbox use: Debian's Python with
  * venv, bubblewrap, the archive tools the benchmarks compare against, Java 17 for Apache Spark's
- * Spark Connect server (the conformance suite's peer), and the project's own
- * Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the real PySpark
- * client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs what is missing
- * with apt-get when running as root (otherwise prints the command to run and fails), and with pip
- * from PyPI. Without PyPI the tests that need the environment say so and are ignored; with
+ * Spark Connect server (the conformance suite's peer), nats-server for the cluster tests, and the
+ * project's own Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the
+ * real PySpark client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs
+ * what is missing with apt-get when running as root (otherwise prints the command to run and
+ * fails), and with pip from PyPI. Without PyPI the tests that need the environment say so and are ignored; with
  * `VALISE_SETUP_STRICT=1` (CI) setup fails instead.
  *
  * @module
@@ -30,6 +30,8 @@ const PACKAGES: Record<string, string> = {
   "procps": "/usr/bin/ps",
   // Apache Spark's Spark Connect server (the conformance suite's peer) runs on it.
   "openjdk-17-jre-headless": "/usr/bin/java",
+  // The cluster tests' NATS JetStream cluster (Valise nodes sharing sessions, `--cluster`).
+  "nats-server": "/usr/sbin/nats-server",
 };
 
 async function present(path: string): Promise<boolean> {
