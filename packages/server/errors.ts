@@ -88,6 +88,9 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   "INVALID_CONF_VALUE.TYPE_MISMATCH": Code.InvalidArgument,
   "INVALID_CONF_VALUE.TIME_ZONE": Code.InvalidArgument,
   QUOTA_EXCEEDED: Code.ResourceExhausted,
+  // Bytes or a record of the cluster's that failed verification: never used, the call fails.
+  CLUSTER_DATA_INVALID: Code.DataLoss,
+  CLUSTER_UNAVAILABLE: Code.Unavailable,
 };
 
 /** The error class and gRPC code of each launcher failure. */

@@ -157,6 +157,14 @@ export class SessionConfig {
     return warnings;
   }
 
+  /**
+   * Replaces every explicit value without persisting (the caller read them from where they
+   * persist: a cluster's registry), e.g. after another node changed them.
+   */
+  reset(values: Readonly<Record<string, string>>): void {
+    this.#values = new Map(Object.entries(values));
+  }
+
   /** Values of `keys`; every key must have a value (explicit or default). */
   get(keys: string[]): { key: string; value: ConfigValue }[] {
     return keys.map((key) => {
@@ -281,6 +289,16 @@ function checkType(key: string, value: string): void {
       { parameters: { confName: `"${key}"`, confType: `"${type}"`, confValue: value } },
     );
   }
+}
+
+/**
+ * Checks a key and value by the rules `Config` sets them with; used on values read back from
+ * a store others can write.
+ *
+ * @throws {SessionError} The error setting it would have given.
+ */
+export function checkConfigEntry(key: string, value: string): void {
+  checkSettable(key, value);
 }
 
 function checkSettable(key: string, value: ConfigValue): void {

@@ -23,7 +23,9 @@ export type SessionErrorClass =
   | "INVALID_CONF_VALUE"
   | "INVALID_CONF_VALUE.TYPE_MISMATCH"
   | "INVALID_CONF_VALUE.TIME_ZONE"
-  | "QUOTA_EXCEEDED";
+  | "QUOTA_EXCEEDED"
+  | "CLUSTER_DATA_INVALID"
+  | "CLUSTER_UNAVAILABLE";
 
 const SQL_STATES: Partial<Record<SessionErrorClass, string>> = {
   "INVALID_HANDLE.FORMAT": "HY000",

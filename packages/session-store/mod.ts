@@ -32,6 +32,7 @@ export * from "./blob_store.ts";
 export * from "./config.ts";
 export * from "./errors.ts";
 export * from "./manifest.ts";
+export * from "./registry.ts";
 export * from "./session.ts";
 export * from "./store.ts";
 export * from "./tree_store.ts";

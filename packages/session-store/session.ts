@@ -17,6 +17,14 @@ import { SessionError } from "./errors.ts";
 import { linkFresh, listFiles, placeInRoot, symlinkFresh } from "./_links.ts";
 import { type ArtifactRecord, type SessionManifest, writeManifest } from "./manifest.ts";
 import type { StagedArtifact, UploadLimits } from "./upload.ts";
+import {
+  mergeAdds,
+  mergeConfig,
+  type RegistryEntry,
+  type SessionRegistry,
+  type SharedArtifact,
+  type SharedSession,
+} from "./registry.ts";
 import { Upload } from "./upload.ts";
 
 /** Unpacks archive blobs into shared trees. */
@@ -81,6 +89,11 @@ export interface SessionContext {
   pin(id: string): Promise<() => void>;
   /** Records that a blob or tree was just used (for least-recently-used eviction). */
   touch(id: string): void;
+  /**
+   * The cluster's registry, when the store is one node of several: commits and config changes
+   * are recorded there, and a session is brought in line with it before use.
+   */
+  readonly registry?: SessionRegistry | undefined;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -136,6 +149,10 @@ export class Session {
   #lock = new Mutex();
   #closed = false;
   #busy = 0;
+  /** The registry revision the session was last brought in line with (cluster only). */
+  #revision: number | undefined;
+  /** The config as of that revision: what this node changed since is merged, not replaced. */
+  #baseConfig: Record<string, string>;
 
   /** Use the store's `session()`; this constructor does not touch the disk. */
   constructor(dir: string, manifest: SessionManifest, ctx: SessionContext) {
@@ -150,6 +167,36 @@ export class Session {
     this.#ctx = ctx;
     this.lastAccess = Date.now();
     this.config = new SessionConfig(manifest.config, () => this.#persist());
+    this.#baseConfig = { ...manifest.config };
+  }
+
+  /** The cluster registry's revision this node's copy matches, if it was brought in line. */
+  get revision(): number | undefined {
+    return this.#revision;
+  }
+
+  /** The session as the cluster's registry records it (what this node holds). */
+  shared(): SharedSession {
+    return {
+      userId: this.userId,
+      sessionId: this.sessionId,
+      serverSideSessionId: this.serverSideSessionId,
+      createdAt: this.#manifest.createdAt,
+      artifacts: this.artifacts().map(toShared),
+      config: this.config.toJSON(),
+    };
+  }
+
+  /**
+   * Brings this node's copy in line with the cluster's record: artifacts another node added
+   * are fetched (verified by sha256), unpacked and linked; ones the record does not hold are
+   * unlinked; the config is the record's.
+   */
+  sync(entry: RegistryEntry): Promise<void> {
+    return this.#lock.run(async () => {
+      this.#checkOpen();
+      await this.#syncLocked(entry);
+    });
   }
 
   /** Whether the session was released. */
@@ -240,21 +287,28 @@ export class Session {
       const summaries: { name: string; crcOk: boolean }[] = [];
       const errors: SessionError[] = [];
       let changed = false;
-      for (const staged of upload.staged) {
-        summaries.push({ name: staged.name.raw, crcOk: staged.crcOk });
-        if (!staged.crcOk) {
-          await Deno.remove(staged.file).catch(() => {});
-          continue;
+      const before = new Set(Object.keys(this.#manifest.artifacts));
+      try {
+        // Adds other nodes made are checked against too, not only this node's.
+        await this.#refresh();
+        for (const staged of upload.staged) {
+          summaries.push({ name: staged.name.raw, crcOk: staged.crcOk });
+          if (!staged.crcOk) {
+            await Deno.remove(staged.file).catch(() => {});
+            continue;
+          }
+          try {
+            changed = (await this.#commitOne(staged)) || changed;
+          } catch (e) {
+            await Deno.remove(staged.file).catch(() => {});
+            if (e instanceof SessionError) errors.push(e);
+            else throw e;
+          }
         }
-        try {
-          changed = (await this.#commitOne(staged)) || changed;
-        } catch (e) {
-          await Deno.remove(staged.file).catch(() => {});
-          if (e instanceof SessionError) errors.push(e);
-          else throw e;
-        }
+        if (changed) errors.push(...await this.#publish(before));
+      } finally {
+        if (changed) await this.#writeManifest();
       }
-      if (changed) await this.#writeManifest();
       return { summaries, errors };
     });
   }
@@ -285,7 +339,9 @@ export class Session {
       const attached: string[] = [];
       let changed = false;
       let error: SessionError | undefined;
+      const before = new Set(Object.keys(this.#manifest.artifacts));
       try {
+        await this.#refresh();
         for (const item of items) {
           const name = parseArtifactName(item.name);
           let size = 0;
@@ -294,6 +350,14 @@ export class Session {
           } catch { /* #place reports the missing blob once it holds the pin */ }
           changed = (await this.#place(name, item.sha256, size, undefined)) || changed;
           attached.push(item.name);
+        }
+        if (changed) {
+          const refused = await this.#publish(before);
+          if (refused.length) {
+            const names = new Set(Object.values(this.#manifest.artifacts).map((a) => a.name));
+            attached.splice(0, attached.length, ...attached.filter((n) => names.has(n)));
+            error = refused[0];
+          }
         }
       } catch (e) {
         if (!(e instanceof SessionError)) throw e;
@@ -357,6 +421,7 @@ export class Session {
     sha256: string,
     size: number,
     stagedFile: string | undefined,
+    addedAt: number = Date.now(),
   ): Promise<boolean> {
     const key = artifactKey(name);
     const existing = this.#manifest.artifacts[key];
@@ -477,7 +542,7 @@ export class Session {
         sha256,
         size,
         ...(tree ? { treeBytes: tree.info.bytes, treeEntries: tree.info.entries } : {}),
-        addedAt: Date.now(),
+        addedAt,
       };
       this.#manifest.artifacts[key] = record;
       made.length = 0;
@@ -611,14 +676,138 @@ export class Session {
   }
 
   #persist(): Promise<void> {
-    return this.#lock.run(() => {
+    return this.#lock.run(async () => {
       this.#checkOpen();
-      return this.#writeManifest();
+      const registry = this.#ctx.registry;
+      if (registry) {
+        const base = this.#baseConfig;
+        const now = this.config.toJSON();
+        let entry: RegistryEntry;
+        try {
+          entry = await registry.update(this.userId, this.sessionId, (cur) => {
+            const rec = this.#liveRecord(cur);
+            return { ...rec, config: mergeConfig(rec.config, base, now) };
+          });
+        } catch (e) {
+          // Not recorded in the cluster: not in effect here either.
+          this.config.reset(base);
+          throw e;
+        }
+        await this.#syncLocked(entry);
+      }
+      await this.#writeManifest();
     });
+  }
+
+  /** The record to change: the current one, unless the session was closed or re-created. */
+  #liveRecord(cur: SharedSession | undefined): SharedSession {
+    if (cur?.closed || (cur && cur.serverSideSessionId !== this.serverSideSessionId)) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CLOSED",
+        `The session ${this.sessionId} was released on another node and cannot be used.`,
+        { parameters: { handle: this.sessionId } },
+      );
+    }
+    return cur ?? this.shared();
+  }
+
+  /** Reads the cluster's record and brings this copy in line with it (cluster only). */
+  async #refresh(): Promise<void> {
+    const registry = this.#ctx.registry;
+    if (!registry) return;
+    const entry = await registry.get(this.userId, this.sessionId);
+    if (entry) {
+      this.#liveRecord(entry.value);
+      await this.#syncLocked(entry);
+    }
+  }
+
+  /**
+   * Records this node's new artifacts (those not in `before`) in the cluster: their blobs
+   * first, then the record, with compare-and-set. Adds another node's commit made impossible
+   * meanwhile are undone here and returned as errors; on any other failure all are undone.
+   */
+  async #publish(before: Set<string>): Promise<SessionError[]> {
+    const registry = this.#ctx.registry;
+    if (!registry) return [];
+    const added = Object.values(this.#manifest.artifacts).filter((a) => !before.has(a.key));
+    let refused: { add: SharedArtifact; error: SessionError }[] = [];
+    let entry: RegistryEntry;
+    try {
+      // An add is visible to other nodes only once its bytes are where they fetch them from.
+      for (const a of added) {
+        await registry.putBlob(a.sha256, this.#ctx.blobs.path(a.sha256), a.size);
+      }
+      entry = await registry.update(this.userId, this.sessionId, (cur) => {
+        const m = mergeAdds(this.#liveRecord(cur), added.map(toShared));
+        refused = m.refused;
+        return m.next;
+      });
+    } catch (e) {
+      for (const a of added) await this.#unplace(a);
+      throw e;
+    }
+    // Brings in what other nodes added, and drops the adds the record refused.
+    await this.#syncLocked(entry);
+    return refused.map((r) => r.error);
+  }
+
+  async #syncLocked(entry: RegistryEntry): Promise<void> {
+    if (this.#revision === entry.revision) return;
+    const remote = new Map<string, SharedArtifact>();
+    for (const a of entry.value.artifacts) remote.set(artifactKey(parseArtifactName(a.name)), a);
+    for (const r of this.artifacts()) {
+      const a = remote.get(r.key);
+      if (!a || a.sha256 !== r.sha256) await this.#unplace(r);
+    }
+    const missing = [...remote].filter(([k]) => !this.#manifest.artifacts[k])
+      .sort(([, a], [, b]) => a.addedAt - b.addedAt);
+    try {
+      for (const [, a] of missing) {
+        const name = parseArtifactName(a.name);
+        const fetched = await this.#fetch(a);
+        try {
+          await this.#place(name, a.sha256, a.size, fetched, a.addedAt);
+        } finally {
+          if (fetched) await Deno.remove(fetched).catch(() => {});
+        }
+      }
+      this.config.reset(entry.value.config);
+      this.#baseConfig = { ...entry.value.config };
+      // Taken only once all of it is in place: a failure leaves the next use to try again.
+      this.#revision = entry.revision;
+    } finally {
+      await this.#writeManifest();
+    }
+  }
+
+  /** Fetches a blob this node does not hold into staging; `undefined` when it holds it. */
+  async #fetch(a: SharedArtifact): Promise<string | undefined> {
+    if (await this.#ctx.blobs.has(a.sha256)) return undefined;
+    await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true });
+    const dest = join(this.#ctx.stagingRoot, `fetch-${crypto.randomUUID()}`);
+    await this.#ctx.registry!.fetchBlob(a.sha256, a.size, dest);
+    return dest;
+  }
+
+  /** Removes an artifact's links and record; files the workers wrote stay. */
+  async #unplace(r: ArtifactRecord): Promise<void> {
+    await Deno.remove(join(this.artifactsDir, r.key)).catch(() => {});
+    if (r.view !== undefined) {
+      await Deno.remove(join(this.viewDir, r.view)).catch(() => {});
+      const inRoot = join(this.root, r.view);
+      const target = await Deno.readLink(inRoot).catch(() => undefined);
+      if (target === `../ro/${r.view}`) await Deno.remove(inRoot).catch(() => {});
+    }
+    delete this.#manifest.artifacts[r.key];
   }
 
   #writeManifest(): Promise<void> {
     this.#manifest.config = this.config.toJSON();
     return writeManifest(join(this.dir, "manifest.json"), this.#manifest);
   }
+}
+
+function toShared(a: ArtifactRecord): SharedArtifact {
+  return { name: a.name, sha256: a.sha256, size: a.size, addedAt: a.addedAt };
 }

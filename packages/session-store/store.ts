@@ -9,6 +9,7 @@ import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts
 import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
+import type { RegistryEntry, SessionRegistry, SharedSession } from "./registry.ts";
 import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
 /** Options of {@linkcode SessionStore.open}. */
@@ -62,6 +63,13 @@ export interface SessionStoreOptions {
    * @default {false}
    */
   workersReachByBinds?: boolean | undefined;
+  /**
+   * The cluster's registry, when this store is one node of several: sessions are recorded
+   * there, any node serves any session (bringing its own copy in line first), and a release
+   * closes the pair on every node. Idle expiry then drops only this node's copy.
+   * @default {undefined} a single node: the data directory is the only record
+   */
+  registry?: SessionRegistry | undefined;
 }
 
 /** What a garbage collection removed. */
@@ -114,6 +122,8 @@ export class SessionStore {
   #traverse: number;
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
   #heldBytes = new Map<string, number>();
+  #registry: SessionRegistry | undefined;
+  #unwatch: (() => void) | undefined;
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -161,7 +171,9 @@ export class SessionStore {
       },
       pin: (id) => this.#pin(id),
       touch: (id) => void this.#lastUsed.set(id, Date.now()),
+      registry: options.registry,
     };
+    this.#registry = options.registry;
   }
 
   /**
@@ -232,6 +244,20 @@ export class SessionStore {
         await secureSessionDirs(session, this.#traverse, assigned);
         this.#sessions.set(keyOf(manifest.userId, manifest.sessionId), session);
       }
+    }
+    this.#unwatch = this.#registry?.watch?.((value) => this.#onShared(value));
+  }
+
+  /** Another node released a session, or made a new incarnation of it: this copy goes. */
+  #onShared(value: SharedSession): void {
+    const key = keyOf(value.userId, value.sessionId);
+    const local = this.#sessions.get(key);
+    if (value.closed) {
+      if (!this.#tombstones.has(key)) {
+        this.#drop(key, local, true).catch(() => {});
+      }
+    } else if (local && local.serverSideSessionId !== value.serverSideSessionId) {
+      this.#drop(key, local, false).catch(() => {});
     }
   }
 
@@ -379,7 +405,9 @@ export class SessionStore {
         { parameters: { handle: sessionId } },
       );
     }
-    let session = this.#sessions.get(key);
+    let session = this.#registry
+      ? await this.#clusterSession(userId, sessionId)
+      : this.#sessions.get(key);
     if (!session) {
       let pending = this.#creating.get(key);
       if (!pending) {
@@ -401,12 +429,66 @@ export class SessionStore {
     return session;
   }
 
+  /**
+   * The session as the cluster records it, created there if it is not yet, and this node's copy
+   * brought in line with it (artifacts fetched, unpacked, linked; config; server-side id).
+   */
+  async #clusterSession(userId: string, sessionId: string): Promise<Session> {
+    const registry = this.#registry!;
+    const key = keyOf(userId, sessionId);
+    let entry: RegistryEntry | undefined = await registry.get(userId, sessionId);
+    let local = this.#sessions.get(key);
+    if (!entry) {
+      // First use anywhere (or a record lost with the cluster's storage: this copy is it then).
+      const fresh: SharedSession = local?.shared() ?? {
+        userId,
+        sessionId,
+        serverSideSessionId: crypto.randomUUID(),
+        createdAt: Date.now(),
+        artifacts: [],
+        config: {},
+      };
+      entry = await registry.update(userId, sessionId, (cur) => cur ?? fresh);
+    }
+    const value = entry.value;
+    if (value.closed) {
+      await this.#drop(key, local, true);
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CLOSED",
+        `The handle ${sessionId} is invalid: the session was closed. Please use a new session id.`,
+        { parameters: { handle: sessionId } },
+      );
+    }
+    if (local && local.serverSideSessionId !== value.serverSideSessionId) {
+      await this.#drop(key, local, false);
+      local = undefined;
+    }
+    if (!local) {
+      let pending = this.#creating.get(key);
+      if (!pending) {
+        pending = this.#create(userId, sessionId, value).finally(() => this.#creating.delete(key));
+        this.#creating.set(key, pending);
+      }
+      local = await pending;
+    }
+    if (local.revision !== entry.revision) await local.sync(entry);
+    return local;
+  }
+
+  /** Removes this node's copy of a session (workers first); `closed` keeps the pair closed. */
+  async #drop(key: string, local: Session | undefined, closed: boolean): Promise<void> {
+    if (closed && !this.#tombstones.has(key)) await this.#tombstone(key);
+    if (!local || this.#sessions.get(key) !== local) return;
+    const [userId, sessionId] = [local.userId, local.sessionId];
+    await this.release(userId, sessionId, { allowReconnect: true, localOnly: true });
+  }
+
   /** The live session of (user id, session id), without creating one. */
   find(userId: string, sessionId: string): Session | undefined {
     return this.#sessions.get(keyOf(userId, sessionId));
   }
 
-  async #create(userId: string, sessionId: string): Promise<Session> {
+  async #create(userId: string, sessionId: string, shared?: SharedSession): Promise<Session> {
     const q = this.#ctx.quotas;
     const all = this.sessions();
     // Creations still under way count too (this one is not among them yet): concurrent
@@ -436,8 +518,8 @@ export class SessionStore {
       version: 1,
       userId,
       sessionId,
-      serverSideSessionId: crypto.randomUUID(),
-      createdAt: Date.now(),
+      serverSideSessionId: shared?.serverSideSessionId ?? crypto.randomUUID(),
+      createdAt: shared?.createdAt ?? Date.now(),
       artifacts: {},
       config: {},
     };
@@ -465,21 +547,32 @@ export class SessionStore {
    * everything in it, and unless `allowReconnect` closes the pair for good. Releasing an
    * unknown session is not an error.
    *
+   * In a cluster the pair is closed in the registry, so every node drops its copy; with
+   * `localOnly` only this node's copy goes (the cluster keeps the session).
+   *
    * @returns The server-side id of the session, if it existed.
    */
   async release(
     userId: string,
     sessionId: string,
-    options: { allowReconnect?: boolean } = {},
+    options: { allowReconnect?: boolean; localOnly?: boolean } = {},
   ): Promise<string | undefined> {
     const key = keyOf(userId, sessionId);
-    await this.#releasing.get(key);
-    const session = this.#sessions.get(key);
-    if (!session) return undefined;
-    this.#sessions.delete(key);
+    while (this.#releasing.has(key)) await this.#releasing.get(key);
     let finish!: () => void;
     this.#releasing.set(key, new Promise<void>((r) => finish = r));
+    let session: Session | undefined;
     try {
+      let sharedId: string | undefined;
+      if (this.#registry && !options.localOnly) {
+        sharedId = await this.#closeShared(userId, sessionId, options.allowReconnect ?? false);
+      }
+      session = this.#sessions.get(key);
+      if (!session) {
+        if (sharedId !== undefined && !options.allowReconnect) await this.#tombstone(key);
+        return sharedId;
+      }
+      this.#sessions.delete(key);
       // A commit or config write under way finishes first; none starts after this.
       await session.close();
       if (!options.allowReconnect) await this.#tombstone(key);
@@ -504,16 +597,51 @@ export class SessionStore {
   }
 
   /**
+   * Closes the pair in the cluster's registry (or, with `reconnect`, starts a new incarnation
+   * with a new server-side id, as Spark does); every node's watch then drops its copy.
+   *
+   * @returns The server-side id the session had, if the registry held it open.
+   */
+  async #closeShared(
+    userId: string,
+    sessionId: string,
+    reconnect: boolean,
+  ): Promise<string | undefined> {
+    const registry = this.#registry!;
+    const entry = await registry.get(userId, sessionId);
+    if (!entry || entry.value.closed) return undefined;
+    await registry.update(userId, sessionId, (cur) =>
+      reconnect
+        ? {
+          userId,
+          sessionId,
+          serverSideSessionId: crypto.randomUUID(),
+          createdAt: Date.now(),
+          artifacts: [],
+          config: {},
+        }
+        : { ...(cur ?? entry.value), closed: true, artifacts: [], config: {} });
+    return entry.value.serverSideSessionId;
+  }
+
+  /**
    * Releases every session unused for longer than the idle timeout and not busy.
+   *
+   * In a cluster only this node's copy goes: other nodes may be serving the session.
    *
    * @returns The released sessions' ids.
    */
   async expireIdle(now: number = Date.now()): Promise<string[]> {
     if (this.#idleTimeoutMs <= 0) return [];
     const out: string[] = [];
+    const local = this.#registry !== undefined;
     for (const s of this.sessions()) {
       if (!s.busy && now - s.lastAccess > this.#idleTimeoutMs) {
-        await this.release(s.userId, s.sessionId);
+        await this.release(
+          s.userId,
+          s.sessionId,
+          local ? { allowReconnect: true, localOnly: true } : {},
+        );
         out.push(s.sessionId);
       }
     }
@@ -522,6 +650,7 @@ export class SessionStore {
 
   /** Stops using the data directory. Sessions stay on disk and are restored on next open. */
   close(): Promise<void> {
+    this.#unwatch?.();
     this.#sessions.clear();
     this.#ctx.unpack?.close?.();
     return Promise.resolve();

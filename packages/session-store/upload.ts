@@ -90,7 +90,7 @@ export class Upload {
 
   /** Receives a single-chunk artifact of a `batch`. */
   async single(rawName: string, chunk: WireChunk): Promise<void> {
-    const name = parseName(rawName);
+    const name = checkArtifactName(rawName);
     this.#checkSize(name.raw, chunk.data.length);
     this.#limits.admit?.(chunk.data.length);
     const path = join(this.dir, String(this.#seq++));
@@ -117,7 +117,7 @@ export class Upload {
           `(${this.#open.chunks} of ${this.#open.numChunks} chunks received).`,
       );
     }
-    const name = parseName(rawName);
+    const name = checkArtifactName(rawName);
     const total = Number(totalBytes);
     const count = Number(numChunks);
     if (!Number.isSafeInteger(total) || total < 0 || !Number.isSafeInteger(count) || count < 1) {
@@ -249,7 +249,13 @@ function crcMatches(chunk: WireChunk): boolean {
 /** The name problems Spark refuses too, with its class `INVALID_ARTIFACT_PATH`. */
 const SPARK_PATH_PROBLEMS: ReadonlySet<string> = new Set(["EMPTY", "ABSOLUTE", "ESCAPES_ROOT"]);
 
-function parseName(raw: string): ArtifactName {
+/**
+ * Parses an artifact name with the rules an upload is held to (Spark's path rules, Valise's
+ * name rules, no `forward_to_fs/`).
+ *
+ * @throws {SessionError} `INVALID_ARTIFACT_PATH` or `INVALID_ARTIFACT_NAME`.
+ */
+export function checkArtifactName(raw: string): ArtifactName {
   let name: ArtifactName;
   try {
     name = parseArtifactName(raw);
