@@ -49,6 +49,15 @@ Workers:
                               server runs as root; none = one uid, nobody (default 1900000000:1000000)
   --worker-stream-bytes SIZE  Apply output data per call (default 16G)
 
+Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md):
+  --cluster URL[,URL...]      join the cluster of these NATS servers (env VALISE_CLUSTER),
+                              e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222
+  --node-id NAME              this node's name (env VALISE_NODE_ID; default the host name)
+  --cluster-replicas N        JetStream replicas of Valise's buckets: 1, 3 or 5 (default 1;
+                              3 in production)
+  --cluster-creds-file PATH   NATS credentials: a .creds file, 'user:password' or a token
+                              (env VALISE_CLUSTER_CREDS_FILE; never on the command line)
+
 Other:
   --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
   --metrics-token-file PATH   require 'authorization: Bearer TOKEN' on /metrics, a TOKEN of
@@ -156,6 +165,10 @@ export function parseServeCommand(
         "worker-output-bytes": { type: "string" },
         "worker-stream-bytes": { type: "string" },
         "metrics-port": { type: "string" },
+        cluster: { type: "string" },
+        "node-id": { type: "string" },
+        "cluster-replicas": { type: "string" },
+        "cluster-creds-file": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -258,6 +271,7 @@ export function parseServeCommand(
         `metrics tokens are not bound to users`,
     );
   }
+  const cluster = clusterOf(v, e, cwd);
   return {
     help: v.help ?? false,
     quiet: v.quiet ?? false,
@@ -282,6 +296,7 @@ export function parseServeCommand(
       ...(v["cache-bytes"] ? { cacheBytes: parseSize(v["cache-bytes"], "--cache-bytes") } : {}),
       quotas,
       ...(workerIds !== undefined ? { workerIds } : {}),
+      ...(cluster ? { cluster } : {}),
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,
@@ -293,5 +308,53 @@ export function parseServeCommand(
         limits: workerLimits,
       },
     },
+  };
+}
+
+function clusterOf(
+  v: {
+    cluster?: string | undefined;
+    "node-id"?: string | undefined;
+    "cluster-replicas"?: string | undefined;
+    "cluster-creds-file"?: string | undefined;
+  },
+  e: (k: string) => string | undefined,
+  cwd: string,
+): NonNullable<ServeOptions["cluster"]> | undefined {
+  const urls = v.cluster ?? e("VALISE_CLUSTER");
+  const creds = v["cluster-creds-file"] ?? e("VALISE_CLUSTER_CREDS_FILE");
+  if (urls === undefined) {
+    for (const f of ["node-id", "cluster-replicas", "cluster-creds-file"] as const) {
+      if (v[f] !== undefined) throw new UsageError(`--${f} needs --cluster`);
+    }
+    return undefined;
+  }
+  const servers = urls.split(",").map((u) => u.trim()).filter((u) => u);
+  for (const u of servers) {
+    if (!/^(nats|tls):\/\/[^\s/@]+:\d{1,5}$/.test(u)) {
+      throw new UsageError(
+        `--cluster: "${u}" is not a NATS URL such as nats://127.0.0.1:4222 (credentials go in ` +
+          "--cluster-creds-file, never in the URL)",
+      );
+    }
+  }
+  if (!servers.length) throw new UsageError("--cluster: no NATS URL given");
+  const nodeId = v["node-id"] ?? e("VALISE_NODE_ID") ?? Deno.hostname();
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(nodeId)) {
+    throw new UsageError(
+      `--node-id: "${nodeId}" is not a node name (letters, digits, '.', '_', '-'; at most 64)`,
+    );
+  }
+  const replicas = int(v["cluster-replicas"] ?? "1", "--cluster-replicas", 1, 5);
+  if (replicas % 2 === 0) {
+    throw new UsageError(
+      `--cluster-replicas: ${replicas} is even; use 1, 3 or 5 (a Raft majority)`,
+    );
+  }
+  return {
+    servers,
+    nodeId,
+    replicas,
+    ...(creds ? { credentialsFile: resolve(cwd, creds) } : {}),
   };
 }

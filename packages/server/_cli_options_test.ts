@@ -150,3 +150,58 @@ Deno.test("parseServeCommand() reads --stream-idle-timeout-s in seconds, 0 for n
     /--stream-idle-timeout-s: "1.5" is not a whole number/,
   );
 });
+
+Deno.test("parseServeCommand() --cluster: NATS URLs, node id, replicas, credentials by file", () => {
+  const none = parseServeCommand([], noEnv, "/x");
+  equal(none.options.cluster, undefined, "a single node unless --cluster is given");
+  const c = parseServeCommand(
+    [
+      "--cluster",
+      "nats://10.0.0.1:4222, nats://10.0.0.2:4222",
+      "--node-id",
+      "v1",
+      "--cluster-replicas",
+      "3",
+      "--cluster-creds-file",
+      "nats.creds",
+    ],
+    noEnv,
+    "/etc/valise",
+  );
+  deepEqual(c.options.cluster, {
+    servers: ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"],
+    nodeId: "v1",
+    replicas: 3,
+    credentialsFile: "/etc/valise/nats.creds",
+  });
+  const env = (k: string) =>
+    ({
+      VALISE_CLUSTER: "nats://n:4222",
+      VALISE_NODE_ID: "v2",
+      VALISE_CLUSTER_CREDS_FILE: "/run/secrets/nats",
+    })[k];
+  deepEqual(parseServeCommand([], env, "/x").options.cluster, {
+    servers: ["nats://n:4222"],
+    nodeId: "v2",
+    replicas: 1,
+    credentialsFile: "/run/secrets/nats",
+  });
+});
+
+Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad values", () => {
+  const bad: [string[], RegExp][] = [
+    [["--cluster", "nats://user:secret@10.0.0.1:4222"], /never in the URL/],
+    [["--cluster", "http://10.0.0.1:4222"], /not a NATS URL/],
+    [["--cluster", "nats://a:4222", "--cluster-replicas", "2"], /even/],
+    [["--cluster", "nats://a:4222", "--cluster-replicas", "7"], /from 1 to 5/],
+    [["--cluster", "nats://a:4222", "--node-id", "../x"], /not a node name/],
+    [["--node-id", "v1"], /needs --cluster/],
+  ];
+  for (const [args, why] of bad) {
+    throws(() => parseServeCommand(args, noEnv, "/x"), (e) => {
+      equal(e instanceof UsageError, true);
+      equal(why.test((e as Error).message), true, (e as Error).message);
+      return true;
+    });
+  }
+});

@@ -30,6 +30,7 @@
  * @module
  */
 export {
+  type ClusterOptions,
   createValise,
   DEFAULT_WORKER_IDS,
   type FetchHandler,
@@ -68,4 +69,12 @@ export {
   type PossessionChallenge,
   type PossessionProof,
 } from "./blob_proof.ts";
+export {
+  BLOBS_BUCKET,
+  NatsRegistry,
+  type NatsRegistryOptions,
+  sessionKey,
+  SESSIONS_BUCKET,
+} from "./cluster/nats_registry.ts";
+export { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 export { Metrics, type MetricsServer, type MetricsServerOptions, serveMetrics } from "./metrics.ts";

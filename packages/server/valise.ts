@@ -20,6 +20,8 @@ import {
 } from "@valise/protocol";
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
+import { NatsRegistry } from "./cluster/nats_registry.ts";
+import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 import { observingInterceptor } from "./_interceptors.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./_front_door.ts";
@@ -99,6 +101,30 @@ export interface ValiseOptions {
    * @default {DEFAULT_WORKER_IDS when root}
    */
   workerIds?: { first: number; count: number } | "none" | undefined;
+  /**
+   * Join a cluster of Valise nodes on NATS JetStream: sessions and blobs are shared, any node
+   * serves any session (see `docs/operations.md`).
+   * @default {undefined} a single node
+   */
+  cluster?: ClusterOptions | undefined;
+}
+
+/** How a node joins a cluster (`--cluster`). */
+export interface ClusterOptions {
+  /** NATS URLs of the cluster's members (`nats://host:4222`). */
+  servers: readonly string[];
+  /** This node's name. */
+  nodeId: string;
+  /**
+   * JetStream replicas of Valise's buckets, when this node creates them.
+   * @default {1}
+   */
+  replicas?: number | undefined;
+  /**
+   * A credentials file (`.creds`, `user:password` or a token).
+   * @default {undefined} no credentials
+   */
+  credentialsFile?: string | undefined;
 }
 
 /**
@@ -174,7 +200,28 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       }),
   });
   let store: SessionStore;
+  let registry: NatsRegistry | undefined;
   try {
+    if (options.cluster) {
+      const c = options.cluster;
+      let credentials: ClusterCredentials | undefined;
+      if (c.credentialsFile) credentials = readClusterCredentials(c.credentialsFile);
+      registry = await NatsRegistry.connect({
+        servers: c.servers,
+        nodeId: c.nodeId,
+        replicas: c.replicas ?? 1,
+        credentials,
+        limits: {
+          maxArtifactBytes: 16 * 2 ** 30,
+          maxArtifacts: options.quotas?.maxSessionArtifacts ?? 10_000,
+        },
+        log: (line) => (log ?? console.error)(line),
+      });
+      log?.(
+        `cluster: node ${c.nodeId} joined ${c.servers.join(",")}; sessions in KV bucket ` +
+          `valise_sessions, blobs in object store valise_blobs, replicas ${registry.replicas}`,
+      );
+    }
     const workerIds = options.workerIds === "none" || !launcher.canDropPrivileges
       ? undefined
       : options.workerIds ?? DEFAULT_WORKER_IDS;
@@ -187,8 +234,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         archiveUnpacker({}, sandboxedCondaUnpack(launcher, () => store.leaseWorkerId()))),
       ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
       ...(options.quotas ? { quotas: options.quotas } : {}),
+      registry,
     });
   } catch (e) {
+    await registry?.close();
     await launcher.close();
     throw e;
   }
@@ -203,6 +252,9 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const limits = { ...DEFAULT_LIMITS, ...workerOptions.limits };
   // Workers go before their session's files do.
   store.onRelease((s) => launcher.stopSession(`${s.userId}\u0000${s.sessionId}`));
+  if (registry) {
+    store.onRelease((s) => log?.(`cluster: this node's copy of session ${s.sessionId} removed`));
+  }
   const metrics = new Metrics();
   // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
   const proofs = new BlobProofs();
@@ -302,6 +354,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       shutdown.abort();
       await launcher.close();
       await store.close();
+      await registry?.close();
     },
   };
 }

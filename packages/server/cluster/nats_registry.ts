@@ -1,0 +1,452 @@
+// Copyright 2026 the Valise authors. Apache-2.0 license.
+/**
+ * The cluster's registry on NATS JetStream: session records in a KV bucket (compare-and-set on
+ * the revision), blobs in an Object Store bucket named by sha256. Everything read back is
+ * treated as written by an attacker who holds the cluster's credentials: records are decoded
+ * with the store's checks, blobs are verified by size and sha256 before a node uses them.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstream, type JetStreamManager } from "@nats-io/jetstream";
+import { type KV, type KvEntry, Kvm } from "@nats-io/kv";
+import { type ObjectStore, Objm } from "@nats-io/obj";
+import {
+  decodeSharedSession,
+  encodeSharedSession,
+  MAX_SHARED_RECORD_BYTES,
+  mergeAdds,
+  type RegistryEntry,
+  SessionError,
+  type SessionRegistry,
+  type SharedRecordLimits,
+  type SharedSession,
+} from "@valise/session-store";
+import type { ClusterCredentials } from "./credentials.ts";
+
+/** The KV bucket of session records. */
+export const SESSIONS_BUCKET = "valise_sessions";
+/** The Object Store bucket of blobs. */
+export const BLOBS_BUCKET = "valise_blobs";
+/** Object Store chunk size: below NATS's default 1 MiB message limit, with room for headers. */
+const CHUNK_BYTES = 512 * 1024;
+/** Compare-and-set attempts before giving up: each conflict means another node wrote. */
+const MAX_ATTEMPTS = 200;
+/** Records kept per session key: enough to find writes a concurrent one overwrote. */
+const HISTORY = 16;
+/**
+ * How long a call rides out NATS being unavailable (a member died and its streams elect new
+ * leaders, a reconnect): Raft elections take seconds.
+ */
+const UNAVAILABLE_BUDGET_MS = 30_000;
+
+/** Whether an error is NATS being unavailable for a while, not a refusal or bad data. */
+function transient(e: unknown): boolean {
+  if (e instanceof SessionError) return false;
+  const text = `${(e as Error)?.name} ${(e as Error)?.message}`;
+  return /timeout|no responders|503|temporarily unavailable|disconnect|closed|reconnect|leader/i
+    .test(text);
+}
+
+/**
+ * Runs `fn` again while NATS is unavailable, until it succeeds, fails otherwise, or the budget
+ * is spent; waits grow from 100 ms to 2 s between attempts.
+ */
+async function riding<T>(fn: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + UNAVAILABLE_BUDGET_MS;
+  for (let wait = 100;; wait = Math.min(wait * 2, 2000)) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!transient(e) || Date.now() + wait > deadline) throw e;
+    }
+    await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
+/** Options of {@linkcode NatsRegistry.connect}. */
+export interface NatsRegistryOptions {
+  /** NATS server URLs (`nats://host:port`), any members of the cluster. */
+  servers: readonly string[];
+  /** This node's name, shown to NATS as the connection's name. */
+  nodeId: string;
+  /**
+   * JetStream replicas of Valise's buckets when this node creates them (1, 3 or 5).
+   * @default {1}
+   */
+  replicas?: number;
+  /**
+   * How to authenticate to NATS.
+   * @default {undefined} no credentials
+   */
+  credentials?: ClusterCredentials | undefined;
+  /**
+   * Caps on what a record read back may hold.
+   * @default {{ maxArtifactBytes: 16 GiB, maxArtifacts: 10000 }}
+   */
+  limits?: SharedRecordLimits;
+  /**
+   * Receives notices (connection lost and back).
+   * @default {undefined}
+   */
+  log?: ((line: string) => void) | undefined;
+}
+
+function unavailable(what: string, e: unknown): SessionError {
+  if (e instanceof SessionError) return e;
+  return new SessionError(
+    "CLUSTER_UNAVAILABLE",
+    `The cluster's NATS service could not ${what}: ${e instanceof Error ? e.message : e}. ` +
+      "Check that a majority of the NATS cluster's members is up and reachable; then retry.",
+    { cause: e },
+  );
+}
+
+function corrupt(message: string): SessionError {
+  return new SessionError(
+    "CLUSTER_DATA_INVALID",
+    `${message}; it was not used. Something other than a Valise node wrote the cluster's ` +
+      "object store: check who holds the cluster's credentials.",
+  );
+}
+
+/** The KV key of a pair: user ids are arbitrary strings, KV keys are not. */
+export function sessionKey(userId: string, sessionId: string): string {
+  const user = createHash("sha256").update(userId).digest("hex").slice(0, 32);
+  return `s.${user}.${sessionId}`;
+}
+
+/** The Object Store's digest (`SHA-256=<base64url>`) as lowercase hex, or `undefined`. */
+function digestHex(digest: string): string | undefined {
+  const m = /^SHA-256=([A-Za-z0-9_-]{43}=?)$/i.exec(digest);
+  if (!m) return undefined;
+  const b64 = m[1]!.replaceAll("-", "+").replaceAll("_", "/");
+  const bin = atob(b64.endsWith("=") ? b64 : `${b64}=`);
+  return [...bin].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * `cur` with the artifacts of records a concurrent write overwrote folded in, theirs first (the
+ * earlier commit of a name keeps it); a release among them stays a release.
+ */
+function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): SharedSession {
+  if (!overwritten.length) return cur;
+  if (cur.closed || overwritten.some((o) => o.closed)) {
+    return { ...cur, closed: true, artifacts: [], config: {} };
+  }
+  let acc: SharedSession = { ...cur, artifacts: [] };
+  for (const o of overwritten) {
+    if (o.serverSideSessionId === cur.serverSideSessionId) acc = mergeAdds(acc, o.artifacts).next;
+  }
+  return mergeAdds(acc, cur.artifacts).next;
+}
+
+/** A {@linkcode SessionRegistry} on NATS JetStream. */
+export class NatsRegistry implements SessionRegistry {
+  /** The connection. */
+  readonly connection: NatsConnection;
+  /** The replicas the buckets have. */
+  readonly replicas: number;
+  #kv: KV;
+  #jsm: JetStreamManager;
+  #blobs: ObjectStore;
+  #limits: SharedRecordLimits;
+  #watchers = new Set<() => void>();
+  #stats = { conflicts: 0, repairs: 0 };
+
+  private constructor(
+    nc: NatsConnection,
+    jsm: JetStreamManager,
+    kv: KV,
+    blobs: ObjectStore,
+    limits: SharedRecordLimits,
+    replicas: number,
+  ) {
+    this.connection = nc;
+    this.#kv = kv;
+    this.#jsm = jsm;
+    this.#blobs = blobs;
+    this.#limits = limits;
+    this.replicas = replicas;
+  }
+
+  /**
+   * Connects to the NATS cluster and opens (creating them if missing) Valise's buckets.
+   *
+   * @throws {SessionError} `CLUSTER_UNAVAILABLE` when NATS or JetStream cannot be reached.
+   */
+  static async connect(options: NatsRegistryOptions): Promise<NatsRegistry> {
+    const replicas = options.replicas ?? 1;
+    let nc: NatsConnection;
+    try {
+      nc = await connect({
+        servers: [...options.servers],
+        name: `valise-${options.nodeId}`,
+        // A node outlives a NATS restart: it keeps trying, calls fail meanwhile.
+        maxReconnectAttempts: -1,
+        ...(options.credentials ?? {}),
+      });
+    } catch (e) {
+      throw unavailable(`be reached at ${options.servers.join(", ")}`, e);
+    }
+    try {
+      const js = jetstream(nc);
+      const kvm = new Kvm(js);
+      let kv: KV;
+      try {
+        // Reads go to the stream's leader (no direct get from a lagging replica): a node that
+        // was just told of a commit sees it.
+        kv = await kvm.create(SESSIONS_BUCKET, {
+          replicas,
+          history: HISTORY,
+          maxValueSize: MAX_SHARED_RECORD_BYTES,
+          allow_direct: false,
+        });
+      } catch {
+        // Made by another node with other settings: use it as it is.
+        kv = await kvm.open(SESSIONS_BUCKET);
+      }
+      const objm = new Objm(js);
+      let blobs: ObjectStore;
+      try {
+        blobs = await objm.create(BLOBS_BUCKET, { replicas });
+      } catch {
+        blobs = await objm.open(BLOBS_BUCKET);
+      }
+      const limits = options.limits ?? { maxArtifactBytes: 16 * 2 ** 30, maxArtifacts: 10_000 };
+      const registry = new NatsRegistry(
+        nc,
+        await js.jetstreamManager(),
+        kv,
+        blobs,
+        limits,
+        replicas,
+      );
+      if (options.log) registry.#logStatus(options.log);
+      return registry;
+    } catch (e) {
+      await nc.close().catch(() => {});
+      throw unavailable("open JetStream's buckets (is the server started with -js?)", e);
+    }
+  }
+
+  async #logStatus(log: (line: string) => void): Promise<void> {
+    for await (const s of this.connection.status()) {
+      if (s.type === "disconnect" || s.type === "reconnect") {
+        log(`cluster: NATS ${s.type === "disconnect" ? "connection lost" : "reconnected"}`);
+      }
+    }
+  }
+
+  #decode(entry: KvEntry, pair?: { userId: string; sessionId: string }): SharedSession {
+    const value = decodeSharedSession(entry.value, this.#limits, pair);
+    if (entry.key !== sessionKey(value.userId, value.sessionId)) {
+      throw new SessionError(
+        "CLUSTER_DATA_INVALID",
+        `The cluster's session record under ${entry.key} names another session; it was not used.`,
+      );
+    }
+    return value;
+  }
+
+  /** {@inheritDoc SessionRegistry.get} */
+  async get(userId: string, sessionId: string): Promise<RegistryEntry | undefined> {
+    let entry: KvEntry | null;
+    try {
+      entry = await riding(() => this.#kv.get(sessionKey(userId, sessionId)));
+    } catch (e) {
+      throw unavailable("read the session's record", e);
+    }
+    if (!entry || entry.operation !== "PUT") return undefined;
+    return { value: this.#decode(entry, { userId, sessionId }), revision: entry.revision };
+  }
+
+  /**
+   * {@inheritDoc SessionRegistry.update}
+   *
+   * nats-server before 2.9.21 (Debian has 2.9.10) checks the expected revision of a clustered
+   * stream before Raft, not in it (nats-io/nats-server#4320): two writes expecting the same
+   * revision can both be accepted, the later one overwriting the earlier. So every accepted
+   * write is checked against the key's history: when records were written between the revision
+   * this one expected and its own, they were overwritten, and the change is made again on top of
+   * them (their artifacts first: the earlier commit of a name keeps it).
+   */
+  async update(
+    userId: string,
+    sessionId: string,
+    change: (current: SharedSession | undefined) => SharedSession,
+  ): Promise<RegistryEntry> {
+    const key = sessionKey(userId, sessionId);
+    let overwritten: SharedSession[] = [];
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(userId, sessionId);
+      const next = change(cur ? foldOverwritten(cur.value, overwritten) : cur);
+      const bytes = encodeSharedSession(next);
+      let revision: number;
+      try {
+        revision = await riding(() =>
+          cur ? this.#kv.update(key, bytes, cur.revision) : this.#kv.create(key, bytes)
+        );
+      } catch (e) {
+        // Another node wrote first: read its record and apply the change to it.
+        if (/wrong last sequence|key exists/i.test(String((e as Error)?.message))) {
+          this.#stats.conflicts++;
+          continue;
+        }
+        throw unavailable("record the session", e);
+      }
+      const lost = await this.#between(key, cur?.revision ?? 0, revision);
+      if (!lost.length) return { value: next, revision };
+      this.#stats.repairs++;
+      overwritten = [...overwritten, ...lost];
+    }
+    throw new SessionError(
+      "CLUSTER_UNAVAILABLE",
+      `Could not record session ${sessionId} in the cluster: other nodes changed it ` +
+        `${MAX_ATTEMPTS} times in a row while this one tried. Retry.`,
+    );
+  }
+
+  /** How often writes met another node's (conflicts) and were found overwritten (repairs). */
+  get stats(): { readonly conflicts: number; readonly repairs: number } {
+    return { ...this.#stats };
+  }
+
+  /** Records of `key` written after revision `after` and before `before`, oldest first. */
+  async #between(key: string, after: number, before: number): Promise<SharedSession[]> {
+    const out: SharedSession[] = [];
+    const subject = `$KV.${SESSIONS_BUCKET}.${key}`;
+    // One request per record found (the stream's sequence is shared by every key, so the gap
+    // alone says nothing); each moves past the record it found.
+    for (let seq = after + 1; seq < before && out.length <= HISTORY;) {
+      const m = await riding(() =>
+        this.#jsm.streams.getMessage(
+          `KV_${SESSIONS_BUCKET}`,
+          { seq, next_by_subj: subject } as unknown as { seq: number },
+        )
+      ).catch((e) => {
+        if (/no message found/i.test(String(e?.message))) return null;
+        throw e;
+      });
+      if (!m || m.seq >= before) break;
+      seq = m.seq + 1;
+      try {
+        const entry = { key, value: m.data, revision: m.seq, operation: "PUT" } as KvEntry;
+        out.push(this.#decode(entry));
+      } catch { /* a deletion marker or a record that fails its checks is never folded in */ }
+    }
+    return out;
+  }
+
+  /** {@inheritDoc SessionRegistry.putBlob} */
+  async putBlob(sha256: string, path: string, size: number): Promise<void> {
+    try {
+      await riding(() => this.#putBlob(sha256, path, size));
+    } catch (e) {
+      throw unavailable(`store blob ${sha256}`, e);
+    }
+  }
+
+  async #putBlob(sha256: string, path: string, size: number): Promise<void> {
+    {
+      const held = await this.#blobs.info(sha256);
+      if (held && !held.deleted && held.size === size && digestHex(held.digest) === sha256) return;
+      using file = await Deno.open(path);
+      const info = await this.#blobs.put(
+        { name: sha256, options: { max_chunk_size: CHUNK_BYTES } },
+        file.readable,
+      );
+      if (info.size !== size || digestHex(info.digest) !== sha256) {
+        throw corrupt(`Blob ${sha256} changed while it was copied to the cluster`);
+      }
+    }
+  }
+
+  /** {@inheritDoc SessionRegistry.fetchBlob} */
+  async fetchBlob(sha256: string, size: number, dest: string): Promise<void> {
+    try {
+      await riding(() => this.#fetchBlob(sha256, size, dest));
+    } catch (e) {
+      throw unavailable(`fetch blob ${sha256}`, e);
+    }
+  }
+
+  async #fetchBlob(sha256: string, size: number, dest: string): Promise<void> {
+    const result = await this.#blobs.get(sha256);
+    if (!result) {
+      throw corrupt(`The cluster's object store has no blob ${sha256}, which a session records`);
+    }
+    const reader = result.data.getReader();
+    if (result.info.size !== size) {
+      await reader.cancel().catch(() => {});
+      throw corrupt(
+        `Blob ${sha256} in the cluster's object store is ${result.info.size} bytes, its ` +
+          `session records ${size}`,
+      );
+    }
+    const hash = createHash("sha256");
+    let n = 0;
+    let ok = false;
+    const file = await Deno.open(dest, { write: true, createNew: true, mode: 0o600 });
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        n += value.length;
+        // Never more than the record says, whatever the object store sends.
+        if (n > size) break;
+        hash.update(value);
+        for (let off = 0; off < value.length;) off += await file.write(value.subarray(off));
+      }
+      await reader.cancel().catch(() => {});
+      const failed = await result.error.catch((e) => e);
+      const got = hash.digest("hex");
+      if (n !== size || got !== sha256) {
+        throw corrupt(
+          `Blob ${sha256} fetched from the cluster's object store is not that content ` +
+            `(${n} bytes hashing to ${n > size ? "(stopped reading)" : got})`,
+        );
+      }
+      if (failed) throw failed;
+      ok = true;
+    } finally {
+      file.close();
+      if (!ok) await Deno.remove(dest).catch(() => {});
+    }
+  }
+
+  /** {@inheritDoc SessionRegistry.watch} */
+  watch(listener: (value: SharedSession) => void): () => void {
+    let stop: (() => void) | undefined;
+    let stopped = false;
+    (async () => {
+      const iter = await this.#kv.watch({ key: "s.>", include: "updates" });
+      stop = () => iter.stop();
+      if (stopped) stop();
+      for await (const e of iter) {
+        if (e.operation !== "PUT") continue;
+        let value: SharedSession;
+        try {
+          value = this.#decode(e);
+        } catch {
+          continue; // a record that fails its checks is never acted on
+        }
+        listener(value);
+      }
+    })().catch(() => {});
+    const unwatch = () => {
+      stopped = true;
+      stop?.();
+      this.#watchers.delete(unwatch);
+    };
+    this.#watchers.add(unwatch);
+    return unwatch;
+  }
+
+  /** Stops the watches and closes the connection. */
+  async close(): Promise<void> {
+    for (const w of [...this.#watchers]) w();
+    await this.connection.close().catch(() => {});
+  }
+}
