@@ -1,0 +1,322 @@
+// A Valise cluster on a real NATS JetStream cluster (3 nats-server members, replicas 3) with
+// real Valise processes, all on loopback: any node serves any session, environments reach every
+// node, concurrent commits lose nothing, everything comes back from the cluster after a restart
+// of every node, a release reaches every node, and tampered blobs are refused. One NATS cluster
+// for the file; each step is one scenario.
+import { deepEqual, equal, ok, rejects } from "node:assert/strict";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { connect } from "@nats-io/transport-node";
+import { Objm } from "@nats-io/obj";
+import {
+  addArtifactsRequests,
+  bytesArtifact,
+  ConfigRequest_OperationSchema,
+  RunRequestSchema,
+} from "@valise/protocol";
+import { makeVenvPack, sha256File } from "./fixtures/envs.ts";
+import { hasNatsServer, type NatsCluster, startNatsCluster, startValiseNodes } from "./_nats.ts";
+import { needsVenv } from "./_python.ts";
+import type { ServerProcess } from "./_server.ts";
+import { fileArtifact, removeTree } from "./_util.ts";
+
+const enc = new TextEncoder();
+const user = { userId: "ada" };
+
+interface Ran {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+async function run(node: ServerProcess, sessionId: string, code: string): Promise<Ran> {
+  const r: Ran = { stdout: "", stderr: "", exitCode: NaN };
+  const dec = new TextDecoder();
+  for await (
+    const ev of node.clients.worker.run(
+      create(RunRequestSchema, {
+        sessionId,
+        userContext: user,
+        target: { case: "code", value: code },
+      }),
+    )
+  ) {
+    const e = ev.event;
+    if (e.case === "stdout") r.stdout += dec.decode(e.value);
+    else if (e.case === "stderr") r.stderr += dec.decode(e.value);
+    else if (e.case === "exited") r.exitCode = e.value.exitCode;
+  }
+  return r;
+}
+
+async function add(
+  node: ServerProcess,
+  sessionId: string,
+  artifacts: Parameters<typeof addArtifactsRequests>[0],
+) {
+  return await node.clients.spark.addArtifacts(
+    addArtifactsRequests(artifacts, { sessionId, userId: user.userId }),
+  );
+}
+
+async function setConf(node: ServerProcess, sessionId: string, key: string, value: string) {
+  return await node.clients.spark.config({
+    sessionId,
+    userContext: user,
+    operation: create(ConfigRequest_OperationSchema, {
+      opType: { case: "set", value: { pairs: [{ key, value }] } },
+    }),
+  });
+}
+
+async function getConf(node: ServerProcess, sessionId: string, key: string) {
+  return await node.clients.spark.config({
+    sessionId,
+    userContext: user,
+    operation: create(ConfigRequest_OperationSchema, {
+      opType: { case: "getOption", value: { keys: [key] } },
+    }),
+  });
+}
+
+async function present(node: ServerProcess, sessionId: string, names: string[]) {
+  const st = await node.clients.spark.artifactStatus({ sessionId, userContext: user, names });
+  return Object.fromEntries(Object.entries(st.statuses).map(([k, v]) => [k, v.exists]));
+}
+
+async function treesOf(dataDir: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(join(dataDir, "trees"))) {
+      if (e.isDirectory) out.push(e.name);
+    }
+  } catch { /* none yet */ }
+  return out;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.lstat(path).then(() => true, () => false);
+}
+
+async function dirHolds(root: string, name: string): Promise<boolean> {
+  for await (const u of Deno.readDir(root)) {
+    if (await exists(join(root, u.name, name))) return true;
+  }
+  return false;
+}
+
+function blobPath(dataDir: string, sha: string): string {
+  return join(dataDir, "blobs", "sha256", sha.slice(0, 2), sha);
+}
+
+Deno.test({
+  ...needsVenv("cluster: 3 Valise nodes on a 3-member NATS JetStream cluster"),
+  ...(hasNatsServer() ? {} : {
+    ignore: true,
+    name: "cluster: IGNORED, nats-server is not installed (deno task setup installs it)",
+  }),
+  fn: async (t) => {
+    const tmp = await Deno.makeTempDir({ prefix: "valise-cluster-" });
+    let nats: NatsCluster | undefined;
+    let nodes: Awaited<ReturnType<typeof startValiseNodes>> | undefined;
+    const dirs = (gen: string) => ["a", "b", "c"].map((n) => join(tmp, `${gen}-${n}`));
+    try {
+      nats = await startNatsCluster();
+      nodes = await startValiseNodes(nats, dirs("1"));
+      let [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
+      let [da, db, dc] = dirs("1") as [string, string, string];
+      const envSession = crypto.randomUUID();
+      const { archive } = await makeVenvPack(join(tmp, "fx"), {
+        packages: { clusterlib: "VERSION = 'from-node-a'\n" },
+      });
+      const archiveSha = await sha256File(archive);
+      let serverSideId = "";
+
+      await t.step("an environment uploaded through A runs on B and on C", async () => {
+        const res = await add(a, envSession, [
+          fileArtifact("archives/env.tar.gz#environment", archive),
+        ]);
+        serverSideId = res.serverSideSessionId;
+        await setConf(
+          a,
+          envSession,
+          "spark.sql.execution.pyspark.python",
+          "environment/bin/python",
+        );
+        ok(await exists(blobPath(da, archiveSha)), "A holds what it received");
+        equal((await treesOf(db)).length, 0, "B holds no tree before it serves the session");
+        for (const [node, dir] of [[b, db], [c, dc]] as const) {
+          const r = await run(
+            node,
+            envSession,
+            "import clusterlib, sys; print(clusterlib.VERSION)",
+          );
+          equal(r.stdout.trim(), "from-node-a", r.stderr);
+          // The node fetched the blob (verified) and unpacked it into its own tree cache, once.
+          ok(await exists(blobPath(dir, archiveSha)), "the blob is in the node's cache");
+          deepEqual((await treesOf(dir)).map((k) => k.split("-")[0]), [archiveSha]);
+          const again = await run(node, envSession, "import clusterlib; print('again')");
+          equal(again.stdout.trim(), "again", again.stderr);
+          equal((await treesOf(dir)).length, 1, "no second unpack");
+        }
+        const conf = await getConf(c, envSession, "spark.sql.execution.pyspark.python");
+        equal(conf.pairs[0]?.value, "environment/bin/python");
+        equal(conf.serverSideSessionId, serverSideId, "one server-side id on every node");
+      });
+
+      await t.step(
+        "two nodes commit to one session at the same moment: nothing is lost",
+        async () => {
+          for (let round = 0; round < 5; round++) {
+            const s = crypto.randomUUID();
+            await Promise.all([
+              add(a, s, [bytesArtifact("pyfiles/from_a.py", enc.encode("WHO = 'a'\n"))]),
+              add(b, s, [bytesArtifact("pyfiles/from_b.py", enc.encode("WHO = 'b'\n"))]),
+              setConf(c, s, "spark.valise.worker.timeoutMs", "30000"),
+            ]);
+            for (const node of [a, b, c]) {
+              deepEqual(await present(node, s, ["pyfiles/from_a.py", "pyfiles/from_b.py"]), {
+                "pyfiles/from_a.py": true,
+                "pyfiles/from_b.py": true,
+              });
+            }
+            const r = await run(c, s, "import from_a, from_b; print(from_a.WHO + from_b.WHO)");
+            equal(r.stdout.trim(), "ab", r.stderr);
+            const conf = await getConf(a, s, "spark.valise.worker.timeoutMs");
+            equal(conf.pairs[0]?.value, "30000");
+          }
+        },
+      );
+
+      await t.step("one name, other bytes, on two nodes at once: one wins everywhere", async () => {
+        const s = crypto.randomUUID();
+        const results = await Promise.allSettled([
+          add(a, s, [bytesArtifact("files/same.txt", enc.encode("A"))]),
+          add(b, s, [bytesArtifact("files/same.txt", enc.encode("B"))]),
+        ]);
+        const lost = results.filter((r) => r.status === "rejected");
+        const why = async () =>
+          JSON.stringify({
+            results: results.map((r) => r.status),
+            a: await present(a, s, ["files/same.txt"]),
+            logs: [a, b].map((n) => n.log.filter((l) => l.includes("AddArtifacts")).slice(-3)),
+          });
+        equal(lost.length, 1, await why());
+        equal(
+          ConnectError.from((lost[0] as PromiseRejectedResult).reason).code,
+          Code.AlreadyExists,
+        );
+        const winner = results[0]!.status === "fulfilled" ? "A" : "B";
+        for (const node of [a, b, c]) {
+          const r = await run(node, s, "print(open('same.txt').read())");
+          equal(r.stdout.trim(), winner, r.stderr);
+        }
+      });
+
+      await t.step("a blob tampered with in the object store is refused, never used", async () => {
+        const s = crypto.randomUUID();
+        const good = enc.encode("SECRET = 'genuine'\n");
+        await add(a, s, [bytesArtifact("pyfiles/tampered.py", good)]);
+        const digest = Array.from(
+          new Uint8Array(await crypto.subtle.digest("SHA-256", good)),
+          (x) => x.toString(16).padStart(2, "0"),
+        ).join("");
+        // Whoever holds the cluster's credentials replaces the bytes under that name.
+        const nc = await connect({ servers: nats!.members[1]!.url });
+        try {
+          const os = await new Objm(nc).open("valise_blobs");
+          await os.putBlob({ name: digest }, enc.encode("SECRET = 'forged'  \n"));
+          await rejects(run(c, s, "import tampered; print(tampered.SECRET)"), (e) => {
+            const ce = ConnectError.from(e);
+            equal(ce.code, Code.DataLoss, ce.message);
+            ok(ce.message.includes(digest), ce.message);
+            return true;
+          });
+          ok(!(await exists(blobPath(dc, digest))), "C did not keep the forged bytes");
+          await c.clients.health.check({});
+          // Put right again, the session works on C.
+          await os.putBlob({ name: digest }, good);
+          const r = await run(c, s, "import tampered; print(tampered.SECRET)");
+          equal(r.stdout.trim(), "genuine", r.stderr);
+        } finally {
+          await nc.close();
+        }
+      });
+
+      await t.step("release on A: B's copy and workers go (KV watch)", async () => {
+        const s = crypto.randomUUID();
+        await add(a, s, [bytesArtifact("pyfiles/gone.py", enc.encode("X = 1\n"))]);
+        equal((await run(b, s, "import gone; print(gone.X)")).stdout.trim(), "1");
+        // A worker of the session runs on B while A releases it.
+        const stream = b.clients.worker.run(
+          create(RunRequestSchema, {
+            sessionId: s,
+            userContext: user,
+            target: {
+              case: "code",
+              value: "import time; print('started', flush=True); time.sleep(120)",
+            },
+          }),
+        )[Symbol.asyncIterator]();
+        for (;;) {
+          const { value, done } = await stream.next();
+          ok(!done, "the run ended before it started");
+          if (value.event.case === "stdout") break;
+        }
+        const dropped = b.waitForLog(`cluster: this node's copy of session ${s} removed`);
+        await a.clients.spark.releaseSession({ sessionId: s, userContext: user });
+        await dropped;
+        let exited: { exitCode: number; signal: string; timedOut: boolean } | undefined;
+        try {
+          for (;;) {
+            const { value, done } = await stream.next();
+            if (done) break;
+            if (value.event.case === "exited") exited = value.event.value;
+          }
+        } catch { /* the stream may end with an error: the worker is gone either way */ }
+        // Stopped by the release, not by its own end or the wall-time limit.
+        ok(
+          exited === undefined || (exited.exitCode !== 0 && !exited.timedOut),
+          `B's worker was stopped: ${exited?.exitCode} ${exited?.signal} ${exited?.timedOut}`,
+        );
+        ok(!(await exists(join(db, "sessions"))) || !(await dirHolds(join(db, "sessions"), s)));
+        await rejects(run(b, s, "print(1)"), (e) => {
+          equal(ConnectError.from(e).code, Code.FailedPrecondition);
+          ok(ConnectError.from(e).message.includes("closed"), ConnectError.from(e).message);
+          return true;
+        });
+        await rejects(add(c, s, [bytesArtifact("pyfiles/x.py", enc.encode(""))]));
+      });
+
+      await t.step("every node restarted on empty disks: sessions come back from KV", async () => {
+        await nodes!.stop();
+        nodes = await startValiseNodes(nats!, dirs("2"));
+        [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
+        [da, db, dc] = dirs("2") as [string, string, string];
+        equal((await treesOf(da)).length + (await treesOf(db)).length, 0, "empty disks");
+        const conf = await getConf(b, envSession, "spark.sql.execution.pyspark.python");
+        equal(conf.pairs[0]?.value, "environment/bin/python");
+        equal(conf.serverSideSessionId, serverSideId);
+        const r = await run(c, envSession, "import clusterlib; print(clusterlib.VERSION)");
+        equal(r.stdout.trim(), "from-node-a", r.stderr);
+        deepEqual(await present(a, envSession, ["archives/env.tar.gz#environment"]), {
+          "archives/env.tar.gz#environment": true,
+        });
+      });
+
+      await t.step("one NATS member SIGKILLed (replicas 3): uploads and runs go on", async () => {
+        await nats!.kill("n1");
+        const s = crypto.randomUUID();
+        await add(a, s, [bytesArtifact("pyfiles/survives.py", enc.encode("OK = 'yes'\n"))]);
+        const r = await run(b, s, "import survives; print(survives.OK)");
+        equal(r.stdout.trim(), "yes", r.stderr);
+        await nats!.restart("n1");
+      });
+    } finally {
+      await nodes?.stop();
+      await nats?.stop();
+      await removeTree(tmp);
+    }
+  },
+});
