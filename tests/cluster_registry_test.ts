@@ -123,6 +123,22 @@ Deno.test({
         ok(conflicts > 0, "the property met concurrent writes");
       });
 
+      await t.step(
+        "a session created at once on three members gets one server-side id",
+        async () => {
+          for (let round = 0; round < 10; round++) {
+            const sessionId = crypto.randomUUID();
+            const got = await Promise.all(
+              [0, 1, 2, 0, 1, 2].map((r) =>
+                regs[r]!.update("ada", sessionId, (cur) => cur ?? fresh("ada", sessionId))
+              ),
+            );
+            const stored = (await regs[0]!.get("ada", sessionId))!.value.serverSideSessionId;
+            deepEqual(got.map((e) => e.value.serverSideSessionId), got.map(() => stored));
+          }
+        },
+      );
+
       await t.step("a record someone else wrote into the bucket is refused", async () => {
         const kv = await new Kvm(raw).open("valise_sessions");
         const sessionId = crypto.randomUUID();

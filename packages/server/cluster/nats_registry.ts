@@ -127,19 +127,24 @@ function digestHex(digest: string): string | undefined {
 }
 
 /**
- * `cur` with the artifacts of records a concurrent write overwrote folded in, theirs first (the
- * earlier commit of a name keeps it); a release among them stays a release.
+ * `cur` with the records a concurrent write overwrote folded in, as if they had been written
+ * first (they were, by revision): their artifacts first (the earlier commit of a name keeps
+ * it), a release among them stays a release, and when they are another incarnation of the
+ * session than `cur` (two nodes created it at once) the earliest one's identity is kept.
  */
 function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): SharedSession {
-  if (!overwritten.length) return cur;
+  const first = overwritten[0];
+  if (!first) return cur;
   if (cur.closed || overwritten.some((o) => o.closed)) {
     return { ...cur, closed: true, artifacts: [], config: {} };
   }
-  let acc: SharedSession = { ...cur, artifacts: [] };
+  const id = first.serverSideSessionId;
+  const same = cur.serverSideSessionId === id;
+  let acc: SharedSession = { ...(same ? cur : first), artifacts: [] };
   for (const o of overwritten) {
-    if (o.serverSideSessionId === cur.serverSideSessionId) acc = mergeAdds(acc, o.artifacts).next;
+    if (o.serverSideSessionId === id) acc = mergeAdds(acc, o.artifacts).next;
   }
-  return mergeAdds(acc, cur.artifacts).next;
+  return same ? mergeAdds(acc, cur.artifacts).next : acc;
 }
 
 /** A {@linkcode SessionRegistry} on NATS JetStream. */
