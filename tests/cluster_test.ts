@@ -8,7 +8,9 @@ import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { connect } from "@nats-io/transport-node";
+import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
+import { sessionKey } from "@valise/server";
 import {
   addArtifactsRequests,
   bytesArtifact,
@@ -22,6 +24,8 @@ import type { ServerProcess } from "./_server.ts";
 import { fileArtifact, removeTree } from "./_util.ts";
 
 const enc = new TextEncoder();
+/** A session quota below what the hostile record below names. */
+const NODE_ARGS = ["--max-session-bytes", "8G"];
 const user = { userId: "ada" };
 
 interface Ran {
@@ -123,7 +127,7 @@ Deno.test({
     const dirs = (gen: string) => ["a", "b", "c"].map((n) => join(tmp, `${gen}-${n}`));
     try {
       nats = await startNatsCluster();
-      nodes = await startValiseNodes(nats, dirs("1"));
+      nodes = await startValiseNodes(nats, dirs("1"), { args: NODE_ARGS });
       let [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
       let [da, db, dc] = dirs("1") as [string, string, string];
       const envSession = crypto.randomUUID();
@@ -244,6 +248,58 @@ Deno.test({
         }
       });
 
+      await t.step(
+        "a record naming more bytes than a node's quota is refused before fetching",
+        async () => {
+          // Whoever holds the cluster's credentials writes a session record naming a 15 GiB blob
+          // (within the largest artifact a record may name, above the nodes' 8G session quota).
+          const s = crypto.randomUUID();
+          const nc = await connect({ servers: nats!.members[2]!.url });
+          try {
+            const kv = await new Kvm(nc).open("valise_sessions");
+            const record = {
+              v: 1,
+              userId: user.userId,
+              sessionId: s,
+              serverSideSessionId: crypto.randomUUID(),
+              createdAt: Date.now(),
+              artifacts: [{
+                name: "pyfiles/big.py",
+                sha256: "b".repeat(64),
+                size: 15 * 2 ** 30,
+                addedAt: 1,
+              }],
+              config: {},
+            };
+            await kv.put(sessionKey(user.userId, s), enc.encode(JSON.stringify(record)));
+            await rejects(run(c, s, "print(1)"), (e) => {
+              const ce = ConnectError.from(e);
+              equal(ce.code, Code.ResourceExhausted, ce.message);
+              ok(ce.message.includes("pyfiles/big.py"), ce.message);
+              return true;
+            });
+            let staged = 0;
+            for await (const _ of Deno.readDir(join(dc, "staging"))) staged++;
+            equal(staged, 0, "nothing was fetched");
+            await c.clients.health.check({});
+          } finally {
+            await nc.close();
+          }
+        },
+      );
+
+      await t.step(
+        "a second session on B with the same environment: no second unpack",
+        async () => {
+          const s = crypto.randomUUID();
+          await add(b, s, [fileArtifact("archives/env.tar.gz#environment", archive)]);
+          await setConf(b, s, "spark.sql.execution.pyspark.python", "environment/bin/python");
+          const r = await run(b, s, "import clusterlib; print(clusterlib.VERSION)");
+          equal(r.stdout.trim(), "from-node-a", r.stderr);
+          deepEqual((await treesOf(db)).map((k) => k.split("-")[0]), [archiveSha]);
+        },
+      );
+
       await t.step("release on A: B's copy and workers go (KV watch)", async () => {
         const s = crypto.randomUUID();
         await add(a, s, [bytesArtifact("pyfiles/gone.py", enc.encode("X = 1\n"))]);
@@ -291,7 +347,7 @@ Deno.test({
 
       await t.step("every node restarted on empty disks: sessions come back from KV", async () => {
         await nodes!.stop();
-        nodes = await startValiseNodes(nats!, dirs("2"));
+        nodes = await startValiseNodes(nats!, dirs("2"), { args: NODE_ARGS });
         [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
         [da, db, dc] = dirs("2") as [string, string, string];
         equal((await treesOf(da)).length + (await treesOf(db)).length, 0, "empty disks");

@@ -784,6 +784,18 @@ export class Session {
   /** Fetches a blob this node does not hold into staging; `undefined` when it holds it. */
   async #fetch(a: SharedArtifact): Promise<string | undefined> {
     if (await this.#ctx.blobs.has(a.sha256)) return undefined;
+    // The size is the record's word, checked against this node's quotas and disk before a byte
+    // is fetched (and the fetch never takes more than it).
+    this.#checkQuota(parseArtifactName(a.name), a.size, 0);
+    const free = this.#ctx.freeBytes();
+    if (free - a.size < this.#ctx.quotas.minFreeBytes) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot bring ${a.name} (${a.size} bytes) to this node: its disk has ${free} bytes free ` +
+          `and keeps at least ${this.#ctx.quotas.minFreeBytes} free.`,
+        { reason: "DISK_FLOOR" },
+      );
+    }
     await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true });
     const dest = join(this.#ctx.stagingRoot, `fetch-${crypto.randomUUID()}`);
     await this.#ctx.registry!.fetchBlob(a.sha256, a.size, dest);
