@@ -25,7 +25,19 @@ import { fileArtifact, removeTree } from "./_util.ts";
 
 const enc = new TextEncoder();
 /** A session quota below what the hostile record below names. */
-const NODE_ARGS = ["--max-session-bytes", "8G"];
+const NODE_ARGS = ["--max-session-bytes", "8G", "--metrics-port", "0"];
+
+/** A node's counters from its /metrics endpoint. */
+async function counters(node: ServerProcess): Promise<Record<string, number>> {
+  const line = await node.waitForLog(/metrics on http:\/\/[\d.]+:\d+\/metrics/);
+  const url = line.match(/http:\/\/[\d.]+:\d+\/metrics/)![0];
+  const text = await (await fetch(url)).text();
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^(valise_(?:cluster_\w+|unpacks_total)) (\d+)$/gm)) {
+    out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}
 const user = { userId: "ada" };
 
 interface Ran {
@@ -163,7 +175,14 @@ Deno.test({
           const again = await run(node, envSession, "import clusterlib; print('again')");
           equal(again.stdout.trim(), "again", again.stderr);
           equal((await treesOf(dir)).length, 1, "no second unpack");
+          const n = await counters(node);
+          equal(n.valise_cluster_blob_fetches_total, 1, JSON.stringify(n));
+          equal(n.valise_unpacks_total, 1, JSON.stringify(n));
+          equal(n.valise_cluster_blob_refused_total, 0);
         }
+        const na = await counters(a);
+        equal(na.valise_cluster_blob_fetches_total, 0, "A fetched nothing: it had the bytes");
+        equal(na.valise_cluster_blob_puts_total, 1, "A copied the archive to the cluster once");
         const conf = await getConf(c, envSession, "spark.sql.execution.pyspark.python");
         equal(conf.pairs[0]?.value, "environment/bin/python");
         equal(conf.serverSideSessionId, serverSideId, "one server-side id on every node");
@@ -238,6 +257,7 @@ Deno.test({
             return true;
           });
           ok(!(await exists(blobPath(dc, digest))), "C did not keep the forged bytes");
+          equal((await counters(c)).valise_cluster_blob_refused_total, 1);
           await c.clients.health.check({});
           // Put right again, the session works on C.
           await os.putBlob({ name: digest }, good);

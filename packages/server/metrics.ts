@@ -59,6 +59,8 @@ export class Metrics {
   #applies = new Map<string, number>();
   #applyLatency = new Histogram();
   #applyRows = { in: 0, out: 0 };
+  /** The cluster registry's counters, when the instance is a cluster's node. */
+  cluster: (() => Readonly<Record<string, number>>) | undefined;
 
   /** Counts a finished RPC. */
   rpc(method: string, code: Code | 0, seconds: number): void {
@@ -188,6 +190,34 @@ export class Metrics {
       "# TYPE valise_quota_refusals_total counter",
     );
     for (const [k, v] of this.#quota) out.push(`valise_quota_refusals_total{reason="${k}"} ${v}`);
+    const c = this.cluster?.();
+    if (c) {
+      const counter = (name: string, help: string, value: number | undefined) =>
+        out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value ?? 0}`);
+      counter("valise_cluster_blob_fetches_total", "Blobs fetched from the cluster.", c.fetches);
+      counter(
+        "valise_cluster_blob_fetch_bytes_total",
+        "Bytes fetched from the cluster.",
+        c.fetchedBytes,
+      );
+      counter(
+        "valise_cluster_blob_refused_total",
+        "Blobs the cluster returned with other bytes: refused.",
+        c.refusedBlobs,
+      );
+      counter("valise_cluster_blob_puts_total", "Blobs copied to the cluster.", c.puts);
+      counter("valise_cluster_blob_put_bytes_total", "Bytes copied to the cluster.", c.putBytes);
+      counter(
+        "valise_cluster_record_conflicts_total",
+        "Session record writes that met another node's and were made again.",
+        c.conflicts,
+      );
+      counter(
+        "valise_cluster_record_repairs_total",
+        "Session record writes found to have overwritten another's, repaired.",
+        c.repairs,
+      );
+    }
     return out.join("\n") + "\n";
   }
 }

@@ -73,6 +73,7 @@ export {
   BLOBS_BUCKET,
   NatsRegistry,
   type NatsRegistryOptions,
+  type RegistryStats,
   sessionKey,
   SESSIONS_BUCKET,
 } from "./cluster/nats_registry.ts";

@@ -256,6 +256,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store.onRelease((s) => log?.(`cluster: this node's copy of session ${s.sessionId} removed`));
   }
   const metrics = new Metrics();
+  if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
   // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
   const proofs = new BlobProofs();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];

@@ -15,6 +15,7 @@ import { type ObjectStore, Objm } from "@nats-io/obj";
 import {
   decodeSharedSession,
   encodeSharedSession,
+  isSessionError,
   MAX_SHARED_RECORD_BYTES,
   mergeAdds,
   type RegistryEntry,
@@ -147,6 +148,24 @@ function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): Shar
   return same ? mergeAdds(acc, cur.artifacts).next : acc;
 }
 
+/** Counters of a {@linkcode NatsRegistry}. */
+export interface RegistryStats {
+  /** Compare-and-set writes that met another node's write and were made again. */
+  conflicts: number;
+  /** Accepted writes found to have overwritten another's (nats-server < 2.9.21), repaired. */
+  repairs: number;
+  /** Blobs fetched from the object store and verified. */
+  fetches: number;
+  /** Bytes of those blobs. */
+  fetchedBytes: number;
+  /** Blobs the object store returned with other bytes or another size: refused. */
+  refusedBlobs: number;
+  /** Blobs copied to the object store. */
+  puts: number;
+  /** Bytes of those blobs. */
+  putBytes: number;
+}
+
 /** A {@linkcode SessionRegistry} on NATS JetStream. */
 export class NatsRegistry implements SessionRegistry {
   /** The connection. */
@@ -158,7 +177,15 @@ export class NatsRegistry implements SessionRegistry {
   #blobs: ObjectStore;
   #limits: SharedRecordLimits;
   #watchers = new Set<() => void>();
-  #stats = { conflicts: 0, repairs: 0 };
+  #stats: RegistryStats = {
+    conflicts: 0,
+    repairs: 0,
+    fetches: 0,
+    fetchedBytes: 0,
+    refusedBlobs: 0,
+    puts: 0,
+    putBytes: 0,
+  };
 
   private constructor(
     nc: NatsConnection,
@@ -313,8 +340,8 @@ export class NatsRegistry implements SessionRegistry {
     );
   }
 
-  /** How often writes met another node's (conflicts) and were found overwritten (repairs). */
-  get stats(): { readonly conflicts: number; readonly repairs: number } {
+  /** What this node did with the cluster so far (for `/metrics`). */
+  get stats(): Readonly<RegistryStats> {
     return { ...this.#stats };
   }
 
@@ -365,6 +392,8 @@ export class NatsRegistry implements SessionRegistry {
       if (info.size !== size || digestHex(info.digest) !== sha256) {
         throw corrupt(`Blob ${sha256} changed while it was copied to the cluster`);
       }
+      this.#stats.puts++;
+      this.#stats.putBytes += size;
     }
   }
 
@@ -373,8 +402,11 @@ export class NatsRegistry implements SessionRegistry {
     try {
       await riding(() => this.#fetchBlob(sha256, size, dest));
     } catch (e) {
+      if (isSessionError(e) && e.errorClass === "CLUSTER_DATA_INVALID") this.#stats.refusedBlobs++;
       throw unavailable(`fetch blob ${sha256}`, e);
     }
+    this.#stats.fetches++;
+    this.#stats.fetchedBytes += size;
   }
 
   async #fetchBlob(sha256: string, size: number, dest: string): Promise<void> {
