@@ -13,6 +13,7 @@ import { Objm } from "@nats-io/obj";
 import { sessionKey } from "@valise/server";
 import {
   addArtifactsRequests,
+  type ArtifactSource,
   bytesArtifact,
   ConfigRequest_OperationSchema,
   RunRequestSchema,
@@ -113,6 +114,25 @@ async function treesOf(dataDir: string): Promise<string[]> {
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.lstat(path).then(() => true, () => false);
+}
+
+async function stagedBytes(dir: string): Promise<number> {
+  let n = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const p = join(dir, e.name);
+    if (e.isDirectory) n += await stagedBytes(p).catch(() => 0);
+    else if (e.isFile) n += (await Deno.stat(p).catch(() => ({ size: 0 }))).size;
+  }
+  return n;
+}
+
+async function writeBig(dir: string, half: number): Promise<string> {
+  const path = join(dir, "big.bin");
+  const bytes = new Uint8Array(2 * half);
+  bytes.fill(1, 0, half);
+  bytes.fill(2, half);
+  await Deno.writeFile(path, bytes);
+  return path;
 }
 
 async function dirHolds(root: string, name: string): Promise<boolean> {
@@ -364,6 +384,49 @@ Deno.test({
         });
         await rejects(add(c, s, [bytesArtifact("pyfiles/x.py", enc.encode(""))]));
       });
+
+      await t.step(
+        "C SIGKILLed mid-upload: nothing of it anywhere, the upload goes through B",
+        async () => {
+          const s = crypto.randomUUID();
+          await add(c, s, [bytesArtifact("pyfiles/before.py", enc.encode("B = 1\n"))]);
+          const half = 4 * 2 ** 20;
+          let finish!: () => void;
+          const gate = new Promise<void>((r) => (finish = r));
+          const big: ArtifactSource = {
+            name: "files/big.bin",
+            size: 2 * half,
+            async *read() {
+              yield new Uint8Array(half).fill(1);
+              await gate; // the rest only once C is dead
+              yield new Uint8Array(half).fill(2);
+            },
+          };
+          // Observed, not timed: C's staging directory holds a first MiB of it (C writes in 1 MiB
+          // batches).
+          const staging = join(dc, "staging");
+          const watcher = Deno.watchFs(staging, { recursive: true });
+          const call = add(c, s, [big]).then(() => undefined, (e) => e);
+          let staged = 0;
+          for await (const _ of watcher) {
+            if ((staged = await stagedBytes(staging)) >= 2 ** 20) break;
+          }
+          watcher.close();
+          Deno.kill(c.pid, "SIGKILL");
+          await c.child.status;
+          finish();
+          ok((await call) !== undefined, "the upload to C failed");
+          for (const node of [a, b]) {
+            deepEqual(await present(node, s, ["pyfiles/before.py", "files/big.bin"]), {
+              "pyfiles/before.py": true,
+              "files/big.bin": false,
+            });
+          }
+          await add(b, s, [fileArtifact("files/big.bin", await writeBig(tmp, half))]);
+          const r = await run(a, s, "import os; print(os.path.getsize('big.bin'))");
+          equal(r.stdout.trim(), String(2 * half), r.stderr);
+        },
+      );
 
       await t.step("every node restarted on empty disks: sessions come back from KV", async () => {
         await nodes!.stop();

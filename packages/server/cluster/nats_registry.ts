@@ -40,7 +40,7 @@ const HISTORY = 16;
  * How long a call rides out NATS being unavailable (a member died and its streams elect new
  * leaders, a reconnect): Raft elections take seconds.
  */
-const UNAVAILABLE_BUDGET_MS = 30_000;
+const UNAVAILABLE_BUDGET_MS = 60_000;
 
 /** Whether an error is NATS being unavailable for a while, not a refusal or bad data. */
 function transient(e: unknown): boolean {
