@@ -253,7 +253,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // Workers go before their session's files do.
   store.onRelease((s) => launcher.stopSession(`${s.userId}\u0000${s.sessionId}`));
   if (registry) {
-    store.onRelease((s) => log?.(`cluster: this node's copy of session ${s.sessionId} removed`));
+    // After the workers' hook: they are stopped when this line is logged; the files go next.
+    store.onRelease((s) =>
+      log?.(`cluster: workers of session ${s.sessionId} stopped, its copy goes`)
+    );
   }
   const metrics = new Metrics();
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
