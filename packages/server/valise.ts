@@ -21,6 +21,7 @@ import {
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { observingInterceptor } from "./_interceptors.ts";
+import { cancelledInterceptor } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./_front_door.ts";
 import { PathRedactor, redactingInterceptor, serverSideMessage } from "./_redact.ts";
@@ -216,6 +217,8 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   if (log) interceptors.push(logInterceptor(log));
   if (tokens) interceptors.push(authInterceptor(tokens));
   interceptors.push(redactingInterceptor(redactor));
+  // Innermost: the log and the metrics see a cancelled call as cancelled.
+  interceptors.push(cancelledInterceptor(shutdown.signal));
 
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
   // The token is checked on the headers, before any body byte is read; each method reads at
