@@ -193,6 +193,13 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     await launcher.close();
     throw e;
   }
+  const previous = store.tookOverLockFrom;
+  if (previous) {
+    (log ?? console.error)(
+      `took over the data directory's lock from pid ${previous.pid} (since ${previous.since}), ` +
+        `which is no longer running`,
+    );
+  }
   // A crashed server's sandboxes may have outlived it; the restored sessions' uids name them.
   const strays = launcher.killWorkersOf(
     store.sessions().flatMap((s) => (s.worker ? [s.worker.uid] : [])),

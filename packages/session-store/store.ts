@@ -9,6 +9,7 @@ import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts
 import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
+import { type DataDirLock, lockDataDir, type LockHolder } from "./data_dir_lock.ts";
 import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
 /** Options of {@linkcode SessionStore.open}. */
@@ -114,6 +115,7 @@ export class SessionStore {
   #traverse: number;
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
   #heldBytes = new Map<string, number>();
+  #lock: DataDirLock | undefined;
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -183,8 +185,24 @@ export class SessionStore {
    */
   static async open(options: SessionStoreOptions): Promise<SessionStore> {
     const store = new SessionStore(resolve(options.dataDir), options);
-    await store.#init();
+    await Deno.mkdir(store.dataDir, { recursive: true });
+    // Before anything is restored or cleaned: the directory may be another server's.
+    store.#lock = await lockDataDir(store.dataDir);
+    try {
+      await store.#init();
+    } catch (e) {
+      await store.#lock.release();
+      throw e;
+    }
     return store;
+  }
+
+  /**
+   * The server that held the data directory before and is gone (crashed, killed), when its
+   * lock record was taken over at open.
+   */
+  get tookOverLockFrom(): LockHolder | undefined {
+    return this.#lock?.tookOverFrom;
   }
 
   async #init(): Promise<void> {
@@ -517,11 +535,14 @@ export class SessionStore {
     return out;
   }
 
-  /** Stops using the data directory. Sessions stay on disk and are restored on next open. */
-  close(): Promise<void> {
+  /**
+   * Stops using the data directory and lets its lock go. Sessions stay on disk and are restored
+   * on next open.
+   */
+  async close(): Promise<void> {
     this.#sessions.clear();
     this.#ctx.unpack?.close?.();
-    return Promise.resolve();
+    await this.#lock?.release();
   }
 
   async #tombstone(key: string): Promise<void> {
