@@ -116,6 +116,8 @@ export class SessionStore {
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
   #heldBytes = new Map<string, number>();
   #lock: DataDirLock | undefined;
+  #closed = false;
+  #collecting: Promise<void> = Promise.resolve();
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -163,6 +165,12 @@ export class SessionStore {
       },
       pin: (id) => this.#pin(id),
       touch: (id) => void this.#lastUsed.set(id, Date.now()),
+      collectSoon: () => {
+        // One at a time, never after close (which forgets the sessions that hold references).
+        this.#collecting = this.#collecting.then(async () => {
+          if (!this.#closed) await this.collect();
+        }).catch(() => {});
+      },
     };
   }
 
@@ -380,6 +388,45 @@ export class SessionStore {
    */
   async session(lookup: SessionLookup): Promise<Session> {
     const { userId, sessionId } = lookup;
+    const key = await this.#checkLookup(lookup);
+    let session = this.#sessions.get(key);
+    if (!session) {
+      let pending = this.#creating.get(key);
+      if (!pending) {
+        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
+        this.#creating.set(key, pending);
+      }
+      session = await pending;
+    }
+    return this.#checkObserved(lookup, session);
+  }
+
+  /**
+   * Like {@linkcode SessionStore.session}, with the same checks, but never creates a session:
+   * for requests that only look (listing artifacts) or only take away (removing them).
+   *
+   * @returns The live session, or `undefined` when there is none (yet).
+   * @throws {SessionError} As `session()`; `INVALID_HANDLE.SESSION_CHANGED` also when the client
+   *   saw a server-side id and the session no longer exists.
+   */
+  async existing(lookup: SessionLookup): Promise<Session | undefined> {
+    const key = await this.#checkLookup(lookup);
+    const session = this.#sessions.get(key) ??
+      await this.#creating.get(key)?.catch(() => undefined);
+    if (session) return this.#checkObserved(lookup, session);
+    if (lookup.clientObservedServerSideSessionId !== undefined) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CHANGED",
+        `The handle ${lookup.sessionId} is invalid: the client saw server-side session ` +
+          `${lookup.clientObservedServerSideSessionId}, which the server no longer has.`,
+      );
+    }
+    return undefined;
+  }
+
+  /** Spark's checks of a (user, session) pair before it is used: format, release, tombstone. */
+  async #checkLookup(lookup: SessionLookup): Promise<string> {
+    const { userId, sessionId } = lookup;
     if (!isSparkSessionId(sessionId)) {
       throw new SessionError(
         "INVALID_HANDLE.FORMAT",
@@ -395,20 +442,15 @@ export class SessionStore {
         `The handle ${sessionId} is invalid: the session was closed. Please use a new session id.`,
       );
     }
-    let session = this.#sessions.get(key);
-    if (!session) {
-      let pending = this.#creating.get(key);
-      if (!pending) {
-        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
-        this.#creating.set(key, pending);
-      }
-      session = await pending;
-    }
+    return key;
+  }
+
+  #checkObserved(lookup: SessionLookup, session: Session): Session {
     const observed = lookup.clientObservedServerSideSessionId;
     if (observed !== undefined && observed !== session.serverSideSessionId) {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_CHANGED",
-        `The handle ${sessionId} is invalid: the existing session changed (the client saw ` +
+        `The handle ${lookup.sessionId} is invalid: the existing session changed (the client saw ` +
           `server-side session ${observed}, the server has ${session.serverSideSessionId}).`,
       );
     }
@@ -540,6 +582,8 @@ export class SessionStore {
    * on next open.
    */
   async close(): Promise<void> {
+    this.#closed = true;
+    await this.#collecting;
     this.#sessions.clear();
     this.#ctx.unpack?.close?.();
     await this.#lock?.release();
