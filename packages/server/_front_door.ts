@@ -36,6 +36,9 @@ export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
   "valise.v1.StoreService/HasBlobs": 4 * MiB,
   // 10000 artifacts (the default session maximum) with 1 KiB names fit.
   "valise.v1.StoreService/AttachArtifacts": 16 * MiB,
+  "valise.v1.SessionService/ListArtifacts": 64 * KiB,
+  // As many names as AttachArtifacts may add.
+  "valise.v1.SessionService/RemoveArtifacts": 16 * MiB,
   "grpc.health.v1.Health/Check": 64 * KiB,
   "grpc.health.v1.Health/Watch": 64 * KiB,
 };

@@ -73,6 +73,7 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   "INVALID_HANDLE.SESSION_CHANGED": Code.FailedPrecondition,
   "INVALID_HANDLE.SESSION_NOT_FOUND": Code.NotFound,
   ARTIFACT_ALREADY_EXISTS: Code.AlreadyExists,
+  ARTIFACT_NOT_FOUND: Code.NotFound,
   INVALID_ARTIFACT_NAME: Code.InvalidArgument,
   INVALID_ARTIFACT_STREAM: Code.InvalidArgument,
   CACHE_ARTIFACT_HASH_MISMATCH: Code.InvalidArgument,

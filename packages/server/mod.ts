@@ -51,6 +51,7 @@ export {
 } from "./errors.ts";
 export { createSparkConnectService, type SparkServiceContext } from "./spark_service.ts";
 export { createStoreService, type StoreServiceContext } from "./store_service.ts";
+export { createSessionService, type SessionServiceContext } from "./session_service.ts";
 export { createWorkerService } from "./worker_service.ts";
 export { createHealthService, HEALTH_SERVICES } from "./health_service.ts";
 export { sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";

@@ -14,6 +14,7 @@ import { DEFAULT_LIMITS, Launcher, type LauncherOptions } from "@valise/launcher
 import {
   assertCrc32Works,
   Health,
+  SessionService,
   SparkConnectService,
   StoreService,
   WorkerService,
@@ -30,6 +31,7 @@ import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
+import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 
 /** Options of {@linkcode createValise}. */
@@ -246,6 +248,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       door,
     );
     registerService(router, StoreService, createStoreService({ store, proofs }), door);
+    registerService(router, SessionService, createSessionService({ store }), door);
     registerService(
       router,
       WorkerService,
