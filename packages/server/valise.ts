@@ -12,6 +12,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createFetchHandler, type UniversalHandler } from "@connectrpc/connect/protocol";
 import { DEFAULT_LIMITS, Launcher, type LauncherOptions } from "@valise/launcher";
 import {
+  AdminService,
   assertCrc32Works,
   Health,
   SessionService,
@@ -24,7 +25,20 @@ import { BlobProofs } from "./blob_proof.ts";
 import { observingInterceptor } from "./_interceptors.ts";
 import { cancelledInterceptor } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
-import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./_front_door.ts";
+import {
+  ADMIN_SERVICES,
+  adminGate,
+  adminInterceptor,
+  adminRefusal,
+  authGate,
+  authInterceptor,
+  discardRefusedBodies,
+  OPEN_SERVICES,
+  registerService,
+} from "./_front_door.ts";
+import { createAdminService } from "./admin_service.ts";
+import { RecentErrors } from "./recent_errors.ts";
+import { collectStatus, type ServerStatus } from "./server_status.ts";
 import { PathRedactor, redactingInterceptor, serverSideMessage } from "./_redact.ts";
 import { type AccessToken, TokenSet } from "./_tokens.ts";
 import { createHealthService } from "./health_service.ts";
@@ -49,6 +63,12 @@ export interface ValiseOptions {
    * @default {[]}
    */
   tokens?: readonly AccessToken[] | undefined;
+  /**
+   * Tokens of operators: they, and only they, open the admin API (`valise.v1.AdminService`) and
+   * the status page. Never a tenant's token.
+   * @default {undefined} the admin API is off
+   */
+  adminTokens?: readonly AccessToken[] | undefined;
   /**
    * An AddArtifacts stream with no message for this long is aborted; `0` waits forever.
    * @default {60_000}
@@ -131,6 +151,12 @@ export interface Valise {
   readonly launcher: Launcher;
   /** Counters, for `/metrics`. */
   readonly metrics: Metrics;
+  /** The most recent failed calls, for operators. */
+  readonly recentErrors: RecentErrors;
+  /** The admin tokens, when the admin API is on. */
+  readonly adminTokens: TokenSet | undefined;
+  /** Collects what the status page shows. */
+  status(): Promise<ServerStatus>;
   /** Registers every Valise service on a Connect router. */
   readonly routes: (router: ConnectRouter) => void;
   /** The interceptors (auth, log) that the handlers run behind. */
@@ -218,13 +244,16 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const proofs = new BlobProofs();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
+  const adminTokens = options.adminTokens?.length ? new TokenSet(options.adminTokens) : undefined;
+  const recentErrors = new RecentErrors();
   const redactor = new PathRedactor({
     dataDir: store.dataDir,
     pexRoots: workerOptions.pexRoot ? [workerOptions.pexRoot] : [],
   });
-  const interceptors: Interceptor[] = [metrics.interceptor()];
+  const interceptors: Interceptor[] = [metrics.interceptor(), recordingInterceptor(recentErrors)];
   if (log) interceptors.push(logInterceptor(log));
   if (tokens) interceptors.push(authInterceptor(tokens));
+  interceptors.push(adminInterceptor(adminTokens, tokens));
   interceptors.push(redactingInterceptor(redactor));
   // Innermost: the log and the metrics see a cancelled call as cancelled.
   interceptors.push(cancelledInterceptor(shutdown.signal));
@@ -234,11 +263,20 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // most its own cap.
   const refused = (method: string, problem: string) => {
     metrics.rpc(method, Code.Unauthenticated, 0);
+    recentErrors.record(method, "Unauthenticated", `token ${problem.toLowerCase()}`);
     log?.(
       `rpc ${method} Unauthenticated (token ${problem.toLowerCase()}, refused before the body)`,
     );
   };
   const door = { readMaxBytes, gate: tokens ? authGate(tokens, refused) : undefined };
+  const adminDoor = {
+    readMaxBytes,
+    gate: adminGate(adminTokens, tokens, (method, e) => {
+      metrics.rpc(method, e.code, 0);
+      recentErrors.record(method, Code[e.code], e.rawMessage);
+      log?.(`rpc ${method} ${Code[e.code]} ${e.rawMessage} (refused before the body)`);
+    }),
+  };
   const streamIdleTimeoutMs = options.streamIdleTimeoutMs;
   const routes = (router: ConnectRouter): void => {
     registerService(
@@ -255,6 +293,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
       door,
     );
+    registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
     registerService(router, Health, createHealthService(shutdown.signal), door);
   };
 
@@ -283,7 +322,12 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
   }) as NodeHandler;
-  const nodeHandler = tokens ? discardRefusedBodies(connectHandler, tokens) : connectHandler;
+  const nodeHandler = discardRefusedBodies(connectHandler, (service, authorization) => {
+    if (ADMIN_SERVICES.has(service)) {
+      return adminRefusal(adminTokens, tokens, authorization) !== undefined;
+    }
+    return !OPEN_SERVICES.has(service) && tokens !== undefined && !tokens.check(authorization).ok;
+  });
 
   const interval = options.maintenanceIntervalMs ?? 30_000;
   const timer = setInterval(() => {
@@ -296,6 +340,9 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store,
     launcher,
     metrics,
+    recentErrors,
+    adminTokens,
+    status: () => collectStatus({ store, launcher, recentErrors }),
     routes,
     interceptors,
     fetch,
@@ -348,6 +395,17 @@ function unimplementedFallback(
     res.end();
   });
   req.resume();
+}
+
+/** Failed calls go to the ring operators see (full messages: it is theirs only). */
+function recordingInterceptor(errors: RecentErrors): Interceptor {
+  return observingInterceptor({
+    end: (method, error) => {
+      if (error === undefined) return;
+      const c = ConnectError.from(error);
+      errors.record(method, Code[c.code], serverSideMessage(c));
+    },
+  });
 }
 
 function logInterceptor(log: (line: string) => void): Interceptor {

@@ -94,6 +94,11 @@ export interface SessionContext {
   /** Records that a blob or tree was just used (for least-recently-used eviction). */
   touch(id: string): void;
   /**
+   * Records that an add found a blob or tree already there (a cache hit).
+   * @default {undefined} not counted
+   */
+  hit?(id: string): void;
+  /**
    * Asks for a garbage collection soon (after a removal left blobs or trees unreferenced).
    * @default {undefined} none
    */
@@ -197,6 +202,11 @@ export class Session {
   /** Whether the session was released. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** When the session was created (ms since the epoch). */
+  get createdAt(): number {
+    return this.#manifest.createdAt;
   }
 
   /** The host uid and gid its workers run as, when it has its own. */
@@ -612,9 +622,14 @@ export class Session {
           `Cannot attach ${name.raw}: the server holds no blob with sha256 ${sha256}; upload it instead.`,
         );
       }
-      const blob = stagedFile
-        ? (await this.#ctx.blobs.adopt(stagedFile, sha256, size)).path
-        : this.#ctx.blobs.path(sha256);
+      let blob = this.#ctx.blobs.path(sha256);
+      if (stagedFile) {
+        const adopted = await this.#ctx.blobs.adopt(stagedFile, sha256, size);
+        blob = adopted.path;
+        if (!adopted.added) this.#ctx.hit?.(`b:${sha256}`);
+      } else {
+        this.#ctx.hit?.(`b:${sha256}`);
+      }
       let tree: { path: string; info: TreeInfo } | undefined;
       if (treeKey && unpacker) {
         try {
@@ -624,6 +639,7 @@ export class Session {
             treeKey,
             (dest) => unpacker.unpack(blob, dest, {}),
           );
+          if (!t.built) this.#ctx.hit?.(`t:${treeKey}`);
           tree = { path: t.path, info: await this.#ctx.trees.info(treeKey) };
         } catch (e) {
           if (e instanceof SessionError) throw e;

@@ -102,6 +102,7 @@ export class SessionStore {
   #pins = new Map<string, number>();
   #evicting = new Map<string, Promise<void>>();
   #lastUsed = new Map<string, number>();
+  #hits = new Map<string, number>();
   #cacheBytes: number;
   #sessions = new Map<string, Session>();
   #creating = new Map<string, Promise<Session>>();
@@ -165,6 +166,7 @@ export class SessionStore {
       },
       pin: (id) => this.#pin(id),
       touch: (id) => void this.#lastUsed.set(id, Date.now()),
+      hit: (id) => void this.#hits.set(id, (this.#hits.get(id) ?? 0) + 1),
       collectSoon: () => {
         // One at a time, never after close (which forgets the sessions that hold references).
         this.#collecting = this.#collecting.then(async () => {
@@ -363,6 +365,33 @@ export class SessionStore {
       removed.bytes += c.bytes;
     }
     return removed;
+  }
+
+  /**
+   * How many adds since the store opened found a blob (`b:<sha256>`) or tree (`t:<key>`)
+   * already there instead of storing or unpacking it again.
+   *
+   * @param id The blob or tree.
+   * @returns The count.
+   */
+  hits(id: string): number {
+    return this.#hits.get(id) ?? 0;
+  }
+
+  /**
+   * Whether a blob (`b:<sha256>`) or tree (`t:<key>`) is kept from eviction right now (an add,
+   * an attach, a removal waiting for runs).
+   *
+   * @param id The blob or tree.
+   * @returns `true` when pinned.
+   */
+  pinned(id: string): boolean {
+    return this.#pins.has(id);
+  }
+
+  /** The cache budget: bytes of unreferenced blobs and trees kept (`cacheBytes`). */
+  get cacheBytes(): number {
+    return this.#cacheBytes;
   }
 
   /** Registers a hook that runs before any session's directory is removed. */
