@@ -1,6 +1,7 @@
 /**
  * Makes sure the machine has what the tests and the server's sandbox use: Debian's Python with
- * venv, bubblewrap, the archive tools the benchmarks compare against, and the project's own
+ * venv, bubblewrap, the archive tools the benchmarks compare against, Chromium (the status page's
+ * browser test), and the project's own
  * Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the real PySpark
  * client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs what is missing
  * with apt-get when running as root (otherwise prints the command to run and fails), and with pip
@@ -27,6 +28,8 @@ const PACKAGES: Record<string, string> = {
   "unzip": "/usr/bin/unzip",
   "zip": "/usr/bin/zip",
   "procps": "/usr/bin/ps",
+  // The status page's browser test (tests/status_page_test.ts, driven by playwright-core).
+  "chromium": "/usr/bin/chromium",
 };
 
 async function present(path: string): Promise<boolean> {

@@ -70,3 +70,27 @@ export {
   type PossessionProof,
 } from "./blob_proof.ts";
 export { Metrics, type MetricsServer, type MetricsServerOptions, serveMetrics } from "./metrics.ts";
+export { type AdminServiceContext, createAdminService } from "./admin_service.ts";
+export { type RecentError, RecentErrors } from "./recent_errors.ts";
+export {
+  type ArtifactStatus,
+  type BlobStatus,
+  collectStatus,
+  type ServerStatus,
+  type SessionStatus,
+  sessionStatuses,
+  type StatusSources,
+  type TreeStatus,
+  type UserStatus,
+  userStatuses,
+} from "./server_status.ts";
+export {
+  escapeHtml,
+  formatSize,
+  renderLoginPage,
+  renderStatusPage,
+  STATUS_PAGE_ROWS,
+  StatusPage,
+  type StatusPageOptions,
+} from "./status_page.ts";
+export { type AccessToken } from "./_tokens.ts";
