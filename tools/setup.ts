@@ -1,7 +1,8 @@
 /**
  * Makes sure the machine has what the tests and the server's sandbox use: Debian's Python with
  * venv, bubblewrap, the archive tools the benchmarks compare against, Java 17 for Apache Spark's
- * Spark Connect server (the conformance suite's peer), and the project's own
+ * Spark Connect server (the conformance suite's peer), Chromium (the status page's browser test),
+ * and the project's own
  * Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the real PySpark
  * client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs what is missing
  * with apt-get when running as root (otherwise prints the command to run and fails), and with pip
@@ -30,6 +31,8 @@ const PACKAGES: Record<string, string> = {
   "procps": "/usr/bin/ps",
   // Apache Spark's Spark Connect server (the conformance suite's peer) runs on it.
   "openjdk-17-jre-headless": "/usr/bin/java",
+  // The status page's browser test (tests/status_page_test.ts, driven by playwright-core).
+  "chromium": "/usr/bin/chromium",
 };
 
 async function present(path: string): Promise<boolean> {

@@ -22,7 +22,10 @@ import { report } from "./_cli/report.ts";
 import { add } from "./_cli/add.ts";
 import { apply } from "./_cli/apply.ts";
 import { conf } from "./_cli/conf.ts";
+import { health } from "./_cli/health.ts";
+import { ls } from "./_cli/ls.ts";
 import { release } from "./_cli/release.ts";
+import { rm } from "./_cli/rm.ts";
 import { run } from "./_cli/run.ts";
 import { status } from "./_cli/status.ts";
 
@@ -33,6 +36,9 @@ const COMMANDS: Record<string, (args: string[], ctx: Context) => Promise<number>
   apply,
   status,
   release,
+  ls,
+  rm,
+  health,
 };
 
 /**

@@ -31,6 +31,8 @@
  * @module
  */
 export type * from "./apply.ts";
+export type { ArtifactEntry, RemovedArtifacts } from "./artifacts.ts";
+export type { HealthStatus } from "./health.ts";
 export {
   ARCHIVE_EXTENSIONS,
   type ArtifactKindFlags,

@@ -226,6 +226,16 @@ export class Launcher {
   }
 
   /**
+   * How many runs of a session are executing now (holding a slot; not those queued).
+   *
+   * @param key The session's key.
+   * @returns The count.
+   */
+  runningOf(key: string): number {
+    return this.#slots.runningOf(key);
+  }
+
+  /**
    * Runs Python in a session. Events stream as they are produced and end with `exited`.
    * Breaking out of the loop, or aborting `signal`, kills the run.
    *

@@ -159,6 +159,32 @@ export {
   StoreService,
 } from "./gen/valise/v1/store_pb.ts";
 export {
+  file_valise_v1_session,
+  type ListArtifactsRequest,
+  ListArtifactsRequestSchema,
+  type ListArtifactsResponse,
+  ListArtifactsResponseSchema,
+  type RemoveArtifactsRequest,
+  RemoveArtifactsRequestSchema,
+  type RemoveArtifactsResponse,
+  RemoveArtifactsResponseSchema,
+  type SessionArtifact,
+  SessionArtifactSchema,
+  SessionService,
+} from "./gen/valise/v1/session_pb.ts";
+export {
+  AdminService,
+  file_valise_v1_admin,
+  type ListSessionsRequest,
+  ListSessionsRequestSchema,
+  type ListSessionsResponse,
+  ListSessionsResponseSchema,
+  type SessionSummary,
+  SessionSummarySchema,
+  type UserSummary,
+  UserSummarySchema,
+} from "./gen/valise/v1/admin_pb.ts";
+export {
   type ErrorInfo,
   ErrorInfoSchema,
   file_google_rpc_error_details,

@@ -49,10 +49,17 @@ Workers:
                               server runs as root; none = one uid, nobody (default 1900000000:1000000)
   --worker-stream-bytes SIZE  Apply output data per call (default 16G)
 
-Other:
-  --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
+Operators:
+  --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
+                              metrics at /metrics, and with --admin-token-file the status
+                              page at /status
   --metrics-token-file PATH   require 'authorization: Bearer TOKEN' on /metrics, a TOKEN of
                               the file, one per line (env VALISE_METRICS_TOKEN_FILE)
+  --admin-token-file PATH     turn on the admin API (valise.v1.AdminService) and the status
+                              page for the TOKENs of this file, one per line, none of them a
+                              tenant's token (env VALISE_ADMIN_TOKEN_FILE); off without it
+
+Other:
   --quiet                     no per-RPC log lines
   -h, --help                  this help
 `;
@@ -132,6 +139,7 @@ export function parseServeCommand(
         "token-file": { type: "string" },
         "stream-idle-timeout-s": { type: "string" },
         "metrics-token-file": { type: "string" },
+        "admin-token-file": { type: "string" },
         "idle-timeout-min": { type: "string" },
         "cache-bytes": { type: "string" },
         "max-session-bytes": { type: "string" },
@@ -258,6 +266,24 @@ export function parseServeCommand(
         `metrics tokens are not bound to users`,
     );
   }
+  const adminTokenFile = v["admin-token-file"] ?? e("VALISE_ADMIN_TOKEN_FILE");
+  const adminTokens = adminTokenFile
+    ? tokensOf(resolve(cwd, adminTokenFile), "--admin-token-file")
+    : undefined;
+  const boundAdmin = adminTokens?.find((t) => t.userId !== undefined);
+  if (boundAdmin) {
+    throw new UsageError(
+      `--admin-token-file: a token is bound to user ${JSON.stringify(boundAdmin.userId)}; ` +
+        `admin tokens are not bound to users`,
+    );
+  }
+  const tenantTokens = new Set([...(token ? [token] : []), ...(tokens ?? []).map((t) => t.token)]);
+  if (adminTokens?.some((t) => tenantTokens.has(t.token))) {
+    throw new UsageError(
+      "--admin-token-file: a token of the file is also a tenant's token (--token-file or " +
+        "--token); give operators tokens of their own",
+    );
+  }
   return {
     help: v.help ?? false,
     quiet: v.quiet ?? false,
@@ -271,6 +297,7 @@ export function parseServeCommand(
       dataDir,
       ...(token ? { token } : {}),
       ...(tokens ? { tokens } : {}),
+      ...(adminTokens ? { adminTokens } : {}),
       ...(v["stream-idle-timeout-s"] !== undefined
         ? {
           streamIdleTimeoutMs:

@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { deepEqual, equal, throws } from "node:assert/strict";
-import { parseServeCommand, parseSize, UsageError } from "./_cli_options.ts";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { parseServeCommand, parseSize, USAGE, UsageError } from "./_cli_options.ts";
 
 const noEnv = () => undefined;
 
@@ -149,4 +149,48 @@ Deno.test("parseServeCommand() reads --stream-idle-timeout-s in seconds, 0 for n
     () => parseServeCommand(["--stream-idle-timeout-s", "1.5"], noEnv, "/x"),
     /--stream-idle-timeout-s: "1.5" is not a whole number/,
   );
+});
+
+Deno.test("parseServeCommand() reads --admin-token-file: unbound tokens, none of them a tenant's", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/admin`, "# operators\nadmin-one\nadmin-two\n");
+    await Deno.writeTextFile(`${dir}/tenants`, "tenant-one ada\nshared\n");
+    const c = parseServeCommand(
+      ["--admin-token-file", "admin", "--token-file", "tenants"],
+      noEnv,
+      dir,
+    );
+    deepEqual(c.options.adminTokens, [{ token: "admin-one" }, { token: "admin-two" }]);
+    const env = (k: string) => ({ VALISE_ADMIN_TOKEN_FILE: `${dir}/admin` })[k];
+    deepEqual(parseServeCommand([], env, "/x").options.adminTokens?.length, 2);
+    equal(parseServeCommand([], noEnv, "/x").options.adminTokens, undefined);
+    const bad = (args: string[], re: RegExp, e: (k: string) => string | undefined = noEnv) =>
+      throws(
+        () => parseServeCommand(args, e, dir),
+        (x: unknown) => x instanceof UsageError && re.test((x as Error).message),
+      );
+    bad(["--admin-token-file", "tenants"], /admin tokens are not bound to users/);
+    await Deno.writeTextFile(`${dir}/overlap`, "admin-one\nshared\n");
+    bad(
+      ["--admin-token-file", "overlap", "--token-file", "tenants"],
+      /a token of the file is also a tenant's token .*give operators tokens of their own/,
+    );
+    bad(
+      ["--admin-token-file", "admin"],
+      /also a tenant's token/,
+      (k) => ({ VALISE_TOKEN: "admin-two" })[k],
+    );
+    bad(["--admin-token-file", "missing"], /--admin-token-file: cannot read/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the usage text says the metrics and status port listens on --host", () => {
+  const c = parseServeCommand(["--host", "0.0.0.0", "--metrics-port", "9100"], noEnv, "/x");
+  equal(c.options.host, "0.0.0.0");
+  equal(c.metricsPort, 9100);
+  ok(USAGE.includes("serve HTTP on HOST:PORT (HOST: the --host address)"), USAGE);
+  ok(!USAGE.includes("127.0.0.1:PORT/metrics"));
 });

@@ -74,6 +74,7 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   "INVALID_HANDLE.SESSION_NOT_FOUND": Code.NotFound,
   ARTIFACT_ALREADY_EXISTS: Code.AlreadyExists,
   INVALID_ARTIFACT_PATH: Code.InvalidArgument,
+  ARTIFACT_NOT_FOUND: Code.NotFound,
   INVALID_ARTIFACT_NAME: Code.InvalidArgument,
   INVALID_ARTIFACT_STREAM: Code.InvalidArgument,
   CACHE_ARTIFACT_HASH_MISMATCH: Code.InvalidArgument,

@@ -7,6 +7,7 @@
  */
 import { parseServeCommand, USAGE, UsageError } from "./_cli_options.ts";
 import { serveMetrics } from "./metrics.ts";
+import { StatusPage } from "./status_page.ts";
 import { serve } from "./serve.ts";
 
 const env = (k: string) => Deno.env.get(k);
@@ -61,14 +62,27 @@ log(
     `sessions may choose it, interpreters inside their own directory` +
     (allowed.length ? ` and ${allowed.join(", ")}` : " (--allow-interpreter adds host ones)"),
 );
+const adminTokens = cmd.options.adminTokens;
+const status = adminTokens?.length
+  ? new StatusPage(server.valise, { tokens: adminTokens })
+  : undefined;
+// The operators' HTTP port listens where the RPC port does (--host).
 const metrics = cmd.metricsPort !== undefined
   ? serveMetrics(server.valise, {
     port: cmd.metricsPort,
     hostname: cmd.options.host ?? "127.0.0.1",
     tokens: cmd.metricsTokens,
+    status,
   })
   : undefined;
-if (metrics) log(`metrics on http://${metrics.hostname}:${metrics.port}/metrics`);
+const httpBase = metrics && `http://${hostForUrl(metrics.hostname)}:${metrics.port}`;
+if (metrics) log(`metrics on ${httpBase}/metrics`);
+if (adminTokens?.length) {
+  log(
+    `admin API on (valise.v1.AdminService, ${adminTokens.length} admin token(s)); status page ` +
+      (metrics ? `on ${httpBase}/status` : "off: give --metrics-port to serve it"),
+  );
+}
 
 let stopping = false;
 const stop = async (signal: string) => {
@@ -83,3 +97,7 @@ const stop = async (signal: string) => {
 };
 Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
 Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+
+function hostForUrl(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}

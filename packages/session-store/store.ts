@@ -9,6 +9,7 @@ import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts
 import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
+import { type DataDirLock, lockDataDir, type LockHolder } from "./data_dir_lock.ts";
 import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
 /** Options of {@linkcode SessionStore.open}. */
@@ -101,6 +102,7 @@ export class SessionStore {
   #pins = new Map<string, number>();
   #evicting = new Map<string, Promise<void>>();
   #lastUsed = new Map<string, number>();
+  #hits = new Map<string, number>();
   #cacheBytes: number;
   #sessions = new Map<string, Session>();
   #creating = new Map<string, Promise<Session>>();
@@ -114,6 +116,9 @@ export class SessionStore {
   #traverse: number;
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
   #heldBytes = new Map<string, number>();
+  #lock: DataDirLock | undefined;
+  #closed = false;
+  #collecting: Promise<void> = Promise.resolve();
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -161,6 +166,13 @@ export class SessionStore {
       },
       pin: (id) => this.#pin(id),
       touch: (id) => void this.#lastUsed.set(id, Date.now()),
+      hit: (id) => void this.#hits.set(id, (this.#hits.get(id) ?? 0) + 1),
+      collectSoon: () => {
+        // One at a time, never after close (which forgets the sessions that hold references).
+        this.#collecting = this.#collecting.then(async () => {
+          if (!this.#closed) await this.collect();
+        }).catch(() => {});
+      },
     };
   }
 
@@ -183,8 +195,24 @@ export class SessionStore {
    */
   static async open(options: SessionStoreOptions): Promise<SessionStore> {
     const store = new SessionStore(resolve(options.dataDir), options);
-    await store.#init();
+    await Deno.mkdir(store.dataDir, { recursive: true });
+    // Before anything is restored or cleaned: the directory may be another server's.
+    store.#lock = await lockDataDir(store.dataDir);
+    try {
+      await store.#init();
+    } catch (e) {
+      await store.#lock.release();
+      throw e;
+    }
     return store;
+  }
+
+  /**
+   * The server that held the data directory before and is gone (crashed, killed), when its
+   * lock record was taken over at open.
+   */
+  get tookOverLockFrom(): LockHolder | undefined {
+    return this.#lock?.tookOverFrom;
   }
 
   async #init(): Promise<void> {
@@ -339,6 +367,33 @@ export class SessionStore {
     return removed;
   }
 
+  /**
+   * How many adds since the store opened found a blob (`b:<sha256>`) or tree (`t:<key>`)
+   * already there instead of storing or unpacking it again.
+   *
+   * @param id The blob or tree.
+   * @returns The count.
+   */
+  hits(id: string): number {
+    return this.#hits.get(id) ?? 0;
+  }
+
+  /**
+   * Whether a blob (`b:<sha256>`) or tree (`t:<key>`) is kept from eviction right now (an add,
+   * an attach, a removal waiting for runs).
+   *
+   * @param id The blob or tree.
+   * @returns `true` when pinned.
+   */
+  pinned(id: string): boolean {
+    return this.#pins.has(id);
+  }
+
+  /** The cache budget: bytes of unreferenced blobs and trees kept (`cacheBytes`). */
+  get cacheBytes(): number {
+    return this.#cacheBytes;
+  }
+
   /** Registers a hook that runs before any session's directory is removed. */
   onRelease(hook: ReleaseHook): void {
     this.#hooks.push(hook);
@@ -362,6 +417,45 @@ export class SessionStore {
    */
   async session(lookup: SessionLookup): Promise<Session> {
     const { userId, sessionId } = lookup;
+    const key = await this.#checkLookup(lookup);
+    let session = this.#sessions.get(key);
+    if (!session) {
+      let pending = this.#creating.get(key);
+      if (!pending) {
+        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
+        this.#creating.set(key, pending);
+      }
+      session = await pending;
+    }
+    return this.#checkObserved(lookup, session);
+  }
+
+  /**
+   * Like {@linkcode SessionStore.session}, with the same checks, but never creates a session:
+   * for requests that only look (listing artifacts) or only take away (removing them).
+   *
+   * @returns The live session, or `undefined` when there is none (yet).
+   * @throws {SessionError} As `session()`; `INVALID_HANDLE.SESSION_CHANGED` also when the client
+   *   saw a server-side id and the session no longer exists.
+   */
+  async existing(lookup: SessionLookup): Promise<Session | undefined> {
+    const key = await this.#checkLookup(lookup);
+    const session = this.#sessions.get(key) ??
+      await this.#creating.get(key)?.catch(() => undefined);
+    if (session) return this.#checkObserved(lookup, session);
+    if (lookup.clientObservedServerSideSessionId !== undefined) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CHANGED",
+        `The handle ${lookup.sessionId} is invalid: the client saw server-side session ` +
+          `${lookup.clientObservedServerSideSessionId}, which the server no longer has.`,
+      );
+    }
+    return undefined;
+  }
+
+  /** Spark's checks of a (user, session) pair before it is used: format, release, tombstone. */
+  async #checkLookup(lookup: SessionLookup): Promise<string> {
+    const { userId, sessionId } = lookup;
     if (!isSparkSessionId(sessionId)) {
       throw new SessionError(
         "INVALID_HANDLE.FORMAT",
@@ -379,22 +473,17 @@ export class SessionStore {
         { parameters: { handle: sessionId } },
       );
     }
-    let session = this.#sessions.get(key);
-    if (!session) {
-      let pending = this.#creating.get(key);
-      if (!pending) {
-        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
-        this.#creating.set(key, pending);
-      }
-      session = await pending;
-    }
+    return key;
+  }
+
+  #checkObserved(lookup: SessionLookup, session: Session): Session {
     const observed = lookup.clientObservedServerSideSessionId;
     if (observed !== undefined && observed !== session.serverSideSessionId) {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_CHANGED",
-        `The handle ${sessionId} is invalid: the existing session changed (the client saw ` +
+        `The handle ${lookup.sessionId} is invalid: the existing session changed (the client saw ` +
           `server-side session ${observed}, the server has ${session.serverSideSessionId}).`,
-        { parameters: { handle: sessionId } },
+        { parameters: { handle: lookup.sessionId } },
       );
     }
     session.lastAccess = Date.now();
@@ -520,11 +609,16 @@ export class SessionStore {
     return out;
   }
 
-  /** Stops using the data directory. Sessions stay on disk and are restored on next open. */
-  close(): Promise<void> {
+  /**
+   * Stops using the data directory and lets its lock go. Sessions stay on disk and are restored
+   * on next open.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#collecting;
     this.#sessions.clear();
     this.#ctx.unpack?.close?.();
-    return Promise.resolve();
+    await this.#lock?.release();
   }
 
   async #tombstone(key: string): Promise<void> {

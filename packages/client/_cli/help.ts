@@ -14,6 +14,9 @@ Commands:
   apply    Run a Python function over an Arrow file's record batches
   status   Show the session, or whether artifacts exist
   release  Release the session on the server and forget it
+  ls       List the session's artifacts (name, size, kind, sha256, view)
+  rm       Remove artifacts from the session
+  health   Ask the server whether it serves (no token needed)
 
 Options (also accepted after the command):
   --remote URL     Connection string (default: $SPARK_REMOTE, else ${DEFAULT_REMOTE})
@@ -80,6 +83,28 @@ summary line (rows in and out) follows unless --quiet.
 Without NAMEs, shows the remote, the session id and the user. With NAMEs (artifact
 names such as pyfiles/util.py), prints NAME<TAB>exists|missing for each; the exit code
 is 1 when any is missing.
+`,
+  ls: `Usage: valise ls [--json]
+
+Lists the session's artifacts, one per line:
+NAME<TAB>SIZE<TAB>KIND<TAB>SHA256<TAB>VIEW, where VIEW is how the session's working
+directory shows it (./util.py, ./env/ for an unpacked archive with its entries and
+size, - when it does not). A summary goes to stderr unless --quiet. --json prints one
+JSON object per artifact instead. Creates no session.
+`,
+  rm: `Usage: valise rm NAME...
+
+Removes artifacts from the session, all or none: NAMEs are as 'valise ls' prints them
+(e.g. archives/env.tar.gz#env). Prints NAME<TAB>removed for each. The session's quota
+gets the bytes back at once. Runs in progress keep seeing the removed artifacts in
+their working directory until they end; runs started later do not.
+`,
+  health: `Usage: valise health [SERVICE]
+
+Asks the server's standard health service (grpc.health.v1) whether it serves, and
+prints SERVING or NOT_SERVING (shutting down); the exit code is 0 only for SERVING.
+SERVICE is a service name such as valise.v1.WorkerService (default: the server). No
+token and no session are needed; one attempt unless --retries N.
 `,
   release: `Usage: valise release
 

@@ -19,6 +19,7 @@ const HINTS: [RegExp, string][] = [
     "artifacts cannot be overwritten: use another file name, or a new session (`valise release`)",
   ],
   [/^SQL_CONF_NOT_FOUND$/, "`valise conf list` shows the keys that are set"],
+  [/^ARTIFACT_NOT_FOUND$/, "`valise ls` lists the session's artifacts by the names `rm` takes"],
   [/^CRC_MISMATCH$/, "the bytes were damaged on the way: try again"],
   [
     /^INTEGRITY_ERROR$/,
