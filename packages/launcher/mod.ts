@@ -53,3 +53,4 @@ export {
   type LaunchErrorOptions,
 } from "./launch_error.ts";
 export { pythonStub } from "./python_stub.ts";
+export { RunControl } from "./run_control.ts";
