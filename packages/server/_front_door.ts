@@ -36,6 +36,9 @@ export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
   "valise.v1.StoreService/HasBlobs": 4 * MiB,
   // 10000 artifacts (the default session maximum) with 1 KiB names fit.
   "valise.v1.StoreService/AttachArtifacts": 16 * MiB,
+  // Stdin as it is typed or piped: the client sends it in small pieces (64 KiB), and the server
+  // keeps at most one message of a run's stdin while the program does not read.
+  "valise.v1.WorkerService/RunInteractive": 1 * MiB,
   "grpc.health.v1.Health/Check": 64 * KiB,
   "grpc.health.v1.Health/Watch": 64 * KiB,
 };
