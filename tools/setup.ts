@@ -27,6 +27,8 @@ const PACKAGES: Record<string, string> = {
   "unzip": "/usr/bin/unzip",
   "zip": "/usr/bin/zip",
   "procps": "/usr/bin/ps",
+  // The CLI's interactive tests type into a real terminal.
+  "tmux": "/usr/bin/tmux",
 };
 
 async function present(path: string): Promise<boolean> {
