@@ -175,6 +175,14 @@ Deno.test("run() with a control and stdin given whole: the bytes, then the end o
   });
 });
 
+Deno.test("runCollect({ repl: true }) with stdin given whole: the console reads it to its end (Run)", async () => {
+  await withSession(async (session) => {
+    const r = await session.runCollect({ code: "x = 2", repl: true, stdin: "x * 21\n" });
+    equal(r.stdout, ">>> 42\n>>> \n");
+    equal(r.exitCode, 0);
+  });
+});
+
 Deno.test("run(): a stdin stream that fails fails the run with its own error, and the worker is killed", async () => {
   await withServer(async (t) => {
     const session = connect(t.url);
