@@ -30,6 +30,7 @@
  * @module
  */
 export { Launcher } from "./launcher.ts";
+export { RunControl } from "./run_control.ts";
 export {
   DEFAULT_LIMITS,
   INTERPRETER_CONFIG_KEY,
@@ -53,4 +54,3 @@ export {
   type LaunchErrorOptions,
 } from "./launch_error.ts";
 export { pythonStub } from "./python_stub.ts";
-export { RunControl } from "./run_control.ts";
