@@ -21,6 +21,8 @@ const PACKAGES: Record<string, string> = {
   "python3-pandas": "/usr/lib/python3/dist-packages/pandas/__init__.py",
   "python3-pyflakes": "/usr/lib/python3/dist-packages/pyflakes/__init__.py",
   "bubblewrap": "/usr/bin/bwrap",
+  // The CLI's interactive tests type into a real terminal.
+  "tmux": "/usr/bin/tmux",
   "pigz": "/usr/bin/pigz",
   "zstd": "/usr/bin/zstd",
   "xz-utils": "/usr/bin/xz",

@@ -1,13 +1,14 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * The `valise` command line: add artifacts to a session, set its config, run Python in it,
- * apply Python functions to Arrow files in it, release it. Run it as `deno task valise …` or
+ * The `valise` command line: add artifacts to a session, set its config, run Python in it
+ * (or its interactive console), apply Python functions to Arrow files in it, release it. Run it as `deno task valise …` or
  * `deno run -A jsr:@valise/client/cli …`.
  *
  * ```sh
  * deno task valise add --archive env.tar.gz#environment
  * deno task valise conf set spark.sql.execution.pyspark.python environment/bin/python
  * deno task valise run -c "import sys; print(sys.executable)"
+ * deno task valise python
  * deno task valise apply --fn util:double --in data.arrow --out result.arrow
  * deno task valise release
  * ```
@@ -26,6 +27,7 @@ import { health } from "./_cli/health.ts";
 import { ls } from "./_cli/ls.ts";
 import { release } from "./_cli/release.ts";
 import { rm } from "./_cli/rm.ts";
+import { python } from "./_cli/python.ts";
 import { run } from "./_cli/run.ts";
 import { status } from "./_cli/status.ts";
 
@@ -33,6 +35,7 @@ const COMMANDS: Record<string, (args: string[], ctx: Context) => Promise<number>
   add,
   conf,
   run,
+  python,
   apply,
   status,
   release,

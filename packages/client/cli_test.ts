@@ -44,7 +44,7 @@ Deno.test("valise --help and usage errors", async () => {
   const main = await cli(["--help"], env);
   equal(main.code, 0);
   match(main.stdout, /Usage: valise \[OPTIONS\] <COMMAND>/);
-  for (const cmd of ["add", "conf", "run", "status", "release"]) {
+  for (const cmd of ["add", "conf", "run", "python", "status", "release"]) {
     const r = await cli([cmd, "--help"], env);
     equal(r.code, 0, cmd);
     match(r.stdout, new RegExp(`Usage: valise ${cmd}`));
@@ -72,7 +72,10 @@ Deno.test("valise --help and usage errors", async () => {
     [["run", "--stdin"], "--stdin needs a value", "run"],
     [["run", "--"], "-- needs a SCRIPT after it", "run"],
     [["run", "--bogus", "x.py"], "unknown option --bogus", "run"],
-    [["run"], "run needs -c CODE, -m MODULE or SCRIPT", "run"],
+    [["run"], "run needs -c CODE, -m MODULE or SCRIPT (or -i)", "run"],
+    [["run", "--interactive=yes"], "--interactive takes no value", "run"],
+    [["python", "--bogus"], "unknown option --bogus", "python"],
+    [["python", "--timeout-ms=x"], "--timeout-ms must be a non-negative integer", "python"],
     [["add", "--pyfile=yes", "x.py"], "--pyfile takes no value", "add"],
     [["add", "-qx", "x.py"], "unknown option -qx", "add"],
     [["add"], "add needs at least one PATH", "add"],

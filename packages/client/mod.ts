@@ -57,6 +57,7 @@ export {
   type ValiseClientErrorInit,
 } from "./error.ts";
 export type { RunEvent, RunOptions, RunResult, RunSpec, RunTarget } from "./run.ts";
+export { RunControl } from "./run_control.ts";
 export { connect, Session } from "./session.ts";
 export {
   type AddArtifactsOptions,

@@ -165,7 +165,7 @@ export class Session extends EventTarget {
   /**
    * Runs Python in the session (its directory, interpreter and path), yielding events as
    * they happen. A call that fails with `UNAVAILABLE` before the first event is retried; once
-   * the worker started, it is not.
+   * the worker started (or a streamed stdin was read from), it is not.
    *
    * @example
    * ```ts ignore
@@ -174,7 +174,17 @@ export class Session extends EventTarget {
    * }
    * ```
    *
-   * @param spec `code`, `module` or `script`, and options.
+   * @example Python's console on this terminal, stdin streamed as it is typed
+   * ```ts ignore
+   * const control = new RunControl();
+   * Deno.addSignalListener("SIGINT", () => control.interrupt());
+   * for await (const ev of session.run({ repl: true, stdin: Deno.stdin.readable, control })) {
+   *   if (ev.kind === "stdout") await Deno.stdout.write(ev.data);
+   *   if (ev.kind === "stderr") await Deno.stderr.write(ev.data);
+   * }
+   * ```
+   *
+   * @param spec `code`, `module`, `script` or `repl`, and options (stdin, control, …).
    * @returns The events, ending with `exited`.
    */
   async *run(spec: RunSpec): AsyncGenerator<RunEvent, void, undefined> {

@@ -38,6 +38,8 @@ Workers:
   --sandbox MODE              auto | bwrap | none (default auto: bwrap when installed)
   --worker-network            let workers use the network (default: no network)
   --worker-timeout-ms N       wall time per run (default 60000)
+  --interactive-timeout-ms N  wall time of a run whose stdin is streamed (valise python,
+                              run -i, run --stdin -) (default 3600000)
   --max-workers-per-session N concurrent runs per session (default 4)
   --max-workers N             concurrent runs in total (default 16)
   --worker-memory SIZE        address-space limit per worker (default 2G)
@@ -158,6 +160,7 @@ export function parseServeCommand(
         sandbox: { type: "string" },
         "worker-network": { type: "boolean" },
         "worker-timeout-ms": { type: "string" },
+        "interactive-timeout-ms": { type: "string" },
         "max-workers-per-session": { type: "string" },
         "max-workers": { type: "string" },
         "worker-memory": { type: "string" },
@@ -231,6 +234,11 @@ export function parseServeCommand(
   const workerLimits = {
     ...(v["worker-timeout-ms"]
       ? { wallTimeMs: int(v["worker-timeout-ms"], "--worker-timeout-ms", 1) }
+      : {}),
+    ...(v["interactive-timeout-ms"]
+      ? {
+        interactiveTimeMs: int(v["interactive-timeout-ms"], "--interactive-timeout-ms", 1),
+      }
       : {}),
     ...(v["max-workers-per-session"]
       ? { maxWorkersPerSession: int(v["max-workers-per-session"], "--max-workers-per-session", 1) }

@@ -56,6 +56,7 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
       "3",
       "--worker-stream-bytes",
       "2G",
+      "--interactive-timeout-ms=600000",
       "--metrics-port",
       "9100",
       "--idle-timeout-min",
@@ -76,7 +77,12 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
     sandbox: "none",
     workerNetwork: true,
     allowedInterpreters: ["/usr/bin/python3", "/opt/py/bin/python"],
-    limits: { maxWorkersTotal: 3, memoryBytes: 2 ** 30, streamBytes: 2 * 2 ** 30 },
+    limits: {
+      maxWorkersTotal: 3,
+      memoryBytes: 2 ** 30,
+      streamBytes: 2 * 2 ** 30,
+      interactiveTimeMs: 600_000,
+    },
   });
   equal(flags.metricsPort, 9100);
   equal(flags.options.idleTimeoutMs, 0);
@@ -94,6 +100,7 @@ Deno.test("parseServeCommand() refuses bad input with a message naming the flag"
   bad(["--cache-bytes", "lots"], /--cache-bytes: "lots" is not a size/);
   bad(["--worker-stream-bytes", "lots"], /--worker-stream-bytes: "lots" is not a size/);
   bad(["--max-workers", "0"], /--max-workers: "0"/);
+  bad(["--interactive-timeout-ms", "soon"], /--interactive-timeout-ms: "soon"/);
   bad(["--nope"], /nope/);
   bad(["extra"], /extra/);
 });

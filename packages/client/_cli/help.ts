@@ -11,6 +11,7 @@ Commands:
   add      Add local files to the session (--pyfile, --archive, --file)
   conf     Set, get, unset or list the session's config
   run      Run Python in the session (-c CODE, -m MODULE or SCRIPT)
+  python   Python's interactive console in the session
   apply    Run a Python function over an Arrow file's record batches
   status   Show the session, or whether artifacts exist
   release  Release the session on the server and forget it
@@ -51,14 +52,33 @@ Prints one line per artifact: NAME<TAB>SIZE<TAB>uploaded|attached.
 Reads and writes the session's config (Spark's spark.conf). 'list' prints KEY=VALUE
 lines; with PREFIX, only keys under it (printed without the prefix, as Spark does).
 `,
-  run: `Usage: valise run [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]
+  run:
+    `Usage: valise run [-i] [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]
 
 Runs Python in the session's directory with its interpreter. Everything after CODE,
 MODULE or SCRIPT is passed to the program. SCRIPT is a path in the session directory
 (e.g. a file added with 'add --file'). stdout and stderr stream live; the exit code
 is the program's (124 when the time limit killed it, 128+N for signal N).
-  --stdin FILE      Send FILE's bytes ('-' for this stdin) to the program's stdin
-  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's default)
+  --stdin FILE      Send FILE's bytes to the program's stdin. '-' streams this stdin
+                    as it comes (a pipe, or lines typed at the terminal; Ctrl-D ends it)
+  -i, --interactive After the target (or alone), Python's console on this terminal,
+                    like python -i; stderr then goes to stdout
+  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's default; runs
+                    with a streamed stdin have the server's interactive limit, 1 hour)
+With a streamed stdin (--stdin -, -i), Ctrl-C interrupts the program (KeyboardInterrupt);
+a second Ctrl-C that got no answer ends the run (exit code 130), and so does Ctrl-\\
+at once (131). Otherwise Ctrl-C ends the run.
+`,
+  python: `Usage: valise python [--timeout-ms N] [-- ARGS...]
+
+Python's interactive console in the session: its interpreter, working directory and
+artifacts, as 'pyspark' gives a shell. Lines typed reach it as they are entered; its
+prompts, results and tracebacks come back in order on stdout. ARGS become sys.argv[1:].
+Ctrl-D ends it (exit code 0, or n after exit(n)); Ctrl-C interrupts the statement that
+runs (KeyboardInterrupt, back to the prompt); a second Ctrl-C that got no answer ends
+the run (exit code 130), and so does Ctrl-\\ at once (131). Same as 'valise run -i'.
+  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's interactive
+                    limit, 1 hour by default)
 `,
   apply: `Usage: valise apply (--fn MOD:FN | --code FILE --function NAME) --in FILE --out FILE
                     [--form columns|pandas|pyarrow] [--schema FILE] [--timeout-ms N]
