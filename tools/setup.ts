@@ -1,6 +1,7 @@
 /**
  * Makes sure the machine has what the tests and the server's sandbox use: Debian's Python with
- * venv, bubblewrap, the archive tools the benchmarks compare against, and the project's own
+ * venv, bubblewrap, the archive tools the benchmarks compare against, tmux, zsh and fish (the
+ * CLI's terminal and completion tests), and the project's own
  * Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the real PySpark
  * client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs what is missing
  * with apt-get when running as root (otherwise prints the command to run and fails), and with pip
@@ -27,6 +28,10 @@ const PACKAGES: Record<string, string> = {
   "unzip": "/usr/bin/unzip",
   "zip": "/usr/bin/zip",
   "procps": "/usr/bin/ps",
+  // The CLI's tests: a real terminal for its progress bars, real shells for its completions.
+  "tmux": "/usr/bin/tmux",
+  "zsh": "/usr/bin/zsh",
+  "fish": "/usr/bin/fish",
 };
 
 async function present(path: string): Promise<boolean> {
