@@ -4,6 +4,7 @@ import type { RunSpec, RunTarget } from "../run.ts";
 import { parseCommand, UsageError, wholeNumber } from "./args.ts";
 import { type Context, interruptible, writeAll } from "./context.ts";
 import { help } from "./help.ts";
+import { RUN } from "./specs.ts";
 import { withSession } from "./state.ts";
 
 /** Signal numbers, for the exit code 128+N of a program a signal killed. */
@@ -32,18 +33,7 @@ const SIGNALS: Record<string, number> = {
  * @returns The program's exit code (124: time limit, 128+N: signal N, 130: Ctrl-C).
  */
 export async function run(args: string[], ctx: Context): Promise<number> {
-  const { values, stop } = parseCommand(args, ctx.globals, {
-    command: "run",
-    options: {
-      stdin: { type: "string" },
-      "timeout-ms": { type: "string" },
-      // Named by their letters, like Python's own -c and -m.
-      c: { type: "string", short: "c" },
-      m: { type: "string", short: "m" },
-    },
-    positionals: "stop",
-    stopAt: ["c", "m"],
-  });
+  const { values, stop } = parseCommand(args, ctx.globals, RUN);
   const timeoutMs = values["timeout-ms"] === undefined
     ? 0
     : wholeNumber(values["timeout-ms"], "--timeout-ms", "run");
@@ -75,8 +65,14 @@ export async function run(args: string[], ctx: Context): Promise<number> {
         ...(stdin ? { stdin } : {}),
       };
       let code = 1;
+      // With --json the program's output becomes text lines; a decoder per stream keeps a
+      // character split between two pieces whole.
+      const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
       for await (const ev of session.run(spec)) {
-        if (ev.kind === "stdout") await writeAll(Deno.stdout, ev.data);
+        if (ctx.globals.json && (ev.kind === "stdout" || ev.kind === "stderr")) {
+          const text = decoders[ev.kind].decode(ev.data, { stream: true });
+          if (text !== "") ctx.emit({ type: ev.kind, text });
+        } else if (ev.kind === "stdout") await writeAll(Deno.stdout, ev.data);
         else if (ev.kind === "stderr") await writeAll(Deno.stderr, ev.data);
         else if (ev.kind === "exited") {
           if (ev.outputTruncated) ctx.notice("valise: output was truncated by the server's limit");
@@ -87,6 +83,20 @@ export async function run(args: string[], ctx: Context): Promise<number> {
             code = 128 + (SIGNALS[ev.signal] ?? 0);
           } else {
             code = ev.exitCode;
+          }
+          if (ctx.globals.json) {
+            for (const kind of ["stdout", "stderr"] as const) {
+              const text = decoders[kind].decode();
+              if (text !== "") ctx.emit({ type: kind, text });
+            }
+            ctx.emit({
+              type: "exit",
+              exitCode: code,
+              programExitCode: ev.exitCode,
+              signal: ev.signal === "" ? null : ev.signal,
+              timedOut: ev.timedOut,
+              outputTruncated: ev.outputTruncated,
+            });
           }
         }
       }
