@@ -198,7 +198,11 @@ export class Terminal {
 
   /** Ends the tmux server of this terminal (and its program, if still running). */
   async close(): Promise<void> {
+    // The server leaves its socket behind when killed.
+    const socket = await this.#tmux(["display-message", "-p", "#{socket_path}"])
+      .then((s) => s.trim(), () => "");
     await this.#tmux(["kill-server"]).catch(() => {});
+    if (socket.includes(this.#socket)) await Deno.remove(socket).catch(() => {});
     await Deno.remove(this.#conf).catch(() => {});
   }
 }
