@@ -2,7 +2,7 @@
  * Makes sure the machine has what the tests and the server's sandbox use: Debian's Python with
  * venv, bubblewrap, the archive tools the benchmarks compare against, Java 17 for Apache Spark's
  * Spark Connect server (the conformance suite's peer), Chromium (the status page's browser test),
- * and the project's own
+ * tmux, zsh and fish (the CLI's terminal and completion tests), and the project's own
  * Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the real PySpark
  * client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs what is missing
  * with apt-get when running as root (otherwise prints the command to run and fails), and with pip
@@ -21,8 +21,6 @@ const PACKAGES: Record<string, string> = {
   "python3-pandas": "/usr/lib/python3/dist-packages/pandas/__init__.py",
   "python3-pyflakes": "/usr/lib/python3/dist-packages/pyflakes/__init__.py",
   "bubblewrap": "/usr/bin/bwrap",
-  // The CLI's interactive tests type into a real terminal.
-  "tmux": "/usr/bin/tmux",
   "pigz": "/usr/bin/pigz",
   "zstd": "/usr/bin/zstd",
   "xz-utils": "/usr/bin/xz",
@@ -35,6 +33,11 @@ const PACKAGES: Record<string, string> = {
   "openjdk-17-jre-headless": "/usr/bin/java",
   // The status page's browser test (tests/status_page_test.ts, driven by playwright-core).
   "chromium": "/usr/bin/chromium",
+  // The CLI's tests: a real terminal for its progress bars and console, real shells for its
+  // completions.
+  "tmux": "/usr/bin/tmux",
+  "zsh": "/usr/bin/zsh",
+  "fish": "/usr/bin/fish",
 };
 
 async function present(path: string): Promise<boolean> {

@@ -119,8 +119,8 @@ Deno.test("valise ls, rm and health: tab-separated lines, errors with hints, no 
     const json = await cli(["ls", "--json", "-q"], env);
     equal(json.stderr, "");
     deepEqual(
-      json.stdout.trimEnd().split("\n").map((l) => JSON.parse(l).name),
-      ["archives/env.tar#env", "pyfiles/util.py"],
+      json.stdout.trimEnd().split("\n").map((l) => [JSON.parse(l).type, JSON.parse(l).name]),
+      [["listed", "archives/env.tar#env"], ["listed", "pyfiles/util.py"]],
     );
 
     const missing = await cli(["rm", "pyfiles/nope.py"], env);

@@ -16,7 +16,12 @@ export interface Context {
   readonly remote: string;
   /** Writes a line to stderr unless `--quiet`. */
   notice: (line: string) => void;
+  /** Writes one JSON line to stdout (with `--json`; commands print text otherwise). */
+  emit: (record: JsonRecord) => void;
 }
+
+/** One line of `--json` output: its `type` says what it is (see docs/cli.md). */
+export type JsonRecord = { type: string } & Record<string, unknown>;
 
 /**
  * Builds the context of a command line.
@@ -34,6 +39,7 @@ export function makeContext(globals: Globals): Context {
     notice: (line) => {
       if (!globals.quiet) err(`${line}\n`);
     },
+    emit: (record) => out(`${JSON.stringify(record)}\n`),
   };
 }
 

@@ -23,7 +23,8 @@ export async function health(args: string[], ctx: Context): Promise<number> {
   const session = connect(ctx.remote, { retry: { maxAttempts: ctx.globals.retries ?? 1 } });
   try {
     const status = await session.health(positionals[0] ?? "");
-    out(`${status}\n`);
+    if (ctx.globals.json) ctx.emit({ type: "health", service: positionals[0] ?? "", status });
+    else out(`${status}\n`);
     return status === "SERVING" ? 0 : 1;
   } finally {
     session.close();

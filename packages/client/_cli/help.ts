@@ -1,5 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { DEFAULT_REMOTE, out } from "./context.ts";
+import { closest, parseCommand, UsageError } from "./args.ts";
+import { type Context, DEFAULT_REMOTE, out } from "./context.ts";
+import { HELP_COMMAND } from "./specs.ts";
 
 /** The help of the CLI (`main`) and of each command. */
 export const HELP: Record<string, string> = {
@@ -18,20 +20,27 @@ Commands:
   ls       List the session's artifacts (name, size, kind, sha256, view)
   rm       Remove artifacts from the session
   health   Ask the server whether it serves (no token needed)
+  new      Start a new session (releasing the remembered one)
+  help     Show this help, or a command's: valise help COMMAND
+  completions bash|zsh|fish
+           Print a shell completion script
 
 Options (also accepted after the command):
   --remote URL     Connection string (default: $SPARK_REMOTE, else ${DEFAULT_REMOTE})
   --session UUID   Use this session instead of the remembered one
   --retries N      Attempts per call while the server is unavailable (default 5)
+  --json           Print JSON lines on stdout, for scripts (see docs/cli.md)
   -q, --quiet      No progress or notices on stderr
-  -h, --help       Show help (also: valise <COMMAND> --help)
+  -h, --help       Show help (also: valise help COMMAND, valise COMMAND --help)
   -V, --version    Show the version
 
 Every option also takes its value as --opt=value.
 
 Consecutive commands share a session: its id is remembered per remote in
-$VALISE_STATE_FILE (default ~/.config/valise/cli-state.json). Relative paths are
-resolved against $INIT_CWD when set (deno task), else the current directory.
+$VALISE_STATE_FILE (default ~/.config/valise/cli-state.json). When the server has
+closed it (released, or idle too long), the next command starts a new one and
+says so. Relative paths are resolved against $INIT_CWD when set (deno task), else
+the current directory.
 `,
   add: `Usage: valise add [--pyfile | --archive | --file] PATH...
 
@@ -42,7 +51,8 @@ Adds local files to the session with PySpark's names:
   --file     any file, placed in the session directory          (files/NAME)
   (none)     .jar files only                                    (jars/NAME)
 Files the server already holds are attached without sending their bytes.
-Prints one line per artifact: NAME<TAB>SIZE<TAB>uploaded|attached.
+Prints one line per artifact as the server commits it:
+NAME<TAB>SIZE<TAB>uploaded|attached. A directory must be packed first (zip or tar).
 `,
   conf: `Usage: valise conf set KEY VALUE
        valise conf get KEY
@@ -100,9 +110,16 @@ summary line (rows in and out) follows unless --quiet.
 `,
   status: `Usage: valise status [NAME...]
 
-Without NAMEs, shows the remote, the session id and the user. With NAMEs (artifact
-names such as pyfiles/util.py), prints NAME<TAB>exists|missing for each; the exit code
-is 1 when any is missing.
+Without NAMEs, shows the remote, the session id, its state (open, closed or none)
+and the user. With NAMEs (artifact names such as pyfiles/util.py), prints
+NAME<TAB>exists|missing for each; the exit code is 1 when any is missing. Never
+starts a session.
+`,
+  new: `Usage: valise new
+
+Starts a new session for the remote and remembers it; the remembered one, if the
+server still has it, is released first (its files are deleted). Prints the new
+session's id.
 `,
   ls: `Usage: valise ls [--json]
 
@@ -130,6 +147,17 @@ token and no session are needed; one attempt unless --retries N.
 
 Releases the session on the server (its files are deleted) and forgets it locally.
 `,
+  help: `Usage: valise help [COMMAND]
+
+Shows the help of the CLI, or of COMMAND (the same as valise COMMAND --help).
+`,
+  completions: `Usage: valise completions bash|zsh|fish
+
+Prints a completion script for the shell. To use it:
+  bash  source <(valise completions bash)      # in ~/.bashrc
+  zsh   source <(valise completions zsh)       # in ~/.zshrc, after compinit
+  fish  valise completions fish > ~/.config/fish/completions/valise.fish
+`,
 };
 
 /**
@@ -141,4 +169,45 @@ Releases the session on the server (its files are deleted) and forgets it locall
 export function help(command: string): number {
   out(HELP[command] ?? HELP.main!);
   return 0;
+}
+
+/**
+ * A command's usage lines (from `Usage:` to the first blank line), for usage errors.
+ *
+ * @param command The command, or `main`.
+ * @returns The lines, ending with a newline; empty for a command without help.
+ */
+export function usageOf(command: string): string {
+  const text = HELP[command] ?? "";
+  const at = text.indexOf("Usage:");
+  if (at < 0) return "";
+  const end = text.indexOf("\n\n", at);
+  return `${text.slice(at, end < 0 ? undefined : end)}\n`;
+}
+
+/**
+ * `valise help [COMMAND]`.
+ *
+ * @param args The words after `help`.
+ * @param ctx The context.
+ * @param commands The CLI's commands.
+ * @returns The exit code.
+ */
+export function helpCommand(args: string[], ctx: Context, commands: readonly string[]): number {
+  const { positionals } = parseCommand(args, ctx.globals, HELP_COMMAND);
+  if (positionals.length > 1) throw new UsageError("help takes at most one COMMAND", "help");
+  const [name] = positionals;
+  if (name === undefined) return help("main");
+  if (!commands.includes(name)) {
+    const near = closest(name, commands);
+    throw new UsageError(
+      `unknown command "${name}"${near === undefined ? "" : `; did you mean "${near}"?`}`,
+      "help",
+    );
+  }
+  if (HELP[name] === undefined) {
+    // A command without an entry here answers its own --help.
+    return -1;
+  }
+  return help(name);
 }

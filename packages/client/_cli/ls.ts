@@ -2,7 +2,7 @@
 import { parseCommand } from "./args.ts";
 import { type Context, out } from "./context.ts";
 import { help } from "./help.ts";
-import { openSession, stateKey } from "./state.ts";
+import { existingSession, stateKey } from "./state.ts";
 import { formatBytes } from "../_progress.ts";
 
 /**
@@ -14,13 +14,9 @@ import { formatBytes } from "../_progress.ts";
  * @returns The exit code.
  */
 export async function ls(args: string[], ctx: Context): Promise<number> {
-  const { values } = parseCommand(args, ctx.globals, {
-    command: "ls",
-    options: { json: { type: "boolean" } },
-    positionals: "none",
-  });
+  parseCommand(args, ctx.globals, { command: "ls", options: {}, positionals: "none" });
   if (ctx.globals.help) return help("ls");
-  const session = await openSession(ctx, false);
+  const session = await existingSession(ctx);
   if (!session) {
     ctx.notice(`valise: no session for ${stateKey(ctx.remote)}: no artifacts`);
     return 0;
@@ -30,8 +26,8 @@ export async function ls(args: string[], ctx: Context): Promise<number> {
     let total = 0;
     for (const a of artifacts) {
       total += a.size + (a.tree?.bytes ?? 0);
-      if (values.json) {
-        out(JSON.stringify({ ...a, addedAt: a.addedAt.toISOString() }) + "\n");
+      if (ctx.globals.json) {
+        ctx.emit({ type: "listed", ...a, addedAt: a.addedAt.toISOString() });
         continue;
       }
       const view = a.view === undefined

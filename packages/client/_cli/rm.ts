@@ -2,7 +2,7 @@
 import { parseCommand, UsageError } from "./args.ts";
 import { type Context, out } from "./context.ts";
 import { help } from "./help.ts";
-import { openSession, stateKey } from "./state.ts";
+import { existingSession, stateKey } from "./state.ts";
 import { formatBytes } from "../_progress.ts";
 import { ValiseClientError } from "../error.ts";
 
@@ -21,7 +21,7 @@ export async function rm(args: string[], ctx: Context): Promise<number> {
   });
   if (ctx.globals.help) return help("rm");
   if (names.length === 0) throw new UsageError("rm needs at least one NAME", "rm");
-  const session = await openSession(ctx, false);
+  const session = await existingSession(ctx);
   if (!session) {
     throw new ValiseClientError(
       `[ARTIFACT_NOT_FOUND] There is no session for ${stateKey(ctx.remote)}: nothing to remove.`,
@@ -30,7 +30,10 @@ export async function rm(args: string[], ctx: Context): Promise<number> {
   }
   try {
     const r = await session.remove(names);
-    for (const a of r.removed) out(`${a.name}\tremoved\n`);
+    for (const a of r.removed) {
+      if (ctx.globals.json) ctx.emit({ type: "removed", name: a.name });
+      else out(`${a.name}\tremoved\n`);
+    }
     ctx.notice(`valise: freed ${formatBytes(r.freedBytes)} of the session's quota`);
     if (r.inProgress > 0) {
       ctx.notice(

@@ -6,6 +6,7 @@ import type { Context } from "./context.ts";
 import { help } from "./help.ts";
 import { consoleNotice } from "./python.ts";
 import { runLoop } from "./run_loop.ts";
+import { RUN } from "./specs.ts";
 import { withSession } from "./state.ts";
 
 /**
@@ -19,19 +20,7 @@ import { withSession } from "./state.ts";
  * @returns The program's exit code (124: time limit, 128+N: signal N, 130: Ctrl-C).
  */
 export async function run(args: string[], ctx: Context): Promise<number> {
-  const { values, stop } = parseCommand(args, ctx.globals, {
-    command: "run",
-    options: {
-      stdin: { type: "string" },
-      "timeout-ms": { type: "string" },
-      interactive: { type: "boolean", short: "i" },
-      // Named by their letters, like Python's own -c and -m.
-      c: { type: "string", short: "c" },
-      m: { type: "string", short: "m" },
-    },
-    positionals: "stop",
-    stopAt: ["c", "m"],
-  });
+  const { values, stop } = parseCommand(args, ctx.globals, RUN);
   const timeoutMs = values["timeout-ms"] === undefined
     ? 0
     : wholeNumber(values["timeout-ms"], "--timeout-ms", "run");

@@ -72,11 +72,17 @@ export async function runLoop(
       signal: cancel.signal,
       ...(control ? { control } : {}),
     });
+    // With --json the program's output becomes text lines; a decoder per stream keeps a
+    // character split between two pieces whole.
+    const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
     for await (const ev of events) {
       if (ev.kind === "started") options.onStarted?.(ev.interpreter);
       else if (ev.kind === "stdout" || ev.kind === "stderr") {
         unanswered = false;
-        await writeAll(ev.kind === "stdout" ? Deno.stdout : Deno.stderr, ev.data);
+        if (ctx.globals.json) {
+          const text = decoders[ev.kind].decode(ev.data, { stream: true });
+          if (text !== "") ctx.emit({ type: ev.kind, text });
+        } else await writeAll(ev.kind === "stdout" ? Deno.stdout : Deno.stderr, ev.data);
       } else {
         if (ev.outputTruncated) ctx.notice("valise: output was truncated by the server's limit");
         if (ev.timedOut) {
@@ -86,6 +92,20 @@ export async function runLoop(
           code = 128 + (SIGNALS[ev.signal] ?? 0);
         } else {
           code = ev.exitCode;
+        }
+        if (ctx.globals.json) {
+          for (const kind of ["stdout", "stderr"] as const) {
+            const text = decoders[kind].decode();
+            if (text !== "") ctx.emit({ type: kind, text });
+          }
+          ctx.emit({
+            type: "exit",
+            exitCode: code,
+            programExitCode: ev.exitCode,
+            signal: ev.signal === "" ? null : ev.signal,
+            timedOut: ev.timedOut,
+            outputTruncated: ev.outputTruncated,
+          });
         }
       }
     }
