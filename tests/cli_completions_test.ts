@@ -49,7 +49,21 @@ async function workdir(shell: string): Promise<{ dir: string; file: string }> {
   return { dir, file };
 }
 
-const COMMANDS = ["add", "apply", "completions", "conf", "help", "new", "release", "run", "status"];
+const COMMANDS = [
+  "add",
+  "apply",
+  "completions",
+  "conf",
+  "health",
+  "help",
+  "ls",
+  "new",
+  "python",
+  "release",
+  "rm",
+  "run",
+  "status",
+];
 
 /** What a line before the cursor completes to (the words, sorted). */
 const CASES: [string, string[]][] = [

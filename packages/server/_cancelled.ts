@@ -28,6 +28,9 @@ export function classifyAborted(
 ): unknown {
   if (!signal.aborted || shutdown.aborted) return error;
   const got = ConnectError.from(error);
+  // A message over its size cap is the server's refusal, and refusing it is what closed the
+  // stream: the client did not go away first.
+  if (got.code === Code.ResourceExhausted) return error;
   const reason = signal.reason instanceof ConnectError ? signal.reason : undefined;
   // What the handler ran into, without its class: a symptom, not the cause (none when the
   // handler failed with the signal's own reason).
