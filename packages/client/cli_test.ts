@@ -134,10 +134,16 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     await writeFile(work, "util.py", "def shout(s):\n    return s.upper() + '!'\n");
     await writeFile(work, "main.py", "import sys, util\nprint(util.shout(sys.argv[1]))\n");
     await writeFile(work, "input.txt", "from a file");
-    // deno task runs in the package root; INIT_CWD keeps the user's directory.
+    // deno task runs in the checkout's root; INIT_CWD keeps the user's directory.
     const env = { VALISE_STATE_FILE: state, SPARK_REMOTE: url, INIT_CWD: work };
+    const taskRoot = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
-    const add = await cli(["add", "--pyfile", "util.py"], env, { cwd: tmp });
+    // Anywhere else an inherited INIT_CWD (an enclosing deno task's) does not move the paths.
+    const elsewhere = await cli(["add", "--pyfile", "util.py"], env, { cwd: tmp });
+    equal(elsewhere.code, 2, elsewhere.stderr);
+    match(elsewhere.stderr, /Cannot add util\.py: there is no such file/);
+
+    const add = await cli(["add", "--pyfile", "util.py"], env, { cwd: taskRoot });
     equal(add.code, 0, add.stderr);
     match(add.stdout, /^pyfiles\/util\.py\t\d+\tuploaded\n$/);
     const id = /new session ([0-9a-f-]{36})/.exec(add.stderr)?.[1];
@@ -145,7 +151,7 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     match(add.stderr, /uploading pyfiles\/util\.py \(\d+ B\)\nuploaded pyfiles\/util\.py: /);
     deepEqual(Object.values(stateOf(state)).map((s) => s.sessionId), [id]);
 
-    const addFile = await cli(["add", "--file", "main.py"], env, { cwd: tmp });
+    const addFile = await cli(["add", "--file", "main.py"], env, { cwd: taskRoot });
     equal(addFile.code, 0, addFile.stderr);
     ok(!addFile.stderr.includes("new session"));
     const root = join(await sessionDir(dataDir, id), "root");

@@ -13,8 +13,13 @@ import { serve } from "./serve.ts";
 const env = (k: string) => Deno.env.get(k);
 let cmd;
 try {
-  // `deno task` runs in the workspace root; INIT_CWD keeps the directory the user ran it from.
-  cmd = parseServeCommand(Deno.args, env, env("INIT_CWD") || Deno.cwd());
+  // `deno task` runs in the checkout's root and keeps the user's directory in INIT_CWD; run
+  // from anywhere else, an INIT_CWD is an enclosing task's, inherited, and the cwd is the truth.
+  const taskRoot = import.meta.url.startsWith("file:")
+    ? new URL("../../", import.meta.url).pathname.replace(/\/$/, "")
+    : undefined;
+  const init = env("INIT_CWD");
+  cmd = parseServeCommand(Deno.args, env, init && Deno.cwd() === taskRoot ? init : Deno.cwd());
 } catch (e) {
   if (!(e instanceof UsageError)) throw e;
   // The error last, where the eye lands; the full usage only on --help.

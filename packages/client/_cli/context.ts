@@ -23,6 +23,22 @@ export interface Context {
 /** One line of `--json` output: its `type` says what it is (see docs/cli.md). */
 export type JsonRecord = { type: string } & Record<string, unknown>;
 
+/** The checkout's root, where `deno task` runs its commands (none when not run from files). */
+const TASK_ROOT = import.meta.url.startsWith("file:")
+  ? new URL("../../../", import.meta.url).pathname.replace(/\/$/, "")
+  : undefined;
+
+/**
+ * The directory the user ran the command from: `deno task` runs it in the checkout's root and
+ * keeps the user's directory in INIT_CWD. Elsewhere INIT_CWD is some enclosing `deno task`'s,
+ * inherited (a script that runs `valise` in another directory): then the cwd is the truth.
+ */
+function userCwd(): string {
+  const init = env("INIT_CWD");
+  const cwd = Deno.cwd();
+  return init !== undefined && cwd === TASK_ROOT ? init : cwd;
+}
+
 /**
  * Builds the context of a command line.
  *
@@ -32,7 +48,7 @@ export type JsonRecord = { type: string } & Record<string, unknown>;
 export function makeContext(globals: Globals): Context {
   return {
     globals,
-    cwd: env("INIT_CWD") ?? Deno.cwd(),
+    cwd: userCwd(),
     get remote() {
       return globals.remote ?? env("SPARK_REMOTE") ?? DEFAULT_REMOTE;
     },
