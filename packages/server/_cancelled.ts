@@ -26,7 +26,10 @@ export function classifyAborted(
   signal: AbortSignal,
   shutdown: AbortSignal,
 ): unknown {
-  if (!signal.aborted || shutdown.aborted) return error;
+  if (shutdown.aborted) return error;
+  // The request stream can end short of its end before the HTTP/2 reset reaches the call's
+  // signal: its "Premature close" alone says the client went away.
+  if (!signal.aborted && !prematureClose(error)) return error;
   const got = ConnectError.from(error);
   // A message over its size cap is the server's refusal, and refusing it is what closed the
   // stream: the client did not go away first.
@@ -66,4 +69,13 @@ export function classifyAborted(
  */
 export function cancelledInterceptor(shutdown: AbortSignal): Interceptor {
   return observingInterceptor({ mapError: (e, signal) => classifyAborted(e, signal, shutdown) });
+}
+
+/** Whether a stream's premature close (Node's `ERR_STREAM_PREMATURE_CLOSE`) is in the chain. */
+function prematureClose(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if ((e as { code?: unknown }).code === "ERR_STREAM_PREMATURE_CLOSE") return true;
+    if (/\bPremature close\b/.test(e.message)) return true;
+  }
+  return false;
 }

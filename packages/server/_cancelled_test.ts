@@ -12,7 +12,35 @@ function aborted(reason: unknown): AbortSignal {
 
 Deno.test("classifyAborted() leaves the error of a call the client did not abandon", () => {
   const live = new AbortController().signal;
-  strictEqual(classifyAborted(premature, live, live), premature);
+  const disk = new Error("No space left on device");
+  strictEqual(classifyAborted(disk, live, live), disk);
+});
+
+Deno.test("classifyAborted() reports a request stream closed short as CANCELED before the reset arrives", () => {
+  // The race seen under load: the handler's read fails before the HTTP/2 reset aborts the signal.
+  const live = new AbortController().signal;
+  const wrapped = new ConnectError(
+    "[INTERNAL_ERROR] Premature close",
+    Code.Internal,
+    undefined,
+    [],
+    premature,
+  );
+  const e = ConnectError.from(classifyAborted(wrapped, live, live));
+  equal(e.code, Code.Canceled);
+  equal(
+    e.rawMessage,
+    "[CANCELLED] The client cancelled the call, or its connection closed, before it completed " +
+      "(the stream was closed) (the handler saw: Premature close)",
+  );
+  const nodeStyle = Object.assign(new Error("stream ended"), {
+    code: "ERR_STREAM_PREMATURE_CLOSE",
+  });
+  equal(ConnectError.from(classifyAborted(nodeStyle, live, live)).code, Code.Canceled);
+  // A shutting-down server keeps its own error.
+  const down = new AbortController();
+  down.abort();
+  strictEqual(classifyAborted(wrapped, live, down.signal), wrapped);
 });
 
 Deno.test("classifyAborted() reports a reset call as CANCELED with what the handler saw", () => {
