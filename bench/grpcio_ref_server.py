@@ -50,8 +50,16 @@ def _load() -> Any:
 
     for f in fds.file:
         add(f)
-    factory = message_factory.MessageFactory(pool)
-    get = lambda n: factory.GetPrototype(pool.FindMessageTypeByName(n))  # noqa: E731
+    # protobuf >= 4.22 has GetMessageClass (and 5+ dropped GetPrototype); Debian's 4.21 has
+    # only the factory method.
+    if hasattr(message_factory, "GetMessageClass"):
+        def get(n: str) -> Any:
+            return message_factory.GetMessageClass(pool.FindMessageTypeByName(n))
+    else:
+        factory = message_factory.MessageFactory(pool)
+
+        def get(n: str) -> Any:
+            return factory.GetPrototype(pool.FindMessageTypeByName(n))
     return (get("spark.connect.AddArtifactsRequest"), get("spark.connect.AddArtifactsResponse"),
             get("spark.connect.AddArtifactsResponse.ArtifactSummary"))
 

@@ -408,9 +408,8 @@ Deno.test({
           const staging = join(dc, "staging");
           const watcher = Deno.watchFs(staging, { recursive: true });
           const call = add(c, s, [big]).then(() => undefined, (e) => e);
-          let staged = 0;
           for await (const _ of watcher) {
-            if ((staged = await stagedBytes(staging)) >= 2 ** 20) break;
+            if (await stagedBytes(staging) >= 2 ** 20) break;
           }
           watcher.close();
           Deno.kill(c.pid, "SIGKILL");

@@ -1,9 +1,10 @@
 /**
  * Makes sure the machine has what the tests and the server's sandbox use: Debian's Python with
  * venv, bubblewrap, the archive tools the benchmarks compare against, Java 17 for Apache Spark's
- * Spark Connect server (the conformance suite's peer), nats-server for the cluster tests, and the
- * project's own Python virtual environment (`.venv/`, from `tools/requirements-test.txt`: the
- * real PySpark client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs
+ * Spark Connect server (the conformance suite's peer), nats-server for the cluster tests, Chromium
+ * (the status page's browser test), tmux, zsh and fish (the CLI's terminal and completion tests),
+ * and the project's own Python virtual environment (`.venv/`, from `tools/requirements-test.txt`:
+ * the real PySpark client and Spark Connect server, pyarrow, pandas, venv-pack, pex, uv). Installs
  * what is missing with apt-get when running as root (otherwise prints the command to run and
  * fails), and with pip from PyPI. Without PyPI the tests that need the environment say so and are ignored; with
  * `VALISE_SETUP_STRICT=1` (CI) setup fails instead.
@@ -32,6 +33,13 @@ const PACKAGES: Record<string, string> = {
   "openjdk-17-jre-headless": "/usr/bin/java",
   // The cluster tests' NATS JetStream cluster (Valise nodes sharing sessions, `--cluster`).
   "nats-server": "/usr/sbin/nats-server",
+  // The status page's browser test (tests/status_page_test.ts, driven by playwright-core).
+  "chromium": "/usr/bin/chromium",
+  // The CLI's tests: a real terminal for its progress bars and console, real shells for its
+  // completions.
+  "tmux": "/usr/bin/tmux",
+  "zsh": "/usr/bin/zsh",
+  "fish": "/usr/bin/fish",
 };
 
 async function present(path: string): Promise<boolean> {

@@ -5,6 +5,8 @@ import { create } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
+  Health,
+  SessionService,
   SparkConnectService,
   StoreService,
   type UserContext,
@@ -40,6 +42,10 @@ export class SessionCore {
   readonly spark: Client<typeof SparkConnectService>;
   /** Valise's store service (HasBlobs, AttachArtifacts). */
   readonly store: Client<typeof StoreService>;
+  /** Valise's session service (ListArtifacts, RemoveArtifacts). */
+  readonly sessions: Client<typeof SessionService>;
+  /** The standard health service. */
+  readonly health: Client<typeof Health>;
   /** Valise's worker service, for Run. */
   readonly workers: Client<typeof WorkerService>;
   /** The worker service without gzip, for Apply. */
@@ -90,6 +96,8 @@ export class SessionCore {
     const shared = transport();
     this.spark = createClient(SparkConnectService, shared);
     this.store = createClient(StoreService, shared);
+    this.sessions = createClient(SessionService, shared);
+    this.health = createClient(Health, shared);
     this.workers = createClient(WorkerService, shared);
     // Arrow data compresses poorly and gzip would cost the server about half its CPU on Apply
     // (docs/apply.md): this call does not advertise it.

@@ -14,8 +14,11 @@ export interface CallSeen {
 export interface RetryWhen {
   /** An aborted call is not retried. */
   signal?: AbortSignal | undefined;
-  /** `false` when the request cannot be sent again (a caller's iterable, read once). */
-  replayable?: boolean;
+  /**
+   * `false` when the request cannot be sent again (a caller's iterable, read once); a function
+   * is asked after the failure (a stream not read from yet can still be sent).
+   */
+  replayable?: boolean | (() => boolean);
 }
 
 /** A session's retry policy, from its {@linkcode RetryOptions}. */
@@ -61,7 +64,7 @@ export class RetryPolicy {
         return yield* attempt(call);
       } catch (e) {
         const again = isValiseClientError(e) && e.grpcCode === "Unavailable" && !call.seen &&
-          when.replayable !== false && !when.signal?.aborted && n < this.maxAttempts;
+          replayable(when) && !when.signal?.aborted && n < this.maxAttempts;
         if (!again) throw e;
         await this.#backoff(n);
       }
@@ -94,4 +97,8 @@ export class RetryPolicy {
     const ms = base / 2 + Math.random() * base / 2;
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
+}
+
+function replayable(when: RetryWhen): boolean {
+  return typeof when.replayable === "function" ? when.replayable() : when.replayable !== false;
 }

@@ -6,9 +6,12 @@ import { ValiseClientError } from "./error.ts";
 import type { RunEvent, RunResult, RunSpec } from "./run.ts";
 import { callOptions, type SessionCore } from "./_core.ts";
 import { decodeAll } from "./_decode.ts";
+import { fromWire, isPrematureClose } from "./_run_events.ts";
+import { interactiveEvents, streamedStdin } from "./_run_interactive.ts";
 
 /**
  * Runs Python in the session, yielding its events; retried (UNAVAILABLE) only before the first.
+ * A streamed stdin or a control makes it a RunInteractive call.
  *
  * @param core The session.
  * @param spec The target and options.
@@ -19,43 +22,22 @@ export function runEvents(
   core: SessionCore,
   spec: RunSpec,
 ): AsyncGenerator<RunEvent, void, undefined> {
-  const req = runRequest(core, spec);
+  const stream = streamedStdin(spec.stdin);
+  if (stream !== undefined || spec.control !== undefined) {
+    return interactiveEvents(core, spec, runRequest(core, spec, stream === undefined), stream);
+  }
+  const req = runRequest(core, spec, true);
   return core.retry.stream(async function* (call) {
     let exited = false;
     try {
-      for await (const ev of core.workers.run(req, callOptions(spec.signal))) {
+      for await (const wire of core.workers.run(req, callOptions(spec.signal))) {
         call.seen = true;
-        const e = ev.event;
-        switch (e.case) {
-          case "started":
-            yield {
-              kind: "started",
-              pid: e.value.pid,
-              interpreter: e.value.interpreter,
-              cwd: e.value.cwd,
-            };
-            break;
-          case "stdout":
-          case "stderr":
-            yield { kind: e.case, data: e.value };
-            break;
-          case "exited":
-            exited = true;
-            yield {
-              kind: "exited",
-              exitCode: e.value.exitCode,
-              signal: e.value.signal,
-              durationMs: Number(e.value.durationMs),
-              timedOut: e.value.timedOut,
-              outputTruncated: e.value.outputTruncated,
-            };
-            break;
-        }
+        const ev = fromWire(wire);
+        if (ev?.kind === "exited") exited = true;
+        if (ev) yield ev;
       }
     } catch (e) {
-      // The run is over once `exited` arrived: Deno's node:http2 can still report the stream
-      // closing under it as "Premature close", which is not the run's failure.
-      if (exited && /premature close/i.test(String((e as Error)?.message ?? e))) return;
+      if (exited && isPrematureClose(e)) return;
       throw ValiseClientError.from(e);
     }
   });
@@ -97,34 +79,42 @@ export async function collectRun(events: AsyncIterable<RunEvent>): Promise<RunRe
   return result;
 }
 
-function runRequest(core: SessionCore, spec: RunSpec): RunRequest {
-  const targets = (["code", "module", "script"] as const).filter((k) =>
-    (spec as unknown as Record<string, unknown>)[k] !== undefined
-  );
-  if (targets.length !== 1) {
+function runRequest(core: SessionCore, spec: RunSpec, withStdin: boolean): RunRequest {
+  const s = spec as unknown as Record<string, unknown>;
+  const targets = (["code", "module", "script"] as const).filter((k) => s[k] !== undefined);
+  const repl = s.repl ?? false;
+  if (typeof repl !== "boolean") throw new TypeError("Cannot run: repl must be a boolean");
+  if (targets.length > 1 || (targets.length === 0 && !repl)) {
     throw new TypeError(
-      `Cannot run: give exactly one of code, module or script (got ${
+      `Cannot run: give exactly one of code, module or script, or repl: true (got ${
         targets.join(", ") || "none"
       })`,
     );
   }
-  const k = targets[0]!;
-  const value = (spec as unknown as Record<string, unknown>)[k];
-  if (typeof value !== "string") throw new TypeError(`Cannot run: ${k} must be a string`);
+  const k = targets[0];
+  const value = k === undefined ? undefined : s[k];
+  if (k !== undefined && typeof value !== "string") {
+    throw new TypeError(`Cannot run: ${k} must be a string`);
+  }
   const timeoutMs = spec.timeoutMs ?? 0;
   if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 0xffffffff) {
     throw new RangeError(`Cannot run: timeoutMs ${timeoutMs} is not a non-negative integer`);
   }
-  const stdin = typeof spec.stdin === "string"
+  const stdin = !withStdin
+    ? new Uint8Array(0)
+    : typeof spec.stdin === "string"
     ? new TextEncoder().encode(spec.stdin)
-    : spec.stdin ?? new Uint8Array(0);
+    : spec.stdin instanceof Uint8Array
+    ? spec.stdin
+    : new Uint8Array(0);
   return create(RunRequestSchema, {
     sessionId: core.sessionId,
     userContext: core.userContext,
     ...core.observed(),
-    target: { case: k, value },
+    ...(k === undefined ? {} : { target: { case: k, value: value as string } }),
     args: spec.args ?? [],
     stdin,
     timeoutMs,
+    repl,
   });
 }

@@ -99,3 +99,51 @@ export async function makeTar(
   if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
   return out;
 }
+
+const CLI = new URL("./cli.ts", import.meta.url).pathname;
+
+/** What a CLI run printed, and its exit code. */
+export interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI as a subprocess with `env` (and NO_COLOR), stdin from `opts.stdin` or none. */
+export async function cli(
+  args: string[],
+  env: Record<string, string>,
+  opts: { cwd?: string; stdin?: string } = {},
+): Promise<Ran> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    env: { NO_COLOR: "1", ...env },
+    cwd: opts.cwd ?? Deno.cwd(),
+    stdin: opts.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (opts.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(opts.stdin));
+    await w.close();
+  }
+  const r = await child.output();
+  const d = new TextDecoder();
+  return { code: r.code, stdout: d.decode(r.stdout), stderr: d.decode(r.stderr) };
+}
+
+/** The sessions a CLI state file remembers, by remote; `{}` when there is no file. */
+export function stateOf(path: string): Record<string, { sessionId: string }> {
+  try {
+    return JSON.parse(Deno.readTextFileSync(path)).sessions;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return {};
+    throw e;
+  }
+}
+
+/** The JSON lines of a `--json` run's stdout. */
+export function jsonLines(stdout: string): Record<string, unknown>[] {
+  return stdout.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l));
+}

@@ -56,32 +56,36 @@ export class Uploader {
     const items = await pendingItems(paths, options);
     for (const it of items) {
       report(progress(it, "hash", 0));
-      it.sha256 = await sha256File(it.path, options.signal);
+      it.sha256 = await sha256File(it.path, options.signal, (n) => {
+        if (n < it.size) report(progress(it, "hash", n));
+      });
+      report(progress(it, "hash", it.size));
     }
     const fast = options.fastPath ?? true;
+    const added = (it: Pending) => options.onAdded?.(addedOf(it));
     await this.#core.retry.call(async () => {
       const pending = items.filter((i) => !i.committed);
       if (pending.length === 0) return;
-      if (fast && this.#hasStore) await this.#attach(pending, report, options.signal);
+      if (fast && this.#hasStore) await this.#attach(pending, report, added, options.signal);
       for (const it of items) {
         if (it.committed) continue;
         await this.#upload(it, report, options.signal);
         it.committed = true;
         it.uploaded = true;
         report(progress(it, "done", it.size));
+        added(it);
       }
     });
-    return items.map((i) => ({
-      name: i.name,
-      path: i.path,
-      size: i.size,
-      sha256: i.sha256,
-      uploaded: i.uploaded,
-    }));
+    return items.map(addedOf);
   }
 
   /** Attaches the items whose bytes the server holds, marking them committed. */
-  async #attach(pending: Pending[], report: Report, signal: AbortSignal | undefined) {
+  async #attach(
+    pending: Pending[],
+    report: Report,
+    added: (it: Pending) => void,
+    signal: AbortSignal | undefined,
+  ) {
     const core = this.#core;
     const { present, challenges } = await this.#hasBlobs(pending.map((i) => i.sha256), signal);
     const proofs = new Map<string, BlobProofInit | undefined>();
@@ -116,6 +120,7 @@ export class Uploader {
       if (!attached.has(i.name)) continue;
       i.committed = true;
       report(progress(i, "attached", 0));
+      added(i);
     }
   }
 
@@ -204,6 +209,10 @@ async function pendingItems(
     items.push({ ...r, size: info.size, sha256: "", uploaded: false, committed: false });
   }
   return items;
+}
+
+function addedOf(i: Pending): AddedArtifact {
+  return { name: i.name, path: i.path, size: i.size, sha256: i.sha256, uploaded: i.uploaded };
 }
 
 function progress(

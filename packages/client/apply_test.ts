@@ -498,7 +498,7 @@ Deno.test("valise apply: files, stdin/stdout, a module function, errors", async 
     equal(both.code, 2);
     match(
       both.stderr,
-      /^valise: \[USAGE\] give exactly one of --fn MOD:FN or --code FILE\nhint: see `valise apply --help`\n$/,
+      /^Usage: valise apply .*\n.*\nvalise: \[USAGE\] give exactly one of --fn MOD:FN or --code FILE\nhint: see `valise help apply`\n$/,
     );
     const noIn = await cli(["apply", "--fn", "a:b", "--out", "y"], env);
     equal(noIn.code, 2);

@@ -2,67 +2,77 @@
 // The CLI end to end: a real server, the CLI as a subprocess in a pipe and in a pseudo-terminal.
 import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { makeTar, sessionDir, withServer, writeFile } from "./_test_util.ts";
+import { cli, makeTar, sessionDir, stateOf, withServer, writeFile } from "./_test_util.ts";
 
 const CLI = new URL("./cli.ts", import.meta.url).pathname;
 
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
+/**
+ * Checks a usage error's shape: the command's short usage first, then the error, then where the
+ * help is; never the whole help.
+ */
+function usageError(r: { code: number; stderr: string }, message: string, command: string): void {
+  const what = `${command}: ${message}`;
+  equal(r.code, 2, what);
+  const lines = r.stderr.trimEnd().split("\n");
+  const help = command === "main" ? "valise help" : `valise help ${command}`;
+  equal(lines.at(-1), `hint: see \`${help}\``, what);
+  equal(lines.at(-2), `valise: [USAGE] ${message}`, what);
+  const usage = lines.slice(0, -2);
+  ok(usage.length >= 1 && usage.length <= 4, `${what}: ${r.stderr}`);
+  ok(
+    usage[0]!.startsWith(
+      command === "main" ? "Usage: valise [OPTIONS]" : `Usage: valise ${command}`,
+    ),
+    `${what}: ${r.stderr}`,
+  );
 }
 
-async function cli(
-  args: string[],
-  env: Record<string, string>,
-  opts: { cwd?: string; stdin?: string } = {},
-): Promise<Ran> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1", ...env },
-    cwd: opts.cwd ?? Deno.cwd(),
-    stdin: opts.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (opts.stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(opts.stdin));
-    await w.close();
-  }
-  const r = await child.output();
-  const d = new TextDecoder();
-  return { code: r.code, stdout: d.decode(r.stdout), stderr: d.decode(r.stderr) };
-}
-
-function stateOf(path: string): Record<string, { sessionId: string }> {
-  return JSON.parse(Deno.readTextFileSync(path)).sessions;
-}
-
-Deno.test("valise --help and usage errors", async () => {
+Deno.test("valise --help, valise help COMMAND and usage errors: short usage, the error, the help's name", async () => {
   const env = { VALISE_STATE_FILE: "/nonexistent/state.json" };
   const main = await cli(["--help"], env);
   equal(main.code, 0);
   match(main.stdout, /Usage: valise \[OPTIONS\] <COMMAND>/);
-  for (const cmd of ["add", "conf", "run", "status", "release"]) {
+  equal((await cli(["help"], env)).stdout, main.stdout);
+  for (
+    const cmd of [
+      "add",
+      "conf",
+      "run",
+      "python",
+      "apply",
+      "status",
+      "new",
+      "release",
+      "ls",
+      "rm",
+      "health",
+      "completions",
+    ]
+  ) {
     const r = await cli([cmd, "--help"], env);
     equal(r.code, 0, cmd);
     match(r.stdout, new RegExp(`Usage: valise ${cmd}`));
+    const h = await cli(["help", cmd], env);
+    equal(h.code, 0, cmd);
+    equal(h.stdout, r.stdout, cmd);
+    // The whole help goes to stdout only when asked for, never with an error.
+    equal(h.stderr, "");
   }
-  const none = await cli([], env);
-  equal(none.code, 2);
-  equal(none.stderr, "valise: [USAGE] no command given\nhint: see `valise --help`\n");
-  const unknown = await cli(["frobnicate"], env);
-  equal(unknown.code, 2);
-  match(unknown.stderr, /^valise: \[USAGE\] unknown command "frobnicate"\nhint: /);
-  const two = await cli(["add", "--pyfile", "--file", "x.py"], env);
-  equal(two.code, 2);
-  match(
-    two.stderr,
-    /\[USAGE\] give at most one of --pyfile, --archive, --file\nhint: see `valise add --help`/,
+  match(main.stdout, /--json/);
+  usageError(await cli([], env), "no command given", "main");
+  usageError(await cli(["frobnicate"], env), 'unknown command "frobnicate"', "main");
+  usageError(
+    await cli(["stauts"], env),
+    'unknown command "stauts"; did you mean "status"?',
+    "main",
   );
-  const conf = await cli(["conf", "set", "k"], env);
-  equal(conf.code, 2);
+  usageError(await cli(["help", "ad"], env), 'unknown command "ad"; did you mean "add"?', "help");
+  usageError(await cli(["help", "a", "b"], env), "help takes at most one COMMAND", "help");
+  usageError(
+    await cli(["add", "--pyfile", "--file", "x.py"], env),
+    "give at most one of --pyfile, --archive, --file",
+    "add",
+  );
   // The words are checked before anything is sent, in the CLI's own words.
   const usage: [string[], string, string][] = [
     [["--retries=0", "status"], "--retries must be a positive integer", "main"],
@@ -72,32 +82,42 @@ Deno.test("valise --help and usage errors", async () => {
     [["run", "--stdin"], "--stdin needs a value", "run"],
     [["run", "--"], "-- needs a SCRIPT after it", "run"],
     [["run", "--bogus", "x.py"], "unknown option --bogus", "run"],
-    [["run"], "run needs -c CODE, -m MODULE or SCRIPT", "run"],
+    [["run"], "run needs -c CODE, -m MODULE or SCRIPT (or -i)", "run"],
+    [["run", "--interactive=yes"], "--interactive takes no value", "run"],
+    [["python", "--bogus"], "unknown option --bogus", "python"],
+    [["python", "--timeout-ms=x"], "--timeout-ms must be a non-negative integer", "python"],
     [["add", "--pyfile=yes", "x.py"], "--pyfile takes no value", "add"],
     [["add", "-qx", "x.py"], "unknown option -qx", "add"],
+    [["add", "--pyfiel", "x.py"], "unknown option --pyfiel; did you mean --pyfile?", "add"],
     [["add"], "add needs at least one PATH", "add"],
     [["conf", "--bogus"], "unknown option --bogus", "conf"],
-    [["conf", "frob"], 'unknown conf command "frob"', "conf"],
+    [["conf", "frob"], 'unknown conf command "frob" (set, get, unset or list)', "conf"],
+    [["conf", "set", "k"], "conf set takes KEY VALUE, not 1 argument", "conf"],
+    [["conf", "get"], "conf get takes one KEY, not 0 arguments", "conf"],
     [["apply", "--in"], "--in needs a value", "apply"],
     [["apply", "--form=rows"], '--form must be columns, pandas or pyarrow, not "rows"', "apply"],
     [["apply", "stray"], "unexpected argument stray", "apply"],
+    [
+      ["apply", "--json", "--fn", "m:f", "--in", "x", "--out", "-"],
+      "--json writes to stdout: give --out a FILE, not -",
+      "apply",
+    ],
     [["status", "--nope=1"], "unknown option --nope=1", "status"],
     [["release", "extra"], "unexpected argument extra", "release"],
+    [["new", "extra"], "unexpected argument extra", "new"],
+    [["completions"], "completions needs a shell: bash, zsh or fish", "completions"],
+    [["completions", "tcsh"], 'no completions for "tcsh": bash, zsh or fish', "completions"],
     [["--remote"], "--remote needs a value", "main"],
     [["--bogus"], "unknown option --bogus", "main"],
   ];
-  for (const [args, message, command] of usage) {
-    const r = await cli(args, env);
-    const hint = command === "main" ? "valise --help" : `valise ${command} --help`;
-    equal(r.code, 2, args.join(" "));
-    equal(r.stderr, `valise: [USAGE] ${message}\nhint: see \`${hint}\`\n`, args.join(" "));
-  }
+  for (const [args, message, command] of usage) usageError(await cli(args, env), message, command);
   const { version } = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
   for (const flag of ["--version", "-V"]) {
     const v = await cli([flag], env);
     equal(v.code, 0);
     equal(v.stdout, `valise ${version}\n`);
   }
+  deepEqual(JSON.parse((await cli(["--json", "-V"], env)).stdout), { type: "version", version });
   const badRemote = await cli(["--remote", "http://x", "status"], env);
   equal(badRemote.code, 2);
   match(
@@ -114,10 +134,16 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     await writeFile(work, "util.py", "def shout(s):\n    return s.upper() + '!'\n");
     await writeFile(work, "main.py", "import sys, util\nprint(util.shout(sys.argv[1]))\n");
     await writeFile(work, "input.txt", "from a file");
-    // deno task runs in the package root; INIT_CWD keeps the user's directory.
+    // deno task runs in the checkout's root; INIT_CWD keeps the user's directory.
     const env = { VALISE_STATE_FILE: state, SPARK_REMOTE: url, INIT_CWD: work };
+    const taskRoot = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
-    const add = await cli(["add", "--pyfile", "util.py"], env, { cwd: tmp });
+    // Anywhere else an inherited INIT_CWD (an enclosing deno task's) does not move the paths.
+    const elsewhere = await cli(["add", "--pyfile", "util.py"], env, { cwd: tmp });
+    equal(elsewhere.code, 2, elsewhere.stderr);
+    match(elsewhere.stderr, /Cannot add util\.py: there is no such file/);
+
+    const add = await cli(["add", "--pyfile", "util.py"], env, { cwd: taskRoot });
     equal(add.code, 0, add.stderr);
     match(add.stdout, /^pyfiles\/util\.py\t\d+\tuploaded\n$/);
     const id = /new session ([0-9a-f-]{36})/.exec(add.stderr)?.[1];
@@ -125,7 +151,7 @@ Deno.test("valise in a pipe: a session shared by consecutive commands, plain out
     match(add.stderr, /uploading pyfiles\/util\.py \(\d+ B\)\nuploaded pyfiles\/util\.py: /);
     deepEqual(Object.values(stateOf(state)).map((s) => s.sessionId), [id]);
 
-    const addFile = await cli(["add", "--file", "main.py"], env, { cwd: tmp });
+    const addFile = await cli(["add", "--file", "main.py"], env, { cwd: taskRoot });
     equal(addFile.code, 0, addFile.stderr);
     ok(!addFile.stderr.includes("new session"));
     const root = join(await sessionDir(dataDir, id), "root");
@@ -307,7 +333,7 @@ Deno.test("valise reports an unreachable server in one line with a hint", async 
     const lines = r.stderr.trimEnd().split("\n").filter((l) => !l.includes("new session"));
     equal(lines.length, 2, r.stderr);
     match(lines[0]!, /^valise: \[UNAVAILABLE\] /);
-    match(lines[1]!, /^hint: is a server running there\?/);
+    match(lines[1]!, /^hint: is a server running at 127\.0\.0\.1:1\?/);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
@@ -345,7 +371,9 @@ Deno.test({
       };
       const add = await inPty(["add", "--file", big]);
       equal(add.code, 0, add.out);
-      match(add.out, /files\/big\.bin \[#+\] 100% 2\.9 MiB\/2\.9 MiB .*\/s ETA 0s/);
+      // The last line: size, total time and average rate; no ETA.
+      match(add.out, /files\/big\.bin \[#+\] 100% 2\.9 MiB in \d+\.\ds \(\d+\.\d [KMG]iB\/s\)\r\n/);
+      ok(!add.out.includes("ETA 0s") && !add.out.includes(" 0 B/s"), add.out);
       ok(add.out.includes("\r\x1b[2K"));
       match(add.out, /files\/big\.bin\t3000000\tuploaded/);
       const again = await inPty(["add", "--file", big]);

@@ -1,10 +1,16 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 // This module is browser compatible.
 
+import { editDistance } from "./_edit_distance.ts";
+
 /** Spark Connect's default port. */
 export const DEFAULT_PORT = 15002;
 
-/** The parameters with a meaning of their own; others travel as request headers. */
+/**
+ * The parameters with a meaning of their own. Any other must name a custom request header
+ * (`x-…`, sent as is); an unknown name is refused, so that a typo (`;tokn=…`) is not sent as a
+ * header while the token goes missing.
+ */
 export const RESERVED_PARAMS: readonly string[] = [
   "token",
   "user_id",
@@ -31,14 +37,16 @@ export interface ConnectionString {
   useSsl: boolean;
   /** `user_agent=`. */
   userAgent?: string;
-  /** Every other parameter, URL-decoded, in order; clients send them as request headers. */
+  /** The `x-…` parameters, URL-decoded, in order; clients send them as request headers. */
   params: Record<string, string>;
 }
 
 /**
  * Parses a Spark Connect connection string with the rules of PySpark's `ChannelBuilder`:
  * scheme `sc`, a host and an optional port (default 15002), an empty path or `/`, then
- * `;key=value` parameters whose values are URL-decoded. IPv6 hosts go in brackets.
+ * `;key=value` parameters whose values are URL-decoded. IPv6 hosts go in brackets. Besides
+ * {@linkcode RESERVED_PARAMS}, a parameter must be a custom header (`x-team=data`); other names
+ * are refused with the known ones (PySpark would send them as headers).
  *
  * @example
  * ```ts
@@ -76,16 +84,23 @@ export function parseConnectionString(value: string): ConnectionString {
   if (semi >= 0) {
     paramText = rest.slice(semi + 1);
     rest = rest.slice(0, semi);
-    if (!rest.endsWith("/")) {
-      fail("parameters must follow a '/' after the host and port, as in sc://host:15002/;token=…");
-    }
   }
   const slash = rest.indexOf("/");
   let authority = rest;
   if (slash >= 0) {
     const path = rest.slice(slash);
     authority = rest.slice(0, slash);
-    if (path !== "/") fail(`the path must be empty or "/", not "${path}"`);
+    if (path !== "/") {
+      // Spark Connect's methods live at the root of the server (/spark.connect.…/…): a path
+      // prefix, as a reverse proxy might route by, cannot be expressed.
+      fail(
+        `the path must be empty or "/", not "${path.replace(/\/$/, "")}": Spark Connect has no ` +
+          `path prefix (a proxy must route the server's root, e.g. sc://host:443/;use_ssl=true)`,
+      );
+    }
+  }
+  if (semi >= 0 && slash < 0) {
+    fail("parameters must follow a '/' after the host and port, as in sc://host:15002/;token=…");
   }
   if (/[?#]/.test(authority)) fail("it must not contain a query ('?') or a fragment ('#')");
   if (authority.includes("@")) fail("user information ('user@') is not supported; use ;user_id=");
@@ -156,11 +171,19 @@ export function parseConnectionString(value: string): ConnectionString {
           if (!/^[A-Za-z0-9_.-]+$/.test(key)) {
             fail(`the parameter name "${key}" cannot be sent as a header`);
           }
+          if (!/^x-/i.test(key)) fail(unknownParam(key));
           out.params[key] = v;
       }
     }
   }
   return out;
+}
+
+function unknownParam(key: string): string {
+  const near = RESERVED_PARAMS.find((k) => editDistance(key.toLowerCase(), k) <= 2);
+  return `unknown parameter "${key}"${near === undefined ? "" : ` (did you mean "${near}"?)`}: ` +
+    `the known ones are ${RESERVED_PARAMS.join(", ")}; a custom request header's name starts ` +
+    `with x- (e.g. ;x-team=data)`;
 }
 
 function decode(s: string, fail: (why: string) => never): string {

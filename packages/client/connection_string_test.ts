@@ -66,6 +66,20 @@ Deno.test("parseConnectionString() names the problem in bad strings", () => {
     ["sc://[zz]:1", /not an IPv6 address/],
     ["sc://h h:1", /not a valid host name/],
     ["sc://h:1/;a b=c", /cannot be sent as a header/],
+    // A typo is not sent as a header while the token goes missing.
+    [
+      "sc://h:1/;tokn=secret",
+      /unknown parameter "tokn" \(did you mean "token"\?\): the known ones are token, user_id, session_id, use_ssl, user_agent; a custom request header's name starts with x-/,
+    ],
+    ["sc://h:1/;userid=ada", /unknown parameter "userid" \(did you mean "user_id"\?\)/],
+    ["sc://h:1/;team=data", /unknown parameter "team": the known ones are token, /],
+    // A path prefix is named as such, wherever the parameters start.
+    [
+      "sc://h:1/spark;token=x",
+      /the path must be empty or "\/", not "\/spark": Spark Connect has no path prefix/,
+    ],
+    ["sc://h:1/spark/;token=x", /not "\/spark": Spark Connect has no path prefix/],
+    ["sc://h:1/a/b", /not "\/a\/b": Spark Connect has no path prefix/],
   ];
   for (const [s, re] of bad) {
     throws(() => parseConnectionString(s), (e: unknown) => {
@@ -94,9 +108,7 @@ Deno.test("parseConnectionString() properties", async (t) => {
     sessionId: fc.option(fc.uuid(), { nil: undefined }),
     userAgent: fc.option(value, { nil: undefined }),
     params: fc.dictionary(
-      fc.stringMatching(/^[a-z][a-z0-9_.-]{0,8}$/).filter((k) =>
-        !["token", "user_id", "session_id", "use_ssl", "user_agent"].includes(k)
-      ),
+      fc.stringMatching(/^x-[a-z0-9_.-]{1,8}$/),
       value,
       { maxKeys: 3 },
     ),

@@ -31,6 +31,8 @@
  * @module
  */
 export type * from "./apply.ts";
+export type { ArtifactEntry, RemovedArtifacts } from "./artifacts.ts";
+export type { HealthStatus } from "./health.ts";
 export {
   ARCHIVE_EXTENSIONS,
   type ArtifactKindFlags,
@@ -55,6 +57,7 @@ export {
   type ValiseClientErrorInit,
 } from "./error.ts";
 export type { RunEvent, RunOptions, RunResult, RunSpec, RunTarget } from "./run.ts";
+export { RunControl } from "./run_control.ts";
 export { connect, Session } from "./session.ts";
 export {
   type AddArtifactsOptions,

@@ -1,7 +1,13 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
+import type { RunControl } from "./run_control.ts";
 
-/** What {@linkcode Session.run} runs: exactly one of `code`, `module` or `script`. */
-export type RunTarget = { code: string } | { module: string } | { script: string };
+/**
+ * What {@linkcode Session.run} runs: exactly one of `code`, `module` or `script`, or
+ * `{ repl: true }` for Python's console alone.
+ */
+export type RunTarget = { code: string } | { module: string } | { script: string } | {
+  repl: true;
+};
 
 /** Options of a run. */
 export interface RunOptions {
@@ -11,10 +17,28 @@ export interface RunOptions {
    */
   args?: string[];
   /**
-   * Bytes written to the program's stdin, which is then closed.
+   * The program's stdin. Bytes or text are sent whole, with the request, and stdin is then
+   * closed. A `ReadableStream` or async iterable is streamed as it produces
+   * (`WorkerService/RunInteractive`): each chunk reaches the program as soon as it is read, the
+   * stream is read only as fast as the program takes it, its end closes the program's stdin,
+   * and once the program has exited it is cancelled. Such a run has the server's interactive
+   * time limit (`--interactive-timeout-ms`, an hour by default) instead of the run limit.
    * @default {undefined} empty
    */
-  stdin?: Uint8Array | string;
+  stdin?: Uint8Array | string | ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>;
+  /**
+   * Like `python -i`: after the target (or alone, with `{ repl: true }` as the target),
+   * Python's console reads stdin in the target's globals and writes its prompts (`>>> `) to
+   * stdout; from then on stderr goes to stdout too, so that prompts, results and tracebacks
+   * arrive in order.
+   * @default {false}
+   */
+  repl?: boolean;
+  /**
+   * Interrupts the run on request (Ctrl-C); the run then streams its stdin, as with a stream.
+   * @default {undefined}
+   */
+  control?: RunControl;
   /**
    * Wall-clock limit in milliseconds; 0 means the server's default.
    * @default {0}

@@ -8,12 +8,16 @@ import type {
   ApplyResult,
   ApplySummary,
 } from "./apply.ts";
+import type { ArtifactEntry, RemovedArtifacts } from "./artifacts.ts";
 import { RuntimeConfig } from "./config.ts";
 import type { ConnectOptions } from "./connect_options.ts";
 import { type ConnectionString, parseConnectionString } from "./connection_string.ts";
 import type { RunEvent, RunResult, RunSpec } from "./run.ts";
 import { type AddArtifactsOptions, type AddedArtifact, ArtifactProgressEvent } from "./upload.ts";
 import { applyBatches, collectApply } from "./_apply_call.ts";
+import { listArtifacts, removeArtifacts } from "./_artifacts.ts";
+import type { HealthStatus } from "./health.ts";
+import { checkHealth } from "./_health.ts";
 import { integrity, SessionCore } from "./_core.ts";
 import { collectRun, runEvents } from "./_run.ts";
 import { Uploader } from "./_upload.ts";
@@ -109,9 +113,59 @@ export class Session extends EventTarget {
   }
 
   /**
+   * Lists the session's artifacts by name: size, sha256, kind, alias, how the working directory
+   * shows it, the tree an archive unpacked to. Listing a session the server does not have
+   * returns `[]` and creates nothing.
+   *
+   * @example
+   * ```ts ignore
+   * for (const a of await session.list()) console.log(a.name, a.size, a.sha256);
+   * ```
+   *
+   * @returns The artifacts.
+   */
+  async list(): Promise<ArtifactEntry[]> {
+    this.#core.checkOpen();
+    return await listArtifacts(this.#core);
+  }
+
+  /**
+   * Removes artifacts from the session, all or none: a name the session does not hold fails
+   * with `ARTIFACT_NOT_FOUND` and removes nothing. Listings, `status` and quotas see them gone
+   * at once; runs in progress keep seeing them in their working directory until they end, runs
+   * started later do not (see `inProgress`). Shared bytes stay while other sessions use them.
+   *
+   * @example
+   * ```ts ignore
+   * const { freedBytes } = await session.remove("archives/env.tar.gz#environment");
+   * ```
+   *
+   * @param names Names as {@linkcode Session.list} gives them.
+   * @returns What was removed and the bytes freed.
+   * @throws {TypeError} When no name is given.
+   * @throws {ValiseClientError} `ARTIFACT_NOT_FOUND`, `INVALID_ARTIFACT_NAME`.
+   */
+  async remove(names: string | readonly string[]): Promise<RemovedArtifacts> {
+    this.#core.checkOpen();
+    return await removeArtifacts(this.#core, typeof names === "string" ? [names] : names);
+  }
+
+  /**
+   * Asks the server's standard health service whether it serves (no token needed). Creates no
+   * session.
+   *
+   * @param service A service name, e.g. `valise.v1.WorkerService`; `""` for the server.
+   * @returns `SERVING`, `NOT_SERVING` (shutting down), or another status of the protocol.
+   */
+  async health(service = ""): Promise<HealthStatus> {
+    this.#core.checkOpen();
+    return await checkHealth(this.#core, service);
+  }
+
+  /**
    * Runs Python in the session (its directory, interpreter and path), yielding events as
    * they happen. A call that fails with `UNAVAILABLE` before the first event is retried; once
-   * the worker started, it is not.
+   * the worker started (or a streamed stdin was read from), it is not.
    *
    * @example
    * ```ts ignore
@@ -120,7 +174,17 @@ export class Session extends EventTarget {
    * }
    * ```
    *
-   * @param spec `code`, `module` or `script`, and options.
+   * @example Python's console on this terminal, stdin streamed as it is typed
+   * ```ts ignore
+   * const control = new RunControl();
+   * Deno.addSignalListener("SIGINT", () => control.interrupt());
+   * for await (const ev of session.run({ repl: true, stdin: Deno.stdin.readable, control })) {
+   *   if (ev.kind === "stdout") await Deno.stdout.write(ev.data);
+   *   if (ev.kind === "stderr") await Deno.stderr.write(ev.data);
+   * }
+   * ```
+   *
+   * @param spec `code`, `module`, `script` or `repl`, and options (stdin, control, …).
    * @returns The events, ending with `exited`.
    */
   async *run(spec: RunSpec): AsyncGenerator<RunEvent, void, undefined> {

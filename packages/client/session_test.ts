@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { AddArtifactsRequest } from "@valise/protocol";
 import {
+  type AddedArtifact,
   type ArtifactProgress,
   ArtifactProgressEvent,
   CLIENT_VERSION,
@@ -115,9 +116,14 @@ Deno.test("Session.addArtifacts() sends only the bytes the server lacks", async 
     equal(c.counts.AddArtifacts, undefined);
     equal(c.counts.HasBlobs, 1);
     equal(c.counts.AttachArtifacts, 1);
-    deepEqual(progress.map((p) => p.phase), ["hash", "attached"]);
+    // Hashing reports start at 0 and end at the size; attaching sends nothing.
+    const hashed = progress.filter((p) => p.phase === "hash");
+    equal(hashed[0]!.bytesSent, 0);
+    equal(hashed.at(-1)!.bytesSent, size);
+    deepEqual(progress.filter((p) => p.phase !== "hash").map((p) => [p.phase, p.bytesSent]), [
+      ["attached", 0],
+    ]);
     deepEqual(events, progress);
-    equal(progress.every((p) => p.bytesSent === 0), true);
     // One blob on the server, linked into both sessions.
     const blobs = await Array.fromAsync(Deno.readDir(join(dataDir, "blobs", "sha256")));
     ok(blobs.length >= 1);
@@ -144,7 +150,14 @@ Deno.test("Session reports upload progress: bytes, totals and a rate", async () 
     const seen: ArtifactProgress[] = [];
     await session.addArtifacts([big, small], { file: true, onProgress: (p) => seen.push(p) });
     const bigEvents = seen.filter((p) => p.name === "files/big.bin");
-    equal(bigEvents[0]!.phase, "hash");
+    const hashing = bigEvents.filter((p) => p.phase === "hash");
+    deepEqual(bigEvents.slice(0, hashing.length), hashing, "hashing comes first");
+    equal(hashing[0]!.bytesSent, 0);
+    equal(hashing.at(-1)!.bytesSent, 1_000_000);
+    ok(hashing.length >= 3, "progress while hashing");
+    for (let i = 1; i < hashing.length; i++) {
+      ok(hashing[i]!.bytesSent > hashing[i - 1]!.bytesSent);
+    }
     const uploads = bigEvents.filter((p) => p.phase === "upload");
     ok(uploads.length >= 2);
     for (let i = 1; i < uploads.length; i++) {
@@ -154,11 +167,57 @@ Deno.test("Session reports upload progress: bytes, totals and a rate", async () 
     equal(uploads.every((p) => p.totalBytes === 1_000_000), true);
     ok(uploads.at(-1)!.bytesPerSecond > 0);
     equal(bigEvents.at(-1)!.phase, "done");
-    deepEqual(seen.filter((p) => p.name === "files/small.txt").map((p) => p.phase), [
-      "hash",
-      "upload",
-      "done",
+    deepEqual(
+      seen.filter((p) => p.name === "files/small.txt").map((p) => [p.phase, p.bytesSent]),
+      [["hash", 0], ["hash", 1], ["upload", 1], ["done", 1]],
+    );
+  });
+});
+
+Deno.test("Session.addArtifacts() tells each artifact as the server commits it: a failure on the third leaves the first two told", async () => {
+  await withServer(async ({ url, tmp }) => {
+    await Deno.mkdir(join(tmp, "v1"));
+    const old = await writeFile(join(tmp, "v1"), "c.txt", "old c");
+    await using session = connect(url);
+    await session.addArtifacts(old, { file: true });
+    const a = await writeFile(tmp, "a.txt", "aa");
+    const b = await writeFile(tmp, "b.txt", "bbb");
+    const c = await writeFile(tmp, "c.txt", "new c");
+    const told: AddedArtifact[] = [];
+    const order: string[] = [];
+    await rejects(
+      session.addArtifacts([a, b, c], {
+        file: true,
+        onAdded: (x) => {
+          told.push(x);
+          order.push(`added ${x.name}`);
+        },
+        onProgress: (p) => {
+          if (p.phase === "done") order.push(`done ${p.name}`);
+        },
+      }),
+      (e: unknown) => e instanceof ValiseClientError && e.errorClass === "ARTIFACT_ALREADY_EXISTS",
+    );
+    const sha = (t: string) => createHash("sha256").update(t).digest("hex");
+    deepEqual(told, [
+      { name: "files/a.txt", path: a, size: 2, sha256: sha("aa"), uploaded: true },
+      { name: "files/b.txt", path: b, size: 3, sha256: sha("bbb"), uploaded: true },
     ]);
+    // Told after its bar is done, so a caller's lines follow its progress.
+    deepEqual(order, [
+      "done files/a.txt",
+      "added files/a.txt",
+      "done files/b.txt",
+      "added files/b.txt",
+    ]);
+    deepEqual(await session.status(["files/a.txt", "files/b.txt"]), {
+      "files/a.txt": true,
+      "files/b.txt": true,
+    });
+    // An attached artifact is told too, as not uploaded.
+    const again: AddedArtifact[] = [];
+    await session.addArtifacts(a, { file: true, onAdded: (x) => again.push(x) });
+    deepEqual(again.map((x) => [x.name, x.uploaded]), [["files/a.txt", false]]);
   });
 });
 

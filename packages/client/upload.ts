@@ -11,7 +11,10 @@ export interface ArtifactProgress {
    * server already held the bytes, none were sent; `done`: the server committed it.
    */
   readonly phase: "hash" | "upload" | "attached" | "done";
-  /** Bytes of this artifact sent so far on the current attempt (0 when attached). */
+  /**
+   * Bytes of this artifact sent so far on the current attempt (0 when attached); in the `hash`
+   * phase, the bytes hashed so far: its first report has 0, its last `totalBytes`.
+   */
   readonly bytesSent: number;
   /** The artifact's size. */
   readonly totalBytes: number;
@@ -41,6 +44,12 @@ export interface AddArtifactsOptions extends ArtifactKindFlags {
    * @default {undefined}
    */
   onProgress?: (progress: ArtifactProgress) => void;
+  /**
+   * Told of each artifact as soon as the server has committed it (uploaded or attached), so a
+   * caller can report the ones added before a later one fails.
+   * @default {undefined}
+   */
+  onAdded?: (artifact: AddedArtifact) => void;
   /**
    * Directory relative paths are resolved against.
    * @default {Deno.cwd()}
@@ -77,14 +86,22 @@ export interface AddedArtifact {
  *
  * @param path The file.
  * @param signal Cancels the read.
+ * @param onBytes Told the bytes hashed so far, after each piece.
  * @returns The digest, lowercase hex.
  */
-export async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
+export async function sha256File(
+  path: string,
+  signal?: AbortSignal,
+  onBytes?: (bytes: number) => void,
+): Promise<string> {
   const h = createHash("sha256");
   using f = await Deno.open(path);
+  let bytes = 0;
   for await (const piece of f.readable) {
     signal?.throwIfAborted();
     h.update(piece);
+    bytes += piece.length;
+    onBytes?.(bytes);
   }
   return h.digest("hex");
 }

@@ -20,6 +20,8 @@ export const FrameType = {
   STDIN: 3,
   /** Deno → Python: u32 bytes of a `flow` run's stdout the consumer has taken. */
   ACK: 4,
+  /** Deno → Python: SIGINT the run's process group (Ctrl-C of an interactive run). */
+  INTERRUPT: 5,
   /** Python → Deno: the server is up. Payload: JSON `{pid, executable, version}`. */
   READY: 10,
   /** Python → Deno: the run's process was forked. Payload: JSON `{pid}`. */

@@ -131,13 +131,15 @@ export function checkRequest(
   const targets = (["code", "module", "script"] as const).filter((k) =>
     typeof request[k] === "string"
   );
-  if (targets.length !== 1) {
+  const repl = request.repl ?? false;
+  if (typeof repl !== "boolean") throw new TypeError("Cannot run: repl must be a boolean");
+  if (targets.length > 1 || (targets.length === 0 && !repl)) {
     throw new TypeError(
-      `Cannot run: exactly one of code, module, script must be set, got ${targets.length}`,
+      `Cannot run: exactly one of code, module, script must be set (or none with repl), got ${targets.length}`,
     );
   }
-  const kind = targets[0] as "code" | "module" | "script";
-  let target = request[kind] as string;
+  const kind = targets[0] ?? "none";
+  let target = kind === "none" ? "" : request[kind] as string;
   const path = [root];
   for (const p of session.pythonPath) {
     const abs = normalize(join(root, p));
@@ -162,7 +164,8 @@ export function checkRequest(
     throw new TypeError("Cannot run: args must be strings");
   }
   const asked = positiveInt("timeoutMs", request.timeoutMs ?? 0, true);
-  const timeoutMs = asked === 0 ? limits.wallTimeMs : Math.min(asked, limits.wallTimeMs);
+  const cap = request.interactive ? limits.interactiveTimeMs : limits.wallTimeMs;
+  const timeoutMs = asked === 0 ? cap : Math.min(asked, cap);
   const raw = request.stdin ?? new Uint8Array();
   let stream: AsyncIterable<Uint8Array> | undefined;
   if (!(raw instanceof Uint8Array)) {
@@ -180,6 +183,7 @@ export function checkRequest(
     memoryBytes: limits.memoryBytes,
   };
   if (stream) json.stdinStream = true;
+  if (repl) json.repl = true;
   if (request.streamStdout) json.flow = true;
   return {
     request: json,

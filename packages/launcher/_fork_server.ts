@@ -60,9 +60,9 @@ export interface ForkServerInit {
 
 /** The JSON the fork server's child reads. */
 export interface RunRequestJson {
-  /** What to run. */
-  kind: "code" | "module" | "script";
-  /** Source, module name or absolute script path. */
+  /** What to run; `none`: nothing before the console of a `repl` run. */
+  kind: "code" | "module" | "script" | "none";
+  /** Source, module name or absolute script path (`""` for `none`). */
   target: string;
   /** `sys.argv[1:]`. */
   args: string[];
@@ -76,6 +76,8 @@ export interface RunRequestJson {
   stdinStream?: boolean;
   /** Stdout is flow-controlled by ACK frames. */
   flow?: boolean;
+  /** Python's console follows the target, like `python -i`. */
+  repl?: boolean;
 }
 
 /** Bytes of streamed stdin sent to the fork server but not yet written to the run's pipe. */
@@ -134,6 +136,8 @@ export interface RunHandle {
   writeStdin(data: Uint8Array): Promise<boolean>;
   /** Ends a `stdinStream` run's stdin once what was sent is written. */
   endStdin(): void;
+  /** SIGINTs the run's process group (nothing once the run has ended). */
+  interrupt(): void;
   /**
    * Acknowledges stdout bytes of a `flow` run that the consumer has taken.
    *
@@ -323,6 +327,9 @@ export class ForkServer {
       },
       endStdin: () => {
         if (!state.ended) this.#send(encodeFrame(FrameType.STDIN, id));
+      },
+      interrupt: () => {
+        if (!state.ended) this.#send(encodeFrame(FrameType.INTERRUPT, id));
       },
       ack: (bytes: number) => {
         if (state.ended || bytes <= 0) return;

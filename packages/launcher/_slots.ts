@@ -42,6 +42,16 @@ export class RunSlots {
   }
 
   /**
+   * Runs of one session holding a slot.
+   *
+   * @param key The session.
+   * @returns How many.
+   */
+  runningOf(key: string): number {
+    return this.#bySession.get(key) ?? 0;
+  }
+
+  /**
    * Takes a slot for a run of session `key`, waiting in the queue if none is free.
    *
    * @param key The session.

@@ -11,13 +11,13 @@ dropped before the first import that could be shadowed. The launcher runs it as
 import sys
 if sys.path and sys.path[0] in ('', '.'):
     del sys.path[0]
-import os, json, struct, signal, selectors, io, types, builtins, atexit, traceback, runpy
+import os, json, struct, signal, select, selectors, io, types, builtins, atexit, traceback, runpy
 import fcntl
 
 # Defined once, on the TypeScript side (_bootstrap.ts), and injected by the launcher's stub.
 VALISE = globals()['VALISE']
 _F = VALISE['frames']
-RUN, KILL, STDIN, ACK = _F['RUN'], _F['KILL'], _F['STDIN'], _F['ACK']
+RUN, KILL, STDIN, ACK, INTERRUPT = _F['RUN'], _F['KILL'], _F['STDIN'], _F['ACK'], _F['INTERRUPT']
 READY, STARTED, STDOUT, STDERR = _F['READY'], _F['STARTED'], _F['STDOUT'], _F['STDERR']
 EXITED, FAILED, STDIN_ACK = _F['EXITED'], _F['FAILED'], _F['STDIN_ACK']
 STDOUT_WINDOW = VALISE['stdoutWindow']
@@ -137,13 +137,15 @@ def exit_code(e):
     return 1
 
 
-def execute(spec):
+def execute(spec, inspect=False):
     main = types.ModuleType('__main__')
     main.__dict__['__builtins__'] = builtins
     sys.modules['__main__'] = main
     kind = spec['kind']
     args = list(spec['args'])
-    if kind == 'code':
+    if kind == 'none':
+        sys.argv = [''] + args
+    elif kind == 'code':
         sys.argv = ['-c'] + args
         exec(compile(spec['target'], '<string>', 'exec'), main.__dict__)
     elif kind == 'module':
@@ -160,8 +162,93 @@ def execute(spec):
             sys.stderr.write("%s: can't open file %r: [Errno 2] No such file or directory\n"
                              % (sys.executable, path))
             return 2
-        runpy.run_path(path, run_name='__main__')
+        if inspect and is_source_file(path):
+            # In __main__ itself, as `python -i script.py` does: the console then sees the
+            # script's globals, not a copy of them.
+            with open(path, 'rb') as f:
+                source = f.read()
+            main.__dict__['__file__'] = path
+            exec(compile(source, path, 'exec'), main.__dict__)
+        else:
+            main.__dict__.update(runpy.run_path(path, run_name='__main__'))
     return 0
+
+
+def is_source_file(path):
+    """A plain file that is not a zip application (those go through runpy)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, 'rb') as f:
+            return f.read(2) != b'PK'
+    except OSError:
+        return False
+
+
+def interact(spec, console):
+    """``python -i``: the target (if any) runs, then Python's console reads stdin in its
+    globals. An exception of the target, SystemExit too, is shown and the console starts."""
+    failure = None
+    if spec['kind'] != 'none':
+        try:
+            if execute(spec, True) == 2:
+                return 2  # the script does not exist: `python -i` stops there too
+        except BaseException as e:
+            e.__traceback__ = strip_tb(e.__traceback__)
+            failure = e
+    else:
+        execute(spec)
+    main = sys.modules['__main__']
+    for f in (sys.stdout, sys.stderr):
+        f.flush()
+    # One pipe for both from here: the target's traceback, prompts, results and tracebacks
+    # arrive in the order they were written, as on a terminal.
+    os.dup2(1, 2)
+    if failure is not None:
+        sys.excepthook(type(failure), failure, failure.__traceback__)
+        failure = None
+    banner = ''
+    if spec['kind'] == 'none':
+        banner = ('Python %s on %s\nType "help", "copyright", "credits" or "license" for more '
+                  'information.' % (sys.version, sys.platform))
+    reader_console(console)(main.__dict__, filename='<stdin>').interact(banner=banner, exitmsg='')
+    return 0
+
+
+def reader_console(base):
+    """The console, reading its lines from fd 0 itself: a byte at a time, so that what follows
+    the line stays in the pipe for the user's code, and in select() beside a signal wakeup pipe,
+    so that an interrupt that lands between the prompt and the read still ends the wait (a
+    read() entered after the signal was handled would block)."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+
+    class Console(base):
+        def raw_input(self, prompt=''):
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+            line = bytearray()
+            while True:
+                ready = select.select([0, wake_r], [], [])[0]
+                if wake_r in ready:
+                    try:
+                        os.read(wake_r, 512)
+                    except OSError:
+                        pass
+                    continue  # KeyboardInterrupt is raised here, by the signal's handler
+                b = os.read(0, 1)
+                if not b:
+                    if line:
+                        break
+                    raise EOFError
+                if b == b'\n':
+                    break
+                line += b
+            return line.decode('utf-8', 'replace')
+
+    return Console
 
 
 def child(spec, in_r, out_w, err_w):
@@ -186,12 +273,16 @@ def child(spec, in_r, out_w, err_w):
         pass
     make_streams()
     atexit._clear()
+    console = None
+    if spec.get('repl'):
+        # The standard library's, imported before the session's directories join sys.path.
+        from code import InteractiveConsole as console
     code = 1
     try:
         os.chdir(spec['cwd'])
         os.environ['PWD'] = spec['cwd']
         sys.path[:0] = spec['path']
-        code = execute(spec)
+        code = execute(spec) if console is None else interact(spec, console)
     except SystemExit as e:
         code = exit_code(e)
     except BaseException as e:
@@ -481,6 +572,14 @@ def handle_frame(kind, rid, payload):
         run.unacked -= ACK_FMT.unpack_from(payload, 0)[0]
         if run.unacked < STDOUT_WINDOW:
             resume_stdout(run)
+    elif kind == INTERRUPT:
+        run = runs.get(rid)
+        if run is None or run.status is not None:
+            return
+        try:
+            os.killpg(run.pid, signal.SIGINT)
+        except OSError:
+            pass  # before the child's setsid() there is no group yet: the interrupt is lost
     elif kind == KILL:
         run = runs.get(rid)
         if run is None:

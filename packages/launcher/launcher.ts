@@ -15,6 +15,7 @@ import { type DefaultInterpreter, Interpreters } from "./_interpreters.ts";
 import { ForkServerPool, type PoolEntry } from "./_pool.ts";
 import { findExecutable, probeBwrap } from "./_sandbox.ts";
 import { RunSlots } from "./_slots.ts";
+import { attachRunControl } from "./run_control.ts";
 import { LaunchError } from "./launch_error.ts";
 import {
   DEFAULT_LIMITS,
@@ -226,6 +227,16 @@ export class Launcher {
   }
 
   /**
+   * How many runs of a session are executing now (holding a slot; not those queued).
+   *
+   * @param key The session's key.
+   * @returns The count.
+   */
+  runningOf(key: string): number {
+    return this.#slots.runningOf(key);
+  }
+
+  /**
    * Runs Python in a session. Events stream as they are produced and end with `exited`.
    * Breaking out of the loop, or aborting `signal`, kills the run.
    *
@@ -265,12 +276,14 @@ export class Launcher {
     let entry: PoolEntry | undefined;
     let released = false;
     const onAbort = () => handle?.kill(false);
+    let detach: (() => void) | undefined;
     // The slot and the timers belong to the process, not to this generator: they are let go
     // when the run has exited, even if the consumer stops iterating without return().
     const release = () => {
       if (released) return;
       released = true;
       clearTimeout(timer);
+      detach?.();
       signal?.removeEventListener("abort", onAbort);
       this.#slots.release(session.key);
       if (entry) this.#pool.release(entry);
@@ -296,6 +309,7 @@ export class Launcher {
       }
       const h = handle;
       timer = setTimeout(() => h.kill(true), job.timeoutMs);
+      if (request.control && !released) detach = attachRunControl(request.control, h.interrupt);
       signal?.addEventListener("abort", onAbort, { once: true });
       if (signal?.aborted) onAbort();
       if (job.stream) this.#pump(h, job.stream, session.key);

@@ -30,6 +30,7 @@
  * @module
  */
 export { Launcher } from "./launcher.ts";
+export { RunControl } from "./run_control.ts";
 export {
   DEFAULT_LIMITS,
   INTERPRETER_CONFIG_KEY,

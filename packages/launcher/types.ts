@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { RunControl } from "./run_control.ts";
 
 /** The config key that names a session's interpreter; error messages cite it. */
 export const INTERPRETER_CONFIG_KEY = "spark.sql.execution.pyspark.python";
@@ -13,6 +14,11 @@ export const INTERPRETER_CONFIG_KEY = "spark.sql.execution.pyspark.python";
 export interface SessionLimits {
   /** Wall-clock limit of one run, in ms; a run's own `timeoutMs` may only lower it. */
   wallTimeMs: number;
+  /**
+   * Wall-clock limit of an interactive run ({@linkcode RunSpec.interactive}: a person types its
+   * stdin), in ms, instead of `wallTimeMs`; the run's own `timeoutMs` may only lower it.
+   */
+  interactiveTimeMs: number;
   /** Runs of one session that execute at once; more wait in the queue. */
   maxWorkersPerSession: number;
   /** Address-space limit (`RLIMIT_AS`) of each run's process, in bytes; 0 for none. */
@@ -48,6 +54,7 @@ export interface LauncherLimits extends SessionLimits {
 /** The default limits. */
 export const DEFAULT_LIMITS: Readonly<LauncherLimits> = Object.freeze({
   wallTimeMs: 60_000,
+  interactiveTimeMs: 3_600_000,
   maxWorkersPerSession: 4,
   maxWorkersTotal: 16,
   maxQueue: 64,
@@ -110,11 +117,15 @@ export interface SessionSpec {
   limits?: Partial<SessionLimits>;
 }
 
-/** What to run: exactly one of `code`, `module`, `script`. */
+/**
+ * What to run: exactly one of `code`, `module`, `script`; or none of them with
+ * {@linkcode RunSpec.repl} (Python's console alone).
+ */
 export type RunTarget =
   | { code: string; module?: undefined; script?: undefined }
   | { module: string; code?: undefined; script?: undefined }
-  | { script: string; code?: undefined; module?: undefined };
+  | { script: string; code?: undefined; module?: undefined }
+  | { code?: undefined; module?: undefined; script?: undefined; repl: true };
 
 /** One run request. */
 export type RunSpec = RunTarget & {
@@ -139,11 +150,30 @@ export type RunSpec = RunTarget & {
    */
   streamStdout?: boolean;
   /**
-   * Wall-clock limit in ms; 0 or absent means the session's `wallTimeMs`, larger values are
-   * capped to it.
+   * Wall-clock limit in ms; 0 or absent means the session's `wallTimeMs` (`interactiveTimeMs`
+   * for an interactive run), larger values are capped to it.
    * @default {0}
    */
   timeoutMs?: number;
+  /**
+   * Like `python -i`: after the target (or alone, without one), Python's interactive console
+   * reads stdin in the target's globals, writing prompts so that they show without a terminal.
+   * From the console on, stderr goes to the stdout pipe, so prompts, results and tracebacks
+   * arrive in the order they were written.
+   * @default {false}
+   */
+  repl?: boolean;
+  /**
+   * A person types the run's stdin: its wall-clock limit is `interactiveTimeMs`, not
+   * `wallTimeMs`.
+   * @default {false}
+   */
+  interactive?: boolean;
+  /**
+   * Interrupts the run (SIGINT to its process group, as Ctrl-C on a terminal does).
+   * @default {undefined}
+   */
+  control?: RunControl;
 };
 
 /** The worker has started. */

@@ -132,6 +132,10 @@ export {
   RunEventSchema,
   type RunExited,
   RunExitedSchema,
+  type RunInput,
+  RunInputSchema,
+  type RunInterrupt,
+  RunInterruptSchema,
   type RunRequest,
   RunRequestSchema,
   type RunStarted,
@@ -158,6 +162,32 @@ export {
   HasBlobsResponseSchema,
   StoreService,
 } from "./gen/valise/v1/store_pb.ts";
+export {
+  file_valise_v1_session,
+  type ListArtifactsRequest,
+  ListArtifactsRequestSchema,
+  type ListArtifactsResponse,
+  ListArtifactsResponseSchema,
+  type RemoveArtifactsRequest,
+  RemoveArtifactsRequestSchema,
+  type RemoveArtifactsResponse,
+  RemoveArtifactsResponseSchema,
+  type SessionArtifact,
+  SessionArtifactSchema,
+  SessionService,
+} from "./gen/valise/v1/session_pb.ts";
+export {
+  AdminService,
+  file_valise_v1_admin,
+  type ListSessionsRequest,
+  ListSessionsRequestSchema,
+  type ListSessionsResponse,
+  ListSessionsResponseSchema,
+  type SessionSummary,
+  SessionSummarySchema,
+  type UserSummary,
+  UserSummarySchema,
+} from "./gen/valise/v1/admin_pb.ts";
 export {
   type ErrorInfo,
   ErrorInfoSchema,

@@ -37,3 +37,22 @@ export function bindSession(store: SessionStore, req: SessionFields): Promise<Se
     clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
   });
 }
+
+/**
+ * The session a request names, with the same checks as {@linkcode bindSession}, without
+ * creating it.
+ *
+ * @param store The session store.
+ * @param req The request's session fields.
+ * @returns The session, or `undefined` when it does not exist.
+ */
+export function findSession(
+  store: SessionStore,
+  req: SessionFields,
+): Promise<Session | undefined> {
+  return store.existing({
+    userId: userIdOf(req.userContext),
+    sessionId: req.sessionId,
+    clientObservedServerSideSessionId: req.clientObservedServerSideSessionId,
+  });
+}

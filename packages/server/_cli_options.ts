@@ -38,6 +38,8 @@ Workers:
   --sandbox MODE              auto | bwrap | none (default auto: bwrap when installed)
   --worker-network            let workers use the network (default: no network)
   --worker-timeout-ms N       wall time per run (default 60000)
+  --interactive-timeout-ms N  wall time of a run whose stdin is streamed (valise python,
+                              run -i, run --stdin -) (default 3600000)
   --max-workers-per-session N concurrent runs per session (default 4)
   --max-workers N             concurrent runs in total (default 16)
   --worker-memory SIZE        address-space limit per worker (default 2G)
@@ -58,10 +60,17 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
   --cluster-creds-file PATH   NATS credentials: a .creds file, 'user:password' or a token
                               (env VALISE_CLUSTER_CREDS_FILE; never on the command line)
 
-Other:
-  --metrics-port PORT         serve Prometheus metrics on 127.0.0.1:PORT/metrics
+Operators:
+  --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
+                              metrics at /metrics, and with --admin-token-file the status
+                              page at /status
   --metrics-token-file PATH   require 'authorization: Bearer TOKEN' on /metrics, a TOKEN of
                               the file, one per line (env VALISE_METRICS_TOKEN_FILE)
+  --admin-token-file PATH     turn on the admin API (valise.v1.AdminService) and the status
+                              page for the TOKENs of this file, one per line, none of them a
+                              tenant's token (env VALISE_ADMIN_TOKEN_FILE); off without it
+
+Other:
   --quiet                     no per-RPC log lines
   -h, --help                  this help
 `;
@@ -141,6 +150,7 @@ export function parseServeCommand(
         "token-file": { type: "string" },
         "stream-idle-timeout-s": { type: "string" },
         "metrics-token-file": { type: "string" },
+        "admin-token-file": { type: "string" },
         "idle-timeout-min": { type: "string" },
         "cache-bytes": { type: "string" },
         "max-session-bytes": { type: "string" },
@@ -159,6 +169,7 @@ export function parseServeCommand(
         sandbox: { type: "string" },
         "worker-network": { type: "boolean" },
         "worker-timeout-ms": { type: "string" },
+        "interactive-timeout-ms": { type: "string" },
         "max-workers-per-session": { type: "string" },
         "max-workers": { type: "string" },
         "worker-memory": { type: "string" },
@@ -237,6 +248,11 @@ export function parseServeCommand(
     ...(v["worker-timeout-ms"]
       ? { wallTimeMs: int(v["worker-timeout-ms"], "--worker-timeout-ms", 1) }
       : {}),
+    ...(v["interactive-timeout-ms"]
+      ? {
+        interactiveTimeMs: int(v["interactive-timeout-ms"], "--interactive-timeout-ms", 1),
+      }
+      : {}),
     ...(v["max-workers-per-session"]
       ? { maxWorkersPerSession: int(v["max-workers-per-session"], "--max-workers-per-session", 1) }
       : {}),
@@ -272,6 +288,24 @@ export function parseServeCommand(
     );
   }
   const cluster = clusterOf(v, e, cwd);
+  const adminTokenFile = v["admin-token-file"] ?? e("VALISE_ADMIN_TOKEN_FILE");
+  const adminTokens = adminTokenFile
+    ? tokensOf(resolve(cwd, adminTokenFile), "--admin-token-file")
+    : undefined;
+  const boundAdmin = adminTokens?.find((t) => t.userId !== undefined);
+  if (boundAdmin) {
+    throw new UsageError(
+      `--admin-token-file: a token is bound to user ${JSON.stringify(boundAdmin.userId)}; ` +
+        `admin tokens are not bound to users`,
+    );
+  }
+  const tenantTokens = new Set([...(token ? [token] : []), ...(tokens ?? []).map((t) => t.token)]);
+  if (adminTokens?.some((t) => tenantTokens.has(t.token))) {
+    throw new UsageError(
+      "--admin-token-file: a token of the file is also a tenant's token (--token-file or " +
+        "--token); give operators tokens of their own",
+    );
+  }
   return {
     help: v.help ?? false,
     quiet: v.quiet ?? false,
@@ -285,6 +319,7 @@ export function parseServeCommand(
       dataDir,
       ...(token ? { token } : {}),
       ...(tokens ? { tokens } : {}),
+      ...(adminTokens ? { adminTokens } : {}),
       ...(v["stream-idle-timeout-s"] !== undefined
         ? {
           streamIdleTimeoutMs:

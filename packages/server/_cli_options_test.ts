@@ -1,6 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { deepEqual, equal, throws } from "node:assert/strict";
-import { parseServeCommand, parseSize, UsageError } from "./_cli_options.ts";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { parseServeCommand, parseSize, USAGE, UsageError } from "./_cli_options.ts";
 
 const noEnv = () => undefined;
 
@@ -56,6 +56,7 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
       "3",
       "--worker-stream-bytes",
       "2G",
+      "--interactive-timeout-ms=600000",
       "--metrics-port",
       "9100",
       "--idle-timeout-min",
@@ -76,7 +77,12 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
     sandbox: "none",
     workerNetwork: true,
     allowedInterpreters: ["/usr/bin/python3", "/opt/py/bin/python"],
-    limits: { maxWorkersTotal: 3, memoryBytes: 2 ** 30, streamBytes: 2 * 2 ** 30 },
+    limits: {
+      maxWorkersTotal: 3,
+      memoryBytes: 2 ** 30,
+      streamBytes: 2 * 2 ** 30,
+      interactiveTimeMs: 600_000,
+    },
   });
   equal(flags.metricsPort, 9100);
   equal(flags.options.idleTimeoutMs, 0);
@@ -94,6 +100,7 @@ Deno.test("parseServeCommand() refuses bad input with a message naming the flag"
   bad(["--cache-bytes", "lots"], /--cache-bytes: "lots" is not a size/);
   bad(["--worker-stream-bytes", "lots"], /--worker-stream-bytes: "lots" is not a size/);
   bad(["--max-workers", "0"], /--max-workers: "0"/);
+  bad(["--interactive-timeout-ms", "soon"], /--interactive-timeout-ms: "soon"/);
   bad(["--nope"], /nope/);
   bad(["extra"], /extra/);
 });
@@ -204,4 +211,48 @@ Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad 
       return true;
     });
   }
+});
+
+Deno.test("parseServeCommand() reads --admin-token-file: unbound tokens, none of them a tenant's", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/admin`, "# operators\nadmin-one\nadmin-two\n");
+    await Deno.writeTextFile(`${dir}/tenants`, "tenant-one ada\nshared\n");
+    const c = parseServeCommand(
+      ["--admin-token-file", "admin", "--token-file", "tenants"],
+      noEnv,
+      dir,
+    );
+    deepEqual(c.options.adminTokens, [{ token: "admin-one" }, { token: "admin-two" }]);
+    const env = (k: string) => ({ VALISE_ADMIN_TOKEN_FILE: `${dir}/admin` })[k];
+    deepEqual(parseServeCommand([], env, "/x").options.adminTokens?.length, 2);
+    equal(parseServeCommand([], noEnv, "/x").options.adminTokens, undefined);
+    const bad = (args: string[], re: RegExp, e: (k: string) => string | undefined = noEnv) =>
+      throws(
+        () => parseServeCommand(args, e, dir),
+        (x: unknown) => x instanceof UsageError && re.test((x as Error).message),
+      );
+    bad(["--admin-token-file", "tenants"], /admin tokens are not bound to users/);
+    await Deno.writeTextFile(`${dir}/overlap`, "admin-one\nshared\n");
+    bad(
+      ["--admin-token-file", "overlap", "--token-file", "tenants"],
+      /a token of the file is also a tenant's token .*give operators tokens of their own/,
+    );
+    bad(
+      ["--admin-token-file", "admin"],
+      /also a tenant's token/,
+      (k) => ({ VALISE_TOKEN: "admin-two" })[k],
+    );
+    bad(["--admin-token-file", "missing"], /--admin-token-file: cannot read/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the usage text says the metrics and status port listens on --host", () => {
+  const c = parseServeCommand(["--host", "0.0.0.0", "--metrics-port", "9100"], noEnv, "/x");
+  equal(c.options.host, "0.0.0.0");
+  equal(c.metricsPort, 9100);
+  ok(USAGE.includes("serve HTTP on HOST:PORT (HOST: the --host address)"), USAGE);
+  ok(!USAGE.includes("127.0.0.1:PORT/metrics"));
 });

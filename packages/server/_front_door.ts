@@ -19,7 +19,10 @@ import {
 import { CREDENTIAL_MESSAGES, type CredentialProblem, type TokenSet } from "./_tokens.ts";
 
 /** Health checks come from load balancers that carry no credentials. */
-const OPEN_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health"]);
+export const OPEN_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health"]);
+
+/** Services only an admin token opens (never a tenant's); off without admin tokens. */
+export const ADMIN_SERVICES: ReadonlySet<string> = new Set(["valise.v1.AdminService"]);
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -36,6 +39,13 @@ export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
   "valise.v1.StoreService/HasBlobs": 4 * MiB,
   // 10000 artifacts (the default session maximum) with 1 KiB names fit.
   "valise.v1.StoreService/AttachArtifacts": 16 * MiB,
+  "valise.v1.SessionService/ListArtifacts": 64 * KiB,
+  // As many names as AttachArtifacts may add.
+  "valise.v1.SessionService/RemoveArtifacts": 16 * MiB,
+  "valise.v1.AdminService/ListSessions": 64 * KiB,
+  // Stdin as it is typed or piped: the client sends it in small pieces (64 KiB), and the server
+  // keeps at most one message of a run's stdin while the program does not read.
+  "valise.v1.WorkerService/RunInteractive": 1 * MiB,
   "grpc.health.v1.Health/Check": 64 * KiB,
   "grpc.health.v1.Health/Watch": 64 * KiB,
 };
@@ -79,12 +89,118 @@ export function authGate(
   onRefuse?: (method: string, problem: CredentialProblem) => void,
 ): (ctx: HandlerContext) => void {
   return (ctx) => {
-    if (OPEN_SERVICES.has(ctx.service.typeName)) return;
+    if (OPEN_SERVICES.has(ctx.service.typeName) || ADMIN_SERVICES.has(ctx.service.typeName)) {
+      return;
+    }
     const c = tokens.check(ctx.requestHeader.get("authorization"));
     if (!c.ok) {
       onRefuse?.(`${ctx.service.typeName}/${ctx.method.name}`, c.problem);
       throw new ConnectError(CREDENTIAL_MESSAGES[c.problem], Code.Unauthenticated);
     }
+  };
+}
+
+/** Why a call to the admin API is refused. */
+export type AdminRefusal = "DISABLED" | "TENANT_TOKEN" | CredentialProblem;
+
+/**
+ * Checks a call to the admin API: the server must have admin tokens, and the call must carry
+ * one. A tenant's token is told apart (PERMISSION_DENIED), so that a tenant learns it is not an
+ * operator rather than that its token is wrong.
+ *
+ * @param admin The admin tokens, if the admin API is on.
+ * @param tenants The tenants' tokens, if any.
+ * @param header The `authorization` header.
+ * @returns Why it is refused, or `undefined` when it may pass.
+ */
+export function adminRefusal(
+  admin: TokenSet | undefined,
+  tenants: TokenSet | undefined,
+  header: string | null,
+): AdminRefusal | undefined {
+  if (!admin) return "DISABLED";
+  const c = admin.check(header);
+  if (c.ok) return undefined;
+  if (c.problem === "WRONG" && tenants?.check(header).ok) return "TENANT_TOKEN";
+  return c.problem;
+}
+
+/**
+ * The error of a refused admin call.
+ *
+ * @param r Why it is refused.
+ * @returns The error: UNIMPLEMENTED when the admin API is off, PERMISSION_DENIED for a tenant's
+ *   token, else UNAUTHENTICATED.
+ */
+export function adminRefusalError(r: AdminRefusal): ConnectError {
+  switch (r) {
+    case "DISABLED":
+      return new ConnectError(
+        "[ADMIN_API_DISABLED] The admin API is off on this server: start it with " +
+          "--admin-token-file FILE to turn it on.",
+        Code.Unimplemented,
+      );
+    case "TENANT_TOKEN":
+      return new ConnectError(
+        "[PERMISSION_DENIED] This is a tenant's token: the admin API needs one of the server's " +
+          "admin tokens (its --admin-token-file).",
+        Code.PermissionDenied,
+      );
+    case "MISSING":
+      return new ConnectError(
+        "[UNAUTHENTICATED] The admin API needs an 'authorization: Bearer <admin token>' header; " +
+          "the request has none.",
+        Code.Unauthenticated,
+      );
+    case "MALFORMED":
+      return new ConnectError(CREDENTIAL_MESSAGES.MALFORMED, Code.Unauthenticated);
+    case "WRONG":
+      return new ConnectError(
+        "[UNAUTHENTICATED] The bearer token is not one of this server's admin tokens.",
+        Code.Unauthenticated,
+      );
+  }
+}
+
+/**
+ * The request gate of the admin API: refuses from the headers alone, before any body byte is
+ * read, whatever the tenants' tokens say.
+ *
+ * @param admin The admin tokens, if the admin API is on.
+ * @param tenants The tenants' tokens, if any.
+ * @param onRefuse Told of each refusal (for the log and metrics).
+ * @returns The gate.
+ */
+export function adminGate(
+  admin: TokenSet | undefined,
+  tenants: TokenSet | undefined,
+  onRefuse?: (method: string, error: ConnectError) => void,
+): (ctx: HandlerContext) => void {
+  return (ctx) => {
+    const r = adminRefusal(admin, tenants, ctx.requestHeader.get("authorization"));
+    if (r === undefined) return;
+    const e = adminRefusalError(r);
+    onRefuse?.(`${ctx.service.typeName}/${ctx.method.name}`, e);
+    throw e;
+  };
+}
+
+/**
+ * The admin API's check again, behind its gate (defence in depth, as for tenants' tokens).
+ *
+ * @param admin The admin tokens, if the admin API is on.
+ * @param tenants The tenants' tokens, if any.
+ * @returns The interceptor.
+ */
+export function adminInterceptor(
+  admin: TokenSet | undefined,
+  tenants: TokenSet | undefined,
+): Interceptor {
+  return (next) => (req) => {
+    if (!ADMIN_SERVICES.has(req.service.typeName)) return next(req);
+    const r = adminRefusal(admin, tenants, req.header.get("authorization"));
+    if (r !== undefined) throw adminRefusalError(r);
+    return next(req);
   };
 }
 
@@ -107,31 +223,28 @@ export const REFUSED_BODY_DRAIN_BYTES: number = 8 * MiB;
  * of them (a few 60 MiB calls) and the whole connection gets GOAWAY(ENHANCE_YOUR_CALM). A
  * caller that keeps sending long after its answer is cut off.
  *
- * @param handler The handler whose request gate refuses the call.
- * @param tokens The accepted tokens.
+ * @param handler The handler whose request gates refuse the call.
+ * @param refuses Whether the gates refuse a call to a service with this `authorization` header.
  * @returns The wrapped handler.
  */
 export function discardRefusedBodies<Req extends NodeRequest, Res>(
   handler: (req: Req, res: Res) => void,
-  tokens: TokenSet,
+  refuses: (service: string, authorization: string | null) => boolean,
 ): (req: Req, res: Res) => void {
   return (req, res) => {
     const service = req.url.split("/")[1] ?? "";
-    if (!OPEN_SERVICES.has(service)) {
-      const raw = req.headers.authorization;
-      const c = tokens.check(typeof raw === "string" ? raw : null);
-      if (!c.ok) {
-        let drained = 0;
-        req.on("data", (chunk) => {
-          drained += chunk.length;
-          if (
-            drained > REFUSED_BODY_DRAIN_BYTES && drained - chunk.length <= REFUSED_BODY_DRAIN_BYTES
-          ) {
-            req.stream?.close(http2constants.NGHTTP2_CANCEL);
-          }
-        });
-        req.resume();
-      }
+    const raw = req.headers.authorization;
+    if (refuses(service, typeof raw === "string" ? raw : null)) {
+      let drained = 0;
+      req.on("data", (chunk) => {
+        drained += chunk.length;
+        if (
+          drained > REFUSED_BODY_DRAIN_BYTES && drained - chunk.length <= REFUSED_BODY_DRAIN_BYTES
+        ) {
+          req.stream?.close(http2constants.NGHTTP2_CANCEL);
+        }
+      });
+      req.resume();
     }
     handler(req, res);
   };
@@ -212,7 +325,9 @@ function checkUser(bound: string | undefined, schema: DescMessage, message: unkn
  */
 export function authInterceptor(tokens: TokenSet): Interceptor {
   return (next) => (req) => {
-    if (OPEN_SERVICES.has(req.service.typeName)) return next(req);
+    if (OPEN_SERVICES.has(req.service.typeName) || ADMIN_SERVICES.has(req.service.typeName)) {
+      return next(req);
+    }
     const c = tokens.check(req.header.get("authorization"));
     if (!c.ok) throw new ConnectError(CREDENTIAL_MESSAGES[c.problem], Code.Unauthenticated);
     const bound = c.userId;

@@ -22,9 +22,11 @@ export interface CallObserver {
    * Replaces the error a call fails with (after `end` saw the original).
    *
    * @param error What the call failed with.
+   * @param signal The call's signal: aborted when the client went away, its deadline passed or
+   *   the server is shutting down.
    * @returns What the client gets.
    */
-  mapError?(error: unknown): unknown;
+  mapError?(error: unknown, signal: AbortSignal): unknown;
 }
 
 /**
@@ -41,7 +43,7 @@ export function observingInterceptor(observer: CallObserver): Interceptor {
     const method = `${req.service.typeName}/${req.method.name}`;
     const failed = (e: unknown): unknown => {
       observer.end?.(method, e, startedAt);
-      return map(e);
+      return map(e, req.signal);
     };
     let res;
     try {

@@ -605,20 +605,63 @@ class Arrow(object):
 
     def to_batches(self, result):
         pa = self.pa
+        failures = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
         if self.form == 'pandas':
             import pandas as pd
             if not isinstance(result, pd.DataFrame):
                 raise OutputTypeError('the function must return a pandas.DataFrame, not %s'
                                       % type(result).__name__)
-            return pa.Table.from_pandas(result, preserve_index=False).to_batches()
+            try:
+                return pa.Table.from_pandas(result, preserve_index=False).to_batches()
+            except failures as e:
+                columns = []
+                for key in result.columns:
+                    s = result[key]
+                    columns.append((str(key), s.astype(object).where(s.notna(), None).tolist()))
+                raise self.misfit(columns, e)
         if self.form == 'columns':
-            return pa.Table.from_pydict(dict(columns_of(result))).to_batches()
+            columns = columns_of(result)
+            try:
+                return pa.Table.from_pydict(dict(columns)).to_batches()
+            except failures as e:
+                raise self.misfit(columns, e)
         if isinstance(result, pa.Table):
             return result.to_batches()
         if isinstance(result, pa.RecordBatch):
             return [result]
         raise OutputTypeError('the function must return a pyarrow.RecordBatch or Table, not %s'
                               % type(result).__name__)
+
+    def misfit(self, columns, e):
+        """Why pyarrow could not convert the output: the column, the value and the type."""
+        pa = self.pa
+        failures = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+        for name, vals in columns:
+            want = None
+            if self.schema is not None and self.schema.get_field_index(name) >= 0:
+                want = self.schema.field(name).type
+            try:
+                pa.array(vals, type=want)
+                continue
+            except failures:
+                pass
+            if want is not None:
+                for i, v in enumerate(vals):
+                    if v is None:
+                        continue
+                    try:
+                        pa.array([v], type=want)
+                    except failures:
+                        return OutputTypeError('column %r is %s, but row %d holds %s %s'
+                                               % (name, want, i, type(v).__name__, repr(v)[:60]))
+            kinds = sorted(set(type(v).__name__ for v in vals if v is not None))
+            if len(kinds) > 1:
+                return OutputTypeError('column %r: cannot infer an Arrow type from values of '
+                                       'types %s; declare the output schema'
+                                       % (name, ', '.join(kinds)))
+            return OutputTypeError('column %r holds %s values pyarrow cannot convert: %s'
+                                   % (name, ', '.join(kinds) or 'no', describe(e)))
+        return OutputTypeError('the output cannot be converted to Arrow: %s' % describe(e))
 
     def conform(self, batch):
         pa = self.pa

@@ -17,6 +17,7 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  *
  * - `APPLY_*`: an Apply call failed (see `docs/apply.md` for each).
  * - `INVALID_RUN_REQUEST`: a Run or Apply request is malformed (what to run, its arguments).
+ * - `RUN_MESSAGE_TOO_LARGE`: a RunInteractive message (stdin) is over the method's cap.
  * - `ARTIFACT_STREAM_IDLE`: an upload stream sent nothing for too long.
  * - `UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION`: a client asked to execute or analyze a plan;
  *   Valise serves sessions, artifacts, config and Python workers, not queries.
@@ -37,6 +38,7 @@ export type ServerErrorCode =
   | "APPLY_OUTPUT_TOO_LARGE"
   | "APPLY_PROTOCOL"
   | "INVALID_RUN_REQUEST"
+  | "RUN_MESSAGE_TOO_LARGE"
   | "ARTIFACT_STREAM_IDLE"
   | "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION"
   | "INVALID_HANDLE.OPERATION_NOT_FOUND";
@@ -61,6 +63,7 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   APPLY_OUTPUT_TOO_LARGE: Code.ResourceExhausted,
   APPLY_PROTOCOL: Code.Internal,
   INVALID_RUN_REQUEST: Code.InvalidArgument,
+  RUN_MESSAGE_TOO_LARGE: Code.ResourceExhausted,
   ARTIFACT_STREAM_IDLE: Code.DeadlineExceeded,
   "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION": Code.Unimplemented,
   "INVALID_HANDLE.OPERATION_NOT_FOUND": Code.NotFound,
@@ -74,6 +77,7 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   "INVALID_HANDLE.SESSION_NOT_FOUND": Code.NotFound,
   ARTIFACT_ALREADY_EXISTS: Code.AlreadyExists,
   INVALID_ARTIFACT_PATH: Code.InvalidArgument,
+  ARTIFACT_NOT_FOUND: Code.NotFound,
   INVALID_ARTIFACT_NAME: Code.InvalidArgument,
   INVALID_ARTIFACT_STREAM: Code.InvalidArgument,
   CACHE_ARTIFACT_HASH_MISMATCH: Code.InvalidArgument,

@@ -12,6 +12,7 @@ export const HEALTH_SERVICES: readonly string[] = [
   "",
   "spark.connect.SparkConnectService",
   "valise.v1.StoreService",
+  "valise.v1.SessionService",
   "valise.v1.WorkerService",
   "grpc.health.v1.Health",
 ];

@@ -7,13 +7,19 @@
  */
 import { parseServeCommand, USAGE, UsageError } from "./_cli_options.ts";
 import { serveMetrics } from "./metrics.ts";
+import { StatusPage } from "./status_page.ts";
 import { serve } from "./serve.ts";
 
 const env = (k: string) => Deno.env.get(k);
 let cmd;
 try {
-  // `deno task` runs in the workspace root; INIT_CWD keeps the directory the user ran it from.
-  cmd = parseServeCommand(Deno.args, env, env("INIT_CWD") || Deno.cwd());
+  // `deno task` runs in the checkout's root and keeps the user's directory in INIT_CWD; run
+  // from anywhere else, an INIT_CWD is an enclosing task's, inherited, and the cwd is the truth.
+  const taskRoot = import.meta.url.startsWith("file:")
+    ? new URL("../../", import.meta.url).pathname.replace(/\/$/, "")
+    : undefined;
+  const init = env("INIT_CWD");
+  cmd = parseServeCommand(Deno.args, env, init && Deno.cwd() === taskRoot ? init : Deno.cwd());
 } catch (e) {
   if (!(e instanceof UsageError)) throw e;
   // The error last, where the eye lands; the full usage only on --help.
@@ -61,14 +67,27 @@ log(
     `sessions may choose it, interpreters inside their own directory` +
     (allowed.length ? ` and ${allowed.join(", ")}` : " (--allow-interpreter adds host ones)"),
 );
+const adminTokens = cmd.options.adminTokens;
+const status = adminTokens?.length
+  ? new StatusPage(server.valise, { tokens: adminTokens })
+  : undefined;
+// The operators' HTTP port listens where the RPC port does (--host).
 const metrics = cmd.metricsPort !== undefined
   ? serveMetrics(server.valise, {
     port: cmd.metricsPort,
     hostname: cmd.options.host ?? "127.0.0.1",
     tokens: cmd.metricsTokens,
+    status,
   })
   : undefined;
-if (metrics) log(`metrics on http://${metrics.hostname}:${metrics.port}/metrics`);
+const httpBase = metrics && `http://${hostForUrl(metrics.hostname)}:${metrics.port}`;
+if (metrics) log(`metrics on ${httpBase}/metrics`);
+if (adminTokens?.length) {
+  log(
+    `admin API on (valise.v1.AdminService, ${adminTokens.length} admin token(s)); status page ` +
+      (metrics ? `on ${httpBase}/status` : "off: give --metrics-port to serve it"),
+  );
+}
 
 let stopping = false;
 const stop = async (signal: string) => {
@@ -83,3 +102,7 @@ const stop = async (signal: string) => {
 };
 Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
 Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+
+function hostForUrl(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}

@@ -5,6 +5,7 @@ import type { Launcher } from "@valise/launcher";
 import type { SessionStore } from "@valise/session-store";
 import { observingInterceptor } from "./_interceptors.ts";
 import { type AccessToken, TokenSet } from "./_tokens.ts";
+import type { StatusPage } from "./status_page.ts";
 
 const LATENCY_BUCKETS = [
   0.001,
@@ -243,10 +244,16 @@ export interface MetricsServerOptions {
    * @default {undefined} open
    */
   tokens?: readonly AccessToken[] | undefined;
+  /**
+   * The status page, served at `/status` (it checks admin tokens itself).
+   * @default {undefined} `/status` answers 404, saying how to turn it on
+   */
+  status?: StatusPage | undefined;
 }
 
 /**
- * Serves `GET /metrics` (Prometheus text format) on its own port, apart from the RPC port.
+ * Serves `GET /metrics` (Prometheus text format), and the status page when given, on its own
+ * port (HTTP/1.1, which browsers speak), apart from the RPC port.
  *
  * @param valise What to report on.
  * @param options Where to listen, and the tokens it requires.
@@ -260,7 +267,15 @@ export function serveMetrics(
   const server = Deno.serve(
     { port: options.port, hostname: options.hostname, onListen() {} },
     async (req) => {
-      if (new URL(req.url).pathname !== "/metrics") {
+      const path = new URL(req.url).pathname;
+      if (path === "/status" || path.startsWith("/status/")) {
+        return (await options.status?.handle(req)) ??
+          new Response(
+            "The status page is off: start the server with --admin-token-file FILE.\n",
+            { status: 404 },
+          );
+      }
+      if (path !== "/metrics") {
         return new Response("Not Found", { status: 404 });
       }
       const refused = tokens?.check(req.headers.get("authorization"));

@@ -52,6 +52,7 @@ export {
 } from "./errors.ts";
 export { createSparkConnectService, type SparkServiceContext } from "./spark_service.ts";
 export { createStoreService, type StoreServiceContext } from "./store_service.ts";
+export { createSessionService, type SessionServiceContext } from "./session_service.ts";
 export { createWorkerService } from "./worker_service.ts";
 export { createHealthService, HEALTH_SERVICES } from "./health_service.ts";
 export { sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";
@@ -79,3 +80,27 @@ export {
 } from "./cluster/nats_registry.ts";
 export { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 export { Metrics, type MetricsServer, type MetricsServerOptions, serveMetrics } from "./metrics.ts";
+export { type AdminServiceContext, createAdminService } from "./admin_service.ts";
+export { type RecentError, RecentErrors } from "./recent_errors.ts";
+export {
+  type ArtifactStatus,
+  type BlobStatus,
+  collectStatus,
+  type ServerStatus,
+  type SessionStatus,
+  sessionStatuses,
+  type StatusSources,
+  type TreeStatus,
+  type UserStatus,
+  userStatuses,
+} from "./server_status.ts";
+export {
+  escapeHtml,
+  formatSize,
+  renderLoginPage,
+  renderStatusPage,
+  STATUS_PAGE_ROWS,
+  StatusPage,
+  type StatusPageOptions,
+} from "./status_page.ts";
+export { type AccessToken } from "./_tokens.ts";

@@ -13,6 +13,7 @@ import type { Session } from "@valise/session-store";
  */
 export const WORKER_LIMIT_KEYS: Readonly<Record<keyof SessionLimits, string>> = {
   wallTimeMs: "spark.valise.worker.timeoutMs",
+  interactiveTimeMs: "spark.valise.worker.interactiveTimeoutMs",
   maxWorkersPerSession: "spark.valise.worker.maxConcurrent",
   memoryBytes: "spark.valise.worker.memoryBytes",
   outputBytes: "spark.valise.worker.outputBytes",

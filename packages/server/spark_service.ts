@@ -47,7 +47,7 @@ export function createSparkConnectService(
   const idleMs = ctx.streamIdleTimeoutMs ?? 60_000;
   return {
     ...createOperationHandlers(store),
-    async addArtifacts(requests) {
+    async addArtifacts(requests, call) {
       let session: Session | undefined;
       let upload: Upload | undefined;
       let done: (() => void) | undefined;
@@ -92,6 +92,9 @@ export function createSparkConnectService(
           }
           received++;
         }
+        // A stream the client reset can look like one that ended: it is never committed, even
+        // when all its chunks had arrived.
+        call.signal.throwIfAborted();
         if (!session || !upload) {
           // No message means no session to answer for; Spark fails such a stream too.
           throw new SessionError(

@@ -12,8 +12,10 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createFetchHandler, type UniversalHandler } from "@connectrpc/connect/protocol";
 import { DEFAULT_LIMITS, Launcher, type LauncherOptions } from "@valise/launcher";
 import {
+  AdminService,
   assertCrc32Works,
   Health,
+  SessionService,
   SparkConnectService,
   StoreService,
   WorkerService,
@@ -23,14 +25,29 @@ import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 import { observingInterceptor } from "./_interceptors.ts";
+import { cancelledInterceptor } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
-import { authGate, authInterceptor, discardRefusedBodies, registerService } from "./_front_door.ts";
+import {
+  ADMIN_SERVICES,
+  adminGate,
+  adminInterceptor,
+  adminRefusal,
+  authGate,
+  authInterceptor,
+  discardRefusedBodies,
+  OPEN_SERVICES,
+  registerService,
+} from "./_front_door.ts";
+import { createAdminService } from "./admin_service.ts";
+import { RecentErrors } from "./recent_errors.ts";
+import { collectStatus, type ServerStatus } from "./server_status.ts";
 import { PathRedactor, redactingInterceptor, serverSideMessage } from "./_redact.ts";
 import { type AccessToken, TokenSet } from "./_tokens.ts";
 import { createHealthService } from "./health_service.ts";
 import { Metrics } from "./metrics.ts";
 import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
+import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 
 /** Options of {@linkcode createValise}. */
@@ -48,6 +65,12 @@ export interface ValiseOptions {
    * @default {[]}
    */
   tokens?: readonly AccessToken[] | undefined;
+  /**
+   * Tokens of operators: they, and only they, open the admin API (`valise.v1.AdminService`) and
+   * the status page. Never a tenant's token.
+   * @default {undefined} the admin API is off
+   */
+  adminTokens?: readonly AccessToken[] | undefined;
   /**
    * An AddArtifacts stream with no message for this long is aborted; `0` waits forever.
    * @default {60_000}
@@ -154,6 +177,12 @@ export interface Valise {
   readonly launcher: Launcher;
   /** Counters, for `/metrics`. */
   readonly metrics: Metrics;
+  /** The most recent failed calls, for operators. */
+  readonly recentErrors: RecentErrors;
+  /** The admin tokens, when the admin API is on. */
+  readonly adminTokens: TokenSet | undefined;
+  /** Collects what the status page shows. */
+  status(): Promise<ServerStatus>;
   /** Registers every Valise service on a Connect router. */
   readonly routes: (router: ConnectRouter) => void;
   /** The interceptors (auth, log) that the handlers run behind. */
@@ -241,6 +270,13 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     await launcher.close();
     throw e;
   }
+  const previous = store.tookOverLockFrom;
+  if (previous) {
+    (log ?? console.error)(
+      `took over the data directory's lock from pid ${previous.pid} (since ${previous.since}), ` +
+        `which is no longer running`,
+    );
+  }
   // A crashed server's sandboxes may have outlived it; the restored sessions' uids name them.
   const strays = launcher.killWorkersOf(
     store.sessions().flatMap((s) => (s.worker ? [s.worker.uid] : [])),
@@ -264,25 +300,39 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const proofs = new BlobProofs();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
+  const adminTokens = options.adminTokens?.length ? new TokenSet(options.adminTokens) : undefined;
+  const recentErrors = new RecentErrors();
   const redactor = new PathRedactor({
     dataDir: store.dataDir,
     pexRoots: workerOptions.pexRoot ? [workerOptions.pexRoot] : [],
   });
-  const interceptors: Interceptor[] = [metrics.interceptor()];
+  const interceptors: Interceptor[] = [metrics.interceptor(), recordingInterceptor(recentErrors)];
   if (log) interceptors.push(logInterceptor(log));
   if (tokens) interceptors.push(authInterceptor(tokens));
+  interceptors.push(adminInterceptor(adminTokens, tokens));
   interceptors.push(redactingInterceptor(redactor));
+  // Innermost: the log and the metrics see a cancelled call as cancelled.
+  interceptors.push(cancelledInterceptor(shutdown.signal));
 
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
   // The token is checked on the headers, before any body byte is read; each method reads at
   // most its own cap.
   const refused = (method: string, problem: string) => {
     metrics.rpc(method, Code.Unauthenticated, 0);
+    recentErrors.record(method, "Unauthenticated", `token ${problem.toLowerCase()}`);
     log?.(
       `rpc ${method} Unauthenticated (token ${problem.toLowerCase()}, refused before the body)`,
     );
   };
   const door = { readMaxBytes, gate: tokens ? authGate(tokens, refused) : undefined };
+  const adminDoor = {
+    readMaxBytes,
+    gate: adminGate(adminTokens, tokens, (method, e) => {
+      metrics.rpc(method, e.code, 0);
+      recentErrors.record(method, Code[e.code], e.rawMessage);
+      log?.(`rpc ${method} ${Code[e.code]} ${e.rawMessage} (refused before the body)`);
+    }),
+  };
   const streamIdleTimeoutMs = options.streamIdleTimeoutMs;
   const routes = (router: ConnectRouter): void => {
     registerService(
@@ -292,12 +342,14 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       door,
     );
     registerService(router, StoreService, createStoreService({ store, proofs }), door);
+    registerService(router, SessionService, createSessionService({ store }), door);
     registerService(
       router,
       WorkerService,
       createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
       door,
     );
+    registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
     registerService(router, Health, createHealthService(shutdown.signal), door);
   };
 
@@ -326,7 +378,12 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
   }) as NodeHandler;
-  const nodeHandler = tokens ? discardRefusedBodies(connectHandler, tokens) : connectHandler;
+  const nodeHandler = discardRefusedBodies(connectHandler, (service, authorization) => {
+    if (ADMIN_SERVICES.has(service)) {
+      return adminRefusal(adminTokens, tokens, authorization) !== undefined;
+    }
+    return !OPEN_SERVICES.has(service) && tokens !== undefined && !tokens.check(authorization).ok;
+  });
 
   // A short idle timeout is honoured within a quarter of itself, not only at the next 30 s tick.
   const idleMs = options.idleTimeoutMs ?? 3_600_000;
@@ -342,6 +399,9 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store,
     launcher,
     metrics,
+    recentErrors,
+    adminTokens,
+    status: () => collectStatus({ store, launcher, recentErrors }),
     routes,
     interceptors,
     fetch,
@@ -395,6 +455,17 @@ function unimplementedFallback(
     res.end();
   });
   req.resume();
+}
+
+/** Failed calls go to the ring operators see (full messages: it is theirs only). */
+function recordingInterceptor(errors: RecentErrors): Interceptor {
+  return observingInterceptor({
+    end: (method, error) => {
+      if (error === undefined) return;
+      const c = ConnectError.from(error);
+      errors.record(method, Code[c.code], serverSideMessage(c));
+    },
+  });
 }
 
 function logInterceptor(log: (line: string) => void): Interceptor {

@@ -1,20 +1,21 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { Launcher, RunSpec, SessionLimits } from "@valise/launcher";
-import { type RunEvent, RunEventSchema, type WorkerService } from "@valise/protocol";
+import type { Launcher, SessionLimits } from "@valise/launcher";
+import type { WorkerService } from "@valise/protocol";
 import type { SessionStore } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
 import { sessionSpec } from "./session_spec.ts";
 import { createApplyHandler } from "./_apply_service.ts";
+import { createRunInteractiveHandler } from "./_run_interactive.ts";
+import { runSpecOf, toRunEvent } from "./_run_request.ts";
 
 /**
  * `valise.v1.WorkerService`: runs Python in a session — its working directory, interpreter,
- * `sys.path` and worker environment — streaming output as it is produced (`Run`), and applies
- * Python functions to Arrow record batches there (`Apply`, see `apply_service.ts`).
- * Cancelling the call kills the worker.
+ * `sys.path` and worker environment — streaming output as it is produced (`Run`, and
+ * `RunInteractive` with stdin streamed from the client), and applies Python functions to Arrow
+ * record batches there (`Apply`, see `apply_service.ts`). Cancelling the call kills the worker.
  *
  * @param ctx The session store, the launcher, the limits, and the largest message (Apply's input
  * messages and output batches).
@@ -32,6 +33,7 @@ export function createWorkerService(
   const { store, launcher } = ctx;
   return {
     apply: createApplyHandler(ctx),
+    runInteractive: createRunInteractiveHandler(ctx),
     async *run(req, call) {
       let done: (() => void) | undefined;
       const start = performance.now();
@@ -39,16 +41,7 @@ export function createWorkerService(
       try {
         const session = await bindSession(store, req);
         done = session.hold();
-        const t = req.target;
-        if (t.case === undefined) {
-          throw new TypeError("Cannot run: the request names no code, module or script");
-        }
-        const rest = { args: req.args, stdin: req.stdin, timeoutMs: req.timeoutMs };
-        const spec: RunSpec = t.case === "code"
-          ? { code: t.value, ...rest }
-          : t.case === "module"
-          ? { module: t.value, ...rest }
-          : { script: t.value, ...rest };
+        const spec = { ...runSpecOf(req), stdin: req.stdin };
         for await (const ev of launcher.run(sessionSpec(session, ctx.limits), spec, call.signal)) {
           if (ev.kind === "exited") {
             outcome = ev.timedOut ? "timeout" : call.signal.aborted ? "cancelled" : "ok";
@@ -64,32 +57,4 @@ export function createWorkerService(
       }
     },
   };
-}
-
-function toRunEvent(ev: import("@valise/launcher").RunEvent): RunEvent {
-  switch (ev.kind) {
-    case "started":
-      return create(RunEventSchema, {
-        event: {
-          case: "started",
-          value: { pid: ev.pid, interpreter: ev.interpreter, cwd: ev.cwd },
-        },
-      });
-    case "stdout":
-    case "stderr":
-      return create(RunEventSchema, { event: { case: ev.kind, value: ev.data } });
-    case "exited":
-      return create(RunEventSchema, {
-        event: {
-          case: "exited",
-          value: {
-            exitCode: ev.exitCode,
-            signal: ev.signal,
-            durationMs: BigInt(Math.round(ev.durationMs)),
-            timedOut: ev.timedOut,
-            outputTruncated: ev.outputTruncated,
-          },
-        },
-      });
-  }
 }

@@ -79,3 +79,51 @@ export async function linkFresh(blob: string, path: string): Promise<void> {
     );
   }
 }
+
+/**
+ * Removes an artifact's entries from the session's views, synchronously (so that nothing else
+ * runs in between): its read-only view entry, and its link in the workers' directory — only when
+ * that is still the server's symlink (the workers may have put something of theirs there, which
+ * stays). Missing entries are fine.
+ *
+ * @param viewDir The read-only view (`ro/`).
+ * @param root The workers' directory.
+ * @param view The entry's name in both.
+ */
+export function unlinkViewSync(viewDir: string, root: string, view: string): void {
+  const inRoot = join(root, view);
+  try {
+    const st = Deno.lstatSync(inRoot);
+    if (st.isSymlink && Deno.readLinkSync(inRoot) === `../ro/${view}`) Deno.removeSync(inRoot);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  try {
+    Deno.removeSync(join(viewDir, view));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+}
+
+/**
+ * Removes a file of Spark's layout (`artifacts/<key>`) and the directories it leaves empty, up
+ * to (not including) `top`, so that the name's parts can become files again.
+ *
+ * @param top The `artifacts/` directory.
+ * @param key The artifact's key (a relative path).
+ */
+export async function removeByName(top: string, key: string): Promise<void> {
+  try {
+    await Deno.remove(join(top, key));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const parts = key.split("/").slice(0, -1);
+  for (let n = parts.length; n > 0; n--) {
+    try {
+      await Deno.remove(join(top, ...parts.slice(0, n)));
+    } catch {
+      return; // not empty (another artifact is under it), or gone
+    }
+  }
+}

@@ -88,7 +88,7 @@ Deno.test("no artifact name or operation touches anything outside its own sessio
           const skip = (rel: string) =>
             rel === "data/blobs" || rel.startsWith("data/blobs/") ||
             rel.startsWith("data/staging") ||
-            rel === "data/closed-sessions.json" ||
+            rel === "data/closed-sessions.json" || rel === "data/server.lock" ||
             (actingDir !== undefined && (rel === actingDir || rel.startsWith(actingDir + "/")));
           const before = await snapshot(top, skip);
           try {

@@ -30,6 +30,7 @@
  */
 export * from "./blob_store.ts";
 export * from "./config.ts";
+export * from "./data_dir_lock.ts";
 export * from "./errors.ts";
 export * from "./manifest.ts";
 export * from "./registry.ts";

@@ -8,13 +8,25 @@
  * @module
  */
 import { join } from "node:path";
-import { type ArtifactName, executorViewName, parseArtifactName } from "@valise/protocol";
+import {
+  type ArtifactName,
+  ArtifactNameError,
+  executorViewName,
+  parseArtifactName,
+} from "@valise/protocol";
 import { Mutex, removeAll, removeAtomicLeftovers } from "./_fs.ts";
 import type { BlobStore } from "./blob_store.ts";
 import type { TreeInfo, TreeStore } from "./tree_store.ts";
 import { PYTHON_EXEC_KEY, SessionConfig } from "./config.ts";
 import { SessionError } from "./errors.ts";
-import { linkFresh, listFiles, placeInRoot, symlinkFresh } from "./_links.ts";
+import {
+  linkFresh,
+  listFiles,
+  placeInRoot,
+  removeByName,
+  symlinkFresh,
+  unlinkViewSync,
+} from "./_links.ts";
 import { type ArtifactRecord, type SessionManifest, writeManifest } from "./manifest.ts";
 import type { StagedArtifact, UploadLimits } from "./upload.ts";
 import {
@@ -94,6 +106,16 @@ export interface SessionContext {
    * are recorded there, and a session is brought in line with it before use.
    */
   readonly registry?: SessionRegistry | undefined;
+  /**
+   * Records that an add found a blob or tree already there (a cache hit).
+   * @default {undefined} not counted
+   */
+  hit?(id: string): void;
+  /**
+   * Asks for a garbage collection soon (after a removal left blobs or trees unreferenced).
+   * @default {undefined} none
+   */
+  collectSoon?(): void;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -102,6 +124,29 @@ export interface CommitResult {
   readonly summaries: { name: string; crcOk: boolean }[];
   /** Artifacts that were refused; the others were committed. */
   readonly errors: SessionError[];
+}
+
+/** What {@linkcode Session.remove} did. */
+export interface RemoveResult {
+  /** The records removed, in request order. */
+  readonly removed: ArtifactRecord[];
+  /** Bytes given back to the session's and its user's quotas (artifacts and unpacked trees). */
+  readonly freedBytes: number;
+  /**
+   * Work that was in progress (runs, uploads) when they were removed: the working directory
+   * keeps showing the removed artifacts until all of it has ended.
+   */
+  readonly inProgress: number;
+}
+
+/** View entries that stay until the work that was in progress when they were removed ends. */
+interface PendingUnlink {
+  /** The holds still to end. */
+  readonly waitFor: Set<number>;
+  /** The entries' names in `ro/` and `root/`. */
+  readonly views: string[];
+  /** Lets the blobs and trees go (they are kept from eviction meanwhile). */
+  readonly unpin: () => void;
 }
 
 /** The key under which an artifact is held in a session. */
@@ -148,7 +193,9 @@ export class Session {
   #manifest: SessionManifest;
   #lock = new Mutex();
   #closed = false;
-  #busy = 0;
+  #holdSeq = 0;
+  #holds = new Set<number>();
+  #pending: PendingUnlink[] = [];
   /** The registry revision the session was last brought in line with (cluster only). */
   #revision: number | undefined;
   /** The config as of that revision: what this node changed since is merged, not replaced. */
@@ -204,6 +251,11 @@ export class Session {
     return this.#closed;
   }
 
+  /** When the session was created (ms since the epoch). */
+  get createdAt(): number {
+    return this.#manifest.createdAt;
+  }
+
   /** The host uid and gid its workers run as, when it has its own. */
   get worker(): { uid: number; gid: number } | undefined {
     return this.#manifest.worker;
@@ -211,20 +263,191 @@ export class Session {
 
   /** Whether work is in progress (uploads, runs): idle expiry skips busy sessions. */
   get busy(): boolean {
-    return this.#busy > 0;
+    return this.#holds.size > 0;
   }
 
-  /** Marks work in progress until the returned function is called. */
+  /** How many pieces of work (runs, uploads, attaches) are in progress. */
+  get inProgress(): number {
+    return this.#holds.size;
+  }
+
+  /**
+   * Marks work in progress until the returned function is called. Work in progress keeps the
+   * working directory as it was when it started: entries of artifacts removed meanwhile go when
+   * it ends.
+   */
   hold(): () => void {
-    this.#busy++;
+    const id = ++this.#holdSeq;
+    this.#holds.add(id);
     let done = false;
     return () => {
-      if (!done) {
-        done = true;
-        this.#busy--;
-        this.lastAccess = Date.now();
-      }
+      if (done) return;
+      done = true;
+      this.#holds.delete(id);
+      this.lastAccess = Date.now();
+      this.#settle(id);
     };
+  }
+
+  /** Removes the view entries no longer waiting for work in progress. */
+  #settle(id: number): void {
+    if (this.#pending.length === 0) return;
+    const ready = this.#pending.filter((p) => (p.waitFor.delete(id), p.waitFor.size === 0));
+    if (ready.length === 0) return;
+    this.#pending = this.#pending.filter((p) => p.waitFor.size > 0);
+    for (const p of ready) {
+      // Synchronously, so that a run or an add starting next sees the directory without them.
+      try {
+        for (const v of p.views) unlinkViewSync(this.viewDir, this.root, v);
+      } catch {
+        // Left for the next start's reconcile, which removes unrecorded links.
+      } finally {
+        p.unpin();
+      }
+    }
+    this.#ctx.collectSoon?.();
+  }
+
+  /**
+   * Removes artifacts from the session, all or none: the manifest first (so that listings, quotas
+   * and a restart see them gone at once), then Spark's layout, then the workers' view — at once
+   * when no work is in progress, else when the work that was in progress has ended (runs keep
+   * the view they started with). Their blobs and trees stay while another session refers to
+   * them, then as cache.
+   *
+   * @param names Artifact names as they were added (or their normalised keys).
+   * @returns What was removed, the bytes freed, and the work in progress.
+   * @throws {SessionError} `INVALID_ARTIFACT_NAME` for a malformed name or none at all,
+   *   `ARTIFACT_NOT_FOUND` for a name the session does not hold (then nothing is removed).
+   */
+  remove(names: readonly string[]): Promise<RemoveResult> {
+    return this.#lock.run(async () => {
+      this.#checkOpen();
+      if (names.length === 0) {
+        throw new SessionError(
+          "INVALID_ARTIFACT_NAME",
+          "Cannot remove artifacts: the request names none.",
+        );
+      }
+      const records: ArtifactRecord[] = [];
+      const keys = new Set<string>();
+      for (const raw of names) {
+        const r = this.#lookup(raw);
+        if (keys.has(r.key)) continue;
+        keys.add(r.key);
+        records.push(r);
+      }
+      const registry = this.#ctx.registry;
+      let entry: RegistryEntry | undefined;
+      if (registry) {
+        // The cluster's record first: every node drops its copy when it sees the removal.
+        entry = await registry.update(this.userId, this.sessionId, (cur) => {
+          const rec = this.#liveRecord(cur);
+          return {
+            ...rec,
+            artifacts: rec.artifacts.filter((a) =>
+              !keys.has(artifactKey(parseArtifactName(a.name)))
+            ),
+          };
+        });
+      }
+      const inProgress = await this.#drop(records, !registry);
+      if (entry) await this.#syncLocked(entry);
+      return {
+        removed: records,
+        freedBytes: records.reduce((n, r) => n + r.size + (r.treeBytes ?? 0), 0),
+        inProgress,
+      };
+    });
+  }
+
+  /**
+   * Drops artifacts from this node's copy: the manifest first (so that listings, quotas and a
+   * restart see them gone at once), then Spark's layout, then the workers' view — at once when
+   * no work is in progress, else when the work that was in progress has ended. Called with the
+   * lock held.
+   *
+   * @param undoable Whether a manifest that cannot be written puts the records back and fails
+   *   (a removal asked for here); otherwise (the cluster's record already says they are gone)
+   *   the next start's reconcile finishes the job.
+   * @returns How many pieces of work keep the view entries for now.
+   */
+  async #drop(records: ArtifactRecord[], undoable: boolean): Promise<number> {
+    if (records.length === 0) return 0;
+    const viewed = records.filter((r) => r.view !== undefined);
+    const waitFor = new Set(this.#holds);
+    let unpin = () => {};
+    if (viewed.length > 0 && waitFor.size > 0) {
+      // Pinned before the manifest lets them go, so no eviction can slip in between.
+      const pins = await Promise.all(
+        viewed.flatMap((r) => [
+          this.#ctx.pin(`b:${r.sha256}`),
+          ...(r.tree ? [this.#ctx.pin(`t:${r.tree}`)] : []),
+        ]),
+      );
+      unpin = () => pins.forEach((u) => u());
+    }
+    for (const r of records) delete this.#manifest.artifacts[r.key];
+    try {
+      await this.#writeManifest();
+    } catch (e) {
+      if (undoable) {
+        for (const r of records) this.#manifest.artifacts[r.key] = r;
+        unpin();
+        throw e;
+      }
+    }
+    for (const r of records) {
+      // Spark's layout is never shown to workers: it goes now.
+      await removeByName(this.artifactsDir, r.key).catch(() => {});
+      this.#ctx.touch(`b:${r.sha256}`);
+      if (r.tree) this.#ctx.touch(`t:${r.tree}`);
+    }
+    const views = viewed.map((r) => r.view!);
+    if (views.length > 0 && waitFor.size > 0) {
+      this.#pending.push({ waitFor, views, unpin });
+      return waitFor.size;
+    }
+    try {
+      for (const v of views) unlinkViewSync(this.viewDir, this.root, v);
+    } catch {
+      // Recorded as removed already: the next start's reconcile removes what is left.
+    }
+    this.#ctx.collectSoon?.();
+    return 0;
+  }
+
+  /** The record a name to remove names, or why there is none. */
+  #lookup(raw: string): ArtifactRecord {
+    let parsed: ArtifactName;
+    try {
+      parsed = parseArtifactName(raw);
+    } catch (e) {
+      if (e instanceof ArtifactNameError) {
+        throw new SessionError("INVALID_ARTIFACT_NAME", `${e.message}.`, { cause: e });
+      }
+      throw e;
+    }
+    const found = this.#manifest.artifacts[artifactKey(parsed)];
+    if (found) return found;
+    // The same file under another alias, or named by its view: say which name to use.
+    const near = this.artifacts().filter((a) =>
+      a.path === parsed.path || a.view === raw || a.view === parsed.alias ||
+      a.path.split("/").pop() === raw
+    ).map((a) => a.name);
+    throw new SessionError(
+      "ARTIFACT_NOT_FOUND",
+      `Cannot remove ${JSON.stringify(raw)}: the session holds no artifact of that name` +
+        (near.length > 0
+          ? `. Did you mean ${near.slice(0, 3).map((n) => JSON.stringify(n)).join(" or ")}?`
+          : this.artifacts().length === 0
+          ? " (it holds no artifacts)."
+          : `. Names are as they were added, e.g. ${
+            JSON.stringify(this.artifacts().map((a) => a.name).sort()[0])
+          }; ` +
+            "ListArtifacts lists them all."),
+      { parameters: { name: raw } },
+    );
   }
 
   /** The committed artifacts. */
@@ -450,6 +673,14 @@ export class Session {
       );
     }
     const view = executorViewName(name);
+    if (view !== undefined && this.#pending.some((p) => p.views.includes(view))) {
+      throw new SessionError(
+        "ARTIFACT_ALREADY_EXISTS",
+        `The artifact ${name.raw} would appear as ./${view} in the session's working directory, ` +
+          `where an artifact removed while runs were in progress stays until they end. Add it ` +
+          `again once they have ended, or choose a different name.`,
+      );
+    }
     if (view !== undefined) {
       const taken = this.artifacts().find((a) => a.view === view);
       if (taken) {
@@ -491,9 +722,14 @@ export class Session {
           `Cannot attach ${name.raw}: the server holds no blob with sha256 ${sha256}; upload it instead.`,
         );
       }
-      const blob = stagedFile
-        ? (await this.#ctx.blobs.adopt(stagedFile, sha256, size)).path
-        : this.#ctx.blobs.path(sha256);
+      let blob = this.#ctx.blobs.path(sha256);
+      if (stagedFile) {
+        const adopted = await this.#ctx.blobs.adopt(stagedFile, sha256, size);
+        blob = adopted.path;
+        if (!adopted.added) this.#ctx.hit?.(`b:${sha256}`);
+      } else {
+        this.#ctx.hit?.(`b:${sha256}`);
+      }
       let tree: { path: string; info: TreeInfo } | undefined;
       if (treeKey && unpacker) {
         try {
@@ -503,6 +739,7 @@ export class Session {
             treeKey,
             (dest) => unpacker.unpack(blob, dest, {}),
           );
+          if (!t.built) this.#ctx.hit?.(`t:${treeKey}`);
           tree = { path: t.path, info: await this.#ctx.trees.info(treeKey) };
         } catch (e) {
           if (e instanceof SessionError) throw e;
@@ -662,6 +899,8 @@ export class Session {
    */
   close(): Promise<void> {
     this.#closed = true;
+    // The directory goes as a whole: nothing waits to be unlinked any more.
+    for (const p of this.#pending.splice(0)) p.unpin();
     return this.#lock.run(() => Promise.resolve());
   }
 
@@ -744,7 +983,7 @@ export class Session {
         return m.next;
       });
     } catch (e) {
-      for (const a of added) await this.#unplace(a);
+      await this.#drop(added, false);
       throw e;
     }
     // Brings in what other nodes added, and drops the adds the record refused.
@@ -756,10 +995,10 @@ export class Session {
     if (this.#revision === entry.revision) return;
     const remote = new Map<string, SharedArtifact>();
     for (const a of entry.value.artifacts) remote.set(artifactKey(parseArtifactName(a.name)), a);
-    for (const r of this.artifacts()) {
-      const a = remote.get(r.key);
-      if (!a || a.sha256 !== r.sha256) await this.#unplace(r);
-    }
+    await this.#drop(
+      this.artifacts().filter((r) => remote.get(r.key)?.sha256 !== r.sha256),
+      false,
+    );
     const missing = [...remote].filter(([k]) => !this.#manifest.artifacts[k])
       .sort(([, a], [, b]) => a.addedAt - b.addedAt);
     try {
@@ -800,18 +1039,6 @@ export class Session {
     const dest = join(this.#ctx.stagingRoot, `fetch-${crypto.randomUUID()}`);
     await this.#ctx.registry!.fetchBlob(a.sha256, a.size, dest);
     return dest;
-  }
-
-  /** Removes an artifact's links and record; files the workers wrote stay. */
-  async #unplace(r: ArtifactRecord): Promise<void> {
-    await Deno.remove(join(this.artifactsDir, r.key)).catch(() => {});
-    if (r.view !== undefined) {
-      await Deno.remove(join(this.viewDir, r.view)).catch(() => {});
-      const inRoot = join(this.root, r.view);
-      const target = await Deno.readLink(inRoot).catch(() => undefined);
-      if (target === `../ro/${r.view}`) await Deno.remove(inRoot).catch(() => {});
-    }
-    delete this.#manifest.artifacts[r.key];
   }
 
   #writeManifest(): Promise<void> {

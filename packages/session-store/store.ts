@@ -10,6 +10,7 @@ import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
 import type { RegistryEntry, SessionRegistry, SharedSession } from "./registry.ts";
+import { type DataDirLock, lockDataDir, type LockHolder } from "./data_dir_lock.ts";
 import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
 /** Options of {@linkcode SessionStore.open}. */
@@ -109,6 +110,7 @@ export class SessionStore {
   #pins = new Map<string, number>();
   #evicting = new Map<string, Promise<void>>();
   #lastUsed = new Map<string, number>();
+  #hits = new Map<string, number>();
   #cacheBytes: number;
   #sessions = new Map<string, Session>();
   #creating = new Map<string, Promise<Session>>();
@@ -124,6 +126,9 @@ export class SessionStore {
   #heldBytes = new Map<string, number>();
   #registry: SessionRegistry | undefined;
   #unwatch: (() => void) | undefined;
+  #lock: DataDirLock | undefined;
+  #closed = false;
+  #collecting: Promise<void> = Promise.resolve();
 
   private constructor(dataDir: string, options: SessionStoreOptions) {
     this.dataDir = dataDir;
@@ -172,6 +177,13 @@ export class SessionStore {
       pin: (id) => this.#pin(id),
       touch: (id) => void this.#lastUsed.set(id, Date.now()),
       registry: options.registry,
+      hit: (id) => void this.#hits.set(id, (this.#hits.get(id) ?? 0) + 1),
+      collectSoon: () => {
+        // One at a time, never after close (which forgets the sessions that hold references).
+        this.#collecting = this.#collecting.then(async () => {
+          if (!this.#closed) await this.collect();
+        }).catch(() => {});
+      },
     };
     this.#registry = options.registry;
   }
@@ -195,8 +207,24 @@ export class SessionStore {
    */
   static async open(options: SessionStoreOptions): Promise<SessionStore> {
     const store = new SessionStore(resolve(options.dataDir), options);
-    await store.#init();
+    await Deno.mkdir(store.dataDir, { recursive: true });
+    // Before anything is restored or cleaned: the directory may be another server's.
+    store.#lock = await lockDataDir(store.dataDir);
+    try {
+      await store.#init();
+    } catch (e) {
+      await store.#lock.release();
+      throw e;
+    }
     return store;
+  }
+
+  /**
+   * The server that held the data directory before and is gone (crashed, killed), when its
+   * lock record was taken over at open.
+   */
+  get tookOverLockFrom(): LockHolder | undefined {
+    return this.#lock?.tookOverFrom;
   }
 
   async #init(): Promise<void> {
@@ -365,6 +393,33 @@ export class SessionStore {
     return removed;
   }
 
+  /**
+   * How many adds since the store opened found a blob (`b:<sha256>`) or tree (`t:<key>`)
+   * already there instead of storing or unpacking it again.
+   *
+   * @param id The blob or tree.
+   * @returns The count.
+   */
+  hits(id: string): number {
+    return this.#hits.get(id) ?? 0;
+  }
+
+  /**
+   * Whether a blob (`b:<sha256>`) or tree (`t:<key>`) is kept from eviction right now (an add,
+   * an attach, a removal waiting for runs).
+   *
+   * @param id The blob or tree.
+   * @returns `true` when pinned.
+   */
+  pinned(id: string): boolean {
+    return this.#pins.has(id);
+  }
+
+  /** The cache budget: bytes of unreferenced blobs and trees kept (`cacheBytes`). */
+  get cacheBytes(): number {
+    return this.#cacheBytes;
+  }
+
   /** Registers a hook that runs before any session's directory is removed. */
   onRelease(hook: ReleaseHook): void {
     this.#hooks.push(hook);
@@ -388,6 +443,48 @@ export class SessionStore {
    */
   async session(lookup: SessionLookup): Promise<Session> {
     const { userId, sessionId } = lookup;
+    const key = await this.#checkLookup(lookup);
+    let session = this.#registry
+      ? await this.#clusterSession(userId, sessionId, true)
+      : this.#sessions.get(key);
+    if (!session) {
+      let pending = this.#creating.get(key);
+      if (!pending) {
+        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
+        this.#creating.set(key, pending);
+      }
+      session = await pending;
+    }
+    return this.#checkObserved(lookup, session);
+  }
+
+  /**
+   * Like {@linkcode SessionStore.session}, with the same checks, but never creates a session:
+   * for requests that only look (listing artifacts) or only take away (removing them).
+   *
+   * @returns The live session, or `undefined` when there is none (yet).
+   * @throws {SessionError} As `session()`; `INVALID_HANDLE.SESSION_CHANGED` also when the client
+   *   saw a server-side id and the session no longer exists.
+   */
+  async existing(lookup: SessionLookup): Promise<Session | undefined> {
+    const key = await this.#checkLookup(lookup);
+    const session = this.#registry
+      ? await this.#clusterSession(lookup.userId, lookup.sessionId, false)
+      : this.#sessions.get(key) ?? await this.#creating.get(key)?.catch(() => undefined);
+    if (session) return this.#checkObserved(lookup, session);
+    if (lookup.clientObservedServerSideSessionId !== undefined) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_CHANGED",
+        `The handle ${lookup.sessionId} is invalid: the client saw server-side session ` +
+          `${lookup.clientObservedServerSideSessionId}, which the server no longer has.`,
+      );
+    }
+    return undefined;
+  }
+
+  /** Spark's checks of a (user, session) pair before it is used: format, release, tombstone. */
+  async #checkLookup(lookup: SessionLookup): Promise<string> {
+    const { userId, sessionId } = lookup;
     if (!isSparkSessionId(sessionId)) {
       throw new SessionError(
         "INVALID_HANDLE.FORMAT",
@@ -405,24 +502,17 @@ export class SessionStore {
         { parameters: { handle: sessionId } },
       );
     }
-    let session = this.#registry
-      ? await this.#clusterSession(userId, sessionId)
-      : this.#sessions.get(key);
-    if (!session) {
-      let pending = this.#creating.get(key);
-      if (!pending) {
-        pending = this.#create(userId, sessionId).finally(() => this.#creating.delete(key));
-        this.#creating.set(key, pending);
-      }
-      session = await pending;
-    }
+    return key;
+  }
+
+  #checkObserved(lookup: SessionLookup, session: Session): Session {
     const observed = lookup.clientObservedServerSideSessionId;
     if (observed !== undefined && observed !== session.serverSideSessionId) {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_CHANGED",
-        `The handle ${sessionId} is invalid: the existing session changed (the client saw ` +
+        `The handle ${lookup.sessionId} is invalid: the existing session changed (the client saw ` +
           `server-side session ${observed}, the server has ${session.serverSideSessionId}).`,
-        { parameters: { handle: sessionId } },
+        { parameters: { handle: lookup.sessionId } },
       );
     }
     session.lastAccess = Date.now();
@@ -432,12 +522,29 @@ export class SessionStore {
   /**
    * The session as the cluster records it, created there if it is not yet, and this node's copy
    * brought in line with it (artifacts fetched, unpacked, linked; config; server-side id).
+   * With `create` false, a session the cluster does not record is `undefined` (and this node's
+   * copy of it, if any, is not recorded).
    */
-  async #clusterSession(userId: string, sessionId: string): Promise<Session> {
+  async #clusterSession(
+    userId: string,
+    sessionId: string,
+    create: true,
+  ): Promise<Session>;
+  async #clusterSession(
+    userId: string,
+    sessionId: string,
+    create: boolean,
+  ): Promise<Session | undefined>;
+  async #clusterSession(
+    userId: string,
+    sessionId: string,
+    create: boolean,
+  ): Promise<Session | undefined> {
     const registry = this.#registry!;
     const key = keyOf(userId, sessionId);
     let entry: RegistryEntry | undefined = await registry.get(userId, sessionId);
     let local = this.#sessions.get(key);
+    if (!entry && !create) return undefined;
     if (!entry) {
       // First use anywhere (or a record lost with the cluster's storage: this copy is it then).
       const fresh: SharedSession = local?.shared() ?? {
@@ -648,12 +755,17 @@ export class SessionStore {
     return out;
   }
 
-  /** Stops using the data directory. Sessions stay on disk and are restored on next open. */
-  close(): Promise<void> {
+  /**
+   * Stops using the data directory and lets its lock go. Sessions stay on disk and are restored
+   * on next open.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#collecting;
     this.#unwatch?.();
     this.#sessions.clear();
     this.#ctx.unpack?.close?.();
-    return Promise.resolve();
+    await this.#lock?.release();
   }
 
   async #tombstone(key: string): Promise<void> {

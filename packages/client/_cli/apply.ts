@@ -17,6 +17,8 @@ import { ipcStream } from "../_ipc.ts";
 import { parseCommand, UsageError, wholeNumber } from "./args.ts";
 import { type Context, err, interruptible, writeAll } from "./context.ts";
 import { help } from "./help.ts";
+import { CliError } from "./cli_error.ts";
+import { APPLY } from "./specs.ts";
 import { withSession } from "./state.ts";
 
 const FORMS: readonly string[] = ["columns", "pandas", "pyarrow"] satisfies ApplyFormName[];
@@ -65,11 +67,29 @@ export async function apply(args: string[], ctx: Context): Promise<number> {
             `${s.rowsOut} rows out (${s.batchesOut} batches); ${s.transport} transport, ` +
             s.interpreter,
         );
+        if (ctx.globals.json) {
+          ctx.emit({
+            type: "apply",
+            rowsIn: s.rowsIn,
+            batchesIn: s.batchesIn,
+            rowsOut: s.rowsOut,
+            batchesOut: s.batchesOut,
+            transport: s.transport,
+            interpreter: s.interpreter,
+            out: outPath ?? null,
+          });
+        }
         ok = true;
         return 0;
       } catch (e) {
         if (!signal.aborted && isValiseClientError(e) && e.traceback !== undefined) {
           err(e.traceback);
+        }
+        if (isValiseClientError(e) && e.errorClass === "APPLY_OUTPUT_TYPE_MISMATCH") {
+          throw new CliError(e.errorClass, e.message.replace(/^\[[^\]]*\]\s*/, ""), {
+            hint: mismatchHint(e.message, cmd.outputSchema !== undefined),
+            cause: e,
+          });
         }
         throw e;
       } finally {
@@ -80,23 +100,24 @@ export async function apply(args: string[], ctx: Context): Promise<number> {
   );
 }
 
+/**
+ * What to do about output that does not fit: fit the declared schema, or declare one when the
+ * types could not be inferred. Other misfits (a wrong return type, column lengths) need no hint
+ * about a schema.
+ */
+function mismatchHint(message: string, declared: boolean): string | undefined {
+  if (declared) return "make the function's output fit the schema of --schema FILE";
+  if (/cannot infer|declare the output schema/.test(message)) {
+    return "give each output column values of one type, or declare the output's types with " +
+      "--schema FILE (an Arrow IPC file holding the schema)";
+  }
+  return "the message names the column and what the function returned";
+}
+
 /** Reads the words; `undefined` for `--help`. */
 async function applyCommand(args: string[], ctx: Context): Promise<ApplyCommand | undefined> {
   const command = "apply";
-  const { values: v } = parseCommand(args, ctx.globals, {
-    command,
-    options: {
-      fn: { type: "string" },
-      code: { type: "string" },
-      function: { type: "string" },
-      form: { type: "string" },
-      schema: { type: "string" },
-      in: { type: "string" },
-      out: { type: "string" },
-      "timeout-ms": { type: "string" },
-    },
-    positionals: "none",
-  });
+  const { values: v } = parseCommand(args, ctx.globals, APPLY);
   const form = v.form ?? "columns";
   if (!FORMS.includes(form)) {
     throw new UsageError(`--form must be columns, pandas or pyarrow, not "${form}"`, command);
@@ -117,6 +138,9 @@ async function applyCommand(args: string[], ctx: Context): Promise<ApplyCommand 
   if (v.in === undefined) throw new UsageError("apply needs --in FILE (or - for stdin)", command);
   if (v.out === undefined) {
     throw new UsageError("apply needs --out FILE (or - for stdout)", command);
+  }
+  if (v.out === "-" && ctx.globals.json) {
+    throw new UsageError("--json writes to stdout: give --out a FILE, not -", command);
   }
   const fn: ApplyFunction = v.fn ?? {
     code: await Deno.readTextFile(resolve(ctx.cwd, v.code!)),

@@ -3,6 +3,7 @@
 // `-q`, short groups and `--` work the same in every command); this file checks them against a
 // command's options and says what is wrong in the CLI's own words.
 import { parseArgs } from "node:util";
+import { editDistance } from "../_edit_distance.ts";
 
 /** A command-line mistake: reported as `[USAGE]` with the command's help hint, exit 2. */
 export class UsageError extends Error {
@@ -27,6 +28,10 @@ export interface OptionSpec {
   type: "string" | "boolean";
   /** Its one-letter form, if any. */
   short?: string;
+  /** What it does, in a few words (shell completions show it). */
+  help?: string;
+  /** What completes its value: local paths (`file`), or one of these words. */
+  values?: "file" | readonly string[];
 }
 
 /** The options of a command, by long name. */
@@ -39,11 +44,12 @@ export type Values<O extends Options> = {
 
 /** The options every command takes, before or after its name. */
 export const GLOBAL_OPTIONS = {
-  remote: { type: "string" },
-  session: { type: "string" },
-  retries: { type: "string" },
-  quiet: { type: "boolean", short: "q" },
-  help: { type: "boolean", short: "h" },
+  remote: { type: "string", help: "connection string sc://HOST:PORT/;…" },
+  session: { type: "string", help: "use this session id" },
+  retries: { type: "string", help: "attempts while the server is unavailable" },
+  json: { type: "boolean", help: "JSON lines on stdout" },
+  quiet: { type: "boolean", short: "q", help: "no progress or notices" },
+  help: { type: "boolean", short: "h", help: "show help" },
 } as const satisfies Options;
 
 /** What the global options set. */
@@ -54,6 +60,8 @@ export interface Globals {
   session?: string;
   /** `--retries`. */
   retries?: number;
+  /** `--json`: JSON lines on stdout instead of text. */
+  json: boolean;
   /** `-q`, `--quiet`. */
   quiet: boolean;
   /** `-h`, `--help`. */
@@ -116,7 +124,15 @@ export function parseCommand<O extends Options>(
   const options: Options = { ...GLOBAL_OPTIONS, ...spec.options };
   const { tokens } = parseArgs({
     args,
-    options,
+    // parseArgs knows only the type and the letter.
+    options: Object.fromEntries(
+      Object.entries(options).map(([k, o]) => [
+        k,
+        o.short ? { type: o.type, short: o.short } : {
+          type: o.type,
+        },
+      ]),
+    ),
     strict: false,
     allowPositionals: true,
     tokens: true,
@@ -154,7 +170,13 @@ export function parseCommand<O extends Options>(
         positionals.push(word);
         continue;
       }
-      throw new UsageError(`unknown option ${word}`, command);
+      const near = word.startsWith("--")
+        ? closest(word.slice(2).split("=")[0]!, Object.keys(options))
+        : undefined;
+      throw new UsageError(
+        `unknown option ${word}${near === undefined ? "" : `; did you mean --${near}?`}`,
+        command,
+      );
     }
     if (options[t.name]!.type === "boolean") {
       if (t.inlineValue) throw new UsageError(`${t.rawName} takes no value`, command);
@@ -187,6 +209,7 @@ function takeGlobals<O extends Options>(
   if (typeof values.retries === "string") {
     globals.retries = wholeNumber(values.retries, "--retries", command, 1);
   }
+  if (values.json === true) globals.json = true;
   if (values.quiet === true) globals.quiet = true;
   if (values.help === true) globals.help = true;
   return own as Values<O>;
@@ -209,4 +232,25 @@ export function wholeNumber(text: string, flag: string, command: string, min = 0
     throw new UsageError(`${flag} must be ${what}`, command);
   }
   return n;
+}
+
+/**
+ * The word of `words` closest to `word` (a typo's intended word), if one is close enough: at
+ * most a third of its letters differ.
+ *
+ * @param word What was typed.
+ * @param words The known words.
+ * @returns The closest, or `undefined`.
+ */
+export function closest(word: string, words: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(1, Math.floor(word.length / 3)) + 1;
+  for (const w of words) {
+    const d = editDistance(word, w);
+    if (d < bestDistance) {
+      best = w;
+      bestDistance = d;
+    }
+  }
+  return best;
 }

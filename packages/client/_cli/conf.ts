@@ -2,14 +2,15 @@
 import { parseCommand, UsageError } from "./args.ts";
 import { type Context, out } from "./context.ts";
 import { help } from "./help.ts";
+import { CONF } from "./specs.ts";
 import { withSession } from "./state.ts";
 
-/** Each subcommand's least and most arguments. */
-const ARITY: Record<string, [number, number]> = {
-  set: [2, 2],
-  get: [1, 1],
-  unset: [1, Infinity],
-  list: [0, 1],
+/** Each subcommand's least and most arguments, and what it wants. */
+const ARITY: Record<string, [number, number, string]> = {
+  set: [2, 2, "KEY VALUE"],
+  get: [1, 1, "one KEY"],
+  unset: [1, Infinity, "at least one KEY"],
+  list: [0, 1, "at most one PREFIX"],
 };
 
 /**
@@ -20,37 +21,45 @@ const ARITY: Record<string, [number, number]> = {
  * @returns The exit code.
  */
 export async function conf(args: string[], ctx: Context): Promise<number> {
-  const { positionals } = parseCommand(args, ctx.globals, {
-    command: "conf",
-    options: {},
-    positionals: "any",
-    // A value may start with a dash (`conf set KEY -1`).
-    plainAfter: 2,
-  });
+  const { positionals } = parseCommand(args, ctx.globals, CONF);
   if (ctx.globals.help) return help("conf");
   const [sub, ...xs] = positionals;
   if (sub === undefined) throw new UsageError("conf needs set, get, unset or list", "conf");
   const bounds = ARITY[sub];
-  if (!bounds) throw new UsageError(`unknown conf command "${sub}"`, "conf");
-  if (xs.length < bounds[0] || xs.length > bounds[1]) {
-    throw new UsageError(`wrong number of arguments for conf ${sub}`, "conf");
+  if (!bounds) {
+    throw new UsageError(`unknown conf command "${sub}" (set, get, unset or list)`, "conf");
   }
+  if (xs.length < bounds[0] || xs.length > bounds[1]) {
+    throw new UsageError(
+      `conf ${sub} takes ${bounds[2]}, not ${xs.length} argument${xs.length === 1 ? "" : "s"}`,
+      "conf",
+    );
+  }
+  const json = ctx.globals.json;
   await withSession(ctx, async (session) => {
     switch (sub) {
       case "set": {
         const warnings = await session.conf.set(xs[0]!, xs[1]!);
         for (const w of warnings) ctx.notice(`valise: warning: ${w}`);
+        if (json) ctx.emit({ type: "conf", key: xs[0]!, value: xs[1]!, warnings });
         break;
       }
-      case "get":
-        out(`${await session.conf.get(xs[0]!)}\n`);
+      case "get": {
+        const value = await session.conf.get(xs[0]!);
+        if (json) ctx.emit({ type: "conf", key: xs[0]!, value });
+        else out(`${value}\n`);
         break;
+      }
       case "unset":
         await session.conf.unset(xs);
+        if (json) { for (const key of xs) ctx.emit({ type: "conf_unset", key }); }
         break;
       case "list": {
         const all = await session.conf.getAll(xs[0]);
-        for (const k of Object.keys(all).sort()) out(`${k}=${all[k]}\n`);
+        for (const k of Object.keys(all).sort()) {
+          if (json) ctx.emit({ type: "conf", key: k, value: all[k] });
+          else out(`${k}=${all[k]}\n`);
+        }
         break;
       }
     }

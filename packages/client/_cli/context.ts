@@ -16,6 +16,27 @@ export interface Context {
   readonly remote: string;
   /** Writes a line to stderr unless `--quiet`. */
   notice: (line: string) => void;
+  /** Writes one JSON line to stdout (with `--json`; commands print text otherwise). */
+  emit: (record: JsonRecord) => void;
+}
+
+/** One line of `--json` output: its `type` says what it is (see docs/cli.md). */
+export type JsonRecord = { type: string } & Record<string, unknown>;
+
+/** The checkout's root, where `deno task` runs its commands (none when not run from files). */
+const TASK_ROOT = import.meta.url.startsWith("file:")
+  ? new URL("../../../", import.meta.url).pathname.replace(/\/$/, "")
+  : undefined;
+
+/**
+ * The directory the user ran the command from: `deno task` runs it in the checkout's root and
+ * keeps the user's directory in INIT_CWD. Elsewhere INIT_CWD is some enclosing `deno task`'s,
+ * inherited (a script that runs `valise` in another directory): then the cwd is the truth.
+ */
+function userCwd(): string {
+  const init = env("INIT_CWD");
+  const cwd = Deno.cwd();
+  return init !== undefined && cwd === TASK_ROOT ? init : cwd;
 }
 
 /**
@@ -27,13 +48,14 @@ export interface Context {
 export function makeContext(globals: Globals): Context {
   return {
     globals,
-    cwd: env("INIT_CWD") ?? Deno.cwd(),
+    cwd: userCwd(),
     get remote() {
       return globals.remote ?? env("SPARK_REMOTE") ?? DEFAULT_REMOTE;
     },
     notice: (line) => {
       if (!globals.quiet) err(`${line}\n`);
     },
+    emit: (record) => out(`${JSON.stringify(record)}\n`),
   };
 }
 

@@ -1,5 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-import { DEFAULT_REMOTE, out } from "./context.ts";
+import { closest, parseCommand, UsageError } from "./args.ts";
+import { type Context, DEFAULT_REMOTE, out } from "./context.ts";
+import { HELP_COMMAND } from "./specs.ts";
 
 /** The help of the CLI (`main`) and of each command. */
 export const HELP: Record<string, string> = {
@@ -11,23 +13,34 @@ Commands:
   add      Add local files to the session (--pyfile, --archive, --file)
   conf     Set, get, unset or list the session's config
   run      Run Python in the session (-c CODE, -m MODULE or SCRIPT)
+  python   Python's interactive console in the session
   apply    Run a Python function over an Arrow file's record batches
   status   Show the session, or whether artifacts exist
   release  Release the session on the server and forget it
+  ls       List the session's artifacts (name, size, kind, sha256, view)
+  rm       Remove artifacts from the session
+  health   Ask the server whether it serves (no token needed)
+  new      Start a new session (releasing the remembered one)
+  help     Show this help, or a command's: valise help COMMAND
+  completions bash|zsh|fish
+           Print a shell completion script
 
 Options (also accepted after the command):
   --remote URL     Connection string (default: $SPARK_REMOTE, else ${DEFAULT_REMOTE})
   --session UUID   Use this session instead of the remembered one
   --retries N      Attempts per call while the server is unavailable (default 5)
+  --json           Print JSON lines on stdout, for scripts (see docs/cli.md)
   -q, --quiet      No progress or notices on stderr
-  -h, --help       Show help (also: valise <COMMAND> --help)
+  -h, --help       Show help (also: valise help COMMAND, valise COMMAND --help)
   -V, --version    Show the version
 
 Every option also takes its value as --opt=value.
 
 Consecutive commands share a session: its id is remembered per remote in
-$VALISE_STATE_FILE (default ~/.config/valise/cli-state.json). Relative paths are
-resolved against $INIT_CWD when set (deno task), else the current directory.
+$VALISE_STATE_FILE (default ~/.config/valise/cli-state.json). When the server has
+closed it (released, or idle too long), the next command starts a new one and
+says so. Relative paths are resolved against $INIT_CWD when set (deno task), else
+the current directory.
 `,
   add: `Usage: valise add [--pyfile | --archive | --file] PATH...
 
@@ -38,7 +51,8 @@ Adds local files to the session with PySpark's names:
   --file     any file, placed in the session directory          (files/NAME)
   (none)     .jar files only                                    (jars/NAME)
 Files the server already holds are attached without sending their bytes.
-Prints one line per artifact: NAME<TAB>SIZE<TAB>uploaded|attached.
+Prints one line per artifact as the server commits it:
+NAME<TAB>SIZE<TAB>uploaded|attached. A directory must be packed first (zip or tar).
 `,
   conf: `Usage: valise conf set KEY VALUE
        valise conf get KEY
@@ -48,14 +62,33 @@ Prints one line per artifact: NAME<TAB>SIZE<TAB>uploaded|attached.
 Reads and writes the session's config (Spark's spark.conf). 'list' prints KEY=VALUE
 lines; with PREFIX, only keys under it (printed without the prefix, as Spark does).
 `,
-  run: `Usage: valise run [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]
+  run:
+    `Usage: valise run [-i] [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]
 
 Runs Python in the session's directory with its interpreter. Everything after CODE,
 MODULE or SCRIPT is passed to the program. SCRIPT is a path in the session directory
 (e.g. a file added with 'add --file'). stdout and stderr stream live; the exit code
 is the program's (124 when the time limit killed it, 128+N for signal N).
-  --stdin FILE      Send FILE's bytes ('-' for this stdin) to the program's stdin
-  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's default)
+  --stdin FILE      Send FILE's bytes to the program's stdin. '-' streams this stdin
+                    as it comes (a pipe, or lines typed at the terminal; Ctrl-D ends it)
+  -i, --interactive After the target (or alone), Python's console on this terminal,
+                    like python -i; stderr then goes to stdout
+  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's default; runs
+                    with a streamed stdin have the server's interactive limit, 1 hour)
+With a streamed stdin (--stdin -, -i), Ctrl-C interrupts the program (KeyboardInterrupt);
+a second Ctrl-C that got no answer ends the run (exit code 130), and so does Ctrl-\\
+at once (131). Otherwise Ctrl-C ends the run.
+`,
+  python: `Usage: valise python [--timeout-ms N] [-- ARGS...]
+
+Python's interactive console in the session: its interpreter, working directory and
+artifacts, as 'pyspark' gives a shell. Lines typed reach it as they are entered; its
+prompts, results and tracebacks come back in order on stdout. ARGS become sys.argv[1:].
+Ctrl-D ends it (exit code 0, or n after exit(n)); Ctrl-C interrupts the statement that
+runs (KeyboardInterrupt, back to the prompt); a second Ctrl-C that got no answer ends
+the run (exit code 130), and so does Ctrl-\\ at once (131). Same as 'valise run -i'.
+  --timeout-ms N    Wall-clock limit in milliseconds (0: the server's interactive
+                    limit, 1 hour by default)
 `,
   apply: `Usage: valise apply (--fn MOD:FN | --code FILE --function NAME) --in FILE --out FILE
                     [--form columns|pandas|pyarrow] [--schema FILE] [--timeout-ms N]
@@ -77,13 +110,53 @@ summary line (rows in and out) follows unless --quiet.
 `,
   status: `Usage: valise status [NAME...]
 
-Without NAMEs, shows the remote, the session id and the user. With NAMEs (artifact
-names such as pyfiles/util.py), prints NAME<TAB>exists|missing for each; the exit code
-is 1 when any is missing.
+Without NAMEs, shows the remote, the session id, its state (open, closed or none)
+and the user. With NAMEs (artifact names such as pyfiles/util.py), prints
+NAME<TAB>exists|missing for each; the exit code is 1 when any is missing. Never
+starts a session.
+`,
+  new: `Usage: valise new
+
+Starts a new session for the remote and remembers it; the remembered one, if the
+server still has it, is released first (its files are deleted). Prints the new
+session's id.
+`,
+  ls: `Usage: valise ls [--json]
+
+Lists the session's artifacts, one per line:
+NAME<TAB>SIZE<TAB>KIND<TAB>SHA256<TAB>VIEW, where VIEW is how the session's working
+directory shows it (./util.py, ./env/ for an unpacked archive with its entries and
+size, - when it does not). A summary goes to stderr unless --quiet. --json prints one
+JSON object per artifact instead. Creates no session.
+`,
+  rm: `Usage: valise rm NAME...
+
+Removes artifacts from the session, all or none: NAMEs are as 'valise ls' prints them
+(e.g. archives/env.tar.gz#env). Prints NAME<TAB>removed for each. The session's quota
+gets the bytes back at once. Runs in progress keep seeing the removed artifacts in
+their working directory until they end; runs started later do not.
+`,
+  health: `Usage: valise health [SERVICE]
+
+Asks the server's standard health service (grpc.health.v1) whether it serves, and
+prints SERVING or NOT_SERVING (shutting down); the exit code is 0 only for SERVING.
+SERVICE is a service name such as valise.v1.WorkerService (default: the server). No
+token and no session are needed; one attempt unless --retries N.
 `,
   release: `Usage: valise release
 
 Releases the session on the server (its files are deleted) and forgets it locally.
+`,
+  help: `Usage: valise help [COMMAND]
+
+Shows the help of the CLI, or of COMMAND (the same as valise COMMAND --help).
+`,
+  completions: `Usage: valise completions bash|zsh|fish
+
+Prints a completion script for the shell. To use it:
+  bash  source <(valise completions bash)      # in ~/.bashrc
+  zsh   source <(valise completions zsh)       # in ~/.zshrc, after compinit
+  fish  valise completions fish > ~/.config/fish/completions/valise.fish
 `,
 };
 
@@ -96,4 +169,45 @@ Releases the session on the server (its files are deleted) and forgets it locall
 export function help(command: string): number {
   out(HELP[command] ?? HELP.main!);
   return 0;
+}
+
+/**
+ * A command's usage lines (from `Usage:` to the first blank line), for usage errors.
+ *
+ * @param command The command, or `main`.
+ * @returns The lines, ending with a newline; empty for a command without help.
+ */
+export function usageOf(command: string): string {
+  const text = HELP[command] ?? "";
+  const at = text.indexOf("Usage:");
+  if (at < 0) return "";
+  const end = text.indexOf("\n\n", at);
+  return `${text.slice(at, end < 0 ? undefined : end)}\n`;
+}
+
+/**
+ * `valise help [COMMAND]`.
+ *
+ * @param args The words after `help`.
+ * @param ctx The context.
+ * @param commands The CLI's commands.
+ * @returns The exit code.
+ */
+export function helpCommand(args: string[], ctx: Context, commands: readonly string[]): number {
+  const { positionals } = parseCommand(args, ctx.globals, HELP_COMMAND);
+  if (positionals.length > 1) throw new UsageError("help takes at most one COMMAND", "help");
+  const [name] = positionals;
+  if (name === undefined) return help("main");
+  if (!commands.includes(name)) {
+    const near = closest(name, commands);
+    throw new UsageError(
+      `unknown command "${name}"${near === undefined ? "" : `; did you mean "${near}"?`}`,
+      "help",
+    );
+  }
+  if (HELP[name] === undefined) {
+    // A command without an entry here answers its own --help.
+    return -1;
+  }
+  return help(name);
 }

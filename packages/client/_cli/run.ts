@@ -2,48 +2,25 @@
 import { resolve } from "node:path";
 import type { RunSpec, RunTarget } from "../run.ts";
 import { parseCommand, UsageError, wholeNumber } from "./args.ts";
-import { type Context, interruptible, writeAll } from "./context.ts";
+import type { Context } from "./context.ts";
 import { help } from "./help.ts";
+import { consoleNotice } from "./python.ts";
+import { runLoop } from "./run_loop.ts";
+import { RUN } from "./specs.ts";
 import { withSession } from "./state.ts";
 
-/** Signal numbers, for the exit code 128+N of a program a signal killed. */
-const SIGNALS: Record<string, number> = {
-  SIGHUP: 1,
-  SIGINT: 2,
-  SIGQUIT: 3,
-  SIGILL: 4,
-  SIGABRT: 6,
-  SIGFPE: 8,
-  SIGKILL: 9,
-  SIGSEGV: 11,
-  SIGPIPE: 13,
-  SIGALRM: 14,
-  SIGTERM: 15,
-  SIGXCPU: 24,
-  SIGXFSZ: 25,
-};
-
 /**
- * `valise run [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]`: the
- * words after the target are the program's.
+ * `valise run [-i] [--stdin FILE] [--timeout-ms N] (-c CODE | -m MODULE | SCRIPT) [ARGS...]`:
+ * the words after the target are the program's. `--stdin -` streams this process's stdin to
+ * the program as it comes; `-i` runs Python's console after the target (or alone), on this
+ * terminal.
  *
  * @param args The words after `run`.
  * @param ctx The context.
  * @returns The program's exit code (124: time limit, 128+N: signal N, 130: Ctrl-C).
  */
 export async function run(args: string[], ctx: Context): Promise<number> {
-  const { values, stop } = parseCommand(args, ctx.globals, {
-    command: "run",
-    options: {
-      stdin: { type: "string" },
-      "timeout-ms": { type: "string" },
-      // Named by their letters, like Python's own -c and -m.
-      c: { type: "string", short: "c" },
-      m: { type: "string", short: "m" },
-    },
-    positionals: "stop",
-    stopAt: ["c", "m"],
-  });
+  const { values, stop } = parseCommand(args, ctx.globals, RUN);
   const timeoutMs = values["timeout-ms"] === undefined
     ? 0
     : wholeNumber(values["timeout-ms"], "--timeout-ms", "run");
@@ -51,46 +28,34 @@ export async function run(args: string[], ctx: Context): Promise<number> {
     throw new UsageError("-- needs a SCRIPT after it", "run");
   }
   if (ctx.globals.help) return help("run");
-  if (stop?.value === undefined) {
-    throw new UsageError("run needs -c CODE, -m MODULE or SCRIPT", "run");
+  const repl = values.interactive === true;
+  if (stop?.value === undefined && !repl) {
+    throw new UsageError("run needs -c CODE, -m MODULE or SCRIPT (or -i)", "run");
   }
-  const target: RunTarget = stop.by === "c"
+  const target: RunTarget = stop?.value === undefined
+    ? { repl: true }
+    : stop.by === "c"
     ? { code: stop.value }
     : stop.by === "m"
     ? { module: stop.value }
     : { script: stop.value };
-  let stdin: Uint8Array | undefined;
-  if (values.stdin === "-") {
-    stdin = new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer());
-  } else if (values.stdin !== undefined) {
+  // A file is sent whole; this process's stdin is streamed as it comes (the console's is).
+  let stdin: RunSpec["stdin"];
+  if (values.stdin !== undefined && values.stdin !== "-") {
     stdin = await Deno.readFile(resolve(ctx.cwd, values.stdin));
+  } else if (values.stdin === "-" || repl) {
+    stdin = Deno.stdin.readable;
   }
-  return await interruptible((signal) =>
-    withSession(ctx, async (session) => {
-      const spec: RunSpec = {
-        ...target,
-        args: stop.rest,
-        timeoutMs,
-        signal,
-        ...(stdin ? { stdin } : {}),
-      };
-      let code = 1;
-      for await (const ev of session.run(spec)) {
-        if (ev.kind === "stdout") await writeAll(Deno.stdout, ev.data);
-        else if (ev.kind === "stderr") await writeAll(Deno.stderr, ev.data);
-        else if (ev.kind === "exited") {
-          if (ev.outputTruncated) ctx.notice("valise: output was truncated by the server's limit");
-          if (ev.timedOut) {
-            ctx.notice("valise: the run hit its time limit and was killed");
-            code = 124;
-          } else if (ev.signal !== "") {
-            code = 128 + (SIGNALS[ev.signal] ?? 0);
-          } else {
-            code = ev.exitCode;
-          }
-        }
-      }
-      return code;
-    })
-  );
+  const streamed = stdin instanceof ReadableStream;
+  return await withSession(ctx, (session) =>
+    runLoop(ctx, session, {
+      ...target,
+      args: stop?.rest ?? [],
+      timeoutMs,
+      ...(repl ? { repl } : {}),
+      ...(stdin !== undefined ? { stdin } : {}),
+    }, {
+      interrupts: streamed || repl,
+      ...(repl ? { onStarted: consoleNotice(ctx, session) } : {}),
+    }));
 }

@@ -1,7 +1,10 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-// Consecutive commands share a session: its id is remembered per remote in a state file.
+// Consecutive commands share a session: its id is remembered per remote in a state file, once
+// the server has confirmed it (a failed first call leaves nothing behind). A remembered session
+// the server has closed (released, idle-expired) is replaced by a new one, with a notice.
 import { dirname, join } from "node:path";
 import { formatConnectionString, parseConnectionString } from "../connection_string.ts";
+import { isValiseClientError } from "../error.ts";
 import { connect, type Session } from "../session.ts";
 import { type Context, env } from "./context.ts";
 
@@ -44,31 +47,126 @@ export function stateKey(remote: string): string {
   return formatConnectionString(c);
 }
 
+/** The error classes of a session the server no longer has. */
+const GONE = new Set([
+  "INVALID_HANDLE.SESSION_CLOSED",
+  "INVALID_HANDLE.SESSION_NOT_FOUND",
+  "INVALID_HANDLE.SESSION_CHANGED",
+]);
+
 /**
- * Opens the command's session: `--session`, else the remote's `session_id`, else the one
- * remembered for the remote, else (when `create`) a new one, remembered and announced.
+ * Whether an error says the server no longer has the session (released, idle-expired).
+ *
+ * @param e What a call threw.
+ * @returns `true` for `INVALID_HANDLE.SESSION_CLOSED` and its kin.
+ */
+export function isGone(e: unknown): boolean {
+  return isValiseClientError(e) && GONE.has(e.errorClass);
+}
+
+/** Which session a command names, before anything is sent. */
+export interface Named {
+  /** The session id, if any: `--session`, the remote's `session_id`, else the remembered one. */
+  sessionId: string | undefined;
+  /** Whether the user named it (`--session`, `session_id`) rather than the state file. */
+  explicit: boolean;
+  /** The state file. */
+  path: string;
+}
+
+/**
+ * The session the command names: `--session`, else the remote's `session_id`, else the one
+ * remembered for the remote.
  *
  * @param ctx The command's context.
- * @param create Whether to start a session when none is remembered.
- * @returns The session, or `undefined` when there is none and `create` is false.
+ * @returns The id (if any), whether the user named it, and the state file.
  */
-export async function openSession(ctx: Context, create = true): Promise<Session | undefined> {
+export async function namedSession(ctx: Context): Promise<Named> {
   const path = statePath();
-  const key = stateKey(ctx.remote);
-  const parsed = parseConnectionString(ctx.remote);
-  let sessionId = ctx.globals.session ?? parsed.sessionId;
-  if (sessionId === undefined) {
-    const state = await readState(path);
-    sessionId = state.sessions[key]?.sessionId;
-    if (sessionId === undefined) {
-      if (!create) return undefined;
-      sessionId = crypto.randomUUID();
-      state.sessions[key] = { sessionId, updatedAt: new Date().toISOString() };
-      await writeState(path, state);
-      ctx.notice(`valise: new session ${sessionId} (remembered in ${path})`);
-    }
-  }
+  const explicit = ctx.globals.session ?? parseConnectionString(ctx.remote).sessionId;
+  if (explicit !== undefined) return { sessionId: explicit, explicit: true, path };
+  const state = await readState(path);
+  return { sessionId: state.sessions[stateKey(ctx.remote)]?.sessionId, explicit: false, path };
+}
+
+/**
+ * Connects to a session; nothing is sent yet.
+ *
+ * @param ctx The command's context.
+ * @param sessionId The session.
+ * @returns The session's client.
+ */
+export function connectTo(ctx: Context, sessionId: string): Session {
   return connect(ctx.remote, { sessionId, retry: { maxAttempts: ctx.globals.retries ?? 5 } });
+}
+
+/**
+ * Opens the command's session. One the user named is used as it is. The remembered one is
+ * checked with the server first; when the server no longer has it, or none is remembered, a new
+ * one is started: the server confirms it before it is remembered, and a notice says so.
+ *
+ * @param ctx The command's context.
+ * @returns The session.
+ */
+export async function openSession(ctx: Context): Promise<Session> {
+  const named = await namedSession(ctx);
+  if (named.explicit) return connectTo(ctx, named.sessionId!);
+  if (named.sessionId !== undefined) {
+    const session = connectTo(ctx, named.sessionId);
+    try {
+      await session.status([]);
+      return session;
+    } catch (e) {
+      session.close();
+      if (!isGone(e)) throw e;
+    }
+    const fresh = await startSession(ctx);
+    ctx.notice(
+      `valise: session ${named.sessionId} is closed on the server (released, or idle too ` +
+        `long); started new session ${fresh.sessionId}`,
+    );
+    return fresh;
+  }
+  const fresh = await startSession(ctx);
+  ctx.notice(`valise: new session ${fresh.sessionId} (remembered in ${named.path})`);
+  return fresh;
+}
+
+/**
+ * The session a command names or remembers, connected but not checked or created; `undefined`
+ * when there is none (for commands that must never create one: `ls`, `rm`).
+ *
+ * @param ctx The command's context.
+ * @returns The session, or `undefined`.
+ */
+export async function existingSession(ctx: Context): Promise<Session | undefined> {
+  const named = await namedSession(ctx);
+  return named.sessionId === undefined ? undefined : connectTo(ctx, named.sessionId);
+}
+
+/**
+ * Starts a new session: the server creates it on a first call (ArtifactStatus), then it is
+ * remembered for the remote. When that call fails, nothing is remembered.
+ *
+ * @param ctx The command's context.
+ * @returns The session.
+ */
+export async function startSession(ctx: Context): Promise<Session> {
+  const session = connectTo(ctx, crypto.randomUUID());
+  try {
+    await session.status([]);
+  } catch (e) {
+    session.close();
+    throw e;
+  }
+  const path = statePath();
+  const state = await readState(path);
+  state.sessions[stateKey(ctx.remote)] = {
+    sessionId: session.sessionId,
+    updatedAt: new Date().toISOString(),
+  };
+  await writeState(path, state);
+  return session;
 }
 
 /**
@@ -83,7 +181,7 @@ export async function withSession<T>(
   ctx: Context,
   fn: (session: Session) => Promise<T>,
 ): Promise<T> {
-  const session = (await openSession(ctx))!;
+  const session = await openSession(ctx);
   try {
     return await fn(session);
   } finally {

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file valise/v1/worker.proto.
  */
 export const file_valise_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZ2YWxpc2UvdjEvd29ya2VyLnByb3RvEgl2YWxpc2UudjEioQIKClJ1blJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJSAGIAQESDgoEY29kZRgEIAEoCUgAEhAKBm1vZHVsZRgFIAEoCUgAEhAKBnNjcmlwdBgGIAEoCUgAEgwKBGFyZ3MYByADKAkSDQoFc3RkaW4YCCABKAwSEgoKdGltZW91dF9tcxgJIAEoDUIICgZ0YXJnZXRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIjsKClJ1blN0YXJ0ZWQSCwoDcGlkGAEgASgNEhMKC2ludGVycHJldGVyGAIgASgJEgsKA2N3ZBgDIAEoCSJwCglSdW5FeGl0ZWQSEQoJZXhpdF9jb2RlGAEgASgREg4KBnNpZ25hbBgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBBIRCgl0aW1lZF9vdXQYBCABKAgSGAoQb3V0cHV0X3RydW5jYXRlZBgFIAEoCCKJAQoIUnVuRXZlbnQSKAoHc3RhcnRlZBgBIAEoCzIVLnZhbGlzZS52MS5SdW5TdGFydGVkSAASEAoGc3Rkb3V0GAIgASgMSAASEAoGc3RkZXJyGAMgASgMSAASJgoGZXhpdGVkGAQgASgLMhQudmFsaXNlLnYxLlJ1bkV4aXRlZEgAQgcKBWV2ZW50IoYDCgpBcHBseVN0YXJ0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUgCiAEBEhkKD21vZHVsZV9mdW5jdGlvbhgEIAEoCUgAEg4KBGNvZGUYBSABKAlIABIVCg1mdW5jdGlvbl9uYW1lGAYgASgJEiIKBGZvcm0YByABKA4yFC52YWxpc2UudjEuQXBwbHlGb3JtEhIKCHN0cmVhbWVkGAggASgISAESGAoOY2FjaGVfYXJ0aWZhY3QYCSABKAlIARIVCg1vdXRwdXRfc2NoZW1hGAogASgMEhIKCnRpbWVvdXRfbXMYCyABKA1CCgoIZnVuY3Rpb25CBwoFaW5wdXRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIlYKDEFwcGx5UmVxdWVzdBImCgVzdGFydBgBIAEoCzIVLnZhbGlzZS52MS5BcHBseVN0YXJ0SAASEwoJYXJyb3dfaXBjGAIgASgMSABCCQoHcmVxdWVzdCJFCgpBcHBseUVycm9yEg8KB21lc3NhZ2UYASABKAkSEQoJdHJhY2ViYWNrGAIgASgJEhMKC2Vycm9yX2NsYXNzGAMgASgJIn8KCUFwcGx5RG9uZRIPCgdyb3dzX2luGAEgASgEEhAKCHJvd3Nfb3V0GAIgASgEEhIKCmJhdGNoZXNfaW4YAyABKAQSEwoLYmF0Y2hlc19vdXQYBCABKAQSEQoJdHJhbnNwb3J0GAUgASgJEhMKC2ludGVycHJldGVyGAYgASgJIpABCg1BcHBseVJlc3BvbnNlEhMKCWFycm93X2lwYxgBIAEoDEgAEiYKBWVycm9yGAIgASgLMhUudmFsaXNlLnYxLkFwcGx5RXJyb3JIABIkCgRkb25lGAMgASgLMhQudmFsaXNlLnYxLkFwcGx5RG9uZUgAEhAKBnN0ZGVychgEIAEoDEgAQgoKCHJlc3BvbnNlKm4KCUFwcGx5Rm9ybRIaChZBUFBMWV9GT1JNX1VOU1BFQ0lGSUVEEAASFgoSQVBQTFlfRk9STV9QWUFSUk9XEAESFQoRQVBQTFlfRk9STV9QQU5EQVMQAhIWChJBUFBMWV9GT1JNX0NPTFVNTlMQAzKIAQoNV29ya2VyU2VydmljZRI1CgNSdW4SFS52YWxpc2UudjEuUnVuUmVxdWVzdBoTLnZhbGlzZS52MS5SdW5FdmVudCIAMAESQAoFQXBwbHkSFy52YWxpc2UudjEuQXBwbHlSZXF1ZXN0GhgudmFsaXNlLnYxLkFwcGx5UmVzcG9uc2UiACgBMAFiBnByb3RvMw", [file_spark_connect_base]);
+  fileDesc("ChZ2YWxpc2UvdjEvd29ya2VyLnByb3RvEgl2YWxpc2UudjEirwIKClJ1blJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJSAGIAQESDgoEY29kZRgEIAEoCUgAEhAKBm1vZHVsZRgFIAEoCUgAEhAKBnNjcmlwdBgGIAEoCUgAEgwKBGFyZ3MYByADKAkSDQoFc3RkaW4YCCABKAwSEgoKdGltZW91dF9tcxgJIAEoDRIMCgRyZXBsGAogASgIQggKBnRhcmdldEIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiOwoKUnVuU3RhcnRlZBILCgNwaWQYASABKA0SEwoLaW50ZXJwcmV0ZXIYAiABKAkSCwoDY3dkGAMgASgJInAKCVJ1bkV4aXRlZBIRCglleGl0X2NvZGUYASABKBESDgoGc2lnbmFsGAIgASgJEhMKC2R1cmF0aW9uX21zGAMgASgEEhEKCXRpbWVkX291dBgEIAEoCBIYChBvdXRwdXRfdHJ1bmNhdGVkGAUgASgIIokBCghSdW5FdmVudBIoCgdzdGFydGVkGAEgASgLMhUudmFsaXNlLnYxLlJ1blN0YXJ0ZWRIABIQCgZzdGRvdXQYAiABKAxIABIQCgZzdGRlcnIYAyABKAxIABImCgZleGl0ZWQYBCABKAsyFC52YWxpc2UudjEuUnVuRXhpdGVkSABCBwoFZXZlbnQihgMKCkFwcGx5U3RhcnQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJSAKIAQESGQoPbW9kdWxlX2Z1bmN0aW9uGAQgASgJSAASDgoEY29kZRgFIAEoCUgAEhUKDWZ1bmN0aW9uX25hbWUYBiABKAkSIgoEZm9ybRgHIAEoDjIULnZhbGlzZS52MS5BcHBseUZvcm0SEgoIc3RyZWFtZWQYCCABKAhIARIYCg5jYWNoZV9hcnRpZmFjdBgJIAEoCUgBEhUKDW91dHB1dF9zY2hlbWEYCiABKAwSEgoKdGltZW91dF9tcxgLIAEoDUIKCghmdW5jdGlvbkIHCgVpbnB1dEIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiVgoMQXBwbHlSZXF1ZXN0EiYKBXN0YXJ0GAEgASgLMhUudmFsaXNlLnYxLkFwcGx5U3RhcnRIABITCglhcnJvd19pcGMYAiABKAxIAEIJCgdyZXF1ZXN0IkUKCkFwcGx5RXJyb3ISDwoHbWVzc2FnZRgBIAEoCRIRCgl0cmFjZWJhY2sYAiABKAkSEwoLZXJyb3JfY2xhc3MYAyABKAkifwoJQXBwbHlEb25lEg8KB3Jvd3NfaW4YASABKAQSEAoIcm93c19vdXQYAiABKAQSEgoKYmF0Y2hlc19pbhgDIAEoBBITCgtiYXRjaGVzX291dBgEIAEoBBIRCgl0cmFuc3BvcnQYBSABKAkSEwoLaW50ZXJwcmV0ZXIYBiABKAkikAEKDUFwcGx5UmVzcG9uc2USEwoJYXJyb3dfaXBjGAEgASgMSAASJgoFZXJyb3IYAiABKAsyFS52YWxpc2UudjEuQXBwbHlFcnJvckgAEiQKBGRvbmUYAyABKAsyFC52YWxpc2UudjEuQXBwbHlEb25lSAASEAoGc3RkZXJyGAQgASgMSABCCgoIcmVzcG9uc2UiDgoMUnVuSW50ZXJydXB0IpEBCghSdW5JbnB1dBImCgVzdGFydBgBIAEoCzIVLnZhbGlzZS52MS5SdW5SZXF1ZXN0SAASDwoFc3RkaW4YAiABKAxIABIVCgtjbG9zZV9zdGRpbhgDIAEoCEgAEiwKCWludGVycnVwdBgEIAEoCzIXLnZhbGlzZS52MS5SdW5JbnRlcnJ1cHRIAEIHCgVpbnB1dCpuCglBcHBseUZvcm0SGgoWQVBQTFlfRk9STV9VTlNQRUNJRklFRBAAEhYKEkFQUExZX0ZPUk1fUFlBUlJPVxABEhUKEUFQUExZX0ZPUk1fUEFOREFTEAISFgoSQVBQTFlfRk9STV9DT0xVTU5TEAMyygEKDVdvcmtlclNlcnZpY2USNQoDUnVuEhUudmFsaXNlLnYxLlJ1blJlcXVlc3QaEy52YWxpc2UudjEuUnVuRXZlbnQiADABEkAKDlJ1bkludGVyYWN0aXZlEhMudmFsaXNlLnYxLlJ1bklucHV0GhMudmFsaXNlLnYxLlJ1bkV2ZW50IgAoATABEkAKBUFwcGx5EhcudmFsaXNlLnYxLkFwcGx5UmVxdWVzdBoYLnZhbGlzZS52MS5BcHBseVJlc3BvbnNlIgAoATABYgZwcm90bzM", [file_spark_connect_base]);
 
 /**
  * Runs one Python program in the session: its working directory, interpreter and path.
@@ -40,6 +40,8 @@ export type RunRequest = Message<"valise.v1.RunRequest"> & {
   clientObservedServerSideSessionId?: string | undefined;
 
   /**
+   * Exactly one, or none with `repl` (Python's console alone).
+   *
    * @generated from oneof valise.v1.RunRequest.target
    */
   target: {
@@ -88,6 +90,15 @@ export type RunRequest = Message<"valise.v1.RunRequest"> & {
    * @generated from field: uint32 timeout_ms = 9;
    */
   timeoutMs: number;
+
+  /**
+   * Like `python -i`: after the target (or alone, without one), Python's console reads stdin
+   * in the target's globals and writes its prompts to stdout; from the console on, stderr goes
+   * to stdout too, so prompts, results and tracebacks arrive in the order they were written.
+   *
+   * @generated from field: bool repl = 10;
+   */
+  repl: boolean;
 };
 
 /**
@@ -487,6 +498,72 @@ export const ApplyResponseSchema: GenMessage<ApplyResponse> = /*@__PURE__*/
   messageDesc(file_valise_v1_worker, 8);
 
 /**
+ * Ctrl-C: SIGINT to the run's process group (Python raises KeyboardInterrupt).
+ *
+ * @generated from message valise.v1.RunInterrupt
+ */
+export type RunInterrupt = Message<"valise.v1.RunInterrupt"> & {
+};
+
+/**
+ * Describes the message valise.v1.RunInterrupt.
+ * Use `create(RunInterruptSchema)` to create a new message.
+ */
+export const RunInterruptSchema: GenMessage<RunInterrupt> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 9);
+
+/**
+ * One request of a RunInteractive call: `start` first, then `stdin`, `interrupt` and
+ * `close_stdin` as the user acts. Each message is at most 1 MiB.
+ *
+ * @generated from message valise.v1.RunInput
+ */
+export type RunInput = Message<"valise.v1.RunInput"> & {
+  /**
+   * @generated from oneof valise.v1.RunInput.input
+   */
+  input: {
+    /**
+     * What to run. Its `stdin` bytes, if any, are the first of the program's stdin.
+     *
+     * @generated from field: valise.v1.RunRequest start = 1;
+     */
+    value: RunRequest;
+    case: "start";
+  } | {
+    /**
+     * Bytes for the program's stdin, in order. The server reads them only as fast as the
+     * program takes them.
+     *
+     * @generated from field: bytes stdin = 2;
+     */
+    value: Uint8Array;
+    case: "stdin";
+  } | {
+    /**
+     * Closes the program's stdin (end of file, Ctrl-D); ending the request stream does too.
+     *
+     * @generated from field: bool close_stdin = 3;
+     */
+    value: boolean;
+    case: "closeStdin";
+  } | {
+    /**
+     * @generated from field: valise.v1.RunInterrupt interrupt = 4;
+     */
+    value: RunInterrupt;
+    case: "interrupt";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message valise.v1.RunInput.
+ * Use `create(RunInputSchema)` to create a new message.
+ */
+export const RunInputSchema: GenMessage<RunInput> = /*@__PURE__*/
+  messageDesc(file_valise_v1_worker, 10);
+
+/**
  * How the function receives and returns each batch.
  *
  * @generated from enum valise.v1.ApplyForm
@@ -538,6 +615,18 @@ export const WorkerService: GenService<{
   run: {
     methodKind: "server_streaming";
     input: typeof RunRequestSchema;
+    output: typeof RunEventSchema;
+  },
+  /**
+   * Runs Python like Run, with its stdin streamed from the client as it is typed or produced,
+   * and interrupts (for a person at a terminal: `valise python`). The call ends after
+   * `exited`, once the client has ended its request stream.
+   *
+   * @generated from rpc valise.v1.WorkerService.RunInteractive
+   */
+  runInteractive: {
+    methodKind: "bidi_streaming";
+    input: typeof RunInputSchema;
     output: typeof RunEventSchema;
   },
   /**
