@@ -130,7 +130,7 @@ function digestHex(digest: string): string | undefined {
 /**
  * `cur` with the records a concurrent write overwrote folded in, as if they had been written
  * first (they were, by revision): their artifacts first (the earlier commit of a name keeps
- * it), a release among them stays a release, and when they are another incarnation of the
+ * it), the config values they set, a release among them stays a release, and when they are another incarnation of the
  * session than `cur` (two nodes created it at once) the earliest one's identity is kept.
  */
 function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): SharedSession {
@@ -142,10 +142,15 @@ function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): Shar
   const id = first.serverSideSessionId;
   const same = cur.serverSideSessionId === id;
   let acc: SharedSession = { ...(same ? cur : first), artifacts: [] };
+  let config: Record<string, string> = { ...acc.config };
   for (const o of overwritten) {
-    if (o.serverSideSessionId === id) acc = mergeAdds(acc, o.artifacts).next;
+    if (o.serverSideSessionId !== id) continue;
+    acc = mergeAdds(acc, o.artifacts).next;
+    // The values they set win over what `cur` carried from before them; the change being made
+    // again sets its own keys on top. (A key they unset and `cur` still has comes back: rare.)
+    config = { ...config, ...o.config };
   }
-  return same ? mergeAdds(acc, cur.artifacts).next : acc;
+  return same ? { ...mergeAdds(acc, cur.artifacts).next, config } : { ...acc, config };
 }
 
 /** Counters of a {@linkcode NatsRegistry}. */
