@@ -25,6 +25,7 @@ import {
   type SharedSession,
 } from "@valise/session-store";
 import type { ClusterCredentials } from "./credentials.ts";
+import { guardAbandonedSockets } from "./_socket_guard.ts";
 
 /** The KV bucket of session records. */
 export const SESSIONS_BUCKET = "valise_sessions";
@@ -99,7 +100,11 @@ function unavailable(what: string, e: unknown): SessionError {
   return new SessionError(
     "CLUSTER_UNAVAILABLE",
     `The cluster's NATS service could not ${what}: ${e instanceof Error ? e.message : e}. ` +
-      "Check that a majority of the NATS cluster's members is up and reachable; then retry.",
+      (/authorization|authentication|credentials|permissions/i.test(String(e))
+        ? "Give the node the NATS credentials the cluster expects, in a file named by " +
+          "--cluster-creds-file or VALISE_CLUSTER_CREDS_FILE (a .creds file, user:password or a " +
+          "token)."
+        : "Check that a majority of the NATS cluster's members is up and reachable; then retry."),
     { cause: e },
   );
 }
@@ -216,6 +221,7 @@ export class NatsRegistry implements SessionRegistry {
   static async connect(options: NatsRegistryOptions): Promise<NatsRegistry> {
     const replicas = options.replicas ?? 1;
     let nc: NatsConnection;
+    guardAbandonedSockets();
     try {
       nc = await connect({
         servers: [...options.servers],
