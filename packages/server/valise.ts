@@ -6,6 +6,7 @@ import {
   ConnectError,
   type ConnectRouter,
   createConnectRouter,
+  createContextValues,
   type Interceptor,
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -25,7 +26,7 @@ import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 import { observingInterceptor } from "./_interceptors.ts";
-import { cancelledInterceptor } from "./_cancelled.ts";
+import { cancelledInterceptor, peerResetValues } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import {
   ADMIN_SERVICES,
@@ -377,6 +378,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     compressMinBytes,
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
+    contextValues: (req) => peerResetValues(createContextValues(), req),
   }) as NodeHandler;
   const nodeHandler = discardRefusedBodies(connectHandler, (service, authorization) => {
     if (ADMIN_SERVICES.has(service)) {
