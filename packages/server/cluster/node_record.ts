@@ -155,7 +155,7 @@ export function decodeNodeRecord(bytes: Uint8Array, key: string): NodeRecord {
     nodeId,
     instance: text(r.instance, INSTANCE, "instance"),
     host: text(r.host, HOST, "host"),
-    pid: count(r.pid, "pid", 2 ** 32),
+    pid: count(r.pid, "pid", 2 ** 32 - 1),
     version: text(r.version, VERSION, "version"),
     ...(address !== undefined ? { address } : {}),
     startedAt,
