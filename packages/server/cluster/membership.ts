@@ -323,13 +323,24 @@ export class Membership {
     );
   }
 
-  /** Writes the first record under the id, unless a live process of another instance has it. */
+  /**
+   * Writes the first record under the id, unless another process holds it. A record of another
+   * process that is not expired yet is watched until its TTL runs out: a heartbeat meanwhile
+   * means that process runs (refused); none means it died (the id is taken over). So a node
+   * restarted after a crash waits at most a TTL, and a duplicate is refused within a heartbeat.
+   */
   async #claim(): Promise<void> {
     const key = this.nodeId;
     for (let attempt = 0; attempt < 10; attempt++) {
       const entry = await riding(() => this.#kv.get(key));
       const other = this.#liveOther(entry);
-      if (other) throw this.#inUse(other, "a live node has it");
+      if (other && entry) {
+        const beat = await this.#nextBeat(entry, other);
+        if (beat) {
+          throw this.#inUse(beat, "a live node has it: its heartbeat came while this one waited");
+        }
+        continue; // read again: expired, deleted, or replaced
+      }
       const expected = entry?.revision ?? 0;
       const bytes = encodeNodeRecord(this.#record(await this.#options.counts()));
       let revision: number;
@@ -351,6 +362,37 @@ export class Membership {
       `Could not claim node id ${key}: its record changed 10 times in a row while this node ` +
         "tried. Is another process starting with that id over and over?",
     );
+  }
+
+  /**
+   * Waits until the record `entry` holds expires by its TTL (this node's clock); returns a newer
+   * record of another process if one comes first (that process runs), `undefined` otherwise.
+   */
+  async #nextBeat(entry: KvEntry, held: NodeRecord): Promise<NodeRecord | undefined> {
+    const ttl = Math.min(held.ttlMs, this.#view.maxTtlMs);
+    const waitMs = Math.max(0, entry.created.getTime() + ttl - Date.now());
+    this.#log(
+      `cluster: node id ${this.nodeId} has a record of another process (host ${held.host}, ` +
+        `pid ${held.pid}), not expired: waiting up to ${seconds(waitMs)} for its next ` +
+        "heartbeat (one means the id is in use; none, that the process is gone)",
+    );
+    // From the last value on: a heartbeat written since the read is not missed.
+    const w = await this.#kv.watch({ key: this.nodeId });
+    const timer = setTimeout(() => w.stop(), waitMs + 50);
+    try {
+      for await (const e of w) {
+        if (e.revision <= entry.revision) continue;
+        if (e.operation !== "PUT") return undefined;
+        try {
+          const r = decodeNodeRecord(e.value, this.nodeId);
+          if (r.instance !== this.instance) return r;
+        } catch { /* a record that fails its checks holds nothing */ }
+      }
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+      w.stop();
+    }
   }
 
   /**

@@ -127,14 +127,21 @@ Deno.test({
         equal(b.address, undefined, "an address others would refuse is not advertised");
       });
 
-      await t.step("the id of a live node is refused, naming who has it", async () => {
-        await rejects(join({ nodeId: "a" }), (e) => {
+      await t.step("the id of a live node is refused after its next heartbeat", async () => {
+        const log = new Log();
+        await rejects(join({ nodeId: "a", log: log.fn }), (e) => {
           ok(e instanceof MembershipError);
           equal(e.code, "NODE_ID_IN_USE");
           ok(e.message.includes(`pid ${Deno.pid}`), e.message);
           ok(e.message.includes("--node-id"), e.message);
+          ok(e.message.includes("its heartbeat came while this one waited"), e.message);
           return true;
         });
+        ok(
+          log.lines.some((l) =>
+            /node id a has a record of another process .*waiting up to/.test(l)
+          ),
+        );
         await rejects(join({ nodeId: "a..b" }), (e) => {
           equal((e as MembershipError).code, "NODE_ID_INVALID");
           return true;
@@ -169,9 +176,8 @@ Deno.test({
           inFlight: 0,
         };
         await kv.put("c", encodeNodeRecord(dead));
-        // Live by its TTL (capped by the bucket's 10 s): refused...
-        await rejects(join({ nodeId: "c", previousHolder: { host: "deadhost", pid: 1 } }));
-        // ...unless this data directory's lock says that process held it and is gone.
+        // Not expired by its TTL (capped by the bucket's 10 s), but this data directory's lock
+        // says that process held it and is gone: taken over at once, no wait.
         const log = new Log();
         const c = await join({
           nodeId: "c",
@@ -179,7 +185,34 @@ Deno.test({
           log: log.fn,
         });
         ok(log.lines.some((l) => /took over node id c .*no longer running/.test(l)));
+        ok(!log.lines.some((l) => /waiting/.test(l)), log.lines.join("\n"));
         await c.leave();
+      });
+
+      await t.step("a record no heartbeat follows is taken over once its TTL ran out", async () => {
+        const kv = await new Kvm(await conn()).open(NODES_BUCKET);
+        const gone: NodeRecord = {
+          nodeId: "e",
+          instance: crypto.randomUUID(),
+          host: "gonehost",
+          pid: 5,
+          version: "0.1.0",
+          startedAt: Date.now(),
+          heartbeatAt: Date.now(),
+          ttlMs: 1000,
+          sessions: 0,
+          blobBytes: 0,
+          treeBytes: 0,
+          inFlight: 0,
+        };
+        await kv.put("e", encodeNodeRecord(gone));
+        const log = new Log();
+        const e = await join({ nodeId: "e", log: log.fn });
+        const lines = log.lines.join("\n");
+        ok(/node id e has a record of another process .*waiting up to/.test(lines), lines);
+        ok(/took over node id e: .*expired/.test(lines), lines);
+        equal(e.view().stats.heartbeats >= 1, true);
+        await e.leave();
       });
 
       await t.step("an expired record under the id is taken over", async () => {
