@@ -93,8 +93,8 @@ export {
   MAX_NODE_RECORD_BYTES,
   MembershipError,
   type MembershipErrorCode,
-  type NodeRecord,
   nodeIdProblem,
+  type NodeRecord,
 } from "./cluster/node_record.ts";
 export { type NodeStatus } from "./cluster/node_view.ts";
 export { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
