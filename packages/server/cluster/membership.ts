@@ -114,13 +114,17 @@ export interface ClusterView {
 }
 
 // Sanitized so that this node's own record always passes the checks it applies to others'.
-function hostName(): string {
-  let h = "unknown";
-  try {
-    h = Deno.hostname();
-  } catch { /* no permission: unknown */ }
-  h = h.replace(/[^A-Za-z0-9._-]/g, "-").slice(0, 253);
+function recordHost(name: string): string {
+  const h = name.replace(/[^A-Za-z0-9._-]/g, "-").slice(0, 253);
   return /^[A-Za-z0-9]/.test(h) ? h : `h${h}`.slice(0, 253);
+}
+
+function hostName(): string {
+  try {
+    return recordHost(Deno.hostname());
+  } catch {
+    return "unknown"; // no permission to ask
+  }
 }
 
 function seconds(ms: number): string {
@@ -148,6 +152,7 @@ export class Membership {
   #closed = false;
   #beatTimer: ReturnType<typeof setTimeout> | undefined;
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #sweepAt: number | undefined;
   #beating: Promise<void> = Promise.resolve();
   #watch: { stop(): void } | undefined;
   #watching: Promise<void> = Promise.resolve();
@@ -297,7 +302,7 @@ export class Membership {
     if (r.instance === this.instance) return undefined;
     const prev = this.#options.previousHolder;
     const age = Date.now() - entry.created.getTime();
-    if (prev && prev.host === r.host && prev.pid === r.pid) {
+    if (prev && recordHost(prev.host) === r.host && prev.pid === r.pid) {
       this.#log(
         `cluster: took over node id ${this.nodeId} from this data directory's previous ` +
           `server (pid ${r.pid}), which is no longer running`,
@@ -485,11 +490,16 @@ export class Membership {
     }
   }
 
+  /** Arms the sweep for the view's next deadline, unless it is armed for that or earlier. */
   #armSweep(): void {
-    clearTimeout(this.#sweepTimer);
     const next = this.#view.nextDeadline();
-    if (next === undefined || this.#closed) return;
+    if (this.#closed || next === undefined) return;
+    // Heartbeats only push deadlines later: a sweep armed earlier finds nothing and re-arms.
+    if (this.#sweepAt !== undefined && this.#sweepAt <= next) return;
+    clearTimeout(this.#sweepTimer);
+    this.#sweepAt = next;
     this.#sweepTimer = setTimeout(() => {
+      this.#sweepAt = undefined;
       this.#report(this.#view.sweep(Date.now()));
       this.#armSweep();
     }, Math.max(0, next - Date.now()) + 5);
