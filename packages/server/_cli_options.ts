@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import type { ServeOptions } from "./serve.ts";
 import { type AccessToken, readTokenFile } from "./_tokens.ts";
+import { nodeIdProblem } from "./cluster/node_record.ts";
 
 /** The usage text of `deno task serve`. */
 export const USAGE = `Usage: deno task serve [options]
@@ -59,6 +60,8 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
                               3 in production)
   --cluster-creds-file PATH   NATS credentials: a .creds file, 'user:password' or a token
                               (env VALISE_CLUSTER_CREDS_FILE; never on the command line)
+  --cluster-heartbeat SECONDS how often this node writes its record in KV bucket valise_nodes;
+                              other nodes count it gone after 3 times that (default 5)
 
 Operators:
   --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
@@ -180,6 +183,7 @@ export function parseServeCommand(
         "node-id": { type: "string" },
         "cluster-replicas": { type: "string" },
         "cluster-creds-file": { type: "string" },
+        "cluster-heartbeat": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -352,6 +356,7 @@ function clusterOf(
     "node-id"?: string | undefined;
     "cluster-replicas"?: string | undefined;
     "cluster-creds-file"?: string | undefined;
+    "cluster-heartbeat"?: string | undefined;
   },
   e: (k: string) => string | undefined,
   cwd: string,
@@ -359,7 +364,9 @@ function clusterOf(
   const urls = v.cluster ?? e("VALISE_CLUSTER");
   const creds = v["cluster-creds-file"] ?? e("VALISE_CLUSTER_CREDS_FILE");
   if (urls === undefined) {
-    for (const f of ["node-id", "cluster-replicas", "cluster-creds-file"] as const) {
+    for (
+      const f of ["node-id", "cluster-replicas", "cluster-creds-file", "cluster-heartbeat"] as const
+    ) {
       if (v[f] !== undefined) throw new UsageError(`--${f} needs --cluster`);
     }
     return undefined;
@@ -375,9 +382,10 @@ function clusterOf(
   }
   if (!servers.length) throw new UsageError("--cluster: no NATS URL given");
   const nodeId = v["node-id"] ?? e("VALISE_NODE_ID") ?? Deno.hostname();
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(nodeId)) {
+  const problem = nodeIdProblem(nodeId);
+  if (problem) {
     throw new UsageError(
-      `--node-id: "${nodeId}" is not a node name (letters, digits, '.', '_', '-'; at most 64)`,
+      `--node-id: ${problem}${v["node-id"] === undefined ? " (it is the host name)" : ""}`,
     );
   }
   const replicas = int(v["cluster-replicas"] ?? "1", "--cluster-replicas", 1, 5);
@@ -386,10 +394,22 @@ function clusterOf(
       `--cluster-replicas: ${replicas} is even; use 1, 3 or 5 (a Raft majority)`,
     );
   }
+  let heartbeatMs: number | undefined;
+  if (v["cluster-heartbeat"] !== undefined) {
+    const s = Number(v["cluster-heartbeat"]);
+    if (!/^\d+(\.\d+)?$/.test(v["cluster-heartbeat"]) || !(s >= 0.1 && s <= 600)) {
+      throw new UsageError(
+        `--cluster-heartbeat: "${v["cluster-heartbeat"]}" is not a number of seconds from ` +
+          "0.1 to 600",
+      );
+    }
+    heartbeatMs = Math.round(s * 1000);
+  }
   return {
     servers,
     nodeId,
     replicas,
     ...(creds ? { credentialsFile: resolve(cwd, creds) } : {}),
+    ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),
   };
 }

@@ -193,6 +193,17 @@ Deno.test("parseServeCommand() --cluster: NATS URLs, node id, replicas, credenti
     replicas: 1,
     credentialsFile: "/run/secrets/nats",
   });
+  const hb = parseServeCommand(
+    ["--cluster", "nats://n:4222", "--node-id", "a.b-1", "--cluster-heartbeat", "0.5"],
+    noEnv,
+    "/x",
+  );
+  deepEqual(hb.options.cluster, {
+    servers: ["nats://n:4222"],
+    nodeId: "a.b-1",
+    replicas: 1,
+    heartbeatMs: 500,
+  });
 });
 
 Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad values", () => {
@@ -202,7 +213,13 @@ Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad 
     [["--cluster", "nats://a:4222", "--cluster-replicas", "2"], /even/],
     [["--cluster", "nats://a:4222", "--cluster-replicas", "7"], /from 1 to 5/],
     [["--cluster", "nats://a:4222", "--node-id", "../x"], /not a node name/],
+    [["--cluster", "nats://a:4222", "--node-id", "a..b"], /not a node name/],
+    [["--cluster", "nats://a:4222", "--node-id", "a."], /not a node name/],
     [["--node-id", "v1"], /needs --cluster/],
+    [["--cluster-heartbeat", "1"], /needs --cluster/],
+    [["--cluster", "nats://a:4222", "--cluster-heartbeat", "0"], /from 0.1 to 600/],
+    [["--cluster", "nats://a:4222", "--cluster-heartbeat", "1e3"], /number of seconds/],
+    [["--cluster", "nats://a:4222", "--cluster-heartbeat", "601"], /from 0.1 to 600/],
   ];
   for (const [args, why] of bad) {
     throws(() => parseServeCommand(args, noEnv, "/x"), (e) => {

@@ -78,6 +78,25 @@ export {
   sessionKey,
   SESSIONS_BUCKET,
 } from "./cluster/nats_registry.ts";
+export {
+  type ClusterView,
+  DEFAULT_HEARTBEAT_MS,
+  Membership,
+  type MembershipOptions,
+  type MembershipStats,
+  type NodeCounts,
+  NODES_BUCKET,
+} from "./cluster/membership.ts";
+export {
+  decodeNodeRecord,
+  encodeNodeRecord,
+  MAX_NODE_RECORD_BYTES,
+  MembershipError,
+  type MembershipErrorCode,
+  nodeIdProblem,
+  type NodeRecord,
+} from "./cluster/node_record.ts";
+export { type NodeStatus } from "./cluster/node_view.ts";
 export { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 export { Metrics, type MetricsServer, type MetricsServerOptions, serveMetrics } from "./metrics.ts";
 export { type AdminServiceContext, createAdminService } from "./admin_service.ts";

@@ -24,6 +24,7 @@ import {
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
+import { type ClusterView, DEFAULT_HEARTBEAT_MS, Membership } from "./cluster/membership.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 import { observingInterceptor } from "./_interceptors.ts";
 import { cancelledInterceptor, peerResetValues } from "./_cancelled.ts";
@@ -50,6 +51,7 @@ import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
+import meta from "./deno.json" with { type: "json" };
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -149,6 +151,16 @@ export interface ClusterOptions {
    * @default {undefined} no credentials
    */
   credentialsFile?: string | undefined;
+  /**
+   * How often this node writes its membership record (KV bucket `valise_nodes`).
+   * @default {5000}
+   */
+  heartbeatMs?: number | undefined;
+  /**
+   * How long without a heartbeat before the other nodes count this one as gone.
+   * @default {3 × heartbeatMs}
+   */
+  nodeTtlMs?: number | undefined;
 }
 
 /**
@@ -198,6 +210,8 @@ export interface Valise {
   readonly shutdownSignal: AbortSignal;
   /** Who workers run as, in words (for the start-up log). */
   readonly workerIdentity: string;
+  /** This node's membership of the cluster, when it is a cluster's node. */
+  readonly membership: Membership | undefined;
   /** Stops maintenance and releases nothing: sessions stay on disk for the next start. */
   close(): Promise<void>;
 }
@@ -247,10 +261,6 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         },
         log: (line) => (log ?? console.error)(line),
       });
-      log?.(
-        `cluster: node ${c.nodeId} joined ${c.servers.join(",")}; sessions in KV bucket ` +
-          `valise_sessions, blobs in object store valise_blobs, replicas ${registry.replicas}`,
-      );
     }
     const workerIds = options.workerIds === "none" || !launcher.canDropPrivileges
       ? undefined
@@ -270,6 +280,34 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     await registry?.close();
     await launcher.close();
     throw e;
+  }
+  let membership: Membership | undefined;
+  if (registry && options.cluster) {
+    const c = options.cluster;
+    try {
+      membership = await Membership.join({
+        connection: registry.connection,
+        nodeId: c.nodeId,
+        replicas: registry.replicas,
+        heartbeatMs: c.heartbeatMs ?? DEFAULT_HEARTBEAT_MS,
+        ...(c.nodeTtlMs !== undefined ? { ttlMs: c.nodeTtlMs } : {}),
+        version: meta.version,
+        counts: nodeCounts(store, launcher),
+        previousHolder: store.tookOverLockFrom,
+        log: (line) => (log ?? console.error)(line),
+      });
+    } catch (e) {
+      await store.close();
+      await registry.close();
+      await launcher.close();
+      throw e;
+    }
+    log?.(
+      `cluster: node ${c.nodeId} joined ${c.servers.join(",")}; sessions in KV bucket ` +
+        `valise_sessions, blobs in object store valise_blobs, replicas ${registry.replicas}; ` +
+        `heartbeat every ${membership.heartbeatMs / 1000} s in KV bucket valise_nodes, TTL ` +
+        `${membership.ttlMs / 1000} s`,
+    );
   }
   const previous = store.tookOverLockFrom;
   if (previous) {
@@ -297,6 +335,8 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   }
   const metrics = new Metrics();
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
+  const clusterView = membership ? (): ClusterView => membership.view() : undefined;
+  metrics.membership = clusterView;
   // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
   const proofs = new BlobProofs();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
@@ -350,7 +390,12 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
       door,
     );
-    registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
+    registerService(
+      router,
+      AdminService,
+      createAdminService({ store, launcher, cluster: clusterView }),
+      adminDoor,
+    );
     registerService(router, Health, createHealthService(shutdown.signal), door);
   };
 
@@ -403,7 +448,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     metrics,
     recentErrors,
     adminTokens,
-    status: () => collectStatus({ store, launcher, recentErrors }),
+    status: () => collectStatus({ store, launcher, recentErrors, cluster: clusterView }),
     routes,
     interceptors,
     fetch,
@@ -415,13 +460,50 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       : launcher.canDropPrivileges
       ? "nobody (65534)"
       : `the server's own user (uid ${Deno.uid()})`,
+    membership,
     async close() {
       clearInterval(timer);
+      // First: the other nodes see this one leave at once, not a TTL later.
+      await membership?.leave();
       shutdown.abort();
       await launcher.close();
       await store.close();
       await registry?.close();
     },
+  };
+}
+
+/** How often a heartbeat walks the caches for their sizes: they change slowly, walks cost. */
+const CACHE_SIZES_EVERY_MS = 30_000;
+
+/**
+ * What a node's heartbeat says of it: sessions, runs in flight, and its cache sizes (walked at
+ * most every {@linkcode CACHE_SIZES_EVERY_MS}).
+ */
+function nodeCounts(
+  store: SessionStore,
+  launcher: Launcher,
+): () => Promise<{ sessions: number; blobBytes: number; treeBytes: number; inFlight: number }> {
+  const sizes = { blobBytes: 0, treeBytes: 0, at: -Infinity };
+  return async () => {
+    if (performance.now() - sizes.at >= CACHE_SIZES_EVERY_MS) {
+      let blobBytes = 0;
+      for (const d of await store.blobs.list()) {
+        blobBytes += (await Deno.stat(store.blobs.path(d)).catch(() => ({ size: 0 }))).size;
+      }
+      let treeBytes = 0;
+      for (const k of await store.trees.list()) {
+        treeBytes += (await store.trees.info(k).catch(() => ({ bytes: 0 }))).bytes;
+      }
+      Object.assign(sizes, { blobBytes, treeBytes, at: performance.now() });
+    }
+    const ls = launcher.stats();
+    return {
+      sessions: store.sessions().length,
+      blobBytes: sizes.blobBytes,
+      treeBytes: sizes.treeBytes,
+      inFlight: ls.running + ls.queued,
+    };
   };
 }
 

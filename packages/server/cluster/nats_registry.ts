@@ -55,7 +55,7 @@ function transient(e: unknown): boolean {
  * Runs `fn` again while NATS is unavailable, until it succeeds, fails otherwise, or the budget
  * is spent; waits grow from 100 ms to 2 s between attempts.
  */
-async function riding<T>(fn: () => Promise<T>): Promise<T> {
+export async function riding<T>(fn: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + UNAVAILABLE_BUDGET_MS;
   for (let wait = 100;; wait = Math.min(wait * 2, 2000)) {
     try {
