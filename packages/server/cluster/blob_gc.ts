@@ -144,6 +144,7 @@ export class IntentKeeper {
     const holder = `${this.#node}.${nonce()}`;
     const value: IntentValue = { node: this.#node, ttlMs: this.#ttlMs };
     const mine = [...new Set(sha256s)];
+    if (mine.length === 0) return () => Promise.resolve();
     const ids: string[] = [];
     const release = async () => {
       for (const id of ids.splice(0)) {
