@@ -62,6 +62,9 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
                               (env VALISE_CLUSTER_CREDS_FILE; never on the command line)
   --cluster-heartbeat SECONDS how often this node writes its record in KV bucket valise_nodes;
                               other nodes count it gone after 3 times that (default 5)
+  --cluster-gc-grace DURATION objects of the cluster's object store no session refers to
+                              are deleted once older than this, e.g. 30m, 24h, 7d
+                              (default 24h)
 
 Operators:
   --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
@@ -184,6 +187,7 @@ export function parseServeCommand(
         "cluster-replicas": { type: "string" },
         "cluster-creds-file": { type: "string" },
         "cluster-heartbeat": { type: "string" },
+        "cluster-gc-grace": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -350,6 +354,24 @@ export function parseServeCommand(
   };
 }
 
+/**
+ * Parses a duration such as `90s`, `30m`, `24h` or `7d` (also `500ms`).
+ *
+ * @param text The duration.
+ * @param flag The flag it came from, for the error message.
+ * @returns Milliseconds.
+ */
+export function parseDuration(text: string, flag: string): number {
+  const m = text.trim().match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/i);
+  if (!m) {
+    throw new UsageError(`${flag}: "${text}" is not a duration (e.g. 90s, 30m, 24h, 7d)`);
+  }
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[
+    m[2]!.toLowerCase() as "ms" | "s" | "m" | "h" | "d"
+  ];
+  return Math.round(Number(m[1]) * unit);
+}
+
 function clusterOf(
   v: {
     cluster?: string | undefined;
@@ -357,6 +379,7 @@ function clusterOf(
     "cluster-replicas"?: string | undefined;
     "cluster-creds-file"?: string | undefined;
     "cluster-heartbeat"?: string | undefined;
+    "cluster-gc-grace"?: string | undefined;
   },
   e: (k: string) => string | undefined,
   cwd: string,
@@ -365,7 +388,13 @@ function clusterOf(
   const creds = v["cluster-creds-file"] ?? e("VALISE_CLUSTER_CREDS_FILE");
   if (urls === undefined) {
     for (
-      const f of ["node-id", "cluster-replicas", "cluster-creds-file", "cluster-heartbeat"] as const
+      const f of [
+        "node-id",
+        "cluster-replicas",
+        "cluster-creds-file",
+        "cluster-heartbeat",
+        "cluster-gc-grace",
+      ] as const
     ) {
       if (v[f] !== undefined) throw new UsageError(`--${f} needs --cluster`);
     }
@@ -405,11 +434,22 @@ function clusterOf(
     }
     heartbeatMs = Math.round(s * 1000);
   }
+  let gcGraceMs: number | undefined;
+  if (v["cluster-gc-grace"] !== undefined) {
+    gcGraceMs = parseDuration(v["cluster-gc-grace"], "--cluster-gc-grace");
+    // Shorter than a second the grace no longer covers an upload's own round trips to NATS.
+    if (gcGraceMs < 1000 || gcGraceMs > 365 * 86_400_000) {
+      throw new UsageError(
+        `--cluster-gc-grace: "${v["cluster-gc-grace"]}" is not from 1s to 365d`,
+      );
+    }
+  }
   return {
     servers,
     nodeId,
     replicas,
     ...(creds ? { credentialsFile: resolve(cwd, creds) } : {}),
     ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),
+    ...(gcGraceMs !== undefined ? { gcGraceMs } : {}),
   };
 }

@@ -206,6 +206,21 @@ Deno.test("parseServeCommand() --cluster: NATS URLs, node id, replicas, credenti
   });
 });
 
+Deno.test("parseServeCommand() --cluster-gc-grace: the blob GC's grace period as a duration", () => {
+  const grace = (text: string) =>
+    parseServeCommand(["--cluster", "nats://a:4222", "--cluster-gc-grace", text], noEnv, "/x")
+      .options.cluster?.gcGraceMs;
+  equal(grace("24h"), 86_400_000);
+  equal(grace("30m"), 1_800_000);
+  equal(grace("2.5s"), 2500);
+  equal(grace("7d"), 7 * 86_400_000);
+  equal(
+    parseServeCommand(["--cluster", "nats://a:4222"], noEnv, "/x").options.cluster?.gcGraceMs,
+    undefined,
+    "the default (24h) is createValise's",
+  );
+});
+
 Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad values", () => {
   const bad: [string[], RegExp][] = [
     [["--cluster", "nats://user:secret@10.0.0.1:4222"], /never in the URL/],
@@ -220,6 +235,11 @@ Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad 
     [["--cluster", "nats://a:4222", "--cluster-heartbeat", "0"], /from 0.1 to 600/],
     [["--cluster", "nats://a:4222", "--cluster-heartbeat", "1e3"], /number of seconds/],
     [["--cluster", "nats://a:4222", "--cluster-heartbeat", "601"], /from 0.1 to 600/],
+    [["--cluster-gc-grace", "1h"], /needs --cluster/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace", "24"], /not a duration/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace=-1h"], /not a duration/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace", "500ms"], /from 1s to 365d/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace", "400d"], /from 1s to 365d/],
   ];
   for (const [args, why] of bad) {
     throws(() => parseServeCommand(args, noEnv, "/x"), (e) => {

@@ -221,6 +221,26 @@ export class Metrics {
         "Session record writes found to have overwritten another's, repaired.",
         c.repairs,
       );
+      counter(
+        "valise_cluster_gc_runs_total",
+        "Blob GC passes this node ran holding the cluster's GC lease.",
+        c.gcRuns,
+      );
+      counter(
+        "valise_cluster_gc_deleted_total",
+        "Objects no session refers to that this node deleted from the object store.",
+        c.gcDeleted,
+      );
+      counter(
+        "valise_cluster_gc_deleted_bytes_total",
+        "Bytes of the objects this node's blob GC deleted.",
+        c.gcDeletedBytes,
+      );
+      counter(
+        "valise_cluster_gc_skipped_in_flight_total",
+        "Unreferenced objects the blob GC left because an upload of them was in flight.",
+        c.gcSkippedInFlight,
+      );
     }
     const m = this.membership?.();
     if (m) out.push(...renderMembership(m));

@@ -161,6 +161,12 @@ export interface ClusterOptions {
    * @default {3 × heartbeatMs}
    */
   nodeTtlMs?: number | undefined;
+  /**
+   * Blob GC: objects of the cluster's object store no session record refers to are deleted once
+   * they are older than this (and no record written within it refers to them either).
+   * @default {86_400_000} (24 h)
+   */
+  gcGraceMs?: number | undefined;
 }
 
 /**
@@ -309,6 +315,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         `${membership.ttlMs / 1000} s`,
     );
   }
+  registry?.startGc({
+    graceMs: options.cluster?.gcGraceMs,
+    log: (line) => (log ?? console.error)(line),
+  });
   const previous = store.tookOverLockFrom;
   if (previous) {
     (log ?? console.error)(

@@ -80,6 +80,13 @@ export interface SessionRegistry {
    * incarnations), until the returned function is called.
    */
   watch?(listener: (value: SharedSession) => void): () => void;
+  /**
+   * Announces that this node is about to put these blobs and commit a record naming them, so
+   * that the cluster's blob GC leaves them alone (waiting for a deletion of one of them that is
+   * already under way). Call the returned function once the record is written and its blobs
+   * checked, or the commit failed. A registry without blob GC has no such method.
+   */
+  beginCommit?(sha256s: readonly string[]): Promise<() => Promise<void>>;
 }
 
 /**

@@ -860,8 +860,11 @@ export class Session {
       }
     };
     checkDisk(0);
+    const registry = this.#ctx.registry;
     return {
       maxArtifactBytes: this.#ctx.limits.maxArtifactBytes,
+      // In a cluster the blob GC learns of each blob as soon as its last byte is in.
+      ...(registry?.beginCommit ? { announce: (sha) => registry.beginCommit!([sha]) } : {}),
       admit: (n) => {
         incoming += n;
         if (sessionBytes + incoming > q.maxSessionBytes) {
@@ -972,7 +975,9 @@ export class Session {
     const added = Object.values(this.#manifest.artifacts).filter((a) => !before.has(a.key));
     let refused: { add: SharedArtifact; error: SessionError }[] = [];
     let entry: RegistryEntry;
+    let release: (() => Promise<void>) | undefined;
     try {
+      release = await registry.beginCommit?.(added.map((a) => a.sha256));
       // An add is visible to other nodes only once its bytes are where they fetch them from.
       for (const a of added) {
         await registry.putBlob(a.sha256, this.#ctx.blobs.path(a.sha256), a.size);
@@ -983,8 +988,22 @@ export class Session {
         return m.next;
       });
     } catch (e) {
+      await release?.();
       await this.#drop(added, false);
       throw e;
+    }
+    try {
+      if (release) {
+        // The cluster's blob GC may have judged a blob unreferenced just before this record:
+        // this node still holds the bytes, so what is gone goes back (putBlob checks first).
+        const recorded = new Set(entry.value.artifacts.map((a) => a.sha256));
+        for (const a of added) {
+          if (!recorded.has(a.sha256)) continue;
+          await registry.putBlob(a.sha256, this.#ctx.blobs.path(a.sha256), a.size);
+        }
+      }
+    } finally {
+      await release?.();
     }
     // Brings in what other nodes added, and drops the adds the record refused.
     await this.#syncLocked(entry);

@@ -26,6 +26,9 @@ import {
 } from "@valise/session-store";
 import type { ClusterCredentials } from "./credentials.ts";
 import { guardAbandonedSockets } from "./_socket_guard.ts";
+import { BlobCollector, type GcStats, IntentKeeper } from "./blob_gc.ts";
+import { GC_BUCKET } from "./gc_records.ts";
+import { NatsGcStore } from "./nats_gc_store.ts";
 
 /** The KV bucket of session records. */
 export const SESSIONS_BUCKET = "valise_sessions";
@@ -37,6 +40,11 @@ const CHUNK_BYTES = 512 * 1024;
 const MAX_ATTEMPTS = 200;
 /** Records kept per session key: enough to find writes a concurrent one overwrote. */
 const HISTORY = 16;
+/**
+ * How long anything in the GC bucket lives: intents and the lease are rewritten well within it;
+ * what a dead node or anyone else left there goes by itself.
+ */
+const GC_BUCKET_MAX_AGE_MS = 60 * 60_000;
 /**
  * How long a call rides out NATS being unavailable (a member died and its streams elect new
  * leaders, a reconnect): Raft elections take seconds.
@@ -90,6 +98,20 @@ export interface NatsRegistryOptions {
   limits?: SharedRecordLimits;
   /**
    * Receives notices (connection lost and back).
+   * @default {undefined}
+   */
+  log?: ((line: string) => void) | undefined;
+}
+
+/** Options of {@linkcode NatsRegistry.startGc}. */
+export interface GcOptions {
+  /**
+   * Objects younger than this, and records written within it, are never collected.
+   * @default {86_400_000} (24 h)
+   */
+  graceMs?: number | undefined;
+  /**
+   * Receives what the collector did (deletions, skips, failures, the lease taken).
    * @default {undefined}
    */
   log?: ((line: string) => void) | undefined;
@@ -174,6 +196,14 @@ export interface RegistryStats {
   puts: number;
   /** Bytes of those blobs. */
   putBytes: number;
+  /** Blob GC passes this node ran holding the lease. */
+  gcRuns: number;
+  /** Objects this node's blob GC deleted. */
+  gcDeleted: number;
+  /** Bytes of those objects. */
+  gcDeletedBytes: number;
+  /** Unreferenced objects left because an upload of them was in flight. */
+  gcSkippedInFlight: number;
 }
 
 /** A {@linkcode SessionRegistry} on NATS JetStream. */
@@ -187,7 +217,11 @@ export class NatsRegistry implements SessionRegistry {
   #blobs: ObjectStore;
   #limits: SharedRecordLimits;
   #watchers = new Set<() => void>();
-  #stats: RegistryStats = {
+  #nodeId: string;
+  #gcStore: NatsGcStore;
+  #intents: IntentKeeper;
+  #collector: BlobCollector | undefined;
+  #stats: Omit<RegistryStats, `gc${string}`> = {
     conflicts: 0,
     repairs: 0,
     fetches: 0,
@@ -204,6 +238,8 @@ export class NatsRegistry implements SessionRegistry {
     blobs: ObjectStore,
     limits: SharedRecordLimits,
     replicas: number,
+    gcStore: NatsGcStore,
+    nodeId: string,
   ) {
     this.connection = nc;
     this.#kv = kv;
@@ -211,6 +247,9 @@ export class NatsRegistry implements SessionRegistry {
     this.#blobs = blobs;
     this.#limits = limits;
     this.replicas = replicas;
+    this.#gcStore = gcStore;
+    this.#nodeId = nodeId;
+    this.#intents = new IntentKeeper(gcStore, nodeId);
   }
 
   /**
@@ -257,14 +296,39 @@ export class NatsRegistry implements SessionRegistry {
       } catch {
         blobs = await objm.open(BLOBS_BUCKET);
       }
+      let gc: KV;
+      try {
+        gc = await kvm.create(GC_BUCKET, {
+          replicas,
+          // The lease's compare-and-set is checked against the writes after the one it read.
+          history: HISTORY,
+          ttl: GC_BUCKET_MAX_AGE_MS,
+          allow_direct: false,
+        });
+      } catch {
+        gc = await kvm.open(GC_BUCKET);
+      }
       const limits = options.limits ?? { maxArtifactBytes: 16 * 2 ** 30, maxArtifacts: 10_000 };
+      const jsm = await js.jetstreamManager();
+      const gcStore = new NatsGcStore({
+        js,
+        jsm,
+        gc,
+        sessions: kv,
+        sessionsBucket: SESSIONS_BUCKET,
+        blobs,
+        blobsBucket: BLOBS_BUCKET,
+        node: options.nodeId,
+      });
       const registry = new NatsRegistry(
         nc,
-        await js.jetstreamManager(),
+        jsm,
         kv,
         blobs,
         limits,
         replicas,
+        gcStore,
+        options.nodeId,
       );
       if (options.log) registry.#logStatus(options.log);
       return registry;
@@ -353,7 +417,44 @@ export class NatsRegistry implements SessionRegistry {
 
   /** What this node did with the cluster so far (for `/metrics`). */
   get stats(): Readonly<RegistryStats> {
-    return { ...this.#stats };
+    const gc = this.#collector?.stats ??
+      { runs: 0, deleted: 0, deletedBytes: 0, skippedInFlight: 0 } satisfies GcStats;
+    return {
+      ...this.#stats,
+      gcRuns: gc.runs,
+      gcDeleted: gc.deleted,
+      gcDeletedBytes: gc.deletedBytes,
+      gcSkippedInFlight: gc.skippedInFlight,
+    };
+  }
+
+  /**
+   * Starts this node's blob collector: each interval it takes or renews the cluster's GC lease
+   * and, holding it, deletes objects no session record refers to that are older than the grace
+   * period (see `blob_gc.ts`).
+   */
+  startGc(options: GcOptions = {}): void {
+    if (this.#collector) return;
+    this.#collector = new BlobCollector(this.#gcStore, {
+      node: this.#nodeId,
+      graceMs: options.graceMs ?? 86_400_000,
+      log: options.log,
+    });
+    this.#collector.start();
+  }
+
+  /**
+   * {@inheritDoc SessionRegistry.beginCommit}
+   *
+   * Stores a commit intent per blob in the GC bucket (renewed while held) and waits out
+   * deletions a collector decided before it could see them.
+   */
+  async beginCommit(sha256s: readonly string[]): Promise<() => Promise<void>> {
+    try {
+      return await riding(() => this.#intents.begin(sha256s));
+    } catch (e) {
+      throw unavailable("announce the upload to the cluster's blob GC", e);
+    }
   }
 
   /** Records of `key` written after revision `after` and before `before`, oldest first. */
@@ -492,8 +593,10 @@ export class NatsRegistry implements SessionRegistry {
     return unwatch;
   }
 
-  /** Stops the watches and closes the connection. */
+  /** Stops the watches and the collector, and closes the connection. */
   async close(): Promise<void> {
+    await this.#collector?.stop();
+    this.#intents.close();
     for (const w of [...this.#watchers]) w();
     await this.connection.close().catch(() => {});
   }
