@@ -10,9 +10,10 @@
 import { createHash } from "node:crypto";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, type JetStreamManager } from "@nats-io/jetstream";
-import { type KV, type KvEntry, Kvm } from "@nats-io/kv";
+import { type KV, type KvEntry, Kvm, type KvWatchEntry } from "@nats-io/kv";
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import {
+  ClusterIndex,
   decodeSharedSession,
   encodeSharedSession,
   isSessionError,
@@ -41,6 +42,13 @@ const HISTORY = 16;
  * leaders, a reconnect): Raft elections take seconds.
  */
 const UNAVAILABLE_BUDGET_MS = 60_000;
+
+/** The key of the blob-proof secret every node shares (in the sessions bucket). */
+export const PROOF_KEY = "k.blob-proofs";
+/** The bytes of that secret. */
+const PROOF_KEY_BYTES = 32;
+/** Waits between attempts to watch the bucket again after the watch ended. */
+const REWATCH_MS = 1000;
 
 /** Whether an error is NATS being unavailable for a while, not a refusal or bad data. */
 function transient(e: unknown): boolean {
@@ -127,24 +135,50 @@ function digestHex(digest: string): string | undefined {
   return [...bin].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
 }
 
+/** A record a concurrent write overwrote, and the record both writes were made from. */
+interface Overwritten {
+  /** The overwritten record. */
+  readonly value: SharedSession;
+  /** The record at the revision the overwriting write expected (the bug lets both expect it). */
+  readonly base: SharedSession | undefined;
+}
+
 /**
  * `cur` with the records a concurrent write overwrote folded in, as if they had been written
  * first (they were, by revision): their artifacts first (the earlier commit of a name keeps
- * it), a release among them stays a release, and when they are another incarnation of the
- * session than `cur` (two nodes created it at once) the earliest one's identity is kept.
+ * it), their config changes (against the record both writes were made from) where `cur` did
+ * not change the same key, the latest use, a release among them stays a release, and when they
+ * are another incarnation of the session than `cur` (two nodes created it at once) the
+ * earliest one's identity is kept.
  */
-function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): SharedSession {
-  const first = overwritten[0];
+function foldOverwritten(cur: SharedSession, overwritten: Overwritten[]): SharedSession {
+  const first = overwritten[0]?.value;
   if (!first) return cur;
-  if (cur.closed || overwritten.some((o) => o.closed)) {
-    return { ...cur, closed: true, artifacts: [], config: {} };
+  // A use recorded in an overwritten write stays recorded.
+  const used = Math.max(cur.usedAt ?? -1, ...overwritten.map((o) => o.value.usedAt ?? -1));
+  const usedAt = used >= 0 ? { usedAt: used } : {};
+  if (cur.closed || overwritten.some((o) => o.value.closed)) {
+    return { ...cur, ...usedAt, closed: true, artifacts: [], config: {} };
   }
   const id = first.serverSideSessionId;
   const same = cur.serverSideSessionId === id;
-  let acc: SharedSession = { ...(same ? cur : first), artifacts: [] };
+  let acc: SharedSession = { ...(same ? cur : first), ...usedAt, artifacts: [] };
+  const config = new Map(Object.entries(acc.config));
   for (const o of overwritten) {
-    if (o.serverSideSessionId === id) acc = mergeAdds(acc, o.artifacts).next;
+    if (o.value.serverSideSessionId !== id) continue;
+    acc = mergeAdds(acc, o.value.artifacts).next;
+    const base = o.base?.serverSideSessionId === id ? o.base.config : {};
+    const keys = new Set([...Object.keys(base), ...Object.keys(o.value.config)]);
+    for (const k of keys) {
+      const was = base[k];
+      const now = o.value.config[k];
+      // Changed by the overwritten write, and left as it was by the one that overwrote it.
+      if (now === was || (same && cur.config[k] !== was)) continue;
+      if (now === undefined) config.delete(k);
+      else config.set(k, now);
+    }
   }
+  acc = { ...acc, config: Object.fromEntries(config) };
   return same ? mergeAdds(acc, cur.artifacts).next : acc;
 }
 
@@ -176,7 +210,14 @@ export class NatsRegistry implements SessionRegistry {
   #jsm: JetStreamManager;
   #blobs: ObjectStore;
   #limits: SharedRecordLimits;
-  #watchers = new Set<() => void>();
+  #listeners = new Set<(value: SharedSession) => void>();
+  #closing = false;
+  #stopWatch: (() => void) | undefined;
+  /** Set when the watch was stopped to be watched again at once. */
+  #restarting = false;
+  #nodeId: string;
+  /** {@inheritDoc SessionRegistry.records} */
+  readonly records: ClusterIndex;
   #stats: RegistryStats = {
     conflicts: 0,
     repairs: 0,
@@ -194,6 +235,7 @@ export class NatsRegistry implements SessionRegistry {
     blobs: ObjectStore,
     limits: SharedRecordLimits,
     replicas: number,
+    nodeId: string,
   ) {
     this.connection = nc;
     this.#kv = kv;
@@ -201,6 +243,13 @@ export class NatsRegistry implements SessionRegistry {
     this.#blobs = blobs;
     this.#limits = limits;
     this.replicas = replicas;
+    this.#nodeId = nodeId;
+    this.records = new ClusterIndex(() => this.#barrier(), {
+      onStall: () => {
+        this.#restarting = true;
+        this.#stopWatch?.();
+      },
+    });
   }
 
   /**
@@ -254,8 +303,12 @@ export class NatsRegistry implements SessionRegistry {
         blobs,
         limits,
         replicas,
+        options.nodeId,
       );
       if (options.log) registry.#logStatus(options.log);
+      registry.#watchAll(options.log);
+      // Every record written before this node joined is in its index before it serves.
+      await registry.records.caughtUp();
       return registry;
     } catch (e) {
       await nc.close().catch(() => {});
@@ -291,7 +344,9 @@ export class NatsRegistry implements SessionRegistry {
       throw unavailable("read the session's record", e);
     }
     if (!entry || entry.operation !== "PUT") return undefined;
-    return { value: this.#decode(entry, { userId, sessionId }), revision: entry.revision };
+    const value = this.#decode(entry, { userId, sessionId });
+    this.records.apply(entry.key, entry.revision, value);
+    return { value, revision: entry.revision };
   }
 
   /**
@@ -302,7 +357,9 @@ export class NatsRegistry implements SessionRegistry {
    * revision can both be accepted, the later one overwriting the earlier. So every accepted
    * write is checked against the key's history: when records were written between the revision
    * this one expected and its own, they were overwritten, and the change is made again on top of
-   * them (their artifacts first: the earlier commit of a name keeps it).
+   * them (their artifacts first: the earlier commit of a name keeps it; their config changes
+   * where this write left the key alone; the latest use). A change that returns the record it
+   * was given unchanged writes nothing.
    */
   async update(
     userId: string,
@@ -310,10 +367,12 @@ export class NatsRegistry implements SessionRegistry {
     change: (current: SharedSession | undefined) => SharedSession,
   ): Promise<RegistryEntry> {
     const key = sessionKey(userId, sessionId);
-    let overwritten: SharedSession[] = [];
+    let overwritten: Overwritten[] = [];
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const cur = await this.get(userId, sessionId);
       const next = change(cur ? foldOverwritten(cur.value, overwritten) : cur);
+      // Nothing to change (a creation another node made first, a use already recorded).
+      if (cur && next === cur.value) return cur;
       const bytes = encodeSharedSession(next);
       let revision: number;
       try {
@@ -329,9 +388,12 @@ export class NatsRegistry implements SessionRegistry {
         throw unavailable("record the session", e);
       }
       const lost = await this.#between(key, cur?.revision ?? 0, revision);
-      if (!lost.length) return { value: next, revision };
+      if (!lost.length) {
+        this.records.apply(key, revision, next);
+        return { value: next, revision };
+      }
       this.#stats.repairs++;
-      overwritten = [...overwritten, ...lost];
+      overwritten = [...overwritten, ...lost.map((value) => ({ value, base: cur?.value }))];
     }
     throw new SessionError(
       "CLUSTER_UNAVAILABLE",
@@ -455,35 +517,151 @@ export class NatsRegistry implements SessionRegistry {
 
   /** {@inheritDoc SessionRegistry.watch} */
   watch(listener: (value: SharedSession) => void): () => void {
-    let stop: (() => void) | undefined;
-    let stopped = false;
-    (async () => {
-      const iter = await this.#kv.watch({ key: "s.>", include: "updates" });
-      stop = () => iter.stop();
-      if (stopped) stop();
-      for await (const e of iter) {
-        if (e.operation !== "PUT") continue;
-        let value: SharedSession;
-        try {
-          value = this.#decode(e);
-        } catch {
-          continue; // a record that fails its checks is never acted on
-        }
-        listener(value);
-      }
-    })().catch(() => {});
-    const unwatch = () => {
-      stopped = true;
-      stop?.();
-      this.#watchers.delete(unwatch);
-    };
-    this.#watchers.add(unwatch);
-    return unwatch;
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
-  /** Stops the watches and closes the connection. */
+  /**
+   * Watches every key of the bucket, for as long as the registry is open: the index gets each
+   * key's last value first, then every write; listeners get the writes of session records
+   * (releases, new incarnations). A record that fails its checks is never acted on: its key
+   * counts for nothing. Watched again from where it stopped if the watch ends.
+   */
+  #watchAll(log: ((line: string) => void) | undefined): void {
+    (async () => {
+      while (!this.#closing) {
+        try {
+          this.#restarting = false;
+          const from = this.records.revision;
+          const iter = await this.#kv.watch({
+            key: ">",
+            ...(from > 0 ? { resumeFromRevision: from + 1 } : {}),
+          });
+          this.#stopWatch = () => iter.stop();
+          if (this.#closing) iter.stop();
+          for await (const e of iter) {
+            // After a resume every entry is a write made while the watch was away.
+            if (e.key.startsWith("s.")) this.#watched(e, e.isUpdate || from > 0);
+            this.records.seen(e.revision);
+          }
+          // Stopped to be watched again at once (it stalled), or ended by itself: after a pause.
+          if (this.#restarting) {
+            this.#restarting = false;
+            continue;
+          }
+        } catch (e) {
+          if (!this.#closing) log?.(`cluster: watching ${SESSIONS_BUCKET} failed (${e}); again`);
+        }
+        if (!this.#closing) await new Promise((r) => setTimeout(r, REWATCH_MS));
+      }
+    })();
+  }
+
+  #watched(e: KvWatchEntry, update: boolean): void {
+    let value: SharedSession | undefined;
+    if (e.operation === "PUT") {
+      try {
+        value = this.#decode(e);
+      } catch {
+        value = undefined; // a record that fails its checks is never acted on
+      }
+    }
+    this.records.apply(e.key, e.revision, value);
+    if (!value || !update) return;
+    for (const l of this.#listeners) {
+      try {
+        l(value);
+      } catch { /* a listener's failure is its own */ }
+    }
+  }
+
+  /** Writes this node's marker and returns its revision (for {@linkcode ClusterIndex}). */
+  async #barrier(): Promise<number> {
+    const node = createHash("sha256").update(this.#nodeId).digest("hex").slice(0, 16);
+    try {
+      return await riding(() => this.#kv.put(`b.${node}`, String(Date.now())));
+    } catch (e) {
+      throw unavailable("write this node's marker", e);
+    }
+  }
+
+  /** {@inheritDoc SessionRegistry.blobSize} */
+  async blobSize(sha256: string): Promise<number | undefined> {
+    let info;
+    try {
+      info = await riding(() => this.#blobs.info(sha256));
+    } catch (e) {
+      throw unavailable(`look up blob ${sha256}`, e);
+    }
+    // The object store's word, checked when the bytes are fetched; an object that does not
+    // even say it is that content, or says it is larger than any artifact, is not offered.
+    if (!info || info.deleted || digestHex(info.digest) !== sha256) return undefined;
+    const size = info.size;
+    if (!Number.isSafeInteger(size) || size < 0 || size > this.#limits.maxArtifactBytes) {
+      return undefined;
+    }
+    return size;
+  }
+
+  /**
+   * The secret every node keys its blob proofs with, so that a challenge one node issued is
+   * verified on any other: made by the first node that asks (compare-and-set), kept in the
+   * sessions bucket. Whoever can read it there can read every blob of the object store anyway;
+   * tenants never hold the cluster's credentials.
+   *
+   * nats-server before 2.9.21 may accept two creations at once; every node takes the oldest
+   * value under the key, so they agree.
+   *
+   * @throws {SessionError} `CLUSTER_DATA_INVALID` when the stored value is not a secret of 32
+   *   bytes; `CLUSTER_UNAVAILABLE`.
+   */
+  async proofKey(): Promise<Uint8Array> {
+    const subject = `$KV.${SESSIONS_BUCKET}.${PROOF_KEY}`;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      let seq = 1;
+      for (let step = 0; step <= HISTORY; step++) {
+        const m = await riding(() =>
+          this.#jsm.streams.getMessage(
+            `KV_${SESSIONS_BUCKET}`,
+            { seq, next_by_subj: subject } as unknown as { seq: number },
+          )
+        ).catch((e) => {
+          if (/no message found/i.test(String(e?.message))) return null;
+          throw unavailable("read the blob-proof secret", e);
+        });
+        if (!m) break;
+        seq = m.seq + 1;
+        // Deletion and purge markers carry an operation header; a value is a plain put.
+        if (m.header?.get("KV-Operation")) continue;
+        if (m.data.length !== PROOF_KEY_BYTES) {
+          throw new SessionError(
+            "CLUSTER_DATA_INVALID",
+            `The cluster's blob-proof secret (key ${PROOF_KEY} of ${SESSIONS_BUCKET}) is ` +
+              `${m.data.length} bytes, not ${PROOF_KEY_BYTES}: something other than a Valise node ` +
+              `wrote it. Purge it (nats kv purge ${SESSIONS_BUCKET} ${PROOF_KEY}) and restart ` +
+              "every node.",
+          );
+        }
+        return new Uint8Array(m.data);
+      }
+      const secret = crypto.getRandomValues(new Uint8Array(PROOF_KEY_BYTES));
+      await riding(() => this.#kv.create(PROOF_KEY, secret)).catch((e) => {
+        if (!/wrong last sequence|key exists/i.test(String(e?.message))) {
+          throw unavailable("store the blob-proof secret", e);
+        }
+      });
+    }
+    throw new SessionError(
+      "CLUSTER_UNAVAILABLE",
+      `Could not read or create the cluster's blob-proof secret (${PROOF_KEY}); retry.`,
+    );
+  }
+
+  /** Stops the watch and closes the connection. */
   async close(): Promise<void> {
-    for (const w of [...this.#watchers]) w();
+    this.#closing = true;
+    this.#listeners.clear();
+    this.#stopWatch?.();
     await this.connection.close().catch(() => {});
   }
 }
