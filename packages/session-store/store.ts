@@ -139,8 +139,8 @@ export class SessionStore {
   #lock: DataDirLock | undefined;
   /** New cluster records are admitted one at a time: each check sees the one before. */
   #admission = new Mutex();
-  /** Sessions whose last use is being written to the cluster's record. */
-  #recording = new Set<Session>();
+  /** The write of a session's last use in flight, per pair: one at a time. */
+  #touches = new Map<string, Promise<RegistryEntry | undefined>>();
   #closed = false;
   #collecting: Promise<void> = Promise.resolve();
 
@@ -579,7 +579,8 @@ export class SessionStore {
     } else if (this.#useUnrecorded(entry.value, now)) {
       // Written before the call is served: an expiry that judged the record idle then fails
       // its compare-and-set, or this write finds the session closed (docs/architecture.md).
-      entry = await registry.update(userId, sessionId, recordingUse(entry.value, now));
+      entry = await this.#recordUseAt(userId, sessionId, entry.value.serverSideSessionId, now) ??
+        entry;
     }
     const value = entry.value;
     if (value.closed) {
@@ -689,27 +690,48 @@ export class SessionStore {
    * session and node, never one per call.
    */
   async #recordUse(s: Session): Promise<void> {
-    const registry = this.#registry;
-    if (!registry || this.#idleTimeoutMs <= 0 || s.closed || this.#recording.has(s)) return;
-    const indexed = registry.records?.find(s.userId, s.sessionId);
+    if (!this.#registry || this.#idleTimeoutMs <= 0 || s.closed) return;
+    const indexed = this.#registry.records?.find(s.userId, s.sessionId);
     const known = Math.max(
       s.recordedUseAt ?? 0,
       indexed?.serverSideSessionId === s.serverSideSessionId ? indexed.usedAt ?? 0 : 0,
     );
     if (s.lastAccess - known <= this.#useIntervalMs) return;
-    this.#recording.add(s);
-    try {
-      const e = await registry.update(
-        s.userId,
-        s.sessionId,
-        recordingUse(s.shared(), s.lastAccess),
-      );
-      if (!e.value.closed && e.value.serverSideSessionId === s.serverSideSessionId) {
-        s.recordedUseAt = e.value.usedAt;
-      }
-    } finally {
-      this.#recording.delete(s);
+    const e = await this.#recordUseAt(s.userId, s.sessionId, s.serverSideSessionId, s.lastAccess);
+    if (e && !e.value.closed && e.value.serverSideSessionId === s.serverSideSessionId) {
+      s.recordedUseAt = e.value.usedAt;
     }
+  }
+
+  /**
+   * Writes a use at `at` into incarnation `id` of the record, unless the record, read once the
+   * write in flight for the pair (if any) has ended, shows a use within the interval already:
+   * one write at a time per pair, so a node never writes two uses for one interval.
+   *
+   * @returns The record as it is now, or `undefined` when there is none.
+   */
+  #recordUseAt(
+    userId: string,
+    sessionId: string,
+    id: string,
+    at: number,
+  ): Promise<RegistryEntry | undefined> {
+    const registry = this.#registry!;
+    const key = keyOf(userId, sessionId);
+    const before = this.#touches.get(key) ?? Promise.resolve(undefined);
+    const write = before.catch(() => undefined).then(async () => {
+      const cur = await registry.get(userId, sessionId);
+      if (!cur || cur.value.serverSideSessionId !== id || !this.#useUnrecorded(cur.value, at)) {
+        return cur;
+      }
+      return await registry.update(userId, sessionId, recordingUse(cur.value, at));
+    });
+    this.#touches.set(key, write);
+    const forget = () => {
+      if (this.#touches.get(key) === write) this.#touches.delete(key);
+    };
+    write.then(forget, forget);
+    return write;
   }
 
   /**
