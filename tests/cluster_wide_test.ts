@@ -10,6 +10,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type KV, Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
 import { sessionKey } from "@valise/server";
 import {
   addArtifactsRequests,
@@ -189,6 +190,7 @@ Deno.test({
     let nodes: Awaited<ReturnType<typeof startValiseNodes>> | undefined;
     let nc: NatsConnection | undefined;
     const dirs = (gen: string) => ["a", "b", "c"].map((n) => join(tmp, `${gen}-${n}`));
+    let pending: { digest: string; secret: Uint8Array } | undefined;
     try {
       nats = await startNatsCluster();
       nodes = await startValiseNodes(nats, dirs("1"), { args: QUOTA_ARGS });
@@ -362,14 +364,68 @@ Deno.test({
             artifacts: [{ name: "files/stolen.bin", sha256: digest }],
           }));
           equal(mallory.errorClass, "BLOB_PROOF_REQUIRED");
+          pending = { digest, secret };
         },
       );
 
-      // The same NATS cluster, nodes started again with a 3 s idle timeout (and empty disks).
+      await t.step(
+        "HasBlobs looks up the object store for at most 1024 digests a call",
+        async () => {
+          const { digest } = pending!;
+          const others = Array.from({ length: 3000 }, () => hex(randomBytes(8)));
+          const asker = crypto.randomUUID();
+          const ask = (list: string[]) =>
+            c.clients.store.hasBlobs({
+              sessionId: asker,
+              userContext: { userId: "ask" },
+              sha256: list,
+            });
+          // A blob only the object store holds (as any node that uploaded it leaves it there).
+          const lone = new Uint8Array(randomBytes(1000));
+          const loneDigest = hex(lone);
+          const os = await new Objm(nc!).open("valise_blobs");
+          await os.putBlob({ name: loneDigest }, lone);
+          deepEqual((await ask([loneDigest, ...others])).present, [loneDigest]);
+          // Past the first 1024 digests, the object store is not asked: a client uploads those.
+          deepEqual((await ask([...others, loneDigest])).present, []);
+          // A blob C holds itself (it fetched it above) is found wherever it is in the list.
+          deepEqual((await ask([...others, digest])).present, [digest]);
+          await c.clients.health.check({});
+          // An object stored under a name that is not its digest is not offered.
+          const impostor = hex(randomBytes(8));
+          await os.putBlob({ name: impostor }, enc.encode("not the bytes of that digest"));
+          deepEqual((await ask([impostor])).present, []);
+        },
+      );
+
+      // A challenge issued now, answered after every node restarted.
+      const zed = crypto.randomUUID();
+      const zedChallenge = (await a.clients.store.hasBlobs({
+        sessionId: zed,
+        userContext: { userId: "zed" },
+        sha256: [pending!.digest],
+      })).challenges[0]!;
+      // The same NATS cluster, nodes started again with a 3 s idle timeout (and empty disks),
+      // after someone wrote another value over the cluster's blob-proof secret.
       await nodes.stop();
+      await sessionsKv.put("k.blob-proofs", enc.encode("forged"));
       nodes = await startValiseNodes(nats, dirs("2"), { args: IDLE_ARGS });
       [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
       const all = [a, b, c];
+
+      await t.step("the proof key is the cluster's: a challenge outlives every node", async () => {
+        // The oldest value under the key is the secret: the one written over it is ignored.
+        const res = await c.clients.store.attachArtifacts({
+          sessionId: zed,
+          userContext: { userId: "zed" },
+          artifacts: [{
+            name: "files/z.bin",
+            sha256: pending!.digest,
+            proof: prove(zedChallenge, pending!.secret),
+          }],
+        });
+        deepEqual(res.attached, ["files/z.bin"]);
+      });
 
       await t.step("idle on every node: released everywhere", async () => {
         const s = crypto.randomUUID();

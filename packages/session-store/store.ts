@@ -130,6 +130,8 @@ export class SessionStore {
   #maxTombstones: number;
   #hooks: ReleaseHook[] = [];
   #releasing = new Map<string, Promise<unknown>>();
+  /** Drops of this node's copy under way (a release another node made), per pair. */
+  #dropping = new Map<string, Promise<void>>();
   #workerIds: WorkerIds | undefined;
   #traverse: number;
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
@@ -510,6 +512,7 @@ export class SessionStore {
     }
     const key = keyOf(userId, sessionId);
     // A release in progress finishes before the pair can be used again (allowReconnect).
+    await this.#dropping.get(key)?.catch(() => {});
     await this.#releasing.get(key);
     if (this.#tombstones.has(key)) {
       throw new SessionError(
@@ -857,12 +860,26 @@ export class SessionStore {
     }
   }
 
-  /** Removes this node's copy of a session (workers first); `closed` keeps the pair closed. */
-  async #drop(key: string, local: Session | undefined, closed: boolean): Promise<void> {
-    if (closed && !this.#tombstones.has(key)) await this.#tombstone(key);
-    if (!local || this.#sessions.get(key) !== local) return;
-    const [userId, sessionId] = [local.userId, local.sessionId];
-    await this.release(userId, sessionId, { allowReconnect: true, localOnly: true });
+  /**
+   * Removes this node's copy of a session (workers first); `closed` keeps the pair closed.
+   * Drops of one pair run one after the other, and a bind waits for them: a call told the
+   * session is closed finds this node's copy gone.
+   */
+  #drop(key: string, local: Session | undefined, closed: boolean): Promise<void> {
+    const drop = async () => {
+      if (closed && !this.#tombstones.has(key)) await this.#tombstone(key);
+      await this.#releasing.get(key);
+      if (!local || this.#sessions.get(key) !== local) return;
+      const [userId, sessionId] = [local.userId, local.sessionId];
+      await this.release(userId, sessionId, { allowReconnect: true, localOnly: true });
+    };
+    const p = (this.#dropping.get(key) ?? Promise.resolve()).catch(() => {}).then(drop);
+    this.#dropping.set(key, p);
+    const forget = () => {
+      if (this.#dropping.get(key) === p) this.#dropping.delete(key);
+    };
+    p.then(forget, forget);
+    return p;
   }
 
   /** The live session of (user id, session id), without creating one. */
