@@ -9,13 +9,8 @@ import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts
 import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
-import type {
-  RecordIndex,
-  RecordSummary,
-  RegistryEntry,
-  SessionRegistry,
-  SharedSession,
-} from "./registry.ts";
+import { checkSharedQuota, clusterUserBytes, recordingUse } from "./_cluster_rules.ts";
+import type { RecordSummary, RegistryEntry, SessionRegistry, SharedSession } from "./registry.ts";
 import { type DataDirLock, lockDataDir, type LockHolder } from "./data_dir_lock.ts";
 import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
@@ -630,61 +625,22 @@ export class SessionStore {
       if (records) {
         await records.caughtUp();
         // Created by another node meanwhile: nothing new is admitted.
-        if (!records.find(userId, sessionId)) this.#checkSharedQuota(records, userId);
+        if (!records.find(userId, sessionId)) checkSharedQuota(records, this.#ctx.quotas, userId);
       }
       return await registry.update(userId, sessionId, (cur) => cur ?? fresh);
     });
   }
 
-  #checkSharedQuota(records: RecordIndex, userId: string): void {
-    const q = this.#ctx.quotas;
-    const all = records.count();
-    if (all >= q.maxSessions) {
-      throw new SessionError(
-        "QUOTA_EXCEEDED",
-        `Cannot create a session: the cluster holds ${all} sessions, the most it keeps is ` +
-          `${q.maxSessions}. Release sessions you no longer use.`,
-        { reason: "SESSIONS" },
-      );
-    }
-    const mine = records.count(userId);
-    if (mine >= q.maxSessionsPerUser) {
-      throw new SessionError(
-        "QUOTA_EXCEEDED",
-        `Cannot create a session for user ${JSON.stringify(userId)}: they hold ${mine} ` +
-          `sessions in the cluster, the most one user may hold is ${q.maxSessionsPerUser}. ` +
-          "Release sessions you no longer use (spark.stop()).",
-        { reason: "USER_SESSIONS" },
-      );
-    }
-  }
-
-  /**
-   * Bytes the sessions of a user hold, but `except`'s, with the adds held for checks. With the
-   * cluster's index: over the cluster's open records, each counted as this node's copy when it
-   * holds one (the larger of the two), and none as more than one session may hold, so that no
-   * record, whoever wrote it, takes more of a user's quota than a session could.
-   */
+  /** Bytes the sessions of a user hold, but `except`'s, with the adds held for checks. */
   #userBytes(userId: string, except?: Session): number {
-    let n = this.#heldBytes.get(userId) ?? 0;
-    const local = new Map<string, Session>();
-    for (const s of this.#sessions.values()) {
-      if (s.userId === userId && s !== except) local.set(s.sessionId, s);
-    }
+    const local = this.sessions().filter((s) => s.userId === userId && s !== except);
+    const held = this.#heldBytes.get(userId) ?? 0;
     const records = this.#registry?.records;
-    if (records) {
-      const cap = this.#ctx.quotas.maxSessionBytes;
-      for (const r of records.open(userId)) {
-        if (r.sessionId === except?.sessionId) continue;
-        const recorded = Math.min(r.bytes, cap);
-        const s = local.get(r.sessionId);
-        local.delete(r.sessionId);
-        const same = s !== undefined && s.serverSideSessionId === r.serverSideSessionId;
-        n += same ? Math.max(s.bytes(), recorded) : recorded;
-      }
-    }
-    for (const s of local.values()) n += s.bytes();
-    return n;
+    if (!records) return held + local.reduce((n, s) => n + s.bytes(), 0);
+    return held + clusterUserBytes(records.open(userId), local, {
+      except: except?.sessionId,
+      cap: this.#ctx.quotas.maxSessionBytes,
+    });
   }
 
   /**
@@ -1027,7 +983,8 @@ export class SessionStore {
   /**
    * Releases every session unused for longer than the idle timeout and not busy.
    *
-   * In a cluster only this node's copy goes: other nodes may be serving the session.
+   * In a cluster only this node's copy goes: other nodes may be serving the session
+   * ({@linkcode SessionStore.expireSharedIdle} releases those idle on every node).
    *
    * @returns The released sessions' ids.
    */
@@ -1072,22 +1029,6 @@ export class SessionStore {
   #tombstonePath(): string {
     return join(this.dataDir, "closed-sessions.json");
   }
-}
-
-/**
- * The change that records a use at `at` in the incarnation `seen`: the record as it is when it
- * was closed or re-created meanwhile (so a close folded in by a repair is written again, never
- * undone), `seen` again if it vanished.
- */
-function recordingUse(
-  seen: SharedSession,
-  at: number,
-): (cur: SharedSession | undefined) => SharedSession {
-  return (cur) => {
-    if (!cur) return { ...seen, usedAt: at };
-    if (cur.closed || cur.serverSideSessionId !== seen.serverSideSessionId) return cur;
-    return { ...cur, usedAt: Math.max(cur.usedAt ?? 0, at) };
-  };
 }
 
 function keyOf(userId: string, sessionId: string): string {
