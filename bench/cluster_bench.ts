@@ -18,6 +18,8 @@
  *    from the object store, verifies and unpacks it), and a second one; and a fresh node C given
  *    the same archive again by upload (a new session), then its first `Run`.
  *
+ * Each step starts after `sync` (no step pays for another's writeback).
+ *
  * Env: `VALISE_BENCH_SCALE` (default 1: the 1 GB environment; 0.25 for 256 MB),
  * `VALISE_BENCH_CLUSTER_MIB` (default 256), `VALISE_BENCH_CLUSTER_REPS` (default 3). Without
  * nats-server it says why and measures nothing.
@@ -60,7 +62,12 @@ async function sha256File(path: string): Promise<string> {
   return h.digest("hex");
 }
 
+/**
+ * Times `fn`, after `sync`: the disk is shared by 3 NATS members, 3 nodes and the bench, and a
+ * step must not pay for the writeback of the one before (1 GB trees, 3 replicas of each put).
+ */
 async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  await new Deno.Command("sync").output();
   const t0 = performance.now();
   const out = await fn();
   return [(performance.now() - t0) / 1000, out];
