@@ -347,8 +347,18 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
   const clusterView = membership ? (): ClusterView => membership.view() : undefined;
   metrics.membership = clusterView;
-  // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
-  const proofs = new BlobProofs();
+  // One key for both transports (fetch and node:http2): a challenge from one verifies on the
+  // other; in a cluster, one key for every node (a challenge from one verifies on any).
+  let proofs: BlobProofs;
+  try {
+    proofs = new BlobProofs(registry ? { secret: await registry.proofKey() } : {});
+  } catch (e) {
+    await membership?.leave();
+    await launcher.close();
+    await store.close();
+    await registry?.close();
+    throw e;
+  }
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
   const adminTokens = options.adminTokens?.length ? new TokenSet(options.adminTokens) : undefined;
@@ -446,10 +456,21 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const idleMs = options.idleTimeoutMs ?? 3_600_000;
   const interval = options.maintenanceIntervalMs ??
     (idleMs > 0 ? Math.min(30_000, Math.max(1_000, idleMs / 4)) : 30_000);
+  // One round at a time: a round waits for NATS while it is unavailable.
+  let maintaining = false;
   const timer = setInterval(() => {
-    store.expireIdle().then((ids) => {
-      for (const id of ids) log?.(`session ${id} expired after being idle`);
-    }).catch((e) => log?.(`idle expiry failed: ${e}`));
+    if (maintaining) return;
+    maintaining = true;
+    (async () => {
+      try {
+        for (const id of await store.expireSharedIdle()) {
+          log?.(`cluster: session ${id} released: idle on every node`);
+        }
+      } catch (e) {
+        log?.(`cluster: idle expiry failed: ${e}`);
+      }
+      for (const id of await store.expireIdle()) log?.(`session ${id} expired after being idle`);
+    })().catch((e) => log?.(`idle expiry failed: ${e}`)).finally(() => maintaining = false);
   }, interval);
 
   return {

@@ -25,7 +25,7 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 
 /** A registry in memory with blob GC hooks; `events` lists what the store asked, in order. */
 class GcRegistry implements SessionRegistry {
-  records = new Map<string, { bytes: Uint8Array; revision: number }>();
+  stored = new Map<string, { bytes: Uint8Array; revision: number }>();
   blobs = new Map<string, Uint8Array>();
   revision = 0;
   events: string[] = [];
@@ -35,7 +35,7 @@ class GcRegistry implements SessionRegistry {
   failBegin = false;
 
   get(userId: string, sessionId: string): Promise<RegistryEntry | undefined> {
-    const r = this.records.get(`${userId}\u0000${sessionId}`);
+    const r = this.stored.get(`${userId}\u0000${sessionId}`);
     if (!r) return Promise.resolve(undefined);
     return Promise.resolve({
       value: decodeSharedSession(r.bytes, limits, { userId, sessionId }),
@@ -50,7 +50,7 @@ class GcRegistry implements SessionRegistry {
   ): Promise<RegistryEntry> {
     const value = change((await this.get(userId, sessionId))?.value);
     const revision = ++this.revision;
-    this.records.set(`${userId}\u0000${sessionId}`, {
+    this.stored.set(`${userId}\u0000${sessionId}`, {
       bytes: encodeSharedSession(value),
       revision,
     });

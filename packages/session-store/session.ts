@@ -84,8 +84,11 @@ export interface SessionContext {
   readonly trees: TreeStore;
   /** Storage limits. */
   readonly quotas: Quotas;
-  /** Bytes held by all sessions of a user. */
-  userBytes(userId: string): number;
+  /**
+   * Bytes held by all sessions of a user but `except` (in a cluster: over the cluster's
+   * records), with adds held for quota checks.
+   */
+  userBytes(userId: string, except?: Session): number;
   /**
    * Counts `bytes` in `userBytes(userId)` from a quota check until the returned function is
    * called (once the add is recorded, or refused), so that adds running at once in several of
@@ -116,6 +119,11 @@ export interface SessionContext {
    * @default {undefined} none
    */
   collectSoon?(): void;
+  /**
+   * Told when work in the session ended (a use: the cluster's record may need to hear of it).
+   * @default {undefined} nobody
+   */
+  used?(session: Session): void;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -189,6 +197,11 @@ export class Session {
   readonly config: SessionConfig;
   /** When the session was last used (ms since the epoch). */
   lastAccess: number;
+  /**
+   * The last use the cluster's record holds (`usedAt`), as this node last saw it; `undefined`
+   * outside a cluster.
+   */
+  recordedUseAt: number | undefined;
   #ctx: SessionContext;
   #manifest: SessionManifest;
   #lock = new Mutex();
@@ -229,6 +242,7 @@ export class Session {
       sessionId: this.sessionId,
       serverSideSessionId: this.serverSideSessionId,
       createdAt: this.#manifest.createdAt,
+      usedAt: this.lastAccess,
       artifacts: this.artifacts().map(toShared),
       config: this.config.toJSON(),
     };
@@ -286,6 +300,7 @@ export class Session {
       this.#holds.delete(id);
       this.lastAccess = Date.now();
       this.#settle(id);
+      this.#ctx.used?.(this);
     };
   }
 
@@ -606,8 +621,30 @@ export class Session {
     return this.artifacts().reduce((n, a) => n + (a.treeEntries ?? 0), 0);
   }
 
+  /**
+   * Refuses adding `bytes` when a quota of the session or its user would break, or the disk
+   * would fall below its floor: asked before bytes are brought to this node for the session
+   * (a fetch from the cluster).
+   *
+   * @param what What would be added (for the message).
+   * @param bytes Its size.
+   * @throws {SessionError} `QUOTA_EXCEEDED`.
+   */
+  admitBytes(what: string, bytes: number): void {
+    this.#checkQuota({ raw: what }, bytes, 0);
+    const free = this.#ctx.freeBytes();
+    if (free - bytes < this.#ctx.quotas.minFreeBytes) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot bring ${what} (${bytes} bytes) to this node: its disk has ${free} bytes free ` +
+          `and keeps at least ${this.#ctx.quotas.minFreeBytes} free.`,
+        { reason: "DISK_FLOOR" },
+      );
+    }
+  }
+
   /** Refuses adding `bytes` and `entries` when a quota of the session or its user would break. */
-  #checkQuota(name: ArtifactName, bytes: number, entries: number): void {
+  #checkQuota(name: { raw: string }, bytes: number, entries: number): void {
     const q = this.#ctx.quotas;
     const sessionBytes = this.bytes() + bytes;
     if (sessionBytes > q.maxSessionBytes) {
@@ -627,7 +664,7 @@ export class Session {
         { reason: "SESSION_ENTRIES" },
       );
     }
-    const userBytes = this.#ctx.userBytes(this.userId) + bytes;
+    const userBytes = this.#ctx.userBytes(this.userId, this) + this.bytes() + bytes;
     if (userBytes > q.maxUserBytes) {
       throw new SessionError(
         "QUOTA_EXCEEDED",
@@ -845,7 +882,7 @@ export class Session {
   #uploadLimits(): UploadLimits {
     const q = this.#ctx.quotas;
     const sessionBytes = this.bytes();
-    const userBytes = this.#ctx.userBytes(this.userId);
+    const userBytes = this.#ctx.userBytes(this.userId, this) + sessionBytes;
     let incoming = 0;
     let sinceDiskCheck = 0;
     const checkDisk = (more: number) => {
@@ -1044,16 +1081,7 @@ export class Session {
     if (await this.#ctx.blobs.has(a.sha256)) return undefined;
     // The size is the record's word, checked against this node's quotas and disk before a byte
     // is fetched (and the fetch never takes more than it).
-    this.#checkQuota(parseArtifactName(a.name), a.size, 0);
-    const free = this.#ctx.freeBytes();
-    if (free - a.size < this.#ctx.quotas.minFreeBytes) {
-      throw new SessionError(
-        "QUOTA_EXCEEDED",
-        `Cannot bring ${a.name} (${a.size} bytes) to this node: its disk has ${free} bytes free ` +
-          `and keeps at least ${this.#ctx.quotas.minFreeBytes} free.`,
-        { reason: "DISK_FLOOR" },
-      );
-    }
+    this.admitBytes(a.name, a.size);
     await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true });
     const dest = join(this.#ctx.stagingRoot, `fetch-${crypto.randomUUID()}`);
     await this.#ctx.registry!.fetchBlob(a.sha256, a.size, dest);
@@ -1067,5 +1095,11 @@ export class Session {
 }
 
 function toShared(a: ArtifactRecord): SharedArtifact {
-  return { name: a.name, sha256: a.sha256, size: a.size, addedAt: a.addedAt };
+  return {
+    name: a.name,
+    sha256: a.sha256,
+    size: a.size,
+    addedAt: a.addedAt,
+    ...(a.treeBytes !== undefined ? { treeBytes: a.treeBytes } : {}),
+  };
 }
