@@ -45,8 +45,13 @@ export type { ConnectOptions, RetryOptions } from "./connect_options.ts";
 export {
   type ConnectionString,
   DEFAULT_PORT,
+  type Endpoint,
+  endpointsOf,
   formatConnectionString,
+  formatEndpoint,
+  MAX_ENDPOINTS,
   parseConnectionString,
+  parseEndpoints,
   RESERVED_PARAMS,
 } from "./connection_string.ts";
 export {
