@@ -10,7 +10,7 @@ import type {
 } from "./apply.ts";
 import type { ArtifactEntry, RemovedArtifacts } from "./artifacts.ts";
 import { RuntimeConfig } from "./config.ts";
-import type { ConnectOptions } from "./connect_options.ts";
+import type { ConnectOptions, RetryReport } from "./connect_options.ts";
 import { type ConnectionString, parseConnectionString } from "./connection_string.ts";
 import type { RunEvent, RunResult, RunSpec } from "./run.ts";
 import { type AddArtifactsOptions, type AddedArtifact, ArtifactProgressEvent } from "./upload.ts";
@@ -23,10 +23,13 @@ import { collectRun, runEvents } from "./_run.ts";
 import { Uploader } from "./_upload.ts";
 
 /**
- * One Spark Connect session on a Valise server: artifacts, config, runs. Create it with
- * {@linkcode connect}. Every call sends the server-side session id once known and checks that
- * responses belong to this session; `UNAVAILABLE` is retried with exponential backoff.
- * Dispatches {@linkcode ArtifactProgressEvent}s (`progress`) during uploads.
+ * One Spark Connect session on a Valise server (or on the nodes of a Valise cluster): artifacts,
+ * config, runs. Create it with {@linkcode connect}. Every call sends the server-side session id
+ * once known and checks that responses belong to this session. A call whose node is unreachable,
+ * dies or answers `UNAVAILABLE` is retried, on the next endpoint when there are several, when
+ * sending it again is safe (see `RetryOptions` and docs/client.md). Dispatches
+ * {@linkcode ArtifactProgressEvent}s (`progress`) during uploads and {@linkcode RetryEvent}s
+ * (`retry`) before retries.
  */
 export class Session extends EventTarget {
   /** The session id (a UUID). */
@@ -37,8 +40,8 @@ export class Session extends EventTarget {
   readonly remote: ConnectionString;
   /** The session's runtime config (Spark's `spark.conf`). */
   readonly conf: RuntimeConfig;
-  /** The URL calls go to: `https://…` when the connection string says `use_ssl=true`. */
-  readonly endpoint: string;
+  /** Every endpoint's URL, in the order they are tried. */
+  readonly endpoints: readonly string[];
   #core: SessionCore;
   #uploads: Uploader;
 
@@ -51,12 +54,23 @@ export class Session extends EventTarget {
   constructor(remote: ConnectionString, options: ConnectOptions = {}) {
     super();
     this.remote = remote;
-    this.#core = new SessionCore(remote, options);
+    this.#core = new SessionCore(remote, options, (r) => {
+      options.onRetry?.(r);
+      this.dispatchEvent(new RetryEvent(r));
+    });
     this.#uploads = new Uploader(this.#core);
     this.sessionId = this.#core.sessionId;
     this.userId = this.#core.userId;
-    this.endpoint = this.#core.endpoint;
+    this.endpoints = this.#core.pool.nodes.map((n) => n.baseUrl);
     this.conf = new RuntimeConfig((op) => this.#config(op));
+  }
+
+  /**
+   * The URL the next call goes to (`https://…` when the connection string says
+   * `use_ssl=true`): the first endpoint, unless it failed a moment ago.
+   */
+  get endpoint(): string {
+    return this.#core.endpoint;
   }
 
   /** The server's id for this session, once a response has carried it. */
@@ -103,8 +117,9 @@ export class Session extends EventTarget {
   async status(names: readonly string[]): Promise<Record<string, boolean>> {
     const core = this.#core;
     core.checkOpen();
-    const res = await core.retry.call(() =>
-      core.spark.artifactStatus({ ...core.sparkRequest(), names: [...names] })
+    const res = await core.retry.call(
+      "ArtifactStatus",
+      (node) => node.spark.artifactStatus({ ...core.sparkRequest(), names: [...names] }),
     );
     core.verify(res);
     const out: Record<string, boolean> = {};
@@ -269,13 +284,12 @@ export class Session extends EventTarget {
     const core = this.#core;
     core.checkOpen();
     try {
-      const res = await core.retry.call(() =>
-        core.spark.releaseSession({
+      const res = await core.retry.call("ReleaseSession", (node) =>
+        node.spark.releaseSession({
           sessionId: core.sessionId,
           userContext: core.userContext,
           clientType: core.clientType,
-        })
-      );
+        }));
       if (res.sessionId !== core.sessionId) {
         throw integrity(`session id ${res.sessionId} != ${core.sessionId}`);
       }
@@ -298,11 +312,27 @@ export class Session extends EventTarget {
   async #config(operation: ConfigRequest_Operation): Promise<ConfigResponse> {
     const core = this.#core;
     core.checkOpen();
-    const res = await core.retry.call(() =>
-      core.spark.config({ ...core.sparkRequest(), operation })
+    const res = await core.retry.call(
+      "Config",
+      (node) => node.spark.config({ ...core.sparkRequest(), operation }),
     );
     core.verify(res);
     return res;
+  }
+}
+
+/** The `retry` event a {@linkcode Session} dispatches before it tries a call again. */
+export class RetryEvent extends Event {
+  /** Which endpoint failed, how, and where the call goes next. */
+  readonly report: RetryReport;
+  /**
+   * Creates the event.
+   *
+   * @param report The retry.
+   */
+  constructor(report: RetryReport) {
+    super("retry");
+    this.report = report;
   }
 }
 
@@ -319,10 +349,19 @@ export class Session extends EventTarget {
  * session.close();
  * ```
  *
- * @param remote A connection string `sc://host:port/;…`, or the options (with `remote`).
+ * @example The nodes of a cluster, tried in order
+ * ```ts ignore
+ * import { connect } from "@valise/client";
+ * const session = connect("sc://n1:15002,n2:15002,n3:15002/;user_id=ada", {
+ *   onRetry: (r) => console.error(`node ${r.endpoint} ${r.reason}, retrying on ${r.next}`),
+ * });
+ * ```
+ *
+ * @param remote A connection string `sc://host:port/;…` (or `sc://h1:port,h2:port/;…`), or the
+ *   options (with `remote`).
  * @param options Options, when `remote` is a string.
  * @returns The session.
- * @throws {SyntaxError} When the connection string is malformed.
+ * @throws {SyntaxError} When the connection string (or `options.endpoints`) is malformed.
  */
 export function connect(remote?: string | ConnectOptions, options: ConnectOptions = {}): Session {
   const opts = typeof remote === "object" ? remote : options;
