@@ -28,6 +28,9 @@ const LOST = new Set([
   "ECONNRESET",
   "EPIPE",
   "ECONNABORTED",
+  // A write the HTTP/2 session cancelled as the connection went (seen on uploads to a node
+  // SIGKILLed mid-stream, as often as EPIPE and RST_STREAM CANCEL).
+  "ECANCELED",
   "ETIMEDOUT",
   "ERR_STREAM_PREMATURE_CLOSE",
   "ERR_HTTP2_STREAM_ERROR",
