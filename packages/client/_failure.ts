@@ -88,8 +88,8 @@ export function nodeFailure(e: unknown): NodeFailure | undefined {
 }
 
 /**
- * A failure in a few words, for reports: `unreachable`, `lost` (died or dropped the connection),
- * `unavailable`.
+ * A failure in a few words, after "the node X": `is unreachable`, `died or dropped the
+ * connection during the call`, `answered UNAVAILABLE`.
  *
  * @param f The failure.
  * @returns The words.
@@ -97,7 +97,7 @@ export function nodeFailure(e: unknown): NodeFailure | undefined {
 export function describeFailure(f: NodeFailure): string {
   switch (f) {
     case "unreachable":
-      return "unreachable";
+      return "is unreachable";
     case "lost":
       return "died or dropped the connection during the call";
     case "unavailable":
