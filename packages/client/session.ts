@@ -88,7 +88,10 @@ export class Session extends EventTarget {
    * All paths are checked before anything is sent. Each file is hashed (streaming); the
    * server is asked which digests it holds, those are attached without sending bytes, and the
    * rest are uploaded, one AddArtifacts stream per file, streamed from disk in PySpark's
-   * chunks. `UNAVAILABLE` is retried; artifacts already committed are not sent again.
+   * chunks. A failure of the node (unreachable, died mid-upload, `UNAVAILABLE`) is retried on
+   * the next endpoint, if any: the artifact in progress is sent again from its start, read
+   * again from disk and checked against its sha256 (a file changed meanwhile is never
+   * committed: `TypeError`); artifacts already committed are not sent again.
    *
    * @param paths Local paths (`path#alias` for archives) or `file:` URLs.
    * @param options The kind flag, progress callback, base directory.
@@ -179,8 +182,11 @@ export class Session extends EventTarget {
 
   /**
    * Runs Python in the session (its directory, interpreter and path), yielding events as
-   * they happen. A call that fails with `UNAVAILABLE` before the first event is retried; once
-   * the worker started (or a streamed stdin was read from), it is not.
+   * they happen. A call whose node fails (unreachable, died, `UNAVAILABLE`) is retried, on the
+   * next endpoint if any, until any of its output (stdout, stderr, exit) was delivered: a
+   * `started` alone does not stop it (the program died with its node; a second `started`
+   * follows). Once output was delivered, or a streamed stdin read from, it is not, and the
+   * error says so.
    *
    * @example
    * ```ts ignore
@@ -229,8 +235,8 @@ export class Session extends EventTarget {
    * input is streamed: an iterable is pulled one batch at a time as the call sends it. The
    * generator's return value is the {@linkcode ApplySummary}; {@linkcode Session.applyCollect}
    * gathers everything. Stopping the iteration early cancels the call (the server kills the
-   * worker). A call that fails with `UNAVAILABLE` before any response is retried when its input
-   * can be sent again (not an iterable).
+   * worker). A call whose node fails before any response is retried (on the next endpoint, if
+   * any) when its input can be sent again (not an iterable).
    *
    * @example
    * ```ts ignore
