@@ -92,7 +92,10 @@ Deno.test("retry: a run is retried until its output was delivered, not after", a
   // After `started` alone: the program is started again, and says so with a second `started`.
   await withFlaky("Run", ["after"], async (session, calls) => {
     const kinds: RunEvent["kind"][] = [];
-    for await (const ev of session.run({ code: "print('ran')" })) kinds.push(ev.kind);
+    for await (const ev of session.run({ code: "print('ran')" })) {
+      // Output may come in several pieces.
+      if (ev.kind !== "stdout" || kinds.at(-1) !== "stdout") kinds.push(ev.kind);
+    }
     deepEqual(kinds, ["started", "started", "stdout", "exited"]);
     equal(calls(), 2);
   });
