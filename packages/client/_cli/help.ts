@@ -26,9 +26,10 @@ Commands:
            Print a shell completion script
 
 Options (also accepted after the command):
-  --remote URL     Connection string (default: $SPARK_REMOTE, else ${DEFAULT_REMOTE})
+  --remote URL     Connection string, several nodes as sc://H1:PORT,H2:PORT/;…
+                   (default: $VALISE_REMOTE, $SPARK_REMOTE, else ${DEFAULT_REMOTE})
   --session UUID   Use this session instead of the remembered one
-  --retries N      Attempts per call while the server is unavailable (default 5)
+  --retries N      Attempts per call while nodes are unavailable (default 5)
   --json           Print JSON lines on stdout, for scripts (see docs/cli.md)
   -q, --quiet      No progress or notices on stderr
   -h, --help       Show help (also: valise help COMMAND, valise COMMAND --help)
@@ -141,7 +142,7 @@ their working directory until they end; runs started later do not.
 Asks the server's standard health service (grpc.health.v1) whether it serves, and
 prints SERVING or NOT_SERVING (shutting down); the exit code is 0 only for SERVING.
 SERVICE is a service name such as valise.v1.WorkerService (default: the server). No
-token and no session are needed; one attempt unless --retries N.
+token and no session are needed; one attempt per node of --remote unless --retries N.
 `,
   release: `Usage: valise release
 
