@@ -50,6 +50,9 @@ Workers:
   --worker-ids FIRST:COUNT    host uids/gids for sessions' workers, one per session, when the
                               server runs as root; none = one uid, nobody (default 1900000000:1000000)
   --worker-stream-bytes SIZE  Apply output data per call (default 16G)
+  --apply-max-parallelism N   workers one Apply call may spread its batches over; a call
+                              asking for more gets N (default 4); in a cluster also the
+                              workers this node runs for other nodes' calls at once
 
 Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md):
   --cluster URL[,URL...]      join the cluster of these NATS servers (env VALISE_CLUSTER),
@@ -175,6 +178,7 @@ export function parseServeCommand(
         "worker-memory": { type: "string" },
         "worker-output-bytes": { type: "string" },
         "worker-stream-bytes": { type: "string" },
+        "apply-max-parallelism": { type: "string" },
         "metrics-port": { type: "string" },
         cluster: { type: "string" },
         "node-id": { type: "string" },
@@ -332,6 +336,11 @@ export function parseServeCommand(
       quotas,
       ...(workerIds !== undefined ? { workerIds } : {}),
       ...(cluster ? { cluster } : {}),
+      ...(v["apply-max-parallelism"] !== undefined
+        ? {
+          applyMaxParallelism: int(v["apply-max-parallelism"], "--apply-max-parallelism", 1, 64),
+        }
+        : {}),
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,

@@ -49,6 +49,7 @@ import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
+import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -124,6 +125,13 @@ export interface ValiseOptions {
    * @default {DEFAULT_WORKER_IDS when root}
    */
   workerIds?: { first: number; count: number } | "none" | undefined;
+  /**
+   * The most workers one Apply call may spread its batches over (`parallelism`); a call asking
+   * for more gets this many. In a cluster it is also the most workers this node runs for other
+   * nodes' calls at once.
+   * @default {4}
+   */
+  applyMaxParallelism?: number | undefined;
   /**
    * Join a cluster of Valise nodes on NATS JetStream: sessions and blobs are shared, any node
    * serves any session (see `docs/operations.md`).
@@ -315,6 +323,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   interceptors.push(cancelledInterceptor(shutdown.signal));
 
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+  const applyMaxParallelism = options.applyMaxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM;
   // The token is checked on the headers, before any body byte is read; each method reads at
   // most its own cap.
   const refused = (method: string, problem: string) => {
@@ -346,7 +355,15 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     registerService(
       router,
       WorkerService,
-      createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
+      createWorkerService({
+        store,
+        launcher,
+        limits,
+        metrics,
+        maxMessageBytes: readMaxBytes,
+        maxParallelism: applyMaxParallelism,
+        log,
+      }),
       door,
     );
     registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
