@@ -53,9 +53,16 @@ export interface RemoteLanes {
    * @param count The most lanes wanted.
    * @param session The session (its user and ids travel with the request).
    * @param task The function, form and declared schema.
+   * @param transport The call's transport (decided by its first worker here).
    * @param signal Aborted when the call ends: the lanes are closed.
    */
-  open(count: number, session: Session, task: ApplyTask, signal: AbortSignal): Promise<Lane[]>;
+  open(
+    count: number,
+    session: Session,
+    task: ApplyTask,
+    transport: Transport,
+    signal: AbortSignal,
+  ): Promise<Lane[]>;
 }
 
 /** What a parallel Apply needs. */
@@ -295,12 +302,13 @@ export async function* driveParallel(
     pumps.push(pump(st));
   }
 
-  function pick(): LaneState | undefined {
+  function pick(localOnly: boolean): LaneState | undefined {
     let best: LaneState | undefined;
     const n = lanes.length;
     for (let i = 0; i < n; i++) {
       const st = lanes[(rotate + i) % n]!;
       if (!st.ready || st.dead || st.ended || st.inflight.size >= UNITS_IN_FLIGHT) continue;
+      if (localOnly && st.lane.remote) continue;
       if (!best || st.inflight.size < best.inflight.size) best = st;
     }
     if (best) rotate = (lanes.indexOf(best) + 1) % n;
@@ -322,6 +330,20 @@ export async function* driveParallel(
   async function dispatch(): Promise<void> {
     first = await Promise.race([firstLocal, aborted]);
     if (!first) return;
+    if (ctx.remote) {
+      // Other nodes' workers, once this call's transport is known; the rest run here. The
+      // call goes on meanwhile with its first worker.
+      ctx.remote.open(parallelism - 1, session, job, first.transport, abort.signal).then(
+        (remote) => {
+          if (abort.signal.aborted) {
+            for (const l of remote) l.kill();
+            return;
+          }
+          for (const l of remote) addLane(l);
+          for (let i = remote.length; i < parallelism - 1; i++) addLane(local());
+        },
+      ).catch(fail);
+    }
     merger = new OutputMerger(first.transport, job.declared, job.declaredBytes, maxMessageBytes);
     const input = ipcBatchStreams(job.input, { maxMessageBytes })[Symbol.asyncIterator]();
     let inputDone = false;
@@ -329,6 +351,8 @@ export async function* driveParallel(
       for (;;) {
         if (abort.signal.aborted) return;
         let next = redo.shift();
+        // A lost node's units run here: another node could be lost the same way.
+        const localOnly = next !== undefined;
         if (!next && !inputDone) {
           let r;
           try {
@@ -356,7 +380,7 @@ export async function* driveParallel(
           continue;
         }
         let st;
-        while (!(st = pick())) {
+        while (!(st = pick(localOnly))) {
           if (abort.signal.aborted) return;
           await changed.wait();
         }
@@ -403,18 +427,7 @@ export async function* driveParallel(
   const finished = () => allSent && lanes.every((st) => st.dead || st.finished);
 
   addLane(local());
-  if (ctx.remote) {
-    ctx.remote.open(parallelism - 1, session, job, abort.signal).then((remote) => {
-      if (abort.signal.aborted) {
-        for (const l of remote) l.kill();
-        return;
-      }
-      for (const l of remote) addLane(l);
-      for (let i = remote.length; i < parallelism - 1; i++) addLane(local());
-    }).catch(fail);
-  } else {
-    for (let i = 1; i < parallelism; i++) addLane(local());
-  }
+  if (!ctx.remote) { for (let i = 1; i < parallelism; i++) addLane(local()); }
   const dispatching = dispatch().catch(fail);
   try {
     for (;;) {

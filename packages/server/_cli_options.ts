@@ -62,6 +62,8 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
                               3 in production)
   --cluster-creds-file PATH   NATS credentials: a .creds file, 'user:password' or a token
                               (env VALISE_CLUSTER_CREDS_FILE; never on the command line)
+  --apply-offer-wait-ms N     how long a parallel Apply waits for other nodes to offer
+                              workers before it runs the rest on this node (default 250)
 
 Operators:
   --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
@@ -184,6 +186,7 @@ export function parseServeCommand(
         "node-id": { type: "string" },
         "cluster-replicas": { type: "string" },
         "cluster-creds-file": { type: "string" },
+        "apply-offer-wait-ms": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -341,6 +344,9 @@ export function parseServeCommand(
           applyMaxParallelism: int(v["apply-max-parallelism"], "--apply-max-parallelism", 1, 64),
         }
         : {}),
+      ...(v["apply-offer-wait-ms"] !== undefined
+        ? { applyOfferWaitMs: int(v["apply-offer-wait-ms"], "--apply-offer-wait-ms", 0, 60_000) }
+        : {}),
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,
@@ -361,6 +367,7 @@ function clusterOf(
     "node-id"?: string | undefined;
     "cluster-replicas"?: string | undefined;
     "cluster-creds-file"?: string | undefined;
+    "apply-offer-wait-ms"?: string | undefined;
   },
   e: (k: string) => string | undefined,
   cwd: string,
@@ -368,7 +375,14 @@ function clusterOf(
   const urls = v.cluster ?? e("VALISE_CLUSTER");
   const creds = v["cluster-creds-file"] ?? e("VALISE_CLUSTER_CREDS_FILE");
   if (urls === undefined) {
-    for (const f of ["node-id", "cluster-replicas", "cluster-creds-file"] as const) {
+    for (
+      const f of [
+        "node-id",
+        "cluster-replicas",
+        "cluster-creds-file",
+        "apply-offer-wait-ms",
+      ] as const
+    ) {
       if (v[f] !== undefined) throw new UsageError(`--${f} needs --cluster`);
     }
     return undefined;

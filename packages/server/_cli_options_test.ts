@@ -212,7 +212,14 @@ Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad 
     [["--cluster", "nats://a:4222", "--cluster-replicas", "7"], /from 1 to 5/],
     [["--cluster", "nats://a:4222", "--node-id", "../x"], /not a node name/],
     [["--node-id", "v1"], /needs --cluster/],
+    [["--apply-offer-wait-ms", "100"], /--apply-offer-wait-ms needs --cluster/],
+    [["--cluster", "nats://a:4222", "--apply-offer-wait-ms", "-1"], /--apply-offer-wait-ms/],
   ];
+  equal(
+    parseServeCommand(["--cluster", "nats://a:4222", "--apply-offer-wait-ms", "5000"], noEnv, "/x")
+      .options.applyOfferWaitMs,
+    5000,
+  );
   for (const [args, why] of bad) {
     throws(() => parseServeCommand(args, noEnv, "/x"), (e) => {
       equal(e instanceof UsageError, true);

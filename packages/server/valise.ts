@@ -24,6 +24,8 @@ import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session
 import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
+import { ApplyServer } from "./cluster/apply_serve.ts";
+import { ClusterLanes } from "./cluster/apply_remote.ts";
 import { observingInterceptor } from "./_interceptors.ts";
 import { cancelledInterceptor } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
@@ -132,6 +134,12 @@ export interface ValiseOptions {
    * @default {4}
    */
   applyMaxParallelism?: number | undefined;
+  /**
+   * In a cluster, how long a parallel Apply waits for other nodes to volunteer workers before
+   * it runs the rest of its workers on this node (it runs on its first worker meanwhile).
+   * @default {250}
+   */
+  applyOfferWaitMs?: number | undefined;
   /**
    * Join a cluster of Valise nodes on NATS JetStream: sessions and blobs are shared, any node
    * serves any session (see `docs/operations.md`).
@@ -304,6 +312,35 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   }
   const metrics = new Metrics();
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
+  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+  const applyMaxParallelism = options.applyMaxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM;
+  // In a cluster, parallel Apply calls take workers on other nodes, and this node runs
+  // workers for theirs (docs/architecture.md, "Parallel Apply across nodes").
+  let applyServer: ApplyServer | undefined;
+  let remoteLanes: ClusterLanes | undefined;
+  if (registry && options.cluster) {
+    const nodeId = options.cluster.nodeId;
+    const clusterLog = (line: string) => log?.(line);
+    applyServer = new ApplyServer({
+      nc: registry.connection,
+      nodeId,
+      store,
+      launcher,
+      limits,
+      maxLanes: applyMaxParallelism,
+      maxMessageBytes: readMaxBytes,
+      metrics,
+      log: clusterLog,
+    });
+    applyServer.start();
+    remoteLanes = new ClusterLanes({
+      nc: registry.connection,
+      nodeId,
+      maxMessageBytes: readMaxBytes,
+      log: clusterLog,
+      offerWaitMs: options.applyOfferWaitMs,
+    });
+  }
   // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
   const proofs = new BlobProofs();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
@@ -322,8 +359,6 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // Innermost: the log and the metrics see a cancelled call as cancelled.
   interceptors.push(cancelledInterceptor(shutdown.signal));
 
-  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
-  const applyMaxParallelism = options.applyMaxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM;
   // The token is checked on the headers, before any body byte is read; each method reads at
   // most its own cap.
   const refused = (method: string, problem: string) => {
@@ -362,6 +397,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         metrics,
         maxMessageBytes: readMaxBytes,
         maxParallelism: applyMaxParallelism,
+        remote: remoteLanes,
         log,
       }),
       door,
@@ -433,6 +469,8 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     async close() {
       clearInterval(timer);
       shutdown.abort();
+      // Other nodes' workers first: their callers then run those units themselves.
+      await applyServer?.close();
       await launcher.close();
       await store.close();
       await registry?.close();
