@@ -45,6 +45,8 @@ const OUTBOX_BYTES = 2 * 2 ** 20;
 export const CHUNK_BYTES = 512 * 1024;
 /** Units in hand at once: the caller hands at most {@linkcode UNITS_IN_FLIGHT}. */
 const MAX_IN_HAND = UNITS_IN_FLIGHT + 1;
+/** What one item's entry in a reply's header may take (a mark's counts, an out's lengths). */
+const ITEM_HEADER_BYTES = 160;
 /** The longest user id accepted (Spark's are short; this only bounds what a message holds). */
 const MAX_USER_CHARS = 4096;
 
@@ -212,14 +214,18 @@ class ServedLane {
     const items: Record<string, unknown>[] = [];
     const body: Uint8Array[] = [];
     let bytes = 0;
+    // Each item's header counts too: a reply stays under NATS's message limit however small
+    // the items are.
     while (this.#outbox.length && (items.length === 0 || bytes < max)) {
       const item = this.#outbox[0]!;
+      bytes += ITEM_HEADER_BYTES;
       if (item.kind === "mark") {
         items.push({ k: "mark", seq: item.seq, ...item.stats });
         this.#outbox.shift();
         this.#outBytes -= 64;
         continue;
       }
+      if (max - bytes <= 0 && items.length) break;
       const take = Math.min(item.data.length - this.#cursor, Math.max(1, max - bytes));
       const part = item.data.subarray(this.#cursor, this.#cursor + take);
       this.#cursor += take;
