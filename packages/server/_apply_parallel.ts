@@ -477,6 +477,3 @@ export async function* driveParallel(
     await Promise.allSettled(pumps);
   }
 }
-
-/** The transport type, re-exported for the cluster's lanes. */
-export type { Transport };
