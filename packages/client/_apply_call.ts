@@ -84,6 +84,8 @@ export function applyBatches(
               batchesOut: Number(m.value.batchesOut),
               transport: m.value.transport,
               interpreter: m.value.interpreter,
+              // A server older than parallel Apply says nothing: it used one worker.
+              parallelism: Math.max(1, m.value.parallelism),
               stderr: "",
             };
             break;
@@ -179,6 +181,10 @@ function applyStart(core: SessionCore, fn: ApplyFunction, options: ApplyOptions)
   if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 0xffffffff) {
     throw new RangeError(`Cannot apply: timeoutMs ${timeoutMs} is not a non-negative integer`);
   }
+  const parallelism = options.parallelism ?? 1;
+  if (!Number.isInteger(parallelism) || parallelism < 1 || parallelism > 0xffffffff) {
+    throw new RangeError(`Cannot apply: parallelism ${parallelism} is not a positive integer`);
+  }
   return {
     sessionId: core.sessionId,
     userContext: core.userContext,
@@ -189,6 +195,7 @@ function applyStart(core: SessionCore, fn: ApplyFunction, options: ApplyOptions)
       ? tableToIPC(new Table(options.outputSchema), "stream")
       : new Uint8Array(),
     timeoutMs,
+    parallelism,
   };
 }
 

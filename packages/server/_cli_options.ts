@@ -51,6 +51,9 @@ Workers:
   --worker-ids FIRST:COUNT    host uids/gids for sessions' workers, one per session, when the
                               server runs as root; none = one uid, nobody (default 1900000000:1000000)
   --worker-stream-bytes SIZE  Apply output data per call (default 16G)
+  --apply-max-parallelism N   workers one Apply call may spread its batches over; a call
+                              asking for more gets N (default 4); in a cluster also the
+                              workers this node runs for other nodes' calls at once
 
 Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md):
   --cluster URL[,URL...]      join the cluster of these NATS servers (env VALISE_CLUSTER),
@@ -65,6 +68,8 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
   --cluster-gc-grace DURATION objects of the cluster's object store no session refers to
                               are deleted once older than this, e.g. 30m, 24h, 7d
                               (default 24h)
+  --apply-offer-wait-ms N     how long a parallel Apply waits for other nodes to offer
+                              workers before it runs the rest on this node (default 250)
 
 Operators:
   --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
@@ -181,6 +186,7 @@ export function parseServeCommand(
         "worker-memory": { type: "string" },
         "worker-output-bytes": { type: "string" },
         "worker-stream-bytes": { type: "string" },
+        "apply-max-parallelism": { type: "string" },
         "metrics-port": { type: "string" },
         cluster: { type: "string" },
         "node-id": { type: "string" },
@@ -188,6 +194,7 @@ export function parseServeCommand(
         "cluster-creds-file": { type: "string" },
         "cluster-heartbeat": { type: "string" },
         "cluster-gc-grace": { type: "string" },
+        "apply-offer-wait-ms": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -340,6 +347,14 @@ export function parseServeCommand(
       quotas,
       ...(workerIds !== undefined ? { workerIds } : {}),
       ...(cluster ? { cluster } : {}),
+      ...(v["apply-max-parallelism"] !== undefined
+        ? {
+          applyMaxParallelism: int(v["apply-max-parallelism"], "--apply-max-parallelism", 1, 64),
+        }
+        : {}),
+      ...(v["apply-offer-wait-ms"] !== undefined
+        ? { applyOfferWaitMs: int(v["apply-offer-wait-ms"], "--apply-offer-wait-ms", 0, 60_000) }
+        : {}),
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,
@@ -380,6 +395,7 @@ function clusterOf(
     "cluster-creds-file"?: string | undefined;
     "cluster-heartbeat"?: string | undefined;
     "cluster-gc-grace"?: string | undefined;
+    "apply-offer-wait-ms"?: string | undefined;
   },
   e: (k: string) => string | undefined,
   cwd: string,
@@ -394,6 +410,7 @@ function clusterOf(
         "cluster-creds-file",
         "cluster-heartbeat",
         "cluster-gc-grace",
+        "apply-offer-wait-ms",
       ] as const
     ) {
       if (v[f] !== undefined) throw new UsageError(`--${f} needs --cluster`);

@@ -26,6 +26,8 @@ import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
 import { type ClusterView, DEFAULT_HEARTBEAT_MS, Membership } from "./cluster/membership.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
+import { ApplyServer } from "./cluster/apply_serve.ts";
+import { ClusterLanes } from "./cluster/apply_remote.ts";
 import { observingInterceptor } from "./_interceptors.ts";
 import { cancelledInterceptor, peerResetValues } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
@@ -52,6 +54,7 @@ import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 import meta from "./deno.json" with { type: "json" };
+import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -127,6 +130,19 @@ export interface ValiseOptions {
    * @default {DEFAULT_WORKER_IDS when root}
    */
   workerIds?: { first: number; count: number } | "none" | undefined;
+  /**
+   * The most workers one Apply call may spread its batches over (`parallelism`); a call asking
+   * for more gets this many. In a cluster it is also the most workers this node runs for other
+   * nodes' calls at once.
+   * @default {4}
+   */
+  applyMaxParallelism?: number | undefined;
+  /**
+   * In a cluster, how long a parallel Apply waits for other nodes to volunteer workers before
+   * it runs the rest of its workers on this node (it runs on its first worker meanwhile).
+   * @default {250}
+   */
+  applyOfferWaitMs?: number | undefined;
   /**
    * Join a cluster of Valise nodes on NATS JetStream: sessions and blobs are shared, any node
    * serves any session (see `docs/operations.md`).
@@ -359,6 +375,35 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     await registry?.close();
     throw e;
   }
+  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+  const applyMaxParallelism = options.applyMaxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM;
+  // In a cluster, parallel Apply calls take workers on other nodes, and this node runs
+  // workers for theirs (docs/architecture.md, "Parallel Apply across nodes").
+  let applyServer: ApplyServer | undefined;
+  let remoteLanes: ClusterLanes | undefined;
+  if (registry && options.cluster) {
+    const nodeId = options.cluster.nodeId;
+    const clusterLog = (line: string) => log?.(line);
+    applyServer = new ApplyServer({
+      nc: registry.connection,
+      nodeId,
+      store,
+      launcher,
+      limits,
+      maxLanes: applyMaxParallelism,
+      maxMessageBytes: readMaxBytes,
+      metrics,
+      log: clusterLog,
+    });
+    applyServer.start();
+    remoteLanes = new ClusterLanes({
+      nc: registry.connection,
+      nodeId,
+      maxMessageBytes: readMaxBytes,
+      log: clusterLog,
+      offerWaitMs: options.applyOfferWaitMs,
+    });
+  }
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
   const adminTokens = options.adminTokens?.length ? new TokenSet(options.adminTokens) : undefined;
@@ -375,7 +420,6 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // Innermost: the log and the metrics see a cancelled call as cancelled.
   interceptors.push(cancelledInterceptor(shutdown.signal));
 
-  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
   // The token is checked on the headers, before any body byte is read; each method reads at
   // most its own cap.
   const refused = (method: string, problem: string) => {
@@ -407,7 +451,16 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     registerService(
       router,
       WorkerService,
-      createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
+      createWorkerService({
+        store,
+        launcher,
+        limits,
+        metrics,
+        maxMessageBytes: readMaxBytes,
+        maxParallelism: applyMaxParallelism,
+        remote: remoteLanes,
+        log,
+      }),
       door,
     );
     registerService(
@@ -497,6 +550,8 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       // First: the other nodes see this one leave at once, not a TTL later.
       await membership?.leave();
       shutdown.abort();
+      // Other nodes' workers first: their callers then run those units themselves.
+      await applyServer?.close();
       await launcher.close();
       await store.close();
       await registry?.close();
