@@ -8,7 +8,7 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
-import type { Launcher, RunExitedEvent, SessionLimits } from "@valise/launcher";
+import type { Launcher, RunExitedEvent, SessionLimits, SessionSpec } from "@valise/launcher";
 import {
   ApplyForm,
   type ApplyRequest,
@@ -40,7 +40,7 @@ import {
 import { type ApplyErrorClass, isServerErrorCode, ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 
 /** Apply's own failures: a {@linkcode ServerError} of an `APPLY_*` class. */
 function applyFailure(
@@ -247,6 +247,11 @@ export interface ApplyContext {
    * @default {DRIVER_FRAME_BYTES}
    */
   readonly maxMessageBytes?: number | undefined;
+  /**
+   * The server's pip layers, applied before the driver starts.
+   * @default {undefined} none
+   */
+  readonly pip?: LayerSource | undefined;
 }
 
 /** The Apply method of `valise.v1.WorkerService`. */
@@ -286,6 +291,9 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       const start = first.value.request.value;
       const session = await bindSession(ctx.store, start);
       release = session.hold();
+      const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+      const held = release;
+      release = () => (prepared.release(), held());
       const fn = functionOf(start);
       const form = FORMS[start.form];
       if (form === undefined) {
@@ -305,7 +313,7 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
         );
       }
       for await (
-        const r of drive(ctx, session, {
+        const r of drive(ctx, prepared.spec, {
           fn,
           form,
           declared,
@@ -351,7 +359,7 @@ interface Job {
 
 async function* drive(
   ctx: ApplyContext,
-  session: Session,
+  spec: SessionSpec,
   job: Job,
 ): AsyncGenerator<ApplyResponse, void, undefined> {
   let resolveHello!: (h: Hello | undefined) => void;
@@ -405,7 +413,6 @@ async function* drive(
   let exited: RunExitedEvent | undefined;
   let interpreter = "";
   let stderrTail = "";
-  const spec = sessionSpec(session, ctx.limits);
   try {
     for await (
       const ev of ctx.launcher.run(spec, {

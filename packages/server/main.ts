@@ -67,6 +67,7 @@ log(
     `sessions may choose it, interpreters inside their own directory` +
     (allowed.length ? ` and ${allowed.join(", ")}` : " (--allow-interpreter adds host ones)"),
 );
+if (server.valise.pip) log(await server.valise.pip.describe());
 const adminTokens = cmd.options.adminTokens;
 const status = adminTokens?.length
   ? new StatusPage(server.valise, { tokens: adminTokens })

@@ -50,6 +50,7 @@ import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
+import { PipLayers, type PipOptions } from "./pip_layers.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -131,6 +132,12 @@ export interface ValiseOptions {
    * @default {undefined} a single node
    */
   cluster?: ClusterOptions | undefined;
+  /**
+   * How sessions' `pip install`s are built (installer, indexes, offline, sdists); `false`
+   * turns them off (a session with a requirement set then fails its runs).
+   * @default {{}} uv (or pip) from PyPI, wheels only
+   */
+  pip?: PipOptions | false | undefined;
 }
 
 /** How a node joins a cluster (`--cluster`). */
@@ -178,6 +185,8 @@ export interface Valise {
   readonly launcher: Launcher;
   /** Counters, for `/metrics`. */
   readonly metrics: Metrics;
+  /** Sessions' pip layers, when installs are on. */
+  readonly pip: PipLayers | undefined;
   /** The most recent failed calls, for operators. */
   readonly recentErrors: RecentErrors;
   /** The admin tokens, when the admin API is on. */
@@ -296,6 +305,14 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     );
   }
   const metrics = new Metrics();
+  const pip = options.pip === false ? undefined : new PipLayers({
+    store,
+    launcher,
+    limits,
+    log: (line) => (log ?? console.error)(line),
+    minFreeBytes: options.quotas?.minFreeBytes,
+  }, options.pip ?? {});
+  if (pip) metrics.pip = () => pip.stats;
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
   // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
   const proofs = new BlobProofs();
@@ -347,7 +364,14 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     registerService(
       router,
       WorkerService,
-      createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
+      createWorkerService({
+        store,
+        launcher,
+        limits,
+        metrics,
+        maxMessageBytes: readMaxBytes,
+        pip,
+      }),
       door,
     );
     registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
@@ -401,6 +425,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store,
     launcher,
     metrics,
+    pip,
     recentErrors,
     adminTokens,
     status: () => collectStatus({ store, launcher, recentErrors }),
@@ -419,6 +444,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       clearInterval(timer);
       shutdown.abort();
       await launcher.close();
+      await pip?.close();
       await store.close();
       await registry?.close();
     },

@@ -6,7 +6,7 @@ import type { SessionStore } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 import { createApplyHandler } from "./_apply_service.ts";
 import { createRunInteractiveHandler } from "./_run_interactive.ts";
 import { runSpecOf, toRunEvent } from "./_run_request.ts";
@@ -17,8 +17,8 @@ import { runSpecOf, toRunEvent } from "./_run_request.ts";
  * `RunInteractive` with stdin streamed from the client), and applies Python functions to Arrow
  * record batches there (`Apply`, see `apply_service.ts`). Cancelling the call kills the worker.
  *
- * @param ctx The session store, the launcher, the limits, and the largest message (Apply's input
- * messages and output batches).
+ * @param ctx The session store, the launcher, the limits, the largest message (Apply's input
+ * messages and output batches), and the server's pip layers (applied before each run).
  * @returns The service implementation.
  */
 export function createWorkerService(
@@ -28,6 +28,7 @@ export function createWorkerService(
     readonly limits: SessionLimits;
     readonly metrics?: Metrics;
     readonly maxMessageBytes?: number;
+    readonly pip?: LayerSource | undefined;
   },
 ): ServiceImpl<typeof WorkerService> {
   const { store, launcher } = ctx;
@@ -42,7 +43,10 @@ export function createWorkerService(
         const session = await bindSession(store, req);
         done = session.hold();
         const spec = { ...runSpecOf(req), stdin: req.stdin };
-        for await (const ev of launcher.run(sessionSpec(session, ctx.limits), spec, call.signal)) {
+        const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+        const held = done;
+        done = () => (prepared.release(), held());
+        for await (const ev of launcher.run(prepared.spec, spec, call.signal)) {
           if (ev.kind === "exited") {
             outcome = ev.timedOut ? "timeout" : call.signal.aborted ? "cancelled" : "ok";
           }
