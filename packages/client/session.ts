@@ -21,6 +21,7 @@ import { checkHealth } from "./_health.ts";
 import { integrity, SessionCore } from "./_core.ts";
 import { collectRun, runEvents } from "./_run.ts";
 import { Uploader } from "./_upload.ts";
+import { SessionPip } from "./pip.ts";
 
 /**
  * One Spark Connect session on a Valise server: artifacts, config, runs. Create it with
@@ -39,6 +40,11 @@ export class Session extends EventTarget {
   readonly conf: RuntimeConfig;
   /** The URL calls go to: `https://…` when the connection string says `use_ssl=true`. */
   readonly endpoint: string;
+  /**
+   * The session's packages: `pip.install(["requests==2.32.3"])`, `pip.list()`,
+   * `pip.uninstall("requests")`, into a layer its workers see on `sys.path`.
+   */
+  readonly pip: SessionPip;
   #core: SessionCore;
   #uploads: Uploader;
 
@@ -57,6 +63,7 @@ export class Session extends EventTarget {
     this.userId = this.#core.userId;
     this.endpoint = this.#core.endpoint;
     this.conf = new RuntimeConfig((op) => this.#config(op));
+    this.pip = new SessionPip(this.#core, (paths, options) => this.addArtifacts(paths, options));
   }
 
   /** The server's id for this session, once a response has carried it. */

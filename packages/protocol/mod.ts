@@ -178,6 +178,22 @@ export {
   SessionService,
 } from "./gen/valise/v1/session_pb.ts";
 export {
+  file_valise_v1_pip,
+  type PipDistribution,
+  PipDistributionSchema,
+  type PipEvent,
+  PipEventSchema,
+  type PipInstallRequest,
+  PipInstallRequestSchema,
+  type PipListRequest,
+  PipListRequestSchema,
+  PipService,
+  type PipState,
+  PipStateSchema,
+  type PipUninstallRequest,
+  PipUninstallRequestSchema,
+} from "./gen/valise/v1/pip_pb.ts";
+export {
   AdminService,
   file_valise_v1_admin,
   type ListSessionsRequest,

@@ -16,6 +16,7 @@ import {
   AdminService,
   assertCrc32Works,
   Health,
+  PipService,
   SessionService,
   SparkConnectService,
   StoreService,
@@ -51,6 +52,7 @@ import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 import { PipLayers, type PipOptions } from "./pip_layers.ts";
+import { createPipService } from "./pip_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -374,6 +376,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       }),
       door,
     );
+    registerService(router, PipService, createPipService({ store, pip }), door);
     registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
     registerService(router, Health, createHealthService(shutdown.signal), door);
   };
