@@ -311,7 +311,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store,
     launcher,
     limits,
-    log: (line) => (log ?? console.error)(line),
+    log,
     minFreeBytes: options.quotas?.minFreeBytes,
   }, options.pip ?? {});
   if (pip) metrics.pip = () => pip.stats;
