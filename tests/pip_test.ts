@@ -45,7 +45,12 @@ async function withServer(args: string[], fn: (ctx: Ctx) => Promise<void>): Prom
   const dataDir = join(tmp, "data");
   const server = await startServer({
     dataDir,
-    args: ["--pip-installer", venvBin("uv"), "--metrics-port", "0", ...args],
+    args: [
+      ...(args.includes("--pip-installer") ? [] : ["--pip-installer", venvBin("uv")]),
+      "--metrics-port",
+      "0",
+      ...args,
+    ],
   });
   try {
     const url = (await server.waitForLog(/metrics on http:\/\/\S+/)).match(/http:\/\/\S+/)![0];
@@ -436,6 +441,114 @@ Deno.test(
         s.pip.install(["six==1.16.0"], { indexUrl: "https://pypi.org/simple" }),
         (e) => errorClassOf(e) === "PIP_INVALID_REQUEST",
       );
+      // Another session's wheel of the same name and version, other bytes: a layer of its own
+      // (the key holds each wheel's sha256); neither sees the other's.
+      const forged = await makeWheel(join(tmp, "forged"), {
+        name: "mylib",
+        version: "1.0",
+        modules: { mylib: 'VERSION = "forged"\n' },
+      });
+      await using m = connect(remote("mallory"));
+      const rm = await m.pip.install([forged]);
+      notEqual(rm.layer, r.layer);
+      equal(rm.reused, false);
+      equal(await run(m, "import mylib; print(mylib.VERSION)"), "forged");
+      equal(await run(s, "import mylib; print(mylib.VERSION)"), "1.0");
+    });
+  },
+);
+
+Deno.test(
+  needsVenv(
+    "pip: with a Python for installer (--pip-installer /usr/bin/python3: pip, not uv), installs go through the same sandbox and proxy",
+  ),
+  async () => {
+    await withServer(
+      ["--pip-installer", "/usr/bin/python3", "--python", "/usr/bin/python3"],
+      async ({ server, remote }) => {
+        await server.waitForLog(/pip installs with pip \d/);
+        await using s = connect(remote("ada"));
+        const lines: string[] = [];
+        const r = await s.pip.install(["six==1.16.0"], { onProgress: (l) => lines.push(l) });
+        deepEqual(r.distributions, [{ name: "six", version: "1.16.0" }]);
+        ok(lines.some((l) => /Successfully installed six-1\.16\.0/.test(l)), lines.join("\n"));
+        equal(
+          await run(s, "import six, os, sys; print(six.__version__, '/layers/' in six.__file__)"),
+          "1.16.0 True",
+        );
+      },
+    );
+  },
+);
+
+Deno.test(
+  needsVenv(
+    "pip: a build past --pip-timeout is killed; it leaves no layer and nothing half-built, and says why",
+  ),
+  async () => {
+    await withServer(["--pip-timeout", "5"], async ({ tmp, dataDir, remote, metrics }) => {
+      // An environment whose interpreter hangs when a build (not a probe, not a run) starts it.
+      const slow = await makeVenvPack(join(tmp, "fx"), {
+        name: "slow",
+        packages: {
+          valise_slow: "import os, time\n" +
+            "if os.path.isdir(os.path.join(os.getcwd(), 'cache')):\n    time.sleep(600)\n",
+        },
+        pthFiles: { "valise_slow.pth": "import valise_slow\n" },
+      });
+      await using s = connect(remote("ada"));
+      await s.addArtifacts(`${slow.archive}#environment`, { archive: true });
+      await s.conf.set("spark.sql.execution.pyspark.python", "environment/bin/python");
+      let err: unknown;
+      try {
+        await s.pip.install(["six==1.16.0"]);
+      } catch (e) {
+        err = e;
+      }
+      ok(err instanceof ValiseClientError, String(err));
+      equal(err.errorClass, "PIP_INSTALL_FAILED");
+      equal(err.reason, "TIMEOUT");
+      match(err.message, /timed out after 5000 ms \(--pip-timeout\)/);
+      deepEqual(await layersOnDisk(dataDir), []);
+      equal((await metrics()).valise_pip_layer_build_failures_total, 1);
+      deepEqual((await s.pip.list()).requirements, []);
+      // The session still runs (its interpreter is fine outside a build).
+      equal(await run(s, "print('alive')"), "alive");
+    });
+  },
+);
+
+Deno.test(
+  needsVenv(
+    "pip (attack): an interpreter the session's workers wrote into its directory gets no layer (its place is not one others could share)",
+  ),
+  async () => {
+    await withServer(["--python", "/usr/bin/python3"], async ({ dataDir, remote, metrics }) => {
+      await using s = connect(remote("mallory"));
+      equal(
+        await run(
+          s,
+          "import os; os.makedirs('myenv/bin'); os.symlink('/usr/bin/python3', 'myenv/bin/python')" +
+            "; print('made')",
+        ),
+        "made",
+      );
+      await s.conf.set("spark.sql.execution.pyspark.python", "myenv/bin/python");
+      // Runs use it (it leads to the system's interpreter) ...
+      equal(await run(s, "import sys; print(sys.version_info[0])"), "3");
+      // ... but no layer is built for it.
+      let err: unknown;
+      try {
+        await s.pip.install(["six==1.16.0"]);
+      } catch (e) {
+        err = e;
+      }
+      ok(err instanceof ValiseClientError, String(err));
+      equal(err.errorClass, "PIP_INSTALL_FAILED");
+      equal(err.reason, "INTERPRETER");
+      match(err.message, /archives the session added/);
+      equal((await metrics()).valise_pip_layer_builds_total, 0);
+      deepEqual(await layersOnDisk(dataDir), []);
     });
   },
 );

@@ -529,9 +529,12 @@ export class PipLayers {
     override: { indexUrl?: string; extraIndexUrls?: readonly string[] },
   ): Promise<Plan> {
     const index = this.#indexOf(session, override, true);
-    const installer = await this.#findInstaller();
     const target = await this.#target(session);
-    const identity = await this.#identity(target);
+    // Both are asked once per server (and interpreter); the first install waits for both.
+    const [installer, identity] = await Promise.all([
+      this.#findInstaller(),
+      this.#identity(target),
+    ]);
     const wheels = this.#wheels(session);
     const hosts = new Set(this.#allowHosts);
     if (index) {

@@ -21,7 +21,7 @@ const HEAD_TIMEOUT_MS = 30_000;
 /** Options of {@linkcode PipProxy}. */
 export interface PipProxyOptions {
   /**
-   * Where the sockets are made (a directory only the server can enter).
+   * Where the sockets are made (a directory only the server can list).
    * @default {a temporary directory, removed by close()}
    */
   dir?: string;
@@ -67,7 +67,6 @@ export class PipProxy {
   #ownsDir: boolean;
   #options: PipProxyOptions;
   #grants = new Set<ProxyGrant>();
-  #seq = 0;
 
   /** @param options Where sockets go, connection limit, refusal callback. */
   constructor(options: PipProxyOptions = {}) {
@@ -86,8 +85,10 @@ export class PipProxy {
     if (this.#dir === undefined) {
       this.#dir = await Deno.makeTempDir({ prefix: "valise-pip-proxy-" });
     }
-    await Deno.chmod(this.#dir, 0o700);
-    const path = join(this.#dir, `p${++this.#seq}.sock`);
+    // Traversable, not listable: an unsandboxed build's uid reaches its socket by a name it is
+    // given and cannot guess another build's. (A sandbox gets its socket by a bind.)
+    await Deno.chmod(this.#dir, 0o711);
+    const path = join(this.#dir, `p-${crypto.randomUUID()}.sock`);
     await Deno.remove(path).catch(() => {});
     const hosts = new Set([...allowed].map((h) => h.toLowerCase()));
     const sockets = new Set<net.Socket>();
@@ -166,8 +167,8 @@ export class PipProxy {
       server.once("error", reject);
       server.listen(path, () => resolve());
     });
-    // The sandbox's worker runs as another uid: it may connect (the directory on the host stays
-    // closed to every other user; inside the sandbox only this socket is bound).
+    // The build runs as another uid: it may connect (on the host, only by this name; inside a
+    // sandbox only this socket is bound).
     await Deno.chmod(path, 0o666);
     const grant: ProxyGrant = {
       path,

@@ -6,7 +6,8 @@
  * @module
  */
 import type { SessionLimits, SessionSpec } from "@valise/launcher";
-import type { Session } from "@valise/session-store";
+import { PIP_REQUIREMENTS_KEY, type Session } from "@valise/session-store";
+import { ServerError } from "./errors.ts";
 
 /**
  * Config keys a session may use to lower (never raise) the server's worker limits for itself.
@@ -79,6 +80,15 @@ export async function preparedSpec(
   serverLimits: SessionLimits,
   pip: LayerSource | undefined,
 ): Promise<{ spec: SessionSpec; release: () => void }> {
+  if (!pip && (session.config.value(PIP_REQUIREMENTS_KEY) ?? "").trim() !== "") {
+    // Running without the packages the session asked for would fail later, less clearly.
+    throw new ServerError(
+      "PIP_INSTALL_FAILED",
+      `Cannot run with the session's requirements (${PIP_REQUIREMENTS_KEY}): this server does ` +
+        "not install packages for sessions. Unset the key, or use a server that installs them.",
+      { reason: "DISABLED" },
+    );
+  }
   const prepared = pip ? await pip.prepare(session) : { layers: [], release: () => {} };
   return { spec: sessionSpec(session, serverLimits, prepared.layers), release: prepared.release };
 }

@@ -136,7 +136,8 @@ export interface ValiseOptions {
   cluster?: ClusterOptions | undefined;
   /**
    * How sessions' `pip install`s are built (installer, indexes, offline, sdists); `false`
-   * turns them off (a session with a requirement set then fails its runs).
+   * turns them off (a session with a requirement set then fails its runs with
+   * `PIP_INSTALL_FAILED`).
    * @default {{}} uv (or pip) from PyPI, wheels only
    */
   pip?: PipOptions | false | undefined;
