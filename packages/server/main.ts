@@ -67,7 +67,6 @@ log(
     `sessions may choose it, interpreters inside their own directory` +
     (allowed.length ? ` and ${allowed.join(", ")}` : " (--allow-interpreter adds host ones)"),
 );
-if (server.valise.pip) log(await server.valise.pip.describe());
 const adminTokens = cmd.options.adminTokens;
 const status = adminTokens?.length
   ? new StatusPage(server.valise, { tokens: adminTokens })
@@ -103,6 +102,10 @@ const stop = async (signal: string) => {
 };
 Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
 Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+// Asks the installer its version: not waited for, so a stop signal is handled meanwhile.
+server.valise.pip?.describe().then((line) => {
+  if (!stopping) log(line);
+});
 
 function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
