@@ -20,9 +20,8 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { statfsSync } from "node:fs";
-import { basename, join, relative } from "node:path";
-import { type Launcher, pythonStub, type SessionLimits } from "@valise/launcher";
+import { basename, join } from "node:path";
+import type { Launcher, SessionLimits } from "@valise/launcher";
 import {
   formatRequirements,
   mergeRequirements,
@@ -44,39 +43,24 @@ import {
   splitIndexUrls,
   type TreeInfo,
 } from "@valise/session-store";
-import DRIVER_TEXT from "./pip_driver.py" with { type: "text" };
 import { ServerError } from "./errors.ts";
 import { hostPort, PipProxy } from "./pip_proxy.ts";
-import { sessionSpec } from "./session_spec.ts";
+import {
+  distributionsIn,
+  ERROR_TAIL,
+  findInstaller,
+  type Installer,
+  measure,
+  type Plan,
+  runInstaller,
+} from "./_pip_build.ts";
+import { interpreterTarget, probeInterpreter, type Target } from "./_pip_target.ts";
 
 /** The index sessions install from when the server names none. */
 export const DEFAULT_INDEX_URL = "https://pypi.org/simple";
 
 /** Where PyPI's simple index sends downloads. */
 const PYPI_FILES_HOST = "files.pythonhosted.org:443";
-
-/** Most characters of the installer's output an error message carries (its end). */
-const ERROR_TAIL = 1500;
-
-const DRIVER_STUB = pythonStub(DRIVER_TEXT, "@valise/server/pip_driver.py", {});
-
-/** What the server asks an interpreter about itself (stdlib only, Python 3.8+). */
-const PROBE = `
-import json, os, platform, sys, sysconfig
-print(json.dumps({
-    "executable": os.path.realpath(sys.executable),
-    "version": platform.python_version(),
-    "implementation": sys.implementation.name,
-    "cacheTag": str(sys.implementation.cache_tag),
-    "platform": sysconfig.get_platform(),
-    "soabi": str(sysconfig.get_config_var("SOABI") or ""),
-    "abiflags": str(getattr(sys, "abiflags", "")),
-    "machine": platform.machine(),
-    "system": platform.system(),
-    "libc": "-".join(platform.libc_ver()),
-    "maxsize": str(sys.maxsize),
-}))
-`;
 
 /** How a server installs packages for sessions (its `--pip-*` flags). */
 export interface PipOptions {
@@ -162,42 +146,6 @@ export interface PipStats {
   buildSeconds: number;
   /** Requests the proxy refused. */
   proxyRefusals: number;
-}
-
-/** Where a session's interpreter is, as the server established it. */
-interface Target {
-  /** Identity of the place: `host:<realpath>:<ino>:<size>:<mtime>` or `tree:<key>/<path>`. */
-  canonical: string;
-  /** The interpreter the installer targets, by a path valid in the sandbox. */
-  python: string;
-  /** Trees to bind (the archive the interpreter lives in). */
-  trees: string[];
-  /** How a probe's sandbox names it: an absolute trusted path, or `env/<path>`. */
-  probeInterpreter: string;
-  /** The tree `env` links to in a probe's root. */
-  probeLink: string | undefined;
-  /** For messages: the interpreter as the session names it. */
-  display: string;
-}
-
-/** The installer, found once. */
-interface Installer {
-  kind: "uv" | "pip";
-  /** The program (uv), or the interpreter running pip. */
-  path: string;
-  /** Its version line. */
-  version: string;
-}
-
-/** Everything a layer is built from, and its key. */
-interface Plan {
-  key: string;
-  requirements: Requirement[];
-  target: Target;
-  wheels: { file: string; sha256: string; blob: string }[];
-  index: { url: string; extras: string[] } | undefined;
-  hosts: string[];
-  installer: Installer;
 }
 
 /** A session's pip layers: built, shared, listed, dropped. */
@@ -529,7 +477,11 @@ export class PipLayers {
     override: { indexUrl?: string; extraIndexUrls?: readonly string[] },
   ): Promise<Plan> {
     const index = this.#indexOf(session, override, true);
-    const target = await this.#target(session);
+    const target = await interpreterTarget(session, {
+      store: this.#store,
+      launcher: this.#launcher,
+      limits: this.#limits,
+    });
     // Both are asked once per server (and interpreter); the first install waits for both.
     const [installer, identity] = await Promise.all([
       this.#findInstaller(),
@@ -625,49 +577,6 @@ export class PipLayers {
     return [...byFile.values()].sort((a, b) => (a.file < b.file ? -1 : 1));
   }
 
-  /** Where the session's interpreter is, by facts the server established. */
-  async #target(session: Session): Promise<Target> {
-    const spec = sessionSpec(session, this.#limits);
-    const i = await this.#launcher.interpreterOf(spec);
-    const display = session.interpreter() || i.path;
-    if (i.trusted) {
-      const real = await Deno.realPath(i.exe);
-      const st = await Deno.stat(real);
-      return {
-        canonical: `host:${real}:${st.ino}:${st.size}:${st.mtime?.getTime() ?? 0}`,
-        python: i.exe,
-        trees: [],
-        probeInterpreter: i.exe,
-        probeLink: undefined,
-        display,
-      };
-    }
-    // Inside the session: only an interpreter of an archive it added (a shared, read-only,
-    // content-addressed tree) has a place other sessions can share; what the session's workers
-    // wrote into its directory does not.
-    const [view, ...rest] = relative(session.root, i.exe).split("/");
-    const art = session.artifacts().find((a) => a.view === view && a.tree !== undefined);
-    if (!art || rest.length === 0 || rest.includes("..")) {
-      throw new ServerError(
-        "PIP_INSTALL_FAILED",
-        `Cannot install packages for the interpreter ${display}: pip layers are built for the ` +
-          `server's interpreters and for interpreters of archives the session added ` +
-          `(archives/env.tar.gz#environment → environment/bin/python), not for files in the ` +
-          `session's working directory.`,
-        { reason: "INTERPRETER" },
-      );
-    }
-    const tree = this.#store.trees.path(art.tree!);
-    return {
-      canonical: `tree:${art.tree}/${rest.join("/")}`,
-      python: join(tree, ...rest),
-      trees: [tree],
-      probeInterpreter: `env/${rest.join("/")}`,
-      probeLink: tree,
-      display,
-    };
-  }
-
   /**
    * What the interpreter reports of itself, asked once per place: run in a sandbox of its own
    * (an interpreter of an archive is the archive's code), as a lent uid, without network.
@@ -675,101 +584,17 @@ export class PipLayers {
   #identity(target: Target): Promise<Record<string, string>> {
     let p = this.#identities.get(target.canonical);
     if (!p) {
-      p = this.#probe(target);
+      p = probeInterpreter(target, { store: this.#store, launcher: this.#launcher });
       this.#identities.set(target.canonical, p);
       p.catch(() => this.#identities.delete(target.canonical));
     }
     return p;
   }
 
-  async #probe(target: Target): Promise<Record<string, string>> {
-    const id = crypto.randomUUID();
-    const root = join(this.#store.layers.root, `.probe-${id}`);
-    await Deno.mkdir(root, { mode: 0o700 });
-    if (target.probeLink) await Deno.symlink(target.probeLink, join(root, "env"));
-    const lease = this.#store.leaseWorkerId();
-    const key = `pip-probe\u0000${id}`;
-    let stdout = "";
-    let stderr = "";
-    let code = -1;
-    const dec = new TextDecoder();
-    try {
-      for await (
-        const ev of this.#launcher.run({
-          key,
-          root,
-          pythonPath: [],
-          interpreter: target.probeInterpreter,
-          sharedTrees: target.trees,
-          limits: { wallTimeMs: 60_000 },
-          ...(lease ? { worker: { uid: lease.uid, gid: lease.gid } } : {}),
-        }, { code: PROBE, timeoutMs: 60_000 })
-      ) {
-        if (ev.kind === "stdout" && stdout.length < 65536) stdout += dec.decode(ev.data);
-        if (ev.kind === "stderr") stderr = (stderr + dec.decode(ev.data)).slice(-ERROR_TAIL);
-        if (ev.kind === "exited") code = ev.exitCode;
-      }
-    } finally {
-      await this.#launcher.stopSession(key);
-      lease?.release();
-      await Deno.remove(root, { recursive: true }).catch(() => {});
-    }
-    const last = stdout.trim().split("\n").pop() ?? "";
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(last);
-    } catch {
-      parsed = undefined;
-    }
-    const ok = code === 0 && typeof parsed === "object" && parsed !== null &&
-      Object.values(parsed).every((v) => typeof v === "string" && v.length <= 512);
-    if (!ok) {
-      throw new ServerError(
-        "PIP_INSTALL_FAILED",
-        `Cannot install packages for the interpreter ${target.display}: it did not say which ` +
-          `Python it is (exit ${code})${stderr.trim() ? `: ${stderr.trim()}` : ""}`,
-        { reason: "INTERPRETER" },
-      );
-    }
-    return parsed as Record<string, string>;
-  }
-
   /** The installer, found and asked for its version once. */
   #findInstaller(): Promise<Installer> {
     if (!this.#installer) {
-      this.#installer = (async (): Promise<Installer> => {
-        let path = this.#options.installer;
-        if (path === undefined) {
-          path = findOnPath("uv") ?? await this.#launcher.defaultInterpreter();
-        }
-        const real = await Deno.realPath(path).catch(() => {
-          throw new ServerError(
-            "PIP_INSTALL_FAILED",
-            `Cannot install packages: the installer ${path} does not exist (--pip-installer).`,
-            { reason: "NO_INSTALLER" },
-          );
-        });
-        const kind = /^uv(-\S*)?$/.test(basename(path)) || /^uv$/.test(basename(real))
-          ? "uv"
-          : "pip";
-        const out = await new Deno.Command(real, {
-          args: kind === "uv" ? ["--version"] : ["-m", "pip", "--version"],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "piped",
-        }).output().catch((e) => ({ success: false, stdout: new Uint8Array(), stderr: e }));
-        const text = new TextDecoder().decode(out.stdout).trim().split("\n")[0] ?? "";
-        if (!out.success || text === "") {
-          throw new ServerError(
-            "PIP_INSTALL_FAILED",
-            `Cannot install packages: ${real} ${
-              kind === "uv" ? "--version" : "-m pip --version"
-            } failed; give an installer with --pip-installer (uv, or a Python with pip).`,
-            { reason: "NO_INSTALLER" },
-          );
-        }
-        return { kind, path: real, version: kind === "uv" ? text : text.split(" from ")[0]! };
-      })();
+      this.#installer = findInstaller(this.#options.installer, this.#launcher);
       this.#installer.catch(() => this.#installer = undefined);
     }
     return this.#installer;
@@ -824,7 +649,18 @@ export class PipLayers {
     const buildRoot = join(this.#store.layers.root, `.build-${crypto.randomUUID()}`);
     try {
       await Deno.mkdir(buildRoot, { mode: 0o700 });
-      const run = await this.#runInstaller(buildRoot, plan, emit);
+      const run = await runInstaller(
+        {
+          store: this.#store,
+          launcher: this.#launcher,
+          proxy: this.#proxy,
+          options: this.#options,
+          minFreeBytes: this.#minFreeBytes,
+        },
+        buildRoot,
+        plan,
+        emit,
+      );
       const target = join(buildRoot, "target");
       const st = await Deno.lstat(target).catch(() => undefined);
       const { exit } = run;
@@ -873,153 +709,6 @@ export class PipLayers {
     }
   }
 
-  /**
-   * Runs the installer into `<buildRoot>/target` in a one-off sandbox: the default interpreter
-   * runs `pip_driver.py`, which relays to the proxy's socket and runs the installer. Its output
-   * goes to `emit` line by line (server paths replaced); the end of it is kept for an error.
-   */
-  async #runInstaller(
-    buildRoot: string,
-    plan: Plan,
-    emit: (line: string) => void,
-  ): Promise<{
-    exit: { exitCode: number; signal: string; timedOut: boolean } | undefined;
-    lowDisk: boolean;
-    refused: readonly string[];
-    tail: string[];
-    timeoutMs: number;
-  }> {
-    const wheelsDir = `${buildRoot}-wheels`;
-    const key = `pip-build\u0000${basename(buildRoot)}`;
-    const tail: string[] = [];
-    let tailChars = 0;
-    const tidy = (line: string) =>
-      line.split(`${buildRoot}/target`).join("<layer>").split(wheelsDir).join("<uploaded-wheels>")
-        .split(buildRoot).join("<build>").split(this.#store.dataDir).join("<data-dir>");
-    const onLine = (raw: string) => {
-      const line = tidy(raw.replace(/\s+$/, "")).slice(0, 1000);
-      if (line === "") return;
-      tail.push(line);
-      tailChars += line.length + 1;
-      while (tailChars > ERROR_TAIL && tail.length > 1) tailChars -= tail.shift()!.length + 1;
-      emit(line);
-    };
-    let exit: { exitCode: number; signal: string; timedOut: boolean } | undefined;
-    let lowDisk = false;
-    let grant: Awaited<ReturnType<PipProxy["open"]>> | undefined;
-    const lease = this.#store.leaseWorkerId();
-    const timeoutMs = this.#options.timeoutMs ?? 600_000;
-    const abort = new AbortController();
-    // A build writes what its packages hold: it stops, as an upload does, at the disk floor.
-    const watchdog = setInterval(() => {
-      try {
-        const st = statfsSync(this.#store.dataDir);
-        if (Number(st.bavail) * Number(st.bsize) < this.#minFreeBytes) {
-          lowDisk = true;
-          abort.abort(new Error("low disk"));
-        }
-      } catch { /* checked again next time */ }
-    }, 1000);
-    try {
-      if (plan.wheels.length) {
-        await Deno.mkdir(wheelsDir, { mode: 0o755 });
-        await Deno.chmod(wheelsDir, 0o755);
-        for (const w of plan.wheels) await Deno.link(w.blob, join(wheelsDir, w.file));
-      }
-      if (plan.index) grant = await this.#proxy.open(plan.hosts);
-      const python = await this.#launcher.defaultInterpreter();
-      const certs = serverCertificates();
-      const { argv, env } = installerCommand(plan, {
-        buildRoot,
-        wheelsDir: plan.wheels.length ? wheelsDir : undefined,
-        allowSdist: this.#options.allowSdist ?? false,
-        timeoutMs,
-        certs,
-      });
-      // Bound when the sandbox would not show them otherwise (it shows /etc/ssl and /usr).
-      const outside = (p: string | undefined) =>
-        p !== undefined && !/^\/(etc\/ssl|etc\/ca-certificates|usr)\//.test(p) ? [p] : [];
-      emit(
-        `valise: installing ${plan.requirements.map((r) => r.text).join(" ")} for ` +
-          `${plan.target.display} with ${plan.installer.version}`,
-      );
-      const dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
-      const partial = { stdout: "", stderr: "" };
-      try {
-        for await (
-          const ev of this.#launcher.run({
-            key,
-            root: buildRoot,
-            pythonPath: [],
-            interpreter: python,
-            sharedTrees: plan.target.trees,
-            readOnlyDirs: [
-              ...(plan.wheels.length ? [wheelsDir] : []),
-              ...outside(certs.SSL_CERT_DIR),
-            ],
-            readOnlyFiles: [
-              ...(plan.installer.kind === "uv" ? [plan.installer.path] : []),
-              ...outside(certs.SSL_CERT_FILE),
-            ],
-            ...(grant ? { proxySocket: grant.path } : {}),
-            limits: { wallTimeMs: timeoutMs },
-            ...(lease ? { worker: { uid: lease.uid, gid: lease.gid } } : {}),
-          }, {
-            code: DRIVER_STUB,
-            args: [JSON.stringify({
-              argv,
-              env,
-              socket: grant?.path ?? "",
-              dirs: [join(buildRoot, "tmp"), join(buildRoot, "cache")],
-            })],
-            timeoutMs,
-          }, abort.signal)
-        ) {
-          if (ev.kind === "stdout" || ev.kind === "stderr") {
-            const text = partial[ev.kind] + dec[ev.kind].decode(ev.data, { stream: true });
-            const lines = text.split(/\r?\n|\r/);
-            partial[ev.kind] = (lines.pop() ?? "").slice(-4096);
-            for (const l of lines) onLine(l);
-          } else if (ev.kind === "exited") {
-            exit = ev;
-          }
-        }
-      } catch (e) {
-        if (!lowDisk) throw e;
-      }
-      for (const rest of [partial.stdout, partial.stderr]) if (rest) onLine(rest);
-    } finally {
-      clearInterval(watchdog);
-      await this.#launcher.stopSession(key);
-      await grant?.close();
-      if (Deno.uid() === 0) {
-        // Its processes are gone (stopSession): nothing races these walks. What the build's
-        // uid made is the server's now, and nothing but files, directories and links stays.
-        await command("chown", ["-R", "-h", `${Deno.uid()}:${Deno.gid()}`, buildRoot]);
-        await command("find", [
-          buildRoot,
-          "(",
-          "-type",
-          "p",
-          "-o",
-          "-type",
-          "s",
-          "-o",
-          "-type",
-          "b",
-          "-o",
-          "-type",
-          "c",
-          ")",
-          "-delete",
-        ]);
-      }
-      lease?.release();
-      await Deno.remove(wheelsDir, { recursive: true }).catch(() => {});
-    }
-    return { exit, lowDisk, refused: grant?.refused ?? [], tail, timeoutMs };
-  }
-
   async #slot(): Promise<void> {
     if (this.#running < (this.#options.maxBuilds ?? 2)) {
       this.#running++;
@@ -1032,160 +721,6 @@ export class PipLayers {
     const next = this.#waiting.shift();
     if (next) next();
     else this.#running--;
-  }
-}
-
-/** The installer's command line and environment for a plan. */
-function installerCommand(
-  plan: Plan,
-  where: {
-    buildRoot: string;
-    wheelsDir: string | undefined;
-    allowSdist: boolean;
-    timeoutMs: number;
-    certs: { SSL_CERT_FILE?: string | undefined; SSL_CERT_DIR?: string | undefined };
-  },
-): { argv: string[]; env: Record<string, string> } {
-  const target = join(where.buildRoot, "target");
-  const cache = join(where.buildRoot, "cache");
-  const reqs = plan.requirements.map((r) => r.text);
-  const env: Record<string, string> = {
-    HOME: where.buildRoot,
-    TMPDIR: join(where.buildRoot, "tmp"),
-    LANG: "C.UTF-8",
-    PATH: "/usr/local/bin:/usr/bin:/bin",
-    NO_COLOR: "1",
-  };
-  // The operator's certificate authorities (a TLS-inspecting egress has its own): uv reads
-  // these, pip gets --cert.
-  for (const k of ["SSL_CERT_FILE", "SSL_CERT_DIR"] as const) {
-    const v = where.certs[k];
-    if (v !== undefined) env[k] = v;
-  }
-  const i = plan.installer;
-  const index = plan.index;
-  if (i.kind === "uv") {
-    Object.assign(env, {
-      UV_CACHE_DIR: cache,
-      UV_NO_CONFIG: "1",
-      UV_PYTHON_DOWNLOADS: "never",
-      UV_HTTP_TIMEOUT: String(Math.max(10, Math.floor(where.timeoutMs / 1000))),
-    });
-    const argv = [
-      i.path,
-      "pip",
-      "install",
-      "--no-config",
-      "--color",
-      "never",
-      "--python",
-      plan.target.python,
-      "--target",
-      target,
-      "--cache-dir",
-      cache,
-    ];
-    if (index) {
-      argv.push("--index-url", index.url);
-      for (const e of index.extras) argv.push("--extra-index-url", e);
-    } else {
-      argv.push("--offline", "--no-index");
-    }
-    if (where.wheelsDir) argv.push("--find-links", where.wheelsDir);
-    if (!where.allowSdist) argv.push("--only-binary", ":all:");
-    return { argv: [...argv, ...reqs], env };
-  }
-  const argv = [i.path, "-m", "pip"];
-  if (plan.target.python !== i.path) argv.push("--python", plan.target.python);
-  argv.push(
-    "install",
-    "--isolated",
-    "--no-input",
-    "--disable-pip-version-check",
-    "--no-warn-script-location",
-    "--progress-bar",
-    "off",
-    "--cache-dir",
-    cache,
-    "--target",
-    target,
-  );
-  if (where.certs.SSL_CERT_FILE !== undefined) argv.push("--cert", where.certs.SSL_CERT_FILE);
-  if (index) {
-    argv.push("--proxy", "{proxy}", "--index-url", index.url);
-    for (const e of index.extras) argv.push("--extra-index-url", e);
-  } else {
-    argv.push("--no-index");
-  }
-  if (where.wheelsDir) argv.push("--find-links", where.wheelsDir);
-  if (!where.allowSdist) argv.push("--only-binary", ":all:");
-  return { argv: [...argv, ...reqs], env };
-}
-
-/** The distributions a layer holds, from its `*.dist-info` directories' names. */
-async function distributionsIn(dir: string): Promise<LayerDistribution[]> {
-  const out: LayerDistribution[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    const m = /^(.+)-([^-]+)\.dist-info$/.exec(e.name);
-    if (m && e.isDirectory) out.push({ name: normalizeDistributionName(m[1]!), version: m[2]! });
-  }
-  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-}
-
-/** Bytes of regular files and entries under `dir`, links not followed. */
-async function measure(dir: string): Promise<TreeInfo> {
-  const out: TreeInfo = { bytes: 0, entries: 0 };
-  const pending = [dir];
-  while (pending.length) {
-    const d = pending.pop()!;
-    for await (const e of Deno.readDir(d)) {
-      const path = join(d, e.name);
-      const st = await Deno.lstat(path);
-      out.entries++;
-      if (st.isFile) out.bytes += st.size;
-      else if (st.isDirectory) pending.push(path);
-    }
-  }
-  return out;
-}
-
-/**
- * The server's own `SSL_CERT_FILE` and `SSL_CERT_DIR`, when they name what exists: the
- * certificate authorities its operator trusts, which installs trust too.
- */
-function serverCertificates(): { SSL_CERT_FILE?: string; SSL_CERT_DIR?: string } {
-  const out: { SSL_CERT_FILE?: string; SSL_CERT_DIR?: string } = {};
-  for (const [k, file] of [["SSL_CERT_FILE", true], ["SSL_CERT_DIR", false]] as const) {
-    const v = Deno.env.get(k);
-    if (!v?.startsWith("/")) continue;
-    try {
-      const st = Deno.statSync(v);
-      if (file ? st.isFile : st.isDirectory) out[k] = v;
-    } catch { /* not there: not passed on */ }
-  }
-  return out;
-}
-
-function findOnPath(name: string): string | undefined {
-  for (const d of (Deno.env.get("PATH") ?? "").split(":")) {
-    if (!d.startsWith("/")) continue;
-    try {
-      const p = join(d, name);
-      const st = Deno.statSync(p);
-      if (st.isFile && ((st.mode ?? 0) & 0o111) !== 0) return p;
-    } catch { /* not here */ }
-  }
-  return undefined;
-}
-
-async function command(program: string, args: string[]): Promise<void> {
-  const out = await new Deno.Command(program, { args, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(
-      `Cannot clean up a pip build: ${program} failed: ${
-        new TextDecoder().decode(out.stderr).trim()
-      }`,
-    );
   }
 }
 
