@@ -6,6 +6,7 @@ import { type Client, createClient, type Interceptor } from "@connectrpc/connect
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
   Health,
+  PipService,
   SessionService,
   SparkConnectService,
   StoreService,
@@ -30,6 +31,8 @@ export class Node {
   readonly sessions: Client<typeof SessionService>;
   /** The standard health service. */
   readonly health: Client<typeof Health>;
+  /** Valise's pip service (Install, Uninstall, List). */
+  readonly pips: Client<typeof PipService>;
   /** Valise's worker service, for Run. */
   readonly workers: Client<typeof WorkerService>;
   /** The worker service without gzip, for Apply. */
@@ -63,6 +66,7 @@ export class Node {
     this.store = createClient(StoreService, shared);
     this.sessions = createClient(SessionService, shared);
     this.health = createClient(Health, shared);
+    this.pips = createClient(PipService, shared);
     this.workers = createClient(WorkerService, shared);
     // Arrow data compresses poorly and gzip would cost the server about half its CPU on Apply
     // (docs/apply.md): this call does not advertise it.

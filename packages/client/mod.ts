@@ -61,6 +61,7 @@ export {
   ValiseClientError,
   type ValiseClientErrorInit,
 } from "./error.ts";
+export { type PipDistribution, type PipInstallOptions, type PipResult, SessionPip } from "./pip.ts";
 export type { RunEvent, RunOptions, RunResult, RunSpec, RunTarget } from "./run.ts";
 export { RunControl } from "./run_control.ts";
 export { connect, RetryEvent, Session } from "./session.ts";

@@ -21,6 +21,7 @@ import { checkHealth } from "./_health.ts";
 import { integrity, SessionCore } from "./_core.ts";
 import { collectRun, runEvents } from "./_run.ts";
 import { Uploader } from "./_upload.ts";
+import { SessionPip } from "./pip.ts";
 
 /**
  * One Spark Connect session on a Valise server (or on the nodes of a Valise cluster): artifacts,
@@ -42,6 +43,11 @@ export class Session extends EventTarget {
   readonly conf: RuntimeConfig;
   /** Every endpoint's URL, in the order they are tried. */
   readonly endpoints: readonly string[];
+  /**
+   * The session's packages: `pip.install(["requests==2.32.3"])`, `pip.list()`,
+   * `pip.uninstall("requests")`, into a layer its workers see on `sys.path`.
+   */
+  readonly pip: SessionPip;
   #core: SessionCore;
   #uploads: Uploader;
 
@@ -63,6 +69,7 @@ export class Session extends EventTarget {
     this.userId = this.#core.userId;
     this.endpoints = this.#core.pool.nodes.map((n) => n.baseUrl);
     this.conf = new RuntimeConfig((op) => this.#config(op));
+    this.pip = new SessionPip(this.#core, (paths, options) => this.addArtifacts(paths, options));
   }
 
   /**

@@ -309,3 +309,49 @@ Deno.test("the usage text says the metrics and status port listens on --host", (
   ok(USAGE.includes("serve HTTP on HOST:PORT (HOST: the --host address)"), USAGE);
   ok(!USAGE.includes("127.0.0.1:PORT/metrics"));
 });
+
+Deno.test("parseServeCommand() reads the --pip-* flags, and refuses indexes and hosts that are not ones", () => {
+  const c = parseServeCommand(
+    [
+      "--pip-installer",
+      "tools/uv",
+      "--pip-index-url",
+      "https://mirror.example/simple/",
+      "--pip-extra-index-url",
+      "https://extra.example/simple",
+      "--pip-allow-index",
+      "https://pypi.org/simple",
+      "--pip-allow-host",
+      "files.mirror.example:8443",
+      "--pip-timeout",
+      "120",
+      "--pip-allow-sdist",
+    ],
+    noEnv,
+    "/srv",
+  );
+  deepEqual(c.options.pip, {
+    installer: "/srv/tools/uv",
+    indexUrl: "https://mirror.example/simple",
+    extraIndexUrls: ["https://extra.example/simple"],
+    allowedIndexUrls: ["https://pypi.org/simple"],
+    allowHosts: ["files.mirror.example:8443"],
+    offline: false,
+    timeoutMs: 120_000,
+    allowSdist: true,
+  });
+  const offline = parseServeCommand(["--pip-offline"], noEnv, "/").options.pip;
+  equal(offline && offline.offline, true);
+  ok(USAGE.includes("--pip-offline"));
+  for (
+    const args of [
+      ["--pip-index-url", "ftp://x/simple"],
+      ["--pip-index-url", "https://u:p@x/simple"],
+      ["--pip-allow-host", "a b"],
+      ["--pip-timeout", "0"],
+      ["--pip-offline", "--pip-index-url", "https://x/simple"],
+    ]
+  ) {
+    throws(() => parseServeCommand(args, noEnv, "/"), UsageError, args.join(" "));
+  }
+});

@@ -65,6 +65,8 @@ export class Metrics {
   #applyLanesLost = 0;
   #applyServed = new Map<string, number>();
   #applyServedUnits = 0;
+  /** The pip layers' counters, when the instance installs packages for sessions. */
+  pip: (() => Readonly<Record<string, number>>) | undefined;
   /** The cluster registry's counters, when the instance is a cluster's node. */
   cluster: (() => Readonly<Record<string, number>>) | undefined;
   /** The nodes this node sees, when the instance is a cluster's node. */
@@ -170,6 +172,34 @@ export class Metrics {
       "# TYPE valise_unpack_seconds_total counter",
       `valise_unpack_seconds_total ${store.trees.buildSeconds}`,
     );
+    const layers = (await store.layers.list()).length;
+    gauge("valise_pip_layers", "Pip layers on disk (installed requirement sets).", layers);
+    const p = this.pip?.();
+    if (p) {
+      const counter = (name: string, help: string, value: number | undefined) =>
+        out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value ?? 0}`);
+      counter(
+        "valise_pip_layer_builds_total",
+        "Pip layers built (installer runs), failed ones included.",
+        p.builds,
+      );
+      counter("valise_pip_layer_build_failures_total", "Pip layer builds that failed.", p.failures);
+      counter(
+        "valise_pip_layer_reuses_total",
+        "Installs and runs that found their pip layer built already.",
+        p.reuses,
+      );
+      counter(
+        "valise_pip_layer_build_seconds_total",
+        "Time spent building pip layers.",
+        p.buildSeconds,
+      );
+      counter(
+        "valise_pip_proxy_refusals_total",
+        "Connections builds asked for that the package-index proxy refused.",
+        p.proxyRefusals,
+      );
+    }
     gauge(
       "valise_sandbox_enabled",
       "1 when workers run in a bubblewrap sandbox.",

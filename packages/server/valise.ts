@@ -16,6 +16,7 @@ import {
   AdminService,
   assertCrc32Works,
   Health,
+  PipService,
   SessionService,
   SparkConnectService,
   StoreService,
@@ -55,6 +56,8 @@ import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 import meta from "./deno.json" with { type: "json" };
 import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
+import { PipLayers, type PipOptions } from "./pip_layers.ts";
+import { createPipService } from "./pip_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -149,6 +152,13 @@ export interface ValiseOptions {
    * @default {undefined} a single node
    */
   cluster?: ClusterOptions | undefined;
+  /**
+   * How sessions' `pip install`s are built (installer, indexes, offline, sdists); `false`
+   * turns them off (a session with a requirement set then fails its runs with
+   * `PIP_INSTALL_FAILED`).
+   * @default {{}} uv (or pip) from PyPI, wheels only
+   */
+  pip?: PipOptions | false | undefined;
 }
 
 /** How a node joins a cluster (`--cluster`). */
@@ -212,6 +222,8 @@ export interface Valise {
   readonly launcher: Launcher;
   /** Counters, for `/metrics`. */
   readonly metrics: Metrics;
+  /** Sessions' pip layers, when installs are on. */
+  readonly pip: PipLayers | undefined;
   /** The most recent failed calls, for operators. */
   readonly recentErrors: RecentErrors;
   /** The admin tokens, when the admin API is on. */
@@ -360,6 +372,14 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     );
   }
   const metrics = new Metrics();
+  const pip = options.pip === false ? undefined : new PipLayers({
+    store,
+    launcher,
+    limits,
+    log,
+    minFreeBytes: options.quotas?.minFreeBytes,
+  }, options.pip ?? {});
+  if (pip) metrics.pip = () => pip.stats;
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
   const clusterView = membership ? (): ClusterView => membership.view() : undefined;
   metrics.membership = clusterView;
@@ -370,6 +390,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     proofs = new BlobProofs(registry ? { secret: await registry.proofKey() } : {});
   } catch (e) {
     await membership?.leave();
+    await pip?.close();
     await launcher.close();
     await store.close();
     await registry?.close();
@@ -394,6 +415,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       maxMessageBytes: readMaxBytes,
       metrics,
       log: clusterLog,
+      pip,
     });
     applyServer.start();
     remoteLanes = new ClusterLanes({
@@ -460,9 +482,11 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         maxParallelism: applyMaxParallelism,
         remote: remoteLanes,
         log,
+        pip,
       }),
       door,
     );
+    registerService(router, PipService, createPipService({ store, pip }), door);
     registerService(
       router,
       AdminService,
@@ -530,6 +554,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store,
     launcher,
     metrics,
+    pip,
     recentErrors,
     adminTokens,
     status: () => collectStatus({ store, launcher, recentErrors, cluster: clusterView }),
@@ -553,6 +578,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       // Other nodes' workers first: their callers then run those units themselves.
       await applyServer?.close();
       await launcher.close();
+      await pip?.close();
       await store.close();
       await registry?.close();
     },

@@ -49,6 +49,17 @@ const HINTS: [RegExp, string][] = [
   [/^APPLY_INVALID_INPUT$/, "--in must be an Arrow IPC stream or file"],
   [/^APPLY_TIMEOUT$/, "raise --timeout-ms, or the server's wall-time limit"],
   [/^INVALID_CONNECT_URL$/, "the format is sc://HOST:PORT/;token=…;user_id=…"],
+  [
+    /^PIP_INSTALL_FAILED$/,
+    "the installer's words above say why: check the names and versions (`valise pip list` " +
+    "shows the session's set and index)",
+  ],
+  [
+    /^PIP_INVALID_REQUEST$/,
+    "requirements are names and versions (requests==2.32.3); local wheels are given by path; " +
+    "indexes are the server's",
+  ],
+  [/^PIP_NOT_INSTALLED$/, "`valise pip list` shows the session's requirements"],
 ];
 
 interface Diagnosis {
@@ -75,7 +86,12 @@ export function report(e: unknown, command: string, ctx?: Context): number {
   const hint = d.hint ?? `see \`${helpOf}\``;
   const message = d.message.split("\n")[0]!;
   const usage = e instanceof UsageError ? usageOf(command) : "";
-  err(`${usage}valise: [${d.errorClass}] ${message}\nhint: ${hint}\n`);
+  // An install that failed where its output was not shown (a run installs first): the
+  // installer's own words follow the summary.
+  const more = d.errorClass === "PIP_INSTALL_FAILED"
+    ? d.message.split("\n").slice(1).map((l) => `  ${l}\n`).join("")
+    : "";
+  err(`${usage}valise: [${d.errorClass}] ${message}\n${more}hint: ${hint}\n`);
   if (ctx?.globals.json) {
     ctx.emit({ type: "error", class: d.errorClass, message, hint, exitCode: d.exitCode });
   }
