@@ -14,6 +14,7 @@ import DRIVER_TEXT from "./pip_driver.py" with { type: "text" };
 import { ServerError } from "./errors.ts";
 import type { PipProxy } from "./pip_proxy.ts";
 import type { Target } from "./_pip_target.ts";
+import { reclaimTree } from "./_reclaim.ts";
 
 /** Most characters of the installer's output an error message carries (its end). */
 export const ERROR_TAIL = 1500;
@@ -229,24 +230,7 @@ export async function runInstaller(
     if (Deno.uid() === 0) {
       // Its processes are gone (stopSession): nothing races these walks. What the build's
       // uid made is the server's now, and nothing but files, directories and links stays.
-      await command("chown", ["-R", "-h", `${Deno.uid()}:${Deno.gid()}`, buildRoot]);
-      await command("find", [
-        buildRoot,
-        "(",
-        "-type",
-        "p",
-        "-o",
-        "-type",
-        "s",
-        "-o",
-        "-type",
-        "b",
-        "-o",
-        "-type",
-        "c",
-        ")",
-        "-delete",
-      ]);
+      await reclaimTree(buildRoot, cleanupFailed);
     }
     lease?.release();
     await Deno.remove(wheelsDir, { recursive: true }).catch(() => {});
@@ -397,13 +381,6 @@ export function findOnPath(name: string): string | undefined {
   return undefined;
 }
 
-export async function command(program: string, args: string[]): Promise<void> {
-  const out = await new Deno.Command(program, { args, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(
-      `Cannot clean up a pip build: ${program} failed: ${
-        new TextDecoder().decode(out.stderr).trim()
-      }`,
-    );
-  }
+function cleanupFailed(message: string): Error {
+  return new Error(`Cannot clean up a pip build: ${message}`);
 }

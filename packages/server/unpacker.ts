@@ -8,6 +8,7 @@ import {
 } from "@valise/archive";
 import type { Launcher } from "@valise/launcher";
 import type { ArchiveUnpacker, TreeInfo } from "@valise/session-store";
+import { reclaimTree, tool } from "./_reclaim.ts";
 
 /** The archive package's codes, to check what the unpack worker posts back. */
 const UNPACK_CODES: ReadonlySet<string> = new Set<UnpackErrorCode>([
@@ -192,7 +193,7 @@ export function sandboxedCondaUnpack(
     const dec = new TextDecoder();
     const id = lease();
     try {
-      if (id) await command("chown", ["-R", "-h", `${id.uid}:${id.gid}`, dest]);
+      if (id) await tool("chown", ["-R", "-h", `${id.uid}:${id.gid}`, dest], prepareFailed);
       for await (
         const ev of launcher.run(
           {
@@ -213,24 +214,7 @@ export function sandboxedCondaUnpack(
       await launcher.stopSession(key);
       if (id) {
         // Its processes are gone (stopSession): nothing races these walks.
-        await command("chown", ["-R", "-h", `${Deno.uid()}:${Deno.gid()}`, dest]);
-        await command("find", [
-          dest,
-          "(",
-          "-type",
-          "p",
-          "-o",
-          "-type",
-          "s",
-          "-o",
-          "-type",
-          "b",
-          "-o",
-          "-type",
-          "c",
-          ")",
-          "-delete",
-        ]);
+        await reclaimTree(dest, prepareFailed);
         id.release();
       }
     }
@@ -252,16 +236,8 @@ export function sandboxedCondaUnpack(
   };
 }
 
-async function command(program: string, args: string[]): Promise<void> {
-  const out = await new Deno.Command(program, { args, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new UnpackError(
-      "IO",
-      `Cannot prepare the environment: ${program} failed: ${
-        new TextDecoder().decode(out.stderr).trim()
-      }`,
-    );
-  }
+function prepareFailed(message: string): Error {
+  return new UnpackError("IO", `Cannot prepare the environment: ${message}`);
 }
 
 /** Bytes of regular files and entries (files, directories, links) under `dir`, links not followed. */
