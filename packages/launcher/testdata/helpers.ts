@@ -253,13 +253,18 @@ export async function eachSandbox(
 export const STANDBY_NAME = "valise-standby";
 
 /**
- * Host pids of the standby children (forked ahead, waiting for a spec) below `roots`.
+ * Host pids of the standby children (forked ahead, waiting for a spec) below `roots`. A fork
+ * server takes the standby's name for the instant of its fork (so that the child never shows
+ * under a run's name); a sandboxed one is bwrap's child, and is left out.
  *
  * @param roots Ancestors to start from (a launcher's `stats().pids`, a server's pid).
  * @returns Their pids.
  */
 export function standbys(roots: number[]): number[] {
-  return [...descendants(roots)].filter(([, [, comm]]) => comm === STANDBY_NAME).map(([p]) => p);
+  const procs = descendants(roots);
+  return [...procs].filter(([, [ppid, comm]]) =>
+    comm === STANDBY_NAME && procs.get(ppid)?.[1] !== "bwrap"
+  ).map(([p]) => p);
 }
 
 /**
