@@ -12,7 +12,7 @@ A run's fork and the child's set-up (session, descriptors, limits, streams) are 
 critical path: while no run is in flight, one child is forked ahead (the standby), set up as far as
 no spec is needed, and left blocked on a pipe that carries nothing but its spec. A RUN frame hands
 its spec to the standby when there is one (and forks afresh when there is none, or the spec does
-not fit the pipe); the next standby is forked once the server is idle again.
+not fit the pipe); the next standby is forked once no run is in flight again.
 """
 import sys
 if sys.path and sys.path[0] in ('', '.'):
@@ -808,10 +808,12 @@ def main():
     send_json(READY, 0, {'pid': os.getpid(), 'executable': sys.executable,
                          'version': list(sys.version_info[:3])})
     while True:
-        # A standby is forked only when nothing waits to be done, so that its fork does not
-        # delay a run's output. It is forked from here, where no frame of this stack holds
-        # anything of a run (a chunk, a spec, a run's stdin): it must carry nothing of them.
-        want = (waiting is None and not standby_blocked
+        # A standby is forked only while no run is in flight and nothing waits to be done, so
+        # that neither its fork nor its set-up takes CPU from a run (on a loaded host that
+        # costs a run more than the fork saves). It is forked from here, where no frame of this
+        # stack holds anything of a run (a chunk, a spec, a run's stdin): it must carry nothing
+        # of them.
+        want = (waiting is None and not runs and not standby_blocked
                 and standby_deaths < STANDBY_DEATHS)
         if not step(0 if want else None) and want:
             fork_standby()

@@ -161,26 +161,38 @@ for o in gc.get_objects():
 print(len(hits), sorted(set(hits))[:10])
 `;
 
-Deno.test("a standby carries nothing of the run in flight when it was forked", async (t) => {
+Deno.test("a standby carries nothing of the runs before it", async (t) => {
   const s = await tempSession("carry");
   try {
     await eachSandbox(t, async (sandbox) => {
       await withLauncher(sandbox, async (l) => {
         const secret = `S3CR3T-${crypto.randomUUID()}`;
-        // The secret is in the first run's code, arguments and stdin: its RUN frame.
-        const first = l.run(s, {
-          code: `import sys, time\n# ${secret}\nsys.stdin.read()\nprint('in', flush=True)\n` +
-            "time.sleep(300)",
+        // The secret is in earlier runs' code, arguments and stdin (in the RUN frame, and
+        // streamed): one ends on its own, the other is killed while it waits for more stdin.
+        const r1 = await collect(l, s, {
+          code: `import sys\n# ${secret}\nprint(sys.stdin.read() == sys.argv[1])`,
           args: [secret],
-          stdin: new TextEncoder().encode(secret.repeat(3)),
+          stdin: new TextEncoder().encode(secret),
         });
+        assert.equal(r1.stdout, "True\n", r1.stderr);
         const seen: string[] = [];
-        for await (const ev of first) {
+        for await (
+          const ev of l.run(s, {
+            code: `import sys\nprint(sys.stdin.readline().strip() == sys.argv[1], flush=True)\n` +
+              "sys.stdin.read()",
+            args: [secret],
+            stdin: (async function* () {
+              yield new TextEncoder().encode(`${secret}\n`);
+              await new Promise(() => {}); // never more: the run is killed
+            })(),
+          })
+        ) {
           seen.push(ev.kind);
           if (ev.kind === "stdout") break;
         }
         assert.deepEqual(seen, ["started", "stdout"]);
-        // Forked after that frame was read (the first run took any standby there was).
+        // Forked once no run is in flight any more, after both RUN frames were read.
+        await eventually("the killed run is over", () => l.stats().running === 0);
         const standby = await theStandby(l);
         const half = secret.length >> 1;
         const r = await collect(l, s, {
