@@ -342,7 +342,10 @@ def standby(spec_r, in_r, out_w, err_w):
     try:
         spec = read_spec()
     except KeyboardInterrupt:
-        spec = None
+        # Its run was interrupted before it read its spec: it ends as an interrupted run does.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        os._exit(70)
     if spec is None:
         os._exit(0)
     set_name(OWN_NAME)  # a run from here on, under the interpreter's own name
