@@ -129,9 +129,10 @@ print("error", err)
         ok(forked > 0 && forked < 64, `forked ${forked} children (${r.stderr})`);
         equal(got["error"], "EAGAIN", r.stdout);
         await healthy(s);
-        // The run is over: its children go with it; only the session's fork server remains.
+        // The run is over: its children go with it; only the session's fork server remains
+        // (and the child it forks ahead for the next run, its standby).
         await until(
-          () => processesOf(uid).length,
+          () => processesOf(uid).filter((p) => comm(p) !== "valise-standby").length,
           (n) => n <= 1,
           "the run's children to go",
           30_000,

@@ -7,12 +7,18 @@ children's stdout/stderr into frames on fd 1. Frames both ways are
 It imports nothing of the user's: ``sys.path[0]`` (the working directory that ``-c`` adds) is
 dropped before the first import that could be shadowed. The launcher runs it as
 ``python -c "VALISE = {...}; exec(compile(<this file>, '@valise/launcher/fork_server.py', 'exec'))"``.
+
+A run's fork and the child's set-up (session, descriptors, limits, streams) are kept off the run's
+critical path: while no run is in flight, one child is forked ahead (the standby), set up as far as
+no spec is needed, and left blocked on a pipe that carries nothing but its spec. A RUN frame hands
+its spec to the standby when there is one (and forks afresh when there is none, or the spec does
+not fit the pipe); the next standby is forked once no run is in flight again.
 """
 import sys
 if sys.path and sys.path[0] in ('', '.'):
     del sys.path[0]
 import os, json, struct, signal, select, selectors, io, types, builtins, atexit, traceback, runpy
-import fcntl
+import fcntl, resource
 
 # Defined once, on the TypeScript side (_bootstrap.ts), and injected by the launcher's stub.
 VALISE = globals()['VALISE']
@@ -23,6 +29,17 @@ EXITED, FAILED, STDIN_ACK = _F['EXITED'], _F['FAILED'], _F['STDIN_ACK']
 STDOUT_WINDOW = VALISE['stdoutWindow']
 BULK = VALISE['outputPiece']
 F_SETPIPE_SZ = 1031
+PR_SET_NAME, PR_GET_NAME = 15, 16
+# Where a standby child reads its spec: u32 length, JSON. A spec that does not fit the pipe's
+# default capacity at once goes to a fresh fork instead, so handing one over never blocks.
+SPEC_FD = 3
+SPEC_MAX = 65536 - 4
+SPEC_LEN = struct.Struct('>I')
+# A standby shows under this name (comm) while it waits: tests and operators tell it from a run.
+STANDBY_NAME = b'valise-standby'
+# Standbys that may die unused between two RUN frames before no more are forked until the next
+# one (something of the session killing them must not make this loop fork without end).
+STANDBY_DEATHS = 3
 ACK_FMT = struct.Struct('>I')
 HDR = struct.Struct('>IBI')
 BOOT_FILE = VALISE['file']
@@ -42,6 +59,9 @@ try:
     _libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: a run's orphans come back to us
 except Exception:
     _libc = None
+
+
+OWN_NAME = None  # this process's name (comm), set once _libc is known
 
 
 def send(kind, rid, payload=b''):
@@ -94,13 +114,13 @@ sel.register(CTL_IN, selectors.EVENT_READ, 'ctl')
 sel.register(wake_r, selectors.EVENT_READ, 'wake')
 
 
-def close_fds():
+def close_fds(keep=-1):
     try:
         fds = [int(x) for x in os.listdir('/proc/self/fd')]
     except OSError:
         fds = range(3, 65536)
     for fd in fds:
-        if fd > 2:
+        if fd > 2 and fd != keep:
             try:
                 os.close(fd)
             except OSError:
@@ -251,7 +271,11 @@ def reader_console(base):
     return Console
 
 
-def child(spec, in_r, out_w, err_w):
+def prepare(in_r, out_w, err_w, spec_r=-1):
+    """What a run's child does before its spec matters: its own session and process group,
+    death with the server, default signals, the run's pipes as fds 0-2 (and a standby's spec
+    pipe as SPEC_FD), nothing else of the server's descriptors, no core files, Python's
+    streams on the new fds."""
     os.setsid()
     if _libc is not None:
         _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -262,17 +286,86 @@ def child(spec, in_r, out_w, err_w):
     os.dup2(in_r, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    close_fds()
+    if spec_r >= 0 and spec_r != SPEC_FD:
+        os.dup2(spec_r, SPEC_FD, inheritable=False)
+    # The server's bookkeeping is not the run's: nothing of other runs (their stdin, their
+    # frames not yet handled) stays reachable from the child's objects.
     try:
-        import resource
-        mem = spec.get('memoryBytes')
-        if mem:
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        sel.close()
+    except Exception:
+        pass
+    close_fds(SPEC_FD if spec_r >= 0 else -1)
+    runs.clear()
+    by_pid.clear()
+    del ctl_buf[:]
+    try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except Exception:
         pass
     make_streams()
     atexit._clear()
+
+
+def read_spec():
+    """A standby's spec from SPEC_FD, or None when the server closed the pipe unused."""
+    data = b''
+    want = SPEC_LEN.size
+    n = None
+    while len(data) < want:
+        piece = os.read(SPEC_FD, want - len(data))
+        if not piece:
+            return None
+        data += piece
+        if n is None and len(data) == SPEC_LEN.size:
+            (n,) = SPEC_LEN.unpack(data)
+            if n > SPEC_MAX:
+                return None
+            want += n
+    os.close(SPEC_FD)
+    return json.loads(data[SPEC_LEN.size:].decode('utf-8'))
+
+
+def set_name(name):
+    if _libc is not None and name:
+        _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def own_name():
+    if _libc is None:
+        return None
+    buf = ctypes.create_string_buffer(16)
+    return buf.value if _libc.prctl(PR_GET_NAME, buf, 0, 0, 0) == 0 else None
+
+
+def standby(spec_r, in_r, out_w, err_w):
+    prepare(in_r, out_w, err_w, spec_r)
+    try:
+        spec = read_spec()
+    except KeyboardInterrupt:
+        # Its run was interrupted before it read its spec: it ends as an interrupted run does.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        os._exit(70)
+    if spec is None:
+        os._exit(0)
+    set_name(OWN_NAME)  # a run from here on, under the interpreter's own name
+    perform(spec)
+
+
+def child(spec, in_r, out_w, err_w):
+    prepare(in_r, out_w, err_w)
+    perform(spec)
+
+
+def perform(spec):
+    """The rest of a run's child, once its spec is known: the memory limit, the working
+    directory and sys.path, the target, then Python's own end of a process."""
+    mem = spec.get('memoryBytes')
+    if mem:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        except Exception:
+            pass
     console = None
     if spec.get('repl'):
         # The standard library's, imported before the session's directories join sys.path.
@@ -314,8 +407,107 @@ def child(spec, in_r, out_w, err_w):
     os._exit(code)
 
 
-def start(rid, spec, stdin):
-    run = Run(rid)
+class Standby(object):
+    __slots__ = ('pid', 'spec_w', 'in_w', 'out_r', 'err_r')
+
+    def __init__(self, pid, spec_w, in_w, out_r, err_r):
+        self.pid = pid
+        self.spec_w = spec_w
+        self.in_w = in_w
+        self.out_r = out_r
+        self.err_r = err_r
+
+    def close(self):
+        for fd in (self.spec_w, self.in_w, self.out_r, self.err_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+waiting = None  # the standby child, if one is up
+standby_deaths = 0  # standbys that died unused since the last RUN frame
+standby_blocked = False  # a fork failed: none until a run ends
+
+
+def fork_standby():
+    global waiting, standby_blocked
+    fds = []
+    pid = -1
+    try:
+        for _ in range(4):
+            fds.extend(os.pipe())
+        # Named before the fork, so that it never shows under the name of a run.
+        set_name(STANDBY_NAME)
+        pid = os.fork()
+    except OSError:
+        pass
+    if pid != 0:
+        set_name(OWN_NAME)
+    if pid < 0:
+        for fd in fds:
+            os.close(fd)
+        standby_blocked = True  # out of processes or descriptors: runs fork on demand
+        return
+    spec_r, spec_w, in_r, in_w, out_r, out_w, err_r, err_w = fds
+    if pid == 0:
+        try:
+            standby(spec_r, in_r, out_w, err_w)
+        finally:
+            os._exit(70)
+    for fd in (spec_r, in_r, out_w, err_w):
+        os.close(fd)
+    os.set_blocking(spec_w, False)
+    waiting = Standby(pid, spec_w, in_w, out_r, err_r)
+
+
+def dismiss_standby():
+    """Kills the standby (it is reaped with the orphans) and forgets it."""
+    global waiting
+    s = waiting
+    waiting = None
+    if s is None:
+        return
+    try:
+        os.kill(s.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    s.close()
+
+
+def standby_gone(pid):
+    """A reaped pid that was the standby: it died unused."""
+    global waiting, standby_deaths
+    if waiting is not None and waiting.pid == pid:
+        waiting.close()
+        waiting = None
+        standby_deaths += 1
+
+
+def take_standby(spec_json):
+    """Hands the spec to the standby: its (pid, in_w, out_r, err_r), or None (fork afresh)."""
+    global waiting
+    s = waiting
+    if s is None:
+        return None
+    if len(spec_json) > SPEC_MAX:
+        return None  # kept for a later run: this one forks afresh
+    waiting = None
+    data = SPEC_LEN.pack(len(spec_json)) + spec_json
+    try:
+        n = os.write(s.spec_w, data)
+    except OSError:
+        n = -1  # it died meanwhile (EPIPE), not reaped yet
+    if n != len(data):
+        waiting = s
+        dismiss_standby()
+        return None
+    os.close(s.spec_w)
+    return s.pid, s.in_w, s.out_r, s.err_r
+
+
+def fork_child(rid, spec):
+    """A fresh child for the run: its (pid, in_w, out_r, err_r), or None (FAILED was sent)."""
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -325,7 +517,7 @@ def start(rid, spec, stdin):
         for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
             os.close(fd)
         send_json(FAILED, rid, {'message': 'Cannot fork: %s' % e})
-        return
+        return None
     if pid == 0:
         try:
             child(spec, in_r, out_w, err_w)
@@ -334,6 +526,17 @@ def start(rid, spec, stdin):
     os.close(in_r)
     os.close(out_w)
     os.close(err_w)
+    return pid, in_w, out_r, err_r
+
+
+def start(rid, spec, spec_json, stdin):
+    global standby_deaths
+    standby_deaths = 0
+    got = take_standby(spec_json) or fork_child(rid, spec)
+    if got is None:
+        return
+    pid, in_w, out_r, err_r = got
+    run = Run(rid)
     run.pid = pid
     runs[rid] = run
     by_pid[pid] = run
@@ -454,11 +657,13 @@ def group_gone(pid):
 
 
 def maybe_report(run):
+    global standby_blocked
     if run.status is None or run.fds or run.reported:
         return
     if _libc is not None and not group_gone(run.pid):
         return
     run.reported = True
+    standby_blocked = False
     close_stdin(run)
     st = run.status
     if os.WIFSIGNALED(st):
@@ -511,6 +716,8 @@ def reap():
         if run is not None:
             killpg(pid, False)
             run.status = st
+        else:
+            standby_gone(pid)
     for run in list(runs.values()):
         if run.status is not None:
             maybe_report(run)
@@ -539,6 +746,7 @@ def kill_orphans():
 
 
 def shutdown():
+    dismiss_standby()
     for run in list(runs.values()):
         if run.pid:
             killpg(run.pid)
@@ -556,8 +764,9 @@ def shutdown():
 def handle_frame(kind, rid, payload):
     if kind == RUN:
         (n,) = struct.unpack_from('>I', payload, 0)
-        spec = json.loads(bytes(payload[4:4 + n]).decode('utf-8'))
-        start(rid, spec, bytes(payload[4 + n:]))
+        spec_json = bytes(payload[4:4 + n])
+        spec = json.loads(spec_json.decode('utf-8'))
+        start(rid, spec, spec_json, bytes(payload[4 + n:]))
     elif kind == STDIN:
         run = runs.get(rid)
         if run is None:
@@ -595,68 +804,93 @@ def handle_frame(kind, rid, payload):
             maybe_report(run)
 
 
+ctl_buf = bytearray()  # frames read from fd 0 and not yet handled
+
+
 def main():
     send_json(READY, 0, {'pid': os.getpid(), 'executable': sys.executable,
                          'version': list(sys.version_info[:3])})
-    buf = bytearray()
     while True:
-        for key, mask in sel.select():
-            data = key.data
-            if data == 'wake':
-                try:
-                    while os.read(wake_r, 4096):
-                        pass
-                except OSError:
+        # A standby is forked only while no run is in flight and nothing waits to be done, so
+        # that neither its fork nor its set-up takes CPU from a run (on a loaded host that
+        # costs a run more than the fork saves). It is forked from here, where no frame of this
+        # stack holds anything of a run (a chunk, a spec, a run's stdin): it must carry nothing
+        # of them.
+        want = (waiting is None and not runs and not standby_blocked
+                and standby_deaths < STANDBY_DEATHS)
+        if not step(0 if want else None) and want:
+            fork_standby()
+
+
+def step(timeout):
+    """Handles what select() reports within `timeout`; False when it reported nothing."""
+    events = sel.select(timeout)
+    for key, mask in events:
+        data = key.data
+        if data == 'wake':
+            try:
+                while os.read(wake_r, 4096):
                     pass
-                reap()
-            elif data == 'ctl':
-                try:
-                    chunk = os.read(CTL_IN, 1 << 20)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    shutdown()
-                buf += chunk
-                while len(buf) >= 4:
-                    (n,) = struct.unpack_from('>I', buf, 0)
-                    if len(buf) < 4 + n:
-                        break
-                    frame = bytes(buf[4:4 + n])
-                    del buf[:4 + n]
-                    kind, rid = struct.unpack_from('>BI', frame, 0)
-                    handle_frame(kind, rid, memoryview(frame)[5:])
-            else:
-                run = data
-                fd = key.fd
-                if fd == run.stdin_fd:
-                    write_stdin(run, fd)
-                    continue
-                if fd not in run.fds or fd == run.paused:
-                    # Closed or paused by an earlier event of this same select() batch (a kill
-                    # frame closes the run's pipes): the event is stale, and the fd number may
-                    # already belong to something else.
-                    continue
-                try:
-                    chunk = os.read(fd, BULK if run.flow else 65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b''
-                if chunk:
-                    kind = run.fds[fd]
-                    send(kind, run.rid, chunk)
-                    if run.flow and kind == STDOUT:
-                        run.unacked += len(chunk)
-                        if run.unacked >= STDOUT_WINDOW:
-                            sel.unregister(fd)
-                            run.paused = fd
-                else:
-                    sel.unregister(fd)
-                    os.close(fd)
-                    del run.fds[fd]
-                    maybe_report(run)
+            except OSError:
+                pass
+            reap()
+        elif data == 'ctl':
+            read_control()
+        else:
+            read_run(key.fd, data)
+    return bool(events)
 
 
+def read_control():
+    try:
+        chunk = os.read(CTL_IN, 1 << 20)
+    except BlockingIOError:
+        return
+    if not chunk:
+        shutdown()
+    ctl_buf.extend(chunk)
+    del chunk  # a child forked below must not find the other frames it held
+    while len(ctl_buf) >= 4:
+        (n,) = struct.unpack_from('>I', ctl_buf, 0)
+        if len(ctl_buf) < 4 + n:
+            break
+        frame = bytes(ctl_buf[4:4 + n])
+        del ctl_buf[:4 + n]
+        kind, rid = struct.unpack_from('>BI', frame, 0)
+        handle_frame(kind, rid, memoryview(frame)[5:])
+
+
+def read_run(fd, run):
+    if fd == run.stdin_fd:
+        write_stdin(run, fd)
+        return
+    if fd not in run.fds or fd == run.paused:
+        # Closed or paused by an earlier event of this same select() batch (a kill frame
+        # closes the run's pipes): the event is stale, and the fd number may already belong
+        # to something else.
+        return
+    try:
+        chunk = os.read(fd, BULK if run.flow else 65536)
+    except BlockingIOError:
+        return
+    except OSError:
+        chunk = b''
+    if chunk:
+        kind = run.fds[fd]
+        send(kind, run.rid, chunk)
+        if run.flow and kind == STDOUT:
+            run.unacked += len(chunk)
+            if run.unacked >= STDOUT_WINDOW:
+                sel.unregister(fd)
+                run.paused = fd
+    else:
+        sel.unregister(fd)
+        os.close(fd)
+        del run.fds[fd]
+        maybe_report(run)
+
+
+OWN_NAME = own_name()
 try:
     main()
 except BrokenPipeError:

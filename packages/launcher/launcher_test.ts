@@ -14,9 +14,12 @@ import {
   collect,
   descendants,
   eachSandbox,
+  eventually,
   makeZip,
   memoryLogger,
   reachablePython,
+  STANDBY_NAME,
+  standbys,
   SYSTEM_PYTHON,
   until,
 } from "./testdata/helpers.ts";
@@ -68,7 +71,8 @@ function runProcesses(l: Launcher): number[] {
   const procs = descendants(roots);
   const out: number[] = [];
   for (const [pid, [ppid, comm]] of procs) {
-    if (comm === "bwrap") continue;
+    // A standby (a child forked ahead, with no spec yet) is no run.
+    if (comm === "bwrap" || comm === STANDBY_NAME) continue;
     const parent = procs.get(ppid);
     const isForkServer = roots.includes(ppid) || parent?.[1] === "bwrap";
     if (!isForkServer) out.push(pid);
@@ -566,10 +570,14 @@ Deno.test("Launcher leaves no process behind after 200 runs, idle expiry and clo
               p,
               [...Deno.readDirSync(`/proc/${p}/fd`)].length,
             ]);
+          // Each compared with its standby up (it holds that child's four pipes).
+          const ready = () => pids.filter(alive).every((p) => standbys([p]).length === 1);
+          await eventually("each fork server has its standby", ready);
           const after = fds();
           await Promise.all(
             [0, 1, 0, 1].map((i) => collect(l, sessions[i]!, { code: "print(1)" })),
           );
+          await eventually("each fork server has its standby", ready);
           // (A fork server may have stopped on idle in between; compare those still there.)
           const now = new Map(fds());
           for (const [p, n] of after) if (now.has(p)) assert.equal(now.get(p), n);

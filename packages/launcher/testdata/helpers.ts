@@ -248,3 +248,58 @@ export async function eachSandbox(
     });
   }
 }
+
+/** The name (comm) a fork server's standby child shows while it waits for its spec. */
+export const STANDBY_NAME = "valise-standby";
+
+/**
+ * Host pids of the standby children (forked ahead, waiting for a spec) below `roots`. A fork
+ * server takes the standby's name for the instant of its fork (so that the child never shows
+ * under a run's name); a sandboxed one is bwrap's child, and is left out.
+ *
+ * @param roots Ancestors to start from (a launcher's `stats().pids`, a server's pid).
+ * @returns Their pids.
+ */
+export function standbys(roots: number[]): number[] {
+  const procs = descendants(roots);
+  return [...procs].filter(([, [ppid, comm]]) =>
+    comm === STANDBY_NAME && procs.get(ppid)?.[1] !== "bwrap"
+  ).map(([p]) => p);
+}
+
+/**
+ * A process's pid as its own PID namespace sees it (the last `NSpid` field): what a sandboxed
+ * fork server reports in `started`.
+ *
+ * @param pid The host pid.
+ * @returns The innermost pid, or `undefined` once the process is gone.
+ */
+export function innermostPid(pid: number): number | undefined {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const ns = /^NSpid:\s+(.+)$/m.exec(status)?.[1]?.trim().split(/\s+/);
+    return ns ? Number(ns.at(-1)) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Waits until `check` holds, polling, and fails after `guardMs` (a hang turned into a failure,
+ * not a timed assertion).
+ *
+ * @param what What is awaited, for the failure's message.
+ * @param check The condition.
+ * @param guardMs The guard.
+ */
+export async function eventually(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  guardMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + guardMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`still not true after ${guardMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
