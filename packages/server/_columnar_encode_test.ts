@@ -3,38 +3,11 @@
 // lie fails with an error naming the column, at once, allocating no more than the bytes given.
 import { equal, ok, throws } from "node:assert/strict";
 import fc from "fast-check";
-import {
-  Dictionary,
-  Field,
-  Int32,
-  Int64,
-  List,
-  type RecordBatch,
-  Struct,
-  Table,
-  tableToIPC,
-  Utf8,
-  vectorFromArray,
-} from "apache-arrow";
+import { type RecordBatch, Table, Utf8, vectorFromArray } from "apache-arrow";
 import { ipcRecordBatches } from "@valise/protocol";
+import { richStream } from "./_ipc_test_util.ts";
 import { ColumnarInputError, encodeColumnarBatch } from "./_columnar.ts";
 import { IpcMetadataError, VerifiedReader, verifyIpcMessages } from "./_ipc_verify.ts";
-
-const DICT_ID = 0x5a5a5a5a;
-
-/** A stream of every shape the checks cover: offsets, a dictionary, a list, a struct. */
-export function richStream(): Uint8Array {
-  const t = new Table({
-    s: vectorFromArray(["hello", "world", null, "x"], new Utf8()),
-    d: vectorFromArray(["a", "b", "a", "b"], new Dictionary(new Utf8(), new Int32(), DICT_ID)),
-    l: vectorFromArray([[1, 2], null, [3], []], new List(new Field("item", new Int32(), true))),
-    st: vectorFromArray(
-      [{ a: 1n }, null, { a: 2n }, { a: 3n }],
-      new Struct([new Field("a", new Int64(), true)]),
-    ),
-  });
-  return tableToIPC(t, "stream");
-}
 
 /** Every batch of a stream, encoded; the total encoded bytes. */
 async function encodeAll(bytes: Uint8Array, maxRows: number): Promise<number> {

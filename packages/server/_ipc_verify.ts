@@ -87,6 +87,14 @@ class Walker {
     return out;
   }
 
+  /** An int64 field (0 when absent). */
+  long(t: number, i: number): bigint {
+    const f = this.field(t, i);
+    if (!f) return 0n;
+    if (f + 8 > this.#size) this.#fail(`a field at ${f} is outside it`);
+    return this.#v.getBigInt64(f, true);
+  }
+
   byte(at: number): number {
     if (at >= this.#size) this.#fail(`a byte at ${at} is outside it`);
     return this.#v.getUint8(at);
@@ -99,8 +107,11 @@ class Walker {
   }
 }
 
-/** Field { name, nullable, type_type, type, dictionary, children, custom_metadata }. */
-function walkField(w: Walker, f: number, depth: number): void {
+/**
+ * Field { name, nullable, type_type, type, dictionary, children, custom_metadata }; adds the
+ * dictionary ids it names to `ids`.
+ */
+function walkField(w: Walker, f: number, depth: number, ids: Set<bigint>): void {
   if (depth > 64) {
     throw new IpcMetadataError("Cannot read Arrow IPC metadata: fields nest too deep");
   }
@@ -110,8 +121,11 @@ function walkField(w: Walker, f: number, depth: number): void {
   // Union (type 14) { mode, typeIds: [int] }: the only type with a vector.
   if (type && typeAt && w.byte(typeAt) === 14) w.vector(type, 1, 4);
   const dict = w.table(f, 4);
-  if (dict) w.table(dict, 1);
-  for (const c of w.tables(f, 5)) walkField(w, c, depth + 1);
+  if (dict) {
+    ids.add(w.long(dict, 0));
+    w.table(dict, 1);
+  }
+  for (const c of w.tables(f, 5)) walkField(w, c, depth + 1, ids);
   walkKeyValues(w, f, 6);
 }
 
@@ -130,13 +144,27 @@ function walkRecordBatch(w: Walker, b: number): void {
   w.vector(b, 4, 8);
 }
 
+/** What a stream's messages said so far: the dictionaries its schema names and those sent. */
+interface StreamState {
+  /** Dictionary ids the schema names (undefined before the schema). */
+  named: Set<bigint> | undefined;
+  /** Dictionary ids sent. */
+  sent: Set<bigint>;
+}
+
 /**
- * Checks one message's metadata flatbuffer (`Message`), as apache-arrow would walk it.
+ * Checks one message's metadata flatbuffer (`Message`), as apache-arrow would walk it, and its
+ * dictionary ids against the stream's.
  *
  * @param meta The metadata bytes.
- * @throws {IpcMetadataError} when something lies outside it, or it describes more than it holds.
+ * @param state What the stream's earlier messages said (updated).
+ * @throws {IpcMetadataError} when something lies outside it, it describes more than it holds,
+ * or a dictionary id is not the schema's or was never sent.
  */
-export function verifyIpcMetadata(meta: Uint8Array): void {
+export function verifyIpcMetadata(
+  meta: Uint8Array,
+  state: StreamState = { named: undefined, sent: new Set() },
+): void {
   const w = new Walker(meta);
   const m = w.root();
   walkKeyValues(w, m, 4);
@@ -145,13 +173,31 @@ export function verifyIpcMetadata(meta: Uint8Array): void {
   const header = w.table(m, 2);
   if (!header) return;
   if (kind === 1) {
-    for (const f of w.tables(header, 1)) walkField(w, f, 0);
+    const ids = new Set<bigint>();
+    for (const f of w.tables(header, 1)) walkField(w, f, 0, ids);
     walkKeyValues(w, header, 2);
     w.vector(header, 3, 8);
+    state.named = ids;
+    state.sent = new Set();
   } else if (kind === 2) {
+    const id = w.long(header, 0);
+    if (state.named && !state.named.has(id)) {
+      throw new IpcMetadataError(
+        `Cannot read Arrow IPC: a dictionary batch for id ${id}, which the schema does not name`,
+      );
+    }
+    state.sent.add(id);
     const data = w.table(header, 1);
     if (data) walkRecordBatch(w, data);
   } else if (kind === 3) {
+    for (const id of state.named ?? []) {
+      if (!state.sent.has(id)) {
+        throw new IpcMetadataError(
+          `Cannot read Arrow IPC: a record batch before the dictionary (id ${id}) of one of ` +
+            "its columns",
+        );
+      }
+    }
     walkRecordBatch(w, header);
   }
 }
@@ -165,6 +211,7 @@ export function verifyIpcMetadata(meta: Uint8Array): void {
  */
 export function verifyIpcMessages(bytes: Uint8Array): void {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const state: StreamState = { named: undefined, sent: new Set() };
   let pos = 0;
   while (pos + 4 <= bytes.length) {
     let prefix = 4;
@@ -178,7 +225,7 @@ export function verifyIpcMessages(bytes: Uint8Array): void {
     const start = pos + prefix;
     if (start + meta > bytes.length) return;
     const metadata = bytes.subarray(start, start + meta);
-    verifyIpcMetadata(metadata);
+    verifyIpcMetadata(metadata, state);
     const w = new Walker(metadata);
     const len = w.field(w.root(), 3);
     const body = len
