@@ -88,7 +88,7 @@ def batch(k):
         'utf8': pa.array(['plain', None, '', 'é'], pa.string()),
     }
     return pa.RecordBatch.from_pydict(cols)
-batches = [batch(0), batch(1)]
+batches = [batch(0), batch(1), batch(0).slice(0, 0)]
 with open(sys.argv[1], 'wb') as f:
     with pa.ipc.new_stream(f, batches[0].schema) as w:
         for b in batches:
@@ -265,8 +265,8 @@ Deno.test({
             value: "import datetime as dt, decimal\ndef f(c):\n" +
               "    n = len(c['int64'])\n" +
               "    return {'t': [dt.time(1, 2, 3, 4)] * n, 'd': [dt.timedelta(days=1, microseconds=5)] * n,\n" +
-              "            'dec': [decimal.Decimal('-12.345')] + [decimal.Decimal('1.5')] * (n - 1),\n" +
-              "            'l': [[1, None], []] + [None] * (n - 2),\n" +
+              "            'dec': ([decimal.Decimal('-12.345')] + [decimal.Decimal('1.5')] * n)[:n],\n" +
+              "            'l': ([[1, None], []] + [None] * n)[:n],\n" +
               "            's': [{'a': 'x', 'b': 1.5}] * n, 'day': [dt.date(2024, 2, 29)] * n}\n",
           },
           functionName: "f",

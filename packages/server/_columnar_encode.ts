@@ -87,6 +87,8 @@ function offsetsOf(
   limit: number,
 ): { offsets: Int32Array; first: number; last: number } {
   const vo = data.valueOffsets as Int32Array | BigInt64Array | undefined;
+  // An empty column may come without offsets (apache-arrow writes none).
+  if (length === 0 && !vo?.length) return { offsets: Int32Array.of(0), first: 0, last: 0 };
   if (!vo || vo.length < length + 1) {
     throw lie(name, `it has ${vo?.length ?? 0} value offsets for ${length} values`);
   }
