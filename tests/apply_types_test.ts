@@ -224,6 +224,20 @@ Deno.test({
         ok((await py(VENV_PYTHON, CHECK_OUTPUT, [inputPath!, outPath!])).startsWith("ok 8"));
       });
 
+      await t.step("columns form with 2 workers: the same table, in order", async () => {
+        const r = await apply(workers, {
+          sessionId: crypto.randomUUID(),
+          function: { case: "code", value: "def f(c):\n    return c\n" },
+          functionName: "f",
+          form: ApplyForm.COLUMNS,
+          outputSchema: schema,
+          parallelism: 2,
+        }, input);
+        equal(r.transport, "columnar");
+        await Deno.writeFile(outPath!, r.output);
+        ok((await py(VENV_PYTHON, CHECK_OUTPUT, [inputPath!, outPath!])).startsWith("ok 8"));
+      });
+
       await t.step("pandas form without pyarrow: a DataFrame back to the same table", async () => {
         const sessionId = crypto.randomUUID();
         await spark.config({
