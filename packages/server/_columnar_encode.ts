@@ -127,16 +127,23 @@ function checkIndices(name: string, idx: ArrayLike<number | bigint>, valid: Uint
   }
 }
 
+/**
+ * One column (or nested child, or dictionary chunk) of `length` values. `cap` bounds every
+ * length: a null column has no buffer that would.
+ */
 function encodeData(
   f: ColumnarField,
   data: Data,
   length: number,
   add: Add,
+  cap: number,
 ): ColumnarColumn {
   const name = f.name;
   const { nullable: _n, children: _c, ...params } = f;
   const col: ColumnarColumn = { ...params, nulls: 0, buffers: [] };
-  if (!Number.isSafeInteger(length) || length < 0) throw lie(name, `it claims ${length} values`);
+  if (!Number.isSafeInteger(length) || length < 0 || length > cap) {
+    throw lie(name, `it claims ${length} values (at most ${cap})`);
+  }
   if (f.type === "null") {
     col.nulls = length;
     return col;
@@ -158,7 +165,7 @@ function encodeData(
     checkIndices(name, indices, valid, dict.length);
     col.buffers.push(add(viewBytes(indices, 0, indices.byteLength)));
     col.dictionary = dict.data.map((d) => {
-      const c = encodeData({ ...f }, d, d.length, add);
+      const c = encodeData({ ...f }, d, d.length, add, cap);
       c.length = d.length;
       return c;
     });
@@ -196,7 +203,13 @@ function encodeData(
       if (!child) throw lie(name, "it has no child values");
       const { offsets, first, last } = offsetsOf(name, data, length, child.length);
       col.buffers.push(add(viewBytes(offsets, 0, offsets.byteLength)));
-      const kid = encodeData(f.children![0]!, child.slice(first, last - first), last - first, add);
+      const kid = encodeData(
+        f.children![0]!,
+        child.slice(first, last - first),
+        last - first,
+        add,
+        cap,
+      );
       kid.length = last - first;
       col.children = [kid];
       return col;
@@ -208,7 +221,7 @@ function encodeData(
       if (!child || child.length < n) {
         throw lie(name, `it has ${child?.length ?? 0} child values for ${length} lists`);
       }
-      const kid = encodeData(f.children![0]!, child, n, add);
+      const kid = encodeData(f.children![0]!, child, n, add, cap);
       kid.length = n;
       col.children = [kid];
       return col;
@@ -220,7 +233,7 @@ function encodeData(
         if (!child || child.length < length) {
           throw lie(name, `its child ${kf.name} has ${child?.length ?? 0} values for ${length}`);
         }
-        const kid = encodeData(kf, child, length, add);
+        const kid = encodeData(kf, child, length, add, cap);
         kid.length = length;
         return kid;
       });
@@ -237,8 +250,8 @@ function encodeData(
  * dictionary once per batch.
  *
  * @param batch The batch.
- * @param maxRows The most rows a batch may claim (a batch of null columns has no buffer that
- * would bound them).
+ * @param maxRows The most rows a batch, and values a nested column or a dictionary, may claim
+ * (a null column has no buffer that would bound them).
  * @returns The encoded pieces.
  * @throws {ColumnarTypeError} naming the column when a type has no columnar form.
  * @throws {ColumnarInputError} naming the column when a length, offset or dictionary index
@@ -274,7 +287,7 @@ export function encodeColumnarBatch(
     const f = columnarField(field);
     const data = batch.getChildAt(i)?.data[0] as Data | undefined;
     if (!data) throw lie(field.name, "the batch holds no data for it");
-    return encodeData(f, data, rows, add);
+    return encodeData(f, data, rows, add, maxRows);
   });
   const header = new TextEncoder().encode(JSON.stringify({ rows, columns }));
   const lead = new Uint8Array((4 + header.length + 7) & ~7);

@@ -3,7 +3,7 @@
 // lie fails with an error naming the column, at once, allocating no more than the bytes given.
 import { equal, ok, throws } from "node:assert/strict";
 import fc from "fast-check";
-import { type RecordBatch, Table, Utf8, vectorFromArray } from "apache-arrow";
+import { Field, List, Null, type RecordBatch, Table, Utf8, vectorFromArray } from "apache-arrow";
 import { ipcRecordBatches } from "@valise/protocol";
 import { richStream } from "./_ipc_test_util.ts";
 import { ColumnarInputError, encodeColumnarBatch } from "./_columnar.ts";
@@ -70,6 +70,16 @@ Deno.test("a dictionary index past the dictionary is refused naming the column",
 Deno.test("rows beyond the cap are refused before anything is allocated for them", () => {
   const t = new Table({ s: vectorFromArray(["a"], new Utf8()) });
   throws(() => encodeColumnarBatch(t.batches[0]!, 0), /at most 0 per batch/);
+  // A list's values count too: one row of 200 nulls (a null child has no buffer to bound it).
+  const nulls = new Table({
+    l: vectorFromArray([new Array(200).fill(null)], new List(new Field("item", new Null(), true))),
+  });
+  throws(() => encodeColumnarBatch(nulls.batches[0]!, 100), (e) => {
+    ok(e instanceof ColumnarInputError, String(e));
+    ok(/200 values \(at most 100\)/.test(e.message), e.message);
+    return true;
+  });
+  equal(encodeColumnarBatch(nulls.batches[0]!, 200).length > 0, true);
 });
 
 Deno.test("mutated IPC streams encode within a bound of their size, or fail at once", async () => {

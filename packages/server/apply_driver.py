@@ -605,7 +605,7 @@ def infer_field(name, vals):
         return {'name': name, 'type': 'bool'}
     if all(issubclass(x, int) and not issubclass(x, bool) for x in kinds):
         return {'name': name, 'type': 'int64'}
-    if sub(kinds, (int, float)) and not any(issubclass(x, bool) for x in kinds):
+    if sub(kinds, (int, float)):
         return {'name': name, 'type': 'float64'}
     if sub(kinds, str):
         return {'name': name, 'type': 'utf8'}
