@@ -14,7 +14,7 @@ import {
   isFramingError,
 } from "@valise/protocol";
 import type { Schema } from "apache-arrow";
-import { type ColumnarField, ColumnarTypeError } from "./_columnar.ts";
+import { type ColumnarField, ColumnarInputError, ColumnarTypeError } from "./_columnar.ts";
 import { DriverFrame, driverFrameHeader, type DriverFrameReader } from "./_apply_driver.ts";
 import { type ApplyErrorClass, isServerErrorCode, ServerError } from "./errors.ts";
 
@@ -28,11 +28,16 @@ export function applyFailure(
   return new ServerError(code, message, { traceback, ...(cause === undefined ? {} : { cause }) });
 }
 
-/** What Apply's failures become for a client: column types Python cannot take are the input's fault. */
+/**
+ * What Apply's failures become for a client: column types Python cannot take, and input bytes
+ * that lie about their lengths, are the input's fault.
+ */
 export function asApplyError(e: unknown): unknown {
-  return e instanceof ColumnarTypeError
-    ? applyFailure("APPLY_UNSUPPORTED_TYPE", e.message, "", e)
-    : e;
+  if (e instanceof ColumnarTypeError) {
+    return applyFailure("APPLY_UNSUPPORTED_TYPE", e.message, "", e);
+  }
+  if (e instanceof ColumnarInputError) return applyFailure("APPLY_INVALID_INPUT", e.message, "", e);
+  return e;
 }
 
 /** The driver's first frame: what the session's interpreter is and has. */

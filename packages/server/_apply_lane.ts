@@ -10,7 +10,8 @@
 import type { Launcher, RunExitedEvent, SessionLimits } from "@valise/launcher";
 import { ipcMessageReader } from "@valise/protocol";
 import type { Session } from "@valise/session-store";
-import { type RecordBatch, RecordBatchReader } from "apache-arrow";
+import type { RecordBatch } from "apache-arrow";
+import { VerifiedReader } from "./_ipc_verify.ts";
 import { type ColumnarField, columnarField, encodeColumnarBatch } from "./_columnar.ts";
 import {
   DRIVER_FRAME_BYTES,
@@ -28,6 +29,7 @@ import {
   exitFailure,
   type Hello,
   helloFailure,
+  inputFailure,
   parseStats,
   readFrames,
   startFrame,
@@ -203,7 +205,7 @@ export class LocalLane implements Lane {
           yield driverFrameHeader(DriverFrame.DATA, next.unit.length);
           yield next.unit;
         } else {
-          const parts = columnarUnit(next.unit);
+          const parts = columnarUnit(next.unit, this.#ctx.maxMessageBytes ?? DRIVER_FRAME_BYTES);
           yield driverFrameHeader(DriverFrame.DATA, parts.reduce((n, p) => n + p.length, 0));
           yield* parts;
         }
@@ -285,7 +287,7 @@ export class LocalLane implements Lane {
         }
       }
       if (failure !== undefined) throw failure;
-      if (this.#inputError !== undefined) throw asApplyError(this.#inputError);
+      if (this.#inputError !== undefined) throw asApplyError(inputFailure(this.#inputError));
       if (!done) throw exitFailure(exited, stderrTail, interpreter);
       if (this.#open.length) throw protocol(`${this.#open.length} unit(s) never marked`);
     } catch (e) {
@@ -328,8 +330,8 @@ function protocol(why: string): Error {
  * A unit in the columnar encoding: its one record batch, decoded here (a unit holding more or
  * fewer is refused: the driver marks each columnar batch as one unit).
  */
-function columnarUnit(unit: Uint8Array): Uint8Array[] {
-  const reader = RecordBatchReader.from(unit);
+function columnarUnit(unit: Uint8Array, maxRows: number): Uint8Array[] {
+  const reader = VerifiedReader.from(unit);
   reader.open();
   const batches: RecordBatch[] = [...reader];
   if (batches.length !== 1) {
@@ -338,5 +340,5 @@ function columnarUnit(unit: Uint8Array): Uint8Array[] {
       `Cannot pass a unit of ${batches.length} record batches: a unit holds exactly one`,
     );
   }
-  return encodeColumnarBatch(batches[0]!);
+  return encodeColumnarBatch(batches[0]!, maxRows);
 }

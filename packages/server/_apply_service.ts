@@ -15,7 +15,8 @@ import {
   ipcRecordBatches,
 } from "@valise/protocol";
 import type { Session, SessionStore } from "@valise/session-store";
-import { type RecordBatch, RecordBatchReader } from "apache-arrow";
+import type { RecordBatch } from "apache-arrow";
+import { VerifiedReader } from "./_ipc_verify.ts";
 import {
   type ColumnarField,
   columnarField,
@@ -313,11 +314,12 @@ async function* drive(
           yield chunk;
         }
       } else {
-        const batches = ipcRecordBatches<RecordBatch>(job.input, RecordBatchReader, {
+        const batches = ipcRecordBatches<RecordBatch>(job.input, VerifiedReader, {
           maxMessageBytes,
         });
         for await (const batch of batches) {
-          const parts = encodeColumnarBatch(batch);
+          // A batch of null columns has no buffer to bound its rows: the message limit does.
+          const parts = encodeColumnarBatch(batch, maxMessageBytes);
           yield driverFrameHeader(DriverFrame.DATA, parts.reduce((n, p) => n + p.length, 0));
           yield* parts;
         }

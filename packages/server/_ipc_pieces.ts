@@ -6,6 +6,7 @@
  * @module
  */
 import { type RecordBatch, RecordBatchReader, type Schema, Table, tableToIPC } from "apache-arrow";
+import { verifyIpcMessages } from "./_ipc_verify.ts";
 
 /**
  * Parses an Arrow IPC stream that holds a schema (an EOS marker or batches may follow).
@@ -17,6 +18,7 @@ import { type RecordBatch, RecordBatchReader, type Schema, Table, tableToIPC } f
 export function parseSchemaMessage(bytes: Uint8Array): Schema {
   let schema: Schema | undefined;
   try {
+    verifyIpcMessages(bytes);
     const reader = RecordBatchReader.from(bytes);
     reader.open();
     schema = reader.schema;

@@ -8,7 +8,7 @@ stdout, one call per batch. See ``docs/apply.md`` for the frames and the columna
 Frames both ways: ``u32 length (of what follows, big-endian) | u8 type | payload``.
 """
 import os, sys, io, json, struct, array, traceback, importlib, importlib.util, datetime, types
-import itertools
+import itertools, collections
 
 # Defined once, on the TypeScript side (apply_driver.ts), and injected by the server's stub.
 VALISE = globals()['VALISE']
@@ -79,17 +79,31 @@ def recv():
 
 CODES = {'int8': 'b', 'int16': 'h', 'int32': 'i', 'int64': 'q', 'uint8': 'B', 'uint16': 'H',
          'uint32': 'I', 'uint64': 'Q', 'float32': 'f', 'float64': 'd', 'date32': 'i',
-         'timestamp': 'q'}
+         'date64': 'q', 'timestamp': 'q', 'duration': 'q', 'interval_ym': 'i'}
 if array.array('i').itemsize != 4:
-    CODES['int32'] = CODES['date32'] = 'l' if array.array('l').itemsize == 4 else 'i'
+    CODES['int32'] = CODES['date32'] = CODES['interval_ym'] = (
+        'l' if array.array('l').itemsize == 4 else 'i')
     CODES['uint32'] = 'L' if array.array('L').itemsize == 4 else 'I'
 INTS = ('int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64')
 FLOATS = ('float32', 'float64')
+PARAMS = ('unit', 'tz', 'precision', 'scale', 'bits', 'width')
 UTC = datetime.timezone.utc
 EPOCH = datetime.datetime(1970, 1, 1)
 EPOCH_ORD = 719163  # date(1970, 1, 1).toordinal()
+DAY_MS = 86400000
 PER_US = {'s': 1000000, 'ms': 1000, 'us': 1}
+MonthDayNano = collections.namedtuple('MonthDayNano', 'months days nanoseconds')
+DayTime = collections.namedtuple('DayTime', 'days milliseconds')
 _tzs = {}
+_dec_ctx = [None]
+
+
+def dec_ctx():
+    # Exact for decimal256 (76 digits) whatever the function did to the default context.
+    if _dec_ctx[0] is None:
+        import decimal
+        _dec_ctx[0] = decimal.Context(prec=100, Emax=999999, Emin=-999999)
+    return _dec_ctx[0]
 
 
 def tz_of(name):
@@ -136,7 +150,19 @@ def numbers(raw, code):
     return raw.cast(code).tolist()
 
 
-def decode_column(body, c, rows):
+def code_of(c):
+    if c['type'] == 'time':
+        return CODES['int32'] if c['unit'] in ('s', 'ms') else 'q'
+    return CODES.get(c['type'])
+
+
+def to_us(v, unit):
+    return v // 1000 if unit == 'ns' else v * PER_US[unit]
+
+
+def decode_column(body, c, rows, tuples=False):
+    """The values of one column (of ``rows`` values) as Python objects; a struct's rows are
+    tuples when ``tuples`` (a map's entries)."""
     t = c['type']
     bufs = c['buffers']
 
@@ -147,8 +173,17 @@ def decode_column(body, c, rows):
     if t == 'null':
         return [None] * rows
     validity = buf(0) if c['nulls'] else None
-    if t in CODES:
-        vals = numbers(buf(1), CODES[t])
+    if 'dictionary' in c:
+        dv = []
+        for d in c['dictionary']:
+            dv.extend(decode_column(body, d, d['length']))
+        idx = numbers(buf(1), CODES[c['index']])
+        if validity is None:
+            return [dv[i] for i in idx]
+        return [dv[i] if ok else None for i, ok in zip(idx, validity)]
+    code = code_of(c)
+    if code is not None:
+        vals = numbers(buf(1), code)
     elif t == 'bool':
         vals = list(map(bool, buf(1)))
     elif t in ('utf8', 'binary'):
@@ -162,6 +197,38 @@ def decode_column(body, c, rows):
             vals = [s[a:b] for a, b in pairs]
         else:
             vals = [data[a:b].decode('utf-8') for a, b in pairs]
+    elif t in ('fixed_binary', 'decimal', 'interval_mdn'):
+        w = c['width'] if t == 'fixed_binary' else (c.get('bits', 128) // 8 if t == 'decimal'
+                                                     else 16)
+        data = bytes(buf(1))
+        if t == 'interval_mdn':
+            vals = list(map(MonthDayNano._make, struct.iter_unpack('<iiq', data[:rows * w])))
+        elif t == 'fixed_binary':
+            vals = [data[i:i + w] for i in range(0, rows * w, w)]
+        else:
+            fb = int.from_bytes
+            vals = [fb(data[i:i + w], 'little', signed=True) for i in range(0, rows * w, w)]
+    elif t == 'interval_dt':
+        vals = list(map(DayTime._make, struct.iter_unpack('<ii', bytes(buf(1))[:rows * 8])))
+    elif t in ('list', 'map'):
+        offs = numbers(buf(1), CODES['int32'])
+        kid = c['children'][0]
+        child = decode_column(body, kid, kid['length'], t == 'map')
+        vals = [child[a:b] for a, b in zip(offs, itertools.islice(offs, 1, None))]
+    elif t == 'fixed_list':
+        w = c['width']
+        kid = c['children'][0]
+        child = decode_column(body, kid, kid['length'])
+        vals = [child[i:i + w] for i in range(0, rows * w, w)]
+    elif t == 'struct':
+        kids = [decode_column(body, k, rows) for k in c['children']]
+        if not kids:
+            vals = [() if tuples else {} for _ in range(rows)]
+        elif tuples:
+            vals = list(zip(*kids))
+        else:
+            names = [k['name'] for k in c['children']]
+            vals = [dict(zip(names, r)) for r in zip(*kids)]
     else:
         raise ApplyFailure('APPLY_UNSUPPORTED_TYPE', 'Cannot decode column %r of type %s'
                            % (c['name'], t))
@@ -170,6 +237,9 @@ def decode_column(body, c, rows):
     if t == 'date32':
         fo = datetime.date.fromordinal
         vals = [None if v is None else fo(v + EPOCH_ORD) for v in vals]
+    elif t == 'date64':
+        fo = datetime.date.fromordinal
+        vals = [None if v is None else fo(v // DAY_MS + EPOCH_ORD) for v in vals]
     elif t == 'timestamp':
         unit = c['unit']
         td = datetime.timedelta
@@ -181,7 +251,27 @@ def decode_column(body, c, rows):
         if c.get('tz'):
             tz = tz_of(c['tz'])
             vals = [None if v is None else v.replace(tzinfo=UTC).astimezone(tz) for v in vals]
+    elif t == 'duration':
+        unit = c['unit']
+        td = datetime.timedelta
+        vals = [None if v is None else td(microseconds=to_us(v, unit)) for v in vals]
+    elif t == 'time':
+        unit = c['unit']
+        vals = [None if v is None else time_of(to_us(v, unit)) for v in vals]
+    elif t == 'decimal':
+        import decimal
+        ctx = dec_ctx()
+        D = decimal.Decimal
+        s = -c.get('scale', 0)
+        vals = [None if v is None else D(v).scaleb(s, ctx) for v in vals]
     return vals
+
+
+def time_of(us):
+    s, us = divmod(us, 1000000)
+    m, s = divmod(s, 60)
+    h, m = divmod(m, 60)
+    return datetime.time(h, m, s, us)
 
 
 def decode_batch(payload):
@@ -190,7 +280,15 @@ def decode_batch(payload):
     header = json.loads(bytes(mv[4:4 + hlen]).decode('utf-8'))
     body = mv[(4 + hlen + 7) & ~7:]
     rows = header['rows']
-    return header, rows, [(c['name'], decode_column(body, c, rows)) for c in header['columns']]
+    columns = []
+    for c in header['columns']:
+        try:
+            columns.append((c['name'], decode_column(body, c, rows)))
+        except (ValueError, OverflowError) as e:
+            # Values Python cannot hold: a date past year 9999, a time past midnight.
+            raise ApplyFailure('APPLY_INVALID_INPUT', 'Cannot pass column %r (%s) to Python: %s'
+                               % (c['name'], describe_type(c), e))
+    return header, rows, columns
 
 
 def first_bad(vals, ok):
@@ -211,9 +309,25 @@ def mismatch(name, f, vals, ok, why=''):
 
 
 def describe_type(f):
+    """As ``describeColumnarType`` in the server (used in messages only)."""
     t = f['type']
+    kids = f.get('children') or []
     if t == 'timestamp':
         return 'timestamp[%s%s]' % (f['unit'], ', tz=' + f['tz'] if f.get('tz') else '')
+    if t in ('time', 'duration'):
+        return '%s[%s]' % (t, f['unit'])
+    if t == 'decimal':
+        return 'decimal%d(%d, %d)' % (f.get('bits', 128), f['precision'], f.get('scale', 0))
+    if t == 'fixed_binary':
+        return 'fixed_binary[%d]' % f['width']
+    if t == 'list':
+        return 'list<%s>' % ', '.join(describe_type(k) for k in kids)
+    if t == 'fixed_list':
+        return 'fixed_list<%s>[%d]' % (', '.join(describe_type(k) for k in kids), f['width'])
+    if t == 'struct':
+        return 'struct<%s>' % ', '.join('%s: %s' % (k['name'], describe_type(k)) for k in kids)
+    if t == 'map':
+        return 'map<%s>' % ', '.join(describe_type(k) for k in kids[0].get('children', []))
     return t
 
 
@@ -231,14 +345,62 @@ def ticks(v, unit):
     return us // PER_US[unit]
 
 
+def delta_ticks(v, unit):
+    if is_int(v):
+        return int(v)
+    us = (v.days * 86400 + v.seconds) * 1000000 + v.microseconds
+    if unit == 'ns':
+        return us * 1000 + getattr(v, 'nanoseconds', 0)
+    return us // PER_US[unit]
+
+
+def time_ticks(v, unit):
+    us = ((v.hour * 60 + v.minute) * 60 + v.second) * 1000000 + v.microsecond
+    if unit == 'ns':
+        return us * 1000 + getattr(v, 'nanosecond', 0)
+    return us // PER_US[unit]
+
+
+def decimal_int(v, f):
+    """The unscaled integer of ``v`` at the field's scale; ``None`` when it does not fit."""
+    import decimal
+    if isinstance(v, bool) or not isinstance(v, (int, decimal.Decimal)):
+        return None
+    if not isinstance(v, decimal.Decimal):
+        v = decimal.Decimal(v)
+    if not v.is_finite():
+        return None
+    q = v.scaleb(f.get('scale', 0), dec_ctx())
+    if q != q.to_integral_value():
+        return None  # digits past the scale would be lost
+    n = int(q)
+    return n if abs(n) < 10 ** f['precision'] else None
+
+
+def is_seq(v):
+    return isinstance(v, (list, tuple)) or (
+        hasattr(v, '__len__') and hasattr(v, '__getitem__') and
+        not isinstance(v, (str, bytes, bytearray, dict)) and not hasattr(v, 'keys'))
+
+
+def packed(name, f, vals, code, conv, ok):
+    try:
+        a = array.array(code, [0 if v is None else conv(v) for v in vals])
+    except (TypeError, OverflowError, ValueError, AttributeError):
+        raise mismatch(name, f, vals, ok, ' (or out of range)')
+    if BIG:
+        a.byteswap()
+    return a
+
+
 def encode_column(name, vals, f, add):
     t = f['type']
     n = len(vals)
     nulls = sum(1 for v in vals if v is None)
     out = {'name': name, 'type': t, 'nulls': nulls}
-    if t == 'timestamp':
-        out['unit'] = f['unit']
-        out['tz'] = f.get('tz')
+    for k in PARAMS:
+        if k in f:
+            out[k] = f[k]
     if t == 'null':
         if nulls != n:
             raise mismatch(name, f, vals, lambda v: False)
@@ -248,6 +410,7 @@ def encode_column(name, vals, f, add):
         raise OutputTypeError('column %r is declared non-nullable, but %d of its %d values are None'
                               % (name, nulls, n))
     buffers = [add(bytes([v is not None for v in vals]) if nulls else b'')]
+    out['buffers'] = buffers
     if t in INTS or t in FLOATS:
         fill = [0 if v is None else v for v in vals] if nulls else vals
         try:
@@ -282,39 +445,124 @@ def encode_column(name, vals, f, add):
                 raise mismatch(name, f, vals,
                                lambda v: isinstance(v, (bytes, bytearray, memoryview)))
             enc = [b'' if v is None else bytes(v) for v in vals]
-        try:
-            offs = array.array(CODES['int32'], itertools.accumulate(map(len, enc), initial=0))
-        except OverflowError:
-            raise OutputTypeError('column %r holds more than 2 GiB in one batch' % name)
-        if BIG:
-            offs.byteswap()
-        buffers.append(add(offs))
+        add_offsets(name, map(len, enc), buffers, add)
         buffers.append(add(b''.join(enc)))
-    elif t == 'date32':
+    elif t == 'fixed_binary':
+        w = f['width']
+        ok = lambda v: isinstance(v, (bytes, bytearray, memoryview)) and len(v) == w
+        if any(not ok(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, ok, ' (of %d bytes)' % w)
+        buffers.append(add(b''.join(b'\0' * w if v is None else bytes(v) for v in vals)))
+    elif t in ('date32', 'date64'):
         ok = lambda v: isinstance(v, datetime.date)
         if any(not ok(v) for v in vals if v is not None):
             raise mismatch(name, f, vals, ok)
-        a = array.array(CODES[t], [0 if v is None else v.toordinal() - EPOCH_ORD for v in vals])
-        if BIG:
-            a.byteswap()
-        buffers.append(add(a))
+        m = DAY_MS if t == 'date64' else 1
+        buffers.append(add(packed(name, f, vals, CODES[t],
+                                  lambda v: (v.toordinal() - EPOCH_ORD) * m, ok)))
     elif t == 'timestamp':
         ok = lambda v: isinstance(v, datetime.datetime)
         if any(not ok(v) for v in vals if v is not None):
             raise mismatch(name, f, vals, ok)
         unit = f['unit']
+        buffers.append(add(packed(name, f, vals, 'q', lambda v: ticks(v, unit), ok)))
+    elif t == 'time':
+        ok = lambda v: isinstance(v, datetime.time)
+        if any(not ok(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, ok)
+        unit = f['unit']
+        buffers.append(add(packed(name, f, vals, code_of(f), lambda v: time_ticks(v, unit), ok)))
+    elif t == 'duration':
+        ok = lambda v: isinstance(v, datetime.timedelta) or (is_int(v) and not isinstance(v, bool))
+        if any(not ok(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, ok)
+        unit = f['unit']
+        buffers.append(add(packed(name, f, vals, 'q', lambda v: delta_ticks(v, unit), ok)))
+    elif t == 'interval_ym':
+        ok = lambda v: is_int(v) and not isinstance(v, bool)
+        buffers.append(add(packed(name, f, vals, CODES[t], int, ok)))
+    elif t in ('interval_dt', 'interval_mdn'):
+        fmt, k = ('<ii', 2) if t == 'interval_dt' else ('<iiq', 3)
+        ok = lambda v: is_seq(v) and len(v) == k and all(is_int(x) for x in v)
+        if any(not ok(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, ok, ' (a tuple of %d ints)' % k)
+        zero = (0,) * k
         try:
-            a = array.array('q', [0 if v is None else ticks(v, unit) for v in vals])
-        except OverflowError:
-            raise mismatch(name, f, vals, lambda v: True, ' (out of range for the unit)')
-        if BIG:
-            a.byteswap()
-        buffers.append(add(a))
+            raw = b''.join(struct.pack(fmt, *(zero if v is None else v)) for v in vals)
+        except struct.error:
+            raise mismatch(name, f, vals, lambda v: True, ' (out of range)')
+        buffers.append(add(raw))
+    elif t == 'decimal':
+        w = f.get('bits', 128) // 8
+        ints = [0 if v is None else decimal_int(v, f) for v in vals]
+        if any(x is None for x in ints):
+            raise mismatch(name, f, vals, lambda v: decimal_int(v, f) is not None,
+                           ' (a Decimal or int that fits)')
+        buffers.append(add(b''.join(x.to_bytes(w, 'little', signed=True) for x in ints)))
+    elif t in ('list', 'fixed_list'):
+        if any(not is_seq(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, is_seq, ' (a list)')
+        kf = f['children'][0]
+        if t == 'list':
+            add_offsets(name, (0 if v is None else len(v) for v in vals), buffers, add)
+            flat = [x for v in vals if v is not None for x in v]
+        else:
+            w = f['width']
+            if any(len(v) != w for v in vals if v is not None):
+                raise mismatch(name, f, vals, lambda v: len(v) == w, ' (of %d values)' % w)
+            pad = [None] * w
+            flat = [x for v in vals for x in (pad if v is None else v)]
+        out['children'] = [child_column(name, flat, kf, add)]
+    elif t == 'struct':
+        kids = f['children']
+        ok = lambda v: hasattr(v, 'keys') or (is_seq(v) and len(v) == len(kids))
+        if any(not ok(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, ok, ' (a dict)')
+        cols = []
+        for i, kf in enumerate(kids):
+            k = kf['name']
+            kv = [None if v is None else (v.get(k) if hasattr(v, 'keys') else v[i])
+                  for v in vals]
+            cols.append(child_column(name, kv, kf, add))
+        out['children'] = cols
+    elif t == 'map':
+        ef = f['children'][0]
+        ok = lambda v: hasattr(v, 'items') or (
+            is_seq(v) and all(is_seq(p) and len(p) == 2 for p in v))
+        if any(not ok(v) for v in vals if v is not None):
+            raise mismatch(name, f, vals, ok, ' (a dict or a list of pairs)')
+        pairs = [list(v.items()) if hasattr(v, 'items') else v for v in vals]
+        add_offsets(name, (0 if p is None else len(p) for p in pairs), buffers, add)
+        flat = [p for ps in pairs if ps is not None for p in ps]
+        kf, vf = ef['children']
+        entries = {'name': ef['name'], 'type': 'struct', 'nulls': 0, 'length': len(flat),
+                   'buffers': [add(b'')],
+                   'children': [child_column(name, [p[0] for p in flat], kf, add),
+                                child_column(name, [p[1] for p in flat], vf, add)]}
+        out['children'] = [entries]
     else:
         raise ApplyFailure('APPLY_UNSUPPORTED_TYPE', 'Cannot encode column %r of type %s'
                            % (name, t))
-    out['buffers'] = buffers
     return out
+
+
+def child_column(parent, vals, f, add):
+    try:
+        c = encode_column(f['name'], vals, f, add)
+    except OutputTypeError as e:
+        raise OutputTypeError('in column %r: %s' % (parent, e))
+    c['length'] = len(vals)
+    return c
+
+
+def add_offsets(name, lengths, buffers, add):
+    try:
+        offs = array.array(CODES['int32'], itertools.accumulate(lengths, initial=0))
+    except OverflowError:
+        raise OutputTypeError('column %r holds more than 2 GiB in one batch' % name)
+    if BIG:
+        offs.byteswap()
+    buffers.append(add(offs))
 
 
 def int_range(t):
@@ -370,9 +618,50 @@ def infer_field(name, vals):
                 'tz': tz_name(first) if first.tzinfo is not None else None}
     if sub(kinds, datetime.date) and not any(issubclass(x, datetime.datetime) for x in kinds):
         return {'name': name, 'type': 'date32'}
+    if sub(kinds, datetime.time):
+        return {'name': name, 'type': 'time', 'unit': 'us'}
+    if sub(kinds, datetime.timedelta):
+        unit = 'ns' if any(hasattr(v, 'nanoseconds') for v in vals if v is not None) else 'us'
+        return {'name': name, 'type': 'duration', 'unit': unit}
+    if all(x.__name__ == 'Decimal' for x in kinds):
+        return infer_decimal(name, vals)
+    if sub(kinds, (list, tuple)):
+        flat = [x for v in vals if v is not None for x in v]
+        return {'name': name, 'type': 'list', 'children': [infer_field('item', flat)]}
+    if sub(kinds, dict):
+        keys = []
+        for v in vals:
+            for k in (v or ()):
+                if k not in keys:
+                    if not isinstance(k, str):
+                        break
+                    keys.append(k)
+        if all(isinstance(k, str) for v in vals if v for k in v):
+            return {'name': name, 'type': 'struct', 'children': [
+                infer_field(k, [None if v is None else v.get(k) for v in vals]) for k in keys]}
     raise OutputTypeError('column %r: cannot infer an Arrow type from values of types %s; '
                           'declare the output schema' % (name, ', '.join(sorted(
                               k.__name__ for k in kinds))))
+
+
+def infer_decimal(name, vals):
+    # As pyarrow infers it: enough digits before and after the point for every value.
+    whole, scale = 1, 0
+    for v in vals:
+        if v is None:
+            continue
+        if not v.is_finite():
+            raise OutputTypeError('column %r holds %r, which Arrow decimals cannot hold'
+                                  % (name, v))
+        _, digits, exp = v.as_tuple()
+        scale = max(scale, -exp)
+        whole = max(whole, len(digits) + exp)
+    precision = max(whole, 1) + scale
+    if precision > 76:
+        raise OutputTypeError('column %r: its decimals need %d digits, more than 76'
+                              % (name, precision))
+    return {'name': name, 'type': 'decimal', 'precision': precision, 'scale': scale,
+            'bits': 128 if precision <= 38 else 256}
 
 
 # ---- forms over the columnar transport ----
@@ -387,7 +676,10 @@ def to_pandas(header, columns):
     data = {}
     for c, (name, vals) in zip(header['columns'], columns):
         t = c['type']
-        if t in INTS:
+        if 'dictionary' in c and t not in ('list', 'fixed_list', 'struct', 'map'):
+            # As pyarrow's to_pandas(): a dictionary becomes a categorical.
+            s = pd.Series(vals, dtype='category')
+        elif t in INTS:
             s = pd.Series(vals, dtype=PANDAS_NULLABLE[t] if c['nulls'] else t)
         elif t in FLOATS:
             s = pd.Series([float('nan') if v is None else v for v in vals], dtype=t)
@@ -396,6 +688,8 @@ def to_pandas(header, columns):
         elif t == 'timestamp':
             dtype = 'datetime64[ns, %s]' % c['tz'] if c.get('tz') else 'datetime64[ns]'
             s = pd.Series(vals, dtype=dtype)
+        elif t == 'duration':
+            s = pd.Series(vals, dtype='timedelta64[ns]')
         else:
             s = pd.Series(vals, dtype=object)
         data[name] = s
@@ -428,6 +722,8 @@ def pandas_field(name, s, vals):
         return {'name': name, 'type': low}
     if low in ('bool', 'boolean'):
         return {'name': name, 'type': 'bool'}
+    if low.startswith('timedelta64'):
+        return {'name': name, 'type': 'duration', 'unit': getattr(s.dtype, 'unit', 'ns')}
     if low.startswith('datetime64'):
         tz = getattr(s.dtype, 'tz', None)
         unit = getattr(s.dtype, 'unit', 'ns')
