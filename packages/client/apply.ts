@@ -42,6 +42,13 @@ export interface ApplyOptions {
    */
   timeoutMs?: number;
   /**
+   * Workers the batches are spread over (each in its own process of the session, and in a
+   * cluster on other nodes too); the output keeps the input's order. The server lowers it to
+   * its `--apply-max-parallelism` ({@linkcode ApplySummary.parallelism} says how many it used).
+   * @default {1}
+   */
+  parallelism?: number;
+  /**
    * Cancels the call (the server kills the worker).
    * @default {undefined}
    */
@@ -67,6 +74,8 @@ export interface ApplySummary {
   transport: string;
   /** The interpreter, as resolved on the server. */
   interpreter: string;
+  /** The workers the batches were spread over (the server may lower the asked parallelism). */
+  parallelism: number;
   /** Everything the function printed, decoded as UTF-8. */
   stderr: string;
 }

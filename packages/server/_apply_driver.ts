@@ -30,6 +30,11 @@ export const DriverFrame = {
   ERROR: 12,
   /** Driver → server: JSON `{rowsIn, rowsOut, batchesIn, batchesOut}`; the last frame. */
   DONE: 13,
+  /**
+   * Driver → server, in units mode only: the output of one input unit is complete; JSON
+   * `{rowsIn, rowsOut, batchesIn, batchesOut}` of that unit.
+   */
+  MARK: 14,
 } as const;
 
 /** The file name the driver is compiled under (its frames are stripped from what users see). */

@@ -20,6 +20,8 @@ import {
 interface Driven {
   hello: Record<string, unknown>;
   out: RecordBatch[];
+  /** In units mode: per frame, `out` (rows) or `mark` (the unit's counts), in order. */
+  order: string[];
   error: { errorClass: string; message: string; traceback: string } | undefined;
   done: Record<string, number> | undefined;
   stderr: string;
@@ -29,7 +31,7 @@ interface Driven {
 async function drive(
   fn: string,
   batches: RecordBatch[],
-  options: { form?: string; fields?: ColumnarField[] } = {},
+  options: { form?: string; fields?: ColumnarField[]; units?: boolean } = {},
 ): Promise<Driven> {
   const start = new TextEncoder().encode(JSON.stringify({
     function: { code: fn, name: "f" },
@@ -37,6 +39,7 @@ async function drive(
     transport: "columnar",
     fields: options.fields ?? null,
     schemaIpc: null,
+    ...(options.units ? { units: true } : {}),
   }));
   const parts: Uint8Array[] = [driverFrameHeader(DriverFrame.START, start.length), start];
   for (const b of batches) {
@@ -58,6 +61,7 @@ async function drive(
   const r: Driven = {
     hello: {},
     out: [],
+    order: [],
     error: undefined,
     done: undefined,
     stderr: new TextDecoder().decode(res.stderr),
@@ -68,10 +72,12 @@ async function drive(
     if (f.type === DriverFrame.HELLO) r.hello = JSON.parse(dec.decode(f.payload));
     else if (f.type === DriverFrame.ERROR) r.error = JSON.parse(dec.decode(f.payload));
     else if (f.type === DriverFrame.DONE) r.done = JSON.parse(dec.decode(f.payload));
-    else if (f.type === DriverFrame.OUT) {
-      r.out.push(
-        decodeColumnarBatch(f.payload, schemaOfHeader(readColumnarBatch(f.payload).header)),
-      );
+    else if (f.type === DriverFrame.MARK) {
+      r.order.push(`mark ${JSON.stringify(JSON.parse(dec.decode(f.payload)))}`);
+    } else if (f.type === DriverFrame.OUT) {
+      const b = decodeColumnarBatch(f.payload, schemaOfHeader(readColumnarBatch(f.payload).header));
+      r.out.push(b);
+      r.order.push(`out ${b.numRows}`);
     }
   }
   return r;
@@ -97,6 +103,33 @@ Deno.test("a function may return None, one batch, or a generator of batches", as
   );
   deepEqual(gen.out.map((b) => b.numRows), [1, 2, 3]);
   deepEqual(gen.done, { rowsIn: 3, rowsOut: 6, batchesIn: 1, batchesOut: 3 });
+});
+
+Deno.test("in units mode a mark follows each input batch's output, with that batch's counts", async () => {
+  const empty = new Table({ x: vectorFromArray([], new Int64()) }).batches[0]!;
+  const r = await drive(
+    "def f(c):\n    for x in c['x']:\n        yield {'y': [x] * x}\n",
+    [xs, empty, xs],
+    { units: true },
+  );
+  equal(r.code, 0, r.stderr);
+  const mark = (i: number, o: number, bo: number) =>
+    `mark ${JSON.stringify({ rowsIn: i, rowsOut: o, batchesIn: 1, batchesOut: bo })}`;
+  deepEqual(r.order, [
+    "out 1",
+    "out 2",
+    "out 3",
+    mark(3, 6, 3),
+    mark(0, 0, 0),
+    "out 1",
+    "out 2",
+    "out 3",
+    mark(3, 6, 3),
+  ]);
+  deepEqual(r.done, { rowsIn: 6, rowsOut: 12, batchesIn: 3, batchesOut: 6 });
+  // Without units mode, no marks (what one worker's Apply reads).
+  const plain = await drive("def f(c):\n    return c\n", [xs, xs]);
+  ok(plain.order.every((o) => o.startsWith("out")), plain.order.join());
 });
 
 Deno.test("output errors name the column and the row", async () => {

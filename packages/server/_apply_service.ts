@@ -6,20 +6,16 @@
  *
  * @module
  */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
-import type { Launcher, RunExitedEvent, SessionLimits } from "@valise/launcher";
+import type { Launcher, RunExitedEvent, SessionLimits, SessionSpec } from "@valise/launcher";
 import {
-  ApplyForm,
   type ApplyRequest,
   type ApplyResponse,
-  ApplyResponseSchema,
   type ApplyStart,
   ipcRecordBatches,
-  isFramingError,
 } from "@valise/protocol";
 import type { Session, SessionStore } from "@valise/session-store";
-import { type RecordBatch, RecordBatchReader, type Schema } from "apache-arrow";
+import { type RecordBatch, RecordBatchReader } from "apache-arrow";
 import {
   type ColumnarField,
   columnarField,
@@ -37,81 +33,39 @@ import {
   driverFrameHeader,
   DriverFrameReader,
 } from "./_apply_driver.ts";
-import { type ApplyErrorClass, isServerErrorCode, ServerError, toConnectError } from "./errors.ts";
+import {
+  applyFailure,
+  type ApplyFn,
+  type ApplyTask,
+  asApplyError,
+  checkedFunction,
+  doneResponse,
+  type DoneStats,
+  driverError,
+  errorResponse,
+  exitFailure,
+  FORMS,
+  type Hello,
+  helloFailure,
+  inputFailure,
+  ipc,
+  parseStats,
+  readFrames,
+  response,
+  startFrame,
+  type Transport,
+} from "./_apply_common.ts";
+import { type ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { driveParallel, type RemoteLanes } from "./_apply_parallel.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 
-/** Apply's own failures: a {@linkcode ServerError} of an `APPLY_*` class. */
-function applyFailure(
-  code: ApplyErrorClass,
-  message: string,
-  traceback = "",
-  cause?: unknown,
-): ServerError {
-  return new ServerError(code, message, { traceback, ...(cause === undefined ? {} : { cause }) });
-}
-
-/** What Apply's failures become for a client: column types Python cannot take are the input's fault. */
-function asApplyError(e: unknown): unknown {
-  return e instanceof ColumnarTypeError
-    ? applyFailure("APPLY_UNSUPPORTED_TYPE", e.message, "", e)
-    : e;
-}
-
-interface Hello {
-  executable: string;
-  version: number[];
-  pyarrow: string | null;
-  pandas: string | null;
-}
-
-interface DoneStats {
-  rowsIn: number;
-  rowsOut: number;
-  batchesIn: number;
-  batchesOut: number;
-}
-
-const FORMS: Record<ApplyForm, "pyarrow" | "pandas" | "columns"> = {
-  [ApplyForm.UNSPECIFIED]: "columns",
-  [ApplyForm.PYARROW]: "pyarrow",
-  [ApplyForm.PANDAS]: "pandas",
-  [ApplyForm.COLUMNS]: "columns",
-};
-const DOTTED = "[A-Za-z_]\\w*(?:\\.[A-Za-z_]\\w*)*";
-const MODULE_FUNCTION = new RegExp(`^${DOTTED}:${DOTTED}$`);
-const FUNCTION_NAME = new RegExp(`^${DOTTED}$`);
 const CACHE_NAME = /^cache\/[0-9a-f]{64}$/;
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-function functionOf(start: ApplyStart): { module: string } | { code: string; name: string } {
-  const f = start.function;
-  if (f.case === "moduleFunction") {
-    if (!MODULE_FUNCTION.test(f.value)) {
-      throw applyFailure(
-        "APPLY_INVALID_REQUEST",
-        `Cannot apply ${JSON.stringify(f.value)}: module_function must look like "pkg.mod:fn"`,
-      );
-    }
-    return { module: f.value };
-  }
-  if (f.case === "code") {
-    if (!FUNCTION_NAME.test(start.functionName)) {
-      throw applyFailure(
-        "APPLY_INVALID_REQUEST",
-        `Cannot apply inline code: function_name ${
-          JSON.stringify(start.functionName)
-        } is not a Python name`,
-      );
-    }
-    return { code: f.value, name: start.functionName };
-  }
-  throw applyFailure(
-    "APPLY_INVALID_REQUEST",
-    "Cannot apply: the start request names no function (module_function or code)",
-  );
+function functionOf(start: ApplyStart): ApplyFn {
+  return checkedFunction(start.function, start.functionName);
 }
 
 async function* streamedInput(
@@ -187,50 +141,6 @@ async function* streamFormat(
   if (!decided && head.length) yield head;
 }
 
-function response(
-  value: NonNullable<MessageInitShape<typeof ApplyResponseSchema>["response"]>,
-): ApplyResponse {
-  return create(ApplyResponseSchema, { response: value });
-}
-
-function ipc(bytes: Uint8Array): ApplyResponse {
-  return response({ case: "arrowIpc", value: bytes });
-}
-
-/**
- * The frames completed by `chunk`. The driver shares its stdout with the session's code, so a
- * length it did not write fails the call (and the run is killed) instead of being buffered.
- */
-function readFrames(
-  frames: DriverFrameReader,
-  chunk: Uint8Array,
-  limit: number,
-): ReturnType<DriverFrameReader["push"]> {
-  try {
-    return frames.push(chunk);
-  } catch (e) {
-    if (!isFramingError(e)) throw e;
-    if (e.code === "TOO_LARGE") {
-      throw applyFailure(
-        "APPLY_OUTPUT_TOO_LARGE",
-        `Cannot pass the function's output: a batch of ${
-          (e.size ?? 0) - 5
-        } bytes is larger than the limit of ${limit} bytes (the server's message size limit); ` +
-          "return smaller batches (fewer rows each), and do not write to the driver's stdout",
-      );
-    }
-    throw applyFailure(
-      "APPLY_PROTOCOL",
-      `Cannot read the Apply driver's output: ${e.message} (did the function write to stdout's file descriptor?)`,
-    );
-  }
-}
-
-function describeExit(ev: RunExitedEvent | undefined): string {
-  if (!ev) return "ended without an exit status";
-  return ev.signal ? `was killed by ${ev.signal}` : `exited with code ${ev.exitCode}`;
-}
-
 /** What the Apply handler needs. */
 export interface ApplyContext {
   /** The session store. */
@@ -247,7 +157,31 @@ export interface ApplyContext {
    * @default {DRIVER_FRAME_BYTES}
    */
   readonly maxMessageBytes?: number | undefined;
+  /**
+   * The most workers one call may spread its batches over; a request for more gets this many
+   * (`done.parallelism` says how many it got).
+   * @default {DEFAULT_APPLY_MAX_PARALLELISM}
+   */
+  readonly maxParallelism?: number | undefined;
+  /**
+   * Workers on other nodes for parallel calls, in a cluster.
+   * @default {undefined} every worker on this node
+   */
+  readonly remote?: RemoteLanes | undefined;
+  /**
+   * Receives notices (a worker on another node lost).
+   * @default {undefined}
+   */
+  readonly log?: ((line: string) => void) | undefined;
+  /**
+   * The server's pip layers, applied before the driver starts.
+   * @default {undefined} none
+   */
+  readonly pip?: LayerSource | undefined;
 }
+
+/** The default of {@linkcode ApplyContext.maxParallelism} (`--apply-max-parallelism`). */
+export const DEFAULT_APPLY_MAX_PARALLELISM = 4;
 
 /** The Apply method of `valise.v1.WorkerService`. */
 export type ApplyHandler = (
@@ -286,6 +220,9 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       const start = first.value.request.value;
       const session = await bindSession(ctx.store, start);
       release = session.hold();
+      const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+      const held = release;
+      release = () => (prepared.release(), held());
       const fn = functionOf(start);
       const form = FORMS[start.form];
       if (form === undefined) {
@@ -304,17 +241,24 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
           "Cannot apply: the start request names no input (streamed or cache_artifact)",
         );
       }
-      for await (
-        const r of drive(ctx, session, {
-          fn,
-          form,
-          declared,
-          declaredBytes: start.outputSchema,
-          input: streamFormat(input),
-          timeoutMs: start.timeoutMs,
-          signal: abort.signal,
-        })
-      ) {
+      const job: Job = {
+        fn,
+        form,
+        declared,
+        declaredBytes: start.outputSchema,
+        input: streamFormat(input),
+        timeoutMs: start.timeoutMs,
+        signal: abort.signal,
+      };
+      // Clamped, not refused: a client asking for more workers than allowed still gets its rows.
+      const parallelism = Math.min(
+        Math.max(start.parallelism, 1),
+        ctx.maxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM,
+      );
+      const responses = parallelism > 1
+        ? driveParallel(ctx, session, job, parallelism)
+        : drive(ctx, prepared.spec, job);
+      for await (const r of responses) {
         if (r.response.case === "done") {
           rowsIn = Number(r.response.value.rowsIn);
           rowsOut = Number(r.response.value.rowsOut);
@@ -339,41 +283,29 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
   };
 }
 
-interface Job {
-  fn: { module: string } | { code: string; name: string };
-  form: "pyarrow" | "pandas" | "columns";
-  declared: Schema | undefined;
-  declaredBytes: Uint8Array;
+/** A task with its input and the call's signal: what one worker (or several) runs. */
+export interface Job extends ApplyTask {
+  /** The input: the bytes of one Arrow IPC stream. */
   input: AsyncIterable<Uint8Array>;
-  timeoutMs: number;
+  /** Aborted when the call ends. */
   signal: AbortSignal;
 }
 
 async function* drive(
   ctx: ApplyContext,
-  session: Session,
+  spec: SessionSpec,
   job: Job,
 ): AsyncGenerator<ApplyResponse, void, undefined> {
   let resolveHello!: (h: Hello | undefined) => void;
   const hello = new Promise<Hello | undefined>((r) => resolveHello = r);
-  let transport: "arrow" | "columnar" | undefined;
+  let transport: Transport | undefined;
   let fields: ColumnarField[] | undefined;
   let inputError: unknown;
 
   async function* toDriver(): AsyncGenerator<Uint8Array, void, undefined> {
     const h = await hello;
     if (!h || !transport) return;
-    const startJson = encoder.encode(JSON.stringify({
-      function: job.fn,
-      form: job.form,
-      transport,
-      fields: fields ?? null,
-      schemaIpc: transport === "arrow" && job.declaredBytes.length
-        ? btoa(String.fromCharCode(...job.declaredBytes))
-        : null,
-    }));
-    yield driverFrameHeader(DriverFrame.START, startJson.length);
-    yield startJson;
+    yield* startFrame(job, transport, fields, false);
     try {
       if (transport === "arrow") {
         for await (const chunk of job.input) {
@@ -405,7 +337,6 @@ async function* drive(
   let exited: RunExitedEvent | undefined;
   let interpreter = "";
   let stderrTail = "";
-  const spec = sessionSpec(session, ctx.limits);
   try {
     for await (
       const ev of ctx.launcher.run(spec, {
@@ -427,21 +358,8 @@ async function* drive(
           switch (f.type) {
             case DriverFrame.HELLO: {
               const h = JSON.parse(decoder.decode(f.payload)) as Hello;
-              const where = `the session's interpreter ${interpreter} (${h.executable})`;
-              if (job.form === "pyarrow" && !h.pyarrow) {
-                throw applyFailure(
-                  "APPLY_PYARROW_UNAVAILABLE",
-                  `Cannot apply a pyarrow-form function: pyarrow is not importable by ${where}; ` +
-                    "use form COLUMNS or PANDAS, or add pyarrow to the session's environment",
-                );
-              }
-              if (job.form === "pandas" && !h.pandas) {
-                throw applyFailure(
-                  "APPLY_PANDAS_UNAVAILABLE",
-                  `Cannot apply a pandas-form function: pandas is not importable by ${where}; ` +
-                    "use form COLUMNS, or add pandas to the session's environment",
-                );
-              }
+              const refused = helloFailure(h, job.form, interpreter);
+              if (refused) throw refused;
               transport = h.pyarrow ? "arrow" : "columnar";
               if (transport === "columnar" && job.declared) {
                 fields = job.declared.fields.map(columnarField);
@@ -470,25 +388,12 @@ async function* drive(
               break;
             }
             case DriverFrame.ERROR: {
-              const err = JSON.parse(decoder.decode(f.payload)) as {
-                errorClass: string;
-                message: string;
-                traceback: string;
-              };
-              // What the driver names must be one of Apply's classes; anything else is a lie.
-              const cls: ApplyErrorClass =
-                isServerErrorCode(err.errorClass) && err.errorClass.startsWith("APPLY_")
-                  ? err.errorClass as ApplyErrorClass
-                  : "APPLY_PROTOCOL";
-              failure = applyFailure(cls, err.message, err.traceback);
-              yield response({
-                case: "error",
-                value: { message: err.message, traceback: err.traceback, errorClass: cls },
-              });
+              failure = driverError(f.payload);
+              yield errorResponse(failure);
               break;
             }
             case DriverFrame.DONE:
-              done = JSON.parse(decoder.decode(f.payload)) as DoneStats;
+              done = parseStats(f.payload);
               break;
             default:
               throw applyFailure("APPLY_PROTOCOL", `Unexpected driver frame ${f.type}`);
@@ -500,45 +405,8 @@ async function* drive(
     resolveHello(undefined);
   }
   if (failure) throw failure;
-  if (inputError !== undefined) {
-    if (inputError instanceof ServerError || inputError instanceof ColumnarTypeError) {
-      throw inputError;
-    }
-    const why = inputError instanceof Error ? inputError.message : String(inputError);
-    const fix = isFramingError(inputError) && inputError.code === "TOO_LARGE"
-      ? "; send smaller record batches (fewer rows each)"
-      : "";
-    throw applyFailure(
-      "APPLY_INVALID_INPUT",
-      `Cannot read the input as an Arrow IPC stream: ${why}${fix}`,
-      "",
-      inputError,
-    );
-  }
-  if (!done) {
-    if (exited?.timedOut) {
-      throw applyFailure(
-        "APPLY_TIMEOUT",
-        `Cannot finish: the worker ran past its time limit and was killed`,
-      );
-    }
-    if (exited?.outputTruncated) {
-      const marker = stderrTail.trim().split("\n").findLast((l) => l.startsWith("[valise]"));
-      throw applyFailure(
-        "APPLY_OUTPUT_TOO_LARGE",
-        `Cannot finish: the worker passed an output limit and was killed (${
-          marker ?? "output truncated"
-        }); what the function prints counts toward spark.valise.worker.outputBytes, the ` +
-          "output batches toward spark.valise.worker.streamBytes: print less, or produce less",
-      );
-    }
-    throw applyFailure(
-      "APPLY_WORKER_FAILED",
-      `Cannot finish: the worker (${interpreter}) ${describeExit(exited)} before it was done${
-        stderrTail.trim() ? `: ${stderrTail.trim().slice(-1500)}` : ""
-      }`,
-    );
-  }
+  if (inputError !== undefined) throw inputFailure(inputError);
+  if (!done) throw exitFailure(exited, stderrTail, interpreter);
   if (transport === "columnar") {
     if (!pieces && job.declared) {
       pieces = new IpcStreamPieces(job.declared);
@@ -546,15 +414,5 @@ async function* drive(
     }
     if (pieces) yield ipc(pieces.end());
   }
-  yield response({
-    case: "done",
-    value: {
-      rowsIn: BigInt(done.rowsIn),
-      rowsOut: BigInt(done.rowsOut),
-      batchesIn: BigInt(done.batchesIn),
-      batchesOut: BigInt(done.batchesOut),
-      transport: transport === "arrow" ? "pyarrow" : "columnar",
-      interpreter,
-    },
-  });
+  yield doneResponse(done, transport === "arrow" ? "pyarrow" : "columnar", interpreter, 1);
 }

@@ -4,6 +4,8 @@ import { resolve } from "node:path";
 import type { ServeOptions } from "./serve.ts";
 import { type AccessToken, readTokenFile } from "./_tokens.ts";
 import { nodeIdProblem } from "./cluster/node_record.ts";
+import { normalizeIndexUrl } from "@valise/protocol";
+import type { PipOptions } from "./pip_layers.ts";
 
 /** The usage text of `deno task serve`. */
 export const USAGE = `Usage: deno task serve [options]
@@ -51,6 +53,23 @@ Workers:
   --worker-ids FIRST:COUNT    host uids/gids for sessions' workers, one per session, when the
                               server runs as root; none = one uid, nobody (default 1900000000:1000000)
   --worker-stream-bytes SIZE  Apply output data per call (default 16G)
+  --apply-max-parallelism N   workers one Apply call may spread its batches over; a call
+                              asking for more gets N (default 4); in a cluster also the
+                              workers this node runs for other nodes' calls at once
+
+Packages (session-scoped pip install; docs/operations.md):
+  --pip-installer PATH        uv, or a Python whose pip installs (default: uv on PATH, else
+                              the default interpreter's pip)
+  --pip-index-url URL         the package index sessions install from
+                              (default https://pypi.org/simple)
+  --pip-extra-index-url URL   another index every install uses (repeatable)
+  --pip-allow-index URL       an index sessions may choose instead (repeatable)
+  --pip-allow-host HOST[:PORT]  a host installs may reach besides their indexes' own, where an
+                              index serves its files (repeatable; PyPI's is known)
+  --pip-offline               no index: installs use the session's uploaded wheels only
+  --pip-timeout N             seconds one install may take (default 600)
+  --pip-allow-sdist           let installs build source distributions (runs their code, in
+                              the sandbox; default: wheels only)
 
 Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md):
   --cluster URL[,URL...]      join the cluster of these NATS servers (env VALISE_CLUSTER),
@@ -65,6 +84,8 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
   --cluster-gc-grace DURATION objects of the cluster's object store no session refers to
                               are deleted once older than this, e.g. 30m, 24h, 7d
                               (default 24h)
+  --apply-offer-wait-ms N     how long a parallel Apply waits for other nodes to offer
+                              workers before it runs the rest on this node (default 250)
 
 Operators:
   --metrics-port PORT         serve HTTP on HOST:PORT (HOST: the --host address): Prometheus
@@ -181,13 +202,23 @@ export function parseServeCommand(
         "worker-memory": { type: "string" },
         "worker-output-bytes": { type: "string" },
         "worker-stream-bytes": { type: "string" },
+        "apply-max-parallelism": { type: "string" },
         "metrics-port": { type: "string" },
+        "pip-installer": { type: "string" },
+        "pip-index-url": { type: "string" },
+        "pip-extra-index-url": { type: "string", multiple: true },
+        "pip-allow-index": { type: "string", multiple: true },
+        "pip-allow-host": { type: "string", multiple: true },
+        "pip-offline": { type: "boolean" },
+        "pip-timeout": { type: "string" },
+        "pip-allow-sdist": { type: "boolean" },
         cluster: { type: "string" },
         "node-id": { type: "string" },
         "cluster-replicas": { type: "string" },
         "cluster-creds-file": { type: "string" },
         "cluster-heartbeat": { type: "string" },
         "cluster-gc-grace": { type: "string" },
+        "apply-offer-wait-ms": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -296,6 +327,7 @@ export function parseServeCommand(
     );
   }
   const cluster = clusterOf(v, e, cwd);
+  const pip = pipOf(v, cwd);
   const adminTokenFile = v["admin-token-file"] ?? e("VALISE_ADMIN_TOKEN_FILE");
   const adminTokens = adminTokenFile
     ? tokensOf(resolve(cwd, adminTokenFile), "--admin-token-file")
@@ -340,6 +372,15 @@ export function parseServeCommand(
       quotas,
       ...(workerIds !== undefined ? { workerIds } : {}),
       ...(cluster ? { cluster } : {}),
+      ...(v["apply-max-parallelism"] !== undefined
+        ? {
+          applyMaxParallelism: int(v["apply-max-parallelism"], "--apply-max-parallelism", 1, 64),
+        }
+        : {}),
+      ...(v["apply-offer-wait-ms"] !== undefined
+        ? { applyOfferWaitMs: int(v["apply-offer-wait-ms"], "--apply-offer-wait-ms", 0, 60_000) }
+        : {}),
+      pip,
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,
@@ -372,6 +413,51 @@ export function parseDuration(text: string, flag: string): number {
   return Math.round(Number(m[1]) * unit);
 }
 
+function pipOf(
+  v: {
+    "pip-installer"?: string | undefined;
+    "pip-index-url"?: string | undefined;
+    "pip-extra-index-url"?: string[] | undefined;
+    "pip-allow-index"?: string[] | undefined;
+    "pip-allow-host"?: string[] | undefined;
+    "pip-offline"?: boolean | undefined;
+    "pip-timeout"?: string | undefined;
+    "pip-allow-sdist"?: boolean | undefined;
+  },
+  cwd: string,
+): PipOptions {
+  const url = (u: string, flag: string) => {
+    try {
+      return normalizeIndexUrl(u);
+    } catch (e) {
+      throw new UsageError(`${flag}: ${e instanceof Error ? e.message : e}`);
+    }
+  };
+  for (const h of v["pip-allow-host"] ?? []) {
+    if (!/^([A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:.]+\])(:\d{1,5})?$/.test(h)) {
+      throw new UsageError(`--pip-allow-host: "${h}" is not HOST or HOST:PORT`);
+    }
+  }
+  if (v["pip-offline"] && (v["pip-index-url"] || v["pip-extra-index-url"]?.length)) {
+    throw new UsageError(
+      "--pip-offline installs from uploaded wheels only: it takes no --pip-index-url or " +
+        "--pip-extra-index-url",
+    );
+  }
+  return {
+    ...(v["pip-installer"] ? { installer: resolve(cwd, v["pip-installer"]) } : {}),
+    ...(v["pip-index-url"] ? { indexUrl: url(v["pip-index-url"], "--pip-index-url") } : {}),
+    extraIndexUrls: (v["pip-extra-index-url"] ?? []).map((u) => url(u, "--pip-extra-index-url")),
+    allowedIndexUrls: (v["pip-allow-index"] ?? []).map((u) => url(u, "--pip-allow-index")),
+    allowHosts: v["pip-allow-host"] ?? [],
+    offline: v["pip-offline"] ?? false,
+    ...(v["pip-timeout"]
+      ? { timeoutMs: int(v["pip-timeout"], "--pip-timeout", 1, 86_400) * 1000 }
+      : {}),
+    allowSdist: v["pip-allow-sdist"] ?? false,
+  };
+}
+
 function clusterOf(
   v: {
     cluster?: string | undefined;
@@ -380,6 +466,7 @@ function clusterOf(
     "cluster-creds-file"?: string | undefined;
     "cluster-heartbeat"?: string | undefined;
     "cluster-gc-grace"?: string | undefined;
+    "apply-offer-wait-ms"?: string | undefined;
   },
   e: (k: string) => string | undefined,
   cwd: string,
@@ -394,6 +481,7 @@ function clusterOf(
         "cluster-creds-file",
         "cluster-heartbeat",
         "cluster-gc-grace",
+        "apply-offer-wait-ms",
       ] as const
     ) {
       if (v[f] !== undefined) throw new UsageError(`--${f} needs --cluster`);

@@ -61,10 +61,14 @@ Deno.test("parseServeCommand() reads flags over environment variables", () => {
       "9100",
       "--idle-timeout-min",
       "0",
+      "--apply-max-parallelism",
+      "8",
     ],
     env,
     "/work",
   );
+  equal(flags.options.applyMaxParallelism, 8);
+  equal(parseServeCommand([], noEnv, "/x").options.applyMaxParallelism, undefined);
   equal(flags.options.port, 0);
   equal(flags.options.dataDir, "/work/rel");
   equal(flags.options.cacheBytes, 2 * 2 ** 30);
@@ -101,6 +105,11 @@ Deno.test("parseServeCommand() refuses bad input with a message naming the flag"
   bad(["--worker-stream-bytes", "lots"], /--worker-stream-bytes: "lots" is not a size/);
   bad(["--max-workers", "0"], /--max-workers: "0"/);
   bad(["--interactive-timeout-ms", "soon"], /--interactive-timeout-ms: "soon"/);
+  bad(
+    ["--apply-max-parallelism", "0"],
+    /--apply-max-parallelism: "0" is not a whole number from 1 to 64/,
+  );
+  bad(["--apply-max-parallelism", "65"], /--apply-max-parallelism: "65"/);
   bad(["--nope"], /nope/);
   bad(["extra"], /extra/);
 });
@@ -240,7 +249,14 @@ Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad 
     [["--cluster", "nats://a:4222", "--cluster-gc-grace=-1h"], /not a duration/],
     [["--cluster", "nats://a:4222", "--cluster-gc-grace", "500ms"], /from 1s to 365d/],
     [["--cluster", "nats://a:4222", "--cluster-gc-grace", "400d"], /from 1s to 365d/],
+    [["--apply-offer-wait-ms", "100"], /--apply-offer-wait-ms needs --cluster/],
+    [["--cluster", "nats://a:4222", "--apply-offer-wait-ms", "-1"], /--apply-offer-wait-ms/],
   ];
+  equal(
+    parseServeCommand(["--cluster", "nats://a:4222", "--apply-offer-wait-ms", "5000"], noEnv, "/x")
+      .options.applyOfferWaitMs,
+    5000,
+  );
   for (const [args, why] of bad) {
     throws(() => parseServeCommand(args, noEnv, "/x"), (e) => {
       equal(e instanceof UsageError, true);
@@ -292,4 +308,50 @@ Deno.test("the usage text says the metrics and status port listens on --host", (
   equal(c.metricsPort, 9100);
   ok(USAGE.includes("serve HTTP on HOST:PORT (HOST: the --host address)"), USAGE);
   ok(!USAGE.includes("127.0.0.1:PORT/metrics"));
+});
+
+Deno.test("parseServeCommand() reads the --pip-* flags, and refuses indexes and hosts that are not ones", () => {
+  const c = parseServeCommand(
+    [
+      "--pip-installer",
+      "tools/uv",
+      "--pip-index-url",
+      "https://mirror.example/simple/",
+      "--pip-extra-index-url",
+      "https://extra.example/simple",
+      "--pip-allow-index",
+      "https://pypi.org/simple",
+      "--pip-allow-host",
+      "files.mirror.example:8443",
+      "--pip-timeout",
+      "120",
+      "--pip-allow-sdist",
+    ],
+    noEnv,
+    "/srv",
+  );
+  deepEqual(c.options.pip, {
+    installer: "/srv/tools/uv",
+    indexUrl: "https://mirror.example/simple",
+    extraIndexUrls: ["https://extra.example/simple"],
+    allowedIndexUrls: ["https://pypi.org/simple"],
+    allowHosts: ["files.mirror.example:8443"],
+    offline: false,
+    timeoutMs: 120_000,
+    allowSdist: true,
+  });
+  const offline = parseServeCommand(["--pip-offline"], noEnv, "/").options.pip;
+  equal(offline && offline.offline, true);
+  ok(USAGE.includes("--pip-offline"));
+  for (
+    const args of [
+      ["--pip-index-url", "ftp://x/simple"],
+      ["--pip-index-url", "https://u:p@x/simple"],
+      ["--pip-allow-host", "a b"],
+      ["--pip-timeout", "0"],
+      ["--pip-offline", "--pip-index-url", "https://x/simple"],
+    ]
+  ) {
+    throws(() => parseServeCommand(args, noEnv, "/"), UsageError, args.join(" "));
+  }
 });

@@ -15,6 +15,7 @@ VALISE = globals()['VALISE']
 _F = VALISE['frames']
 START, DATA, END = _F['START'], _F['DATA'], _F['END']
 HELLO, OUT, ERROR, DONE = _F['HELLO'], _F['OUT'], _F['ERROR'], _F['DONE']
+MARK = _F['MARK']
 HDR = struct.Struct('>IB')
 DRIVER_FILE = VALISE['file']
 
@@ -485,6 +486,11 @@ class Columnar(object):
         self.pending_empty = 0
 
     def inputs(self, stats):
+        for args in self.units(stats):
+            for arg in args:
+                yield arg
+
+    def units(self, stats):
         while True:
             kind, payload = recv()
             if kind == END:
@@ -495,9 +501,15 @@ class Columnar(object):
             stats['rowsIn'] += rows
             stats['batchesIn'] += 1
             if self.form == 'pandas':
-                yield to_pandas(header, columns)
+                yield [to_pandas(header, columns)]
             else:
-                yield dict(columns)
+                yield [dict(columns)]
+
+    def end_unit(self, stats):
+        # Empty outputs wait for the schema (inferred from a non-empty one); once it is known
+        # they belong to this unit.
+        if self.fields is not None:
+            self.flush_empty(stats)
 
     def emit(self, result, stats):
         if self.form == 'pandas':
@@ -538,7 +550,11 @@ class Columnar(object):
             send(OUT, encode_batch([(f['name'], []) for f in self.fields], self.fields, 0))
             stats['batchesOut'] += 1
 
-    def finish(self, stats):
+    def finish(self, stats, units=False):
+        if units:
+            # Output after the last unit belongs to none: empty batches of a schema never
+            # inferred carry no rows, and are dropped.
+            return
         if self.pending_empty and self.fields is None:
             self.fields = [{'name': n, 'type': 'null'} for n in self.names]
         if self.fields is not None:
@@ -591,17 +607,36 @@ class Arrow(object):
         self.writer = None
         self.sink = FrameOutput()
 
+    def arg(self, batch, stats):
+        stats['rowsIn'] += batch.num_rows
+        stats['batchesIn'] += 1
+        if self.form == 'pandas':
+            return batch.to_pandas()
+        if self.form == 'columns':
+            return batch.to_pydict()
+        return batch
+
     def inputs(self, stats):
         reader = self.pa.ipc.open_stream(io.BufferedReader(FrameInput(), 1 << 16))
         for batch in reader:
-            stats['rowsIn'] += batch.num_rows
-            stats['batchesIn'] += 1
-            if self.form == 'pandas':
-                yield batch.to_pandas()
-            elif self.form == 'columns':
-                yield batch.to_pydict()
-            else:
-                yield batch
+            yield self.arg(batch, stats)
+
+    def units(self, stats):
+        # Each DATA frame is a whole IPC stream (schema, dictionaries, a batch): a unit of work
+        # that any worker can take, and whose output is a whole IPC stream too.
+        while True:
+            kind, payload = recv()
+            if kind == END:
+                return
+            if kind != DATA:
+                raise ApplyFailure('APPLY_PROTOCOL', 'Unexpected frame %d' % kind)
+            reader = self.pa.ipc.open_stream(self.pa.py_buffer(payload))
+            yield [self.arg(batch, stats) for batch in reader]
+
+    def end_unit(self, stats):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def to_batches(self, result):
         pa = self.pa
@@ -701,7 +736,9 @@ class Arrow(object):
             stats['rowsOut'] += batch.num_rows
             stats['batchesOut'] += 1
 
-    def finish(self, stats):
+    def finish(self, stats, units=False):
+        if units:
+            return
         if self.writer is None and self.schema is not None:
             self.writer = self.pa.ipc.new_stream(self.sink, self.schema)
         if self.writer is not None:
@@ -797,10 +834,26 @@ def main():
                 raise ApplyFailure('APPLY_PANDAS_UNAVAILABLE', 'Cannot import pandas in %s: %s'
                                    % (sys.executable, describe(e)))
         plane = Columnar(form, start.get('fields'))
-    for arg in plane.inputs(stats):
-        for result in outputs(call(fn, arg), form):
-            plane.emit(result, stats)
-    plane.finish(stats)
+    units = bool(start.get('units'))
+    if units:
+        # Parallel Apply: after each unit's output, a MARK with what it counted, so that the
+        # server can put the outputs of several workers back in input order.
+        units = plane.units(stats)
+        while True:
+            before = dict(stats)
+            args = next(units, None)
+            if args is None:
+                break
+            for arg in args:
+                for result in outputs(call(fn, arg), form):
+                    plane.emit(result, stats)
+            plane.end_unit(stats)
+            send_json(MARK, dict((k, stats[k] - before[k]) for k in stats))
+    else:
+        for arg in plane.inputs(stats):
+            for result in outputs(call(fn, arg), form):
+                plane.emit(result, stats)
+    plane.finish(stats, units)
     send_json(DONE, stats)
 
 

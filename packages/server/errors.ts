@@ -22,6 +22,12 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  * - `UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION`: a client asked to execute or analyze a plan;
  *   Valise serves sessions, artifacts, config and Python workers, not queries.
  * - `INVALID_HANDLE.OPERATION_NOT_FOUND`: a client asked about an operation the server never ran.
+ * - `PIP_INVALID_REQUEST`: a requirement set or package index a session asked to install from is
+ *   refused (an installer option, a path, a URL, an index the server does not offer).
+ * - `PIP_INSTALL_FAILED`: the installer could not build the session's pip layer (resolution,
+ *   download, a wheel missing, a time limit); the message carries the installer's own words.
+ * - `PIP_NOT_INSTALLED`: an uninstall named a distribution the session's requirements do not
+ *   list.
  */
 export type ServerErrorCode =
   | "APPLY_INVALID_REQUEST"
@@ -41,7 +47,10 @@ export type ServerErrorCode =
   | "RUN_MESSAGE_TOO_LARGE"
   | "ARTIFACT_STREAM_IDLE"
   | "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION"
-  | "INVALID_HANDLE.OPERATION_NOT_FOUND";
+  | "INVALID_HANDLE.OPERATION_NOT_FOUND"
+  | "PIP_INVALID_REQUEST"
+  | "PIP_INSTALL_FAILED"
+  | "PIP_NOT_INSTALLED";
 
 /** The error classes an Apply call fails with. */
 export type ApplyErrorClass = Extract<ServerErrorCode, `APPLY_${string}`>;
@@ -67,6 +76,10 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   ARTIFACT_STREAM_IDLE: Code.DeadlineExceeded,
   "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION": Code.Unimplemented,
   "INVALID_HANDLE.OPERATION_NOT_FOUND": Code.NotFound,
+  PIP_INVALID_REQUEST: Code.InvalidArgument,
+  // The request was well formed; what it needs (a version, a wheel, the index) is not there.
+  PIP_INSTALL_FAILED: Code.FailedPrecondition,
+  PIP_NOT_INSTALLED: Code.NotFound,
 };
 
 /** The gRPC code for each session store class: the class says what went wrong, the code how to react. */

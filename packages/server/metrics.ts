@@ -61,6 +61,12 @@ export class Metrics {
   #applies = new Map<string, number>();
   #applyLatency = new Histogram();
   #applyRows = { in: 0, out: 0 };
+  #applyUnits = { local: 0, remote: 0 };
+  #applyLanesLost = 0;
+  #applyServed = new Map<string, number>();
+  #applyServedUnits = 0;
+  /** The pip layers' counters, when the instance installs packages for sessions. */
+  pip: (() => Readonly<Record<string, number>>) | undefined;
   /** The cluster registry's counters, when the instance is a cluster's node. */
   cluster: (() => Readonly<Record<string, number>>) | undefined;
   /** The nodes this node sees, when the instance is a cluster's node. */
@@ -97,6 +103,26 @@ export class Metrics {
     this.#applyLatency.observe(seconds);
     this.#applyRows.in += rowsIn;
     this.#applyRows.out += rowsOut;
+  }
+
+  /** Counts a unit (one input batch) of a parallel Apply dealt to a worker here or elsewhere. */
+  applyUnit(where: "local" | "remote"): void {
+    this.#applyUnits[where]++;
+  }
+
+  /** Counts a parallel Apply's worker on another node lost (its units run here instead). */
+  applyLaneLost(): void {
+    this.#applyLanesLost++;
+  }
+
+  /** Counts a request of another node to run a parallel Apply's worker here, by outcome. */
+  applyServed(outcome: "opened" | "refused"): void {
+    this.#applyServed.set(outcome, (this.#applyServed.get(outcome) ?? 0) + 1);
+  }
+
+  /** Counts a unit run here for another node's parallel Apply. */
+  applyServedUnit(): void {
+    this.#applyServedUnits++;
   }
 
   /** An interceptor that counts every RPC and every quota refusal. */
@@ -146,6 +172,34 @@ export class Metrics {
       "# TYPE valise_unpack_seconds_total counter",
       `valise_unpack_seconds_total ${store.trees.buildSeconds}`,
     );
+    const layers = (await store.layers.list()).length;
+    gauge("valise_pip_layers", "Pip layers on disk (installed requirement sets).", layers);
+    const p = this.pip?.();
+    if (p) {
+      const counter = (name: string, help: string, value: number | undefined) =>
+        out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value ?? 0}`);
+      counter(
+        "valise_pip_layer_builds_total",
+        "Pip layers built (installer runs), failed ones included.",
+        p.builds,
+      );
+      counter("valise_pip_layer_build_failures_total", "Pip layer builds that failed.", p.failures);
+      counter(
+        "valise_pip_layer_reuses_total",
+        "Installs and runs that found their pip layer built already.",
+        p.reuses,
+      );
+      counter(
+        "valise_pip_layer_build_seconds_total",
+        "Time spent building pip layers.",
+        p.buildSeconds,
+      );
+      counter(
+        "valise_pip_proxy_refusals_total",
+        "Connections builds asked for that the package-index proxy refused.",
+        p.proxyRefusals,
+      );
+    }
     gauge(
       "valise_sandbox_enabled",
       "1 when workers run in a bubblewrap sandbox.",
@@ -188,6 +242,22 @@ export class Metrics {
       "# TYPE valise_apply_rows_total counter",
       `valise_apply_rows_total{direction="in"} ${this.#applyRows.in}`,
       `valise_apply_rows_total{direction="out"} ${this.#applyRows.out}`,
+    );
+    out.push(
+      "# HELP valise_apply_units_total Input batches of parallel Apply calls, by where they ran.",
+      "# TYPE valise_apply_units_total counter",
+      `valise_apply_units_total{where="local"} ${this.#applyUnits.local}`,
+      `valise_apply_units_total{where="remote"} ${this.#applyUnits.remote}`,
+      "# HELP valise_apply_lanes_lost_total Workers of parallel Apply calls on other nodes lost.",
+      "# TYPE valise_apply_lanes_lost_total counter",
+      `valise_apply_lanes_lost_total ${this.#applyLanesLost}`,
+      "# HELP valise_apply_served_lanes_total Other nodes' requests for a parallel Apply worker.",
+      "# TYPE valise_apply_served_lanes_total counter",
+      `valise_apply_served_lanes_total{outcome="opened"} ${this.#applyServed.get("opened") ?? 0}`,
+      `valise_apply_served_lanes_total{outcome="refused"} ${this.#applyServed.get("refused") ?? 0}`,
+      "# HELP valise_apply_served_units_total Input batches run here for other nodes.",
+      "# TYPE valise_apply_served_units_total counter",
+      `valise_apply_served_units_total ${this.#applyServedUnits}`,
     );
     out.push(
       "# HELP valise_quota_refusals_total Requests refused for a quota, by reason.",

@@ -54,8 +54,17 @@ export { createSparkConnectService, type SparkServiceContext } from "./spark_ser
 export { createStoreService, type StoreServiceContext } from "./store_service.ts";
 export { createSessionService, type SessionServiceContext } from "./session_service.ts";
 export { createWorkerService } from "./worker_service.ts";
+export { createPipService, type PipServiceContext } from "./pip_service.ts";
+export {
+  DEFAULT_INDEX_URL,
+  PipLayers,
+  type PipOptions,
+  type PipState,
+  type PipStats,
+} from "./pip_layers.ts";
+export { hostPort, PipProxy, type PipProxyOptions, type ProxyGrant } from "./pip_proxy.ts";
 export { createHealthService, HEALTH_SERVICES } from "./health_service.ts";
-export { sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";
+export { type LayerSource, preparedSpec, sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";
 export {
   archiveUnpacker,
   type CondaUnpackRunner,

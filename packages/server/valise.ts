@@ -16,6 +16,7 @@ import {
   AdminService,
   assertCrc32Works,
   Health,
+  PipService,
   SessionService,
   SparkConnectService,
   StoreService,
@@ -26,6 +27,8 @@ import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
 import { type ClusterView, DEFAULT_HEARTBEAT_MS, Membership } from "./cluster/membership.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
+import { ApplyServer } from "./cluster/apply_serve.ts";
+import { ClusterLanes } from "./cluster/apply_remote.ts";
 import { observingInterceptor } from "./_interceptors.ts";
 import { cancelledInterceptor, peerResetValues } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
@@ -52,6 +55,9 @@ import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 import meta from "./deno.json" with { type: "json" };
+import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
+import { PipLayers, type PipOptions } from "./pip_layers.ts";
+import { createPipService } from "./pip_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -128,11 +134,31 @@ export interface ValiseOptions {
    */
   workerIds?: { first: number; count: number } | "none" | undefined;
   /**
+   * The most workers one Apply call may spread its batches over (`parallelism`); a call asking
+   * for more gets this many. In a cluster it is also the most workers this node runs for other
+   * nodes' calls at once.
+   * @default {4}
+   */
+  applyMaxParallelism?: number | undefined;
+  /**
+   * In a cluster, how long a parallel Apply waits for other nodes to volunteer workers before
+   * it runs the rest of its workers on this node (it runs on its first worker meanwhile).
+   * @default {250}
+   */
+  applyOfferWaitMs?: number | undefined;
+  /**
    * Join a cluster of Valise nodes on NATS JetStream: sessions and blobs are shared, any node
    * serves any session (see `docs/operations.md`).
    * @default {undefined} a single node
    */
   cluster?: ClusterOptions | undefined;
+  /**
+   * How sessions' `pip install`s are built (installer, indexes, offline, sdists); `false`
+   * turns them off (a session with a requirement set then fails its runs with
+   * `PIP_INSTALL_FAILED`).
+   * @default {{}} uv (or pip) from PyPI, wheels only
+   */
+  pip?: PipOptions | false | undefined;
 }
 
 /** How a node joins a cluster (`--cluster`). */
@@ -196,6 +222,8 @@ export interface Valise {
   readonly launcher: Launcher;
   /** Counters, for `/metrics`. */
   readonly metrics: Metrics;
+  /** Sessions' pip layers, when installs are on. */
+  readonly pip: PipLayers | undefined;
   /** The most recent failed calls, for operators. */
   readonly recentErrors: RecentErrors;
   /** The admin tokens, when the admin API is on. */
@@ -344,6 +372,14 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     );
   }
   const metrics = new Metrics();
+  const pip = options.pip === false ? undefined : new PipLayers({
+    store,
+    launcher,
+    limits,
+    log,
+    minFreeBytes: options.quotas?.minFreeBytes,
+  }, options.pip ?? {});
+  if (pip) metrics.pip = () => pip.stats;
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
   const clusterView = membership ? (): ClusterView => membership.view() : undefined;
   metrics.membership = clusterView;
@@ -354,10 +390,41 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     proofs = new BlobProofs(registry ? { secret: await registry.proofKey() } : {});
   } catch (e) {
     await membership?.leave();
+    await pip?.close();
     await launcher.close();
     await store.close();
     await registry?.close();
     throw e;
+  }
+  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
+  const applyMaxParallelism = options.applyMaxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM;
+  // In a cluster, parallel Apply calls take workers on other nodes, and this node runs
+  // workers for theirs (docs/architecture.md, "Parallel Apply across nodes").
+  let applyServer: ApplyServer | undefined;
+  let remoteLanes: ClusterLanes | undefined;
+  if (registry && options.cluster) {
+    const nodeId = options.cluster.nodeId;
+    const clusterLog = (line: string) => log?.(line);
+    applyServer = new ApplyServer({
+      nc: registry.connection,
+      nodeId,
+      store,
+      launcher,
+      limits,
+      maxLanes: applyMaxParallelism,
+      maxMessageBytes: readMaxBytes,
+      metrics,
+      log: clusterLog,
+      pip,
+    });
+    applyServer.start();
+    remoteLanes = new ClusterLanes({
+      nc: registry.connection,
+      nodeId,
+      maxMessageBytes: readMaxBytes,
+      log: clusterLog,
+      offerWaitMs: options.applyOfferWaitMs,
+    });
   }
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
@@ -375,7 +442,6 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   // Innermost: the log and the metrics see a cancelled call as cancelled.
   interceptors.push(cancelledInterceptor(shutdown.signal));
 
-  const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
   // The token is checked on the headers, before any body byte is read; each method reads at
   // most its own cap.
   const refused = (method: string, problem: string) => {
@@ -407,9 +473,20 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     registerService(
       router,
       WorkerService,
-      createWorkerService({ store, launcher, limits, metrics, maxMessageBytes: readMaxBytes }),
+      createWorkerService({
+        store,
+        launcher,
+        limits,
+        metrics,
+        maxMessageBytes: readMaxBytes,
+        maxParallelism: applyMaxParallelism,
+        remote: remoteLanes,
+        log,
+        pip,
+      }),
       door,
     );
+    registerService(router, PipService, createPipService({ store, pip }), door);
     registerService(
       router,
       AdminService,
@@ -477,6 +554,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     store,
     launcher,
     metrics,
+    pip,
     recentErrors,
     adminTokens,
     status: () => collectStatus({ store, launcher, recentErrors, cluster: clusterView }),
@@ -497,7 +575,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       // First: the other nodes see this one leave at once, not a TTL later.
       await membership?.leave();
       shutdown.abort();
+      // Other nodes' workers first: their callers then run those units themselves.
+      await applyServer?.close();
       await launcher.close();
+      await pip?.close();
       await store.close();
       await registry?.close();
     },

@@ -6,8 +6,9 @@ import type { SessionStore } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 import { createApplyHandler } from "./_apply_service.ts";
+import type { RemoteLanes } from "./_apply_parallel.ts";
 import { createRunInteractiveHandler } from "./_run_interactive.ts";
 import { runSpecOf, toRunEvent } from "./_run_request.ts";
 
@@ -17,8 +18,9 @@ import { runSpecOf, toRunEvent } from "./_run_request.ts";
  * `RunInteractive` with stdin streamed from the client), and applies Python functions to Arrow
  * record batches there (`Apply`, see `apply_service.ts`). Cancelling the call kills the worker.
  *
- * @param ctx The session store, the launcher, the limits, and the largest message (Apply's input
- * messages and output batches).
+ * @param ctx The session store, the launcher, the limits, the largest message (Apply's input
+ * messages and output batches), Apply's most workers per call and, in a cluster, its workers on
+ * other nodes, and the server's pip layers (applied before each run).
  * @returns The service implementation.
  */
 export function createWorkerService(
@@ -28,6 +30,10 @@ export function createWorkerService(
     readonly limits: SessionLimits;
     readonly metrics?: Metrics;
     readonly maxMessageBytes?: number;
+    readonly maxParallelism?: number | undefined;
+    readonly remote?: RemoteLanes | undefined;
+    readonly log?: ((line: string) => void) | undefined;
+    readonly pip?: LayerSource | undefined;
   },
 ): ServiceImpl<typeof WorkerService> {
   const { store, launcher } = ctx;
@@ -42,7 +48,10 @@ export function createWorkerService(
         const session = await bindSession(store, req);
         done = session.hold();
         const spec = { ...runSpecOf(req), stdin: req.stdin };
-        for await (const ev of launcher.run(sessionSpec(session, ctx.limits), spec, call.signal)) {
+        const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+        const held = done;
+        done = () => (prepared.release(), held());
+        for await (const ev of launcher.run(prepared.spec, spec, call.signal)) {
           if (ev.kind === "exited") {
             outcome = ev.timedOut ? "timeout" : call.signal.aborted ? "cancelled" : "ok";
           }

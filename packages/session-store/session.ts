@@ -27,7 +27,12 @@ import {
   symlinkFresh,
   unlinkViewSync,
 } from "./_links.ts";
-import { type ArtifactRecord, type SessionManifest, writeManifest } from "./manifest.ts";
+import {
+  type ArtifactRecord,
+  type PipLayerRecord,
+  type SessionManifest,
+  writeManifest,
+} from "./manifest.ts";
 import type { StagedArtifact, UploadLimits } from "./upload.ts";
 import {
   mergeAdds,
@@ -82,6 +87,8 @@ export interface SessionContext {
   readonly unpack: ArchiveUnpacker | undefined;
   /** Shared unpacked archives. */
   readonly trees: TreeStore;
+  /** Shared pip layers (installed requirement sets), built and kept as trees are. */
+  readonly layers: TreeStore;
   /** Storage limits. */
   readonly quotas: Quotas;
   /**
@@ -611,14 +618,85 @@ export class Session {
     return await this.#place(staged.name, staged.sha256, staged.size, staged.file);
   }
 
-  /** Bytes of all committed artifacts and of the trees they unpacked to. */
+  /** Bytes of all committed artifacts, of the trees they unpacked to and of its pip layer. */
   bytes(): number {
-    return this.artifacts().reduce((n, a) => n + a.size + (a.treeBytes ?? 0), 0);
+    return this.artifacts().reduce((n, a) => n + a.size + (a.treeBytes ?? 0), 0) +
+      (this.#manifest.pip?.bytes ?? 0);
   }
 
-  /** Entries of the trees the session's archives unpacked to. */
+  /** Entries of the trees the session's archives unpacked to and of its pip layer. */
   entries(): number {
-    return this.artifacts().reduce((n, a) => n + (a.treeEntries ?? 0), 0);
+    return this.artifacts().reduce((n, a) => n + (a.treeEntries ?? 0), 0) +
+      (this.#manifest.pip?.entries ?? 0);
+  }
+
+  /** The pip layer the session's workers see on this node, if any. */
+  pipLayer(): PipLayerRecord | undefined {
+    return this.#manifest.pip;
+  }
+
+  /** Store paths of the session's pip layers, in `sys.path` order (bound read-only). */
+  layerPaths(): string[] {
+    const pip = this.#manifest.pip;
+    return pip ? [this.#ctx.layers.path(pip.key)] : [];
+  }
+
+  /**
+   * Makes `record` the session's pip layer (or, with `undefined`, drops the one it has): checked
+   * against the session's and its user's quotas as an add is, recorded in the manifest. The
+   * layer must be built; the caller keeps it pinned until this returns. The layer dropped stays
+   * in the store as cache, evicted least recently used.
+   *
+   * @param record The layer, or `undefined`.
+   * @throws {SessionError} `QUOTA_EXCEEDED` when the layer would break a quota.
+   */
+  setPipLayer(record: PipLayerRecord | undefined): Promise<void> {
+    return this.#lock.run(async () => {
+      this.#checkOpen();
+      const old = this.#manifest.pip;
+      if (old?.key === record?.key && old?.requirements === record?.requirements) return;
+      if (record) {
+        const q = this.#ctx.quotas;
+        const more = record.bytes - (old?.bytes ?? 0);
+        const bytes = this.bytes() + more;
+        const what = `the pip layer of ${record.distributions.length} distribution(s)`;
+        if (bytes > q.maxSessionBytes) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot use ${what}: the session would hold ${bytes} bytes of artifacts, unpacked ` +
+              `archives and packages, the limit per session is ${q.maxSessionBytes} bytes.`,
+            { reason: "SESSION_BYTES" },
+          );
+        }
+        const entries = this.entries() + record.entries - (old?.entries ?? 0);
+        if (entries > q.maxSessionEntries) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot use ${what}: the session's unpacked archives and packages would hold ` +
+              `${entries} files, the limit per session is ${q.maxSessionEntries}.`,
+            { reason: "SESSION_ENTRIES" },
+          );
+        }
+        const userBytes = this.#ctx.userBytes(this.userId) + more;
+        if (more > 0 && userBytes > q.maxUserBytes) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot use ${what}: the sessions of user ${JSON.stringify(this.userId)} would ` +
+              `hold ${userBytes} bytes, the limit per user is ${q.maxUserBytes} bytes.`,
+            { reason: "USER_BYTES" },
+          );
+        }
+        this.#manifest.pip = record;
+        this.#ctx.touch(`l:${record.key}`);
+      } else {
+        delete this.#manifest.pip;
+      }
+      if (old && old.key !== record?.key) {
+        this.#ctx.touch(`l:${old.key}`);
+        this.#ctx.collectSoon?.();
+      }
+      await this.#writeManifest();
+    });
   }
 
   /**

@@ -82,6 +82,8 @@ export interface CollectResult {
   readonly blobs: string[];
   /** Keys of the trees removed. */
   readonly trees: string[];
+  /** Keys of the pip layers removed. */
+  readonly layers: string[];
   /** Bytes freed. */
   readonly bytes: number;
 }
@@ -110,6 +112,12 @@ export class SessionStore {
   readonly blobs: BlobStore;
   /** The shared unpacked archives. */
   readonly trees: TreeStore;
+  /**
+   * The shared pip layers: installed requirement sets, one read-only directory per key (the
+   * interpreter, the requirements, the wheels, the index), built once and kept, pinned, counted
+   * and evicted as trees are (ids `l:<key>`).
+   */
+  readonly layers: TreeStore;
   #pins = new Map<string, number>();
   #evicting = new Map<string, Promise<void>>();
   #lastUsed = new Map<string, number>();
@@ -145,6 +153,10 @@ export class SessionStore {
     this.dataDir = dataDir;
     this.blobs = new BlobStore(join(dataDir, "blobs", "sha256"));
     this.trees = new TreeStore(join(dataDir, "trees"), options.workersReachByBinds ? 0o700 : 0o711);
+    this.layers = new TreeStore(
+      join(dataDir, "layers"),
+      options.workersReachByBinds ? 0o700 : 0o711,
+    );
     this.#cacheBytes = options.cacheBytes ?? 10 * 2 ** 30;
     const quotas: Quotas = {
       maxSessionBytes: 64 * 2 ** 30,
@@ -167,6 +179,7 @@ export class SessionStore {
       limits: { maxArtifactBytes: options.maxArtifactBytes ?? 16 * 2 ** 30 },
       unpack: options.unpack,
       trees: this.trees,
+      layers: this.layers,
       quotas,
       userBytes: (userId, except) => this.#userBytes(userId, except),
       holdUserBytes: (userId, bytes) => {
@@ -250,6 +263,8 @@ export class SessionStore {
     await this.blobs.init();
     // Half-unpacked trees of a crash are removed here; complete ones are kept.
     await this.trees.init();
+    // Half-built layers (staging directories, layers without their info file) likewise.
+    await this.layers.init();
     // Nothing in staging was ever visible: a crash mid-upload leaves only this to clean.
     await removeAll(this.#ctx.stagingRoot);
     await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true, mode: 0o700 });
@@ -318,8 +333,8 @@ export class SessionStore {
   }
 
   /**
-   * Keeps a blob (`b:<sha256>`) or tree (`t:<key>`) from eviction until the returned function
-   * is called. Uploads and attaches pin what they use; callers with their own check-then-use
+   * Keeps a blob (`b:<sha256>`), tree (`t:<key>`) or pip layer (`l:<key>`) from eviction until
+   * the returned function is called. Uploads and attaches pin what they use; callers with their own check-then-use
    * sequences can too.
    */
   pin(id: string): Promise<() => void> {
@@ -355,6 +370,8 @@ export class SessionStore {
         referenced.add(`b:${a.sha256}`);
         if (a.tree) referenced.add(`t:${a.tree}`);
       }
+      const pip = s.pipLayer();
+      if (pip) referenced.add(`l:${pip.key}`);
     }
     const candidates: { id: string; bytes: number; used: number }[] = [];
     for (const d of await this.blobs.list()) {
@@ -368,20 +385,27 @@ export class SessionStore {
         used: this.#lastUsed.get(id) ?? st.mtime?.getTime() ?? 0,
       });
     }
-    for (const k of await this.trees.list()) {
-      const id = `t:${k}`;
-      if (referenced.has(id)) continue;
-      const info = await this.trees.info(k).catch(() => ({ bytes: 0, entries: 0 }));
-      const st = await Deno.stat(`${this.trees.path(k)}.json`).catch(() => undefined);
-      candidates.push({
-        id,
-        bytes: info.bytes,
-        used: this.#lastUsed.get(id) ?? st?.mtime?.getTime() ?? 0,
-      });
+    for (const [prefix, trees] of [["t", this.trees], ["l", this.layers]] as const) {
+      for (const k of await trees.list()) {
+        const id = `${prefix}:${k}`;
+        if (referenced.has(id)) continue;
+        const info = await trees.info(k).catch(() => ({ bytes: 0, entries: 0 }));
+        const st = await Deno.stat(`${trees.path(k)}.json`).catch(() => undefined);
+        candidates.push({
+          id,
+          bytes: info.bytes,
+          used: this.#lastUsed.get(id) ?? st?.mtime?.getTime() ?? 0,
+        });
+      }
     }
     candidates.sort((a, b) => a.used - b.used);
     let total = candidates.reduce((n, c) => n + c.bytes, 0);
-    const removed = { blobs: [] as string[], trees: [] as string[], bytes: 0 };
+    const removed = {
+      blobs: [] as string[],
+      trees: [] as string[],
+      layers: [] as string[],
+      bytes: 0,
+    };
     for (const c of candidates) {
       if (total <= budget) break;
       if (this.#pins.has(c.id)) continue;
@@ -391,6 +415,9 @@ export class SessionStore {
         if (c.id.startsWith("b:")) {
           await Deno.remove(this.blobs.path(c.id.slice(2))).catch(() => {});
           removed.blobs.push(c.id.slice(2));
+        } else if (c.id.startsWith("l:")) {
+          await this.layers.remove(c.id.slice(2));
+          removed.layers.push(c.id.slice(2));
         } else {
           await this.trees.remove(c.id.slice(2));
           removed.trees.push(c.id.slice(2));
@@ -947,6 +974,8 @@ export class SessionStore {
       this.#lastUsed.set(`b:${a.sha256}`, now);
       if (a.tree) this.#lastUsed.set(`t:${a.tree}`, now);
     }
+    const pip = session.pipLayer();
+    if (pip) this.#lastUsed.set(`l:${pip.key}`, now);
     await this.collect();
     return session.serverSideSessionId;
   }
