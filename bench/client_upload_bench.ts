@@ -1,7 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
  * Valise's own client on loopback: a random file added by `@valise/client`
- * (`session.addArtifacts(path, { fastPath: false })`: one AddArtifacts stream in PySpark's 32 KiB
+ * (`session.addArtifacts(path, { fastPath: false })`: one AddArtifacts stream in 1 MiB
  * chunks, after hashing the file) to the Valise server (`packages/server/main.ts`, another
  * process), a new session per upload. Reports MB/s of the upload phase (first byte sent to the
  * server's answer, from the client's progress reports) and of the whole call (hash included),
@@ -69,7 +69,7 @@ try {
   const rate = (s: number) => SIZE_MB * MiB / 1e6 / s;
   console.log(
     `${SIZE_MB} MiB random file added by \`@valise/client\` (\`addArtifacts(path, ` +
-      `{ file: true, fastPath: false })\`, 32 KiB chunks, one stream) to \`packages/server/main.ts\` on ` +
+      `{ file: true, fastPath: false })\`, 1 MiB chunks, one stream) to \`packages/server/main.ts\` on ` +
       `loopback, a new session each, ${REPS} runs after a 64 MiB warm-up; MB/s = 10^6 bytes/s; ` +
       `${navigator.hardwareConcurrency} CPUs shared by client and server.\n`,
   );
