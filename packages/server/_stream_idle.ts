@@ -21,19 +21,28 @@ export async function* idleLimited<T>(
   }
   const it = source[Symbol.asyncIterator]();
   let finished = false;
+  // One timer per stream, not one per item (an upload is tens of thousands of 32 KiB messages):
+  // it checks the wait in progress and sleeps until that wait would reach the limit.
+  let waitingSince = -1;
+  let fail: ((e: unknown) => void) | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const check = () => {
+    timer = undefined;
+    if (waitingSince < 0) return; // the consumer holds an item: the next wait re-arms
+    const left = waitingSince + timeoutMs - performance.now();
+    if (left > 0) timer = setTimeout(check, left);
+    else fail?.(onIdle());
+  };
   try {
     while (true) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const idle = new Promise<"idle">((resolve) => {
-        timer = setTimeout(() => resolve("idle"), timeoutMs);
+      waitingSince = performance.now();
+      timer ??= setTimeout(check, timeoutMs);
+      const r = await new Promise<IteratorResult<T>>((resolve, reject) => {
+        fail = reject;
+        it.next().then(resolve, reject);
       });
-      let r: IteratorResult<T> | "idle";
-      try {
-        r = await Promise.race([it.next(), idle]);
-      } finally {
-        clearTimeout(timer);
-      }
-      if (r === "idle") throw onIdle();
+      waitingSince = -1;
+      fail = undefined;
       if (r.done) {
         finished = true;
         return;
@@ -41,6 +50,7 @@ export async function* idleLimited<T>(
       yield r.value;
     }
   } finally {
+    clearTimeout(timer);
     // The peer's stream is abandoned, not drained: its pending read ends with the call.
     if (!finished) it.return?.()?.catch(() => {});
   }
