@@ -275,6 +275,26 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
   };
 }
 
+/**
+ * Runs a job as an Apply call does (one worker, or `parallelism` of them): the responses of the
+ * call, `done` last. For servers of other RPCs that run Python over Arrow batches (ExecutePlan).
+ *
+ * @param ctx The Apply context.
+ * @param session The session, held by the caller.
+ * @param job The task, its input and signal.
+ * @param parallelism Workers to spread the batches over (clamped as Apply clamps).
+ * @returns The responses.
+ */
+export function runApplyJob(
+  ctx: ApplyContext,
+  session: Session,
+  job: Job,
+  parallelism: number,
+): AsyncGenerator<ApplyResponse, void, undefined> {
+  const n = Math.min(Math.max(parallelism, 1), ctx.maxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM);
+  return n > 1 ? driveParallel(ctx, session, job, n) : drive(ctx, session, job);
+}
+
 /** A task with its input and the call's signal: what one worker (or several) runs. */
 export interface Job extends ApplyTask {
   /** The input: the bytes of one Arrow IPC stream. */

@@ -27,6 +27,11 @@ export const DEFAULT_CONFIG: Readonly<Record<string, string>> = {
   "spark.sql.pyspark.legacy.inferArrayTypeFromFirstElement.enabled": "false",
   "spark.sql.pyspark.legacy.inferMapTypeFromFirstPair.enabled": "false",
   "spark.sql.artifact.isolation.enabled": "true",
+  // Read by PySpark around UDFs and toPandas (ExecutePlan's Python-UDF subset), with Spark's
+  // defaults.
+  "spark.sql.execution.pythonUDF.arrow.enabled": "false",
+  "spark.sql.execution.pandas.structHandlingMode": "legacy",
+  "spark.sql.execution.arrow.pyspark.selfDestruct.enabled": "false",
   // Read by PySpark 4.2 when a session starts: when to compress plans, and whether to show the
   // server's stack traces (Valise sends none).
   "spark.connect.session.planCompression.threshold": "10485760",
