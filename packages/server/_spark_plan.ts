@@ -34,6 +34,11 @@ export const MAX_PLAN_DEPTH = 128;
 /** The most UDFs, and output columns, one plan may have. */
 export const MAX_PLAN_UDFS = 256;
 const MAX_COLUMNS = 4096;
+/**
+ * The largest string or binary literal: each batch holds it once per row, so a large one
+ * multiplies (Spark has no such cap; data belongs in a relation, not a literal).
+ */
+export const MAX_LITERAL_BYTES = 1024 * 1024;
 
 /** Where the batches come from. */
 export type PlanSource =
@@ -445,6 +450,13 @@ function literal(
   l: Expression_Literal,
 ): { name: string; expr: RunnerExpr; type: DataType; nullable: boolean } {
   const v = l.literalType;
+  const size = v.case === "string" ? v.value.length * 3 : v.case === "binary" ? v.value.length : 0;
+  if (size > MAX_LITERAL_BYTES) {
+    throw invalid(
+      `a ${v.case} literal of about ${size} bytes is over the limit of ${MAX_LITERAL_BYTES} bytes: put large values in the data (a ` +
+        `DataFrame), not in the query`,
+    );
+  }
   const lit = (type: string, value: unknown, t: DataType, name = String(value)) => ({
     name,
     expr: { kind: "lit" as const, type, value },

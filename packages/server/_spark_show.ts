@@ -238,7 +238,7 @@ export function showString(
   }
   if (opts.vertical && data.length === 0) sb += "(0 rows)\n";
   else if (total > opts.numRows) {
-    sb += `only showing top ${opts.numRows} ${opts.numRows === 1 ? "row" : "rows"}\n`;
+    sb += `only showing top ${opts.numRows} ${opts.numRows === 1 ? "row" : "rows"}`;
   }
   return sb;
 }

@@ -76,7 +76,8 @@ export const VALISE_CONFIG_PREFIX = "spark.valise.";
 
 /**
  * Valise's own session configs and the unit of each: limits a session may lower (never raise)
- * for its own workers. Each takes a positive whole number; a key under `spark.valise.` that is
+ * for its own workers, and the workers one ExecutePlan of the session's UDFs spreads its batches
+ * over (clamped by the server as Apply's parallelism is). Each takes a positive whole number; a key under `spark.valise.` that is
  * not here is refused, since a typo would otherwise be accepted and then ignored.
  */
 export const VALISE_CONFIG_KEYS: Readonly<Record<string, "milliseconds" | "bytes" | "count">> = {
@@ -88,6 +89,7 @@ export const VALISE_CONFIG_KEYS: Readonly<Record<string, "milliseconds" | "bytes
   "spark.valise.worker.processes": "count",
   "spark.valise.worker.sandboxMemoryBytes": "bytes",
   "spark.valise.worker.streamBytes": "bytes",
+  "spark.valise.udf.parallelism": "count",
 };
 
 /** Environment names a session may not set for its workers: the launcher owns them. */

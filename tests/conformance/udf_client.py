@@ -213,7 +213,7 @@ def p_exception(spark):
 def p_pandas_exception(spark):
     @pandas_udf("long")
     def bad(s: pd.Series) -> pd.Series:
-        raise ValueError("bad batch of %d" % len(s))
+        raise ValueError("bad batch of %s" % s.dtype)
 
     try:
         spark.range(3).select(bad("id")).collect()
@@ -221,8 +221,8 @@ def p_pandas_exception(spark):
         msg = str(e)
         return {
             "type": type(e).__name__,
-            "value_error": "ValueError: bad batch of 3" in msg,
-            "user_line": 'raise ValueError("bad batch of %d" % len(s))' in msg,
+            "value_error": "ValueError: bad batch of int64" in msg,
+            "user_line": 'raise ValueError("bad batch of %s" % s.dtype)' in msg,
         }
     return "no error"
 
@@ -296,6 +296,32 @@ def p_schema(spark):
     return {
         "map": df.schema.simpleString(),
         "select": spark.range(1).select(g("id").alias("g"), "id").schema.simpleString(),
+    }
+
+
+def p_no_udf(spark):
+    df = spark.range(3).select("id", F.lit(1).alias("one")).withColumnRenamed("id", "n")
+    return {"rows": rows(df), "show": shown(spark.range(3))}
+
+
+def p_env_version(spark):
+    """What the session's environment holds, seen from inside a pandas UDF and mapInPandas."""
+
+    @pandas_udf("string")
+    def version(s: pd.Series) -> pd.Series:
+        import udfmark
+
+        return s.map(lambda _: udfmark.VERSION)
+
+    def fn(it):
+        import udfmark
+
+        for pdf in it:
+            yield pd.DataFrame({"v": [udfmark.VERSION] * len(pdf)})
+
+    return {
+        "udf": sorted({r[0] for r in spark.range(4).select(version("id")).collect()}),
+        "map": sorted({r[0] for r in spark.range(4).mapInPandas(fn, "v string").collect()}),
     }
 
 
