@@ -294,6 +294,15 @@ const EMBEDDED = /ValiseUdfError: \[([A-Z_.]+)\] ([\s\S]*?)\s*$/;
 /** What an Apply failure of the runner means for ExecutePlan (paths shown from `root`). */
 function udfFailure(e: unknown, root: string): unknown {
   if (!isServerError(e) || !e.code.startsWith("APPLY_")) return e;
+  if (e.code === "APPLY_PYARROW_UNAVAILABLE") {
+    return new ServerError(
+      "UDF_PYARROW_UNAVAILABLE",
+      `Cannot run the plan: Valise runs plans in the session's environment, whose interpreter ` +
+        `cannot import pyarrow (${e.detail.replace(/^.*?by /, "").replace(/;.*$/, "")}). Add ` +
+        `pyarrow, and pyspark for UDFs, to the environment (pyspark-client brings both), or ` +
+        `choose an interpreter that has them (spark.sql.execution.pyspark.python).`,
+    );
+  }
   const embedded = EMBEDDED.exec(e.detail) ?? EMBEDDED.exec(e.traceback);
   if (embedded) {
     const cls = embedded[1]!;

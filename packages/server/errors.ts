@@ -30,8 +30,9 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  *   or to several.
  * - `PYTHON_EXCEPTION`: a Python UDF raised (its traceback in the message), as Spark's
  *   `PythonException`.
- * - `UDF_PYSPARK_UNAVAILABLE`, `UDF_PYSPARK_VERSION_MISMATCH`, `PYTHON_VERSION_MISMATCH`: the
- *   session's environment cannot run the client's UDFs (no pyspark, another pyspark or Python).
+ * - `UDF_PYSPARK_UNAVAILABLE`, `UDF_PYSPARK_VERSION_MISMATCH`, `PYTHON_VERSION_MISMATCH`,
+ *   `UDF_PYARROW_UNAVAILABLE`: the session's environment cannot run the client's plan (no
+ *   pyspark, another pyspark or Python, no pyarrow).
  * - `UDF_EXECUTION_FAILED`: running a plan failed otherwise (the worker died, a limit, a type).
  */
 export type ServerErrorCode =
@@ -62,6 +63,7 @@ export type ServerErrorCode =
   | "AMBIGUOUS_REFERENCE"
   | "PYTHON_EXCEPTION"
   | "UDF_PYSPARK_UNAVAILABLE"
+  | "UDF_PYARROW_UNAVAILABLE"
   | "UDF_PYSPARK_VERSION_MISMATCH"
   | "PYTHON_VERSION_MISMATCH"
   | "UDF_EXECUTION_FAILED";
@@ -100,6 +102,7 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   AMBIGUOUS_REFERENCE: Code.Internal,
   PYTHON_EXCEPTION: Code.Internal,
   UDF_PYSPARK_UNAVAILABLE: Code.FailedPrecondition,
+  UDF_PYARROW_UNAVAILABLE: Code.FailedPrecondition,
   UDF_PYSPARK_VERSION_MISMATCH: Code.FailedPrecondition,
   PYTHON_VERSION_MISMATCH: Code.FailedPrecondition,
   UDF_EXECUTION_FAILED: Code.Internal,
