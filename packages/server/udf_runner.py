@@ -14,7 +14,6 @@ import base64
 import io
 import struct
 import sys
-import traceback
 
 
 class ValiseUdfError(Exception):
