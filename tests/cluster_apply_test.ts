@@ -12,6 +12,8 @@ import { type RecordBatch, type Table, tableFromArrays } from "apache-arrow";
 import { hasNatsServer, type NatsCluster, startNatsCluster, startValiseNodes } from "./_nats.ts";
 import type { ServerProcess } from "./_server.ts";
 import { removeTree } from "./_util.ts";
+import { makeWheel } from "./fixtures/wheels.ts";
+import { venvBin, venvMissing } from "./_python.ts";
 
 const SYSTEM_PYTHON = "/usr/bin/python3";
 // Offers are awaited long enough for a loaded machine (B's and C's end the wait at once).
@@ -22,6 +24,8 @@ const NODE_ARGS = [
   "0",
   "--apply-offer-wait-ms",
   "20000",
+  // Packages only from uploaded wheels: the cluster's pip step needs no index.
+  ...(venvMissing() === undefined ? ["--pip-offline", "--pip-installer", venvBin("uv")] : []),
 ];
 const USER = "ada";
 
@@ -143,6 +147,57 @@ Deno.test({
           equal(ca["valise_apply_lanes_lost_total"], 0);
         },
       );
+
+      await t.step({
+        name: venvMissing() === undefined
+          ? "a session's packages installed through A are there in its batches on B and C, and in a Run on B"
+          : `a session's packages across nodes (ignored: ${venvMissing()})`,
+        ignore: venvMissing() !== undefined,
+        fn: async () => {
+          const wheel = await makeWheel(join(tmp, "dist"), {
+            name: "clusterlib",
+            version: "2.5",
+            modules: { clusterlib: 'VERSION = "2.5"\n' },
+          });
+          await using s = await session(a);
+          const installed = await s.pip.install([wheel]);
+          deepEqual(installed.distributions, [{ name: "clusterlib", version: "2.5" }]);
+          const pkg = {
+            functionName: "f",
+            code: `
+import clusterlib
+def f(cols):
+    return {"x": cols["x"], "v": [clusterlib.VERSION] * len(cols["x"])}
+`,
+          };
+          async function* input(): AsyncGenerator<RecordBatch> {
+            yield batch(0);
+            await a.waitForLog(`a worker of session ${s.sessionId} is ready on node v2`);
+            await a.waitForLog(`a worker of session ${s.sessionId} is ready on node v3`);
+            for (let i = 1; i < 9; i++) yield batch(i);
+          }
+          const before = { b: await counters(b), c: await counters(c) };
+          const r = await s.applyCollect(pkg, input(), { parallelism: 3 });
+          equal(r.parallelism, 3);
+          equal(r.rowsOut, 36);
+          ok(r.table.toArray().every((row) => row.v === "2.5"), "every batch imported the package");
+          const after = { b: await counters(b), c: await counters(c) };
+          for (const n of ["b", "c"] as const) {
+            ok(after[n][SERVED_UNITS]! > before[n][SERVED_UNITS]!, `${n} ran units`);
+            // Each node built the session's layer itself, from the wheel the cluster holds.
+            ok(after[n]["valise_pip_layers"]! >= 1, `${n} holds the session's layer`);
+          }
+          await using onB = connect(`sc://127.0.0.1:${b.port}`, {
+            userId: USER,
+            sessionId: s.sessionId,
+          });
+          const run = await onB.runCollect({
+            code: "import clusterlib; print(clusterlib.VERSION)",
+          });
+          equal(run.exitCode, 0, run.stderr);
+          equal(run.stdout.trim(), "2.5");
+        },
+      });
 
       await t.step("units and outputs over NATS's 1 MiB message limit go in parts", async () => {
         await using s = await session(a);

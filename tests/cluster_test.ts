@@ -7,6 +7,8 @@ import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { connect } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
@@ -17,6 +19,7 @@ import {
   bytesArtifact,
   ConfigRequest_OperationSchema,
   RunRequestSchema,
+  SessionService,
 } from "@valise/protocol";
 import { makeVenvPack, sha256File } from "./fixtures/envs.ts";
 import { hasNatsServer, type NatsCluster, startNatsCluster, startValiseNodes } from "./_nats.ts";
@@ -140,6 +143,10 @@ async function dirHolds(root: string, name: string): Promise<boolean> {
     if (await exists(join(root, u.name, name))) return true;
   }
   return false;
+}
+
+function sessions(node: ServerProcess) {
+  return createClient(SessionService, createGrpcTransport({ baseUrl: node.baseUrl }));
 }
 
 function blobPath(dataDir: string, sha: string): string {
@@ -339,6 +346,37 @@ Deno.test({
           deepEqual((await treesOf(db)).map((k) => k.split("-")[0]), [archiveSha]);
         },
       );
+
+      await t.step("an artifact removed on A is gone on B and C too", async () => {
+        const s = crypto.randomUUID();
+        await add(a, s, [
+          bytesArtifact("pyfiles/kept.py", enc.encode("K = 1\n")),
+          bytesArtifact("pyfiles/dropped.py", enc.encode("D = 2\n")),
+        ]);
+        equal(
+          (await run(b, s, "import kept, dropped; print(kept.K + dropped.D)")).stdout.trim(),
+          "3",
+        );
+        const removed = await sessions(a).removeArtifacts({
+          sessionId: s,
+          userContext: user,
+          names: ["pyfiles/dropped.py"],
+        });
+        deepEqual(removed.removed.map((r) => r.name), ["pyfiles/dropped.py"]);
+        for (const node of [b, c]) {
+          const listed = await sessions(node).listArtifacts({ sessionId: s, userContext: user });
+          deepEqual(listed.artifacts.map((r) => r.name), ["pyfiles/kept.py"]);
+          deepEqual(await present(node, s, ["pyfiles/kept.py", "pyfiles/dropped.py"]), {
+            "pyfiles/kept.py": true,
+            "pyfiles/dropped.py": false,
+          });
+        }
+        const r = await run(c, s, "import os, kept; print(kept.K, os.path.exists('dropped.py'))");
+        equal(r.stdout.trim(), "1 False", r.stderr);
+        // B ran with it before: its copy's view lost it when B brought the copy in line.
+        const rb = await run(b, s, "import os; print(os.path.exists('dropped.py'))");
+        equal(rb.stdout.trim(), "False", rb.stderr);
+      });
 
       await t.step("release on A: B's copy and workers go (KV watch)", async () => {
         const s = crypto.randomUUID();

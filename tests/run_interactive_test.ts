@@ -136,13 +136,14 @@ Deno.test("Python's console over RunInteractive: prompts, answers in order, an i
 });
 
 Deno.test("interactive runs have --interactive-timeout-ms, not --worker-timeout-ms; a session lowers it", async () => {
-  // A 1 ms limit for runs: a plain Run that waits for stdin is always killed by it.
+  // A 1 ms limit for runs: a plain Run that blocks is always killed by it. (Not one that reads
+  // stdin: a plain Run's stdin is empty, so the read returns and the program may end first.)
   await withServer(async (s) => {
     const sessionId = crypto.randomUUID();
     let timedOut = false;
     for await (
       const ev of s.clients.worker.run(
-        create(RunRequestSchema, code("import sys; sys.stdin.read()", sessionId)),
+        create(RunRequestSchema, code("import threading; threading.Event().wait()", sessionId)),
       )
     ) {
       if (ev.event.case === "exited") timedOut = ev.event.value.timedOut;

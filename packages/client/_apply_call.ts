@@ -34,8 +34,8 @@ const FORMS: Record<ApplyFormName, ApplyForm> = {
 
 /**
  * Applies a Python function to the input's record batches in the session, yielding the output
- * batches as they arrive. Retried (UNAVAILABLE) only before any response, and only when the
- * input can be sent again.
+ * batches as they arrive. Retried when its node fails only before any response, and only when
+ * the input can be sent again.
  *
  * @param core The session.
  * @param fn `"pkg.mod:fn"` or `{ code, functionName }`.
@@ -52,7 +52,7 @@ export function applyBatches(
 ): AsyncGenerator<RecordBatch, ApplySummary, undefined> {
   const start = applyStart(core, fn, options);
   const resolved = resolveApplyInput(input);
-  return core.retry.stream(async function* (call) {
+  return core.retry.stream("Apply", async function* (call, node) {
     const stderrParts: Uint8Array[] = [];
     let traceback: string | undefined;
     let summary: ApplySummary | undefined;
@@ -60,7 +60,7 @@ export function applyBatches(
     const signal = options.signal ? AbortSignal.any([options.signal, ac.signal]) : ac.signal;
     const inputFailure: { error?: unknown } = {};
     const requests = applyRequests(core, start, resolved, inputFailure);
-    const responses = core.applyWorkers.apply(requests, { signal });
+    const responses = node.applyWorkers.apply(requests, { signal });
     const output = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
       for await (const res of responses) {
         call.seen = true;
@@ -125,7 +125,7 @@ export function applyBatches(
       // Also when the caller stops early: the server then kills the worker.
       ac.abort();
     }
-  }, { signal: options.signal, replayable: resolved.replayable });
+  }, { signal: options.signal, replayable: resolved.replayable, seenWhat: "the call's output" });
 }
 
 /**

@@ -11,13 +11,12 @@ import type { SessionCore } from "./_core.ts";
  * @returns The artifacts.
  */
 export async function listArtifacts(core: SessionCore): Promise<ArtifactEntry[]> {
-  const res = await core.retry.call(() =>
-    core.sessions.listArtifacts({
+  const res = await core.retry.call("ListArtifacts", (node) =>
+    node.sessions.listArtifacts({
       sessionId: core.sessionId,
       userContext: core.userContext,
       ...core.observed(),
-    })
-  );
+    }));
   core.verify(res);
   return res.artifacts.map(toEntry);
 }
@@ -35,14 +34,15 @@ export async function removeArtifacts(
   names: readonly string[],
 ): Promise<RemovedArtifacts> {
   if (names.length === 0) throw new TypeError("Cannot remove artifacts: no name given");
-  const res = await core.retry.call(() =>
-    core.sessions.removeArtifacts({
+  // A removal repeated after it was done fails with ARTIFACT_NOT_FOUND: it is sent again only
+  // when it never reached a node.
+  const res = await core.retry.call("RemoveArtifacts", (node) =>
+    node.sessions.removeArtifacts({
       sessionId: core.sessionId,
       userContext: core.userContext,
       ...core.observed(),
       names: [...names],
-    })
-  );
+    }), { idempotent: false });
   core.verify(res);
   return {
     removed: res.removed.map(toEntry),

@@ -1,22 +1,14 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
-// What every call of a session shares: the transport and its clients, the session's ids (and the
-// server-side id it learns), the check that responses belong to it, and its retry policy.
+// What every call of a session shares: its endpoints and their clients, the session's ids (and
+// the server-side id it learns), the check that responses belong to it, and its retry policy.
 import { create } from "@bufbuild/protobuf";
-import { type CallOptions, type Client, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import {
-  Health,
-  SessionService,
-  SparkConnectService,
-  StoreService,
-  type UserContext,
-  UserContextSchema,
-  WorkerService,
-} from "@valise/protocol";
-import type { ConnectOptions } from "./connect_options.ts";
-import type { ConnectionString } from "./connection_string.ts";
+import type { CallOptions, Interceptor } from "@connectrpc/connect";
+import { type UserContext, UserContextSchema } from "@valise/protocol";
+import type { ConnectOptions, RetryReport } from "./connect_options.ts";
+import { type ConnectionString, endpointsOf, parseEndpoints } from "./connection_string.ts";
 import type { ValiseClientError } from "./error.ts";
 import { clientError } from "./_client_error.ts";
+import { EndpointPool } from "./_endpoints.ts";
 import { RetryPolicy } from "./_retry.ts";
 import { CLIENT_VERSION } from "./version.ts";
 
@@ -26,7 +18,7 @@ export interface Observed {
   clientObservedServerSideSessionId?: string;
 }
 
-/** The transport, ids and checks of one session; the Session's calls are built on it. */
+/** The endpoints, ids and checks of one session; the Session's calls are built on it. */
 export class SessionCore {
   /** The session id (a UUID, lowercase). */
   readonly sessionId: string;
@@ -36,34 +28,27 @@ export class SessionCore {
   readonly userContext: UserContext;
   /** `client_type` of the Spark Connect requests. */
   readonly clientType: string;
-  /** The URL calls go to. */
-  readonly endpoint: string;
-  /** Spark Connect's service. */
-  readonly spark: Client<typeof SparkConnectService>;
-  /** Valise's store service (HasBlobs, AttachArtifacts). */
-  readonly store: Client<typeof StoreService>;
-  /** Valise's session service (ListArtifacts, RemoveArtifacts). */
-  readonly sessions: Client<typeof SessionService>;
-  /** The standard health service. */
-  readonly health: Client<typeof Health>;
-  /** Valise's worker service, for Run. */
-  readonly workers: Client<typeof WorkerService>;
-  /** The worker service without gzip, for Apply. */
-  readonly applyWorkers: Client<typeof WorkerService>;
-  /** How calls failing with `UNAVAILABLE` are retried. */
+  /** The session's endpoints and their clients. */
+  readonly pool: EndpointPool;
+  /** How calls whose node failed are retried, and where. */
   readonly retry: RetryPolicy;
-  #manager: Http2SessionManager;
   #serverSideSessionId: string | undefined;
   #closed = false;
 
   /**
-   * Sets up the transport; nothing is sent yet.
+   * Sets up the transports; nothing is sent yet.
    *
    * @param remote The parsed connection string.
    * @param options Connection options.
+   * @param report Told of every retry.
    * @throws {TypeError} When `options.sessionId` is not a UUID.
+   * @throws {SyntaxError} When `options.endpoints` is not a list of `host[:port]`.
    */
-  constructor(remote: ConnectionString, options: ConnectOptions) {
+  constructor(
+    remote: ConnectionString,
+    options: ConnectOptions,
+    report?: (r: RetryReport) => void,
+  ) {
     if (options.sessionId !== undefined && !isUuid(options.sessionId)) {
       throw new TypeError(`Cannot connect: session id "${options.sessionId}" is not a UUID`);
     }
@@ -74,9 +59,6 @@ export class SessionCore {
       this.userId === undefined ? {} : { userId: this.userId },
     );
     this.clientType = remote.userAgent ?? `valise-client/${CLIENT_VERSION}`;
-    this.retry = new RetryPolicy(options.retry);
-    const host = remote.host.includes(":") ? `[${remote.host}]` : remote.host;
-    const baseUrl = `${remote.useSsl ? "https" : "http"}://${host}:${remote.port}`;
     const headers: Record<string, string> = { ...remote.params, ...(options.headers ?? {}) };
     const token = remote.token ?? options.token;
     if (token !== undefined && token !== "") headers.authorization = `Bearer ${token}`;
@@ -84,24 +66,23 @@ export class SessionCore {
       for (const [k, v] of Object.entries(headers)) req.header.set(k, v);
       return next(req);
     };
-    this.endpoint = baseUrl;
-    this.#manager = new Http2SessionManager(baseUrl);
-    const transport = (acceptCompression?: []) =>
-      createGrpcTransport({
-        baseUrl,
-        sessionManager: this.#manager,
-        interceptors: [auth, ...(options.interceptors ?? [])],
-        ...(acceptCompression ? { acceptCompression } : {}),
-      });
-    const shared = transport();
-    this.spark = createClient(SparkConnectService, shared);
-    this.store = createClient(StoreService, shared);
-    this.sessions = createClient(SessionService, shared);
-    this.health = createClient(Health, shared);
-    this.workers = createClient(WorkerService, shared);
-    // Arrow data compresses poorly and gzip would cost the server about half its CPU on Apply
-    // (docs/apply.md): this call does not advertise it.
-    this.applyWorkers = createClient(WorkerService, transport([]));
+    // One token for every endpoint: they are nodes of one service (a cluster), so the list is
+    // the user's to trust as a whole, as a single host is.
+    const endpoints = options.endpoints === undefined
+      ? endpointsOf(remote)
+      : parseEndpoints(options.endpoints);
+    this.pool = new EndpointPool(
+      endpoints,
+      remote.useSsl,
+      [auth, ...(options.interceptors ?? [])],
+      options.retry?.endpointCooldownMs ?? 10_000,
+    );
+    this.retry = new RetryPolicy(options.retry ?? {}, this.pool, report);
+  }
+
+  /** The URL the next call goes to: the first endpoint, unless it failed a moment ago. */
+  get endpoint(): string {
+    return this.pool.pick().baseUrl;
   }
 
   /** The server's id for this session, once a response has carried it. */
@@ -183,11 +164,11 @@ export class SessionCore {
     }
   }
 
-  /** Closes the connection (once). */
+  /** Closes the connections (once). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#manager.abort();
+    this.pool.close();
   }
 }
 

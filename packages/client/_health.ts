@@ -12,6 +12,6 @@ import type { SessionCore } from "./_core.ts";
  * @returns The status.
  */
 export async function checkHealth(core: SessionCore, service: string): Promise<HealthStatus> {
-  const res = await core.retry.call(() => core.health.check({ service }));
+  const res = await core.retry.call("Check", (node) => node.health.check({ service }));
   return (HealthCheckResponse_ServingStatus[res.status] ?? "UNKNOWN") as HealthStatus;
 }

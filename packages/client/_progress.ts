@@ -12,6 +12,8 @@ export interface ProgressRenderer {
   update(p: ArtifactProgress): void;
   /** Ends any bar still drawn. */
   finish(): void;
+  /** Writes a line of its own (a notice: a retry), above the bar, which is then drawn again. */
+  note(line: string): void;
   /** The user interrupted (Ctrl-C): says where it stopped, leaves a clean line; ignores the rest. */
   interrupt(): void;
 }
@@ -310,6 +312,14 @@ export function ttyRenderer(write: Write, options: RendererOptions = {}): Progre
       if (drawn !== undefined) write("\n");
       drawn = undefined;
     },
+    note(line) {
+      if (stopped) return;
+      const p = drawn;
+      clear();
+      write(`${line}\n`);
+      // The bar comes back at its next report, whatever the interval.
+      if (p !== undefined) last = -Infinity;
+    },
     interrupt() {
       if (stopped) return;
       stopped = true;
@@ -406,6 +416,9 @@ export function plainRenderer(write: Write, options: RendererOptions = {}): Prog
       current = undefined;
     },
     finish() {},
+    note(line) {
+      write(`${line}\n`);
+    },
     interrupt() {
       if (stopped) return;
       stopped = true;
@@ -428,5 +441,5 @@ export function plainRenderer(write: Write, options: RendererOptions = {}): Prog
 
 /** Renders nothing (`--quiet`). */
 export function quietRenderer(): ProgressRenderer {
-  return { update() {}, finish() {}, interrupt() {} };
+  return { update() {}, finish() {}, note() {}, interrupt() {} };
 }

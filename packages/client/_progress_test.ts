@@ -226,3 +226,25 @@ Deno.test("plain progress lines: hashing with its time, progress at a bounded ra
       "interrupted files/b.txt at 0% (1 B of 1000 B sent)\n",
   );
 });
+
+Deno.test("a notice during an upload goes on a line of its own above the bar, drawn again", () => {
+  const h = harness();
+  const r = ttyRenderer(h.write, { now: h.now, columns: () => 80 });
+  r.update(p("upload", 0, 10 * MiB));
+  r.update(p("upload", 4 * MiB, 10 * MiB, "files/big.bin", MiB));
+  r.note("valise: node h1:15002 died or dropped the connection, retrying on h2:15002");
+  // The retry starts the artifact again, at once (within the redraw interval).
+  r.update(p("upload", 0, 10 * MiB));
+  const lines = screen(h.text());
+  equal(lines.length, 2, JSON.stringify(h.text()));
+  equal(lines[0], "valise: node h1:15002 died or dropped the connection, retrying on h2:15002");
+  match(lines[1]!, /^files\/big\.bin .* 0 B\/10\.0 MiB/);
+  const plain = harness();
+  const q = plainRenderer(plain.write, { now: plain.now });
+  q.update(p("upload", 0, 10 * MiB));
+  q.note("valise: node h1:15002 unreachable, retrying on h2:15002");
+  equal(
+    plain.text(),
+    "uploading files/big.bin (10.0 MiB)\nvalise: node h1:15002 unreachable, retrying on h2:15002\n",
+  );
+});

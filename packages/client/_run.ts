@@ -6,12 +6,14 @@ import { ValiseClientError } from "./error.ts";
 import type { RunEvent, RunResult, RunSpec } from "./run.ts";
 import { callOptions, type SessionCore } from "./_core.ts";
 import { decodeAll } from "./_decode.ts";
-import { fromWire, isPrematureClose } from "./_run_events.ts";
+import { fromWire, isPrematureClose, RUN_SEEN } from "./_run_events.ts";
 import { interactiveEvents, streamedStdin } from "./_run_interactive.ts";
 
 /**
- * Runs Python in the session, yielding its events; retried (UNAVAILABLE) only before the first.
- * A streamed stdin or a control makes it a RunInteractive call.
+ * Runs Python in the session, yielding its events. Retried when its node fails while none of
+ * its output was delivered: a `started` alone does not stop a retry (the program died with its
+ * node; the next node starts it again and a second `started` follows), its first stdout, stderr
+ * or exit does. A streamed stdin or a control makes it a RunInteractive call.
  *
  * @param core The session.
  * @param spec The target and options.
@@ -26,21 +28,25 @@ export function runEvents(
   if (stream !== undefined || spec.control !== undefined) {
     return interactiveEvents(core, spec, runRequest(core, spec, stream === undefined), stream);
   }
-  const req = runRequest(core, spec, true);
-  return core.retry.stream(async function* (call) {
+  // Checked now, before anything is sent; built again per attempt, with the server-side id
+  // learned by then.
+  runRequest(core, spec, true);
+  return core.retry.stream("Run", async function* (call, node) {
     let exited = false;
     try {
-      for await (const wire of core.workers.run(req, callOptions(spec.signal))) {
-        call.seen = true;
+      const req = runRequest(core, spec, true);
+      for await (const wire of node.workers.run(req, callOptions(spec.signal))) {
         const ev = fromWire(wire);
         if (ev?.kind === "exited") exited = true;
-        if (ev) yield ev;
+        if (ev === undefined) continue;
+        if (ev.kind !== "started") call.seen = true;
+        yield ev;
       }
     } catch (e) {
       if (exited && isPrematureClose(e)) return;
       throw ValiseClientError.from(e);
     }
-  });
+  }, { signal: spec.signal, seenWhat: RUN_SEEN });
 }
 
 /**

@@ -4,6 +4,9 @@
 import type { RunEvent as WireRunEvent } from "@valise/protocol";
 import type { RunEvent } from "./run.ts";
 
+/** What a run that is not retried had delivered, for its error. */
+export const RUN_SEEN = "the run's output (stdout, stderr or its exit)";
+
 /**
  * Whether a call failed only because its HTTP/2 stream closed under it: once `exited` arrived,
  * Deno's node:http2 can still report that as "Premature close", which is not the run's failure.

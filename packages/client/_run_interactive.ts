@@ -8,7 +8,7 @@ import { ValiseClientError } from "./error.ts";
 import type { RunEvent, RunSpec } from "./run.ts";
 import { attachRunControl } from "./run_control.ts";
 import { callOptions, type SessionCore } from "./_core.ts";
-import { fromWire, isPrematureClose } from "./_run_events.ts";
+import { fromWire, isPrematureClose, RUN_SEEN } from "./_run_events.ts";
 
 /** The most stdin one message carries; the server refuses messages over 1 MiB. */
 export const STDIN_PIECE_BYTES = 64 * 1024;
@@ -92,6 +92,8 @@ async function* inputs(
   while (!pending.over) {
     if (pending.interrupts > 0) {
       pending.interrupts--;
+      // An interrupt sent is not sent again to another node with a fresh run.
+      touched.stdin = true;
       yield msg({ case: "interrupt", value: {} });
       continue;
     }
@@ -123,7 +125,8 @@ async function* inputs(
 
 /**
  * Runs Python with stdin streamed and interrupts (RunInteractive), yielding the run's events.
- * Retried (UNAVAILABLE) only while nothing of the call arrived and no stdin was read.
+ * Retried when its node fails only while none of its output was delivered (as Run), no stdin was
+ * read and no interrupt sent.
  *
  * @param core The session.
  * @param spec The options (control, signal).
@@ -138,7 +141,7 @@ export function interactiveEvents(
   open: (() => StdinSource) | undefined,
 ): AsyncGenerator<RunEvent, void, undefined> {
   const touched = { stdin: false };
-  return core.retry.stream(async function* (call) {
+  return core.retry.stream("RunInteractive", async function* (call, node) {
     const pending = new Pending();
     const sources: StdinSource[] = [];
     const detach = spec.control
@@ -149,11 +152,18 @@ export function interactiveEvents(
       : undefined;
     let exited = false;
     const failure: { error?: unknown } = {};
-    const requests = inputs(start, open, pending, touched, sources, failure);
+    const requests = inputs(
+      { ...start, ...core.observed() },
+      open,
+      pending,
+      touched,
+      sources,
+      failure,
+    );
     try {
-      for await (const wire of core.workers.runInteractive(requests, callOptions(spec.signal))) {
-        call.seen = true;
+      for await (const wire of node.workers.runInteractive(requests, callOptions(spec.signal))) {
         const ev = fromWire(wire);
+        if (ev !== undefined && ev.kind !== "started") call.seen = true;
         if (ev?.kind === "exited") {
           exited = true;
           // The request stream ends now: the server then ends the call.
@@ -173,5 +183,5 @@ export function interactiveEvents(
       pending.poke();
       for (const s of sources) s.cancel();
     }
-  }, { signal: spec.signal, replayable: () => !touched.stdin });
+  }, { signal: spec.signal, replayable: () => !touched.stdin, seenWhat: RUN_SEEN });
 }

@@ -1,7 +1,15 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 // Adding artifacts: hash each file, attach what the server already holds (HasBlobs, then
-// AttachArtifacts with proofs of possession), upload the rest with PySpark's AddArtifacts.
-import { addArtifactsRequests, type ArtifactSource, type BlobChallenge } from "@valise/protocol";
+// AttachArtifacts with proofs of possession), upload the rest with PySpark's AddArtifacts. An
+// attempt whose node fails is made again from the start of the artifact in progress (on the next
+// endpoint, if any), the file read again from disk and checked against the sha256 hashed first.
+import { createHash } from "node:crypto";
+import {
+  type AddArtifactsRequest,
+  addArtifactsRequests,
+  type ArtifactSource,
+  type BlobChallenge,
+} from "@valise/protocol";
 import { resolveArtifact } from "./artifact_path.ts";
 import { ValiseClientError } from "./error.ts";
 import {
@@ -12,6 +20,7 @@ import {
 } from "./upload.ts";
 import { clientError } from "./_client_error.ts";
 import { callOptions, type SessionCore } from "./_core.ts";
+import type { Node } from "./_endpoints.ts";
 import { answerChallenge, attachRefused, type BlobProofInit } from "./_blob_proof.ts";
 
 interface Pending {
@@ -40,8 +49,10 @@ export class Uploader {
   }
 
   /**
-   * Checks every path, hashes the files, then attaches or uploads them; a retry (UNAVAILABLE)
-   * asks the server again and skips what was committed.
+   * Checks every path, hashes the files, then attaches or uploads them; a retry (its node
+   * failed) asks the next node again and skips what was committed. Sending an artifact twice is
+   * harmless: a node that died before answering committed all of it or nothing (the cluster
+   * records an upload only once it is whole), and a second add of the same bytes is a no-op.
    *
    * @param paths Local paths or `file:` URLs.
    * @param options The kind flag, progress, base directory, fast path, signal.
@@ -63,31 +74,36 @@ export class Uploader {
     }
     const fast = options.fastPath ?? true;
     const added = (it: Pending) => options.onAdded?.(addedOf(it));
-    await this.#core.retry.call(async () => {
+    await this.#core.retry.call("AddArtifacts", async (node) => {
       const pending = items.filter((i) => !i.committed);
       if (pending.length === 0) return;
-      if (fast && this.#hasStore) await this.#attach(pending, report, added, options.signal);
+      if (fast && this.#hasStore) await this.#attach(node, pending, report, added, options.signal);
       for (const it of items) {
         if (it.committed) continue;
-        await this.#upload(it, report, options.signal);
+        await this.#upload(node, it, report, options.signal);
         it.committed = true;
         it.uploaded = true;
         report(progress(it, "done", it.size));
         added(it);
       }
-    });
+    }, { signal: options.signal });
     return items.map(addedOf);
   }
 
   /** Attaches the items whose bytes the server holds, marking them committed. */
   async #attach(
+    node: Node,
     pending: Pending[],
     report: Report,
     added: (it: Pending) => void,
     signal: AbortSignal | undefined,
   ) {
     const core = this.#core;
-    const { present, challenges } = await this.#hasBlobs(pending.map((i) => i.sha256), signal);
+    const { present, challenges } = await this.#hasBlobs(
+      node,
+      pending.map((i) => i.sha256),
+      signal,
+    );
     const proofs = new Map<string, BlobProofInit | undefined>();
     for (const i of pending) {
       const c = challenges.get(i.sha256);
@@ -101,7 +117,7 @@ export class Uploader {
     );
     if (attach.length === 0) return;
     // A refused attach (no or a stale proof, an evicted blob) falls back to uploading.
-    const res = await core.store.attachArtifacts({
+    const res = await node.store.attachArtifacts({
       sessionId: core.sessionId,
       userContext: core.userContext,
       ...core.observed(),
@@ -125,12 +141,13 @@ export class Uploader {
   }
 
   async #hasBlobs(
+    node: Node,
     digests: string[],
     signal: AbortSignal | undefined,
   ): Promise<{ present: Set<string>; challenges: Map<string, BlobChallenge> }> {
     const core = this.#core;
     try {
-      const res = await core.store.hasBlobs({
+      const res = await node.store.hasBlobs({
         sessionId: core.sessionId,
         userContext: core.userContext,
         sha256: digests,
@@ -151,33 +168,69 @@ export class Uploader {
     }
   }
 
-  async #upload(it: Pending, report: Report, signal: AbortSignal | undefined): Promise<void> {
+  async #upload(
+    node: Node,
+    it: Pending,
+    report: Report,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     const core = this.#core;
     let sent = 0;
     let started = 0;
     const source: ArtifactSource = {
       name: it.name,
       size: it.size,
+      // Opened again on every attempt. The last piece is held back until the bytes read hash to
+      // the digest taken before: a file changed since (between two attempts, or while sent)
+      // fails the call before its last chunk leaves, and the server commits none of it.
       async *read() {
         using f = await Deno.open(it.path);
+        const hash = createHash("sha256");
         started = performance.now();
-        for await (const piece of f.readable) {
+        let held: Uint8Array | undefined;
+        const send = (piece: Uint8Array) => {
           sent += piece.length;
           const secs = (performance.now() - started) / 1000;
           report(progress(it, "upload", sent, secs > 0 ? sent / secs : 0));
-          yield piece;
+          return piece;
+        };
+        for await (const piece of f.readable) {
+          if (held) yield send(held);
+          hash.update(piece);
+          held = piece;
         }
+        const digest = hash.digest("hex");
+        if (digest !== it.sha256) {
+          throw new TypeError(
+            `Cannot add ${it.path}: the file changed while it was being added (its sha256 is ` +
+              `${digest}, not ${it.sha256} as hashed before); nothing of it was committed: ` +
+              "add it again once it no longer changes",
+          );
+        }
+        if (held) yield send(held);
       },
     };
     const observed = core.observed().clientObservedServerSideSessionId;
-    const res = await core.spark.addArtifacts(
-      addArtifactsRequests([source], {
-        sessionId: core.sessionId,
-        ...(core.userId === undefined ? {} : { userId: core.userId }),
-        ...(observed === undefined ? {} : { clientObservedServerSideSessionId: observed }),
-      }),
-      callOptions(signal),
-    );
+    const inputFailure: { error?: unknown } = {};
+    let res;
+    try {
+      res = await node.spark.addArtifacts(
+        recordFailure(
+          addArtifactsRequests([source], {
+            sessionId: core.sessionId,
+            ...(core.userId === undefined ? {} : { userId: core.userId }),
+            ...(observed === undefined ? {} : { clientObservedServerSideSessionId: observed }),
+          }),
+          inputFailure,
+        ),
+        callOptions(signal),
+      );
+    } catch (e) {
+      // The file's own failure (changed, shorter, unreadable) is the cause, not the call it
+      // cancelled; it is not a node's failure and is not retried.
+      if ("error" in inputFailure) throw inputFailure.error;
+      throw e;
+    }
     core.verify(res);
     const bad = res.artifacts.filter((a) => !a.isCrcSuccessful).map((a) => a.name);
     if (bad.length > 0) {
@@ -188,6 +241,19 @@ export class Uploader {
         { parameters: { names: bad.join(",") } },
       );
     }
+  }
+}
+
+/** Passes the requests on, remembering what their reading threw. */
+async function* recordFailure(
+  requests: AsyncGenerator<AddArtifactsRequest, void, undefined>,
+  failure: { error?: unknown },
+): AsyncGenerator<AddArtifactsRequest, void, undefined> {
+  try {
+    yield* requests;
+  } catch (e) {
+    failure.error = e;
+    throw e;
   }
 }
 

@@ -10,6 +10,7 @@
  * deno task valise run -c "import sys; print(sys.executable)"
  * deno task valise python
  * deno task valise apply --fn util:double --in data.arrow --out result.arrow
+ * deno task valise pip install requests==2.32.3
  * deno task valise release
  * deno task valise help run
  * source <(deno task -q valise completions bash)
@@ -31,6 +32,7 @@ import { ls } from "./_cli/ls.ts";
 import { newSession } from "./_cli/new.ts";
 import { release } from "./_cli/release.ts";
 import { rm } from "./_cli/rm.ts";
+import { pip } from "./_cli/pip.ts";
 import { python } from "./_cli/python.ts";
 import { run } from "./_cli/run.ts";
 import { MAIN } from "./_cli/specs.ts";
@@ -42,6 +44,7 @@ const COMMANDS: Record<string, (args: string[], ctx: Context) => Promise<number>
   run,
   python,
   apply,
+  pip,
   status,
   release,
   ls,

@@ -40,6 +40,7 @@ Deno.test("valise --help, valise help COMMAND and usage errors: short usage, the
       "run",
       "python",
       "apply",
+      "pip",
       "status",
       "new",
       "release",
@@ -68,6 +69,18 @@ Deno.test("valise --help, valise help COMMAND and usage errors: short usage, the
   );
   usageError(await cli(["help", "ad"], env), 'unknown command "ad"; did you mean "add"?', "help");
   usageError(await cli(["help", "a", "b"], env), "help takes at most one COMMAND", "help");
+  usageError(await cli(["pip"], env), "pip needs install, list or uninstall", "pip");
+  usageError(
+    await cli(["pip", "instal", "six"], env),
+    'unknown pip command "instal" (install, list or uninstall)',
+    "pip",
+  );
+  usageError(
+    await cli(["pip", "install"], env),
+    "pip install needs a PKG, a wheel file or -r FILE",
+    "pip",
+  );
+  usageError(await cli(["pip", "uninstall"], env), "pip uninstall needs at least one NAME", "pip");
   usageError(
     await cli(["add", "--pyfile", "--file", "x.py"], env),
     "give at most one of --pyfile, --archive, --file",

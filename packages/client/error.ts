@@ -16,7 +16,9 @@ export type GrpcCodeName = keyof typeof Code;
  *   class for a released session, raised before anything is sent).
  * - `UNAVAILABLE`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `DEADLINE_EXCEEDED`, `CANCELLED`,
  *   `UNIMPLEMENTED`: a call failed with that gRPC code and no error class of the server (a
- *   proxy, a dropped connection, a server that is not Valise).
+ *   proxy, a dropped connection, a server that is not Valise). A call whose node was
+ *   unreachable or died and that was not (or no longer) retried is `UNAVAILABLE`, its message
+ *   naming the node and why it was not sent again.
  * - `RPC_ERROR`: any other failure without a class of the server.
  */
 export type ClientErrorClass =

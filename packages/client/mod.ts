@@ -41,12 +41,17 @@ export {
   resolveArtifact,
 } from "./artifact_path.ts";
 export { RuntimeConfig } from "./config.ts";
-export type { ConnectOptions, RetryOptions } from "./connect_options.ts";
+export type { ConnectOptions, RetryOptions, RetryReport } from "./connect_options.ts";
 export {
   type ConnectionString,
   DEFAULT_PORT,
+  type Endpoint,
+  endpointsOf,
   formatConnectionString,
+  formatEndpoint,
+  MAX_ENDPOINTS,
   parseConnectionString,
+  parseEndpoints,
   RESERVED_PARAMS,
 } from "./connection_string.ts";
 export {
@@ -56,9 +61,10 @@ export {
   ValiseClientError,
   type ValiseClientErrorInit,
 } from "./error.ts";
+export { type PipDistribution, type PipInstallOptions, type PipResult, SessionPip } from "./pip.ts";
 export type { RunEvent, RunOptions, RunResult, RunSpec, RunTarget } from "./run.ts";
 export { RunControl } from "./run_control.ts";
-export { connect, Session } from "./session.ts";
+export { connect, RetryEvent, Session } from "./session.ts";
 export {
   type AddArtifactsOptions,
   type AddedArtifact,

@@ -10,7 +10,7 @@ import type {
 } from "./apply.ts";
 import type { ArtifactEntry, RemovedArtifacts } from "./artifacts.ts";
 import { RuntimeConfig } from "./config.ts";
-import type { ConnectOptions } from "./connect_options.ts";
+import type { ConnectOptions, RetryReport } from "./connect_options.ts";
 import { type ConnectionString, parseConnectionString } from "./connection_string.ts";
 import type { RunEvent, RunResult, RunSpec } from "./run.ts";
 import { type AddArtifactsOptions, type AddedArtifact, ArtifactProgressEvent } from "./upload.ts";
@@ -21,12 +21,16 @@ import { checkHealth } from "./_health.ts";
 import { integrity, SessionCore } from "./_core.ts";
 import { collectRun, runEvents } from "./_run.ts";
 import { Uploader } from "./_upload.ts";
+import { SessionPip } from "./pip.ts";
 
 /**
- * One Spark Connect session on a Valise server: artifacts, config, runs. Create it with
- * {@linkcode connect}. Every call sends the server-side session id once known and checks that
- * responses belong to this session; `UNAVAILABLE` is retried with exponential backoff.
- * Dispatches {@linkcode ArtifactProgressEvent}s (`progress`) during uploads.
+ * One Spark Connect session on a Valise server (or on the nodes of a Valise cluster): artifacts,
+ * config, runs. Create it with {@linkcode connect}. Every call sends the server-side session id
+ * once known and checks that responses belong to this session. A call whose node is unreachable,
+ * dies or answers `UNAVAILABLE` is retried, on the next endpoint when there are several, when
+ * sending it again is safe (see `RetryOptions` and docs/client.md). Dispatches
+ * {@linkcode ArtifactProgressEvent}s (`progress`) during uploads and {@linkcode RetryEvent}s
+ * (`retry`) before retries.
  */
 export class Session extends EventTarget {
   /** The session id (a UUID). */
@@ -37,8 +41,13 @@ export class Session extends EventTarget {
   readonly remote: ConnectionString;
   /** The session's runtime config (Spark's `spark.conf`). */
   readonly conf: RuntimeConfig;
-  /** The URL calls go to: `https://…` when the connection string says `use_ssl=true`. */
-  readonly endpoint: string;
+  /** Every endpoint's URL, in the order they are tried. */
+  readonly endpoints: readonly string[];
+  /**
+   * The session's packages: `pip.install(["requests==2.32.3"])`, `pip.list()`,
+   * `pip.uninstall("requests")`, into a layer its workers see on `sys.path`.
+   */
+  readonly pip: SessionPip;
   #core: SessionCore;
   #uploads: Uploader;
 
@@ -51,12 +60,24 @@ export class Session extends EventTarget {
   constructor(remote: ConnectionString, options: ConnectOptions = {}) {
     super();
     this.remote = remote;
-    this.#core = new SessionCore(remote, options);
+    this.#core = new SessionCore(remote, options, (r) => {
+      options.onRetry?.(r);
+      this.dispatchEvent(new RetryEvent(r));
+    });
     this.#uploads = new Uploader(this.#core);
     this.sessionId = this.#core.sessionId;
     this.userId = this.#core.userId;
-    this.endpoint = this.#core.endpoint;
+    this.endpoints = this.#core.pool.nodes.map((n) => n.baseUrl);
     this.conf = new RuntimeConfig((op) => this.#config(op));
+    this.pip = new SessionPip(this.#core, (paths, options) => this.addArtifacts(paths, options));
+  }
+
+  /**
+   * The URL the next call goes to (`https://…` when the connection string says
+   * `use_ssl=true`): the first endpoint, unless it failed a moment ago.
+   */
+  get endpoint(): string {
+    return this.#core.endpoint;
   }
 
   /** The server's id for this session, once a response has carried it. */
@@ -74,7 +95,10 @@ export class Session extends EventTarget {
    * All paths are checked before anything is sent. Each file is hashed (streaming); the
    * server is asked which digests it holds, those are attached without sending bytes, and the
    * rest are uploaded, one AddArtifacts stream per file, streamed from disk in PySpark's
-   * chunks. `UNAVAILABLE` is retried; artifacts already committed are not sent again.
+   * chunks. A failure of the node (unreachable, died mid-upload, `UNAVAILABLE`) is retried on
+   * the next endpoint, if any: the artifact in progress is sent again from its start, read
+   * again from disk and checked against its sha256 (a file changed meanwhile is never
+   * committed: `TypeError`); artifacts already committed are not sent again.
    *
    * @param paths Local paths (`path#alias` for archives) or `file:` URLs.
    * @param options The kind flag, progress callback, base directory.
@@ -103,8 +127,9 @@ export class Session extends EventTarget {
   async status(names: readonly string[]): Promise<Record<string, boolean>> {
     const core = this.#core;
     core.checkOpen();
-    const res = await core.retry.call(() =>
-      core.spark.artifactStatus({ ...core.sparkRequest(), names: [...names] })
+    const res = await core.retry.call(
+      "ArtifactStatus",
+      (node) => node.spark.artifactStatus({ ...core.sparkRequest(), names: [...names] }),
     );
     core.verify(res);
     const out: Record<string, boolean> = {};
@@ -164,8 +189,11 @@ export class Session extends EventTarget {
 
   /**
    * Runs Python in the session (its directory, interpreter and path), yielding events as
-   * they happen. A call that fails with `UNAVAILABLE` before the first event is retried; once
-   * the worker started (or a streamed stdin was read from), it is not.
+   * they happen. A call whose node fails (unreachable, died, `UNAVAILABLE`) is retried, on the
+   * next endpoint if any, until any of its output (stdout, stderr, exit) was delivered: a
+   * `started` alone does not stop it (the program died with its node; a second `started`
+   * follows). Once output was delivered, or a streamed stdin read from, it is not, and the
+   * error says so.
    *
    * @example
    * ```ts ignore
@@ -214,8 +242,8 @@ export class Session extends EventTarget {
    * input is streamed: an iterable is pulled one batch at a time as the call sends it. The
    * generator's return value is the {@linkcode ApplySummary}; {@linkcode Session.applyCollect}
    * gathers everything. Stopping the iteration early cancels the call (the server kills the
-   * worker). A call that fails with `UNAVAILABLE` before any response is retried when its input
-   * can be sent again (not an iterable).
+   * worker). A call whose node fails before any response is retried (on the next endpoint, if
+   * any) when its input can be sent again (not an iterable).
    *
    * @example
    * ```ts ignore
@@ -269,13 +297,12 @@ export class Session extends EventTarget {
     const core = this.#core;
     core.checkOpen();
     try {
-      const res = await core.retry.call(() =>
-        core.spark.releaseSession({
+      const res = await core.retry.call("ReleaseSession", (node) =>
+        node.spark.releaseSession({
           sessionId: core.sessionId,
           userContext: core.userContext,
           clientType: core.clientType,
-        })
-      );
+        }));
       if (res.sessionId !== core.sessionId) {
         throw integrity(`session id ${res.sessionId} != ${core.sessionId}`);
       }
@@ -298,11 +325,27 @@ export class Session extends EventTarget {
   async #config(operation: ConfigRequest_Operation): Promise<ConfigResponse> {
     const core = this.#core;
     core.checkOpen();
-    const res = await core.retry.call(() =>
-      core.spark.config({ ...core.sparkRequest(), operation })
+    const res = await core.retry.call(
+      "Config",
+      (node) => node.spark.config({ ...core.sparkRequest(), operation }),
     );
     core.verify(res);
     return res;
+  }
+}
+
+/** The `retry` event a {@linkcode Session} dispatches before it tries a call again. */
+export class RetryEvent extends Event {
+  /** Which endpoint failed, how, and where the call goes next. */
+  readonly report: RetryReport;
+  /**
+   * Creates the event.
+   *
+   * @param report The retry.
+   */
+  constructor(report: RetryReport) {
+    super("retry");
+    this.report = report;
   }
 }
 
@@ -319,10 +362,19 @@ export class Session extends EventTarget {
  * session.close();
  * ```
  *
- * @param remote A connection string `sc://host:port/;…`, or the options (with `remote`).
+ * @example The nodes of a cluster, tried in order
+ * ```ts ignore
+ * import { connect } from "@valise/client";
+ * const session = connect("sc://n1:15002,n2:15002,n3:15002/;user_id=ada", {
+ *   onRetry: (r) => console.error(`node ${r.endpoint} ${r.reason}, retrying on ${r.next}`),
+ * });
+ * ```
+ *
+ * @param remote A connection string `sc://host:port/;…` (or `sc://h1:port,h2:port/;…`), or the
+ *   options (with `remote`).
  * @param options Options, when `remote` is a string.
  * @returns The session.
- * @throws {SyntaxError} When the connection string is malformed.
+ * @throws {SyntaxError} When the connection string (or `options.endpoints`) is malformed.
  */
 export function connect(remote?: string | ConnectOptions, options: ConnectOptions = {}): Session {
   const opts = typeof remote === "object" ? remote : options;

@@ -88,7 +88,14 @@ export function checkSession(session: SessionSpec, canDrop: boolean): string {
       );
     }
   }
-  for (const p of [...(session.readOnlyDirs ?? []), ...(session.sharedTrees ?? [])]) {
+  const binds = [
+    ...(session.readOnlyDirs ?? []),
+    ...(session.sharedTrees ?? []),
+    ...(session.layers ?? []),
+    ...(session.readOnlyFiles ?? []),
+    ...(session.proxySocket !== undefined ? [session.proxySocket] : []),
+  ];
+  for (const p of binds) {
     if (!isAbsolute(p)) throw new TypeError(`Cannot bind ${p}: the path is not absolute`);
     // A bind source inside the read-write root would be resolved through a path the session
     // can change; one that holds the root would expose it read-only, and its neighbours.
@@ -146,6 +153,11 @@ export function checkRequest(
     if (isAbsolute(p) || !inside(root, abs)) {
       throw new RangeError(`Cannot put ${p} on sys.path: it is not inside the session`);
     }
+    if (!path.includes(abs)) path.push(abs);
+  }
+  // After the session's own entries: its pip layers (checked absolute and outside the root).
+  for (const l of session.layers ?? []) {
+    const abs = normalize(l);
     if (!path.includes(abs)) path.push(abs);
   }
   if (kind === "module" && !/^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$/.test(target)) {

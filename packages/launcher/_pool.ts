@@ -186,8 +186,12 @@ export class ForkServerPool {
       env.PEX_ROOT = pexDir;
     }
     const worker = this.#workerOf(session);
-    const readOnlyDirs = (session.readOnlyDirs ?? []).map((p) => normalize(p));
-    const sharedTrees = (session.sharedTrees ?? []).map((p) => normalize(p));
+    // Layers and trusted files are bound as the view and the trees are: read-only, same path.
+    const readOnlyDirs = [...(session.readOnlyDirs ?? []), ...(session.readOnlyFiles ?? [])]
+      .map((p) => normalize(p));
+    const sharedTrees = [...(session.sharedTrees ?? []), ...(session.layers ?? [])]
+      .map((p) => normalize(p));
+    const sockets = session.proxySocket !== undefined ? [normalize(session.proxySocket)] : [];
     const bounds = [limits.memoryBytes, limits.processes, limits.sandboxMemoryBytes];
     const fingerprint = JSON.stringify([
       root,
@@ -195,6 +199,7 @@ export class ForkServerPool {
       env,
       readOnlyDirs,
       sharedTrees,
+      sockets,
       worker,
       bounds,
     ]);
@@ -234,6 +239,7 @@ export class ForkServerPool {
         command,
         readOnlyDirs,
         sharedTrees,
+        sockets,
         pexDir,
         worker,
         entry,
@@ -293,6 +299,7 @@ export class ForkServerPool {
       command: string[];
       readOnlyDirs: string[];
       sharedTrees: string[];
+      sockets: string[];
       pexDir: string | undefined;
       worker: { uid: number; gid: number } | undefined;
       entry: PoolEntry;
@@ -324,6 +331,7 @@ export class ForkServerPool {
       root,
       ...parts.readOnlyDirs,
       ...parts.sharedTrees,
+      ...parts.sockets,
       ...this.#init.interpreters.protectedPaths,
     ];
     return [
@@ -338,6 +346,7 @@ export class ForkServerPool {
           ? [interp.prefixArgs[0]!]
           : [],
         writableDirs: parts.pexDir ? [parts.pexDir] : [],
+        sockets: parts.sockets,
         identity: this.#identity(
           dropTo?.uid ?? Deno.uid() ?? 0,
           dropTo?.gid ?? Deno.gid() ?? 0,

@@ -151,6 +151,11 @@ export interface SandboxLayout {
   interpreterFiles: string[];
   /** Extra directories bound read-write at the same path (the session's PEX_ROOT). */
   writableDirs: string[];
+  /**
+   * Unix sockets of the server's (its package-index proxy), bound at the same path.
+   * @default {[]}
+   */
+  sockets?: string[];
   /** Server-written `/etc/passwd` and `/etc/group` for the sandbox. */
   identity: { passwd: string; group: string } | undefined;
   /** Keep the host's network. */
@@ -250,6 +255,7 @@ export function sandboxCommand(bwrap: string, layout: SandboxLayout, command: st
     ...layout.interpreterDirs,
     ...layout.interpreterFiles,
     ...layout.writableDirs,
+    ...(layout.sockets ?? []),
   ];
   for (const b of binds) {
     for (let d = dirname(b); d !== "/" && d !== "/tmp"; d = dirname(d)) {
@@ -266,6 +272,7 @@ export function sandboxCommand(bwrap: string, layout: SandboxLayout, command: st
   for (const p of layout.interpreterDirs) args.push("--ro-bind", p, p);
   for (const p of layout.interpreterFiles) args.push("--ro-bind", p, p);
   for (const p of layout.writableDirs) args.push("--bind", p, p);
+  for (const p of layout.sockets ?? []) args.push("--bind", p, p);
   // Dropping to the worker's uid, bwrap has no right left to enter a directory the worker
   // owns; each run enters its working directory itself, as the worker.
   args.push("--remount-ro", "/", "--chdir", layout.dropTo ? "/" : layout.root, "--");

@@ -11,7 +11,7 @@
 import { Cgroups } from "./_cgroup.ts";
 import { checkRequest, checkSession, positiveInt, validateLimits } from "./_checks.ts";
 import type { RunHandle } from "./_fork_server.ts";
-import { type DefaultInterpreter, Interpreters } from "./_interpreters.ts";
+import { type DefaultInterpreter, inside, Interpreters } from "./_interpreters.ts";
 import { ForkServerPool, type PoolEntry } from "./_pool.ts";
 import { findExecutable, probeBwrap } from "./_sandbox.ts";
 import { RunSlots } from "./_slots.ts";
@@ -178,6 +178,25 @@ export class Launcher {
    */
   defaultInterpreterInfo(): Promise<DefaultInterpreter> {
     return this.#interpreters.defaultInfo();
+  }
+
+  /**
+   * The interpreter a session's workers run, resolved as a run would resolve it, for a server
+   * that runs tools for that interpreter (a package installer). `trusted` says whether it lies
+   * outside the session (the default, the allow-list, or the default running a `.pex`): only a
+   * trusted one may be run with the server's rights; the others only in a sandbox.
+   *
+   * @param session The session.
+   * @returns Its path (`display`), the program that is executed, whether it is a `.pex`, and
+   *   whether it is trusted.
+   * @throws {LaunchError} As a run would, when it cannot or may not be used.
+   */
+  async interpreterOf(
+    session: SessionSpec,
+  ): Promise<{ path: string; exe: string; pex: boolean; trusted: boolean }> {
+    const root = checkSession(session, this.#setpriv !== undefined);
+    const i = await this.#interpreters.resolve(session, root);
+    return { path: i.display, exe: i.exe, pex: i.pex, trusted: !inside(root, i.exe) };
   }
 
   /** The absolute interpreters sessions may choose besides the default (`--allow-interpreter`). */

@@ -290,3 +290,71 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "layers go on sys.path after the pyfiles, read-only; a trusted file and the proxy socket are bound, nothing else of the host",
+  ignore,
+  async fn() {
+    const data = await Deno.makeTempDir({ prefix: "valise-layers-" });
+    const root = join(data, "root");
+    const layer = join(data, "layers", "abc-pip");
+    const tool = join(data, "tools", "tool.txt");
+    const sockDir = await Deno.makeTempDir({ prefix: "valise-sock-" });
+    const sock = join(sockDir, "p.sock");
+    for (const d of [root, layer, join(data, "tools")]) await Deno.mkdir(d, { recursive: true });
+    await Deno.writeTextFile(join(layer, "layered.py"), "WHERE = 'layer'\n");
+    await Deno.writeTextFile(tool, "a trusted tool\n");
+    await Deno.writeTextFile(join(data, "tools", "other.txt"), "not bound\n");
+    const listener = Deno.listen({ transport: "unix", path: sock });
+    await Deno.chmod(sock, 0o666);
+    const served = (async () => {
+      const c = await listener.accept();
+      await c.write(new TextEncoder().encode("hello from the host\n"));
+      c.close();
+    })();
+    const l = new Launcher({ sandbox: "bwrap", logger: () => {} });
+    try {
+      const session: SessionSpec = {
+        key: "layers",
+        root,
+        pythonPath: [],
+        layers: [layer],
+        readOnlyFiles: [tool],
+        proxySocket: sock,
+      };
+      const r = await collect(l, session, {
+        code: [
+          "import sys, socket, layered",
+          "print(sys.path.index(sys.argv[1]) == 1, layered.WHERE)",
+          "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2]); print(s.recv(100).decode().strip())",
+        ].join("\n"),
+        args: [layer, sock],
+      });
+      assert.equal(r.stdout, "True layer\nhello from the host\n", r.stderr);
+      await served;
+      const seen = await probe(l, session, {
+        layerWrite: ["write", join(layer, "layered.py")],
+        layerNew: ["mkdir", join(layer, "new")],
+        tool: ["read", tool],
+        toolWrite: ["write", tool],
+        other: ["exists", join(data, "tools", "other.txt")],
+      });
+      assert.match(String(seen.layerWrite), REFUSED);
+      assert.match(String(seen.layerNew), REFUSED);
+      assert.equal(seen.tool, "a trusted tool\n");
+      assert.match(String(seen.toolWrite), REFUSED);
+      assert.equal(seen.other, false);
+      // A layer inside the session's own (writable) directory is refused.
+      await assert.rejects(
+        collect(l, { key: "bad", root, pythonPath: [], layers: [join(root, "x")] }, { code: "" }),
+        RangeError,
+      );
+    } finally {
+      listener.close();
+      await l.close();
+      await Deno.remove(data, { recursive: true });
+      await Deno.remove(sockDir, { recursive: true });
+    }
+  },
+});

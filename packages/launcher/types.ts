@@ -92,6 +92,27 @@ export interface SessionSpec {
    */
   sharedTrees?: string[];
   /**
+   * Absolute directories outside `root` of installed packages (the session's pip layers, by
+   * their store paths), put on `sys.path` right after the `pythonPath` entries, in this order,
+   * and bound read-only at the same path. Same guarantee as `readOnlyDirs`.
+   * @default {[]}
+   */
+  layers?: string[];
+  /**
+   * Absolute paths of trusted files outside `root` (a program the server runs in the sandbox,
+   * such as its package installer), bound read-only at the same path. Same guarantee as
+   * `readOnlyDirs`.
+   * @default {[]}
+   */
+  readOnlyFiles?: string[];
+  /**
+   * A Unix socket of the server's (its package-index proxy), bound at the same path: with the
+   * sandbox's own network namespace kept, the only way out of it. Never a socket a session
+   * could have made.
+   * @default {undefined} none
+   */
+  proxySocket?: string;
+  /**
    * Host uid and gid the session's workers run as. Needs a launcher running as root, which
    * then never runs a session's code as root: the sandbox is set up with the server's rights
    * and the worker dropped to this id before its interpreter starts. `root` must be writable by

@@ -14,13 +14,18 @@ import { crc32 } from "./crc32.ts";
 /** PySpark's chunk size: 32 KiB, "the midpoint recommendation". */
 export const CHUNK_SIZE = 32 * 1024;
 
-/** An artifact to upload: its name, its size, and a way to read its bytes once. */
+/** An artifact to upload: its name, its size, and a way to read its bytes. */
 export interface ArtifactSource {
   /** The artifact name, e.g. `pyfiles/util.py`. */
   readonly name: string;
   /** Exact size in bytes; the bytes read must match it. */
   readonly size: number;
-  /** Reads the bytes, in pieces of any size. */
+  /**
+   * Reads the bytes, in pieces of any size. Called once per request stream: a client that sends
+   * an upload again after its node failed calls it again, and must get the same bytes (a file
+   * opened anew, bytes in memory); a source that can be read only once should throw on a second
+   * call, so that the retry fails instead of sending other bytes.
+   */
   read(): AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
 }
 

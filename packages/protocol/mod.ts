@@ -49,6 +49,7 @@ export {
   isFramingError,
   u32Frames,
 } from "./framing.ts";
+export * from "./pip_requirements.ts";
 export * from "./session_id.ts";
 export { SPARK_CONNECT_VERSION } from "./spark_version.ts";
 export {
@@ -190,12 +191,34 @@ export {
   SessionService,
 } from "./gen/valise/v1/session_pb.ts";
 export {
+  file_valise_v1_pip,
+  type PipDistribution,
+  PipDistributionSchema,
+  type PipEvent,
+  PipEventSchema,
+  type PipInstallRequest,
+  PipInstallRequestSchema,
+  type PipListRequest,
+  PipListRequestSchema,
+  PipService,
+  type PipState,
+  PipStateSchema,
+  type PipUninstallRequest,
+  PipUninstallRequestSchema,
+} from "./gen/valise/v1/pip_pb.ts";
+export {
   AdminService,
   file_valise_v1_admin,
+  type ListNodesRequest,
+  ListNodesRequestSchema,
+  type ListNodesResponse,
+  ListNodesResponseSchema,
   type ListSessionsRequest,
   ListSessionsRequestSchema,
   type ListSessionsResponse,
   ListSessionsResponseSchema,
+  type NodeSummary,
+  NodeSummarySchema,
   type SessionSummary,
   SessionSummarySchema,
   type UserSummary,

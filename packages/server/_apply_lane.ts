@@ -33,7 +33,7 @@ import {
   startFrame,
   type Transport,
 } from "./_apply_common.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 
 /** What a lane gives back, in order. */
 export type LaneItem =
@@ -90,6 +90,11 @@ export interface LocalLaneContext {
    * @default {DRIVER_FRAME_BYTES}
    */
   readonly maxMessageBytes?: number | undefined;
+  /**
+   * The server's pip layers, applied before the driver starts.
+   * @default {undefined} none
+   */
+  readonly pip?: LayerSource | undefined;
 }
 
 /** Options of {@linkcode LocalLane}. */
@@ -220,10 +225,13 @@ export class LocalLane implements Lane {
     let exited: RunExitedEvent | undefined;
     let interpreter = "";
     let stderrTail = "";
-    const spec = sessionSpec(this.#session, this.#ctx.limits);
+    let releaseLayers = (): void => {};
     try {
+      // Each lane holds the session's layers while it runs (a worker on another node too).
+      const prepared = await preparedSpec(this.#session, this.#ctx.limits, this.#ctx.pip);
+      releaseLayers = prepared.release;
       for await (
-        const ev of this.#ctx.launcher.run(spec, {
+        const ev of this.#ctx.launcher.run(prepared.spec, {
           code: DRIVER_STUB,
           stdin: this.#stdin(),
           streamStdout: true,
@@ -284,6 +292,7 @@ export class LocalLane implements Lane {
       this.#rejectReady(e);
       throw e;
     } finally {
+      releaseLayers();
       this.#resolveHello(false);
       this.#rejectReady(
         applyFailure("APPLY_WORKER_FAILED", "The worker ended before it was ready"),

@@ -425,6 +425,7 @@ const fakeStore = {
   sessions: () => [],
   blobs: { list: () => Promise.resolve([]) },
   trees: { list: () => Promise.resolve([]), builds: 0, buildSeconds: 0 },
+  layers: { list: () => Promise.resolve([]) },
 } as never;
 const fakeLauncher = {
   stats: () => ({ running: 0, queued: 0, forkServers: 0 }),

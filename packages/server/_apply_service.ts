@@ -7,7 +7,7 @@
  * @module
  */
 import type { HandlerContext } from "@connectrpc/connect";
-import type { Launcher, RunExitedEvent, SessionLimits } from "@valise/launcher";
+import type { Launcher, RunExitedEvent, SessionLimits, SessionSpec } from "@valise/launcher";
 import {
   type ApplyRequest,
   type ApplyResponse,
@@ -58,8 +58,8 @@ import {
 import { type ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
-import { sessionSpec } from "./session_spec.ts";
 import { driveParallel, type RemoteLanes } from "./_apply_parallel.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 
 const CACHE_NAME = /^cache\/[0-9a-f]{64}$/;
 const decoder = new TextDecoder();
@@ -173,6 +173,11 @@ export interface ApplyContext {
    * @default {undefined}
    */
   readonly log?: ((line: string) => void) | undefined;
+  /**
+   * The server's pip layers, applied before the driver starts.
+   * @default {undefined} none
+   */
+  readonly pip?: LayerSource | undefined;
 }
 
 /** The default of {@linkcode ApplyContext.maxParallelism} (`--apply-max-parallelism`). */
@@ -215,6 +220,9 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       const start = first.value.request.value;
       const session = await bindSession(ctx.store, start);
       release = session.hold();
+      const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+      const held = release;
+      release = () => (prepared.release(), held());
       const fn = functionOf(start);
       const form = FORMS[start.form];
       if (form === undefined) {
@@ -249,7 +257,7 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
       );
       const responses = parallelism > 1
         ? driveParallel(ctx, session, job, parallelism)
-        : drive(ctx, session, job);
+        : drive(ctx, prepared.spec, job);
       for await (const r of responses) {
         if (r.response.case === "done") {
           rowsIn = Number(r.response.value.rowsIn);
@@ -285,14 +293,23 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
  * @param parallelism Workers to spread the batches over (clamped as Apply clamps).
  * @returns The responses.
  */
-export function runApplyJob(
+export async function* runApplyJob(
   ctx: ApplyContext,
   session: Session,
   job: Job,
   parallelism: number,
 ): AsyncGenerator<ApplyResponse, void, undefined> {
   const n = Math.min(Math.max(parallelism, 1), ctx.maxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM);
-  return n > 1 ? driveParallel(ctx, session, job, n) : drive(ctx, session, job);
+  if (n > 1) {
+    yield* driveParallel(ctx, session, job, n);
+    return;
+  }
+  const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+  try {
+    yield* drive(ctx, prepared.spec, job);
+  } finally {
+    prepared.release();
+  }
 }
 
 /** A task with its input and the call's signal: what one worker (or several) runs. */
@@ -305,7 +322,7 @@ export interface Job extends ApplyTask {
 
 async function* drive(
   ctx: ApplyContext,
-  session: Session,
+  spec: SessionSpec,
   job: Job,
 ): AsyncGenerator<ApplyResponse, void, undefined> {
   let resolveHello!: (h: Hello | undefined) => void;
@@ -349,7 +366,6 @@ async function* drive(
   let exited: RunExitedEvent | undefined;
   let interpreter = "";
   let stderrTail = "";
-  const spec = sessionSpec(session, ctx.limits);
   try {
     for await (
       const ev of ctx.launcher.run(spec, {

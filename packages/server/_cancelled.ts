@@ -8,7 +8,13 @@
  *
  * @module
  */
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ContextValues,
+  createContextKey,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { observingInterceptor } from "./_interceptors.ts";
 
 /**
@@ -19,17 +25,19 @@ import { observingInterceptor } from "./_interceptors.ts";
  * @param error What the handler failed with.
  * @param signal The call's signal.
  * @param shutdown Aborted when the server shuts down.
+ * @param reset Whether the client reset the call's HTTP/2 stream (see {@linkcode kPeerReset}).
  * @returns The error to report.
  */
 export function classifyAborted(
   error: unknown,
   signal: AbortSignal,
   shutdown: AbortSignal,
+  reset = false,
 ): unknown {
   if (shutdown.aborted) return error;
   // The request stream can end short of its end before the HTTP/2 reset reaches the call's
-  // signal: its "Premature close" alone says the client went away.
-  if (!signal.aborted && !prematureClose(error)) return error;
+  // signal: its "Premature close", or the stream's own reset code, says the client went away.
+  if (!signal.aborted && !reset && !prematureClose(error)) return error;
   const got = ConnectError.from(error);
   // A message over its size cap is the server's refusal, and refusing it is what closed the
   // stream: the client did not go away first.
@@ -68,7 +76,32 @@ export function classifyAborted(
  * @returns The interceptor.
  */
 export function cancelledInterceptor(shutdown: AbortSignal): Interceptor {
-  return observingInterceptor({ mapError: (e, signal) => classifyAborted(e, signal, shutdown) });
+  return observingInterceptor({
+    mapError: (e, signal, values) => classifyAborted(e, signal, shutdown, values.get(kPeerReset)()),
+  });
+}
+
+/**
+ * A call's probe of its HTTP/2 stream: whether the client reset it. The stream's reset code is
+ * set when the reset arrives; the call's signal is aborted only on the stream's `close` event,
+ * which can come after the handler already failed on the request stream the reset ended (seen
+ * under load: a client's abort reported as `INVALID_ARTIFACT_STREAM`, "Missing data chunks").
+ */
+export const kPeerReset = createContextKey<() => boolean>(() => false, {
+  description: "whether the client reset the call's HTTP/2 stream",
+});
+
+/** The node request's side of {@linkcode kPeerReset}: a reset code other than NO_ERROR. */
+export function peerResetProbe(req: object): () => boolean {
+  const stream = "stream" in req
+    ? req.stream as { rstCode?: number; aborted?: boolean } | undefined
+    : undefined;
+  return () => !!stream && ((stream.rstCode ?? 0) !== 0 || stream.aborted === true);
+}
+
+/** Fills a call's context values with {@linkcode kPeerReset} for a node request. */
+export function peerResetValues(values: ContextValues, req: object): ContextValues {
+  return values.set(kPeerReset, peerResetProbe(req));
 }
 
 /** Whether a stream's premature close (Node's `ERR_STREAM_PREMATURE_CLOSE`) is in the chain. */

@@ -1,6 +1,6 @@
-import { equal, strictEqual } from "node:assert/strict";
+import { equal, ok, strictEqual } from "node:assert/strict";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { classifyAborted } from "./_cancelled.ts";
+import { classifyAborted, peerResetProbe } from "./_cancelled.ts";
 
 const premature = new Error("Premature close");
 
@@ -82,4 +82,23 @@ Deno.test("classifyAborted() reports a call past its deadline as DEADLINE_EXCEED
 Deno.test("classifyAborted() keeps the error of a call ended by the server's shutdown", () => {
   const down = aborted(new DOMException("shutdown", "AbortError"));
   strictEqual(classifyAborted(premature, down, down), premature);
+});
+
+Deno.test("classifyAborted() takes a stream the client reset as cancelled before the signal says so", () => {
+  const live = new AbortController().signal;
+  const short = new ConnectError(
+    "[INVALID_ARTIFACT_STREAM] Missing data chunks for artifact: files/big.bin.",
+    Code.InvalidArgument,
+  );
+  // A client's half-close short of its chunks is its error: no reset.
+  strictEqual(
+    classifyAborted(short, live, live, peerResetProbe({ stream: { rstCode: 0 } })()),
+    short,
+  );
+  strictEqual(classifyAborted(short, live, live, peerResetProbe({})()), short);
+  for (const stream of [{ rstCode: 8 }, { rstCode: 0, aborted: true }]) {
+    const got = ConnectError.from(classifyAborted(short, live, live, peerResetProbe({ stream })()));
+    strictEqual(got.code, Code.Canceled);
+    ok(got.rawMessage.includes("(the handler saw: Missing data chunks"), got.rawMessage);
+  }
 });

@@ -3,6 +3,9 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import type { ServeOptions } from "./serve.ts";
 import { type AccessToken, readTokenFile } from "./_tokens.ts";
+import { nodeIdProblem } from "./cluster/node_record.ts";
+import { normalizeIndexUrl } from "@valise/protocol";
+import type { PipOptions } from "./pip_layers.ts";
 
 /** The usage text of `deno task serve`. */
 export const USAGE = `Usage: deno task serve [options]
@@ -54,6 +57,20 @@ Workers:
                               asking for more gets N (default 4); in a cluster also the
                               workers this node runs for other nodes' calls at once
 
+Packages (session-scoped pip install; docs/operations.md):
+  --pip-installer PATH        uv, or a Python whose pip installs (default: uv on PATH, else
+                              the default interpreter's pip)
+  --pip-index-url URL         the package index sessions install from
+                              (default https://pypi.org/simple)
+  --pip-extra-index-url URL   another index every install uses (repeatable)
+  --pip-allow-index URL       an index sessions may choose instead (repeatable)
+  --pip-allow-host HOST[:PORT]  a host installs may reach besides their indexes' own, where an
+                              index serves its files (repeatable; PyPI's is known)
+  --pip-offline               no index: installs use the session's uploaded wheels only
+  --pip-timeout N             seconds one install may take (default 600)
+  --pip-allow-sdist           let installs build source distributions (runs their code, in
+                              the sandbox; default: wheels only)
+
 Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md):
   --cluster URL[,URL...]      join the cluster of these NATS servers (env VALISE_CLUSTER),
                               e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222
@@ -62,6 +79,11 @@ Cluster (several nodes sharing sessions over NATS JetStream; docs/operations.md)
                               3 in production)
   --cluster-creds-file PATH   NATS credentials: a .creds file, 'user:password' or a token
                               (env VALISE_CLUSTER_CREDS_FILE; never on the command line)
+  --cluster-heartbeat SECONDS how often this node writes its record in KV bucket valise_nodes;
+                              other nodes count it gone after 3 times that (default 5)
+  --cluster-gc-grace DURATION objects of the cluster's object store no session refers to
+                              are deleted once older than this, e.g. 30m, 24h, 7d
+                              (default 24h)
   --apply-offer-wait-ms N     how long a parallel Apply waits for other nodes to offer
                               workers before it runs the rest on this node (default 250)
 
@@ -182,10 +204,20 @@ export function parseServeCommand(
         "worker-stream-bytes": { type: "string" },
         "apply-max-parallelism": { type: "string" },
         "metrics-port": { type: "string" },
+        "pip-installer": { type: "string" },
+        "pip-index-url": { type: "string" },
+        "pip-extra-index-url": { type: "string", multiple: true },
+        "pip-allow-index": { type: "string", multiple: true },
+        "pip-allow-host": { type: "string", multiple: true },
+        "pip-offline": { type: "boolean" },
+        "pip-timeout": { type: "string" },
+        "pip-allow-sdist": { type: "boolean" },
         cluster: { type: "string" },
         "node-id": { type: "string" },
         "cluster-replicas": { type: "string" },
         "cluster-creds-file": { type: "string" },
+        "cluster-heartbeat": { type: "string" },
+        "cluster-gc-grace": { type: "string" },
         "apply-offer-wait-ms": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -295,6 +327,7 @@ export function parseServeCommand(
     );
   }
   const cluster = clusterOf(v, e, cwd);
+  const pip = pipOf(v, cwd);
   const adminTokenFile = v["admin-token-file"] ?? e("VALISE_ADMIN_TOKEN_FILE");
   const adminTokens = adminTokenFile
     ? tokensOf(resolve(cwd, adminTokenFile), "--admin-token-file")
@@ -347,6 +380,7 @@ export function parseServeCommand(
       ...(v["apply-offer-wait-ms"] !== undefined
         ? { applyOfferWaitMs: int(v["apply-offer-wait-ms"], "--apply-offer-wait-ms", 0, 60_000) }
         : {}),
+      pip,
       workers: {
         sandbox: sandbox as "auto" | "bwrap" | "none",
         workerNetwork: v["worker-network"] ?? false,
@@ -361,12 +395,77 @@ export function parseServeCommand(
   };
 }
 
+/**
+ * Parses a duration such as `90s`, `30m`, `24h` or `7d` (also `500ms`).
+ *
+ * @param text The duration.
+ * @param flag The flag it came from, for the error message.
+ * @returns Milliseconds.
+ */
+export function parseDuration(text: string, flag: string): number {
+  const m = text.trim().match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/i);
+  if (!m) {
+    throw new UsageError(`${flag}: "${text}" is not a duration (e.g. 90s, 30m, 24h, 7d)`);
+  }
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[
+    m[2]!.toLowerCase() as "ms" | "s" | "m" | "h" | "d"
+  ];
+  return Math.round(Number(m[1]) * unit);
+}
+
+function pipOf(
+  v: {
+    "pip-installer"?: string | undefined;
+    "pip-index-url"?: string | undefined;
+    "pip-extra-index-url"?: string[] | undefined;
+    "pip-allow-index"?: string[] | undefined;
+    "pip-allow-host"?: string[] | undefined;
+    "pip-offline"?: boolean | undefined;
+    "pip-timeout"?: string | undefined;
+    "pip-allow-sdist"?: boolean | undefined;
+  },
+  cwd: string,
+): PipOptions {
+  const url = (u: string, flag: string) => {
+    try {
+      return normalizeIndexUrl(u);
+    } catch (e) {
+      throw new UsageError(`${flag}: ${e instanceof Error ? e.message : e}`);
+    }
+  };
+  for (const h of v["pip-allow-host"] ?? []) {
+    if (!/^([A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:.]+\])(:\d{1,5})?$/.test(h)) {
+      throw new UsageError(`--pip-allow-host: "${h}" is not HOST or HOST:PORT`);
+    }
+  }
+  if (v["pip-offline"] && (v["pip-index-url"] || v["pip-extra-index-url"]?.length)) {
+    throw new UsageError(
+      "--pip-offline installs from uploaded wheels only: it takes no --pip-index-url or " +
+        "--pip-extra-index-url",
+    );
+  }
+  return {
+    ...(v["pip-installer"] ? { installer: resolve(cwd, v["pip-installer"]) } : {}),
+    ...(v["pip-index-url"] ? { indexUrl: url(v["pip-index-url"], "--pip-index-url") } : {}),
+    extraIndexUrls: (v["pip-extra-index-url"] ?? []).map((u) => url(u, "--pip-extra-index-url")),
+    allowedIndexUrls: (v["pip-allow-index"] ?? []).map((u) => url(u, "--pip-allow-index")),
+    allowHosts: v["pip-allow-host"] ?? [],
+    offline: v["pip-offline"] ?? false,
+    ...(v["pip-timeout"]
+      ? { timeoutMs: int(v["pip-timeout"], "--pip-timeout", 1, 86_400) * 1000 }
+      : {}),
+    allowSdist: v["pip-allow-sdist"] ?? false,
+  };
+}
+
 function clusterOf(
   v: {
     cluster?: string | undefined;
     "node-id"?: string | undefined;
     "cluster-replicas"?: string | undefined;
     "cluster-creds-file"?: string | undefined;
+    "cluster-heartbeat"?: string | undefined;
+    "cluster-gc-grace"?: string | undefined;
     "apply-offer-wait-ms"?: string | undefined;
   },
   e: (k: string) => string | undefined,
@@ -380,6 +479,8 @@ function clusterOf(
         "node-id",
         "cluster-replicas",
         "cluster-creds-file",
+        "cluster-heartbeat",
+        "cluster-gc-grace",
         "apply-offer-wait-ms",
       ] as const
     ) {
@@ -398,9 +499,10 @@ function clusterOf(
   }
   if (!servers.length) throw new UsageError("--cluster: no NATS URL given");
   const nodeId = v["node-id"] ?? e("VALISE_NODE_ID") ?? Deno.hostname();
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(nodeId)) {
+  const problem = nodeIdProblem(nodeId);
+  if (problem) {
     throw new UsageError(
-      `--node-id: "${nodeId}" is not a node name (letters, digits, '.', '_', '-'; at most 64)`,
+      `--node-id: ${problem}${v["node-id"] === undefined ? " (it is the host name)" : ""}`,
     );
   }
   const replicas = int(v["cluster-replicas"] ?? "1", "--cluster-replicas", 1, 5);
@@ -409,10 +511,33 @@ function clusterOf(
       `--cluster-replicas: ${replicas} is even; use 1, 3 or 5 (a Raft majority)`,
     );
   }
+  let heartbeatMs: number | undefined;
+  if (v["cluster-heartbeat"] !== undefined) {
+    const s = Number(v["cluster-heartbeat"]);
+    if (!/^\d+(\.\d+)?$/.test(v["cluster-heartbeat"]) || !(s >= 0.1 && s <= 600)) {
+      throw new UsageError(
+        `--cluster-heartbeat: "${v["cluster-heartbeat"]}" is not a number of seconds from ` +
+          "0.1 to 600",
+      );
+    }
+    heartbeatMs = Math.round(s * 1000);
+  }
+  let gcGraceMs: number | undefined;
+  if (v["cluster-gc-grace"] !== undefined) {
+    gcGraceMs = parseDuration(v["cluster-gc-grace"], "--cluster-gc-grace");
+    // Shorter than a second the grace no longer covers an upload's own round trips to NATS.
+    if (gcGraceMs < 1000 || gcGraceMs > 365 * 86_400_000) {
+      throw new UsageError(
+        `--cluster-gc-grace: "${v["cluster-gc-grace"]}" is not from 1s to 365d`,
+      );
+    }
+  }
   return {
     servers,
     nodeId,
     replicas,
     ...(creds ? { credentialsFile: resolve(cwd, creds) } : {}),
+    ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),
+    ...(gcGraceMs !== undefined ? { gcGraceMs } : {}),
   };
 }

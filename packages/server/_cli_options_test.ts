@@ -202,6 +202,32 @@ Deno.test("parseServeCommand() --cluster: NATS URLs, node id, replicas, credenti
     replicas: 1,
     credentialsFile: "/run/secrets/nats",
   });
+  const hb = parseServeCommand(
+    ["--cluster", "nats://n:4222", "--node-id", "a.b-1", "--cluster-heartbeat", "0.5"],
+    noEnv,
+    "/x",
+  );
+  deepEqual(hb.options.cluster, {
+    servers: ["nats://n:4222"],
+    nodeId: "a.b-1",
+    replicas: 1,
+    heartbeatMs: 500,
+  });
+});
+
+Deno.test("parseServeCommand() --cluster-gc-grace: the blob GC's grace period as a duration", () => {
+  const grace = (text: string) =>
+    parseServeCommand(["--cluster", "nats://a:4222", "--cluster-gc-grace", text], noEnv, "/x")
+      .options.cluster?.gcGraceMs;
+  equal(grace("24h"), 86_400_000);
+  equal(grace("30m"), 1_800_000);
+  equal(grace("2.5s"), 2500);
+  equal(grace("7d"), 7 * 86_400_000);
+  equal(
+    parseServeCommand(["--cluster", "nats://a:4222"], noEnv, "/x").options.cluster?.gcGraceMs,
+    undefined,
+    "the default (24h) is createValise's",
+  );
 });
 
 Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad values", () => {
@@ -211,7 +237,18 @@ Deno.test("parseServeCommand() --cluster refuses credentials in the URL and bad 
     [["--cluster", "nats://a:4222", "--cluster-replicas", "2"], /even/],
     [["--cluster", "nats://a:4222", "--cluster-replicas", "7"], /from 1 to 5/],
     [["--cluster", "nats://a:4222", "--node-id", "../x"], /not a node name/],
+    [["--cluster", "nats://a:4222", "--node-id", "a..b"], /not a node name/],
+    [["--cluster", "nats://a:4222", "--node-id", "a."], /not a node name/],
     [["--node-id", "v1"], /needs --cluster/],
+    [["--cluster-heartbeat", "1"], /needs --cluster/],
+    [["--cluster", "nats://a:4222", "--cluster-heartbeat", "0"], /from 0.1 to 600/],
+    [["--cluster", "nats://a:4222", "--cluster-heartbeat", "1e3"], /number of seconds/],
+    [["--cluster", "nats://a:4222", "--cluster-heartbeat", "601"], /from 0.1 to 600/],
+    [["--cluster-gc-grace", "1h"], /needs --cluster/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace", "24"], /not a duration/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace=-1h"], /not a duration/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace", "500ms"], /from 1s to 365d/],
+    [["--cluster", "nats://a:4222", "--cluster-gc-grace", "400d"], /from 1s to 365d/],
     [["--apply-offer-wait-ms", "100"], /--apply-offer-wait-ms needs --cluster/],
     [["--cluster", "nats://a:4222", "--apply-offer-wait-ms", "-1"], /--apply-offer-wait-ms/],
   ];
@@ -271,4 +308,50 @@ Deno.test("the usage text says the metrics and status port listens on --host", (
   equal(c.metricsPort, 9100);
   ok(USAGE.includes("serve HTTP on HOST:PORT (HOST: the --host address)"), USAGE);
   ok(!USAGE.includes("127.0.0.1:PORT/metrics"));
+});
+
+Deno.test("parseServeCommand() reads the --pip-* flags, and refuses indexes and hosts that are not ones", () => {
+  const c = parseServeCommand(
+    [
+      "--pip-installer",
+      "tools/uv",
+      "--pip-index-url",
+      "https://mirror.example/simple/",
+      "--pip-extra-index-url",
+      "https://extra.example/simple",
+      "--pip-allow-index",
+      "https://pypi.org/simple",
+      "--pip-allow-host",
+      "files.mirror.example:8443",
+      "--pip-timeout",
+      "120",
+      "--pip-allow-sdist",
+    ],
+    noEnv,
+    "/srv",
+  );
+  deepEqual(c.options.pip, {
+    installer: "/srv/tools/uv",
+    indexUrl: "https://mirror.example/simple",
+    extraIndexUrls: ["https://extra.example/simple"],
+    allowedIndexUrls: ["https://pypi.org/simple"],
+    allowHosts: ["files.mirror.example:8443"],
+    offline: false,
+    timeoutMs: 120_000,
+    allowSdist: true,
+  });
+  const offline = parseServeCommand(["--pip-offline"], noEnv, "/").options.pip;
+  equal(offline && offline.offline, true);
+  ok(USAGE.includes("--pip-offline"));
+  for (
+    const args of [
+      ["--pip-index-url", "ftp://x/simple"],
+      ["--pip-index-url", "https://u:p@x/simple"],
+      ["--pip-allow-host", "a b"],
+      ["--pip-timeout", "0"],
+      ["--pip-offline", "--pip-index-url", "https://x/simple"],
+    ]
+  ) {
+    throws(() => parseServeCommand(args, noEnv, "/"), UsageError, args.join(" "));
+  }
 });

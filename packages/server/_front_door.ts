@@ -47,6 +47,11 @@ export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
   // As many names as AttachArtifacts may add.
   "valise.v1.SessionService/RemoveArtifacts": 16 * MiB,
   "valise.v1.AdminService/ListSessions": 64 * KiB,
+  "valise.v1.AdminService/ListNodes": 64 * KiB,
+  // A requirement set is at most 64 KiB of text (MAX_REQUIREMENTS_TEXT).
+  "valise.v1.PipService/Install": 256 * KiB,
+  "valise.v1.PipService/Uninstall": 256 * KiB,
+  "valise.v1.PipService/List": 64 * KiB,
   // Stdin as it is typed or piped: the client sends it in small pieces (64 KiB), and the server
   // keeps at most one message of a run's stdin while the program does not read.
   "valise.v1.WorkerService/RunInteractive": 1 * MiB,

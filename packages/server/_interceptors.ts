@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Interceptor } from "@connectrpc/connect";
+import type { ContextValues, Interceptor } from "@connectrpc/connect";
 
 /** What {@linkcode observingInterceptor} does at the end of each call. */
 export interface CallObserver {
@@ -24,9 +24,10 @@ export interface CallObserver {
    * @param error What the call failed with.
    * @param signal The call's signal: aborted when the client went away, its deadline passed or
    *   the server is shutting down.
+   * @param values The call's context values (what the transport adapter put there).
    * @returns What the client gets.
    */
-  mapError?(error: unknown, signal: AbortSignal): unknown;
+  mapError?(error: unknown, signal: AbortSignal, values: ContextValues): unknown;
 }
 
 /**
@@ -43,7 +44,7 @@ export function observingInterceptor(observer: CallObserver): Interceptor {
     const method = `${req.service.typeName}/${req.method.name}`;
     const failed = (e: unknown): unknown => {
       observer.end?.(method, e, startedAt);
-      return map(e, req.signal);
+      return map(e, req.signal, req.contextValues);
     };
     let res;
     try {

@@ -16,7 +16,7 @@ import { runSpecOf, toRunEvent } from "./_run_request.ts";
 import { StdinFeed } from "./_stdin_feed.ts";
 import { ServerError, toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 
 /**
  * How long the server waits, once the run has exited, for the client to end its request
@@ -35,6 +35,11 @@ export interface RunInteractiveContext {
   readonly limits: SessionLimits;
   /** Counters for `/metrics`. */
   readonly metrics?: Metrics | undefined;
+  /**
+   * The server's pip layers, applied before the program starts.
+   * @default {undefined} none
+   */
+  readonly pip?: LayerSource | undefined;
 }
 
 /** The RunInteractive method of `valise.v1.WorkerService`. */
@@ -146,7 +151,10 @@ export function createRunInteractiveHandler(ctx: RunInteractiveContext): RunInte
         abort.abort();
         feed.close();
       });
-      const events = ctx.launcher.run(sessionSpec(session, ctx.limits), {
+      const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+      const held = release;
+      release = () => (prepared.release(), held());
+      const events = ctx.launcher.run(prepared.spec, {
         ...spec,
         stdin: feed,
         streamStdout: true,

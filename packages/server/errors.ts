@@ -34,6 +34,12 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  *   `UDF_PYARROW_UNAVAILABLE`: the session's environment cannot run the client's plan (no
  *   pyspark, another pyspark or Python, no pyarrow).
  * - `UDF_EXECUTION_FAILED`: running a plan failed otherwise (the worker died, a limit, a type).
+ * - `PIP_INVALID_REQUEST`: a requirement set or package index a session asked to install from is
+ *   refused (an installer option, a path, a URL, an index the server does not offer).
+ * - `PIP_INSTALL_FAILED`: the installer could not build the session's pip layer (resolution,
+ *   download, a wheel missing, a time limit); the message carries the installer's own words.
+ * - `PIP_NOT_INSTALLED`: an uninstall named a distribution the session's requirements do not
+ *   list.
  */
 export type ServerErrorCode =
   | "APPLY_INVALID_REQUEST"
@@ -66,7 +72,10 @@ export type ServerErrorCode =
   | "UDF_PYARROW_UNAVAILABLE"
   | "UDF_PYSPARK_VERSION_MISMATCH"
   | "PYTHON_VERSION_MISMATCH"
-  | "UDF_EXECUTION_FAILED";
+  | "UDF_EXECUTION_FAILED"
+  | "PIP_INVALID_REQUEST"
+  | "PIP_INSTALL_FAILED"
+  | "PIP_NOT_INSTALLED";
 
 /** The error classes an Apply call fails with. */
 export type ApplyErrorClass = Extract<ServerErrorCode, `APPLY_${string}`>;
@@ -106,6 +115,10 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   UDF_PYSPARK_VERSION_MISMATCH: Code.FailedPrecondition,
   PYTHON_VERSION_MISMATCH: Code.FailedPrecondition,
   UDF_EXECUTION_FAILED: Code.Internal,
+  PIP_INVALID_REQUEST: Code.InvalidArgument,
+  // The request was well formed; what it needs (a version, a wheel, the index) is not there.
+  PIP_INSTALL_FAILED: Code.FailedPrecondition,
+  PIP_NOT_INSTALLED: Code.NotFound,
 };
 
 /** The gRPC code for each session store class: the class says what went wrong, the code how to react. */

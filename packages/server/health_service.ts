@@ -14,6 +14,7 @@ export const HEALTH_SERVICES: readonly string[] = [
   "valise.v1.StoreService",
   "valise.v1.SessionService",
   "valise.v1.WorkerService",
+  "valise.v1.PipService",
   "grpc.health.v1.Health",
 ];
 

@@ -102,6 +102,10 @@ const stop = async (signal: string) => {
 };
 Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
 Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+// Asks the installer its version: not waited for, so a stop signal is handled meanwhile.
+server.valise.pip?.describe().then((line) => {
+  if (!stopping) log(line);
+});
 
 function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;

@@ -6,6 +6,7 @@ import type { SessionStore } from "@valise/session-store";
 import { observingInterceptor } from "./_interceptors.ts";
 import { type AccessToken, TokenSet } from "./_tokens.ts";
 import type { StatusPage } from "./status_page.ts";
+import type { ClusterView } from "./cluster/membership.ts";
 
 const LATENCY_BUCKETS = [
   0.001,
@@ -64,8 +65,12 @@ export class Metrics {
   #applyLanesLost = 0;
   #applyServed = new Map<string, number>();
   #applyServedUnits = 0;
+  /** The pip layers' counters, when the instance installs packages for sessions. */
+  pip: (() => Readonly<Record<string, number>>) | undefined;
   /** The cluster registry's counters, when the instance is a cluster's node. */
   cluster: (() => Readonly<Record<string, number>>) | undefined;
+  /** The nodes this node sees, when the instance is a cluster's node. */
+  membership: (() => ClusterView) | undefined;
 
   /** Counts a finished RPC. */
   rpc(method: string, code: Code | 0, seconds: number): void {
@@ -167,6 +172,34 @@ export class Metrics {
       "# TYPE valise_unpack_seconds_total counter",
       `valise_unpack_seconds_total ${store.trees.buildSeconds}`,
     );
+    const layers = (await store.layers.list()).length;
+    gauge("valise_pip_layers", "Pip layers on disk (installed requirement sets).", layers);
+    const p = this.pip?.();
+    if (p) {
+      const counter = (name: string, help: string, value: number | undefined) =>
+        out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value ?? 0}`);
+      counter(
+        "valise_pip_layer_builds_total",
+        "Pip layers built (installer runs), failed ones included.",
+        p.builds,
+      );
+      counter("valise_pip_layer_build_failures_total", "Pip layer builds that failed.", p.failures);
+      counter(
+        "valise_pip_layer_reuses_total",
+        "Installs and runs that found their pip layer built already.",
+        p.reuses,
+      );
+      counter(
+        "valise_pip_layer_build_seconds_total",
+        "Time spent building pip layers.",
+        p.buildSeconds,
+      );
+      counter(
+        "valise_pip_proxy_refusals_total",
+        "Connections builds asked for that the package-index proxy refused.",
+        p.proxyRefusals,
+      );
+    }
     gauge(
       "valise_sandbox_enabled",
       "1 when workers run in a bubblewrap sandbox.",
@@ -258,9 +291,101 @@ export class Metrics {
         "Session record writes found to have overwritten another's, repaired.",
         c.repairs,
       );
+      counter(
+        "valise_cluster_gc_runs_total",
+        "Blob GC passes this node ran holding the cluster's GC lease.",
+        c.gcRuns,
+      );
+      counter(
+        "valise_cluster_gc_deleted_total",
+        "Objects no session refers to that this node deleted from the object store.",
+        c.gcDeleted,
+      );
+      counter(
+        "valise_cluster_gc_deleted_bytes_total",
+        "Bytes of the objects this node's blob GC deleted.",
+        c.gcDeletedBytes,
+      );
+      counter(
+        "valise_cluster_gc_skipped_in_flight_total",
+        "Unreferenced objects the blob GC left because an upload of them was in flight.",
+        c.gcSkippedInFlight,
+      );
     }
+    const m = this.membership?.();
+    if (m) out.push(...renderMembership(m));
     return out.join("\n") + "\n";
   }
+}
+
+/** Escapes a label value (node ids, versions and addresses are checked already: defence in depth). */
+function label(v: string): string {
+  return v.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
+}
+
+/** The cluster's nodes as this node sees them: one series per node and metric. */
+function renderMembership(m: ClusterView): string[] {
+  const out = [
+    "# HELP valise_cluster_nodes Live nodes this node sees (itself included).",
+    "# TYPE valise_cluster_nodes gauge",
+    `valise_cluster_nodes ${m.nodes.filter((n) => n.live).length}`,
+    "# HELP valise_cluster_node_records_refused_total Node records read from the cluster that " +
+    "failed their checks: ignored.",
+    "# TYPE valise_cluster_node_records_refused_total counter",
+    `valise_cluster_node_records_refused_total ${m.stats.refusedRecords}`,
+    "# HELP valise_cluster_node_id_conflicts_total Records under this node's id written by " +
+    "another process.",
+    "# TYPE valise_cluster_node_id_conflicts_total counter",
+    `valise_cluster_node_id_conflicts_total ${m.stats.idConflicts}`,
+    "# HELP valise_cluster_heartbeat_failures_total Heartbeats this node could not write.",
+    "# TYPE valise_cluster_heartbeat_failures_total counter",
+    `valise_cluster_heartbeat_failures_total ${m.stats.heartbeatFailures}`,
+  ];
+  const series = (
+    name: string,
+    help: string,
+    value: (n: ClusterView["nodes"][number]) => number | string,
+  ) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+    for (const n of m.nodes) out.push(`${name}{node="${label(n.nodeId)}"} ${value(n)}`);
+  };
+  out.push(
+    "# HELP valise_cluster_node_info A node this node sees: its version, address and whether it " +
+      "is this node.",
+    "# TYPE valise_cluster_node_info gauge",
+  );
+  for (const n of m.nodes) {
+    out.push(
+      `valise_cluster_node_info{node="${label(n.nodeId)}",version="${label(n.record.version)}",` +
+        `address="${label(n.record.address ?? "")}",self="${n.self ? 1 : 0}"} 1`,
+    );
+  }
+  series(
+    "valise_cluster_node_up",
+    "1 while a node's last heartbeat is within its TTL.",
+    (n) => n.live ? 1 : 0,
+  );
+  series(
+    "valise_cluster_node_heartbeat_age_seconds",
+    "Time since a node's last heartbeat was seen.",
+    (n) => n.heartbeatAgeMs / 1000,
+  );
+  series(
+    "valise_cluster_node_sessions",
+    "Sessions a node holds, by its last heartbeat.",
+    (n) => n.record.sessions,
+  );
+  series(
+    "valise_cluster_node_cache_bytes",
+    "Bytes of a node's blob and tree caches, by its last heartbeat.",
+    (n) => n.record.blobBytes + n.record.treeBytes,
+  );
+  series(
+    "valise_cluster_node_in_flight",
+    "Runs executing or queued on a node, by its last heartbeat.",
+    (n) => n.record.inFlight,
+  );
+  return out;
 }
 
 /** A running metrics endpoint. */

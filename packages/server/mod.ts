@@ -54,8 +54,17 @@ export { createSparkConnectService, type SparkServiceContext } from "./spark_ser
 export { createStoreService, type StoreServiceContext } from "./store_service.ts";
 export { createSessionService, type SessionServiceContext } from "./session_service.ts";
 export { createWorkerService } from "./worker_service.ts";
+export { createPipService, type PipServiceContext } from "./pip_service.ts";
+export {
+  DEFAULT_INDEX_URL,
+  PipLayers,
+  type PipOptions,
+  type PipState,
+  type PipStats,
+} from "./pip_layers.ts";
+export { hostPort, PipProxy, type PipProxyOptions, type ProxyGrant } from "./pip_proxy.ts";
 export { createHealthService, HEALTH_SERVICES } from "./health_service.ts";
-export { sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";
+export { type LayerSource, preparedSpec, sessionSpec, WORKER_LIMIT_KEYS } from "./session_spec.ts";
 export {
   archiveUnpacker,
   type CondaUnpackRunner,
@@ -78,6 +87,25 @@ export {
   sessionKey,
   SESSIONS_BUCKET,
 } from "./cluster/nats_registry.ts";
+export {
+  type ClusterView,
+  DEFAULT_HEARTBEAT_MS,
+  Membership,
+  type MembershipOptions,
+  type MembershipStats,
+  type NodeCounts,
+  NODES_BUCKET,
+} from "./cluster/membership.ts";
+export {
+  decodeNodeRecord,
+  encodeNodeRecord,
+  MAX_NODE_RECORD_BYTES,
+  MembershipError,
+  type MembershipErrorCode,
+  nodeIdProblem,
+  type NodeRecord,
+} from "./cluster/node_record.ts";
+export { type NodeStatus } from "./cluster/node_view.ts";
 export { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 export { Metrics, type MetricsServer, type MetricsServerOptions, serveMetrics } from "./metrics.ts";
 export { type AdminServiceContext, createAdminService } from "./admin_service.ts";

@@ -82,6 +82,10 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     throw e;
   }
   const port = (server.address() as AddressInfo).port;
+  // The other nodes see where this one serves from its next heartbeat.
+  if (valise.membership) {
+    valise.membership.address = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  }
   let closing: Promise<void> | undefined;
   return {
     valise,

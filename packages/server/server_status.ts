@@ -10,6 +10,7 @@
 import type { Launcher } from "@valise/launcher";
 import type { SessionStore } from "@valise/session-store";
 import type { RecentError, RecentErrors } from "./recent_errors.ts";
+import type { ClusterView } from "./cluster/membership.ts";
 
 /** One artifact of a session. */
 export interface ArtifactStatus {
@@ -113,6 +114,8 @@ export interface ServerStatus {
   readonly errors: readonly RecentError[];
   /** Failed calls since the start. */
   readonly errorsTotal: number;
+  /** The cluster's nodes as this node sees them, when it is a cluster's node. */
+  readonly cluster?: ClusterView | undefined;
 }
 
 /** What the status is collected from. */
@@ -123,6 +126,8 @@ export interface StatusSources {
   readonly launcher: Launcher;
   /** The recent errors. */
   readonly recentErrors: RecentErrors;
+  /** The cluster's nodes, when the server is a cluster's node. */
+  readonly cluster?: (() => ClusterView) | undefined;
 }
 
 /**
@@ -226,5 +231,6 @@ export async function collectStatus(sources: StatusSources): Promise<ServerStatu
     cache: { budgetBytes: store.cacheBytes, unreferencedBytes: unreferenced },
     errors: sources.recentErrors.list().reverse(),
     errorsTotal: sources.recentErrors.total,
+    ...(sources.cluster ? { cluster: sources.cluster() } : {}),
   };
 }

@@ -47,12 +47,13 @@ const SECURITY_HEADERS: Record<string, string> = {
 
 /** How many rows of each table the page shows at most. */
 export const STATUS_PAGE_ROWS: Readonly<
-  { sessions: number; artifacts: number; trees: number; blobs: number }
+  { sessions: number; artifacts: number; trees: number; blobs: number; nodes: number }
 > = Object.freeze({
   sessions: 200,
   artifacts: 500,
   trees: 200,
   blobs: 100,
+  nodes: 200,
 });
 
 /**
@@ -80,6 +81,54 @@ export function formatSize(n: number): string {
     u++;
   }
   return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/** A duration for people: `0.8 s`, `12 s`, `3 min`, `2 h`. */
+function duration(ms: number): string {
+  const s = Math.max(0, ms / 1000);
+  return s < 10
+    ? `${s.toFixed(1)} s`
+    : s < 120
+    ? `${Math.round(s)} s`
+    : s < 7200
+    ? `${Math.round(s / 60)} min`
+    : `${Math.round(s / 3600)} h`;
+}
+
+/** The cluster's nodes, when the server is a cluster's node; nothing otherwise. */
+function clusterSection(status: ServerStatus): string[] {
+  const c = status.cluster;
+  if (!c) return [];
+  const nodes = c.nodes.slice(0, STATUS_PAGE_ROWS.nodes);
+  const live = c.nodes.filter((n) => n.live).length;
+  return [
+    `<h2>Cluster nodes (${live} live of ${c.nodes.length})</h2>`,
+    `<p id="cluster">This is node ${code(c.nodeId)}: heartbeat every ${
+      duration(c.heartbeatMs)
+    }, gone after ${duration(c.ttlMs)} without one; ${
+      num(c.stats.refusedRecords)
+    } node records ignored (failed their checks)${
+      c.stats.idConflicts
+        ? `; <strong>${num(c.stats.idConflicts)} records under this node's id from another ` +
+          "process</strong>"
+        : ""
+    }.</p>`,
+    table(
+      "nodes",
+      ["node", "state", "last heartbeat", "sessions", "cache", "in flight", "version", "address"],
+      nodes.map((n) => [
+        code(n.nodeId) + (n.self ? " (this node)" : ""),
+        n.live ? "live" : "<strong>expired</strong>",
+        `${duration(n.heartbeatAgeMs)} ago`,
+        num(n.record.sessions),
+        size(n.record.blobBytes + n.record.treeBytes),
+        num(n.record.inFlight),
+        e(n.record.version),
+        n.record.address === undefined ? "—" : code(n.record.address),
+      ]),
+      c.nodes.length - nodes.length,
+    ),
+  ];
 }
 
 function ago(at: number, now: number): string {
@@ -133,6 +182,7 @@ export function renderStatusPage(status: ServerStatus): string {
     `${num(status.forkServers)} warm fork servers; workers ` +
     `${status.sandboxed ? "sandboxed with bubblewrap" : "<strong>not sandboxed</strong>"}.</p>`,
     `<form method="post" action="/status/logout"><button>Log out</button></form>`,
+    ...clusterSection(status),
     `<h2>Users</h2>`,
     table(
       "users",

@@ -145,3 +145,46 @@ Deno.test("StatusPage: logins expire and are bounded in number", async () => {
   equal(r!.status, 401);
   for (let i = 0; i < 10; i++) await login();
 });
+
+Deno.test("renderStatusPage() shows the cluster's nodes, escaped; nothing for a single node", () => {
+  const single = renderStatusPage(statusWith("ada"));
+  ok(!single.includes("Cluster nodes"), "no cluster section on a single node");
+  const record = {
+    nodeId: HOSTILE,
+    instance: "0b6f9d1e-4f3a-4a8e-9c55-2f9d8f0e7a10",
+    host: HOSTILE,
+    pid: 1,
+    version: HOSTILE,
+    address: HOSTILE,
+    startedAt: 0,
+    heartbeatAt: 0,
+    ttlMs: 3000,
+    sessions: 4,
+    blobBytes: 1024,
+    treeBytes: 1024,
+    inFlight: 2,
+  };
+  const html = renderStatusPage({
+    ...statusWith("ada"),
+    cluster: {
+      nodeId: "v1",
+      heartbeatMs: 1000,
+      ttlMs: 3000,
+      nodes: [
+        { nodeId: "v1", live: true, self: true, heartbeatAgeMs: 400, ttlMs: 3000, record },
+        { nodeId: HOSTILE, live: false, self: false, heartbeatAgeMs: 65_000, ttlMs: 3000, record },
+      ],
+      stats: { refusedRecords: 3, idConflicts: 0, heartbeats: 9, heartbeatFailures: 0 },
+    },
+  });
+  ok(!html.includes("<script"), "a raw <script> tag");
+  ok(!html.includes("<img"), "a raw <img> tag");
+  match(html, /<h2>Cluster nodes \(1 live of 2\)<\/h2>/);
+  match(html, /This is node <code>v1<\/code>: heartbeat every 1\.0 s, gone after 3\.0 s/);
+  match(html, /<span class="n">3<\/span> node records ignored/);
+  match(
+    html,
+    /<code>v1<\/code> \(this node\)<\/td><td>live<\/td><td>0\.4 s ago<\/td><td><span class="n">4<\/span><\/td><td><span class="n">2\.0 KiB<\/span><\/td><td><span class="n">2<\/span>/,
+  );
+  match(html, /<strong>expired<\/strong><\/td><td>65 s ago/);
+});

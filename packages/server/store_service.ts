@@ -9,7 +9,7 @@ import {
   HasBlobsResponseSchema,
   type StoreService,
 } from "@valise/protocol";
-import type { SessionStore } from "@valise/session-store";
+import type { Session, SessionStore } from "@valise/session-store";
 import { SessionError } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { toConnectError } from "./errors.ts";
@@ -37,6 +37,10 @@ export interface StoreServiceContext {
  * challenge HasBlobs gives), so content another user uploaded is never handed to someone who
  * only knows its sha256.
  *
+ * In a cluster, "holds" means this node or the cluster's object store (fetched and verified
+ * before use), the user's sessions are those the cluster records, and a challenge any node
+ * issued is verified on any other (one key for all, see `NatsRegistry.proofKey`).
+ *
  * @param ctx The session store to serve.
  * @returns The service implementation.
  */
@@ -47,13 +51,13 @@ export function createStoreService(ctx: StoreServiceContext): ServiceImpl<typeof
     async hasBlobs(req) {
       try {
         const session = await bindSession(store, req);
-        const held = heldDigests(store, session.userId);
+        const held = store.heldDigests(session.userId);
+        const sizes = await blobSizes(store, req.sha256);
         const present: string[] = [];
         const challenges: BlobChallenge[] = [];
         const asked = new Set<string>();
         for (const d of req.sha256) {
-          if (!SHA256_HEX.test(d)) continue;
-          const size = await blobSize(store, d);
+          const size = sizes.get(d);
           if (size === undefined) continue;
           present.push(d);
           if (held.has(d) || asked.has(d)) continue;
@@ -78,11 +82,13 @@ export function createStoreService(ctx: StoreServiceContext): ServiceImpl<typeof
       try {
         const session = await bindSession(store, req);
         const done = session.hold();
+        // Blobs brought to this node for the call stay until it has attached them.
+        const holds: (() => void)[] = [];
         try {
           // Every digest is checked before anything is attached: a refused proof leaves the
           // session as it was, and the client uploads those artifacts instead.
-          const held = heldDigests(store, session.userId);
-          const proven = new Set<string>();
+          const held = store.heldDigests(session.userId);
+          const ready = new Set<string>();
           for (const a of req.artifacts) {
             if (!SHA256_HEX.test(a.sha256)) {
               throw new SessionError(
@@ -90,9 +96,16 @@ export function createStoreService(ctx: StoreServiceContext): ServiceImpl<typeof
                 `Cannot attach ${a.name}: "${a.sha256}" is not a lowercase sha256 hex digest.`,
               );
             }
-            if (held.has(a.sha256) || proven.has(a.sha256)) continue;
-            await checkProof(store, proofs, session.userId, a);
-            proven.add(a.sha256);
+            if (held.has(a.sha256) || ready.has(a.sha256)) continue;
+            holds.push(await checkProof(store, proofs, session, a));
+            ready.add(a.sha256);
+          }
+          // The user's own content (held by their sessions on any node): brought here if only
+          // the cluster has it.
+          for (const a of req.artifacts) {
+            if (ready.has(a.sha256)) continue;
+            holds.push(await store.holdBlob(a.sha256, session, a.name));
+            ready.add(a.sha256);
           }
           // One manifest write for the whole request, however many artifacts it names.
           const { attached, error } = await session.attachAll(
@@ -105,6 +118,7 @@ export function createStoreService(ctx: StoreServiceContext): ServiceImpl<typeof
             attached,
           });
         } finally {
+          for (const letGo of holds) letGo();
           done();
         }
       } catch (e) {
@@ -114,32 +128,53 @@ export function createStoreService(ctx: StoreServiceContext): ServiceImpl<typeof
   };
 }
 
-/** The digests the live sessions of `userId` hold: those the user may attach by digest alone. */
-function heldDigests(store: SessionStore, userId: string): Set<string> {
-  const out = new Set<string>();
-  for (const s of store.sessions()) {
-    if (s.userId !== userId || s.closed) continue;
-    for (const a of s.artifacts()) out.add(a.sha256);
+/**
+ * Digests of one HasBlobs call looked up in the cluster's object store, at most: each is a NATS
+ * request. The rest are answered from this node's blobs only (the client uploads those).
+ */
+export const MAX_CLUSTER_LOOKUPS = 1024;
+/** Cluster look-ups in flight at once for one call. */
+const LOOKUPS_AT_ONCE = 16;
+
+/** The sizes of the digests asked for that this node, or else the cluster, holds. */
+async function blobSizes(
+  store: SessionStore,
+  asked: readonly string[],
+): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const remote: string[] = [];
+  for (const d of new Set(asked)) {
+    if (!SHA256_HEX.test(d)) continue;
+    const size = await store.blobSize(d, { cluster: false });
+    if (size !== undefined) out.set(d, size);
+    else if (remote.length < MAX_CLUSTER_LOOKUPS) remote.push(d);
+  }
+  for (let i = 0; i < remote.length; i += LOOKUPS_AT_ONCE) {
+    const batch = remote.slice(i, i + LOOKUPS_AT_ONCE);
+    const sizes = await Promise.all(batch.map((d) => store.blobSize(d)));
+    batch.forEach((d, j) => {
+      const size = sizes[j];
+      if (size !== undefined) out.set(d, size);
+    });
   }
   return out;
 }
 
-async function blobSize(store: SessionStore, sha256: string): Promise<number | undefined> {
-  try {
-    return (await Deno.stat(store.blobs.path(sha256))).size;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return undefined;
-    throw e;
-  }
-}
-
+/**
+ * Checks the proof of possession of a digest no session of the user holds, and brings the blob
+ * to this node to check it against (after the nonce was found genuine: a proof that answers no
+ * challenge costs no fetch).
+ *
+ * @returns A function that lets the blob go (it is kept from eviction until then).
+ */
 async function checkProof(
   store: SessionStore,
   proofs: BlobProofs,
-  userId: string,
+  session: Session,
   a: AttachArtifactsRequest_Attachment,
-): Promise<void> {
-  if (await blobSize(store, a.sha256) === undefined) {
+): Promise<() => void> {
+  const size = await store.blobSize(a.sha256);
+  if (size === undefined) {
     throw new SessionError(
       "BLOB_NOT_FOUND",
       `Cannot attach ${a.name}: the server holds no blob with sha256 ${a.sha256}. Upload it.`,
@@ -153,16 +188,22 @@ async function checkProof(
         `gives for it). Upload the bytes with AddArtifacts instead.`,
     );
   }
+  const proof = a.proof;
+  let letGo: (() => void) | undefined;
   try {
-    await proofs.verify(userId, a.sha256, store.blobs.path(a.sha256), a.proof);
+    proofs.ranges(session.userId, a.sha256, size, proof.nonce);
+    letGo = await store.holdBlob(a.sha256, session, a.name);
+    await proofs.verify(session.userId, a.sha256, store.blobs.path(a.sha256), proof);
+    return letGo;
   } catch (e) {
+    letGo?.();
     if (e instanceof Deno.errors.NotFound) {
       throw new SessionError(
         "BLOB_NOT_FOUND",
         `Cannot attach ${a.name}: the server holds no blob with sha256 ${a.sha256}. Upload it.`,
       );
     }
-    if (e instanceof SessionError) {
+    if (e instanceof SessionError && e.errorClass.startsWith("BLOB_PROOF")) {
       throw new SessionError(e.errorClass, `${a.name}: ${e.message.replace(/^\[[^\]]+\] /, "")}`, {
         ...(e.reason ? { reason: e.reason } : {}),
         cause: e,

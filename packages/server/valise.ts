@@ -6,6 +6,7 @@ import {
   ConnectError,
   type ConnectRouter,
   createConnectRouter,
+  createContextValues,
   type Interceptor,
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -15,6 +16,7 @@ import {
   AdminService,
   assertCrc32Works,
   Health,
+  PipService,
   SessionService,
   SparkConnectService,
   StoreService,
@@ -23,11 +25,12 @@ import {
 import { type ArchiveUnpacker, type Quotas, SessionStore } from "@valise/session-store";
 import { BlobProofs } from "./blob_proof.ts";
 import { NatsRegistry } from "./cluster/nats_registry.ts";
+import { type ClusterView, DEFAULT_HEARTBEAT_MS, Membership } from "./cluster/membership.ts";
 import { type ClusterCredentials, readClusterCredentials } from "./cluster/credentials.ts";
 import { ApplyServer } from "./cluster/apply_serve.ts";
 import { ClusterLanes } from "./cluster/apply_remote.ts";
 import { observingInterceptor } from "./_interceptors.ts";
-import { cancelledInterceptor } from "./_cancelled.ts";
+import { cancelledInterceptor, peerResetValues } from "./_cancelled.ts";
 import { archiveUnpacker, sandboxedCondaUnpack } from "./unpacker.ts";
 import {
   ADMIN_SERVICES,
@@ -51,7 +54,10 @@ import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
+import meta from "./deno.json" with { type: "json" };
 import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
+import { PipLayers, type PipOptions } from "./pip_layers.ts";
+import { createPipService } from "./pip_service.ts";
 
 /** Options of {@linkcode createValise}. */
 export interface ValiseOptions {
@@ -146,6 +152,13 @@ export interface ValiseOptions {
    * @default {undefined} a single node
    */
   cluster?: ClusterOptions | undefined;
+  /**
+   * How sessions' `pip install`s are built (installer, indexes, offline, sdists); `false`
+   * turns them off (a session with a requirement set then fails its runs with
+   * `PIP_INSTALL_FAILED`).
+   * @default {{}} uv (or pip) from PyPI, wheels only
+   */
+  pip?: PipOptions | false | undefined;
 }
 
 /** How a node joins a cluster (`--cluster`). */
@@ -164,6 +177,22 @@ export interface ClusterOptions {
    * @default {undefined} no credentials
    */
   credentialsFile?: string | undefined;
+  /**
+   * How often this node writes its membership record (KV bucket `valise_nodes`).
+   * @default {5000}
+   */
+  heartbeatMs?: number | undefined;
+  /**
+   * How long without a heartbeat before the other nodes count this one as gone.
+   * @default {3 × heartbeatMs}
+   */
+  nodeTtlMs?: number | undefined;
+  /**
+   * Blob GC: objects of the cluster's object store no session record refers to are deleted once
+   * they are older than this (and no record written within it refers to them either).
+   * @default {86_400_000} (24 h)
+   */
+  gcGraceMs?: number | undefined;
 }
 
 /**
@@ -193,6 +222,8 @@ export interface Valise {
   readonly launcher: Launcher;
   /** Counters, for `/metrics`. */
   readonly metrics: Metrics;
+  /** Sessions' pip layers, when installs are on. */
+  readonly pip: PipLayers | undefined;
   /** The most recent failed calls, for operators. */
   readonly recentErrors: RecentErrors;
   /** The admin tokens, when the admin API is on. */
@@ -213,6 +244,8 @@ export interface Valise {
   readonly shutdownSignal: AbortSignal;
   /** Who workers run as, in words (for the start-up log). */
   readonly workerIdentity: string;
+  /** This node's membership of the cluster, when it is a cluster's node. */
+  readonly membership: Membership | undefined;
   /** Stops maintenance and releases nothing: sessions stay on disk for the next start. */
   close(): Promise<void>;
 }
@@ -262,10 +295,6 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         },
         log: (line) => (log ?? console.error)(line),
       });
-      log?.(
-        `cluster: node ${c.nodeId} joined ${c.servers.join(",")}; sessions in KV bucket ` +
-          `valise_sessions, blobs in object store valise_blobs, replicas ${registry.replicas}`,
-      );
     }
     const workerIds = options.workerIds === "none" || !launcher.canDropPrivileges
       ? undefined
@@ -286,6 +315,38 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     await launcher.close();
     throw e;
   }
+  let membership: Membership | undefined;
+  if (registry && options.cluster) {
+    const c = options.cluster;
+    try {
+      membership = await Membership.join({
+        connection: registry.connection,
+        nodeId: c.nodeId,
+        replicas: registry.replicas,
+        heartbeatMs: c.heartbeatMs ?? DEFAULT_HEARTBEAT_MS,
+        ...(c.nodeTtlMs !== undefined ? { ttlMs: c.nodeTtlMs } : {}),
+        version: meta.version,
+        counts: nodeCounts(store, launcher),
+        previousHolder: store.tookOverLockFrom,
+        log: (line) => (log ?? console.error)(line),
+      });
+    } catch (e) {
+      await store.close();
+      await registry.close();
+      await launcher.close();
+      throw e;
+    }
+    log?.(
+      `cluster: node ${c.nodeId} joined ${c.servers.join(",")}; sessions in KV bucket ` +
+        `valise_sessions, blobs in object store valise_blobs, replicas ${registry.replicas}; ` +
+        `heartbeat every ${membership.heartbeatMs / 1000} s in KV bucket valise_nodes, TTL ` +
+        `${membership.ttlMs / 1000} s`,
+    );
+  }
+  registry?.startGc({
+    graceMs: options.cluster?.gcGraceMs,
+    log: (line) => (log ?? console.error)(line),
+  });
   const previous = store.tookOverLockFrom;
   if (previous) {
     (log ?? console.error)(
@@ -311,7 +372,30 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     );
   }
   const metrics = new Metrics();
+  const pip = options.pip === false ? undefined : new PipLayers({
+    store,
+    launcher,
+    limits,
+    log,
+    minFreeBytes: options.quotas?.minFreeBytes,
+  }, options.pip ?? {});
+  if (pip) metrics.pip = () => pip.stats;
   if (registry) metrics.cluster = () => registry.stats as unknown as Record<string, number>;
+  const clusterView = membership ? (): ClusterView => membership.view() : undefined;
+  metrics.membership = clusterView;
+  // One key for both transports (fetch and node:http2): a challenge from one verifies on the
+  // other; in a cluster, one key for every node (a challenge from one verifies on any).
+  let proofs: BlobProofs;
+  try {
+    proofs = new BlobProofs(registry ? { secret: await registry.proofKey() } : {});
+  } catch (e) {
+    await membership?.leave();
+    await pip?.close();
+    await launcher.close();
+    await store.close();
+    await registry?.close();
+    throw e;
+  }
   const readMaxBytes = options.readMaxBytes ?? 64 * 2 ** 20;
   const applyMaxParallelism = options.applyMaxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM;
   // In a cluster, parallel Apply calls take workers on other nodes, and this node runs
@@ -331,6 +415,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       maxMessageBytes: readMaxBytes,
       metrics,
       log: clusterLog,
+      pip,
     });
     applyServer.start();
     remoteLanes = new ClusterLanes({
@@ -341,8 +426,6 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       offerWaitMs: options.applyOfferWaitMs,
     });
   }
-  // One key for both transports (fetch and node:http2): a challenge from one verifies on the other.
-  const proofs = new BlobProofs();
   const accepted = [...(options.token ? [{ token: options.token }] : []), ...options.tokens ?? []];
   const tokens = accepted.length ? new TokenSet(accepted) : undefined;
   const adminTokens = options.adminTokens?.length ? new TokenSet(options.adminTokens) : undefined;
@@ -387,6 +470,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     maxParallelism: applyMaxParallelism,
     remote: remoteLanes,
     log,
+    pip,
   };
   const routes = (router: ConnectRouter): void => {
     registerService(
@@ -398,7 +482,13 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     registerService(router, StoreService, createStoreService({ store, proofs }), door);
     registerService(router, SessionService, createSessionService({ store }), door);
     registerService(router, WorkerService, createWorkerService(workerCtx), door);
-    registerService(router, AdminService, createAdminService({ store, launcher }), adminDoor);
+    registerService(router, PipService, createPipService({ store, pip }), door);
+    registerService(
+      router,
+      AdminService,
+      createAdminService({ store, launcher, cluster: clusterView }),
+      adminDoor,
+    );
     registerService(router, Health, createHealthService(shutdown.signal), door);
   };
 
@@ -426,6 +516,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     compressMinBytes,
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
+    contextValues: (req) => peerResetValues(createContextValues(), req),
   }) as NodeHandler;
   const nodeHandler = discardRefusedBodies(connectHandler, (service, authorization) => {
     if (ADMIN_SERVICES.has(service)) {
@@ -438,19 +529,31 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const idleMs = options.idleTimeoutMs ?? 3_600_000;
   const interval = options.maintenanceIntervalMs ??
     (idleMs > 0 ? Math.min(30_000, Math.max(1_000, idleMs / 4)) : 30_000);
+  // One round at a time: a round waits for NATS while it is unavailable.
+  let maintaining = false;
   const timer = setInterval(() => {
-    store.expireIdle().then((ids) => {
-      for (const id of ids) log?.(`session ${id} expired after being idle`);
-    }).catch((e) => log?.(`idle expiry failed: ${e}`));
+    if (maintaining) return;
+    maintaining = true;
+    (async () => {
+      try {
+        for (const id of await store.expireSharedIdle()) {
+          log?.(`cluster: session ${id} released: idle on every node`);
+        }
+      } catch (e) {
+        log?.(`cluster: idle expiry failed: ${e}`);
+      }
+      for (const id of await store.expireIdle()) log?.(`session ${id} expired after being idle`);
+    })().catch((e) => log?.(`idle expiry failed: ${e}`)).finally(() => maintaining = false);
   }, interval);
 
   return {
     store,
     launcher,
     metrics,
+    pip,
     recentErrors,
     adminTokens,
-    status: () => collectStatus({ store, launcher, recentErrors }),
+    status: () => collectStatus({ store, launcher, recentErrors, cluster: clusterView }),
     routes,
     interceptors,
     fetch,
@@ -462,15 +565,53 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
       : launcher.canDropPrivileges
       ? "nobody (65534)"
       : `the server's own user (uid ${Deno.uid()})`,
+    membership,
     async close() {
       clearInterval(timer);
+      // First: the other nodes see this one leave at once, not a TTL later.
+      await membership?.leave();
       shutdown.abort();
       // Other nodes' workers first: their callers then run those units themselves.
       await applyServer?.close();
       await launcher.close();
+      await pip?.close();
       await store.close();
       await registry?.close();
     },
+  };
+}
+
+/** How often a heartbeat walks the caches for their sizes: they change slowly, walks cost. */
+const CACHE_SIZES_EVERY_MS = 30_000;
+
+/**
+ * What a node's heartbeat says of it: sessions, runs in flight, and its cache sizes (walked at
+ * most every {@linkcode CACHE_SIZES_EVERY_MS}).
+ */
+function nodeCounts(
+  store: SessionStore,
+  launcher: Launcher,
+): () => Promise<{ sessions: number; blobBytes: number; treeBytes: number; inFlight: number }> {
+  const sizes = { blobBytes: 0, treeBytes: 0, at: -Infinity };
+  return async () => {
+    if (performance.now() - sizes.at >= CACHE_SIZES_EVERY_MS) {
+      let blobBytes = 0;
+      for (const d of await store.blobs.list()) {
+        blobBytes += (await Deno.stat(store.blobs.path(d)).catch(() => ({ size: 0 }))).size;
+      }
+      let treeBytes = 0;
+      for (const k of await store.trees.list()) {
+        treeBytes += (await store.trees.info(k).catch(() => ({ bytes: 0 }))).bytes;
+      }
+      Object.assign(sizes, { blobBytes, treeBytes, at: performance.now() });
+    }
+    const ls = launcher.stats();
+    return {
+      sessions: store.sessions().length,
+      blobBytes: sizes.blobBytes,
+      treeBytes: sizes.treeBytes,
+      inFlight: ls.running + ls.queued,
+    };
   };
 }
 

@@ -6,7 +6,7 @@ import type { SessionStore } from "@valise/session-store";
 import { toConnectError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { bindSession } from "./_bind.ts";
-import { sessionSpec } from "./session_spec.ts";
+import { type LayerSource, preparedSpec } from "./session_spec.ts";
 import { createApplyHandler } from "./_apply_service.ts";
 import type { RemoteLanes } from "./_apply_parallel.ts";
 import { createRunInteractiveHandler } from "./_run_interactive.ts";
@@ -20,7 +20,7 @@ import { runSpecOf, toRunEvent } from "./_run_request.ts";
  *
  * @param ctx The session store, the launcher, the limits, the largest message (Apply's input
  * messages and output batches), Apply's most workers per call and, in a cluster, its workers on
- * other nodes.
+ * other nodes, and the server's pip layers (applied before each run).
  * @returns The service implementation.
  */
 export function createWorkerService(
@@ -33,6 +33,7 @@ export function createWorkerService(
     readonly maxParallelism?: number | undefined;
     readonly remote?: RemoteLanes | undefined;
     readonly log?: ((line: string) => void) | undefined;
+    readonly pip?: LayerSource | undefined;
   },
 ): ServiceImpl<typeof WorkerService> {
   const { store, launcher } = ctx;
@@ -47,7 +48,10 @@ export function createWorkerService(
         const session = await bindSession(store, req);
         done = session.hold();
         const spec = { ...runSpecOf(req), stdin: req.stdin };
-        for await (const ev of launcher.run(sessionSpec(session, ctx.limits), spec, call.signal)) {
+        const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+        const held = done;
+        done = () => (prepared.release(), held());
+        for await (const ev of launcher.run(prepared.spec, spec, call.signal)) {
           if (ev.kind === "exited") {
             outcome = ev.timedOut ? "timeout" : call.signal.aborted ? "cancelled" : "ok";
           }

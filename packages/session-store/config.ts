@@ -1,4 +1,10 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
+import {
+  formatRequirements,
+  normalizeIndexUrl,
+  parseRequirements,
+  RequirementError,
+} from "@valise/protocol";
 import { SessionError } from "./errors.ts";
 
 /** The config key that chooses a session's Python interpreter (Spark 3.5+). */
@@ -47,7 +53,12 @@ export const DEFAULT_CONFIG: Readonly<Record<string, string>> = {
 const STATIC_PREFIXES = ["spark.connect.", "spark.driver.", "spark.executor.", "spark.master"];
 
 /** SQL configs Spark defines without a default: `Get` answers them with no value. */
-const DEFINED_WITHOUT_DEFAULT: ReadonlySet<string> = new Set([PYTHON_EXEC_KEY]);
+const DEFINED_WITHOUT_DEFAULT: ReadonlySet<string> = new Set([
+  PYTHON_EXEC_KEY,
+  "spark.valise.pip.requirements",
+  "spark.valise.pip.indexUrl",
+  "spark.valise.pip.extraIndexUrls",
+]);
 
 /** Where Spark's `CANNOT_MODIFY_CONFIG` message sends the reader. */
 const SPARK_DOC_ROOT = "https://spark.apache.org/docs/latest";
@@ -91,6 +102,34 @@ export const VALISE_CONFIG_KEYS: Readonly<Record<string, "milliseconds" | "bytes
   "spark.valise.worker.streamBytes": "bytes",
   "spark.valise.udf.parallelism": "count",
 };
+
+/** The config key holding a session's `pip install` requirement set (one per line). */
+export const PIP_REQUIREMENTS_KEY = "spark.valise.pip.requirements";
+/** The config key naming the package index a session installs from (one the server offers). */
+export const PIP_INDEX_URL_KEY = "spark.valise.pip.indexUrl";
+/** The config key naming more indexes a session installs from (space- or comma-separated). */
+export const PIP_EXTRA_INDEX_URLS_KEY = "spark.valise.pip.extraIndexUrls";
+
+/** Most extra indexes a session may name. */
+const MAX_EXTRA_INDEXES = 8;
+
+/** Valise's session configs that hold text, and what each holds. */
+export const VALISE_TEXT_CONFIG_KEYS: Readonly<Record<string, "requirements" | "url" | "urls">> = {
+  [PIP_REQUIREMENTS_KEY]: "requirements",
+  [PIP_INDEX_URL_KEY]: "url",
+  [PIP_EXTRA_INDEX_URLS_KEY]: "urls",
+};
+
+/**
+ * The extra index URLs of a `spark.valise.pip.extraIndexUrls` value, normalized.
+ *
+ * @param value The value.
+ * @returns The URLs (none for `""`).
+ * @throws {RequirementError} When one is not an index URL.
+ */
+export function splitIndexUrls(value: string): string[] {
+  return value.split(/[\s,]+/).filter((u) => u !== "").map(normalizeIndexUrl);
+}
 
 /** Environment names a session may not set for its workers: the launcher owns them. */
 const RESERVED_ENV = new Set([
@@ -343,15 +382,23 @@ function checkSettable(key: string, value: ConfigValue): void {
   }
 }
 
-/** Refuses an unknown `spark.valise.*` key, or a value that is no positive whole number. */
+/**
+ * Refuses an unknown `spark.valise.*` key, a limit that is no positive whole number, and a
+ * requirement set or index URL the pip rules refuse.
+ */
 function checkValiseKey(key: string, value: string): void {
+  const text = VALISE_TEXT_CONFIG_KEYS[key];
+  if (text !== undefined) return checkTextKey(key, value, text);
   const unit = VALISE_CONFIG_KEYS[key];
   if (unit === undefined) {
     throw new SessionError(
       "INVALID_CONF_VALUE",
       `The config "${key}" is not one of Valise's: the spark.valise. keys are ` +
-        `${Object.keys(VALISE_CONFIG_KEYS).join(", ")}. Check the spelling.`,
-      { parameters: { confName: `"${key}"`, confValue: value } },
+        `${
+          [...Object.keys(VALISE_CONFIG_KEYS), ...Object.keys(VALISE_TEXT_CONFIG_KEYS)].join(", ")
+        }. ` +
+        `Check the spelling.`,
+      { parameters: { confName: `"${key}"`, confValue: value.slice(0, 200) } },
     );
   }
   const n = /^\d{1,16}$/.test(value.trim()) ? Number(value) : NaN;
@@ -364,6 +411,35 @@ function checkValiseKey(key: string, value: string): void {
         `limit.`,
       {
         parameters: { confName: `"${key}"`, confType: `"positive ${unit}"`, confValue: value },
+      },
+    );
+  }
+}
+
+/** Checks a requirement set or index URL(s) by the rules the server installs them with. */
+function checkTextKey(key: string, value: string, kind: "requirements" | "url" | "urls"): void {
+  try {
+    if (kind === "requirements") formatRequirements(parseRequirements(value));
+    else if (kind === "url") normalizeIndexUrl(value);
+    else {
+      const urls = splitIndexUrls(value);
+      if (urls.length > MAX_EXTRA_INDEXES) {
+        throw new RequirementError(
+          "TOO_MANY",
+          "",
+          `It names ${urls.length} indexes, the most is ${MAX_EXTRA_INDEXES}.`,
+        );
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof RequirementError)) throw e;
+    throw new SessionError(
+      "INVALID_CONF_VALUE",
+      `The value of the config "${key}" is invalid. ${e.message}`,
+      {
+        cause: e,
+        reason: e.problem,
+        parameters: { confName: `"${key}"`, confValue: value.slice(0, 200) },
       },
     );
   }

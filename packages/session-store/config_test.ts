@@ -160,3 +160,45 @@ Deno.test("Valise's own keys take positive whole numbers, and an unknown spark.v
   // Other namespaces stay free, as in Spark.
   await c.set([{ key: "spark.myapp.anything", value: "abc" }], false);
 });
+
+Deno.test("spark.valise.pip.* keys take a requirement set and index URLs, never installer options, paths or URLs", async () => {
+  const c = conf();
+  await c.set([
+    { key: "spark.valise.pip.requirements", value: "six==1.16.0\nidna  # any\n" },
+    { key: "spark.valise.pip.indexUrl", value: "https://pypi.org/simple" },
+    { key: "spark.valise.pip.extraIndexUrls", value: "https://a.example/simple, https://b/x" },
+  ], false);
+  deepEqual(c.get(["spark.valise.pip.requirements"]), [
+    { key: "spark.valise.pip.requirements", value: "six==1.16.0\nidna  # any\n" },
+  ]);
+  for (
+    const value of [
+      "six\n--index-url https://evil.example/simple",
+      "-e .",
+      "six @ https://evil.example/six-1.0-py3-none-any.whl",
+      "../mylib-1.0-py3-none-any.whl",
+      "six; import os",
+      "six\nsix==1",
+    ]
+  ) {
+    await rejects(
+      c.set([{ key: "spark.valise.pip.requirements", value }], false),
+      (e) => refused(e) && (e as Error).message.includes("spark.valise.pip.requirements"),
+      value,
+    );
+  }
+  for (const value of ["ftp://x/simple", "https://u:p@pypi.org/simple", "pypi.org"]) {
+    await rejects(c.set([{ key: "spark.valise.pip.indexUrl", value }], false), refused, value);
+  }
+  await rejects(
+    c.set([{
+      key: "spark.valise.pip.extraIndexUrls",
+      value: Array.from({ length: 9 }, (_, i) => `https://h${i}/simple`).join(" "),
+    }], false),
+    refused,
+  );
+  // The refused values left the accepted ones in place; an unset key reads as no value.
+  deepEqual(conf().get(["spark.valise.pip.requirements"]), [
+    { key: "spark.valise.pip.requirements", value: undefined },
+  ]);
+});

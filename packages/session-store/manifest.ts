@@ -30,6 +30,35 @@ export interface ArtifactRecord {
   readonly addedAt: number;
 }
 
+/** A distribution a pip layer holds. */
+export interface LayerDistribution {
+  /** Its name, normalized (PEP 503). */
+  readonly name: string;
+  /** Its version. */
+  readonly version: string;
+}
+
+/**
+ * The pip layer a session's workers see: a shared, read-only directory of installed packages in
+ * the store's layers, built for the session's requirement set and interpreter. The session's
+ * config (`spark.valise.pip.requirements`) is what the session asked for; this record is which
+ * layer answers it on this node.
+ */
+export interface PipLayerRecord {
+  /** The layer's key in the store's layers (`<sha256>-pip`). */
+  readonly key: string;
+  /** The requirement set it was built for: canonical lines, one each. */
+  readonly requirements: string;
+  /** What the installer put there. */
+  readonly distributions: readonly LayerDistribution[];
+  /** Bytes of its files, counted against the session's and its user's quotas. */
+  readonly bytes: number;
+  /** Its entries (files, directories, links), counted against the session's file quota. */
+  readonly entries: number;
+  /** When the session started using it (ms since the epoch). */
+  readonly usedAt: number;
+}
+
 /** The durable description of a session: everything needed to restore it after a restart. */
 export interface SessionManifest {
   /** Format version. */
@@ -51,6 +80,8 @@ export interface SessionManifest {
    * own (the server runs as root).
    */
   worker?: { uid: number; gid: number };
+  /** The pip layer its workers see, when its requirement set has one on this node. */
+  pip?: PipLayerRecord;
 }
 
 /** Reads a manifest; `undefined` when there is none. */

@@ -29,6 +29,7 @@
  * @module
  */
 export * from "./blob_store.ts";
+export * from "./cluster_index.ts";
 export * from "./config.ts";
 export * from "./data_dir_lock.ts";
 export * from "./errors.ts";

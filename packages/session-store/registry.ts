@@ -21,6 +21,11 @@ export interface SharedArtifact {
   readonly size: number;
   /** When it was committed (ms since the epoch); orders `sys.path`. */
   readonly addedAt: number;
+  /**
+   * Bytes of the tree an archive unpacked to on the node that committed it: counted against
+   * the user's bytes on every node (the record's word, capped there), never used for paths.
+   */
+  readonly treeBytes?: number;
 }
 
 /** A session as a registry records it: what every node needs to rebuild it. */
@@ -35,6 +40,12 @@ export interface SharedSession {
   readonly createdAt: number;
   /** Set once the session was released: the pair stays closed on every node. */
   readonly closed?: true;
+  /**
+   * When the session was last used on some node, as far as the cluster knows (ms since the
+   * epoch): nodes write it at most once per quarter of the idle timeout; a session whose
+   * `usedAt` is older than the idle timeout and that quarter is released cluster-wide.
+   */
+  readonly usedAt?: number;
   /** Committed artifacts. */
   readonly artifacts: readonly SharedArtifact[];
   /** Explicitly set config values. */
@@ -47,6 +58,43 @@ export interface RegistryEntry {
   readonly value: SharedSession;
   /** The revision it was read at; changes with every write. */
   readonly revision: number;
+}
+
+/** What the index keeps of one open record. */
+export interface RecordSummary {
+  /** The client's user id. */
+  readonly userId: string;
+  /** The client's session id. */
+  readonly sessionId: string;
+  /** The cluster's id of this incarnation. */
+  readonly serverSideSessionId: string;
+  /** When it was created (ms since the epoch). */
+  readonly createdAt: number;
+  /** When it was last used on some node, as recorded; `undefined` for records that never said. */
+  readonly usedAt: number | undefined;
+  /** Bytes the record names: artifacts and the trees they unpacked to (the record's word). */
+  readonly bytes: number;
+  /** The digests of its artifacts. */
+  readonly digests: readonly string[];
+  /** The registry's revision of it. */
+  readonly revision: number;
+}
+
+/** The cluster's open records, as a node knows them. */
+export interface RecordIndex {
+  /** Open records, of one user or of every user. */
+  open(userId?: string): RecordSummary[];
+  /** How many open records there are, of one user or in all. */
+  count(userId?: string): number;
+  /** The open record of a pair, if any. */
+  find(userId: string, sessionId: string): RecordSummary | undefined;
+  /**
+   * Resolves once the index holds every record written to the registry before the call (the
+   * check a quota on session creation needs).
+   *
+   * @throws {SessionError} `CLUSTER_UNAVAILABLE` when the registry's watch does not catch up.
+   */
+  caughtUp(): Promise<void>;
 }
 
 /**
@@ -80,6 +128,25 @@ export interface SessionRegistry {
    * incarnations), until the returned function is called.
    */
   watch?(listener: (value: SharedSession) => void): () => void;
+  /**
+   * Announces that this node is about to put these blobs and commit a record naming them, so
+   * that the cluster's blob GC leaves them alone (waiting for a deletion of one of them that is
+   * already under way). Call the returned function once the record is written and its blobs
+   * checked, or the commit failed. A registry without blob GC has no such method.
+   */
+  beginCommit?(sha256s: readonly string[]): Promise<() => Promise<void>>;
+  /**
+   * Every record of the cluster, summarised and kept current (cluster-wide quotas, idle
+   * expiry, the digests a user's sessions hold).
+   * @default {undefined} counted over this node's copies only
+   */
+  readonly records?: RecordIndex | undefined;
+  /**
+   * The size of blob `sha256` in the shared blob store, if it holds one that says it is that
+   * content (its bytes are verified when fetched).
+   * @default {undefined} only this node's blobs are looked up
+   */
+  blobSize?(sha256: string): Promise<number | undefined>;
 }
 
 /**
@@ -154,7 +221,8 @@ export function decodeSharedSession(
   if (typeof r !== "object" || r === null || Array.isArray(r) || r.v !== 1) {
     throw invalid("unknown format");
   }
-  const { userId, sessionId, serverSideSessionId, createdAt, closed, artifacts, config } = r;
+  const { userId, sessionId, serverSideSessionId, createdAt, closed, usedAt, artifacts, config } =
+    r;
   if (typeof userId !== "string" || userId.length > 4096) throw invalid("user id");
   if (typeof sessionId !== "string" || !isSparkSessionId(sessionId)) throw invalid("session id");
   if (pair && (pair.userId !== userId || pair.sessionId !== sessionId)) {
@@ -167,6 +235,7 @@ export function decodeSharedSession(
     throw invalid("creation time");
   }
   if (closed !== undefined && closed !== true) throw invalid("closed flag");
+  if (usedAt !== undefined && !isCount(usedAt)) throw invalid("time last used");
   if (!Array.isArray(artifacts) || artifacts.length > limits.maxArtifacts) {
     throw invalid("artifact list");
   }
@@ -182,7 +251,7 @@ export function decodeSharedSession(
   for (const a of artifacts as unknown[]) {
     const x = a as Record<string, unknown>;
     if (typeof x !== "object" || x === null) throw invalid("artifact entry");
-    const { name, sha256, size, addedAt } = x;
+    const { name, sha256, size, addedAt, treeBytes } = x;
     if (typeof name !== "string") throw invalid("artifact name");
     try {
       checkArtifactName(name);
@@ -199,7 +268,14 @@ export function decodeSharedSession(
     if (typeof addedAt !== "number" || !Number.isSafeInteger(addedAt) || addedAt < 0) {
       throw invalid("time added");
     }
-    const one = { name, sha256, size, addedAt };
+    if (treeBytes !== undefined && !isCount(treeBytes)) throw invalid(`tree bytes of ${name}`);
+    const one: SharedArtifact = {
+      name,
+      sha256,
+      size,
+      addedAt,
+      ...(treeBytes !== undefined ? { treeBytes } : {}),
+    };
     // Two entries that could not both have been committed (same key, same view) are refused
     // as a whole: a node never picks one of them.
     const m = mergeAdds(merged, [one]);
@@ -230,9 +306,14 @@ export function decodeSharedSession(
     serverSideSessionId,
     createdAt,
     ...(closed ? { closed: true as const } : {}),
+    ...(usedAt !== undefined ? { usedAt } : {}),
     artifacts: out,
     config: Object.fromEntries(conf),
   };
+}
+
+function isCount(n: unknown): n is number {
+  return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
 }
 
 function artifactKeyOf(name: ArtifactName): string {

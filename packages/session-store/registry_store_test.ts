@@ -3,77 +3,11 @@
 // registry and real Valise processes are tested in tests/cluster_test.ts. These cover what is
 // hard to bring about there: a registry that fails in the middle of a commit.
 import { deepEqual, equal, ok, rejects } from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { isSessionError, SessionError } from "./errors.ts";
-import {
-  decodeSharedSession,
-  encodeSharedSession,
-  type RegistryEntry,
-  type SessionRegistry,
-  type SharedSession,
-} from "./registry.ts";
+import { isSessionError } from "./errors.ts";
 import { SessionStore } from "./store.ts";
 import { addBytes } from "./_test_util.ts";
-
-const limits = { maxArtifactBytes: 2 ** 34, maxArtifacts: 10_000 };
-
-/** A registry in memory: records stored encoded (and decoded with the checks) as NATS would. */
-class MemoryRegistry implements SessionRegistry {
-  records = new Map<string, { bytes: Uint8Array; revision: number }>();
-  blobs = new Map<string, Uint8Array>();
-  revision = 0;
-  failPuts = false;
-  listeners = new Set<(v: SharedSession) => void>();
-
-  get(userId: string, sessionId: string): Promise<RegistryEntry | undefined> {
-    const r = this.records.get(`${userId}\u0000${sessionId}`);
-    if (!r) return Promise.resolve(undefined);
-    return Promise.resolve({
-      value: decodeSharedSession(r.bytes, limits, { userId, sessionId }),
-      revision: r.revision,
-    });
-  }
-
-  async update(
-    userId: string,
-    sessionId: string,
-    change: (current: SharedSession | undefined) => SharedSession,
-  ): Promise<RegistryEntry> {
-    const cur = await this.get(userId, sessionId);
-    const value = change(cur?.value);
-    const revision = ++this.revision;
-    this.records.set(`${userId}\u0000${sessionId}`, {
-      bytes: encodeSharedSession(value),
-      revision,
-    });
-    for (const l of this.listeners) l(value);
-    return { value, revision };
-  }
-
-  async putBlob(sha256: string, path: string): Promise<void> {
-    if (this.failPuts) {
-      throw new SessionError("CLUSTER_UNAVAILABLE", "The cluster's NATS service is down (test).");
-    }
-    this.blobs.set(sha256, await Deno.readFile(path));
-  }
-
-  async fetchBlob(sha256: string, size: number, dest: string): Promise<void> {
-    const bytes = this.blobs.get(sha256);
-    if (!bytes || bytes.length !== size) {
-      throw new SessionError("CLUSTER_DATA_INVALID", `no blob ${sha256} of ${size} bytes`);
-    }
-    if (createHash("sha256").update(bytes).digest("hex") !== sha256) {
-      throw new SessionError("CLUSTER_DATA_INVALID", `blob ${sha256} is not that content`);
-    }
-    await Deno.writeFile(dest, bytes, { createNew: true });
-  }
-
-  watch(listener: (v: SharedSession) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-}
+import { MemoryRegistry } from "./_memory_registry.ts";
 
 async function twoNodes(
   fn: (a: SessionStore, b: SessionStore, reg: MemoryRegistry) => Promise<void>,

@@ -30,7 +30,11 @@ function art(name: string, sha = "a", addedAt = 0): SharedArtifact {
 Deno.test("a record a node wrote reads back the same", () => {
   const rec: SharedSession = {
     ...base,
-    artifacts: [art("archives/env.tar.gz#environment"), art("pyfiles/x.py", "b", 2)],
+    usedAt: 7,
+    artifacts: [
+      { ...art("archives/env.tar.gz#environment"), treeBytes: 3000 },
+      art("pyfiles/x.py", "b", 2),
+    ],
     config: { "spark.sql.execution.pyspark.python": "environment/bin/python" },
   };
   deepEqual(decodeSharedSession(encodeSharedSession(rec), limits, rec), rec);
@@ -75,6 +79,11 @@ Deno.test("hostile records are refused, naming the problem", () => {
     [{ ...base, config: { "spark.master": "local" } }, /config/],
     [{ ...base, sessionId: "x" }, /session id/],
     [{ ...base, closed: "yes" }, /closed/],
+    [{ ...base, usedAt: -1 }, /time last used/],
+    [{ ...base, usedAt: "now" }, /time last used/],
+    [{ ...base, usedAt: 2 ** 60 }, /time last used/],
+    [{ ...base, artifacts: [{ ...art("files/f"), treeBytes: -5 }] }, /tree bytes/],
+    [{ ...base, artifacts: [{ ...art("files/f"), treeBytes: 1.5 }] }, /tree bytes/],
   ];
   for (const [rec, why] of bad) {
     const bytes = new TextEncoder().encode(JSON.stringify({ v: 1, ...(rec as object) }));

@@ -27,7 +27,12 @@ import {
   symlinkFresh,
   unlinkViewSync,
 } from "./_links.ts";
-import { type ArtifactRecord, type SessionManifest, writeManifest } from "./manifest.ts";
+import {
+  type ArtifactRecord,
+  type PipLayerRecord,
+  type SessionManifest,
+  writeManifest,
+} from "./manifest.ts";
 import type { StagedArtifact, UploadLimits } from "./upload.ts";
 import {
   mergeAdds,
@@ -82,10 +87,15 @@ export interface SessionContext {
   readonly unpack: ArchiveUnpacker | undefined;
   /** Shared unpacked archives. */
   readonly trees: TreeStore;
+  /** Shared pip layers (installed requirement sets), built and kept as trees are. */
+  readonly layers: TreeStore;
   /** Storage limits. */
   readonly quotas: Quotas;
-  /** Bytes held by all sessions of a user. */
-  userBytes(userId: string): number;
+  /**
+   * Bytes held by all sessions of a user but `except` (in a cluster: over the cluster's
+   * records), with adds held for quota checks.
+   */
+  userBytes(userId: string, except?: Session): number;
   /**
    * Counts `bytes` in `userBytes(userId)` from a quota check until the returned function is
    * called (once the add is recorded, or refused), so that adds running at once in several of
@@ -116,6 +126,11 @@ export interface SessionContext {
    * @default {undefined} none
    */
   collectSoon?(): void;
+  /**
+   * Told when work in the session ended (a use: the cluster's record may need to hear of it).
+   * @default {undefined} nobody
+   */
+  used?(session: Session): void;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -189,6 +204,11 @@ export class Session {
   readonly config: SessionConfig;
   /** When the session was last used (ms since the epoch). */
   lastAccess: number;
+  /**
+   * The last use the cluster's record holds (`usedAt`), as this node last saw it; `undefined`
+   * outside a cluster.
+   */
+  recordedUseAt: number | undefined;
   #ctx: SessionContext;
   #manifest: SessionManifest;
   #lock = new Mutex();
@@ -229,6 +249,7 @@ export class Session {
       sessionId: this.sessionId,
       serverSideSessionId: this.serverSideSessionId,
       createdAt: this.#manifest.createdAt,
+      usedAt: this.lastAccess,
       artifacts: this.artifacts().map(toShared),
       config: this.config.toJSON(),
     };
@@ -286,6 +307,7 @@ export class Session {
       this.#holds.delete(id);
       this.lastAccess = Date.now();
       this.#settle(id);
+      this.#ctx.used?.(this);
     };
   }
 
@@ -596,18 +618,111 @@ export class Session {
     return await this.#place(staged.name, staged.sha256, staged.size, staged.file);
   }
 
-  /** Bytes of all committed artifacts and of the trees they unpacked to. */
+  /** Bytes of all committed artifacts, of the trees they unpacked to and of its pip layer. */
   bytes(): number {
-    return this.artifacts().reduce((n, a) => n + a.size + (a.treeBytes ?? 0), 0);
+    return this.artifacts().reduce((n, a) => n + a.size + (a.treeBytes ?? 0), 0) +
+      (this.#manifest.pip?.bytes ?? 0);
   }
 
-  /** Entries of the trees the session's archives unpacked to. */
+  /** Entries of the trees the session's archives unpacked to and of its pip layer. */
   entries(): number {
-    return this.artifacts().reduce((n, a) => n + (a.treeEntries ?? 0), 0);
+    return this.artifacts().reduce((n, a) => n + (a.treeEntries ?? 0), 0) +
+      (this.#manifest.pip?.entries ?? 0);
+  }
+
+  /** The pip layer the session's workers see on this node, if any. */
+  pipLayer(): PipLayerRecord | undefined {
+    return this.#manifest.pip;
+  }
+
+  /** Store paths of the session's pip layers, in `sys.path` order (bound read-only). */
+  layerPaths(): string[] {
+    const pip = this.#manifest.pip;
+    return pip ? [this.#ctx.layers.path(pip.key)] : [];
+  }
+
+  /**
+   * Makes `record` the session's pip layer (or, with `undefined`, drops the one it has): checked
+   * against the session's and its user's quotas as an add is, recorded in the manifest. The
+   * layer must be built; the caller keeps it pinned until this returns. The layer dropped stays
+   * in the store as cache, evicted least recently used.
+   *
+   * @param record The layer, or `undefined`.
+   * @throws {SessionError} `QUOTA_EXCEEDED` when the layer would break a quota.
+   */
+  setPipLayer(record: PipLayerRecord | undefined): Promise<void> {
+    return this.#lock.run(async () => {
+      this.#checkOpen();
+      const old = this.#manifest.pip;
+      if (old?.key === record?.key && old?.requirements === record?.requirements) return;
+      if (record) {
+        const q = this.#ctx.quotas;
+        const more = record.bytes - (old?.bytes ?? 0);
+        const bytes = this.bytes() + more;
+        const what = `the pip layer of ${record.distributions.length} distribution(s)`;
+        if (bytes > q.maxSessionBytes) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot use ${what}: the session would hold ${bytes} bytes of artifacts, unpacked ` +
+              `archives and packages, the limit per session is ${q.maxSessionBytes} bytes.`,
+            { reason: "SESSION_BYTES" },
+          );
+        }
+        const entries = this.entries() + record.entries - (old?.entries ?? 0);
+        if (entries > q.maxSessionEntries) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot use ${what}: the session's unpacked archives and packages would hold ` +
+              `${entries} files, the limit per session is ${q.maxSessionEntries}.`,
+            { reason: "SESSION_ENTRIES" },
+          );
+        }
+        const userBytes = this.#ctx.userBytes(this.userId) + more;
+        if (more > 0 && userBytes > q.maxUserBytes) {
+          throw new SessionError(
+            "QUOTA_EXCEEDED",
+            `Cannot use ${what}: the sessions of user ${JSON.stringify(this.userId)} would ` +
+              `hold ${userBytes} bytes, the limit per user is ${q.maxUserBytes} bytes.`,
+            { reason: "USER_BYTES" },
+          );
+        }
+        this.#manifest.pip = record;
+        this.#ctx.touch(`l:${record.key}`);
+      } else {
+        delete this.#manifest.pip;
+      }
+      if (old && old.key !== record?.key) {
+        this.#ctx.touch(`l:${old.key}`);
+        this.#ctx.collectSoon?.();
+      }
+      await this.#writeManifest();
+    });
+  }
+
+  /**
+   * Refuses adding `bytes` when a quota of the session or its user would break, or the disk
+   * would fall below its floor: asked before bytes are brought to this node for the session
+   * (a fetch from the cluster).
+   *
+   * @param what What would be added (for the message).
+   * @param bytes Its size.
+   * @throws {SessionError} `QUOTA_EXCEEDED`.
+   */
+  admitBytes(what: string, bytes: number): void {
+    this.#checkQuota({ raw: what }, bytes, 0);
+    const free = this.#ctx.freeBytes();
+    if (free - bytes < this.#ctx.quotas.minFreeBytes) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot bring ${what} (${bytes} bytes) to this node: its disk has ${free} bytes free ` +
+          `and keeps at least ${this.#ctx.quotas.minFreeBytes} free.`,
+        { reason: "DISK_FLOOR" },
+      );
+    }
   }
 
   /** Refuses adding `bytes` and `entries` when a quota of the session or its user would break. */
-  #checkQuota(name: ArtifactName, bytes: number, entries: number): void {
+  #checkQuota(name: { raw: string }, bytes: number, entries: number): void {
     const q = this.#ctx.quotas;
     const sessionBytes = this.bytes() + bytes;
     if (sessionBytes > q.maxSessionBytes) {
@@ -627,7 +742,7 @@ export class Session {
         { reason: "SESSION_ENTRIES" },
       );
     }
-    const userBytes = this.#ctx.userBytes(this.userId) + bytes;
+    const userBytes = this.#ctx.userBytes(this.userId, this) + this.bytes() + bytes;
     if (userBytes > q.maxUserBytes) {
       throw new SessionError(
         "QUOTA_EXCEEDED",
@@ -845,7 +960,7 @@ export class Session {
   #uploadLimits(): UploadLimits {
     const q = this.#ctx.quotas;
     const sessionBytes = this.bytes();
-    const userBytes = this.#ctx.userBytes(this.userId);
+    const userBytes = this.#ctx.userBytes(this.userId, this) + sessionBytes;
     let incoming = 0;
     let sinceDiskCheck = 0;
     const checkDisk = (more: number) => {
@@ -860,8 +975,11 @@ export class Session {
       }
     };
     checkDisk(0);
+    const registry = this.#ctx.registry;
     return {
       maxArtifactBytes: this.#ctx.limits.maxArtifactBytes,
+      // In a cluster the blob GC learns of each blob as soon as its last byte is in.
+      ...(registry?.beginCommit ? { announce: (sha) => registry.beginCommit!([sha]) } : {}),
       admit: (n) => {
         incoming += n;
         if (sessionBytes + incoming > q.maxSessionBytes) {
@@ -972,7 +1090,9 @@ export class Session {
     const added = Object.values(this.#manifest.artifacts).filter((a) => !before.has(a.key));
     let refused: { add: SharedArtifact; error: SessionError }[] = [];
     let entry: RegistryEntry;
+    let release: (() => Promise<void>) | undefined;
     try {
+      release = await registry.beginCommit?.(added.map((a) => a.sha256));
       // An add is visible to other nodes only once its bytes are where they fetch them from.
       for (const a of added) {
         await registry.putBlob(a.sha256, this.#ctx.blobs.path(a.sha256), a.size);
@@ -983,8 +1103,22 @@ export class Session {
         return m.next;
       });
     } catch (e) {
+      await release?.();
       await this.#drop(added, false);
       throw e;
+    }
+    try {
+      if (release) {
+        // The cluster's blob GC may have judged a blob unreferenced just before this record:
+        // this node still holds the bytes, so what is gone goes back (putBlob checks first).
+        const recorded = new Set(entry.value.artifacts.map((a) => a.sha256));
+        for (const a of added) {
+          if (!recorded.has(a.sha256)) continue;
+          await registry.putBlob(a.sha256, this.#ctx.blobs.path(a.sha256), a.size);
+        }
+      }
+    } finally {
+      await release?.();
     }
     // Brings in what other nodes added, and drops the adds the record refused.
     await this.#syncLocked(entry);
@@ -1025,16 +1159,7 @@ export class Session {
     if (await this.#ctx.blobs.has(a.sha256)) return undefined;
     // The size is the record's word, checked against this node's quotas and disk before a byte
     // is fetched (and the fetch never takes more than it).
-    this.#checkQuota(parseArtifactName(a.name), a.size, 0);
-    const free = this.#ctx.freeBytes();
-    if (free - a.size < this.#ctx.quotas.minFreeBytes) {
-      throw new SessionError(
-        "QUOTA_EXCEEDED",
-        `Cannot bring ${a.name} (${a.size} bytes) to this node: its disk has ${free} bytes free ` +
-          `and keeps at least ${this.#ctx.quotas.minFreeBytes} free.`,
-        { reason: "DISK_FLOOR" },
-      );
-    }
+    this.admitBytes(a.name, a.size);
     await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true });
     const dest = join(this.#ctx.stagingRoot, `fetch-${crypto.randomUUID()}`);
     await this.#ctx.registry!.fetchBlob(a.sha256, a.size, dest);
@@ -1048,5 +1173,11 @@ export class Session {
 }
 
 function toShared(a: ArtifactRecord): SharedArtifact {
-  return { name: a.name, sha256: a.sha256, size: a.size, addedAt: a.addedAt };
+  return {
+    name: a.name,
+    sha256: a.sha256,
+    size: a.size,
+    addedAt: a.addedAt,
+    ...(a.treeBytes !== undefined ? { treeBytes: a.treeBytes } : {}),
+  };
 }

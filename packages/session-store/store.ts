@@ -2,14 +2,15 @@
 import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
 import { isSparkSessionId } from "@valise/protocol";
-import { removeAll, removeAtomicLeftovers, writeFileAtomic } from "./_fs.ts";
+import { Mutex, removeAll, removeAtomicLeftovers, writeFileAtomic } from "./_fs.ts";
 import { BlobStore } from "./blob_store.ts";
 import { SessionError } from "./errors.ts";
 import { readManifest, type SessionManifest, writeManifest } from "./manifest.ts";
 import { statfsSync } from "node:fs";
 import { type ArchiveUnpacker, type Quotas, Session, type SessionContext } from "./session.ts";
 import { TreeStore } from "./tree_store.ts";
-import type { RegistryEntry, SessionRegistry, SharedSession } from "./registry.ts";
+import { checkSharedQuota, clusterUserBytes, recordingUse } from "./_cluster_rules.ts";
+import type { RecordSummary, RegistryEntry, SessionRegistry, SharedSession } from "./registry.ts";
 import { type DataDirLock, lockDataDir, type LockHolder } from "./data_dir_lock.ts";
 import { secureSessionDirs, WorkerIds } from "./_worker_ids.ts";
 
@@ -67,7 +68,9 @@ export interface SessionStoreOptions {
   /**
    * The cluster's registry, when this store is one node of several: sessions are recorded
    * there, any node serves any session (bringing its own copy in line first), and a release
-   * closes the pair on every node. Idle expiry then drops only this node's copy.
+   * closes the pair on every node. Idle expiry drops this node's copy of a session idle here,
+   * and {@linkcode SessionStore.expireSharedIdle} releases sessions idle on every node; quotas
+   * count the cluster's records when the registry keeps an index of them.
    * @default {undefined} a single node: the data directory is the only record
    */
   registry?: SessionRegistry | undefined;
@@ -79,6 +82,8 @@ export interface CollectResult {
   readonly blobs: string[];
   /** Keys of the trees removed. */
   readonly trees: string[];
+  /** Keys of the pip layers removed. */
+  readonly layers: string[];
   /** Bytes freed. */
   readonly bytes: number;
 }
@@ -107,6 +112,12 @@ export class SessionStore {
   readonly blobs: BlobStore;
   /** The shared unpacked archives. */
   readonly trees: TreeStore;
+  /**
+   * The shared pip layers: installed requirement sets, one read-only directory per key (the
+   * interpreter, the requirements, the wheels, the index), built once and kept, pinned, counted
+   * and evicted as trees are (ids `l:<key>`).
+   */
+  readonly layers: TreeStore;
   #pins = new Map<string, number>();
   #evicting = new Map<string, Promise<void>>();
   #lastUsed = new Map<string, number>();
@@ -117,9 +128,13 @@ export class SessionStore {
   #tombstones = new Map<string, number>();
   #ctx: SessionContext;
   #idleTimeoutMs: number;
+  /** A record's last use may lag this far behind a use on some node (a quarter of the above). */
+  #useIntervalMs: number;
   #maxTombstones: number;
   #hooks: ReleaseHook[] = [];
   #releasing = new Map<string, Promise<unknown>>();
+  /** Drops of this node's copy under way (a release another node made), per pair. */
+  #dropping = new Map<string, Promise<void>>();
   #workerIds: WorkerIds | undefined;
   #traverse: number;
   /** Bytes of adds checked against a user's quota but not yet recorded, by user. */
@@ -127,6 +142,10 @@ export class SessionStore {
   #registry: SessionRegistry | undefined;
   #unwatch: (() => void) | undefined;
   #lock: DataDirLock | undefined;
+  /** New cluster records are admitted one at a time: each check sees the one before. */
+  #admission = new Mutex();
+  /** The write of a session's last use in flight, per pair: one at a time. */
+  #touches = new Map<string, Promise<RegistryEntry | undefined>>();
   #closed = false;
   #collecting: Promise<void> = Promise.resolve();
 
@@ -134,6 +153,10 @@ export class SessionStore {
     this.dataDir = dataDir;
     this.blobs = new BlobStore(join(dataDir, "blobs", "sha256"));
     this.trees = new TreeStore(join(dataDir, "trees"), options.workersReachByBinds ? 0o700 : 0o711);
+    this.layers = new TreeStore(
+      join(dataDir, "layers"),
+      options.workersReachByBinds ? 0o700 : 0o711,
+    );
     this.#cacheBytes = options.cacheBytes ?? 10 * 2 ** 30;
     const quotas: Quotas = {
       maxSessionBytes: 64 * 2 ** 30,
@@ -148,6 +171,7 @@ export class SessionStore {
     this.#traverse = options.workersReachByBinds ? 0o700 : 0o711;
     if (options.workerIds !== undefined) this.#workerIds = new WorkerIds(options.workerIds);
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
+    this.#useIntervalMs = this.#idleTimeoutMs / 4;
     this.#maxTombstones = options.maxTombstones ?? 1000;
     this.#ctx = {
       blobs: this.blobs,
@@ -155,10 +179,9 @@ export class SessionStore {
       limits: { maxArtifactBytes: options.maxArtifactBytes ?? 16 * 2 ** 30 },
       unpack: options.unpack,
       trees: this.trees,
+      layers: this.layers,
       quotas,
-      userBytes: (userId) =>
-        this.sessions().filter((s) => s.userId === userId).reduce((n, s) => n + s.bytes(), 0) +
-        (this.#heldBytes.get(userId) ?? 0),
+      userBytes: (userId, except) => this.#userBytes(userId, except),
       holdUserBytes: (userId, bytes) => {
         this.#heldBytes.set(userId, (this.#heldBytes.get(userId) ?? 0) + bytes);
         let held = true;
@@ -178,6 +201,9 @@ export class SessionStore {
       touch: (id) => void this.#lastUsed.set(id, Date.now()),
       registry: options.registry,
       hit: (id) => void this.#hits.set(id, (this.#hits.get(id) ?? 0) + 1),
+      used: (session) => {
+        if (this.#registry) this.#recordUse(session).catch(() => {});
+      },
       collectSoon: () => {
         // One at a time, never after close (which forgets the sessions that hold references).
         this.#collecting = this.#collecting.then(async () => {
@@ -237,6 +263,8 @@ export class SessionStore {
     await this.blobs.init();
     // Half-unpacked trees of a crash are removed here; complete ones are kept.
     await this.trees.init();
+    // Half-built layers (staging directories, layers without their info file) likewise.
+    await this.layers.init();
     // Nothing in staging was ever visible: a crash mid-upload leaves only this to clean.
     await removeAll(this.#ctx.stagingRoot);
     await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true, mode: 0o700 });
@@ -305,8 +333,8 @@ export class SessionStore {
   }
 
   /**
-   * Keeps a blob (`b:<sha256>`) or tree (`t:<key>`) from eviction until the returned function
-   * is called. Uploads and attaches pin what they use; callers with their own check-then-use
+   * Keeps a blob (`b:<sha256>`), tree (`t:<key>`) or pip layer (`l:<key>`) from eviction until
+   * the returned function is called. Uploads and attaches pin what they use; callers with their own check-then-use
    * sequences can too.
    */
   pin(id: string): Promise<() => void> {
@@ -342,6 +370,8 @@ export class SessionStore {
         referenced.add(`b:${a.sha256}`);
         if (a.tree) referenced.add(`t:${a.tree}`);
       }
+      const pip = s.pipLayer();
+      if (pip) referenced.add(`l:${pip.key}`);
     }
     const candidates: { id: string; bytes: number; used: number }[] = [];
     for (const d of await this.blobs.list()) {
@@ -355,20 +385,27 @@ export class SessionStore {
         used: this.#lastUsed.get(id) ?? st.mtime?.getTime() ?? 0,
       });
     }
-    for (const k of await this.trees.list()) {
-      const id = `t:${k}`;
-      if (referenced.has(id)) continue;
-      const info = await this.trees.info(k).catch(() => ({ bytes: 0, entries: 0 }));
-      const st = await Deno.stat(`${this.trees.path(k)}.json`).catch(() => undefined);
-      candidates.push({
-        id,
-        bytes: info.bytes,
-        used: this.#lastUsed.get(id) ?? st?.mtime?.getTime() ?? 0,
-      });
+    for (const [prefix, trees] of [["t", this.trees], ["l", this.layers]] as const) {
+      for (const k of await trees.list()) {
+        const id = `${prefix}:${k}`;
+        if (referenced.has(id)) continue;
+        const info = await trees.info(k).catch(() => ({ bytes: 0, entries: 0 }));
+        const st = await Deno.stat(`${trees.path(k)}.json`).catch(() => undefined);
+        candidates.push({
+          id,
+          bytes: info.bytes,
+          used: this.#lastUsed.get(id) ?? st?.mtime?.getTime() ?? 0,
+        });
+      }
     }
     candidates.sort((a, b) => a.used - b.used);
     let total = candidates.reduce((n, c) => n + c.bytes, 0);
-    const removed = { blobs: [] as string[], trees: [] as string[], bytes: 0 };
+    const removed = {
+      blobs: [] as string[],
+      trees: [] as string[],
+      layers: [] as string[],
+      bytes: 0,
+    };
     for (const c of candidates) {
       if (total <= budget) break;
       if (this.#pins.has(c.id)) continue;
@@ -378,6 +415,9 @@ export class SessionStore {
         if (c.id.startsWith("b:")) {
           await Deno.remove(this.blobs.path(c.id.slice(2))).catch(() => {});
           removed.blobs.push(c.id.slice(2));
+        } else if (c.id.startsWith("l:")) {
+          await this.layers.remove(c.id.slice(2));
+          removed.layers.push(c.id.slice(2));
         } else {
           await this.trees.remove(c.id.slice(2));
           removed.trees.push(c.id.slice(2));
@@ -494,6 +534,7 @@ export class SessionStore {
     }
     const key = keyOf(userId, sessionId);
     // A release in progress finishes before the pair can be used again (allowReconnect).
+    await this.#dropping.get(key)?.catch(() => {});
     await this.#releasing.get(key);
     if (this.#tombstones.has(key)) {
       throw new SessionError(
@@ -545,17 +586,26 @@ export class SessionStore {
     let entry: RegistryEntry | undefined = await registry.get(userId, sessionId);
     let local = this.#sessions.get(key);
     if (!entry && !create) return undefined;
+    const now = Date.now();
     if (!entry) {
       // First use anywhere (or a record lost with the cluster's storage: this copy is it then).
-      const fresh: SharedSession = local?.shared() ?? {
-        userId,
-        sessionId,
-        serverSideSessionId: crypto.randomUUID(),
-        createdAt: Date.now(),
-        artifacts: [],
-        config: {},
+      const fresh: SharedSession = {
+        ...(local?.shared() ?? {
+          userId,
+          sessionId,
+          serverSideSessionId: crypto.randomUUID(),
+          createdAt: now,
+          artifacts: [],
+          config: {},
+        }),
+        usedAt: now,
       };
-      entry = await registry.update(userId, sessionId, (cur) => cur ?? fresh);
+      entry = await this.#admitShared(userId, sessionId, fresh);
+    } else if (this.#useUnrecorded(entry.value, now)) {
+      // Written before the call is served: an expiry that judged the record idle then fails
+      // its compare-and-set, or this write finds the session closed (docs/architecture.md).
+      entry = await this.#recordUseAt(userId, sessionId, entry.value.serverSideSessionId, now) ??
+        entry;
     }
     const value = entry.value;
     if (value.closed) {
@@ -579,15 +629,240 @@ export class SessionStore {
       local = await pending;
     }
     if (local.revision !== entry.revision) await local.sync(entry);
+    local.recordedUseAt = value.usedAt;
     return local;
   }
 
-  /** Removes this node's copy of a session (workers first); `closed` keeps the pair closed. */
-  async #drop(key: string, local: Session | undefined, closed: boolean): Promise<void> {
-    if (closed && !this.#tombstones.has(key)) await this.#tombstone(key);
-    if (!local || this.#sessions.get(key) !== local) return;
-    const [userId, sessionId] = [local.userId, local.sessionId];
-    await this.release(userId, sessionId, { allowReconnect: true, localOnly: true });
+  /** Whether a use at `now` must be written to the record before it is served. */
+  #useUnrecorded(value: SharedSession, now: number): boolean {
+    return this.#idleTimeoutMs > 0 && !value.closed &&
+      (value.usedAt === undefined || now - value.usedAt > this.#useIntervalMs);
+  }
+
+  /**
+   * Creates the cluster's record of a new session once the cluster-wide session quotas allow
+   * it. One admission at a time on this node, each after the index caught up with every write
+   * made before it: N nodes creating sessions at the same moment exceed a limit by at most
+   * N - 1 (each sees all but the others' last creation; docs/architecture.md).
+   */
+  #admitShared(userId: string, sessionId: string, fresh: SharedSession): Promise<RegistryEntry> {
+    const registry = this.#registry!;
+    return this.#admission.run(async () => {
+      const records = registry.records;
+      if (records) {
+        await records.caughtUp();
+        // Created by another node meanwhile: nothing new is admitted.
+        if (!records.find(userId, sessionId)) checkSharedQuota(records, this.#ctx.quotas, userId);
+      }
+      return await registry.update(userId, sessionId, (cur) => cur ?? fresh);
+    });
+  }
+
+  /** Bytes the sessions of a user hold, but `except`'s, with the adds held for checks. */
+  #userBytes(userId: string, except?: Session): number {
+    const local = this.sessions().filter((s) => s.userId === userId && s !== except);
+    const held = this.#heldBytes.get(userId) ?? 0;
+    const records = this.#registry?.records;
+    if (!records) return held + local.reduce((n, s) => n + s.bytes(), 0);
+    return held + clusterUserBytes(records.open(userId), local, {
+      except: except?.sessionId,
+      cap: this.#ctx.quotas.maxSessionBytes,
+    });
+  }
+
+  /**
+   * Writes a session's last use on this node into the cluster's record when the record is
+   * more than a quarter of the idle timeout behind it: at most one write per quarter per
+   * session and node, never one per call.
+   */
+  async #recordUse(s: Session): Promise<void> {
+    if (!this.#registry || this.#idleTimeoutMs <= 0 || s.closed) return;
+    const indexed = this.#registry.records?.find(s.userId, s.sessionId);
+    const known = Math.max(
+      s.recordedUseAt ?? 0,
+      indexed?.serverSideSessionId === s.serverSideSessionId ? indexed.usedAt ?? 0 : 0,
+    );
+    if (s.lastAccess - known <= this.#useIntervalMs) return;
+    const e = await this.#recordUseAt(s.userId, s.sessionId, s.serverSideSessionId, s.lastAccess);
+    if (e && !e.value.closed && e.value.serverSideSessionId === s.serverSideSessionId) {
+      s.recordedUseAt = e.value.usedAt;
+    }
+  }
+
+  /**
+   * Writes a use at `at` into incarnation `id` of the record, unless the record, read once the
+   * write in flight for the pair (if any) has ended, shows a use within the interval already:
+   * one write at a time per pair, so a node never writes two uses for one interval.
+   *
+   * @returns The record as it is now, or `undefined` when there is none.
+   */
+  #recordUseAt(
+    userId: string,
+    sessionId: string,
+    id: string,
+    at: number,
+  ): Promise<RegistryEntry | undefined> {
+    const registry = this.#registry!;
+    const key = keyOf(userId, sessionId);
+    const before = this.#touches.get(key) ?? Promise.resolve(undefined);
+    const write = before.catch(() => undefined).then(async () => {
+      const cur = await registry.get(userId, sessionId);
+      if (!cur || cur.value.serverSideSessionId !== id || !this.#useUnrecorded(cur.value, at)) {
+        return cur;
+      }
+      return await registry.update(userId, sessionId, recordingUse(cur.value, at));
+    });
+    this.#touches.set(key, write);
+    const forget = () => {
+      if (this.#touches.get(key) === write) this.#touches.delete(key);
+    };
+    write.then(forget, forget);
+    return write;
+  }
+
+  /**
+   * In a cluster: writes this node's uses the records do not show yet (a busy session counts as
+   * used now), then releases for the whole cluster every session whose record shows no use for
+   * longer than the idle timeout and a quarter of it (the most a record may lag behind a use):
+   * closed in the record with compare-and-set, as a release is, only if the record read at that
+   * moment is still idle; every node's watch then drops its copy and workers.
+   *
+   * @returns The ids of the sessions this node released.
+   */
+  async expireSharedIdle(now: number = Date.now()): Promise<string[]> {
+    const registry = this.#registry;
+    if (!registry || this.#idleTimeoutMs <= 0) return [];
+    for (const s of this.sessions()) {
+      if (s.busy) s.lastAccess = now;
+      await this.#recordUse(s);
+    }
+    const records = registry.records;
+    if (!records) return [];
+    const out: string[] = [];
+    const limit = this.#idleTimeoutMs + this.#useIntervalMs;
+    for (const r of records.open()) {
+      if (r.usedAt === undefined || now - r.usedAt <= limit) continue;
+      if (this.#sessions.get(keyOf(r.userId, r.sessionId))?.busy) continue;
+      if (await this.#expireShared(r, now - limit)) out.push(r.sessionId);
+    }
+    return out;
+  }
+
+  /**
+   * Closes a record found unused since before `before`, if the record read when it is written
+   * still is; whether this call closed it.
+   */
+  async #expireShared(r: RecordSummary, before: number): Promise<boolean> {
+    let idle = true;
+    try {
+      await this.#registry!.update(r.userId, r.sessionId, (cur) => {
+        idle = cur !== undefined && !cur.closed &&
+          cur.serverSideSessionId === r.serverSideSessionId && cur.usedAt !== undefined &&
+          cur.usedAt < before;
+        if (!idle) throw new Error("used meanwhile");
+        return { ...cur!, closed: true, artifacts: [], config: {} };
+      });
+    } catch (e) {
+      if (!idle) return false;
+      throw e;
+    }
+    const key = keyOf(r.userId, r.sessionId);
+    await this.#drop(key, this.#sessions.get(key), true);
+    return true;
+  }
+
+  /**
+   * The digests the live sessions of `userId` hold (in a cluster with an index, every one the
+   * cluster's records name): content the user may attach by digest alone.
+   */
+  heldDigests(userId: string): Set<string> {
+    const out = new Set<string>();
+    for (const s of this.#sessions.values()) {
+      if (s.userId !== userId || s.closed) continue;
+      for (const a of s.artifacts()) out.add(a.sha256);
+    }
+    for (const r of this.#registry?.records?.open(userId) ?? []) {
+      for (const d of r.digests) out.add(d);
+    }
+    return out;
+  }
+
+  /**
+   * The size of blob `sha256` on this node, or else (unless `cluster` is false) in the
+   * cluster's shared blob store.
+   *
+   * @returns The size, or `undefined` when neither holds it.
+   */
+  async blobSize(
+    sha256: string,
+    options: { cluster?: boolean } = {},
+  ): Promise<number | undefined> {
+    try {
+      return (await Deno.stat(this.blobs.path(sha256))).size;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    if (options.cluster === false) return undefined;
+    return await this.#registry?.blobSize?.(sha256);
+  }
+
+  /**
+   * Makes sure this node holds blob `sha256`, fetching it from the cluster's shared blob store
+   * when it does not (after checking that `session` has room for it; verified by size and
+   * sha256), and keeps it from eviction until the returned function is called.
+   *
+   * @param sha256 The digest.
+   * @param session The session it is for (its quotas are checked before a fetch).
+   * @param what What it is for (for messages).
+   * @throws {SessionError} `BLOB_NOT_FOUND`, `QUOTA_EXCEEDED`, `CLUSTER_DATA_INVALID`.
+   */
+  async holdBlob(sha256: string, session: Session, what: string): Promise<() => void> {
+    const unpin = await this.pin(`b:${sha256}`);
+    try {
+      if (await this.blobs.has(sha256)) return unpin;
+      const size = await this.#registry?.blobSize?.(sha256);
+      if (size === undefined) {
+        throw new SessionError(
+          "BLOB_NOT_FOUND",
+          `Cannot attach ${what}: the server holds no blob with sha256 ${sha256}. Upload it.`,
+        );
+      }
+      session.admitBytes(what, size);
+      await Deno.mkdir(this.#ctx.stagingRoot, { recursive: true });
+      const dest = join(this.#ctx.stagingRoot, `fetch-${crypto.randomUUID()}`);
+      try {
+        await this.#registry!.fetchBlob(sha256, size, dest);
+        await this.blobs.adopt(dest, sha256, size);
+      } finally {
+        await Deno.remove(dest).catch(() => {});
+      }
+      return unpin;
+    } catch (e) {
+      unpin();
+      throw e;
+    }
+  }
+
+  /**
+   * Removes this node's copy of a session (workers first); `closed` keeps the pair closed.
+   * Drops of one pair run one after the other, and a bind waits for them: a call told the
+   * session is closed finds this node's copy gone.
+   */
+  #drop(key: string, local: Session | undefined, closed: boolean): Promise<void> {
+    const drop = async () => {
+      if (closed && !this.#tombstones.has(key)) await this.#tombstone(key);
+      await this.#releasing.get(key);
+      if (!local || this.#sessions.get(key) !== local) return;
+      const [userId, sessionId] = [local.userId, local.sessionId];
+      await this.release(userId, sessionId, { allowReconnect: true, localOnly: true });
+    };
+    const p = (this.#dropping.get(key) ?? Promise.resolve()).catch(() => {}).then(drop);
+    this.#dropping.set(key, p);
+    const forget = () => {
+      if (this.#dropping.get(key) === p) this.#dropping.delete(key);
+    };
+    p.then(forget, forget);
+    return p;
   }
 
   /** The live session of (user id, session id), without creating one. */
@@ -699,6 +974,8 @@ export class SessionStore {
       this.#lastUsed.set(`b:${a.sha256}`, now);
       if (a.tree) this.#lastUsed.set(`t:${a.tree}`, now);
     }
+    const pip = session.pipLayer();
+    if (pip) this.#lastUsed.set(`l:${pip.key}`, now);
     await this.collect();
     return session.serverSideSessionId;
   }
@@ -724,6 +1001,7 @@ export class SessionStore {
           sessionId,
           serverSideSessionId: crypto.randomUUID(),
           createdAt: Date.now(),
+          usedAt: Date.now(),
           artifacts: [],
           config: {},
         }
@@ -734,7 +1012,8 @@ export class SessionStore {
   /**
    * Releases every session unused for longer than the idle timeout and not busy.
    *
-   * In a cluster only this node's copy goes: other nodes may be serving the session.
+   * In a cluster only this node's copy goes: other nodes may be serving the session
+   * ({@linkcode SessionStore.expireSharedIdle} releases those idle on every node).
    *
    * @returns The released sessions' ids.
    */

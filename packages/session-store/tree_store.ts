@@ -18,7 +18,9 @@ const KEY = /^[0-9a-f]{64}-[0-9a-z]{1,32}$/;
 /**
  * Unpacked archives shared between sessions: one read-only tree per (archive sha256, unpack
  * options), built once however many sessions add the archive, even concurrently (a lock per
- * key). Sessions see a tree through a symlink in their working directory.
+ * key). Sessions see a tree through a symlink in their working directory. The store's pip layers
+ * (installed requirement sets) are a second `TreeStore` over `<data>/layers`, built and kept the
+ * same way.
  */
 export class TreeStore {
   /** The directory holding the trees (`<data>/trees`). */

@@ -33,6 +33,13 @@ export interface UploadLimits {
   readonly maxArtifactBytes: number;
   /** Called before bytes are written; throws to stop the upload (quotas, disk floor). */
   readonly admit?: (bytes: number) => void;
+  /**
+   * Called with each artifact's sha256 once it is received (in a cluster: the blob GC is told an
+   * upload of it is in flight); the function it resolves to is called when the upload is
+   * {@linkcode Upload.abort}ed, which a server does after the commit too. Not awaited: a failure
+   * only loses the early notice, the commit announces its blobs again.
+   */
+  readonly announce?: (sha256: string) => Promise<() => Promise<void>>;
 }
 
 interface OpenChunked {
@@ -64,6 +71,7 @@ export class Upload {
   #seq = 0;
   #pending = new Uint8Array(0);
   #pendingLen = 0;
+  #announced: Promise<() => Promise<void>>[] = [];
 
   /** Use {@linkcode Upload.create}. */
   constructor(dir: string, limits: UploadLimits) {
@@ -95,13 +103,21 @@ export class Upload {
     this.#limits.admit?.(chunk.data.length);
     const path = join(this.dir, String(this.#seq++));
     await Deno.writeFile(path, chunk.data, { createNew: true, mode: 0o600 });
-    this.#staged.push({
+    this.#stage({
       name,
       file: path,
       size: chunk.data.length,
       sha256: createHash("sha256").update(chunk.data).digest("hex"),
       crcOk: crcMatches(chunk),
     });
+  }
+
+  #stage(staged: StagedArtifact): void {
+    this.#staged.push(staged);
+    const announce = this.#limits.announce;
+    if (announce && staged.crcOk) {
+      this.#announced.push(announce(staged.sha256).catch(() => () => Promise.resolve()));
+    }
   }
 
   /** Opens a chunked artifact (`begin_chunk`) and receives its first chunk. */
@@ -177,7 +193,7 @@ export class Upload {
     return Promise.resolve();
   }
 
-  /** Drops everything staged; safe to call more than once. */
+  /** Drops everything staged and withdraws what was announced; safe to call more than once. */
   async abort(): Promise<void> {
     if (this.#open) {
       try {
@@ -185,6 +201,8 @@ export class Upload {
       } catch { /* already closed */ }
       this.#open = undefined;
     }
+    // Not awaited: an announcement still waiting on the cluster must not hold up the cleanup.
+    for (const a of this.#announced.splice(0)) a.then((withdraw) => withdraw()).catch(() => {});
     await removeAll(this.dir);
   }
 
@@ -198,7 +216,7 @@ export class Upload {
           `received ${open.chunks} chunks. Processed ${open.bytes} bytes out of ${open.totalBytes} bytes.`,
       );
     }
-    this.#staged.push({
+    this.#stage({
       name: open.name,
       file: open.path,
       size: open.bytes,

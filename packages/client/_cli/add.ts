@@ -52,6 +52,11 @@ export async function add(args: string[], ctx: Context): Promise<number> {
       out(`${a.name}\t${a.size}\t${a.uploaded ? "uploaded" : "attached"}\n`);
     }
   };
+  const notice = ctx.notice;
+  // A notice (a node failed, the upload goes on elsewhere) goes above the bar, not into it.
+  ctx.notice = (line) => {
+    if (!ctx.globals.quiet) renderer.note(line);
+  };
   try {
     const code = await interruptible(async (signal) => {
       // Ctrl-C: the renderer says where it stopped, on a clean line, at once.
@@ -68,6 +73,7 @@ export async function add(args: string[], ctx: Context): Promise<number> {
     });
     return code;
   } finally {
+    ctx.notice = notice;
     renderer.finish();
   }
 }

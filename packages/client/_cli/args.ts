@@ -44,9 +44,9 @@ export type Values<O extends Options> = {
 
 /** The options every command takes, before or after its name. */
 export const GLOBAL_OPTIONS = {
-  remote: { type: "string", help: "connection string sc://HOST:PORT/;…" },
+  remote: { type: "string", help: "connection string sc://HOST:PORT[,HOST:PORT…]/;…" },
   session: { type: "string", help: "use this session id" },
-  retries: { type: "string", help: "attempts while the server is unavailable" },
+  retries: { type: "string", help: "attempts while nodes are unavailable" },
   json: { type: "boolean", help: "JSON lines on stdout" },
   quiet: { type: "boolean", short: "q", help: "no progress or notices" },
   help: { type: "boolean", short: "h", help: "show help" },

@@ -3,7 +3,7 @@
 // text goes, and Ctrl-C.
 import type { Globals } from "./args.ts";
 
-/** The remote without `--remote` or `$SPARK_REMOTE`. */
+/** The remote without `--remote`, `$VALISE_REMOTE` or `$SPARK_REMOTE`. */
 export const DEFAULT_REMOTE = "sc://localhost:15002";
 
 /** What a command runs with. */
@@ -12,7 +12,11 @@ export interface Context {
   globals: Globals;
   /** The directory relative paths are resolved against. */
   cwd: string;
-  /** The connection string: `--remote`, else `$SPARK_REMOTE`, else the default. */
+  /**
+   * The connection string: `--remote`, else `$VALISE_REMOTE`, else `$SPARK_REMOTE`, else the
+   * default. `$VALISE_REMOTE` comes first so that a list of endpoints (`sc://h1,h2/`), which
+   * PySpark cannot read, need not be put in the `$SPARK_REMOTE` PySpark reads too.
+   */
   readonly remote: string;
   /** Writes a line to stderr unless `--quiet`. */
   notice: (line: string) => void;
@@ -50,7 +54,7 @@ export function makeContext(globals: Globals): Context {
     globals,
     cwd: userCwd(),
     get remote() {
-      return globals.remote ?? env("SPARK_REMOTE") ?? DEFAULT_REMOTE;
+      return globals.remote ?? env("VALISE_REMOTE") ?? env("SPARK_REMOTE") ?? DEFAULT_REMOTE;
     },
     notice: (line) => {
       if (!globals.quiet) err(`${line}\n`);

@@ -15,6 +15,7 @@ Commands:
   run      Run Python in the session (-c CODE, -m MODULE or SCRIPT)
   python   Python's interactive console in the session
   apply    Run a Python function over an Arrow file's record batches
+  pip      Install, list or uninstall packages in the session
   status   Show the session, or whether artifacts exist
   release  Release the session on the server and forget it
   ls       List the session's artifacts (name, size, kind, sha256, view)
@@ -26,9 +27,10 @@ Commands:
            Print a shell completion script
 
 Options (also accepted after the command):
-  --remote URL     Connection string (default: $SPARK_REMOTE, else ${DEFAULT_REMOTE})
+  --remote URL     Connection string, several nodes as sc://H1:PORT,H2:PORT/;…
+                   (default: $VALISE_REMOTE, $SPARK_REMOTE, else ${DEFAULT_REMOTE})
   --session UUID   Use this session instead of the remembered one
-  --retries N      Attempts per call while the server is unavailable (default 5)
+  --retries N      Attempts per call while nodes are unavailable (default 5)
   --json           Print JSON lines on stdout, for scripts (see docs/cli.md)
   -q, --quiet      No progress or notices on stderr
   -h, --help       Show help (also: valise help COMMAND, valise COMMAND --help)
@@ -108,6 +110,26 @@ summary line (rows in and out) follows unless --quiet.
   --out FILE         The output ('-' for stdout); removed again if the call fails
   --timeout-ms N     Wall-clock limit in milliseconds (0: the server's)
 `,
+  pip: `Usage: valise pip install [--index-url URL] [--extra-index-url URL,...] [--replace]
+                        [-r FILE] PKG|WHEEL...
+       valise pip list
+       valise pip uninstall NAME...
+
+Installs packages into the session: its requirement set (spark.valise.pip.requirements)
+with these in it, resolved and installed together on the server into a layer that its
+runs see on sys.path after its pyfiles (and that every session with the same set, the
+same interpreter and the same index shares). The resolver's and installer's output
+streams to stderr; stdout gets NAME==VERSION for each distribution the layer holds.
+  PKG               A requirement: requests==2.32.3, idna>=3.7, pkg[extra]
+  WHEEL             A local wheel file (./dist/mylib-1.0-py3-none-any.whl): uploaded as
+                    files/NAME and required by its name and version
+  -r FILE           The requirements of FILE, one per line (no pip options in it)
+  --index-url URL   Install from this index (one the server offers)
+  --extra-index-url URL,...  More indexes (ones the server offers)
+  --replace         The set becomes these requirements alone
+'list' prints what the layer holds, without installing anything; 'uninstall' takes
+requirements out of the set (their layer goes; what is left is installed if need be).
+`,
   status: `Usage: valise status [NAME...]
 
 Without NAMEs, shows the remote, the session id, its state (open, closed or none)
@@ -141,7 +163,7 @@ their working directory until they end; runs started later do not.
 Asks the server's standard health service (grpc.health.v1) whether it serves, and
 prints SERVING or NOT_SERVING (shutting down); the exit code is 0 only for SERVING.
 SERVICE is a service name such as valise.v1.WorkerService (default: the server). No
-token and no session are needed; one attempt unless --retries N.
+token and no session are needed; one attempt per node of --remote unless --retries N.
 `,
   release: `Usage: valise release
 

@@ -2,7 +2,12 @@
 // Failures as the user sees them: one line with the error class, and what to do about it. The
 // hint is about the actual cause: where one error class has several causes (a refused token, a
 // failed connection), the CLI tells them apart from what it sent and what came back.
-import { type ConnectionString, parseConnectionString } from "../connection_string.ts";
+import {
+  type ConnectionString,
+  endpointsOf,
+  formatEndpoint,
+  parseConnectionString,
+} from "../connection_string.ts";
 import { isValiseClientError, type ValiseClientError } from "../error.ts";
 import { UsageError } from "./args.ts";
 import { CliError } from "./cli_error.ts";
@@ -44,6 +49,17 @@ const HINTS: [RegExp, string][] = [
   [/^APPLY_INVALID_INPUT$/, "--in must be an Arrow IPC stream or file"],
   [/^APPLY_TIMEOUT$/, "raise --timeout-ms, or the server's wall-time limit"],
   [/^INVALID_CONNECT_URL$/, "the format is sc://HOST:PORT/;token=…;user_id=…"],
+  [
+    /^PIP_INSTALL_FAILED$/,
+    "the installer's words above say why: check the names and versions (`valise pip list` " +
+    "shows the session's set and index)",
+  ],
+  [
+    /^PIP_INVALID_REQUEST$/,
+    "requirements are names and versions (requests==2.32.3); local wheels are given by path; " +
+    "indexes are the server's",
+  ],
+  [/^PIP_NOT_INSTALLED$/, "`valise pip list` shows the session's requirements"],
 ];
 
 interface Diagnosis {
@@ -70,7 +86,12 @@ export function report(e: unknown, command: string, ctx?: Context): number {
   const hint = d.hint ?? `see \`${helpOf}\``;
   const message = d.message.split("\n")[0]!;
   const usage = e instanceof UsageError ? usageOf(command) : "";
-  err(`${usage}valise: [${d.errorClass}] ${message}\nhint: ${hint}\n`);
+  // An install that failed where its output was not shown (a run installs first): the
+  // installer's own words follow the summary.
+  const more = d.errorClass === "PIP_INSTALL_FAILED"
+    ? d.message.split("\n").slice(1).map((l) => `  ${l}\n`).join("")
+    : "";
+  err(`${usage}valise: [${d.errorClass}] ${message}\n${more}hint: ${hint}\n`);
   if (ctx?.globals.json) {
     ctx.emit({ type: "error", class: d.errorClass, message, hint, exitCode: d.exitCode });
   }
@@ -142,7 +163,8 @@ function diagnoseCall(e: ValiseClientError, remote: ConnectionString | undefined
       errorClass: "NOT_SPARK_CONNECT",
       message: `${at} answered HTTP ${http} without a gRPC status: it is not a Valise or ` +
         `Spark Connect server${proxy ? ", or a proxy there could not reach one" : ""}`,
-      hint: "check the host and port of --remote (or $SPARK_REMOTE): a Valise server logs " +
+      hint: "check the host and port of --remote (or $VALISE_REMOTE, $SPARK_REMOTE): a Valise " +
+        "server logs " +
         "'valise listening on HOST:PORT' when it starts",
       exitCode: 1,
     };
@@ -152,7 +174,7 @@ function diagnoseCall(e: ValiseClientError, remote: ConnectionString | undefined
       return {
         ...base,
         hint: `is a server running at ${at}? Start one with \`deno task serve\`, or pass ` +
-          "--remote / set SPARK_REMOTE",
+          "--remote / set VALISE_REMOTE (or SPARK_REMOTE)",
       };
     case "UNAUTHENTICATED":
       return { ...base, hint: tokenHint(remote) };
@@ -173,8 +195,8 @@ function diagnoseCall(e: ValiseClientError, remote: ConnectionString | undefined
 function tokenHint(remote: ConnectionString | undefined): string {
   const token = remote?.token;
   if (token === undefined || token === "") {
-    return "the server wants a token: add ;token=TOKEN to the connection string (--remote or " +
-      "$SPARK_REMOTE)";
+    return "the server wants a token: add ;token=TOKEN to the connection string (--remote, " +
+      "$VALISE_REMOTE or $SPARK_REMOTE)";
   }
   if (/\s/.test(token)) {
     return "the token has white space in it, which no server token has: check ;token= in the " +
@@ -184,8 +206,9 @@ function tokenHint(remote: ConnectionString | undefined): string {
     "operator lists the tokens in serve --token-file)";
 }
 
+/** Where the calls went: `h1:15002`, or `h1:15002, h2:15002` for several endpoints. */
 function hostPort(c: ConnectionString): string {
-  return `${c.host.includes(":") ? `[${c.host}]` : c.host}:${c.port}`;
+  return endpointsOf(c).map(formatEndpoint).join(", ");
 }
 
 function causeText(e: unknown): string {

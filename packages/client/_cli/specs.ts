@@ -94,6 +94,25 @@ export const APPLY = {
   positionals: "none",
 } as const satisfies CommandInfo;
 
+/** `valise pip`. */
+export const PIP = {
+  command: "pip",
+  summary: "Install, list or uninstall packages in the session",
+  options: {
+    requirement: {
+      type: "string",
+      short: "r",
+      help: "install the requirements of this file",
+      values: "file",
+    },
+    "index-url": { type: "string", help: "an index the server offers" },
+    "extra-index-url": { type: "string", help: "more indexes the server offers (URL,URL)" },
+    replace: { type: "boolean", help: "the set becomes these requirements alone" },
+  },
+  positionals: "any",
+  args: ["install", "list", "uninstall"],
+} as const satisfies CommandInfo;
+
 /** `valise status`. */
 export const STATUS = {
   command: "status",
@@ -145,6 +164,7 @@ export const SPECS: Readonly<Record<string, CommandInfo>> = {
   conf: CONF,
   run: RUN,
   apply: APPLY,
+  pip: PIP,
   status: STATUS,
   new: NEW,
   release: RELEASE,

@@ -3,6 +3,7 @@
 // the server has confirmed it (a failed first call leaves nothing behind). A remembered session
 // the server has closed (released, idle-expired) is replaced by a new one, with a notice.
 import { dirname, join } from "node:path";
+import type { RetryReport } from "../connect_options.ts";
 import { formatConnectionString, parseConnectionString } from "../connection_string.ts";
 import { isValiseClientError } from "../error.ts";
 import { connect, type Session } from "../session.ts";
@@ -90,14 +91,37 @@ export async function namedSession(ctx: Context): Promise<Named> {
 }
 
 /**
- * Connects to a session; nothing is sent yet.
+ * The notice of a retry: `valise: node h1:15002 unreachable, retrying on h2:15002`, or with one
+ * endpoint `valise: node h1:15002 unreachable, retrying in 0.2s (attempt 2 of 5)`.
+ *
+ * @param r The retry.
+ * @returns The line.
+ */
+export function retryNotice(r: RetryReport): string {
+  const what = r.reason === "unreachable"
+    ? "unreachable"
+    : r.reason === "lost"
+    ? "died or dropped the connection"
+    : "answered UNAVAILABLE";
+  const where = r.next === r.endpoint ? "" : ` on ${r.next}`;
+  const wait = r.delayMs > 0 ? ` in ${(r.delayMs / 1000).toFixed(1)}s` : "";
+  return `valise: node ${r.endpoint} ${what}, retrying${where}${wait} ` +
+    `(attempt ${r.attempt + 1} of ${r.maxAttempts})`;
+}
+
+/**
+ * Connects to a session; nothing is sent yet. Retries are told on stderr (`ctx.notice`).
  *
  * @param ctx The command's context.
  * @param sessionId The session.
  * @returns The session's client.
  */
 export function connectTo(ctx: Context, sessionId: string): Session {
-  return connect(ctx.remote, { sessionId, retry: { maxAttempts: ctx.globals.retries ?? 5 } });
+  return connect(ctx.remote, {
+    sessionId,
+    retry: { maxAttempts: ctx.globals.retries ?? 5 },
+    onRetry: (r) => ctx.notice(retryNotice(r)),
+  });
 }
 
 /**

@@ -21,6 +21,7 @@ import {
   type Transport,
 } from "../_apply_common.ts";
 import { type LaneItem, LocalLane } from "../_apply_lane.ts";
+import type { LayerSource } from "../session_spec.ts";
 import { UNITS_IN_FLIGHT } from "../_apply_parallel.ts";
 import { DRIVER_FRAME_BYTES } from "../_apply_driver.ts";
 import { isServerError } from "../errors.ts";
@@ -73,6 +74,11 @@ export interface ApplyServeContext {
   readonly metrics?: Metrics | undefined;
   /** Notices. */
   readonly log?: ((line: string) => void) | undefined;
+  /**
+   * The node's pip layers: a worker run for another node gets the session's packages too.
+   * @default {undefined} none
+   */
+  readonly pip?: LayerSource | undefined;
 }
 
 class Notifier {

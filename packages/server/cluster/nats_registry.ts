@@ -8,11 +8,12 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, type JetStreamManager } from "@nats-io/jetstream";
-import { type KV, type KvEntry, Kvm } from "@nats-io/kv";
-import { type ObjectStore, Objm } from "@nats-io/obj";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { type KV, type KvEntry, Kvm, type KvWatchEntry } from "@nats-io/kv";
+import { type ObjectStore, Objm, setSha256Backend } from "@nats-io/obj";
 import {
+  ClusterIndex,
   decodeSharedSession,
   encodeSharedSession,
   isSessionError,
@@ -25,6 +26,10 @@ import {
   type SharedSession,
 } from "@valise/session-store";
 import type { ClusterCredentials } from "./credentials.ts";
+import { guardAbandonedSockets } from "./_socket_guard.ts";
+import { BlobCollector, type GcStats, IntentKeeper } from "./blob_gc.ts";
+import { GC_BUCKET } from "./gc_records.ts";
+import { NatsGcStore } from "./nats_gc_store.ts";
 
 /** The KV bucket of session records. */
 export const SESSIONS_BUCKET = "valise_sessions";
@@ -32,15 +37,29 @@ export const SESSIONS_BUCKET = "valise_sessions";
 export const BLOBS_BUCKET = "valise_blobs";
 /** Object Store chunk size: below NATS's default 1 MiB message limit, with room for headers. */
 const CHUNK_BYTES = 512 * 1024;
+/** Object Store chunks sent before the first is acknowledged. */
+const PUT_WINDOW = 16;
 /** Compare-and-set attempts before giving up: each conflict means another node wrote. */
 const MAX_ATTEMPTS = 200;
 /** Records kept per session key: enough to find writes a concurrent one overwrote. */
 const HISTORY = 16;
 /**
+ * How long anything in the GC bucket lives: intents and the lease are rewritten well within it;
+ * what a dead node or anyone else left there goes by itself.
+ */
+const GC_BUCKET_MAX_AGE_MS = 60 * 60_000;
+/**
  * How long a call rides out NATS being unavailable (a member died and its streams elect new
  * leaders, a reconnect): Raft elections take seconds.
  */
 const UNAVAILABLE_BUDGET_MS = 60_000;
+
+/** The key of the blob-proof secret every node shares (in the sessions bucket). */
+export const PROOF_KEY = "k.blob-proofs";
+/** The bytes of that secret. */
+const PROOF_KEY_BYTES = 32;
+/** Waits between attempts to watch the bucket again after the watch ended. */
+const REWATCH_MS = 1000;
 
 /** Whether an error is NATS being unavailable for a while, not a refusal or bad data. */
 function transient(e: unknown): boolean {
@@ -54,7 +73,7 @@ function transient(e: unknown): boolean {
  * Runs `fn` again while NATS is unavailable, until it succeeds, fails otherwise, or the budget
  * is spent; waits grow from 100 ms to 2 s between attempts.
  */
-async function riding<T>(fn: () => Promise<T>): Promise<T> {
+export async function riding<T>(fn: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + UNAVAILABLE_BUDGET_MS;
   for (let wait = 100;; wait = Math.min(wait * 2, 2000)) {
     try {
@@ -94,12 +113,30 @@ export interface NatsRegistryOptions {
   log?: ((line: string) => void) | undefined;
 }
 
+/** Options of {@linkcode NatsRegistry.startGc}. */
+export interface GcOptions {
+  /**
+   * Objects younger than this, and records written within it, are never collected.
+   * @default {86_400_000} (24 h)
+   */
+  graceMs?: number | undefined;
+  /**
+   * Receives what the collector did (deletions, skips, failures, the lease taken).
+   * @default {undefined}
+   */
+  log?: ((line: string) => void) | undefined;
+}
+
 function unavailable(what: string, e: unknown): SessionError {
   if (e instanceof SessionError) return e;
   return new SessionError(
     "CLUSTER_UNAVAILABLE",
     `The cluster's NATS service could not ${what}: ${e instanceof Error ? e.message : e}. ` +
-      "Check that a majority of the NATS cluster's members is up and reachable; then retry.",
+      (/authorization|authentication|credentials|permissions/i.test(String(e))
+        ? "Give the node the NATS credentials the cluster expects, in a file named by " +
+          "--cluster-creds-file or VALISE_CLUSTER_CREDS_FILE (a .creds file, user:password or a " +
+          "token)."
+        : "Check that a majority of the NATS cluster's members is up and reachable; then retry."),
     { cause: e },
   );
 }
@@ -118,6 +155,13 @@ export function sessionKey(userId: string, sessionId: string): string {
   return `s.${user}.${sessionId}`;
 }
 
+/** Base64url with padding, as the Object Store encodes digests and names. */
+function base64UrlPadded(bytes: Uint8Array): string {
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replaceAll("+", "-").replaceAll("/", "_");
+}
+
 /** The Object Store's digest (`SHA-256=<base64url>`) as lowercase hex, or `undefined`. */
 function digestHex(digest: string): string | undefined {
   const m = /^SHA-256=([A-Za-z0-9_-]{43}=?)$/i.exec(digest);
@@ -127,24 +171,50 @@ function digestHex(digest: string): string | undefined {
   return [...bin].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
 }
 
+/** A record a concurrent write overwrote, and the record both writes were made from. */
+interface Overwritten {
+  /** The overwritten record. */
+  readonly value: SharedSession;
+  /** The record at the revision the overwriting write expected (the bug lets both expect it). */
+  readonly base: SharedSession | undefined;
+}
+
 /**
  * `cur` with the records a concurrent write overwrote folded in, as if they had been written
  * first (they were, by revision): their artifacts first (the earlier commit of a name keeps
- * it), a release among them stays a release, and when they are another incarnation of the
- * session than `cur` (two nodes created it at once) the earliest one's identity is kept.
+ * it), their config changes (against the record both writes were made from) where `cur` did
+ * not change the same key, the latest use, a release among them stays a release, and when they
+ * are another incarnation of the session than `cur` (two nodes created it at once) the
+ * earliest one's identity is kept.
  */
-function foldOverwritten(cur: SharedSession, overwritten: SharedSession[]): SharedSession {
-  const first = overwritten[0];
+function foldOverwritten(cur: SharedSession, overwritten: Overwritten[]): SharedSession {
+  const first = overwritten[0]?.value;
   if (!first) return cur;
-  if (cur.closed || overwritten.some((o) => o.closed)) {
-    return { ...cur, closed: true, artifacts: [], config: {} };
+  // A use recorded in an overwritten write stays recorded.
+  const used = Math.max(cur.usedAt ?? -1, ...overwritten.map((o) => o.value.usedAt ?? -1));
+  const usedAt = used >= 0 ? { usedAt: used } : {};
+  if (cur.closed || overwritten.some((o) => o.value.closed)) {
+    return { ...cur, ...usedAt, closed: true, artifacts: [], config: {} };
   }
   const id = first.serverSideSessionId;
   const same = cur.serverSideSessionId === id;
-  let acc: SharedSession = { ...(same ? cur : first), artifacts: [] };
+  let acc: SharedSession = { ...(same ? cur : first), ...usedAt, artifacts: [] };
+  const config = new Map(Object.entries(acc.config));
   for (const o of overwritten) {
-    if (o.serverSideSessionId === id) acc = mergeAdds(acc, o.artifacts).next;
+    if (o.value.serverSideSessionId !== id) continue;
+    acc = mergeAdds(acc, o.value.artifacts).next;
+    const base = o.base?.serverSideSessionId === id ? o.base.config : {};
+    const keys = new Set([...Object.keys(base), ...Object.keys(o.value.config)]);
+    for (const k of keys) {
+      const was = base[k];
+      const now = o.value.config[k];
+      // Changed by the overwritten write, and left as it was by the one that overwrote it.
+      if (now === was || (same && cur.config[k] !== was)) continue;
+      if (now === undefined) config.delete(k);
+      else config.set(k, now);
+    }
   }
+  acc = { ...acc, config: Object.fromEntries(config) };
   return same ? mergeAdds(acc, cur.artifacts).next : acc;
 }
 
@@ -164,6 +234,14 @@ export interface RegistryStats {
   puts: number;
   /** Bytes of those blobs. */
   putBytes: number;
+  /** Blob GC passes this node ran holding the lease. */
+  gcRuns: number;
+  /** Objects this node's blob GC deleted. */
+  gcDeleted: number;
+  /** Bytes of those objects. */
+  gcDeletedBytes: number;
+  /** Unreferenced objects left because an upload of them was in flight. */
+  gcSkippedInFlight: number;
 }
 
 /** A {@linkcode SessionRegistry} on NATS JetStream. */
@@ -173,11 +251,22 @@ export class NatsRegistry implements SessionRegistry {
   /** The replicas the buckets have. */
   readonly replicas: number;
   #kv: KV;
+  #js: JetStreamClient;
   #jsm: JetStreamManager;
   #blobs: ObjectStore;
   #limits: SharedRecordLimits;
-  #watchers = new Set<() => void>();
-  #stats: RegistryStats = {
+  #listeners = new Set<(value: SharedSession) => void>();
+  #closing = false;
+  #stopWatch: (() => void) | undefined;
+  /** Set when the watch was stopped to be watched again at once. */
+  #restarting = false;
+  #nodeId: string;
+  #gcStore: NatsGcStore;
+  #intents: IntentKeeper;
+  #collector: BlobCollector | undefined;
+  /** {@inheritDoc SessionRegistry.records} */
+  readonly records: ClusterIndex;
+  #stats: Omit<RegistryStats, `gc${string}`> = {
     conflicts: 0,
     repairs: 0,
     fetches: 0,
@@ -189,18 +278,31 @@ export class NatsRegistry implements SessionRegistry {
 
   private constructor(
     nc: NatsConnection,
+    js: JetStreamClient,
     jsm: JetStreamManager,
     kv: KV,
     blobs: ObjectStore,
     limits: SharedRecordLimits,
     replicas: number,
+    gcStore: NatsGcStore,
+    nodeId: string,
   ) {
     this.connection = nc;
+    this.#js = js;
     this.#kv = kv;
     this.#jsm = jsm;
     this.#blobs = blobs;
     this.#limits = limits;
     this.replicas = replicas;
+    this.#gcStore = gcStore;
+    this.#nodeId = nodeId;
+    this.#intents = new IntentKeeper(gcStore, nodeId);
+    this.records = new ClusterIndex(() => this.#barrier(), {
+      onStall: () => {
+        this.#restarting = true;
+        this.#stopWatch?.();
+      },
+    });
   }
 
   /**
@@ -210,7 +312,11 @@ export class NatsRegistry implements SessionRegistry {
    */
   static async connect(options: NatsRegistryOptions): Promise<NatsRegistry> {
     const replicas = options.replicas ?? 1;
+    // The object store client verifies what it reads with SHA-256 too: with node:crypto, not
+    // its pure-JS default (5x the get throughput here, docs/BENCHMARKS.md). Process-wide.
+    setSha256Backend("native");
     let nc: NatsConnection;
+    guardAbandonedSockets();
     try {
       nc = await connect({
         servers: [...options.servers],
@@ -246,16 +352,45 @@ export class NatsRegistry implements SessionRegistry {
       } catch {
         blobs = await objm.open(BLOBS_BUCKET);
       }
+      let gc: KV;
+      try {
+        gc = await kvm.create(GC_BUCKET, {
+          replicas,
+          // The lease's compare-and-set is checked against the writes after the one it read.
+          history: HISTORY,
+          ttl: GC_BUCKET_MAX_AGE_MS,
+          allow_direct: false,
+        });
+      } catch {
+        gc = await kvm.open(GC_BUCKET);
+      }
       const limits = options.limits ?? { maxArtifactBytes: 16 * 2 ** 30, maxArtifacts: 10_000 };
+      const jsm = await js.jetstreamManager();
+      const gcStore = new NatsGcStore({
+        js,
+        jsm,
+        gc,
+        sessions: kv,
+        sessionsBucket: SESSIONS_BUCKET,
+        blobs,
+        blobsBucket: BLOBS_BUCKET,
+        node: options.nodeId,
+      });
       const registry = new NatsRegistry(
         nc,
-        await js.jetstreamManager(),
+        js,
+        jsm,
         kv,
         blobs,
         limits,
         replicas,
+        gcStore,
+        options.nodeId,
       );
       if (options.log) registry.#logStatus(options.log);
+      registry.#watchAll(options.log);
+      // Every record written before this node joined is in its index before it serves.
+      await registry.records.caughtUp();
       return registry;
     } catch (e) {
       await nc.close().catch(() => {});
@@ -291,7 +426,9 @@ export class NatsRegistry implements SessionRegistry {
       throw unavailable("read the session's record", e);
     }
     if (!entry || entry.operation !== "PUT") return undefined;
-    return { value: this.#decode(entry, { userId, sessionId }), revision: entry.revision };
+    const value = this.#decode(entry, { userId, sessionId });
+    this.records.apply(entry.key, entry.revision, value);
+    return { value, revision: entry.revision };
   }
 
   /**
@@ -302,7 +439,9 @@ export class NatsRegistry implements SessionRegistry {
    * revision can both be accepted, the later one overwriting the earlier. So every accepted
    * write is checked against the key's history: when records were written between the revision
    * this one expected and its own, they were overwritten, and the change is made again on top of
-   * them (their artifacts first: the earlier commit of a name keeps it).
+   * them (their artifacts first: the earlier commit of a name keeps it; their config changes
+   * where this write left the key alone; the latest use). A change that returns the record it
+   * was given unchanged writes nothing.
    */
   async update(
     userId: string,
@@ -310,10 +449,12 @@ export class NatsRegistry implements SessionRegistry {
     change: (current: SharedSession | undefined) => SharedSession,
   ): Promise<RegistryEntry> {
     const key = sessionKey(userId, sessionId);
-    let overwritten: SharedSession[] = [];
+    let overwritten: Overwritten[] = [];
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const cur = await this.get(userId, sessionId);
       const next = change(cur ? foldOverwritten(cur.value, overwritten) : cur);
+      // Nothing to change (a creation another node made first, a use already recorded).
+      if (cur && next === cur.value) return cur;
       const bytes = encodeSharedSession(next);
       let revision: number;
       try {
@@ -329,9 +470,12 @@ export class NatsRegistry implements SessionRegistry {
         throw unavailable("record the session", e);
       }
       const lost = await this.#between(key, cur?.revision ?? 0, revision);
-      if (!lost.length) return { value: next, revision };
+      if (!lost.length) {
+        this.records.apply(key, revision, next);
+        return { value: next, revision };
+      }
       this.#stats.repairs++;
-      overwritten = [...overwritten, ...lost];
+      overwritten = [...overwritten, ...lost.map((value) => ({ value, base: cur?.value }))];
     }
     throw new SessionError(
       "CLUSTER_UNAVAILABLE",
@@ -342,7 +486,44 @@ export class NatsRegistry implements SessionRegistry {
 
   /** What this node did with the cluster so far (for `/metrics`). */
   get stats(): Readonly<RegistryStats> {
-    return { ...this.#stats };
+    const gc = this.#collector?.stats ??
+      { runs: 0, deleted: 0, deletedBytes: 0, skippedInFlight: 0 } satisfies GcStats;
+    return {
+      ...this.#stats,
+      gcRuns: gc.runs,
+      gcDeleted: gc.deleted,
+      gcDeletedBytes: gc.deletedBytes,
+      gcSkippedInFlight: gc.skippedInFlight,
+    };
+  }
+
+  /**
+   * Starts this node's blob collector: each interval it takes or renews the cluster's GC lease
+   * and, holding it, deletes objects no session record refers to that are older than the grace
+   * period (see `blob_gc.ts`).
+   */
+  startGc(options: GcOptions = {}): void {
+    if (this.#collector) return;
+    this.#collector = new BlobCollector(this.#gcStore, {
+      node: this.#nodeId,
+      graceMs: options.graceMs ?? 86_400_000,
+      log: options.log,
+    });
+    this.#collector.start();
+  }
+
+  /**
+   * {@inheritDoc SessionRegistry.beginCommit}
+   *
+   * Stores a commit intent per blob in the GC bucket (renewed while held) and waits out
+   * deletions a collector decided before it could see them.
+   */
+  async beginCommit(sha256s: readonly string[]): Promise<() => Promise<void>> {
+    try {
+      return await riding(() => this.#intents.begin(sha256s));
+    } catch (e) {
+      throw unavailable("announce the upload to the cluster's blob GC", e);
+    }
   }
 
   /** Records of `key` written after revision `after` and before `before`, oldest first. */
@@ -380,21 +561,81 @@ export class NatsRegistry implements SessionRegistry {
     }
   }
 
+  /**
+   * Puts a blob in the object store's own format (chunks under `$O.<bucket>.C.<id>`, then the
+   * object's metadata under `$O.<bucket>.M.<name>`, rolling up the previous one), so that any
+   * object store client reads it; unlike the NATS client's `put`, which waits for each chunk's
+   * acknowledgement before sending the next (one Raft round trip per 512 KiB), up to
+   * {@linkcode PUT_WINDOW} chunks are in flight (measured: 3.4x the throughput with replicas 3,
+   * `docs/BENCHMARKS.md`). Chunks of one connection are stored in the order sent; a failure
+   * removes the chunks sent and fails the whole put.
+   */
   async #putBlob(sha256: string, path: string, size: number): Promise<void> {
-    {
-      const held = await this.#blobs.info(sha256);
-      if (held && !held.deleted && held.size === size && digestHex(held.digest) === sha256) return;
+    const held = await this.#blobs.info(sha256);
+    if (held && !held.deleted && held.size === size && digestHex(held.digest) === sha256) return;
+    const id = crypto.randomUUID().replaceAll("-", "");
+    const chunkSubject = `$O.${BLOBS_BUCKET}.C.${id}`;
+    const stream = `OBJ_${BLOBS_BUCKET}`;
+    const hash = createHash("sha256");
+    const inFlight: Promise<unknown>[] = [];
+    let n = 0;
+    let chunks = 0;
+    try {
       using file = await Deno.open(path);
-      const info = await this.#blobs.put(
-        { name: sha256, options: { max_chunk_size: CHUNK_BYTES } },
-        file.readable,
-      );
-      if (info.size !== size || digestHex(info.digest) !== sha256) {
+      const buf = new Uint8Array(CHUNK_BYTES);
+      for (;;) {
+        let filled = 0;
+        while (filled < buf.length) {
+          const got = await file.read(buf.subarray(filled));
+          if (got === null) break;
+          filled += got;
+        }
+        if (filled === 0) break;
+        // A copy: the buffer is refilled while this chunk is still being sent.
+        const chunk = buf.slice(0, filled);
+        hash.update(chunk);
+        n += filled;
+        chunks++;
+        inFlight.push(this.#js.publish(chunkSubject, chunk));
+        if (inFlight.length >= PUT_WINDOW) await inFlight.shift();
+        if (filled < buf.length) break;
+      }
+      await Promise.all(inFlight.splice(0));
+      const digest = hash.digest();
+      if (n !== size || digest.toString("hex") !== sha256) {
         throw corrupt(`Blob ${sha256} changed while it was copied to the cluster`);
       }
-      this.#stats.puts++;
-      this.#stats.putBytes += size;
+      const info = {
+        name: sha256,
+        description: "",
+        options: { max_chunk_size: CHUNK_BYTES },
+        bucket: BLOBS_BUCKET,
+        nuid: id,
+        size: n,
+        chunks,
+        mtime: new Date().toISOString(),
+        digest: `SHA-256=${base64UrlPadded(digest)}`,
+        deleted: false,
+      };
+      const h = headers();
+      h.set("Nats-Rollup", "sub");
+      await this.#js.publish(
+        `$O.${BLOBS_BUCKET}.M.${base64UrlPadded(new TextEncoder().encode(sha256))}`,
+        JSON.stringify(info),
+        { headers: h },
+      );
+    } catch (e) {
+      await Promise.allSettled(inFlight);
+      await this.#jsm.streams.purge(stream, { filter: chunkSubject }).catch(() => {});
+      throw e;
     }
+    // The object's earlier chunks (other bytes under this name) are no longer its.
+    if (held) {
+      await this.#jsm.streams.purge(stream, { filter: `$O.${BLOBS_BUCKET}.C.${held.nuid}` })
+        .catch(() => {});
+    }
+    this.#stats.puts++;
+    this.#stats.putBytes += size;
   }
 
   /** {@inheritDoc SessionRegistry.fetchBlob} */
@@ -455,35 +696,153 @@ export class NatsRegistry implements SessionRegistry {
 
   /** {@inheritDoc SessionRegistry.watch} */
   watch(listener: (value: SharedSession) => void): () => void {
-    let stop: (() => void) | undefined;
-    let stopped = false;
-    (async () => {
-      const iter = await this.#kv.watch({ key: "s.>", include: "updates" });
-      stop = () => iter.stop();
-      if (stopped) stop();
-      for await (const e of iter) {
-        if (e.operation !== "PUT") continue;
-        let value: SharedSession;
-        try {
-          value = this.#decode(e);
-        } catch {
-          continue; // a record that fails its checks is never acted on
-        }
-        listener(value);
-      }
-    })().catch(() => {});
-    const unwatch = () => {
-      stopped = true;
-      stop?.();
-      this.#watchers.delete(unwatch);
-    };
-    this.#watchers.add(unwatch);
-    return unwatch;
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
-  /** Stops the watches and closes the connection. */
+  /**
+   * Watches every key of the bucket, for as long as the registry is open: the index gets each
+   * key's last value first, then every write; listeners get the writes of session records
+   * (releases, new incarnations). A record that fails its checks is never acted on: its key
+   * counts for nothing. Watched again from where it stopped if the watch ends.
+   */
+  #watchAll(log: ((line: string) => void) | undefined): void {
+    (async () => {
+      while (!this.#closing) {
+        try {
+          this.#restarting = false;
+          const from = this.records.revision;
+          const iter = await this.#kv.watch({
+            key: ">",
+            ...(from > 0 ? { resumeFromRevision: from + 1 } : {}),
+          });
+          this.#stopWatch = () => iter.stop();
+          if (this.#closing) iter.stop();
+          for await (const e of iter) {
+            // After a resume every entry is a write made while the watch was away.
+            if (e.key.startsWith("s.")) this.#watched(e, e.isUpdate || from > 0);
+            this.records.seen(e.revision);
+          }
+          // Stopped to be watched again at once (it stalled), or ended by itself: after a pause.
+          if (this.#restarting) {
+            this.#restarting = false;
+            continue;
+          }
+        } catch (e) {
+          if (!this.#closing) log?.(`cluster: watching ${SESSIONS_BUCKET} failed (${e}); again`);
+        }
+        if (!this.#closing) await new Promise((r) => setTimeout(r, REWATCH_MS));
+      }
+    })();
+  }
+
+  #watched(e: KvWatchEntry, update: boolean): void {
+    let value: SharedSession | undefined;
+    if (e.operation === "PUT") {
+      try {
+        value = this.#decode(e);
+      } catch {
+        value = undefined; // a record that fails its checks is never acted on
+      }
+    }
+    this.records.apply(e.key, e.revision, value);
+    if (!value || !update) return;
+    for (const l of this.#listeners) {
+      try {
+        l(value);
+      } catch { /* a listener's failure is its own */ }
+    }
+  }
+
+  /** Writes this node's marker and returns its revision (for {@linkcode ClusterIndex}). */
+  async #barrier(): Promise<number> {
+    const node = createHash("sha256").update(this.#nodeId).digest("hex").slice(0, 16);
+    try {
+      return await riding(() => this.#kv.put(`b.${node}`, String(Date.now())));
+    } catch (e) {
+      throw unavailable("write this node's marker", e);
+    }
+  }
+
+  /** {@inheritDoc SessionRegistry.blobSize} */
+  async blobSize(sha256: string): Promise<number | undefined> {
+    let info;
+    try {
+      info = await riding(() => this.#blobs.info(sha256));
+    } catch (e) {
+      throw unavailable(`look up blob ${sha256}`, e);
+    }
+    // The object store's word, checked when the bytes are fetched; an object that does not
+    // even say it is that content, or says it is larger than any artifact, is not offered.
+    if (!info || info.deleted || digestHex(info.digest) !== sha256) return undefined;
+    const size = info.size;
+    if (!Number.isSafeInteger(size) || size < 0 || size > this.#limits.maxArtifactBytes) {
+      return undefined;
+    }
+    return size;
+  }
+
+  /**
+   * The secret every node keys its blob proofs with, so that a challenge one node issued is
+   * verified on any other: made by the first node that asks (compare-and-set), kept in the
+   * sessions bucket. Whoever can read it there can read every blob of the object store anyway;
+   * tenants never hold the cluster's credentials.
+   *
+   * nats-server before 2.9.21 may accept two creations at once; every node takes the oldest
+   * value under the key, so they agree.
+   *
+   * @throws {SessionError} `CLUSTER_DATA_INVALID` when the stored value is not a secret of 32
+   *   bytes; `CLUSTER_UNAVAILABLE`.
+   */
+  async proofKey(): Promise<Uint8Array> {
+    const subject = `$KV.${SESSIONS_BUCKET}.${PROOF_KEY}`;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      let seq = 1;
+      for (let step = 0; step <= HISTORY; step++) {
+        const m = await riding(() =>
+          this.#jsm.streams.getMessage(
+            `KV_${SESSIONS_BUCKET}`,
+            { seq, next_by_subj: subject } as unknown as { seq: number },
+          )
+        ).catch((e) => {
+          if (/no message found/i.test(String(e?.message))) return null;
+          throw unavailable("read the blob-proof secret", e);
+        });
+        if (!m) break;
+        seq = m.seq + 1;
+        // Deletion and purge markers carry an operation header; a value is a plain put.
+        if (m.header?.get("KV-Operation")) continue;
+        if (m.data.length !== PROOF_KEY_BYTES) {
+          throw new SessionError(
+            "CLUSTER_DATA_INVALID",
+            `The cluster's blob-proof secret (key ${PROOF_KEY} of ${SESSIONS_BUCKET}) is ` +
+              `${m.data.length} bytes, not ${PROOF_KEY_BYTES}: something other than a Valise node ` +
+              `wrote it. Purge it (nats kv purge ${SESSIONS_BUCKET} ${PROOF_KEY}) and restart ` +
+              "every node.",
+          );
+        }
+        return new Uint8Array(m.data);
+      }
+      const secret = crypto.getRandomValues(new Uint8Array(PROOF_KEY_BYTES));
+      await riding(() => this.#kv.create(PROOF_KEY, secret)).catch((e) => {
+        if (!/wrong last sequence|key exists/i.test(String(e?.message))) {
+          throw unavailable("store the blob-proof secret", e);
+        }
+      });
+    }
+    throw new SessionError(
+      "CLUSTER_UNAVAILABLE",
+      `Could not read or create the cluster's blob-proof secret (${PROOF_KEY}); retry.`,
+    );
+  }
+
+  /** Stops the watch and the collector, and closes the connection. */
   async close(): Promise<void> {
-    for (const w of [...this.#watchers]) w();
+    this.#closing = true;
+    await this.#collector?.stop();
+    this.#intents.close();
+    this.#listeners.clear();
+    this.#stopWatch?.();
     await this.connection.close().catch(() => {});
   }
 }

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file valise/v1/admin.proto.
  */
 export const file_valise_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChV2YWxpc2UvdjEvYWRtaW4ucHJvdG8SCXZhbGlzZS52MSI3ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhQKB3VzZXJfaWQYASABKAlIAIgBAUIKCghfdXNlcl9pZCLUAQoOU2Vzc2lvblN1bW1hcnkSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSEQoJYXJ0aWZhY3RzGAQgASgNEg0KBWJ5dGVzGAUgASgEEhUKDWNyZWF0ZWRfYXRfbXMYBiABKAQSFgoObGFzdF9hY3RpdmVfbXMYByABKAQSFwoPcnVubmluZ193b3JrZXJzGAggASgNEhMKC2ludGVycHJldGVyGAkgASgJIlgKC1VzZXJTdW1tYXJ5Eg8KB3VzZXJfaWQYASABKAkSEAoIc2Vzc2lvbnMYAiABKA0SDQoFYnl0ZXMYAyABKAQSFwoPcnVubmluZ193b3JrZXJzGAQgASgNImoKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEisKCHNlc3Npb25zGAEgAygLMhkudmFsaXNlLnYxLlNlc3Npb25TdW1tYXJ5EiUKBXVzZXJzGAIgAygLMhYudmFsaXNlLnYxLlVzZXJTdW1tYXJ5MmEKDEFkbWluU2VydmljZRJRCgxMaXN0U2Vzc2lvbnMSHi52YWxpc2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLnZhbGlzZS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZSIAYgZwcm90bzM");
+  fileDesc("ChV2YWxpc2UvdjEvYWRtaW4ucHJvdG8SCXZhbGlzZS52MSI3ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhQKB3VzZXJfaWQYASABKAlIAIgBAUIKCghfdXNlcl9pZCLUAQoOU2Vzc2lvblN1bW1hcnkSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSEQoJYXJ0aWZhY3RzGAQgASgNEg0KBWJ5dGVzGAUgASgEEhUKDWNyZWF0ZWRfYXRfbXMYBiABKAQSFgoObGFzdF9hY3RpdmVfbXMYByABKAQSFwoPcnVubmluZ193b3JrZXJzGAggASgNEhMKC2ludGVycHJldGVyGAkgASgJIlgKC1VzZXJTdW1tYXJ5Eg8KB3VzZXJfaWQYASABKAkSEAoIc2Vzc2lvbnMYAiABKA0SDQoFYnl0ZXMYAyABKAQSFwoPcnVubmluZ193b3JrZXJzGAQgASgNImoKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEisKCHNlc3Npb25zGAEgAygLMhkudmFsaXNlLnYxLlNlc3Npb25TdW1tYXJ5EiUKBXVzZXJzGAIgAygLMhYudmFsaXNlLnYxLlVzZXJTdW1tYXJ5IhIKEExpc3ROb2Rlc1JlcXVlc3QihQIKC05vZGVTdW1tYXJ5Eg8KB25vZGVfaWQYASABKAkSDAoEbGl2ZRgCIAEoCBIMCgRzZWxmGAMgASgIEhgKEGhlYXJ0YmVhdF9hZ2VfbXMYBCABKAQSDgoGdHRsX21zGAUgASgEEhAKCHNlc3Npb25zGAYgASgEEhIKCmJsb2JfYnl0ZXMYByABKAQSEgoKdHJlZV9ieXRlcxgIIAEoBBIRCglpbl9mbGlnaHQYCSABKAQSDwoHdmVyc2lvbhgKIAEoCRIPCgdhZGRyZXNzGAsgASgJEgwKBGhvc3QYDCABKAkSCwoDcGlkGA0gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDiABKAQijQEKEUxpc3ROb2Rlc1Jlc3BvbnNlEhEKCWNsdXN0ZXJlZBgBIAEoCBIPCgdub2RlX2lkGAIgASgJEiUKBW5vZGVzGAMgAygLMhYudmFsaXNlLnYxLk5vZGVTdW1tYXJ5EhcKD3JlZnVzZWRfcmVjb3JkcxgEIAEoBBIUCgxpZF9jb25mbGljdHMYBSABKAQyqwEKDEFkbWluU2VydmljZRJRCgxMaXN0U2Vzc2lvbnMSHi52YWxpc2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLnZhbGlzZS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZSIAEkgKCUxpc3ROb2RlcxIbLnZhbGlzZS52MS5MaXN0Tm9kZXNSZXF1ZXN0GhwudmFsaXNlLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlIgBiBnByb3RvMw");
 
 /**
  * Which sessions the server holds.
@@ -166,6 +166,173 @@ export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@_
   messageDesc(file_valise_v1_admin, 3);
 
 /**
+ * Which nodes of the cluster the server sees.
+ *
+ * @generated from message valise.v1.ListNodesRequest
+ */
+export type ListNodesRequest = Message<"valise.v1.ListNodesRequest"> & {
+};
+
+/**
+ * Describes the message valise.v1.ListNodesRequest.
+ * Use `create(ListNodesRequestSchema)` to create a new message.
+ */
+export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
+  messageDesc(file_valise_v1_admin, 4);
+
+/**
+ * One node, as the answering node sees it (its heartbeats in the cluster's KV bucket
+ * valise_nodes). Counts are the node's own, from its last heartbeat.
+ *
+ * @generated from message valise.v1.NodeSummary
+ */
+export type NodeSummary = Message<"valise.v1.NodeSummary"> & {
+  /**
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Whether its last heartbeat was seen less than its TTL ago, by the answering node's clock.
+   *
+   * @generated from field: bool live = 2;
+   */
+  live: boolean;
+
+  /**
+   * Whether it is the answering node.
+   *
+   * @generated from field: bool self = 3;
+   */
+  self: boolean;
+
+  /**
+   * Time since its last heartbeat was seen, and the TTL applied to it, in ms.
+   *
+   * @generated from field: uint64 heartbeat_age_ms = 4;
+   */
+  heartbeatAgeMs: bigint;
+
+  /**
+   * @generated from field: uint64 ttl_ms = 5;
+   */
+  ttlMs: bigint;
+
+  /**
+   * Sessions it holds a copy of.
+   *
+   * @generated from field: uint64 sessions = 6;
+   */
+  sessions: bigint;
+
+  /**
+   * Bytes of its blob cache and of its unpacked trees.
+   *
+   * @generated from field: uint64 blob_bytes = 7;
+   */
+  blobBytes: bigint;
+
+  /**
+   * @generated from field: uint64 tree_bytes = 8;
+   */
+  treeBytes: bigint;
+
+  /**
+   * Runs executing or waiting for a slot on it.
+   *
+   * @generated from field: uint64 in_flight = 9;
+   */
+  inFlight: bigint;
+
+  /**
+   * The Valise version it runs.
+   *
+   * @generated from field: string version = 10;
+   */
+  version: string;
+
+  /**
+   * Where it serves RPCs (host:port); empty until it listens.
+   *
+   * @generated from field: string address = 11;
+   */
+  address: string;
+
+  /**
+   * The host it runs on, and its process id there.
+   *
+   * @generated from field: string host = 12;
+   */
+  host: string;
+
+  /**
+   * @generated from field: uint32 pid = 13;
+   */
+  pid: number;
+
+  /**
+   * When it started, in ms since the epoch (its own clock).
+   *
+   * @generated from field: uint64 started_at_ms = 14;
+   */
+  startedAtMs: bigint;
+};
+
+/**
+ * Describes the message valise.v1.NodeSummary.
+ * Use `create(NodeSummarySchema)` to create a new message.
+ */
+export const NodeSummarySchema: GenMessage<NodeSummary> = /*@__PURE__*/
+  messageDesc(file_valise_v1_admin, 5);
+
+/**
+ * @generated from message valise.v1.ListNodesResponse
+ */
+export type ListNodesResponse = Message<"valise.v1.ListNodesResponse"> & {
+  /**
+   * Whether the server is a cluster's node (--cluster); false: a single node, nothing else is set.
+   *
+   * @generated from field: bool clustered = 1;
+   */
+  clustered: boolean;
+
+  /**
+   * The answering node's id.
+   *
+   * @generated from field: string node_id = 2;
+   */
+  nodeId: string;
+
+  /**
+   * By node id; nodes that left cleanly are not listed, expired ones are (live false).
+   *
+   * @generated from field: repeated valise.v1.NodeSummary nodes = 3;
+   */
+  nodes: NodeSummary[];
+
+  /**
+   * Records read from the bucket that failed their checks and were ignored.
+   *
+   * @generated from field: uint64 refused_records = 4;
+   */
+  refusedRecords: bigint;
+
+  /**
+   * Records under the answering node's id written by another process.
+   *
+   * @generated from field: uint64 id_conflicts = 5;
+   */
+  idConflicts: bigint;
+};
+
+/**
+ * Describes the message valise.v1.ListNodesResponse.
+ * Use `create(ListNodesResponseSchema)` to create a new message.
+ */
+export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
+  messageDesc(file_valise_v1_admin, 6);
+
+/**
  * What operators ask the server.
  *
  * @generated from service valise.v1.AdminService
@@ -178,6 +345,14 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListSessionsRequestSchema;
     output: typeof ListSessionsResponseSchema;
+  },
+  /**
+   * @generated from rpc valise.v1.AdminService.ListNodes
+   */
+  listNodes: {
+    methodKind: "unary";
+    input: typeof ListNodesRequestSchema;
+    output: typeof ListNodesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_valise_v1_admin, 0);
