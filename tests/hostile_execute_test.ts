@@ -111,24 +111,33 @@ function range(end: bigint): Relation {
   return create(RelationSchema, { relType: { case: "range", value: { end, step: 1n } } });
 }
 
-/** `limit(1)` nested `depth` times over a range, as bytes (built inside out: no recursion). */
+/**
+ * `limit(1)` nested `depth` times over a range, as bytes: built inside out by lengths, then
+ * written once (copying the growing message at every level would be quadratic).
+ */
 function nestedLimits(depth: number): Uint8Array {
-  let inner = toBinary(RelationSchema, range(5n));
-  const varint = (n: number) => {
-    const out: number[] = [];
-    while (n > 127) {
-      out.push((n & 127) | 128);
-      n >>>= 7;
-    }
-    out.push(n);
-    return out;
-  };
+  const range5 = toBinary(RelationSchema, range(5n));
+  const prefixes: number[][] = [];
+  let inner = range5.length;
   for (let i = 0; i < depth; i++) {
     // Limit { input = 1: Relation, limit = 2: 1 }, as Relation.limit (field 8).
-    const limit = new Uint8Array([0x0a, ...varint(inner.length), ...inner, 0x10, 1]);
-    inner = new Uint8Array([0x42, ...varint(limit.length), ...limit]);
+    const limit = 1 + varintOf(inner).length + inner + 2;
+    prefixes.push([0x42, ...varintOf(limit), 0x0a, ...varintOf(inner)]);
+    inner = 1 + varintOf(limit).length + limit;
   }
-  return inner;
+  const out = new Uint8Array(inner);
+  let at = 0;
+  for (let i = prefixes.length - 1; i >= 0; i--) {
+    out.set(prefixes[i]!, at);
+    at += prefixes[i]!.length;
+  }
+  out.set(range5, at);
+  at += range5.length;
+  for (let i = 0; i < depth; i++) {
+    out.set([0x10, 1], at);
+    at += 2;
+  }
+  return out;
 }
 
 const SANDBOX = bwrapWorks();
@@ -163,13 +172,23 @@ Deno.test(
           // Relation { limit (8) = <depth - 1 nested limits> }, its field carried verbatim as an
           // unknown field: the client writes the bytes without ever decoding them.
           const deep = nestedLimits(depth - 1);
-          const limit = new Uint8Array([0x0a, ...varintOf(deep.length), ...deep, 0x10, 1]);
+          const head = [0x0a, ...varintOf(deep.length)];
+          const limit = new Uint8Array(head.length + deep.length + 2);
+          limit.set(head);
+          limit.set(deep, head.length);
+          limit.set([0x10, 1], head.length + deep.length);
           const root = create(RelationSchema, {});
           root.$unknown = [{
             no: 8,
             wireType: WireType.LengthDelimited,
             // An unknown field's data is what follows its tag: the length, then the bytes.
-            data: new Uint8Array([...varintOf(limit.length), ...limit]),
+            data: (() => {
+              const len = varintOf(limit.length);
+              const data = new Uint8Array(len.length + limit.length);
+              data.set(len);
+              data.set(limit, len.length);
+              return data;
+            })(),
           }];
           const o = await within(execute(server, ids, root), `the ${depth}-deep plan`);
           ok(o.message.includes("maximum recursion depth of 100"), JSON.stringify(o));
