@@ -186,10 +186,10 @@ wireTest(
       equal(value(r[9]), null);
       equal(value(r[10]), "after-unset");
       equal(value(r[11]), "4.2.1");
+      // A plan runs in the session's environment: the default interpreter here has no pyarrow.
       const query = failure(r[12]);
-      equal(query.type, "UnsupportedOperationException");
-      equal(query.errorClass, "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION");
-      ok(query.message.includes("Valise does not execute queries"), query.message);
+      equal(query.errorClass, "UDF_PYARROW_UNAVAILABLE");
+      ok(query.message.includes("cannot import pyarrow"), query.message);
       const adaIds = value(r[13]) as { server_side_session_id: string };
       const adaSession = server.valise.store.find("ada", sessionId)!;
       equal(adaSession.interpreter(), undefined);

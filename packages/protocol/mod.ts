@@ -116,6 +116,19 @@ export {
   UserContextSchema,
 } from "./gen/spark/connect/base_pb.ts";
 export {
+  type CommonInlineUserDefinedFunction,
+  type DataType,
+  type DataType_StructField,
+  DataTypeSchema,
+  type Expression,
+  type Expression_Literal,
+  ExpressionSchema,
+  file_spark_connect_plan,
+  type PythonUDF,
+  type Relation,
+  RelationSchema,
+} from "./gen/spark/connect/plan_pb.ts";
+export {
   type ApplyDone,
   ApplyDoneSchema,
   type ApplyError,

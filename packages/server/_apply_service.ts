@@ -284,6 +284,35 @@ export function createApplyHandler(ctx: ApplyContext): ApplyHandler {
   };
 }
 
+/**
+ * Runs a job as an Apply call does (one worker, or `parallelism` of them): the responses of the
+ * call, `done` last. For servers of other RPCs that run Python over Arrow batches (ExecutePlan).
+ *
+ * @param ctx The Apply context.
+ * @param session The session, held by the caller.
+ * @param job The task, its input and signal.
+ * @param parallelism Workers to spread the batches over (clamped as Apply clamps).
+ * @returns The responses.
+ */
+export async function* runApplyJob(
+  ctx: ApplyContext,
+  session: Session,
+  job: Job,
+  parallelism: number,
+): AsyncGenerator<ApplyResponse, void, undefined> {
+  const n = Math.min(Math.max(parallelism, 1), ctx.maxParallelism ?? DEFAULT_APPLY_MAX_PARALLELISM);
+  if (n > 1) {
+    yield* driveParallel(ctx, session, job, n);
+    return;
+  }
+  const prepared = await preparedSpec(session, ctx.limits, ctx.pip);
+  try {
+    yield* drive(ctx, prepared.spec, job);
+  } finally {
+    prepared.release();
+  }
+}
+
 /** A task with its input and the call's signal: what one worker (or several) runs. */
 export interface Job extends ApplyTask {
   /** The input: the bytes of one Arrow IPC stream. */

@@ -34,6 +34,10 @@ const MiB = 1024 * KiB;
  */
 export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
   "spark.connect.SparkConnectService/Config": 4 * MiB,
+  // Plans carry the client's pickled UDFs (with what they capture) and local data up to its
+  // cache threshold (1 MiB): larger data comes as cache/ artifacts.
+  "spark.connect.SparkConnectService/ExecutePlan": 32 * MiB,
+  "spark.connect.SparkConnectService/AnalyzePlan": 32 * MiB,
   "spark.connect.SparkConnectService/ArtifactStatus": 4 * MiB,
   "spark.connect.SparkConnectService/ReleaseSession": 64 * KiB,
   "valise.v1.StoreService/HasBlobs": 4 * MiB,

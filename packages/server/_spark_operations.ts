@@ -1,9 +1,10 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 /**
- * The query and operation RPCs of `spark.connect.SparkConnectService`, as a server without a
- * query engine answers them: `spark.version` is known, plans are refused with an error class
- * that says why and what to do instead, and the housekeeping a client does around operations
- * (release, interrupt, error details) succeeds, since there is nothing to release.
+ * The query and operation RPCs of `spark.connect.SparkConnectService`: `spark.version` and DDL
+ * parsing are known; plans of the Python-UDF subset are executed and analyzed (their schema)
+ * in the session's environment (`_spark_execute.ts`); other plans are refused with an error
+ * class that names what is not supported; and the housekeeping a client does around operations
+ * (release, interrupt, error details) succeeds, since results are not kept for reattaching.
  *
  * @module
  */
@@ -22,6 +23,9 @@ import {
 import type { SessionStore } from "@valise/session-store";
 import { bindSession } from "./_bind.ts";
 import { ServerError, toConnectError } from "./errors.ts";
+import type { ApplyContext } from "./_apply_service.ts";
+import { compileForSession, executeCompiled, resultSchema } from "./_spark_execute.ts";
+import { parseDdl } from "./_spark_ddl.ts";
 
 type Operations = Pick<
   ServiceImpl<typeof SparkConnectService>,
@@ -78,31 +82,70 @@ function noQueries(what: string): ServerError {
  * The operation handlers.
  *
  * @param store The session store.
+ * @param apply What runs Python in sessions; without it, no plan is executed.
  * @returns Handlers to merge into the service.
  */
-export function createOperationHandlers(store: SessionStore): Operations {
+export function createOperationHandlers(store: SessionStore, apply?: ApplyContext): Operations {
   return {
-    // deno-lint-ignore require-yield
-    async *executePlan(req) {
+    async *executePlan(req, call) {
+      let release: (() => void) | undefined;
       try {
-        await bindSession(store, req);
-        throw noQueries(describePlan(req.plan));
+        const session = await bindSession(store, req);
+        if (!apply || req.plan?.opType.case !== "root") throw noQueries(describePlan(req.plan));
+        release = session.hold();
+        const plan = await compileForSession(apply, session, req.plan.opType.value);
+        yield* executeCompiled(apply, session, plan, {
+          sessionId: req.sessionId,
+          operationId: req.operationId || crypto.randomUUID(),
+          clientType: req.clientType,
+        }, call.signal);
       } catch (e) {
         throw toConnectError(e);
+      } finally {
+        release?.();
       }
     },
     async analyzePlan(req) {
       try {
         const session = await bindSession(store, req);
-        const kind = req.analyze.case;
-        if (kind !== "sparkVersion") {
-          throw noQueries(`the ${kind ? ANALYSES[kind] ?? kind : "(empty)"} analysis of a plan`);
+        const base = { sessionId: req.sessionId, serverSideSessionId: session.serverSideSessionId };
+        const a = req.analyze;
+        switch (a.case) {
+          case "sparkVersion":
+            return create(AnalyzePlanResponseSchema, {
+              ...base,
+              result: { case: "sparkVersion", value: { version: SPARK_CONNECT_VERSION } },
+            });
+          case "ddlParse":
+            return create(AnalyzePlanResponseSchema, {
+              ...base,
+              result: { case: "ddlParse", value: { parsed: parseDdl(a.value.ddlString) } },
+            });
+          case "schema":
+          case "isLocal":
+          case "isStreaming": {
+            if (!apply || a.value.plan?.opType.case !== "root") {
+              throw noQueries(`the ${ANALYSES[a.case]} analysis of ${describePlan(a.value.plan)}`);
+            }
+            const plan = await compileForSession(apply, session, a.value.plan.opType.value);
+            if (a.case === "schema") {
+              return create(AnalyzePlanResponseSchema, {
+                ...base,
+                result: { case: "schema", value: { schema: resultSchema(plan) } },
+              });
+            }
+            return create(AnalyzePlanResponseSchema, {
+              ...base,
+              result: a.case === "isLocal"
+                ? { case: "isLocal", value: { isLocal: false } }
+                : { case: "isStreaming", value: { isStreaming: false } },
+            });
+          }
+          default: {
+            const kind = a.case;
+            throw noQueries(`the ${kind ? ANALYSES[kind] ?? kind : "(empty)"} analysis of a plan`);
+          }
         }
-        return create(AnalyzePlanResponseSchema, {
-          sessionId: req.sessionId,
-          serverSideSessionId: session.serverSideSessionId,
-          result: { case: "sparkVersion", value: { version: SPARK_CONNECT_VERSION } },
-        });
       } catch (e) {
         throw toConnectError(e);
       }

@@ -22,6 +22,18 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  * - `UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION`: a client asked to execute or analyze a plan;
  *   Valise serves sessions, artifacts, config and Python workers, not queries.
  * - `INVALID_HANDLE.OPERATION_NOT_FOUND`: a client asked about an operation the server never ran.
+ * - `UNSUPPORTED_CONNECT_FEATURE.RELATION` / `.EXPRESSION` / `.DATA_TYPE`: a plan uses a part of
+ *   Spark that Valise's ExecutePlan (the Python-UDF subset) does not run; the message names it.
+ * - `INVALID_PLAN_INPUT`: a plan is malformed (missing input, too deep, a bad hash or schema).
+ * - `PARSE_SYNTAX_ERROR`: a DDL type string does not parse.
+ * - `UNRESOLVED_COLUMN.WITH_SUGGESTION`, `AMBIGUOUS_REFERENCE`: a column name resolves to no column
+ *   or to several.
+ * - `PYTHON_EXCEPTION`: a Python UDF raised (its traceback in the message), as Spark's
+ *   `PythonException`.
+ * - `UDF_PYSPARK_UNAVAILABLE`, `UDF_PYSPARK_VERSION_MISMATCH`, `PYTHON_VERSION_MISMATCH`,
+ *   `UDF_PYARROW_UNAVAILABLE`: the session's environment cannot run the client's plan (no
+ *   pyspark, another pyspark or Python, no pyarrow).
+ * - `UDF_EXECUTION_FAILED`: running a plan failed otherwise (the worker died, a limit, a type).
  * - `PIP_INVALID_REQUEST`: a requirement set or package index a session asked to install from is
  *   refused (an installer option, a path, a URL, an index the server does not offer).
  * - `PIP_INSTALL_FAILED`: the installer could not build the session's pip layer (resolution,
@@ -48,6 +60,19 @@ export type ServerErrorCode =
   | "ARTIFACT_STREAM_IDLE"
   | "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION"
   | "INVALID_HANDLE.OPERATION_NOT_FOUND"
+  | "UNSUPPORTED_CONNECT_FEATURE.RELATION"
+  | "UNSUPPORTED_CONNECT_FEATURE.EXPRESSION"
+  | "UNSUPPORTED_CONNECT_FEATURE.DATA_TYPE"
+  | "INVALID_PLAN_INPUT"
+  | "PARSE_SYNTAX_ERROR"
+  | "UNRESOLVED_COLUMN.WITH_SUGGESTION"
+  | "AMBIGUOUS_REFERENCE"
+  | "PYTHON_EXCEPTION"
+  | "UDF_PYSPARK_UNAVAILABLE"
+  | "UDF_PYARROW_UNAVAILABLE"
+  | "UDF_PYSPARK_VERSION_MISMATCH"
+  | "PYTHON_VERSION_MISMATCH"
+  | "UDF_EXECUTION_FAILED"
   | "PIP_INVALID_REQUEST"
   | "PIP_INSTALL_FAILED"
   | "PIP_NOT_INSTALLED";
@@ -76,6 +101,20 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   ARTIFACT_STREAM_IDLE: Code.DeadlineExceeded,
   "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION": Code.Unimplemented,
   "INVALID_HANDLE.OPERATION_NOT_FOUND": Code.NotFound,
+  // As Spark's server reports every analysis and execution failure.
+  "UNSUPPORTED_CONNECT_FEATURE.RELATION": Code.Internal,
+  "UNSUPPORTED_CONNECT_FEATURE.EXPRESSION": Code.Internal,
+  "UNSUPPORTED_CONNECT_FEATURE.DATA_TYPE": Code.Internal,
+  INVALID_PLAN_INPUT: Code.Internal,
+  PARSE_SYNTAX_ERROR: Code.Internal,
+  "UNRESOLVED_COLUMN.WITH_SUGGESTION": Code.Internal,
+  AMBIGUOUS_REFERENCE: Code.Internal,
+  PYTHON_EXCEPTION: Code.Internal,
+  UDF_PYSPARK_UNAVAILABLE: Code.FailedPrecondition,
+  UDF_PYARROW_UNAVAILABLE: Code.FailedPrecondition,
+  UDF_PYSPARK_VERSION_MISMATCH: Code.FailedPrecondition,
+  PYTHON_VERSION_MISMATCH: Code.FailedPrecondition,
+  UDF_EXECUTION_FAILED: Code.Internal,
   PIP_INVALID_REQUEST: Code.InvalidArgument,
   // The request was well formed; what it needs (a version, a wheel, the index) is not there.
   PIP_INSTALL_FAILED: Code.FailedPrecondition,
@@ -127,6 +166,13 @@ const LAUNCH_CODES: Readonly<Record<LaunchErrorCode, [string, Code]>> = {
 const SERVER_SQL_STATES: Partial<Record<ServerErrorCode, string>> = {
   "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION": "0A000",
   "INVALID_HANDLE.OPERATION_NOT_FOUND": "HY000",
+  "UNSUPPORTED_CONNECT_FEATURE.RELATION": "0A000",
+  "UNSUPPORTED_CONNECT_FEATURE.EXPRESSION": "0A000",
+  "UNSUPPORTED_CONNECT_FEATURE.DATA_TYPE": "0A000",
+  PARSE_SYNTAX_ERROR: "42601",
+  "UNRESOLVED_COLUMN.WITH_SUGGESTION": "42703",
+  AMBIGUOUS_REFERENCE: "42704",
+  PYTHON_EXCEPTION: "38000",
 };
 
 /** Options of {@linkcode ServerError}. */
@@ -237,7 +283,17 @@ function exceptionClasses(errorClass: string): string[] {
   if (errorClass.startsWith("INVALID_HANDLE.")) {
     return ["org.apache.spark.SparkSQLException", "java.sql.SQLException", ...THROWABLE];
   }
-  if (errorClass === "CANNOT_MODIFY_CONFIG") {
+  if (errorClass === "PYTHON_EXCEPTION") {
+    // PySpark raises its PythonException for this class, as for a UDF failing on Spark.
+    return ["org.apache.spark.api.python.PythonException", ...RUNTIME];
+  }
+  if (errorClass === "PARSE_SYNTAX_ERROR") {
+    return ["org.apache.spark.sql.catalyst.parser.ParseException", ...THROWABLE];
+  }
+  if (
+    errorClass === "CANNOT_MODIFY_CONFIG" || errorClass.startsWith("UNRESOLVED_COLUMN") ||
+    errorClass === "AMBIGUOUS_REFERENCE" || errorClass === "INVALID_PLAN_INPUT"
+  ) {
     return ["org.apache.spark.sql.AnalysisException", ...THROWABLE];
   }
   if (errorClass.startsWith("INVALID_") && errorClass !== "INVALID_ARTIFACT_PATH") {

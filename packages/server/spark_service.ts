@@ -20,6 +20,7 @@ import { bindSession, userIdOf } from "./_bind.ts";
 import { createOperationHandlers } from "./_spark_operations.ts";
 import { ServerError, toConnectError } from "./errors.ts";
 import { idleLimited } from "./_stream_idle.ts";
+import type { ApplyContext } from "./_apply_service.ts";
 
 /** What the Spark Connect handlers need. */
 export interface SparkServiceContext {
@@ -31,11 +32,18 @@ export interface SparkServiceContext {
    * @default {60_000}
    */
   readonly streamIdleTimeoutMs?: number | undefined;
+  /**
+   * What runs Python in sessions (the Apply machinery): with it, ExecutePlan runs the
+   * Python-UDF subset of plans; without it, every plan is refused.
+   * @default {undefined}
+   */
+  readonly apply?: ApplyContext | undefined;
 }
 
 /**
  * The handlers of `spark.connect.SparkConnectService` that Valise serves — AddArtifacts,
- * ArtifactStatus, Config and ReleaseSession — as a plain object any Connect router can mount.
+ * ArtifactStatus, Config, ReleaseSession, and ExecutePlan/AnalyzePlan for the Python-UDF subset
+ * of plans — as a plain object any Connect router can mount.
  *
  * @param ctx The session store to serve.
  * @returns The service implementation.
@@ -46,7 +54,7 @@ export function createSparkConnectService(
   const { store } = ctx;
   const idleMs = ctx.streamIdleTimeoutMs ?? 60_000;
   return {
-    ...createOperationHandlers(store),
+    ...createOperationHandlers(store, ctx.apply),
     async addArtifacts(requests, call) {
       let session: Session | undefined;
       let upload: Upload | undefined;

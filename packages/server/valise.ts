@@ -461,31 +461,27 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     }),
   };
   const streamIdleTimeoutMs = options.streamIdleTimeoutMs;
+  const workerCtx = {
+    store,
+    launcher,
+    limits,
+    metrics,
+    maxMessageBytes: readMaxBytes,
+    maxParallelism: applyMaxParallelism,
+    remote: remoteLanes,
+    log,
+    pip,
+  };
   const routes = (router: ConnectRouter): void => {
     registerService(
       router,
       SparkConnectService,
-      createSparkConnectService({ store, streamIdleTimeoutMs }),
+      createSparkConnectService({ store, streamIdleTimeoutMs, apply: workerCtx }),
       door,
     );
     registerService(router, StoreService, createStoreService({ store, proofs }), door);
     registerService(router, SessionService, createSessionService({ store }), door);
-    registerService(
-      router,
-      WorkerService,
-      createWorkerService({
-        store,
-        launcher,
-        limits,
-        metrics,
-        maxMessageBytes: readMaxBytes,
-        maxParallelism: applyMaxParallelism,
-        remote: remoteLanes,
-        log,
-        pip,
-      }),
-      door,
-    );
+    registerService(router, WorkerService, createWorkerService(workerCtx), door);
     registerService(router, PipService, createPipService({ store, pip }), door);
     registerService(
       router,

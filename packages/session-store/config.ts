@@ -33,6 +33,11 @@ export const DEFAULT_CONFIG: Readonly<Record<string, string>> = {
   "spark.sql.pyspark.legacy.inferArrayTypeFromFirstElement.enabled": "false",
   "spark.sql.pyspark.legacy.inferMapTypeFromFirstPair.enabled": "false",
   "spark.sql.artifact.isolation.enabled": "true",
+  // Read by PySpark around UDFs and toPandas (ExecutePlan's Python-UDF subset), with Spark's
+  // defaults.
+  "spark.sql.execution.pythonUDF.arrow.enabled": "false",
+  "spark.sql.execution.pandas.structHandlingMode": "legacy",
+  "spark.sql.execution.arrow.pyspark.selfDestruct.enabled": "false",
   // Read by PySpark 4.2 when a session starts: when to compress plans, and whether to show the
   // server's stack traces (Valise sends none).
   "spark.connect.session.planCompression.threshold": "10485760",
@@ -82,7 +87,8 @@ export const VALISE_CONFIG_PREFIX = "spark.valise.";
 
 /**
  * Valise's own session configs and the unit of each: limits a session may lower (never raise)
- * for its own workers. Each takes a positive whole number; a key under `spark.valise.` that is
+ * for its own workers, and the workers one ExecutePlan of the session's UDFs spreads its batches
+ * over (clamped by the server as Apply's parallelism is). Each takes a positive whole number; a key under `spark.valise.` that is
  * not here is refused, since a typo would otherwise be accepted and then ignored.
  */
 export const VALISE_CONFIG_KEYS: Readonly<Record<string, "milliseconds" | "bytes" | "count">> = {
@@ -94,6 +100,7 @@ export const VALISE_CONFIG_KEYS: Readonly<Record<string, "milliseconds" | "bytes
   "spark.valise.worker.processes": "count",
   "spark.valise.worker.sandboxMemoryBytes": "bytes",
   "spark.valise.worker.streamBytes": "bytes",
+  "spark.valise.udf.parallelism": "count",
 };
 
 /** The config key holding a session's `pip install` requirement set (one per line). */

@@ -13,13 +13,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Any } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_any } from "@bufbuild/protobuf/wkt";
+import type { DataType, Relation } from "./plan_pb.ts";
+import { file_spark_connect_plan } from "./plan_pb.ts";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file spark/connect/base.proto.
  */
 export const file_spark_connect_base: GenFile = /*@__PURE__*/
-  fileDesc("ChhzcGFyay9jb25uZWN0L2Jhc2UucHJvdG8SDXNwYXJrLmNvbm5lY3QiXAoLVXNlckNvbnRleHQSDwoHdXNlcl9pZBgBIAEoCRIRCgl1c2VyX25hbWUYAiABKAkSKQoKZXh0ZW5zaW9ucxjnByADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IjUKCEtleVZhbHVlEgsKA2tleRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBQggKBl92YWx1ZSLlBwoNQ29uZmlnUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSOQoJb3BlcmF0aW9uGAMgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Lk9wZXJhdGlvbhIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAGIAQEasAMKCU9wZXJhdGlvbhIvCgNzZXQYASABKAsyIC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuU2V0SAASLwoDZ2V0GAIgASgLMiAuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldEgAEkcKEGdldF93aXRoX2RlZmF1bHQYAyABKAsyKy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0V2l0aERlZmF1bHRIABI8CgpnZXRfb3B0aW9uGAQgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldE9wdGlvbkgAEjYKB2dldF9hbGwYBSABKAsyIy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0QWxsSAASMwoFdW5zZXQYBiABKAsyIi5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuVW5zZXRIABJCCg1pc19tb2RpZmlhYmxlGAcgASgLMikuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LklzTW9kaWZpYWJsZUgAQgkKB29wX3R5cGUaTQoDU2V0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRITCgZzaWxlbnQYAiABKAhIAIgBAUIJCgdfc2lsZW50GhMKA0dldBIMCgRrZXlzGAEgAygJGjgKDkdldFdpdGhEZWZhdWx0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRoZCglHZXRPcHRpb24SDAoEa2V5cxgBIAMoCRooCgZHZXRBbGwSEwoGcHJlZml4GAEgASgJSACIAQFCCQoHX3ByZWZpeBoVCgVVbnNldBIMCgRrZXlzGAEgAygJGhwKDElzTW9kaWZpYWJsZRIMCgRrZXlzGAEgAygJQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQifgoOQ29uZmlnUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVwYWlycxgCIAMoCzIXLnNwYXJrLmNvbm5lY3QuS2V5VmFsdWUSEAoId2FybmluZ3MYAyADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgEIAEoCSK8BgoTQWRkQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYBiABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBEjkKBWJhdGNoGAMgASgLMiguc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0LkJhdGNoSAASTgoLYmVnaW5fY2h1bmsYBCABKAsyNy5zcGFyay5jb25uZWN0LkFkZEFydGlmYWN0c1JlcXVlc3QuQmVnaW5DaHVua2VkQXJ0aWZhY3RIABJBCgVjaHVuaxgFIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rSAAaKgoNQXJ0aWZhY3RDaHVuaxIMCgRkYXRhGAEgASgMEgsKA2NyYxgCIAEoAxpjChNTaW5nbGVDaHVua0FydGlmYWN0EgwKBG5hbWUYASABKAkSPgoEZGF0YRgCIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rGlIKBUJhdGNoEkkKCWFydGlmYWN0cxgBIAMoCzI2LnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5TaW5nbGVDaHVua0FydGlmYWN0GpYBChRCZWdpbkNodW5rZWRBcnRpZmFjdBIMCgRuYW1lGAEgASgJEhMKC3RvdGFsX2J5dGVzGAIgASgDEhIKCm51bV9jaHVua3MYAyABKAMSRwoNaW5pdGlhbF9jaHVuaxgEIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rQgkKB3BheWxvYWRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLOAQoUQWRkQXJ0aWZhY3RzUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgCIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEkYKCWFydGlmYWN0cxgBIAMoCzIzLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UuQXJ0aWZhY3RTdW1tYXJ5GjoKD0FydGlmYWN0U3VtbWFyeRIMCgRuYW1lGAEgASgJEhkKEWlzX2NyY19zdWNjZXNzZnVsGAIgASgIIvgBChdBcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAIgBARINCgVuYW1lcxgEIAMoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgBiAEBQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiogIKGEFydGlmYWN0U3RhdHVzZXNSZXNwb25zZRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSRwoIc3RhdHVzZXMYASADKAsyNS5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXNwb25zZS5TdGF0dXNlc0VudHJ5GmcKDVN0YXR1c2VzRW50cnkSCwoDa2V5GAEgASgJEkUKBXZhbHVlGAIgASgLMjYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UuQXJ0aWZhY3RTdGF0dXM6AjgBGiAKDkFydGlmYWN0U3RhdHVzEg4KBmV4aXN0cxgBIAEoCCKgAQoVUmVsZWFzZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgAiAEBEhcKD2FsbG93X3JlY29ubmVjdBgEIAEoCEIOCgxfY2xpZW50X3R5cGUiTAoWUmVsZWFzZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkixQEKBFBsYW4SJwoEcm9vdBgBIAEoCzIXLnNwYXJrLmNvbm5lY3QuUmVsYXRpb25IABIpCgdjb21tYW5kGAIgASgLMhYuc3BhcmsuY29ubmVjdC5Db21tYW5kSAASRwoUY29tcHJlc3NlZF9vcGVyYXRpb24YAyABKAsyJy5zcGFyay5jb25uZWN0LlBsYW4uQ29tcHJlc3NlZE9wZXJhdGlvbkgAGhUKE0NvbXByZXNzZWRPcGVyYXRpb25CCQoHb3BfdHlwZSIKCghSZWxhdGlvbiIJCgdDb21tYW5kIsECChJFeGVjdXRlUGxhblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EiEKBHBsYW4YAyABKAsyEy5zcGFyay5jb25uZWN0LlBsYW4SGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIZCgxvcGVyYXRpb25faWQYBiABKAlIAYgBARIMCgR0YWdzGAcgAygJEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAKIAQFCDgoMX2NsaWVudF90eXBlQg8KDV9vcGVyYXRpb25faWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIuUBChNFeGVjdXRlUGxhblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSFAoMb3BlcmF0aW9uX2lkGAwgASgJEhMKC3Jlc3BvbnNlX2lkGA0gASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYDyABKAkSTAoPcmVzdWx0X2NvbXBsZXRlGA4gASgLMjEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlLlJlc3VsdENvbXBsZXRlSAAaEAoOUmVzdWx0Q29tcGxldGVCDwoNcmVzcG9uc2VfdHlwZSLrCgoSQW5hbHl6ZVBsYW5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGBEgASgJSAKIAQESOgoGc2NoZW1hGAQgASgLMiguc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2NoZW1hSAASPAoHZXhwbGFpbhgFIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LkV4cGxhaW5IABJDCgt0cmVlX3N0cmluZxgGIAEoCzIsLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlRyZWVTdHJpbmdIABI9Cghpc19sb2NhbBgHIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LklzTG9jYWxIABJFCgxpc19zdHJlYW1pbmcYCCABKAsyLS5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Jc1N0cmVhbWluZ0gAEkMKC2lucHV0X2ZpbGVzGAkgASgLMiwuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuSW5wdXRGaWxlc0gAEkcKDXNwYXJrX3ZlcnNpb24YCiABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TcGFya1ZlcnNpb25IABI/CglkZGxfcGFyc2UYCyABKAsyKi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5ERExQYXJzZUgAEkkKDnNhbWVfc2VtYW50aWNzGAwgASgLMi8uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2FtZVNlbWFudGljc0gAEkcKDXNlbWFudGljX2hhc2gYDSABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TZW1hbnRpY0hhc2hIABI8CgdwZXJzaXN0GA4gASgLMikuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuUGVyc2lzdEgAEkAKCXVucGVyc2lzdBgPIAEoCzIrLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlVucGVyc2lzdEgAEk4KEWdldF9zdG9yYWdlX2xldmVsGBAgASgLMjEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuR2V0U3RvcmFnZUxldmVsSAASQgoLanNvbl90b19kZGwYEiABKAsyKy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Kc29uVG9ERExIABoICgZTY2hlbWEaCQoHRXhwbGFpbhoMCgpUcmVlU3RyaW5nGgkKB0lzTG9jYWwaDQoLSXNTdHJlYW1pbmcaDAoKSW5wdXRGaWxlcxoOCgxTcGFya1ZlcnNpb24aCgoIRERMUGFyc2UaDwoNU2FtZVNlbWFudGljcxoOCgxTZW1hbnRpY0hhc2gaCQoHUGVyc2lzdBoLCglVbnBlcnNpc3QaEQoPR2V0U3RvcmFnZUxldmVsGgsKCUpzb25Ub0RETEIJCgdhbmFseXplQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQivgEKE0FuYWx5emVQbGFuUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGA8gASgJEkgKDXNwYXJrX3ZlcnNpb24YCCABKAsyLy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UuU3BhcmtWZXJzaW9uSAAaHwoMU3BhcmtWZXJzaW9uEg8KB3ZlcnNpb24YASABKAlCCAoGcmVzdWx0IrICChZSZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIUCgxvcGVyYXRpb25faWQYAyABKAkSGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIdChBsYXN0X3Jlc3BvbnNlX2lkGAUgASgJSAGIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBiABKAlIAogBAUIOCgxfY2xpZW50X3R5cGVCEwoRX2xhc3RfcmVzcG9uc2VfaWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIs8DChVSZWxlYXNlRXhlY3V0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhQKDG9wZXJhdGlvbl9pZBgDIAEoCRIYCgtjbGllbnRfdHlwZRgEIAEoCUgBiAEBEkYKC3JlbGVhc2VfYWxsGAUgASgLMi8uc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlcXVlc3QuUmVsZWFzZUFsbEgAEkoKDXJlbGVhc2VfdW50aWwYBiABKAsyMS5zcGFyay5jb25uZWN0LlJlbGVhc2VFeGVjdXRlUmVxdWVzdC5SZWxlYXNlVW50aWxIABIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBGgwKClJlbGVhc2VBbGwaIwoMUmVsZWFzZVVudGlsEhMKC3Jlc3BvbnNlX2lkGAEgASgJQgkKB3JlbGVhc2VCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJ4ChZSZWxlYXNlRXhlY3V0ZVJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSGQoMb3BlcmF0aW9uX2lkGAIgASgJSACIAQESHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUIPCg1fb3BlcmF0aW9uX2lkIuoDChBJbnRlcnJ1cHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEkUKDmludGVycnVwdF90eXBlGAQgASgOMi0uc3BhcmsuY29ubmVjdC5JbnRlcnJ1cHRSZXF1ZXN0LkludGVycnVwdFR5cGUSFwoNb3BlcmF0aW9uX3RhZxgFIAEoCUgAEhYKDG9wZXJhdGlvbl9pZBgGIAEoCUgAEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAcgASgJSAKIAQEigAEKDUludGVycnVwdFR5cGUSHgoaSU5URVJSVVBUX1RZUEVfVU5TUEVDSUZJRUQQABIWChJJTlRFUlJVUFRfVFlQRV9BTEwQARIWChJJTlRFUlJVUFRfVFlQRV9UQUcQAhIfChtJTlRFUlJVUFRfVFlQRV9PUEVSQVRJT05fSUQQA0ILCglpbnRlcnJ1cHRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJgChFJbnRlcnJ1cHRSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhcKD2ludGVycnVwdGVkX2lkcxgCIAMoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJIvwBChhGZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhAKCGVycm9yX2lkGAMgASgJEhgKC2NsaWVudF90eXBlGAQgASgJSACIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBSABKAlIAYgBAUIOCgxfY2xpZW50X3R5cGVCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIn8KGUZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2USGwoOcm9vdF9lcnJvcl9pZHgYASABKAVIAIgBARIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEhIKCnNlc3Npb25faWQYBCABKAlCEQoPX3Jvb3RfZXJyb3JfaWR4MrIHChNTcGFya0Nvbm5lY3RTZXJ2aWNlElgKC0V4ZWN1dGVQbGFuEiEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkV4ZWN1dGVQbGFuUmVzcG9uc2UiADABElYKC0FuYWx5emVQbGFuEiEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UiABJHCgZDb25maWcSHC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QaHS5zcGFyay5jb25uZWN0LkNvbmZpZ1Jlc3BvbnNlIgASWwoMQWRkQXJ0aWZhY3RzEiIuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0GiMuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXNwb25zZSIAKAESYwoOQXJ0aWZhY3RTdGF0dXMSJi5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXF1ZXN0Gicuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UiABJQCglJbnRlcnJ1cHQSHy5zcGFyay5jb25uZWN0LkludGVycnVwdFJlcXVlc3QaIC5zcGFyay5jb25uZWN0LkludGVycnVwdFJlc3BvbnNlIgASYAoPUmVhdHRhY2hFeGVjdXRlEiUuc3BhcmsuY29ubmVjdC5SZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0GiIuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlIgAwARJfCg5SZWxlYXNlRXhlY3V0ZRIkLnNwYXJrLmNvbm5lY3QuUmVsZWFzZUV4ZWN1dGVSZXF1ZXN0GiUuc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlc3BvbnNlIgASXwoOUmVsZWFzZVNlc3Npb24SJC5zcGFyay5jb25uZWN0LlJlbGVhc2VTZXNzaW9uUmVxdWVzdBolLnNwYXJrLmNvbm5lY3QuUmVsZWFzZVNlc3Npb25SZXNwb25zZSIAEmgKEUZldGNoRXJyb3JEZXRhaWxzEicuc3BhcmsuY29ubmVjdC5GZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QaKC5zcGFyay5jb25uZWN0LkZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2UiAEIiCh5vcmcuYXBhY2hlLnNwYXJrLmNvbm5lY3QucHJvdG9QAWIGcHJvdG8z", [file_google_protobuf_any]);
+  fileDesc("ChhzcGFyay9jb25uZWN0L2Jhc2UucHJvdG8SDXNwYXJrLmNvbm5lY3QiXAoLVXNlckNvbnRleHQSDwoHdXNlcl9pZBgBIAEoCRIRCgl1c2VyX25hbWUYAiABKAkSKQoKZXh0ZW5zaW9ucxjnByADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IjUKCEtleVZhbHVlEgsKA2tleRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBQggKBl92YWx1ZSLlBwoNQ29uZmlnUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSOQoJb3BlcmF0aW9uGAMgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Lk9wZXJhdGlvbhIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAGIAQEasAMKCU9wZXJhdGlvbhIvCgNzZXQYASABKAsyIC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuU2V0SAASLwoDZ2V0GAIgASgLMiAuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldEgAEkcKEGdldF93aXRoX2RlZmF1bHQYAyABKAsyKy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0V2l0aERlZmF1bHRIABI8CgpnZXRfb3B0aW9uGAQgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldE9wdGlvbkgAEjYKB2dldF9hbGwYBSABKAsyIy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0QWxsSAASMwoFdW5zZXQYBiABKAsyIi5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuVW5zZXRIABJCCg1pc19tb2RpZmlhYmxlGAcgASgLMikuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LklzTW9kaWZpYWJsZUgAQgkKB29wX3R5cGUaTQoDU2V0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRITCgZzaWxlbnQYAiABKAhIAIgBAUIJCgdfc2lsZW50GhMKA0dldBIMCgRrZXlzGAEgAygJGjgKDkdldFdpdGhEZWZhdWx0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRoZCglHZXRPcHRpb24SDAoEa2V5cxgBIAMoCRooCgZHZXRBbGwSEwoGcHJlZml4GAEgASgJSACIAQFCCQoHX3ByZWZpeBoVCgVVbnNldBIMCgRrZXlzGAEgAygJGhwKDElzTW9kaWZpYWJsZRIMCgRrZXlzGAEgAygJQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQifgoOQ29uZmlnUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVwYWlycxgCIAMoCzIXLnNwYXJrLmNvbm5lY3QuS2V5VmFsdWUSEAoId2FybmluZ3MYAyADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgEIAEoCSK8BgoTQWRkQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYBiABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBEjkKBWJhdGNoGAMgASgLMiguc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0LkJhdGNoSAASTgoLYmVnaW5fY2h1bmsYBCABKAsyNy5zcGFyay5jb25uZWN0LkFkZEFydGlmYWN0c1JlcXVlc3QuQmVnaW5DaHVua2VkQXJ0aWZhY3RIABJBCgVjaHVuaxgFIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rSAAaKgoNQXJ0aWZhY3RDaHVuaxIMCgRkYXRhGAEgASgMEgsKA2NyYxgCIAEoAxpjChNTaW5nbGVDaHVua0FydGlmYWN0EgwKBG5hbWUYASABKAkSPgoEZGF0YRgCIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rGlIKBUJhdGNoEkkKCWFydGlmYWN0cxgBIAMoCzI2LnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5TaW5nbGVDaHVua0FydGlmYWN0GpYBChRCZWdpbkNodW5rZWRBcnRpZmFjdBIMCgRuYW1lGAEgASgJEhMKC3RvdGFsX2J5dGVzGAIgASgDEhIKCm51bV9jaHVua3MYAyABKAMSRwoNaW5pdGlhbF9jaHVuaxgEIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rQgkKB3BheWxvYWRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLOAQoUQWRkQXJ0aWZhY3RzUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgCIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEkYKCWFydGlmYWN0cxgBIAMoCzIzLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UuQXJ0aWZhY3RTdW1tYXJ5GjoKD0FydGlmYWN0U3VtbWFyeRIMCgRuYW1lGAEgASgJEhkKEWlzX2NyY19zdWNjZXNzZnVsGAIgASgIIvgBChdBcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAIgBARINCgVuYW1lcxgEIAMoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgBiAEBQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiogIKGEFydGlmYWN0U3RhdHVzZXNSZXNwb25zZRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSRwoIc3RhdHVzZXMYASADKAsyNS5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXNwb25zZS5TdGF0dXNlc0VudHJ5GmcKDVN0YXR1c2VzRW50cnkSCwoDa2V5GAEgASgJEkUKBXZhbHVlGAIgASgLMjYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UuQXJ0aWZhY3RTdGF0dXM6AjgBGiAKDkFydGlmYWN0U3RhdHVzEg4KBmV4aXN0cxgBIAEoCCKgAQoVUmVsZWFzZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgAiAEBEhcKD2FsbG93X3JlY29ubmVjdBgEIAEoCEIOCgxfY2xpZW50X3R5cGUiTAoWUmVsZWFzZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkixQEKBFBsYW4SJwoEcm9vdBgBIAEoCzIXLnNwYXJrLmNvbm5lY3QuUmVsYXRpb25IABIpCgdjb21tYW5kGAIgASgLMhYuc3BhcmsuY29ubmVjdC5Db21tYW5kSAASRwoUY29tcHJlc3NlZF9vcGVyYXRpb24YAyABKAsyJy5zcGFyay5jb25uZWN0LlBsYW4uQ29tcHJlc3NlZE9wZXJhdGlvbkgAGhUKE0NvbXByZXNzZWRPcGVyYXRpb25CCQoHb3BfdHlwZSIJCgdDb21tYW5kIrQEChJFeGVjdXRlUGxhblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EiEKBHBsYW4YAyABKAsyEy5zcGFyay5jb25uZWN0LlBsYW4SGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIZCgxvcGVyYXRpb25faWQYBiABKAlIAYgBARJICg9yZXF1ZXN0X29wdGlvbnMYBSADKAsyLy5zcGFyay5jb25uZWN0LkV4ZWN1dGVQbGFuUmVxdWVzdC5SZXF1ZXN0T3B0aW9uEgwKBHRhZ3MYByADKAkSMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYCCABKAlIAogBARqmAQoNUmVxdWVzdE9wdGlvbhI6ChByZWF0dGFjaF9vcHRpb25zGAEgASgLMh4uc3BhcmsuY29ubmVjdC5SZWF0dGFjaE9wdGlvbnNIABJHChdyZXN1bHRfY2h1bmtpbmdfb3B0aW9ucxgCIAEoCzIkLnNwYXJrLmNvbm5lY3QuUmVzdWx0Q2h1bmtpbmdPcHRpb25zSABCEAoOcmVxdWVzdF9vcHRpb25CDgoMX2NsaWVudF90eXBlQg8KDV9vcGVyYXRpb25faWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIicKD1JlYXR0YWNoT3B0aW9ucxIUCgxyZWF0dGFjaGFibGUYASABKAgigwEKFVJlc3VsdENodW5raW5nT3B0aW9ucxIiChphbGxvd19hcnJvd19iYXRjaF9jaHVua2luZxgBIAEoCBInChpwcmVmZXJyZWRfYXJyb3dfY2h1bmtfc2l6ZRgCIAEoA0gAiAEBQh0KG19wcmVmZXJyZWRfYXJyb3dfY2h1bmtfc2l6ZSKUBAoTRXhlY3V0ZVBsYW5SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgMIAEoCRITCgtyZXNwb25zZV9pZBgNIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGA8gASgJEkQKC2Fycm93X2JhdGNoGAIgASgLMi0uc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlLkFycm93QmF0Y2hIABJMCg9yZXN1bHRfY29tcGxldGUYDiABKAsyMS5zcGFyay5jb25uZWN0LkV4ZWN1dGVQbGFuUmVzcG9uc2UuUmVzdWx0Q29tcGxldGVIABInCgZzY2hlbWEYByABKAsyFy5zcGFyay5jb25uZWN0LkRhdGFUeXBlGr0BCgpBcnJvd0JhdGNoEhEKCXJvd19jb3VudBgBIAEoAxIMCgRkYXRhGAIgASgMEhkKDHN0YXJ0X29mZnNldBgDIAEoA0gAiAEBEhgKC2NodW5rX2luZGV4GAQgASgDSAGIAQESIAoTbnVtX2NodW5rc19pbl9iYXRjaBgFIAEoA0gCiAEBQg8KDV9zdGFydF9vZmZzZXRCDgoMX2NodW5rX2luZGV4QhYKFF9udW1fY2h1bmtzX2luX2JhdGNoGhAKDlJlc3VsdENvbXBsZXRlQg8KDXJlc3BvbnNlX3R5cGUioQwKEkFuYWx5emVQbGFuUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgRIAEoCUgCiAEBEjoKBnNjaGVtYRgEIAEoCzIoLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlNjaGVtYUgAEjwKB2V4cGxhaW4YBSABKAsyKS5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5FeHBsYWluSAASQwoLdHJlZV9zdHJpbmcYBiABKAsyLC5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5UcmVlU3RyaW5nSAASPQoIaXNfbG9jYWwYByABKAsyKS5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Jc0xvY2FsSAASRQoMaXNfc3RyZWFtaW5nGAggASgLMi0uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuSXNTdHJlYW1pbmdIABJDCgtpbnB1dF9maWxlcxgJIAEoCzIsLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LklucHV0RmlsZXNIABJHCg1zcGFya192ZXJzaW9uGAogASgLMi4uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU3BhcmtWZXJzaW9uSAASPwoJZGRsX3BhcnNlGAsgASgLMiouc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuRERMUGFyc2VIABJJCg5zYW1lX3NlbWFudGljcxgMIAEoCzIvLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlNhbWVTZW1hbnRpY3NIABJHCg1zZW1hbnRpY19oYXNoGA0gASgLMi4uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2VtYW50aWNIYXNoSAASPAoHcGVyc2lzdBgOIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlBlcnNpc3RIABJACgl1bnBlcnNpc3QYDyABKAsyKy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5VbnBlcnNpc3RIABJOChFnZXRfc3RvcmFnZV9sZXZlbBgQIAEoCzIxLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LkdldFN0b3JhZ2VMZXZlbEgAEkIKC2pzb25fdG9fZGRsGBIgASgLMisuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuSnNvblRvRERMSAAaKwoGU2NoZW1hEiEKBHBsYW4YASABKAsyEy5zcGFyay5jb25uZWN0LlBsYW4aQgoHRXhwbGFpbhIhCgRwbGFuGAEgASgLMhMuc3BhcmsuY29ubmVjdC5QbGFuEhQKDGV4cGxhaW5fbW9kZRgCIAEoBRoMCgpUcmVlU3RyaW5nGiwKB0lzTG9jYWwSIQoEcGxhbhgBIAEoCzITLnNwYXJrLmNvbm5lY3QuUGxhbhowCgtJc1N0cmVhbWluZxIhCgRwbGFuGAEgASgLMhMuc3BhcmsuY29ubmVjdC5QbGFuGgwKCklucHV0RmlsZXMaDgoMU3BhcmtWZXJzaW9uGh4KCERETFBhcnNlEhIKCmRkbF9zdHJpbmcYASABKAkaDwoNU2FtZVNlbWFudGljcxoOCgxTZW1hbnRpY0hhc2gaCQoHUGVyc2lzdBoLCglVbnBlcnNpc3QaEQoPR2V0U3RvcmFnZUxldmVsGgsKCUpzb25Ub0RETEIJCgdhbmFseXplQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQi7wQKE0FuYWx5emVQbGFuUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGA8gASgJEjsKBnNjaGVtYRgCIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXNwb25zZS5TY2hlbWFIABI+Cghpc19sb2NhbBgFIAEoCzIqLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXNwb25zZS5Jc0xvY2FsSAASRgoMaXNfc3RyZWFtaW5nGAYgASgLMi4uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlc3BvbnNlLklzU3RyZWFtaW5nSAASSAoNc3BhcmtfdmVyc2lvbhgIIAEoCzIvLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXNwb25zZS5TcGFya1ZlcnNpb25IABJACglkZGxfcGFyc2UYCSABKAsyKy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UuRERMUGFyc2VIABoxCgZTY2hlbWESJwoGc2NoZW1hGAEgASgLMhcuc3BhcmsuY29ubmVjdC5EYXRhVHlwZRozCghERExQYXJzZRInCgZwYXJzZWQYASABKAsyFy5zcGFyay5jb25uZWN0LkRhdGFUeXBlGhsKB0lzTG9jYWwSEAoIaXNfbG9jYWwYASABKAgaIwoLSXNTdHJlYW1pbmcSFAoMaXNfc3RyZWFtaW5nGAEgASgIGh8KDFNwYXJrVmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgJQggKBnJlc3VsdCKyAgoWUmVhdHRhY2hFeGVjdXRlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhgKC2NsaWVudF90eXBlGAQgASgJSACIAQESHQoQbGFzdF9yZXNwb25zZV9pZBgFIAEoCUgBiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAYgASgJSAKIAQFCDgoMX2NsaWVudF90eXBlQhMKEV9sYXN0X3Jlc3BvbnNlX2lkQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLPAwoVUmVsZWFzZUV4ZWN1dGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIUCgxvcGVyYXRpb25faWQYAyABKAkSGAoLY2xpZW50X3R5cGUYBCABKAlIAYgBARJGCgtyZWxlYXNlX2FsbBgFIAEoCzIvLnNwYXJrLmNvbm5lY3QuUmVsZWFzZUV4ZWN1dGVSZXF1ZXN0LlJlbGVhc2VBbGxIABJKCg1yZWxlYXNlX3VudGlsGAYgASgLMjEuc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlcXVlc3QuUmVsZWFzZVVudGlsSAASMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYByABKAlIAogBARoMCgpSZWxlYXNlQWxsGiMKDFJlbGVhc2VVbnRpbBITCgtyZXNwb25zZV9pZBgBIAEoCUIJCgdyZWxlYXNlQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQieAoWUmVsZWFzZUV4ZWN1dGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhkKDG9wZXJhdGlvbl9pZBgCIAEoCUgAiAEBEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAlCDwoNX29wZXJhdGlvbl9pZCLqAwoQSW50ZXJydXB0UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAYgBARJFCg5pbnRlcnJ1cHRfdHlwZRgEIAEoDjItLnNwYXJrLmNvbm5lY3QuSW50ZXJydXB0UmVxdWVzdC5JbnRlcnJ1cHRUeXBlEhcKDW9wZXJhdGlvbl90YWcYBSABKAlIABIWCgxvcGVyYXRpb25faWQYBiABKAlIABIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBIoABCg1JbnRlcnJ1cHRUeXBlEh4KGklOVEVSUlVQVF9UWVBFX1VOU1BFQ0lGSUVEEAASFgoSSU5URVJSVVBUX1RZUEVfQUxMEAESFgoSSU5URVJSVVBUX1RZUEVfVEFHEAISHwobSU5URVJSVVBUX1RZUEVfT1BFUkFUSU9OX0lEEANCCwoJaW50ZXJydXB0Qg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiYAoRSW50ZXJydXB0UmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIXCg9pbnRlcnJ1cHRlZF9pZHMYAiADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCSL8AQoYRmV0Y2hFcnJvckRldGFpbHNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIQCghlcnJvcl9pZBgDIAEoCRIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAUgASgJSAGIAQFCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJ/ChlGZXRjaEVycm9yRGV0YWlsc1Jlc3BvbnNlEhsKDnJvb3RfZXJyb3JfaWR4GAEgASgFSACIAQESHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCRISCgpzZXNzaW9uX2lkGAQgASgJQhEKD19yb290X2Vycm9yX2lkeDKyBwoTU3BhcmtDb25uZWN0U2VydmljZRJYCgtFeGVjdXRlUGxhbhIhLnNwYXJrLmNvbm5lY3QuRXhlY3V0ZVBsYW5SZXF1ZXN0GiIuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlIgAwARJWCgtBbmFseXplUGxhbhIhLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0GiIuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlc3BvbnNlIgASRwoGQ29uZmlnEhwuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Gh0uc3BhcmsuY29ubmVjdC5Db25maWdSZXNwb25zZSIAElsKDEFkZEFydGlmYWN0cxIiLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdBojLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UiACgBEmMKDkFydGlmYWN0U3RhdHVzEiYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBonLnNwYXJrLmNvbm5lY3QuQXJ0aWZhY3RTdGF0dXNlc1Jlc3BvbnNlIgASUAoJSW50ZXJydXB0Eh8uc3BhcmsuY29ubmVjdC5JbnRlcnJ1cHRSZXF1ZXN0GiAuc3BhcmsuY29ubmVjdC5JbnRlcnJ1cHRSZXNwb25zZSIAEmAKD1JlYXR0YWNoRXhlY3V0ZRIlLnNwYXJrLmNvbm5lY3QuUmVhdHRhY2hFeGVjdXRlUmVxdWVzdBoiLnNwYXJrLmNvbm5lY3QuRXhlY3V0ZVBsYW5SZXNwb25zZSIAMAESXwoOUmVsZWFzZUV4ZWN1dGUSJC5zcGFyay5jb25uZWN0LlJlbGVhc2VFeGVjdXRlUmVxdWVzdBolLnNwYXJrLmNvbm5lY3QuUmVsZWFzZUV4ZWN1dGVSZXNwb25zZSIAEl8KDlJlbGVhc2VTZXNzaW9uEiQuc3BhcmsuY29ubmVjdC5SZWxlYXNlU2Vzc2lvblJlcXVlc3QaJS5zcGFyay5jb25uZWN0LlJlbGVhc2VTZXNzaW9uUmVzcG9uc2UiABJoChFGZXRjaEVycm9yRGV0YWlscxInLnNwYXJrLmNvbm5lY3QuRmV0Y2hFcnJvckRldGFpbHNSZXF1ZXN0Giguc3BhcmsuY29ubmVjdC5GZXRjaEVycm9yRGV0YWlsc1Jlc3BvbnNlIgBCIgoeb3JnLmFwYWNoZS5zcGFyay5jb25uZWN0LnByb3RvUAFiBnByb3RvMw", [file_google_protobuf_any, file_spark_connect_plan]);
 
 /**
  * User context as the client reports it. Sessions are keyed by (user_id, session_id).
@@ -703,9 +705,8 @@ export const ReleaseSessionResponseSchema: GenMessage<ReleaseSessionResponse> = 
   messageDesc(file_spark_connect_base, 9);
 
 /**
- * A plan, as much of it as Valise reads: which kind of operation a client asks to execute or
- * analyze. Valise does not execute plans (it is not a query engine); it names what was asked in
- * its error. The fields of Relation and Command are left out: protobuf skips them.
+ * A plan, as much of it as Valise reads: a relation (plan.proto) to execute or analyze, or a
+ * command, which Valise refuses by naming it. The fields of Command are left out.
  *
  * @generated from message spark.connect.Plan
  */
@@ -757,21 +758,6 @@ export const Plan_CompressedOperationSchema: GenMessage<Plan_CompressedOperation
   messageDesc(file_spark_connect_base, 10, 0);
 
 /**
- * A relation (a DataFrame); its fields are not read.
- *
- * @generated from message spark.connect.Relation
- */
-export type Relation = Message<"spark.connect.Relation"> & {
-};
-
-/**
- * Describes the message spark.connect.Relation.
- * Use `create(RelationSchema)` to create a new message.
- */
-export const RelationSchema: GenMessage<Relation> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 11);
-
-/**
  * A command (a write, a SQL command, a registration…); its fields are not read.
  *
  * @generated from message spark.connect.Command
@@ -784,7 +770,7 @@ export type Command = Message<"spark.connect.Command"> & {
  * Use `create(CommandSchema)` to create a new message.
  */
 export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 12);
+  messageDesc(file_spark_connect_base, 11);
 
 /**
  * Request of ExecutePlan.
@@ -818,6 +804,11 @@ export type ExecutePlanRequest = Message<"spark.connect.ExecutePlanRequest"> & {
   operationId?: string | undefined;
 
   /**
+   * @generated from field: repeated spark.connect.ExecutePlanRequest.RequestOption request_options = 5;
+   */
+  requestOptions: ExecutePlanRequest_RequestOption[];
+
+  /**
    * @generated from field: repeated string tags = 7;
    */
   tags: string[];
@@ -833,11 +824,83 @@ export type ExecutePlanRequest = Message<"spark.connect.ExecutePlanRequest"> & {
  * Use `create(ExecutePlanRequestSchema)` to create a new message.
  */
 export const ExecutePlanRequestSchema: GenMessage<ExecutePlanRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 12);
+
+/**
+ * @generated from message spark.connect.ExecutePlanRequest.RequestOption
+ */
+export type ExecutePlanRequest_RequestOption = Message<"spark.connect.ExecutePlanRequest.RequestOption"> & {
+  /**
+   * @generated from oneof spark.connect.ExecutePlanRequest.RequestOption.request_option
+   */
+  requestOption: {
+    /**
+     * @generated from field: spark.connect.ReattachOptions reattach_options = 1;
+     */
+    value: ReattachOptions;
+    case: "reattachOptions";
+  } | {
+    /**
+     * @generated from field: spark.connect.ResultChunkingOptions result_chunking_options = 2;
+     */
+    value: ResultChunkingOptions;
+    case: "resultChunkingOptions";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spark.connect.ExecutePlanRequest.RequestOption.
+ * Use `create(ExecutePlanRequest_RequestOptionSchema)` to create a new message.
+ */
+export const ExecutePlanRequest_RequestOptionSchema: GenMessage<ExecutePlanRequest_RequestOption> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 12, 0);
+
+/**
+ * Whether the client may reattach to an execution (ReattachExecute) after a broken stream.
+ *
+ * @generated from message spark.connect.ReattachOptions
+ */
+export type ReattachOptions = Message<"spark.connect.ReattachOptions"> & {
+  /**
+   * @generated from field: bool reattachable = 1;
+   */
+  reattachable: boolean;
+};
+
+/**
+ * Describes the message spark.connect.ReattachOptions.
+ * Use `create(ReattachOptionsSchema)` to create a new message.
+ */
+export const ReattachOptionsSchema: GenMessage<ReattachOptions> = /*@__PURE__*/
   messageDesc(file_spark_connect_base, 13);
 
 /**
+ * Whether the client accepts an Arrow batch split over several responses (4.1+).
+ *
+ * @generated from message spark.connect.ResultChunkingOptions
+ */
+export type ResultChunkingOptions = Message<"spark.connect.ResultChunkingOptions"> & {
+  /**
+   * @generated from field: bool allow_arrow_batch_chunking = 1;
+   */
+  allowArrowBatchChunking: boolean;
+
+  /**
+   * @generated from field: optional int64 preferred_arrow_chunk_size = 2;
+   */
+  preferredArrowChunkSize?: bigint | undefined;
+};
+
+/**
+ * Describes the message spark.connect.ResultChunkingOptions.
+ * Use `create(ResultChunkingOptionsSchema)` to create a new message.
+ */
+export const ResultChunkingOptionsSchema: GenMessage<ResultChunkingOptions> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 14);
+
+/**
  * A response of ExecutePlan (and ReattachExecute): the fields every response carries, and the
- * end of a result. Valise sends none today; the message exists so that the RPCs are typed.
+ * parts of a result Valise sends: the schema, Arrow batches, and the end of the result.
  *
  * @generated from message spark.connect.ExecutePlanResponse
  */
@@ -867,11 +930,22 @@ export type ExecutePlanResponse = Message<"spark.connect.ExecutePlanResponse"> &
    */
   responseType: {
     /**
+     * @generated from field: spark.connect.ExecutePlanResponse.ArrowBatch arrow_batch = 2;
+     */
+    value: ExecutePlanResponse_ArrowBatch;
+    case: "arrowBatch";
+  } | {
+    /**
      * @generated from field: spark.connect.ExecutePlanResponse.ResultComplete result_complete = 14;
      */
     value: ExecutePlanResponse_ResultComplete;
     case: "resultComplete";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: spark.connect.DataType schema = 7;
+   */
+  schema?: DataType | undefined;
 };
 
 /**
@@ -879,7 +953,46 @@ export type ExecutePlanResponse = Message<"spark.connect.ExecutePlanResponse"> &
  * Use `create(ExecutePlanResponseSchema)` to create a new message.
  */
 export const ExecutePlanResponseSchema: GenMessage<ExecutePlanResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 14);
+  messageDesc(file_spark_connect_base, 15);
+
+/**
+ * One Arrow IPC stream (a schema and record batches) of the result's rows.
+ *
+ * @generated from message spark.connect.ExecutePlanResponse.ArrowBatch
+ */
+export type ExecutePlanResponse_ArrowBatch = Message<"spark.connect.ExecutePlanResponse.ArrowBatch"> & {
+  /**
+   * @generated from field: int64 row_count = 1;
+   */
+  rowCount: bigint;
+
+  /**
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+
+  /**
+   * @generated from field: optional int64 start_offset = 3;
+   */
+  startOffset?: bigint | undefined;
+
+  /**
+   * @generated from field: optional int64 chunk_index = 4;
+   */
+  chunkIndex?: bigint | undefined;
+
+  /**
+   * @generated from field: optional int64 num_chunks_in_batch = 5;
+   */
+  numChunksInBatch?: bigint | undefined;
+};
+
+/**
+ * Describes the message spark.connect.ExecutePlanResponse.ArrowBatch.
+ * Use `create(ExecutePlanResponse_ArrowBatchSchema)` to create a new message.
+ */
+export const ExecutePlanResponse_ArrowBatchSchema: GenMessage<ExecutePlanResponse_ArrowBatch> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 15, 0);
 
 /**
  * @generated from message spark.connect.ExecutePlanResponse.ResultComplete
@@ -892,11 +1005,11 @@ export type ExecutePlanResponse_ResultComplete = Message<"spark.connect.ExecuteP
  * Use `create(ExecutePlanResponse_ResultCompleteSchema)` to create a new message.
  */
 export const ExecutePlanResponse_ResultCompleteSchema: GenMessage<ExecutePlanResponse_ResultComplete> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 14, 0);
+  messageDesc(file_spark_connect_base, 15, 1);
 
 /**
- * Request of AnalyzePlan. Valise answers spark_version; every other analysis needs a query
- * engine.
+ * Request of AnalyzePlan. Valise answers spark_version and ddl_parse, and schema, is_local and
+ * is_streaming for the plans it runs; the other analyses need a query engine.
  *
  * @generated from message spark.connect.AnalyzePlanRequest
  */
@@ -1016,12 +1129,16 @@ export type AnalyzePlanRequest = Message<"spark.connect.AnalyzePlanRequest"> & {
  * Use `create(AnalyzePlanRequestSchema)` to create a new message.
  */
 export const AnalyzePlanRequestSchema: GenMessage<AnalyzePlanRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15);
+  messageDesc(file_spark_connect_base, 16);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Schema
  */
 export type AnalyzePlanRequest_Schema = Message<"spark.connect.AnalyzePlanRequest.Schema"> & {
+  /**
+   * @generated from field: spark.connect.Plan plan = 1;
+   */
+  plan?: Plan | undefined;
 };
 
 /**
@@ -1029,12 +1146,21 @@ export type AnalyzePlanRequest_Schema = Message<"spark.connect.AnalyzePlanReques
  * Use `create(AnalyzePlanRequest_SchemaSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SchemaSchema: GenMessage<AnalyzePlanRequest_Schema> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 0);
+  messageDesc(file_spark_connect_base, 16, 0);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Explain
  */
 export type AnalyzePlanRequest_Explain = Message<"spark.connect.AnalyzePlanRequest.Explain"> & {
+  /**
+   * @generated from field: spark.connect.Plan plan = 1;
+   */
+  plan?: Plan | undefined;
+
+  /**
+   * @generated from field: int32 explain_mode = 2;
+   */
+  explainMode: number;
 };
 
 /**
@@ -1042,7 +1168,7 @@ export type AnalyzePlanRequest_Explain = Message<"spark.connect.AnalyzePlanReque
  * Use `create(AnalyzePlanRequest_ExplainSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_ExplainSchema: GenMessage<AnalyzePlanRequest_Explain> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 1);
+  messageDesc(file_spark_connect_base, 16, 1);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.TreeString
@@ -1055,12 +1181,16 @@ export type AnalyzePlanRequest_TreeString = Message<"spark.connect.AnalyzePlanRe
  * Use `create(AnalyzePlanRequest_TreeStringSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_TreeStringSchema: GenMessage<AnalyzePlanRequest_TreeString> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 2);
+  messageDesc(file_spark_connect_base, 16, 2);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.IsLocal
  */
 export type AnalyzePlanRequest_IsLocal = Message<"spark.connect.AnalyzePlanRequest.IsLocal"> & {
+  /**
+   * @generated from field: spark.connect.Plan plan = 1;
+   */
+  plan?: Plan | undefined;
 };
 
 /**
@@ -1068,12 +1198,16 @@ export type AnalyzePlanRequest_IsLocal = Message<"spark.connect.AnalyzePlanReque
  * Use `create(AnalyzePlanRequest_IsLocalSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_IsLocalSchema: GenMessage<AnalyzePlanRequest_IsLocal> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 3);
+  messageDesc(file_spark_connect_base, 16, 3);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.IsStreaming
  */
 export type AnalyzePlanRequest_IsStreaming = Message<"spark.connect.AnalyzePlanRequest.IsStreaming"> & {
+  /**
+   * @generated from field: spark.connect.Plan plan = 1;
+   */
+  plan?: Plan | undefined;
 };
 
 /**
@@ -1081,7 +1215,7 @@ export type AnalyzePlanRequest_IsStreaming = Message<"spark.connect.AnalyzePlanR
  * Use `create(AnalyzePlanRequest_IsStreamingSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_IsStreamingSchema: GenMessage<AnalyzePlanRequest_IsStreaming> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 4);
+  messageDesc(file_spark_connect_base, 16, 4);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.InputFiles
@@ -1094,7 +1228,7 @@ export type AnalyzePlanRequest_InputFiles = Message<"spark.connect.AnalyzePlanRe
  * Use `create(AnalyzePlanRequest_InputFilesSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_InputFilesSchema: GenMessage<AnalyzePlanRequest_InputFiles> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 5);
+  messageDesc(file_spark_connect_base, 16, 5);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.SparkVersion
@@ -1107,12 +1241,16 @@ export type AnalyzePlanRequest_SparkVersion = Message<"spark.connect.AnalyzePlan
  * Use `create(AnalyzePlanRequest_SparkVersionSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SparkVersionSchema: GenMessage<AnalyzePlanRequest_SparkVersion> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 6);
+  messageDesc(file_spark_connect_base, 16, 6);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.DDLParse
  */
 export type AnalyzePlanRequest_DDLParse = Message<"spark.connect.AnalyzePlanRequest.DDLParse"> & {
+  /**
+   * @generated from field: string ddl_string = 1;
+   */
+  ddlString: string;
 };
 
 /**
@@ -1120,7 +1258,7 @@ export type AnalyzePlanRequest_DDLParse = Message<"spark.connect.AnalyzePlanRequ
  * Use `create(AnalyzePlanRequest_DDLParseSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_DDLParseSchema: GenMessage<AnalyzePlanRequest_DDLParse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 7);
+  messageDesc(file_spark_connect_base, 16, 7);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.SameSemantics
@@ -1133,7 +1271,7 @@ export type AnalyzePlanRequest_SameSemantics = Message<"spark.connect.AnalyzePla
  * Use `create(AnalyzePlanRequest_SameSemanticsSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SameSemanticsSchema: GenMessage<AnalyzePlanRequest_SameSemantics> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 8);
+  messageDesc(file_spark_connect_base, 16, 8);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.SemanticHash
@@ -1146,7 +1284,7 @@ export type AnalyzePlanRequest_SemanticHash = Message<"spark.connect.AnalyzePlan
  * Use `create(AnalyzePlanRequest_SemanticHashSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SemanticHashSchema: GenMessage<AnalyzePlanRequest_SemanticHash> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 9);
+  messageDesc(file_spark_connect_base, 16, 9);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Persist
@@ -1159,7 +1297,7 @@ export type AnalyzePlanRequest_Persist = Message<"spark.connect.AnalyzePlanReque
  * Use `create(AnalyzePlanRequest_PersistSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_PersistSchema: GenMessage<AnalyzePlanRequest_Persist> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 10);
+  messageDesc(file_spark_connect_base, 16, 10);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Unpersist
@@ -1172,7 +1310,7 @@ export type AnalyzePlanRequest_Unpersist = Message<"spark.connect.AnalyzePlanReq
  * Use `create(AnalyzePlanRequest_UnpersistSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_UnpersistSchema: GenMessage<AnalyzePlanRequest_Unpersist> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 11);
+  messageDesc(file_spark_connect_base, 16, 11);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.GetStorageLevel
@@ -1185,7 +1323,7 @@ export type AnalyzePlanRequest_GetStorageLevel = Message<"spark.connect.AnalyzeP
  * Use `create(AnalyzePlanRequest_GetStorageLevelSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_GetStorageLevelSchema: GenMessage<AnalyzePlanRequest_GetStorageLevel> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 12);
+  messageDesc(file_spark_connect_base, 16, 12);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.JsonToDDL
@@ -1198,7 +1336,7 @@ export type AnalyzePlanRequest_JsonToDDL = Message<"spark.connect.AnalyzePlanReq
  * Use `create(AnalyzePlanRequest_JsonToDDLSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_JsonToDDLSchema: GenMessage<AnalyzePlanRequest_JsonToDDL> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 13);
+  messageDesc(file_spark_connect_base, 16, 13);
 
 /**
  * Response of AnalyzePlan.
@@ -1221,10 +1359,34 @@ export type AnalyzePlanResponse = Message<"spark.connect.AnalyzePlanResponse"> &
    */
   result: {
     /**
+     * @generated from field: spark.connect.AnalyzePlanResponse.Schema schema = 2;
+     */
+    value: AnalyzePlanResponse_Schema;
+    case: "schema";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanResponse.IsLocal is_local = 5;
+     */
+    value: AnalyzePlanResponse_IsLocal;
+    case: "isLocal";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanResponse.IsStreaming is_streaming = 6;
+     */
+    value: AnalyzePlanResponse_IsStreaming;
+    case: "isStreaming";
+  } | {
+    /**
      * @generated from field: spark.connect.AnalyzePlanResponse.SparkVersion spark_version = 8;
      */
     value: AnalyzePlanResponse_SparkVersion;
     case: "sparkVersion";
+  } | {
+    /**
+     * @generated from field: spark.connect.AnalyzePlanResponse.DDLParse ddl_parse = 9;
+     */
+    value: AnalyzePlanResponse_DDLParse;
+    case: "ddlParse";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1233,7 +1395,75 @@ export type AnalyzePlanResponse = Message<"spark.connect.AnalyzePlanResponse"> &
  * Use `create(AnalyzePlanResponseSchema)` to create a new message.
  */
 export const AnalyzePlanResponseSchema: GenMessage<AnalyzePlanResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 16);
+  messageDesc(file_spark_connect_base, 17);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanResponse.Schema
+ */
+export type AnalyzePlanResponse_Schema = Message<"spark.connect.AnalyzePlanResponse.Schema"> & {
+  /**
+   * @generated from field: spark.connect.DataType schema = 1;
+   */
+  schema?: DataType | undefined;
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanResponse.Schema.
+ * Use `create(AnalyzePlanResponse_SchemaSchema)` to create a new message.
+ */
+export const AnalyzePlanResponse_SchemaSchema: GenMessage<AnalyzePlanResponse_Schema> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 17, 0);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanResponse.DDLParse
+ */
+export type AnalyzePlanResponse_DDLParse = Message<"spark.connect.AnalyzePlanResponse.DDLParse"> & {
+  /**
+   * @generated from field: spark.connect.DataType parsed = 1;
+   */
+  parsed?: DataType | undefined;
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanResponse.DDLParse.
+ * Use `create(AnalyzePlanResponse_DDLParseSchema)` to create a new message.
+ */
+export const AnalyzePlanResponse_DDLParseSchema: GenMessage<AnalyzePlanResponse_DDLParse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 17, 1);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanResponse.IsLocal
+ */
+export type AnalyzePlanResponse_IsLocal = Message<"spark.connect.AnalyzePlanResponse.IsLocal"> & {
+  /**
+   * @generated from field: bool is_local = 1;
+   */
+  isLocal: boolean;
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanResponse.IsLocal.
+ * Use `create(AnalyzePlanResponse_IsLocalSchema)` to create a new message.
+ */
+export const AnalyzePlanResponse_IsLocalSchema: GenMessage<AnalyzePlanResponse_IsLocal> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 17, 2);
+
+/**
+ * @generated from message spark.connect.AnalyzePlanResponse.IsStreaming
+ */
+export type AnalyzePlanResponse_IsStreaming = Message<"spark.connect.AnalyzePlanResponse.IsStreaming"> & {
+  /**
+   * @generated from field: bool is_streaming = 1;
+   */
+  isStreaming: boolean;
+};
+
+/**
+ * Describes the message spark.connect.AnalyzePlanResponse.IsStreaming.
+ * Use `create(AnalyzePlanResponse_IsStreamingSchema)` to create a new message.
+ */
+export const AnalyzePlanResponse_IsStreamingSchema: GenMessage<AnalyzePlanResponse_IsStreaming> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 17, 3);
 
 /**
  * @generated from message spark.connect.AnalyzePlanResponse.SparkVersion
@@ -1250,7 +1480,7 @@ export type AnalyzePlanResponse_SparkVersion = Message<"spark.connect.AnalyzePla
  * Use `create(AnalyzePlanResponse_SparkVersionSchema)` to create a new message.
  */
 export const AnalyzePlanResponse_SparkVersionSchema: GenMessage<AnalyzePlanResponse_SparkVersion> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 16, 0);
+  messageDesc(file_spark_connect_base, 17, 4);
 
 /**
  * Request of ReattachExecute: continue the responses of an operation.
@@ -1294,7 +1524,7 @@ export type ReattachExecuteRequest = Message<"spark.connect.ReattachExecuteReque
  * Use `create(ReattachExecuteRequestSchema)` to create a new message.
  */
 export const ReattachExecuteRequestSchema: GenMessage<ReattachExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 17);
+  messageDesc(file_spark_connect_base, 18);
 
 /**
  * Request of ReleaseExecute: the client no longer needs an operation's responses.
@@ -1350,7 +1580,7 @@ export type ReleaseExecuteRequest = Message<"spark.connect.ReleaseExecuteRequest
  * Use `create(ReleaseExecuteRequestSchema)` to create a new message.
  */
 export const ReleaseExecuteRequestSchema: GenMessage<ReleaseExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 18);
+  messageDesc(file_spark_connect_base, 19);
 
 /**
  * @generated from message spark.connect.ReleaseExecuteRequest.ReleaseAll
@@ -1363,7 +1593,7 @@ export type ReleaseExecuteRequest_ReleaseAll = Message<"spark.connect.ReleaseExe
  * Use `create(ReleaseExecuteRequest_ReleaseAllSchema)` to create a new message.
  */
 export const ReleaseExecuteRequest_ReleaseAllSchema: GenMessage<ReleaseExecuteRequest_ReleaseAll> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 18, 0);
+  messageDesc(file_spark_connect_base, 19, 0);
 
 /**
  * @generated from message spark.connect.ReleaseExecuteRequest.ReleaseUntil
@@ -1380,7 +1610,7 @@ export type ReleaseExecuteRequest_ReleaseUntil = Message<"spark.connect.ReleaseE
  * Use `create(ReleaseExecuteRequest_ReleaseUntilSchema)` to create a new message.
  */
 export const ReleaseExecuteRequest_ReleaseUntilSchema: GenMessage<ReleaseExecuteRequest_ReleaseUntil> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 18, 1);
+  messageDesc(file_spark_connect_base, 19, 1);
 
 /**
  * Response of ReleaseExecute.
@@ -1409,7 +1639,7 @@ export type ReleaseExecuteResponse = Message<"spark.connect.ReleaseExecuteRespon
  * Use `create(ReleaseExecuteResponseSchema)` to create a new message.
  */
 export const ReleaseExecuteResponseSchema: GenMessage<ReleaseExecuteResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 19);
+  messageDesc(file_spark_connect_base, 20);
 
 /**
  * Request of Interrupt: stop running operations.
@@ -1465,7 +1695,7 @@ export type InterruptRequest = Message<"spark.connect.InterruptRequest"> & {
  * Use `create(InterruptRequestSchema)` to create a new message.
  */
 export const InterruptRequestSchema: GenMessage<InterruptRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 20);
+  messageDesc(file_spark_connect_base, 21);
 
 /**
  * @generated from enum spark.connect.InterruptRequest.InterruptType
@@ -1496,7 +1726,7 @@ export enum InterruptRequest_InterruptType {
  * Describes the enum spark.connect.InterruptRequest.InterruptType.
  */
 export const InterruptRequest_InterruptTypeSchema: GenEnum<InterruptRequest_InterruptType> = /*@__PURE__*/
-  enumDesc(file_spark_connect_base, 20, 0);
+  enumDesc(file_spark_connect_base, 21, 0);
 
 /**
  * Response of Interrupt.
@@ -1525,7 +1755,7 @@ export type InterruptResponse = Message<"spark.connect.InterruptResponse"> & {
  * Use `create(InterruptResponseSchema)` to create a new message.
  */
 export const InterruptResponseSchema: GenMessage<InterruptResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 21);
+  messageDesc(file_spark_connect_base, 22);
 
 /**
  * Request of FetchErrorDetails: the details of an error the server reported with an error id.
@@ -1564,7 +1794,7 @@ export type FetchErrorDetailsRequest = Message<"spark.connect.FetchErrorDetailsR
  * Use `create(FetchErrorDetailsRequestSchema)` to create a new message.
  */
 export const FetchErrorDetailsRequestSchema: GenMessage<FetchErrorDetailsRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 22);
+  messageDesc(file_spark_connect_base, 23);
 
 /**
  * Response of FetchErrorDetails. Valise sends no error ids, so it has no details to give.
@@ -1593,11 +1823,11 @@ export type FetchErrorDetailsResponse = Message<"spark.connect.FetchErrorDetails
  * Use `create(FetchErrorDetailsResponseSchema)` to create a new message.
  */
 export const FetchErrorDetailsResponseSchema: GenMessage<FetchErrorDetailsResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 23);
+  messageDesc(file_spark_connect_base, 24);
 
 /**
- * The part of Spark Connect's service that Valise serves. ExecutePlan, ReattachExecute and
- * AnalyzePlan (but spark_version) answer a clear error: Valise does not run queries.
+ * The part of Spark Connect's service that Valise serves. ExecutePlan and AnalyzePlan run the
+ * Python-UDF subset of plans (docs/compatibility.md); other plans get a clear error.
  *
  * @generated from service spark.connect.SparkConnectService
  */
