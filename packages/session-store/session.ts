@@ -127,10 +127,30 @@ export interface SessionContext {
    */
   collectSoon?(): void;
   /**
+   * Checks an environment an add brings (an unpacked archive's tree, or a `.pex` file) against
+   * the server that will run it, before the add is linked or recorded: throws a
+   * `SessionError` (`ENVIRONMENT_*`) for a certain mismatch the session did not opt out of,
+   * else returns the warnings to record with the artifact.
+   * @default {undefined} no checks
+   */
+  checkEnvironment?(check: EnvironmentCheck): Promise<string[]>;
+  /**
    * Told when work in the session ended (a use: the cluster's record may need to hear of it).
    * @default {undefined} nobody
    */
   used?(session: Session): void;
+}
+
+/** What {@linkcode SessionContext.checkEnvironment} is asked to check. */
+export interface EnvironmentCheck {
+  /** The session adding it (its config says whether to fail or warn). */
+  readonly session: Session;
+  /** The artifact's name as sent. */
+  readonly name: string;
+  /** The unpacked tree (store path), for an archive. */
+  readonly tree?: string;
+  /** The blob (store path), for a `.pex` added as a file. */
+  readonly pexFile?: string;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -760,6 +780,7 @@ export class Session {
     size: number,
     stagedFile: string | undefined,
     addedAt: number = Date.now(),
+    check = true,
   ): Promise<boolean> {
     const key = artifactKey(name);
     const existing = this.#manifest.artifacts[key];
@@ -866,6 +887,16 @@ export class Session {
           );
         }
       }
+      // Before anything is linked or recorded: a refused environment leaves the session as it
+      // was (its tree stays only as cache).
+      const warnings = check && this.#ctx.checkEnvironment
+        ? await this.#ctx.checkEnvironment({
+          session: this,
+          name: name.raw,
+          ...(tree ? { tree: tree.path } : {}),
+          ...(!tree && /\.pex$/i.test(name.path) ? { pexFile: blob } : {}),
+        })
+        : [];
       const adding = size + (tree?.info.bytes ?? 0);
       this.#checkQuota(name, adding, tree?.info.entries ?? 0);
       letGo = this.#ctx.holdUserBytes(this.userId, adding);
@@ -894,6 +925,7 @@ export class Session {
         sha256,
         size,
         ...(tree ? { treeBytes: tree.info.bytes, treeEntries: tree.info.entries } : {}),
+        ...(warnings.length > 0 ? { warnings } : {}),
         addedAt,
       };
       this.#manifest.artifacts[key] = record;
@@ -1140,7 +1172,8 @@ export class Session {
         const name = parseArtifactName(a.name);
         const fetched = await this.#fetch(a);
         try {
-          await this.#place(name, a.sha256, a.size, fetched, a.addedAt);
+          // Checked by the node that took the add; this node only follows the record.
+          await this.#place(name, a.sha256, a.size, fetched, a.addedAt, false);
         } finally {
           if (fetched) await Deno.remove(fetched).catch(() => {});
         }

@@ -40,6 +40,11 @@ export interface SessionStoreOptions {
    */
   unpack?: ArchiveUnpacker | undefined;
   /**
+   * Checks the environments adds bring (see `SessionContext.checkEnvironment`).
+   * @default {undefined} no checks
+   */
+  checkEnvironment?: SessionContext["checkEnvironment"];
+  /**
    * Bytes of blobs and trees no session refers to that are kept as a cache; beyond it the
    * least recently used are evicted.
    * @default {10_737_418_240} (10 GiB)
@@ -178,6 +183,7 @@ export class SessionStore {
       stagingRoot: join(dataDir, "staging"),
       limits: { maxArtifactBytes: options.maxArtifactBytes ?? 16 * 2 ** 30 },
       unpack: options.unpack,
+      ...(options.checkEnvironment ? { checkEnvironment: options.checkEnvironment } : {}),
       trees: this.trees,
       layers: this.layers,
       quotas,
