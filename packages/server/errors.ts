@@ -240,7 +240,10 @@ function exceptionClasses(errorClass: string): string[] {
       ...RUNTIME,
     ];
   }
-  if (errorClass.startsWith("INVALID_HANDLE.")) {
+  if (
+    errorClass.startsWith("INVALID_HANDLE.") ||
+    errorClass.startsWith("INVALID_CLONE_SESSION_REQUEST.")
+  ) {
     return ["org.apache.spark.SparkSQLException", "java.sql.SQLException", ...THROWABLE];
   }
   if (errorClass === "CANNOT_MODIFY_CONFIG") {

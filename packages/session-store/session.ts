@@ -634,6 +634,49 @@ export class Session {
     });
   }
 
+  /**
+   * Gives this (new) session every artifact of `source` by reference — links to the same
+   * blobs and trees, nothing copied or unpacked again — each checked against this session's
+   * and its user's quotas as an add is, the warnings they were recorded with kept. The config
+   * is the caller's to copy (a config change has its own path into the cluster).
+   *
+   * @param source The session cloned.
+   * @throws {SessionError} `QUOTA_EXCEEDED`, `BLOB_NOT_FOUND` (the source's content went
+   *   meanwhile); what was linked before stays, for the caller to release.
+   */
+  copyFrom(source: Session): Promise<void> {
+    return this.#lock.run(async () => {
+      this.#checkOpen();
+      const before = new Set(Object.keys(this.#manifest.artifacts));
+      let changed = false;
+      try {
+        await this.#refresh();
+        const records = source.artifacts().sort((a, b) => a.addedAt - b.addedAt);
+        for (const r of records) {
+          const placed = await this.#place(
+            parseArtifactName(r.name),
+            r.sha256,
+            r.size,
+            undefined,
+            r.addedAt,
+            false,
+          );
+          changed = placed || changed;
+          const mine = this.#manifest.artifacts[r.key];
+          if (placed && mine && r.warnings) {
+            this.#manifest.artifacts[r.key] = { ...mine, warnings: [...r.warnings] };
+          }
+        }
+        if (changed) {
+          const refused = await this.#publish(before);
+          if (refused.length > 0) throw refused[0];
+        }
+      } finally {
+        if (changed) await this.#writeManifest();
+      }
+    });
+  }
+
   async #commitOne(staged: StagedArtifact): Promise<boolean> {
     return await this.#place(staged.name, staged.sha256, staged.size, staged.file);
   }

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spark/connect/base.proto.
  */
 export const file_spark_connect_base: GenFile = /*@__PURE__*/
-  fileDesc("ChhzcGFyay9jb25uZWN0L2Jhc2UucHJvdG8SDXNwYXJrLmNvbm5lY3QiXAoLVXNlckNvbnRleHQSDwoHdXNlcl9pZBgBIAEoCRIRCgl1c2VyX25hbWUYAiABKAkSKQoKZXh0ZW5zaW9ucxjnByADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IjUKCEtleVZhbHVlEgsKA2tleRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBQggKBl92YWx1ZSLlBwoNQ29uZmlnUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSOQoJb3BlcmF0aW9uGAMgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Lk9wZXJhdGlvbhIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAGIAQEasAMKCU9wZXJhdGlvbhIvCgNzZXQYASABKAsyIC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuU2V0SAASLwoDZ2V0GAIgASgLMiAuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldEgAEkcKEGdldF93aXRoX2RlZmF1bHQYAyABKAsyKy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0V2l0aERlZmF1bHRIABI8CgpnZXRfb3B0aW9uGAQgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldE9wdGlvbkgAEjYKB2dldF9hbGwYBSABKAsyIy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0QWxsSAASMwoFdW5zZXQYBiABKAsyIi5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuVW5zZXRIABJCCg1pc19tb2RpZmlhYmxlGAcgASgLMikuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LklzTW9kaWZpYWJsZUgAQgkKB29wX3R5cGUaTQoDU2V0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRITCgZzaWxlbnQYAiABKAhIAIgBAUIJCgdfc2lsZW50GhMKA0dldBIMCgRrZXlzGAEgAygJGjgKDkdldFdpdGhEZWZhdWx0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRoZCglHZXRPcHRpb24SDAoEa2V5cxgBIAMoCRooCgZHZXRBbGwSEwoGcHJlZml4GAEgASgJSACIAQFCCQoHX3ByZWZpeBoVCgVVbnNldBIMCgRrZXlzGAEgAygJGhwKDElzTW9kaWZpYWJsZRIMCgRrZXlzGAEgAygJQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQifgoOQ29uZmlnUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVwYWlycxgCIAMoCzIXLnNwYXJrLmNvbm5lY3QuS2V5VmFsdWUSEAoId2FybmluZ3MYAyADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgEIAEoCSK8BgoTQWRkQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYBiABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBEjkKBWJhdGNoGAMgASgLMiguc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0LkJhdGNoSAASTgoLYmVnaW5fY2h1bmsYBCABKAsyNy5zcGFyay5jb25uZWN0LkFkZEFydGlmYWN0c1JlcXVlc3QuQmVnaW5DaHVua2VkQXJ0aWZhY3RIABJBCgVjaHVuaxgFIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rSAAaKgoNQXJ0aWZhY3RDaHVuaxIMCgRkYXRhGAEgASgMEgsKA2NyYxgCIAEoAxpjChNTaW5nbGVDaHVua0FydGlmYWN0EgwKBG5hbWUYASABKAkSPgoEZGF0YRgCIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rGlIKBUJhdGNoEkkKCWFydGlmYWN0cxgBIAMoCzI2LnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5TaW5nbGVDaHVua0FydGlmYWN0GpYBChRCZWdpbkNodW5rZWRBcnRpZmFjdBIMCgRuYW1lGAEgASgJEhMKC3RvdGFsX2J5dGVzGAIgASgDEhIKCm51bV9jaHVua3MYAyABKAMSRwoNaW5pdGlhbF9jaHVuaxgEIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rQgkKB3BheWxvYWRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLOAQoUQWRkQXJ0aWZhY3RzUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgCIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEkYKCWFydGlmYWN0cxgBIAMoCzIzLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UuQXJ0aWZhY3RTdW1tYXJ5GjoKD0FydGlmYWN0U3VtbWFyeRIMCgRuYW1lGAEgASgJEhkKEWlzX2NyY19zdWNjZXNzZnVsGAIgASgIIvgBChdBcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAIgBARINCgVuYW1lcxgEIAMoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgBiAEBQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiogIKGEFydGlmYWN0U3RhdHVzZXNSZXNwb25zZRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSRwoIc3RhdHVzZXMYASADKAsyNS5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXNwb25zZS5TdGF0dXNlc0VudHJ5GmcKDVN0YXR1c2VzRW50cnkSCwoDa2V5GAEgASgJEkUKBXZhbHVlGAIgASgLMjYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UuQXJ0aWZhY3RTdGF0dXM6AjgBGiAKDkFydGlmYWN0U3RhdHVzEg4KBmV4aXN0cxgBIAEoCCKgAQoVUmVsZWFzZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgAiAEBEhcKD2FsbG93X3JlY29ubmVjdBgEIAEoCEIOCgxfY2xpZW50X3R5cGUiTAoWUmVsZWFzZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkixQEKBFBsYW4SJwoEcm9vdBgBIAEoCzIXLnNwYXJrLmNvbm5lY3QuUmVsYXRpb25IABIpCgdjb21tYW5kGAIgASgLMhYuc3BhcmsuY29ubmVjdC5Db21tYW5kSAASRwoUY29tcHJlc3NlZF9vcGVyYXRpb24YAyABKAsyJy5zcGFyay5jb25uZWN0LlBsYW4uQ29tcHJlc3NlZE9wZXJhdGlvbkgAGhUKE0NvbXByZXNzZWRPcGVyYXRpb25CCQoHb3BfdHlwZSIKCghSZWxhdGlvbiIJCgdDb21tYW5kIsECChJFeGVjdXRlUGxhblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EiEKBHBsYW4YAyABKAsyEy5zcGFyay5jb25uZWN0LlBsYW4SGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIZCgxvcGVyYXRpb25faWQYBiABKAlIAYgBARIMCgR0YWdzGAcgAygJEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAKIAQFCDgoMX2NsaWVudF90eXBlQg8KDV9vcGVyYXRpb25faWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIuUBChNFeGVjdXRlUGxhblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSFAoMb3BlcmF0aW9uX2lkGAwgASgJEhMKC3Jlc3BvbnNlX2lkGA0gASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYDyABKAkSTAoPcmVzdWx0X2NvbXBsZXRlGA4gASgLMjEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlLlJlc3VsdENvbXBsZXRlSAAaEAoOUmVzdWx0Q29tcGxldGVCDwoNcmVzcG9uc2VfdHlwZSLrCgoSQW5hbHl6ZVBsYW5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGBEgASgJSAKIAQESOgoGc2NoZW1hGAQgASgLMiguc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2NoZW1hSAASPAoHZXhwbGFpbhgFIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LkV4cGxhaW5IABJDCgt0cmVlX3N0cmluZxgGIAEoCzIsLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlRyZWVTdHJpbmdIABI9Cghpc19sb2NhbBgHIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LklzTG9jYWxIABJFCgxpc19zdHJlYW1pbmcYCCABKAsyLS5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Jc1N0cmVhbWluZ0gAEkMKC2lucHV0X2ZpbGVzGAkgASgLMiwuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuSW5wdXRGaWxlc0gAEkcKDXNwYXJrX3ZlcnNpb24YCiABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TcGFya1ZlcnNpb25IABI/CglkZGxfcGFyc2UYCyABKAsyKi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5ERExQYXJzZUgAEkkKDnNhbWVfc2VtYW50aWNzGAwgASgLMi8uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2FtZVNlbWFudGljc0gAEkcKDXNlbWFudGljX2hhc2gYDSABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TZW1hbnRpY0hhc2hIABI8CgdwZXJzaXN0GA4gASgLMikuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuUGVyc2lzdEgAEkAKCXVucGVyc2lzdBgPIAEoCzIrLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlVucGVyc2lzdEgAEk4KEWdldF9zdG9yYWdlX2xldmVsGBAgASgLMjEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuR2V0U3RvcmFnZUxldmVsSAASQgoLanNvbl90b19kZGwYEiABKAsyKy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Kc29uVG9ERExIABoICgZTY2hlbWEaCQoHRXhwbGFpbhoMCgpUcmVlU3RyaW5nGgkKB0lzTG9jYWwaDQoLSXNTdHJlYW1pbmcaDAoKSW5wdXRGaWxlcxoOCgxTcGFya1ZlcnNpb24aCgoIRERMUGFyc2UaDwoNU2FtZVNlbWFudGljcxoOCgxTZW1hbnRpY0hhc2gaCQoHUGVyc2lzdBoLCglVbnBlcnNpc3QaEQoPR2V0U3RvcmFnZUxldmVsGgsKCUpzb25Ub0RETEIJCgdhbmFseXplQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQivgEKE0FuYWx5emVQbGFuUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGA8gASgJEkgKDXNwYXJrX3ZlcnNpb24YCCABKAsyLy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UuU3BhcmtWZXJzaW9uSAAaHwoMU3BhcmtWZXJzaW9uEg8KB3ZlcnNpb24YASABKAlCCAoGcmVzdWx0IrICChZSZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIUCgxvcGVyYXRpb25faWQYAyABKAkSGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIdChBsYXN0X3Jlc3BvbnNlX2lkGAUgASgJSAGIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBiABKAlIAogBAUIOCgxfY2xpZW50X3R5cGVCEwoRX2xhc3RfcmVzcG9uc2VfaWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIs8DChVSZWxlYXNlRXhlY3V0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhQKDG9wZXJhdGlvbl9pZBgDIAEoCRIYCgtjbGllbnRfdHlwZRgEIAEoCUgBiAEBEkYKC3JlbGVhc2VfYWxsGAUgASgLMi8uc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlcXVlc3QuUmVsZWFzZUFsbEgAEkoKDXJlbGVhc2VfdW50aWwYBiABKAsyMS5zcGFyay5jb25uZWN0LlJlbGVhc2VFeGVjdXRlUmVxdWVzdC5SZWxlYXNlVW50aWxIABIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBGgwKClJlbGVhc2VBbGwaIwoMUmVsZWFzZVVudGlsEhMKC3Jlc3BvbnNlX2lkGAEgASgJQgkKB3JlbGVhc2VCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJ4ChZSZWxlYXNlRXhlY3V0ZVJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSGQoMb3BlcmF0aW9uX2lkGAIgASgJSACIAQESHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUIPCg1fb3BlcmF0aW9uX2lkIuoDChBJbnRlcnJ1cHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEkUKDmludGVycnVwdF90eXBlGAQgASgOMi0uc3BhcmsuY29ubmVjdC5JbnRlcnJ1cHRSZXF1ZXN0LkludGVycnVwdFR5cGUSFwoNb3BlcmF0aW9uX3RhZxgFIAEoCUgAEhYKDG9wZXJhdGlvbl9pZBgGIAEoCUgAEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAcgASgJSAKIAQEigAEKDUludGVycnVwdFR5cGUSHgoaSU5URVJSVVBUX1RZUEVfVU5TUEVDSUZJRUQQABIWChJJTlRFUlJVUFRfVFlQRV9BTEwQARIWChJJTlRFUlJVUFRfVFlQRV9UQUcQAhIfChtJTlRFUlJVUFRfVFlQRV9PUEVSQVRJT05fSUQQA0ILCglpbnRlcnJ1cHRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJgChFJbnRlcnJ1cHRSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhcKD2ludGVycnVwdGVkX2lkcxgCIAMoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJIvwBChhGZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhAKCGVycm9yX2lkGAMgASgJEhgKC2NsaWVudF90eXBlGAQgASgJSACIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBSABKAlIAYgBAUIOCgxfY2xpZW50X3R5cGVCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIn8KGUZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2USGwoOcm9vdF9lcnJvcl9pZHgYASABKAVIAIgBARIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEhIKCnNlc3Npb25faWQYBCABKAlCEQoPX3Jvb3RfZXJyb3JfaWR4MrIHChNTcGFya0Nvbm5lY3RTZXJ2aWNlElgKC0V4ZWN1dGVQbGFuEiEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkV4ZWN1dGVQbGFuUmVzcG9uc2UiADABElYKC0FuYWx5emVQbGFuEiEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UiABJHCgZDb25maWcSHC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QaHS5zcGFyay5jb25uZWN0LkNvbmZpZ1Jlc3BvbnNlIgASWwoMQWRkQXJ0aWZhY3RzEiIuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0GiMuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXNwb25zZSIAKAESYwoOQXJ0aWZhY3RTdGF0dXMSJi5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXF1ZXN0Gicuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UiABJQCglJbnRlcnJ1cHQSHy5zcGFyay5jb25uZWN0LkludGVycnVwdFJlcXVlc3QaIC5zcGFyay5jb25uZWN0LkludGVycnVwdFJlc3BvbnNlIgASYAoPUmVhdHRhY2hFeGVjdXRlEiUuc3BhcmsuY29ubmVjdC5SZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0GiIuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlIgAwARJfCg5SZWxlYXNlRXhlY3V0ZRIkLnNwYXJrLmNvbm5lY3QuUmVsZWFzZUV4ZWN1dGVSZXF1ZXN0GiUuc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlc3BvbnNlIgASXwoOUmVsZWFzZVNlc3Npb24SJC5zcGFyay5jb25uZWN0LlJlbGVhc2VTZXNzaW9uUmVxdWVzdBolLnNwYXJrLmNvbm5lY3QuUmVsZWFzZVNlc3Npb25SZXNwb25zZSIAEmgKEUZldGNoRXJyb3JEZXRhaWxzEicuc3BhcmsuY29ubmVjdC5GZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QaKC5zcGFyay5jb25uZWN0LkZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2UiAEIiCh5vcmcuYXBhY2hlLnNwYXJrLmNvbm5lY3QucHJvdG9QAWIGcHJvdG8z", [file_google_protobuf_any]);
+  fileDesc("ChhzcGFyay9jb25uZWN0L2Jhc2UucHJvdG8SDXNwYXJrLmNvbm5lY3QiXAoLVXNlckNvbnRleHQSDwoHdXNlcl9pZBgBIAEoCRIRCgl1c2VyX25hbWUYAiABKAkSKQoKZXh0ZW5zaW9ucxjnByADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IjUKCEtleVZhbHVlEgsKA2tleRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBQggKBl92YWx1ZSLlBwoNQ29uZmlnUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSOQoJb3BlcmF0aW9uGAMgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0Lk9wZXJhdGlvbhIYCgtjbGllbnRfdHlwZRgEIAEoCUgAiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAGIAQEasAMKCU9wZXJhdGlvbhIvCgNzZXQYASABKAsyIC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuU2V0SAASLwoDZ2V0GAIgASgLMiAuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldEgAEkcKEGdldF93aXRoX2RlZmF1bHQYAyABKAsyKy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0V2l0aERlZmF1bHRIABI8CgpnZXRfb3B0aW9uGAQgASgLMiYuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LkdldE9wdGlvbkgAEjYKB2dldF9hbGwYBSABKAsyIy5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuR2V0QWxsSAASMwoFdW5zZXQYBiABKAsyIi5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QuVW5zZXRIABJCCg1pc19tb2RpZmlhYmxlGAcgASgLMikuc3BhcmsuY29ubmVjdC5Db25maWdSZXF1ZXN0LklzTW9kaWZpYWJsZUgAQgkKB29wX3R5cGUaTQoDU2V0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRITCgZzaWxlbnQYAiABKAhIAIgBAUIJCgdfc2lsZW50GhMKA0dldBIMCgRrZXlzGAEgAygJGjgKDkdldFdpdGhEZWZhdWx0EiYKBXBhaXJzGAEgAygLMhcuc3BhcmsuY29ubmVjdC5LZXlWYWx1ZRoZCglHZXRPcHRpb24SDAoEa2V5cxgBIAMoCRooCgZHZXRBbGwSEwoGcHJlZml4GAEgASgJSACIAQFCCQoHX3ByZWZpeBoVCgVVbnNldBIMCgRrZXlzGAEgAygJGhwKDElzTW9kaWZpYWJsZRIMCgRrZXlzGAEgAygJQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQifgoOQ29uZmlnUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVwYWlycxgCIAMoCzIXLnNwYXJrLmNvbm5lY3QuS2V5VmFsdWUSEAoId2FybmluZ3MYAyADKAkSHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgEIAEoCSK8BgoTQWRkQXJ0aWZhY3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYBiABKAlIAYgBARIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBEjkKBWJhdGNoGAMgASgLMiguc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0LkJhdGNoSAASTgoLYmVnaW5fY2h1bmsYBCABKAsyNy5zcGFyay5jb25uZWN0LkFkZEFydGlmYWN0c1JlcXVlc3QuQmVnaW5DaHVua2VkQXJ0aWZhY3RIABJBCgVjaHVuaxgFIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rSAAaKgoNQXJ0aWZhY3RDaHVuaxIMCgRkYXRhGAEgASgMEgsKA2NyYxgCIAEoAxpjChNTaW5nbGVDaHVua0FydGlmYWN0EgwKBG5hbWUYASABKAkSPgoEZGF0YRgCIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rGlIKBUJhdGNoEkkKCWFydGlmYWN0cxgBIAMoCzI2LnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5TaW5nbGVDaHVua0FydGlmYWN0GpYBChRCZWdpbkNodW5rZWRBcnRpZmFjdBIMCgRuYW1lGAEgASgJEhMKC3RvdGFsX2J5dGVzGAIgASgDEhIKCm51bV9jaHVua3MYAyABKAMSRwoNaW5pdGlhbF9jaHVuaxgEIAEoCzIwLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVxdWVzdC5BcnRpZmFjdENodW5rQgkKB3BheWxvYWRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCLOAQoUQWRkQXJ0aWZhY3RzUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgCIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEkYKCWFydGlmYWN0cxgBIAMoCzIzLnNwYXJrLmNvbm5lY3QuQWRkQXJ0aWZhY3RzUmVzcG9uc2UuQXJ0aWZhY3RTdW1tYXJ5GjoKD0FydGlmYWN0U3VtbWFyeRIMCgRuYW1lGAEgASgJEhkKEWlzX2NyY19zdWNjZXNzZnVsGAIgASgIIvgBChdBcnRpZmFjdFN0YXR1c2VzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAIgBARINCgVuYW1lcxgEIAMoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgBiAEBQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQiogIKGEFydGlmYWN0U3RhdHVzZXNSZXNwb25zZRISCgpzZXNzaW9uX2lkGAIgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAyABKAkSRwoIc3RhdHVzZXMYASADKAsyNS5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXNwb25zZS5TdGF0dXNlc0VudHJ5GmcKDVN0YXR1c2VzRW50cnkSCwoDa2V5GAEgASgJEkUKBXZhbHVlGAIgASgLMjYuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UuQXJ0aWZhY3RTdGF0dXM6AjgBGiAKDkFydGlmYWN0U3RhdHVzEg4KBmV4aXN0cxgBIAEoCCKgAQoVUmVsZWFzZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgAiAEBEhcKD2FsbG93X3JlY29ubmVjdBgEIAEoCEIOCgxfY2xpZW50X3R5cGUiTAoWUmVsZWFzZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkilQIKE0Nsb25lU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgFIAEoCUgAiAEBEjAKDHVzZXJfY29udGV4dBgCIAEoCzIaLnNwYXJrLmNvbm5lY3QuVXNlckNvbnRleHQSGAoLY2xpZW50X3R5cGUYAyABKAlIAYgBARIbCg5uZXdfc2Vzc2lvbl9pZBgEIAEoCUgCiAEBQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZEIOCgxfY2xpZW50X3R5cGVCEQoPX25ld19zZXNzaW9uX2lkIoYBChRDbG9uZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYAiABKAkSFgoObmV3X3Nlc3Npb25faWQYAyABKAkSIgoabmV3X3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBCABKAkixQEKBFBsYW4SJwoEcm9vdBgBIAEoCzIXLnNwYXJrLmNvbm5lY3QuUmVsYXRpb25IABIpCgdjb21tYW5kGAIgASgLMhYuc3BhcmsuY29ubmVjdC5Db21tYW5kSAASRwoUY29tcHJlc3NlZF9vcGVyYXRpb24YAyABKAsyJy5zcGFyay5jb25uZWN0LlBsYW4uQ29tcHJlc3NlZE9wZXJhdGlvbkgAGhUKE0NvbXByZXNzZWRPcGVyYXRpb25CCQoHb3BfdHlwZSIKCghSZWxhdGlvbiIJCgdDb21tYW5kIsECChJFeGVjdXRlUGxhblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EiEKBHBsYW4YAyABKAsyEy5zcGFyay5jb25uZWN0LlBsYW4SGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIZCgxvcGVyYXRpb25faWQYBiABKAlIAYgBARIMCgR0YWdzGAcgAygJEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAggASgJSAKIAQFCDgoMX2NsaWVudF90eXBlQg8KDV9vcGVyYXRpb25faWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIuUBChNFeGVjdXRlUGxhblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSFAoMb3BlcmF0aW9uX2lkGAwgASgJEhMKC3Jlc3BvbnNlX2lkGA0gASgJEh4KFnNlcnZlcl9zaWRlX3Nlc3Npb25faWQYDyABKAkSTAoPcmVzdWx0X2NvbXBsZXRlGA4gASgLMjEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlLlJlc3VsdENvbXBsZXRlSAAaEAoOUmVzdWx0Q29tcGxldGVCDwoNcmVzcG9uc2VfdHlwZSLrCgoSQW5hbHl6ZVBsYW5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGBEgASgJSAKIAQESOgoGc2NoZW1hGAQgASgLMiguc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2NoZW1hSAASPAoHZXhwbGFpbhgFIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LkV4cGxhaW5IABJDCgt0cmVlX3N0cmluZxgGIAEoCzIsLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlRyZWVTdHJpbmdIABI9Cghpc19sb2NhbBgHIAEoCzIpLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LklzTG9jYWxIABJFCgxpc19zdHJlYW1pbmcYCCABKAsyLS5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Jc1N0cmVhbWluZ0gAEkMKC2lucHV0X2ZpbGVzGAkgASgLMiwuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuSW5wdXRGaWxlc0gAEkcKDXNwYXJrX3ZlcnNpb24YCiABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TcGFya1ZlcnNpb25IABI/CglkZGxfcGFyc2UYCyABKAsyKi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5ERExQYXJzZUgAEkkKDnNhbWVfc2VtYW50aWNzGAwgASgLMi8uc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuU2FtZVNlbWFudGljc0gAEkcKDXNlbWFudGljX2hhc2gYDSABKAsyLi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5TZW1hbnRpY0hhc2hIABI8CgdwZXJzaXN0GA4gASgLMikuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuUGVyc2lzdEgAEkAKCXVucGVyc2lzdBgPIAEoCzIrLnNwYXJrLmNvbm5lY3QuQW5hbHl6ZVBsYW5SZXF1ZXN0LlVucGVyc2lzdEgAEk4KEWdldF9zdG9yYWdlX2xldmVsGBAgASgLMjEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QuR2V0U3RvcmFnZUxldmVsSAASQgoLanNvbl90b19kZGwYEiABKAsyKy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVxdWVzdC5Kc29uVG9ERExIABoICgZTY2hlbWEaCQoHRXhwbGFpbhoMCgpUcmVlU3RyaW5nGgkKB0lzTG9jYWwaDQoLSXNTdHJlYW1pbmcaDAoKSW5wdXRGaWxlcxoOCgxTcGFya1ZlcnNpb24aCgoIRERMUGFyc2UaDwoNU2FtZVNlbWFudGljcxoOCgxTZW1hbnRpY0hhc2gaCQoHUGVyc2lzdBoLCglVbnBlcnNpc3QaEQoPR2V0U3RvcmFnZUxldmVsGgsKCUpzb25Ub0RETEIJCgdhbmFseXplQg4KDF9jbGllbnRfdHlwZUIpCidfY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQivgEKE0FuYWx5emVQbGFuUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGA8gASgJEkgKDXNwYXJrX3ZlcnNpb24YCCABKAsyLy5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UuU3BhcmtWZXJzaW9uSAAaHwoMU3BhcmtWZXJzaW9uEg8KB3ZlcnNpb24YASABKAlCCAoGcmVzdWx0IrICChZSZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIUCgxvcGVyYXRpb25faWQYAyABKAkSGAoLY2xpZW50X3R5cGUYBCABKAlIAIgBARIdChBsYXN0X3Jlc3BvbnNlX2lkGAUgASgJSAGIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBiABKAlIAogBAUIOCgxfY2xpZW50X3R5cGVCEwoRX2xhc3RfcmVzcG9uc2VfaWRCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIs8DChVSZWxlYXNlRXhlY3V0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhQKDG9wZXJhdGlvbl9pZBgDIAEoCRIYCgtjbGllbnRfdHlwZRgEIAEoCUgBiAEBEkYKC3JlbGVhc2VfYWxsGAUgASgLMi8uc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlcXVlc3QuUmVsZWFzZUFsbEgAEkoKDXJlbGVhc2VfdW50aWwYBiABKAsyMS5zcGFyay5jb25uZWN0LlJlbGVhc2VFeGVjdXRlUmVxdWVzdC5SZWxlYXNlVW50aWxIABIzCiZjbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgHIAEoCUgCiAEBGgwKClJlbGVhc2VBbGwaIwoMUmVsZWFzZVVudGlsEhMKC3Jlc3BvbnNlX2lkGAEgASgJQgkKB3JlbGVhc2VCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJ4ChZSZWxlYXNlRXhlY3V0ZVJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSGQoMb3BlcmF0aW9uX2lkGAIgASgJSACIAQESHgoWc2VydmVyX3NpZGVfc2Vzc2lvbl9pZBgDIAEoCUIPCg1fb3BlcmF0aW9uX2lkIuoDChBJbnRlcnJ1cHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSMAoMdXNlcl9jb250ZXh0GAIgASgLMhouc3BhcmsuY29ubmVjdC5Vc2VyQ29udGV4dBIYCgtjbGllbnRfdHlwZRgDIAEoCUgBiAEBEkUKDmludGVycnVwdF90eXBlGAQgASgOMi0uc3BhcmsuY29ubmVjdC5JbnRlcnJ1cHRSZXF1ZXN0LkludGVycnVwdFR5cGUSFwoNb3BlcmF0aW9uX3RhZxgFIAEoCUgAEhYKDG9wZXJhdGlvbl9pZBgGIAEoCUgAEjMKJmNsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAcgASgJSAKIAQEigAEKDUludGVycnVwdFR5cGUSHgoaSU5URVJSVVBUX1RZUEVfVU5TUEVDSUZJRUQQABIWChJJTlRFUlJVUFRfVFlQRV9BTEwQARIWChJJTlRFUlJVUFRfVFlQRV9UQUcQAhIfChtJTlRFUlJVUFRfVFlQRV9PUEVSQVRJT05fSUQQA0ILCglpbnRlcnJ1cHRCDgoMX2NsaWVudF90eXBlQikKJ19jbGllbnRfb2JzZXJ2ZWRfc2VydmVyX3NpZGVfc2Vzc2lvbl9pZCJgChFJbnRlcnJ1cHRSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhcKD2ludGVycnVwdGVkX2lkcxgCIAMoCRIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJIvwBChhGZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgx1c2VyX2NvbnRleHQYAiABKAsyGi5zcGFyay5jb25uZWN0LlVzZXJDb250ZXh0EhAKCGVycm9yX2lkGAMgASgJEhgKC2NsaWVudF90eXBlGAQgASgJSACIAQESMwomY2xpZW50X29ic2VydmVkX3NlcnZlcl9zaWRlX3Nlc3Npb25faWQYBSABKAlIAYgBAUIOCgxfY2xpZW50X3R5cGVCKQonX2NsaWVudF9vYnNlcnZlZF9zZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkIn8KGUZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2USGwoOcm9vdF9lcnJvcl9pZHgYASABKAVIAIgBARIeChZzZXJ2ZXJfc2lkZV9zZXNzaW9uX2lkGAMgASgJEhIKCnNlc3Npb25faWQYBCABKAlCEQoPX3Jvb3RfZXJyb3JfaWR4Mo0IChNTcGFya0Nvbm5lY3RTZXJ2aWNlElgKC0V4ZWN1dGVQbGFuEiEuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkV4ZWN1dGVQbGFuUmVzcG9uc2UiADABElYKC0FuYWx5emVQbGFuEiEuc3BhcmsuY29ubmVjdC5BbmFseXplUGxhblJlcXVlc3QaIi5zcGFyay5jb25uZWN0LkFuYWx5emVQbGFuUmVzcG9uc2UiABJHCgZDb25maWcSHC5zcGFyay5jb25uZWN0LkNvbmZpZ1JlcXVlc3QaHS5zcGFyay5jb25uZWN0LkNvbmZpZ1Jlc3BvbnNlIgASWwoMQWRkQXJ0aWZhY3RzEiIuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXF1ZXN0GiMuc3BhcmsuY29ubmVjdC5BZGRBcnRpZmFjdHNSZXNwb25zZSIAKAESYwoOQXJ0aWZhY3RTdGF0dXMSJi5zcGFyay5jb25uZWN0LkFydGlmYWN0U3RhdHVzZXNSZXF1ZXN0Gicuc3BhcmsuY29ubmVjdC5BcnRpZmFjdFN0YXR1c2VzUmVzcG9uc2UiABJQCglJbnRlcnJ1cHQSHy5zcGFyay5jb25uZWN0LkludGVycnVwdFJlcXVlc3QaIC5zcGFyay5jb25uZWN0LkludGVycnVwdFJlc3BvbnNlIgASYAoPUmVhdHRhY2hFeGVjdXRlEiUuc3BhcmsuY29ubmVjdC5SZWF0dGFjaEV4ZWN1dGVSZXF1ZXN0GiIuc3BhcmsuY29ubmVjdC5FeGVjdXRlUGxhblJlc3BvbnNlIgAwARJfCg5SZWxlYXNlRXhlY3V0ZRIkLnNwYXJrLmNvbm5lY3QuUmVsZWFzZUV4ZWN1dGVSZXF1ZXN0GiUuc3BhcmsuY29ubmVjdC5SZWxlYXNlRXhlY3V0ZVJlc3BvbnNlIgASXwoOUmVsZWFzZVNlc3Npb24SJC5zcGFyay5jb25uZWN0LlJlbGVhc2VTZXNzaW9uUmVxdWVzdBolLnNwYXJrLmNvbm5lY3QuUmVsZWFzZVNlc3Npb25SZXNwb25zZSIAEmgKEUZldGNoRXJyb3JEZXRhaWxzEicuc3BhcmsuY29ubmVjdC5GZXRjaEVycm9yRGV0YWlsc1JlcXVlc3QaKC5zcGFyay5jb25uZWN0LkZldGNoRXJyb3JEZXRhaWxzUmVzcG9uc2UiABJZCgxDbG9uZVNlc3Npb24SIi5zcGFyay5jb25uZWN0LkNsb25lU2Vzc2lvblJlcXVlc3QaIy5zcGFyay5jb25uZWN0LkNsb25lU2Vzc2lvblJlc3BvbnNlIgBCIgoeb3JnLmFwYWNoZS5zcGFyay5jb25uZWN0LnByb3RvUAFiBnByb3RvMw", [file_google_protobuf_any]);
 
 /**
  * User context as the client reports it. Sessions are keyed by (user_id, session_id).
@@ -703,6 +703,81 @@ export const ReleaseSessionResponseSchema: GenMessage<ReleaseSessionResponse> = 
   messageDesc(file_spark_connect_base, 9);
 
 /**
+ * Request of CloneSession (4.1+): a new session with the source's artifacts and config.
+ *
+ * @generated from message spark.connect.CloneSessionRequest
+ */
+export type CloneSessionRequest = Message<"spark.connect.CloneSessionRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: optional string client_observed_server_side_session_id = 5;
+   */
+  clientObservedServerSideSessionId?: string | undefined;
+
+  /**
+   * @generated from field: spark.connect.UserContext user_context = 2;
+   */
+  userContext?: UserContext | undefined;
+
+  /**
+   * @generated from field: optional string client_type = 3;
+   */
+  clientType?: string | undefined;
+
+  /**
+   * The clone's session id (a UUID); a new one when unset or empty.
+   *
+   * @generated from field: optional string new_session_id = 4;
+   */
+  newSessionId?: string | undefined;
+};
+
+/**
+ * Describes the message spark.connect.CloneSessionRequest.
+ * Use `create(CloneSessionRequestSchema)` to create a new message.
+ */
+export const CloneSessionRequestSchema: GenMessage<CloneSessionRequest> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 10);
+
+/**
+ * Response of CloneSession.
+ *
+ * @generated from message spark.connect.CloneSessionResponse
+ */
+export type CloneSessionResponse = Message<"spark.connect.CloneSessionResponse"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string server_side_session_id = 2;
+   */
+  serverSideSessionId: string;
+
+  /**
+   * @generated from field: string new_session_id = 3;
+   */
+  newSessionId: string;
+
+  /**
+   * @generated from field: string new_server_side_session_id = 4;
+   */
+  newServerSideSessionId: string;
+};
+
+/**
+ * Describes the message spark.connect.CloneSessionResponse.
+ * Use `create(CloneSessionResponseSchema)` to create a new message.
+ */
+export const CloneSessionResponseSchema: GenMessage<CloneSessionResponse> = /*@__PURE__*/
+  messageDesc(file_spark_connect_base, 11);
+
+/**
  * A plan, as much of it as Valise reads: which kind of operation a client asks to execute or
  * analyze. Valise does not execute plans (it is not a query engine); it names what was asked in
  * its error. The fields of Relation and Command are left out: protobuf skips them.
@@ -739,7 +814,7 @@ export type Plan = Message<"spark.connect.Plan"> & {
  * Use `create(PlanSchema)` to create a new message.
  */
 export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 10);
+  messageDesc(file_spark_connect_base, 12);
 
 /**
  * A plan compressed by the client (4.1+); Valise never asks for compression.
@@ -754,7 +829,7 @@ export type Plan_CompressedOperation = Message<"spark.connect.Plan.CompressedOpe
  * Use `create(Plan_CompressedOperationSchema)` to create a new message.
  */
 export const Plan_CompressedOperationSchema: GenMessage<Plan_CompressedOperation> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 10, 0);
+  messageDesc(file_spark_connect_base, 12, 0);
 
 /**
  * A relation (a DataFrame); its fields are not read.
@@ -769,7 +844,7 @@ export type Relation = Message<"spark.connect.Relation"> & {
  * Use `create(RelationSchema)` to create a new message.
  */
 export const RelationSchema: GenMessage<Relation> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 11);
+  messageDesc(file_spark_connect_base, 13);
 
 /**
  * A command (a write, a SQL command, a registration…); its fields are not read.
@@ -784,7 +859,7 @@ export type Command = Message<"spark.connect.Command"> & {
  * Use `create(CommandSchema)` to create a new message.
  */
 export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 12);
+  messageDesc(file_spark_connect_base, 14);
 
 /**
  * Request of ExecutePlan.
@@ -833,7 +908,7 @@ export type ExecutePlanRequest = Message<"spark.connect.ExecutePlanRequest"> & {
  * Use `create(ExecutePlanRequestSchema)` to create a new message.
  */
 export const ExecutePlanRequestSchema: GenMessage<ExecutePlanRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 13);
+  messageDesc(file_spark_connect_base, 15);
 
 /**
  * A response of ExecutePlan (and ReattachExecute): the fields every response carries, and the
@@ -879,7 +954,7 @@ export type ExecutePlanResponse = Message<"spark.connect.ExecutePlanResponse"> &
  * Use `create(ExecutePlanResponseSchema)` to create a new message.
  */
 export const ExecutePlanResponseSchema: GenMessage<ExecutePlanResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 14);
+  messageDesc(file_spark_connect_base, 16);
 
 /**
  * @generated from message spark.connect.ExecutePlanResponse.ResultComplete
@@ -892,7 +967,7 @@ export type ExecutePlanResponse_ResultComplete = Message<"spark.connect.ExecuteP
  * Use `create(ExecutePlanResponse_ResultCompleteSchema)` to create a new message.
  */
 export const ExecutePlanResponse_ResultCompleteSchema: GenMessage<ExecutePlanResponse_ResultComplete> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 14, 0);
+  messageDesc(file_spark_connect_base, 16, 0);
 
 /**
  * Request of AnalyzePlan. Valise answers spark_version; every other analysis needs a query
@@ -1016,7 +1091,7 @@ export type AnalyzePlanRequest = Message<"spark.connect.AnalyzePlanRequest"> & {
  * Use `create(AnalyzePlanRequestSchema)` to create a new message.
  */
 export const AnalyzePlanRequestSchema: GenMessage<AnalyzePlanRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15);
+  messageDesc(file_spark_connect_base, 17);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Schema
@@ -1029,7 +1104,7 @@ export type AnalyzePlanRequest_Schema = Message<"spark.connect.AnalyzePlanReques
  * Use `create(AnalyzePlanRequest_SchemaSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SchemaSchema: GenMessage<AnalyzePlanRequest_Schema> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 0);
+  messageDesc(file_spark_connect_base, 17, 0);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Explain
@@ -1042,7 +1117,7 @@ export type AnalyzePlanRequest_Explain = Message<"spark.connect.AnalyzePlanReque
  * Use `create(AnalyzePlanRequest_ExplainSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_ExplainSchema: GenMessage<AnalyzePlanRequest_Explain> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 1);
+  messageDesc(file_spark_connect_base, 17, 1);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.TreeString
@@ -1055,7 +1130,7 @@ export type AnalyzePlanRequest_TreeString = Message<"spark.connect.AnalyzePlanRe
  * Use `create(AnalyzePlanRequest_TreeStringSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_TreeStringSchema: GenMessage<AnalyzePlanRequest_TreeString> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 2);
+  messageDesc(file_spark_connect_base, 17, 2);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.IsLocal
@@ -1068,7 +1143,7 @@ export type AnalyzePlanRequest_IsLocal = Message<"spark.connect.AnalyzePlanReque
  * Use `create(AnalyzePlanRequest_IsLocalSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_IsLocalSchema: GenMessage<AnalyzePlanRequest_IsLocal> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 3);
+  messageDesc(file_spark_connect_base, 17, 3);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.IsStreaming
@@ -1081,7 +1156,7 @@ export type AnalyzePlanRequest_IsStreaming = Message<"spark.connect.AnalyzePlanR
  * Use `create(AnalyzePlanRequest_IsStreamingSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_IsStreamingSchema: GenMessage<AnalyzePlanRequest_IsStreaming> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 4);
+  messageDesc(file_spark_connect_base, 17, 4);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.InputFiles
@@ -1094,7 +1169,7 @@ export type AnalyzePlanRequest_InputFiles = Message<"spark.connect.AnalyzePlanRe
  * Use `create(AnalyzePlanRequest_InputFilesSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_InputFilesSchema: GenMessage<AnalyzePlanRequest_InputFiles> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 5);
+  messageDesc(file_spark_connect_base, 17, 5);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.SparkVersion
@@ -1107,7 +1182,7 @@ export type AnalyzePlanRequest_SparkVersion = Message<"spark.connect.AnalyzePlan
  * Use `create(AnalyzePlanRequest_SparkVersionSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SparkVersionSchema: GenMessage<AnalyzePlanRequest_SparkVersion> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 6);
+  messageDesc(file_spark_connect_base, 17, 6);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.DDLParse
@@ -1120,7 +1195,7 @@ export type AnalyzePlanRequest_DDLParse = Message<"spark.connect.AnalyzePlanRequ
  * Use `create(AnalyzePlanRequest_DDLParseSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_DDLParseSchema: GenMessage<AnalyzePlanRequest_DDLParse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 7);
+  messageDesc(file_spark_connect_base, 17, 7);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.SameSemantics
@@ -1133,7 +1208,7 @@ export type AnalyzePlanRequest_SameSemantics = Message<"spark.connect.AnalyzePla
  * Use `create(AnalyzePlanRequest_SameSemanticsSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SameSemanticsSchema: GenMessage<AnalyzePlanRequest_SameSemantics> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 8);
+  messageDesc(file_spark_connect_base, 17, 8);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.SemanticHash
@@ -1146,7 +1221,7 @@ export type AnalyzePlanRequest_SemanticHash = Message<"spark.connect.AnalyzePlan
  * Use `create(AnalyzePlanRequest_SemanticHashSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_SemanticHashSchema: GenMessage<AnalyzePlanRequest_SemanticHash> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 9);
+  messageDesc(file_spark_connect_base, 17, 9);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Persist
@@ -1159,7 +1234,7 @@ export type AnalyzePlanRequest_Persist = Message<"spark.connect.AnalyzePlanReque
  * Use `create(AnalyzePlanRequest_PersistSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_PersistSchema: GenMessage<AnalyzePlanRequest_Persist> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 10);
+  messageDesc(file_spark_connect_base, 17, 10);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.Unpersist
@@ -1172,7 +1247,7 @@ export type AnalyzePlanRequest_Unpersist = Message<"spark.connect.AnalyzePlanReq
  * Use `create(AnalyzePlanRequest_UnpersistSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_UnpersistSchema: GenMessage<AnalyzePlanRequest_Unpersist> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 11);
+  messageDesc(file_spark_connect_base, 17, 11);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.GetStorageLevel
@@ -1185,7 +1260,7 @@ export type AnalyzePlanRequest_GetStorageLevel = Message<"spark.connect.AnalyzeP
  * Use `create(AnalyzePlanRequest_GetStorageLevelSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_GetStorageLevelSchema: GenMessage<AnalyzePlanRequest_GetStorageLevel> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 12);
+  messageDesc(file_spark_connect_base, 17, 12);
 
 /**
  * @generated from message spark.connect.AnalyzePlanRequest.JsonToDDL
@@ -1198,7 +1273,7 @@ export type AnalyzePlanRequest_JsonToDDL = Message<"spark.connect.AnalyzePlanReq
  * Use `create(AnalyzePlanRequest_JsonToDDLSchema)` to create a new message.
  */
 export const AnalyzePlanRequest_JsonToDDLSchema: GenMessage<AnalyzePlanRequest_JsonToDDL> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 15, 13);
+  messageDesc(file_spark_connect_base, 17, 13);
 
 /**
  * Response of AnalyzePlan.
@@ -1233,7 +1308,7 @@ export type AnalyzePlanResponse = Message<"spark.connect.AnalyzePlanResponse"> &
  * Use `create(AnalyzePlanResponseSchema)` to create a new message.
  */
 export const AnalyzePlanResponseSchema: GenMessage<AnalyzePlanResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 16);
+  messageDesc(file_spark_connect_base, 18);
 
 /**
  * @generated from message spark.connect.AnalyzePlanResponse.SparkVersion
@@ -1250,7 +1325,7 @@ export type AnalyzePlanResponse_SparkVersion = Message<"spark.connect.AnalyzePla
  * Use `create(AnalyzePlanResponse_SparkVersionSchema)` to create a new message.
  */
 export const AnalyzePlanResponse_SparkVersionSchema: GenMessage<AnalyzePlanResponse_SparkVersion> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 16, 0);
+  messageDesc(file_spark_connect_base, 18, 0);
 
 /**
  * Request of ReattachExecute: continue the responses of an operation.
@@ -1294,7 +1369,7 @@ export type ReattachExecuteRequest = Message<"spark.connect.ReattachExecuteReque
  * Use `create(ReattachExecuteRequestSchema)` to create a new message.
  */
 export const ReattachExecuteRequestSchema: GenMessage<ReattachExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 17);
+  messageDesc(file_spark_connect_base, 19);
 
 /**
  * Request of ReleaseExecute: the client no longer needs an operation's responses.
@@ -1350,7 +1425,7 @@ export type ReleaseExecuteRequest = Message<"spark.connect.ReleaseExecuteRequest
  * Use `create(ReleaseExecuteRequestSchema)` to create a new message.
  */
 export const ReleaseExecuteRequestSchema: GenMessage<ReleaseExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 18);
+  messageDesc(file_spark_connect_base, 20);
 
 /**
  * @generated from message spark.connect.ReleaseExecuteRequest.ReleaseAll
@@ -1363,7 +1438,7 @@ export type ReleaseExecuteRequest_ReleaseAll = Message<"spark.connect.ReleaseExe
  * Use `create(ReleaseExecuteRequest_ReleaseAllSchema)` to create a new message.
  */
 export const ReleaseExecuteRequest_ReleaseAllSchema: GenMessage<ReleaseExecuteRequest_ReleaseAll> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 18, 0);
+  messageDesc(file_spark_connect_base, 20, 0);
 
 /**
  * @generated from message spark.connect.ReleaseExecuteRequest.ReleaseUntil
@@ -1380,7 +1455,7 @@ export type ReleaseExecuteRequest_ReleaseUntil = Message<"spark.connect.ReleaseE
  * Use `create(ReleaseExecuteRequest_ReleaseUntilSchema)` to create a new message.
  */
 export const ReleaseExecuteRequest_ReleaseUntilSchema: GenMessage<ReleaseExecuteRequest_ReleaseUntil> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 18, 1);
+  messageDesc(file_spark_connect_base, 20, 1);
 
 /**
  * Response of ReleaseExecute.
@@ -1409,7 +1484,7 @@ export type ReleaseExecuteResponse = Message<"spark.connect.ReleaseExecuteRespon
  * Use `create(ReleaseExecuteResponseSchema)` to create a new message.
  */
 export const ReleaseExecuteResponseSchema: GenMessage<ReleaseExecuteResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 19);
+  messageDesc(file_spark_connect_base, 21);
 
 /**
  * Request of Interrupt: stop running operations.
@@ -1465,7 +1540,7 @@ export type InterruptRequest = Message<"spark.connect.InterruptRequest"> & {
  * Use `create(InterruptRequestSchema)` to create a new message.
  */
 export const InterruptRequestSchema: GenMessage<InterruptRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 20);
+  messageDesc(file_spark_connect_base, 22);
 
 /**
  * @generated from enum spark.connect.InterruptRequest.InterruptType
@@ -1496,7 +1571,7 @@ export enum InterruptRequest_InterruptType {
  * Describes the enum spark.connect.InterruptRequest.InterruptType.
  */
 export const InterruptRequest_InterruptTypeSchema: GenEnum<InterruptRequest_InterruptType> = /*@__PURE__*/
-  enumDesc(file_spark_connect_base, 20, 0);
+  enumDesc(file_spark_connect_base, 22, 0);
 
 /**
  * Response of Interrupt.
@@ -1525,7 +1600,7 @@ export type InterruptResponse = Message<"spark.connect.InterruptResponse"> & {
  * Use `create(InterruptResponseSchema)` to create a new message.
  */
 export const InterruptResponseSchema: GenMessage<InterruptResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 21);
+  messageDesc(file_spark_connect_base, 23);
 
 /**
  * Request of FetchErrorDetails: the details of an error the server reported with an error id.
@@ -1564,7 +1639,7 @@ export type FetchErrorDetailsRequest = Message<"spark.connect.FetchErrorDetailsR
  * Use `create(FetchErrorDetailsRequestSchema)` to create a new message.
  */
 export const FetchErrorDetailsRequestSchema: GenMessage<FetchErrorDetailsRequest> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 22);
+  messageDesc(file_spark_connect_base, 24);
 
 /**
  * Response of FetchErrorDetails. Valise sends no error ids, so it has no details to give.
@@ -1593,7 +1668,7 @@ export type FetchErrorDetailsResponse = Message<"spark.connect.FetchErrorDetails
  * Use `create(FetchErrorDetailsResponseSchema)` to create a new message.
  */
 export const FetchErrorDetailsResponseSchema: GenMessage<FetchErrorDetailsResponse> = /*@__PURE__*/
-  messageDesc(file_spark_connect_base, 23);
+  messageDesc(file_spark_connect_base, 25);
 
 /**
  * The part of Spark Connect's service that Valise serves. ExecutePlan, ReattachExecute and
@@ -1681,6 +1756,14 @@ export const SparkConnectService: GenService<{
     methodKind: "unary";
     input: typeof FetchErrorDetailsRequestSchema;
     output: typeof FetchErrorDetailsResponseSchema;
+  },
+  /**
+   * @generated from rpc spark.connect.SparkConnectService.CloneSession
+   */
+  cloneSession: {
+    methodKind: "unary";
+    input: typeof CloneSessionRequestSchema;
+    output: typeof CloneSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spark_connect_base, 0);
