@@ -15,6 +15,7 @@ import {
 } from "@valise/protocol";
 import { create } from "@bufbuild/protobuf";
 import { serve } from "@valise/server";
+import { connect } from "@valise/client";
 import { makeVenvPack } from "./fixtures/envs.ts";
 import { needsVenv, venvBin } from "./_python.ts";
 import { fileArtifact, removeTree } from "./_util.ts";
@@ -183,6 +184,16 @@ Deno.test(
           await add(spark, s, NAME, path);
           const rec = session.artifact(NAME);
           ok(rec?.warnings?.some((w) => w.includes(c.cls)), JSON.stringify(rec?.warnings));
+          // Shown where people look: the client's listing (valise ls) and the status page.
+          const client = connect(`sc://127.0.0.1:${server.port}`, { sessionId: s });
+          try {
+            const listed = (await client.list()).find((a) => a.name === NAME);
+            deepEqual(listed?.warnings, rec?.warnings);
+          } finally {
+            client.close();
+          }
+          const status = await server.valise.status();
+          ok(status.envWarnings?.some((w) => w.sessionId === s && w.artifact === NAME));
         });
       }
 
