@@ -197,6 +197,30 @@ Deno.test(
         });
       }
 
+      await t.step("hostile headers: added with warnings, the server keeps serving", async () => {
+        const path = await variant(archive, join(tmp, "work"), "hostile", async (env) => {
+          await Deno.writeFile(join(env, site, "mylib/_cut.so"), elfHeader(183).subarray(0, 9));
+          await Deno.writeTextFile(join(env, "PEX-INFO"), "\u0000{not json");
+          const cfg = join(env, "pyvenv.cfg");
+          // 8 MiB of one line after the real keys: only the first 16 KiB are read.
+          await Deno.writeTextFile(
+            cfg,
+            (await Deno.readTextFile(cfg)) + "x = " + "a".repeat(8 << 20) + "\n",
+          );
+          const so = new Uint8Array(64);
+          so.set([0x4d, 0x5a]);
+          new DataView(so.buffer).setUint32(0x3c, 0xffffffff, true);
+          await Deno.writeFile(join(env, site, "mylib/_pe.so"), so);
+        });
+        const s = crypto.randomUUID();
+        await add(spark, s, NAME, path);
+        const warnings = server.valise.store.find("", s)!.artifact(NAME)!.warnings ?? [];
+        ok(warnings.some((w) => /_cut\.so is a truncated ELF/.test(w)), JSON.stringify(warnings));
+        ok(warnings.some((w) => /PEX-INFO is not JSON/.test(w)), JSON.stringify(warnings));
+        // Still serving: another session's add of the clean venv passes.
+        await add(spark, crypto.randomUUID(), NAME, archive);
+      });
+
       await t.step("a PEX built for Python 3.12 fails at add time", async () => {
         const py312 = "/root/.pyenv/versions/3.12.1/bin/python3.12";
         try {

@@ -193,6 +193,13 @@ export function environmentChecker(
         maxEntries: init.maxEntries ?? 1_000_000,
       });
       fixes = await judgeTree(facts, problems);
+      if (facts.pexInfoError !== undefined) {
+        problems.push({
+          code: "ENVIRONMENT_PYTHON_MISMATCH",
+          certain: false,
+          text: `its PEX-INFO ${facts.pexInfoError}: its interpreter constraints were not checked`,
+        });
+      }
       if (facts.pex) {
         const pexFixes = await judgePex(facts.pex, problems);
         fixes = fixes.map((f, i) => pexFixes[i] || f);
