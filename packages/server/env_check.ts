@@ -184,14 +184,42 @@ export function environmentChecker(
     return all.length ? all.join(", ") : "none";
   };
 
+  // Trees and blobs are content-addressed and read-only: what their headers say is read once
+  // (a second session adding a shared 1 GB environment pays nothing), for the last 256 of them.
+  const memo = new Map<string, Promise<unknown>>();
+  function cached<T>(key: string, read: () => Promise<T>): Promise<T> {
+    let p = memo.get(key) as Promise<T> | undefined;
+    if (p) {
+      memo.delete(key);
+      memo.set(key, p);
+      return p;
+    }
+    p = read();
+    memo.set(key, p);
+    p.catch(() => memo.delete(key));
+    while (memo.size > 256) memo.delete(memo.keys().next().value!);
+    return p;
+  }
+  const factsOf = (tree: string): Promise<EnvFacts> =>
+    cached(`t:${tree}`, async () => {
+      const facts = await inspectEnvironment(tree, {
+        timeoutMs: init.timeoutMs ?? 10_000,
+        maxEntries: init.maxEntries ?? 1_000_000,
+        // The server's own binaries are the rule; only the others are worth keeping.
+        keep: (b) =>
+          !(b.format === "elf" && !b.truncated && b.machine === platform.machine &&
+            b.bits === platform.bits),
+      });
+      // Stopped at its budget: not kept, so that the next add tries again.
+      if (facts.incomplete) memo.delete(`t:${tree}`);
+      return facts;
+    });
+
   return async (check) => {
     const problems: Problem[] = [];
     let fixes: string[] = [];
     if (check.tree !== undefined) {
-      const facts = await inspectEnvironment(check.tree, {
-        timeoutMs: init.timeoutMs ?? 10_000,
-        maxEntries: init.maxEntries ?? 1_000_000,
-      });
+      const facts = await factsOf(check.tree);
       fixes = await judgeTree(facts, problems);
       if (facts.pexInfoError !== undefined) {
         problems.push({
@@ -277,12 +305,12 @@ export function environmentChecker(
         });
       }
     }
-    if (facts.binaryCount > facts.binaries.length) {
+    if (facts.keptCount > facts.binaries.length) {
       problems.push({
         code: "ENVIRONMENT_PLATFORM_MISMATCH",
         certain: false,
-        text: `only the first ${facts.binaries.length} of ${facts.binaryCount} binaries were ` +
-          `reported`,
+        text: `${facts.keptCount - facts.binaries.length} more binaries of another platform ` +
+          `were not listed`,
       });
     }
     if (facts.windowsLayout) {

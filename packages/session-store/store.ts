@@ -547,7 +547,8 @@ export class SessionStore {
     lookup: SessionLookup,
     newSessionId?: string,
   ): Promise<{ source: Session; clone: Session }> {
-    const source = await this.existing(lookup);
+    // Spark answers a source id that is no UUID as one it does not have.
+    const source = isSparkSessionId(lookup.sessionId) ? await this.existing(lookup) : undefined;
     if (!source) {
       throw new SessionError(
         "INVALID_HANDLE.SESSION_NOT_FOUND",
