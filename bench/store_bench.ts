@@ -341,6 +341,26 @@ try {
     `\nValise stores ${(spark20 / total).toFixed(1)}× less; the rest of the data dir ` +
       `(sessions' manifests, links, dirs) is ${((total - shared) / 1e3).toFixed(0)} kB.`,
   );
+
+  // (d) CloneSession of the first session (it holds the environment): the clone shares the
+  // blob and the tree by reference, so it costs a directory, a manifest and links.
+  const clones: number[] = [];
+  const beforeClones = await duBytes(dataDir);
+  for (let i = 0; i < REPS_B; i++) {
+    const t0 = performance.now();
+    const res = await spark.cloneSession({ sessionId: probeId });
+    clones.push(performance.now() - t0);
+    if (!res.newSessionId) throw new Error("CloneSession answered no new session id");
+  }
+  const afterClones = await duBytes(dataDir);
+  console.log(
+    `
+(d) CloneSession of a session holding the environment, ${REPS_B} times: ` +
+      `${ms(median(clones))} ms median, ${ms(p95(clones))} ms p95 (runs: ${
+        clones.map(ms).join(", ")
+      }); the data dir grew by ${((afterClones - beforeClones) / 1e3).toFixed(0)} kB for ` +
+      `${REPS_B} clones (a copy per clone would be ${mb(REPS_B * perSession)} MB).`,
+  );
 } catch (e) {
   failed = true;
   // After a signal, the aborted RPC's error is noise.

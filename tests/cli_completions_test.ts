@@ -52,6 +52,7 @@ async function workdir(shell: string): Promise<{ dir: string; file: string }> {
 const COMMANDS = [
   "add",
   "apply",
+  "clone",
   "completions",
   "conf",
   "health",

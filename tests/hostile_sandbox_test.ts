@@ -170,6 +170,9 @@ sandboxTest(
     await withServer({ token: TOKEN }, async (s) => {
       const v = await victim(s);
       const a = crypto.randomUUID();
+      // The add-time checks refuse such a home (tests/env_check_test.ts); let it through, so
+      // that the sandbox, the line that must hold regardless, is what is tested.
+      await setConf(s, a, { "spark.valise.env.checks": "warn" });
       const homes = [join(s.dataDir, "blobs", "sha256"), "/proc", v.dir];
       for (const [i, home] of homes.entries()) {
         const tar = makeTar([
@@ -269,6 +272,8 @@ sandboxTest(
     await withServer({ token: TOKEN }, async (s) => {
       const v = await victim(s);
       const a = crypto.randomUUID();
+      // Past the add-time checks (its home is refused there), to test the sandbox itself.
+      await setConf(s, a, { "spark.valise.env.checks": "warn" });
       // conda-unpack is the archive's own code: it writes what it saw into its tree, which the
       // attacker's session then reads.
       const script = probe(s, v, "found.txt") + 'report("wrote", 1)\n';

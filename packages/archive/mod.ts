@@ -71,6 +71,18 @@
  * @module
  */
 export {
+  type BinaryFact,
+  type BinaryFormat,
+  classifyHeader,
+  ELF_MACHINES,
+  type EnvFacts,
+  inspectEnvironment,
+  type InspectOptions,
+  type PexFacts,
+  readPyvenvCfg,
+} from "./env_facts.ts";
+export { readPexInfo, readPexInfoFromZip } from "./pex_info.ts";
+export {
   isUnpackError,
   UnpackError,
   type UnpackErrorCode,

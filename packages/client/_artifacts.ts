@@ -59,6 +59,7 @@ function toEntry(a: SessionArtifact): ArtifactEntry {
     sha256: a.sha256,
     alias: a.alias || undefined,
     view: a.view || undefined,
+    warnings: [...a.warnings],
     tree: a.kind === "archives" && a.treeEntries > 0n
       ? { bytes: Number(a.treeBytes), entries: Number(a.treeEntries) }
       : undefined,

@@ -16,6 +16,8 @@ export interface ArtifactEntry {
   view: string | undefined;
   /** For an unpacked archive: bytes and entries of the shared tree it unpacked to. */
   tree: { bytes: number; entries: number } | undefined;
+  /** What the server's environment checks warned of when it was added (none: `[]`). */
+  warnings: string[];
   /** When it was added. */
   addedAt: Date;
 }

@@ -25,6 +25,7 @@ import { help, helpCommand } from "./_cli/help.ts";
 import { report } from "./_cli/report.ts";
 import { add } from "./_cli/add.ts";
 import { apply } from "./_cli/apply.ts";
+import { clone } from "./_cli/clone.ts";
 import { completions } from "./_cli/completions.ts";
 import { conf } from "./_cli/conf.ts";
 import { health } from "./_cli/health.ts";
@@ -51,6 +52,7 @@ const COMMANDS: Record<string, (args: string[], ctx: Context) => Promise<number>
   rm,
   health,
   new: newSession,
+  clone,
   help: (args, ctx) => helpOf(args, ctx),
   completions: (args, ctx) => completions(args, ctx, Object.keys(COMMANDS)),
 };

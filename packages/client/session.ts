@@ -50,6 +50,7 @@ export class Session extends EventTarget {
   readonly pip: SessionPip;
   #core: SessionCore;
   #uploads: Uploader;
+  #options: ConnectOptions;
 
   /**
    * Use {@linkcode connect}.
@@ -60,6 +61,7 @@ export class Session extends EventTarget {
   constructor(remote: ConnectionString, options: ConnectOptions = {}) {
     super();
     this.remote = remote;
+    this.#options = options;
     this.#core = new SessionCore(remote, options, (r) => {
       options.onRetry?.(r);
       this.dispatchEvent(new RetryEvent(r));
@@ -309,6 +311,43 @@ export class Session extends EventTarget {
     } finally {
       this.close();
     }
+  }
+
+  /**
+   * Clones the session on the server (Spark 4.1's `CloneSession`, PySpark's
+   * `spark.cloneSession()`): a new session holding this one's artifacts — shared by reference,
+   * so an environment of any size costs no copy — and its config. The two are independent
+   * afterwards; releasing one leaves the other.
+   *
+   * @param newSessionId The clone's session id (a UUID); a new one when omitted.
+   * @returns A session connected to the clone, with this one's endpoints and options.
+   * @throws {ValiseClientError} `INVALID_HANDLE.SESSION_NOT_FOUND` before the session's first
+   *   call, `INVALID_CLONE_SESSION_REQUEST.*` for a target id that is taken or no UUID,
+   *   `QUOTA_EXCEEDED`.
+   */
+  async clone(newSessionId?: string): Promise<Session> {
+    const core = this.#core;
+    core.checkOpen();
+    // The id is chosen here, so that a repeat after a lost answer is recognised: it finds the
+    // clone made (ALREADY_EXISTS) instead of making a second one.
+    const target = newSessionId ?? crypto.randomUUID();
+    const res = await core.retry.call(
+      "CloneSession",
+      (node) =>
+        node.spark.cloneSession({
+          ...core.sparkRequest(),
+          newSessionId: target,
+        }),
+      { idempotent: false },
+    );
+    core.verify(res);
+    if (res.newSessionId !== target) {
+      throw integrity(`cloned session id ${res.newSessionId} != ${target}`);
+    }
+    return new Session({ ...this.remote, sessionId: target }, {
+      ...this.#options,
+      sessionId: target,
+    });
   }
 
   /** Closes the connection; the session stays on the server. */

@@ -13,7 +13,7 @@ import { checkRequest, checkSession, positiveInt, validateLimits } from "./_chec
 import type { RunHandle } from "./_fork_server.ts";
 import { type DefaultInterpreter, inside, Interpreters } from "./_interpreters.ts";
 import { ForkServerPool, type PoolEntry } from "./_pool.ts";
-import { findExecutable, probeBwrap } from "./_sandbox.ts";
+import { findExecutable, probeBwrap, SYSTEM_DIRS } from "./_sandbox.ts";
 import { RunSlots } from "./_slots.ts";
 import { attachRunControl } from "./run_control.ts";
 import { LaunchError } from "./launch_error.ts";
@@ -197,6 +197,17 @@ export class Launcher {
     const root = checkSession(session, this.#setpriv !== undefined);
     const i = await this.#interpreters.resolve(session, root);
     return { path: i.display, exe: i.exe, pex: i.pex, trusted: !inside(root, i.exe) };
+  }
+
+  /**
+   * Host directories an interpreter link of a session's environment may lead into and still
+   * run: the system directories and the homes of the default and allowed interpreters (the
+   * rule `interpreterOf()` applies to a link inside the session).
+   *
+   * @returns The directories.
+   */
+  async interpreterHomes(): Promise<string[]> {
+    return [...SYSTEM_DIRS, ...await this.#interpreters.trustedDirs()];
   }
 
   /** The absolute interpreters sessions may choose besides the default (`--allow-interpreter`). */

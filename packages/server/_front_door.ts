@@ -40,6 +40,7 @@ export const METHOD_READ_MAX_BYTES: Readonly<Record<string, number>> = {
   "spark.connect.SparkConnectService/AnalyzePlan": 32 * MiB,
   "spark.connect.SparkConnectService/ArtifactStatus": 4 * MiB,
   "spark.connect.SparkConnectService/ReleaseSession": 64 * KiB,
+  "spark.connect.SparkConnectService/CloneSession": 64 * KiB,
   "valise.v1.StoreService/HasBlobs": 4 * MiB,
   // 10000 artifacts (the default session maximum) with 1 KiB names fit.
   "valise.v1.StoreService/AttachArtifacts": 16 * MiB,

@@ -147,6 +147,12 @@ const SESSION_CODES: Readonly<Record<SessionErrorClass, Code>> = {
   // Bytes or a record of the cluster's that failed verification: never used, the call fails.
   CLUSTER_DATA_INVALID: Code.DataLoss,
   CLUSTER_UNAVAILABLE: Code.Unavailable,
+  // The archive is well formed; the server it was added to cannot run it (issue 18).
+  ENVIRONMENT_PLATFORM_MISMATCH: Code.FailedPrecondition,
+  ENVIRONMENT_INTERPRETER_MISSING: Code.FailedPrecondition,
+  ENVIRONMENT_PYTHON_MISMATCH: Code.FailedPrecondition,
+  "INVALID_CLONE_SESSION_REQUEST.TARGET_SESSION_ID_ALREADY_EXISTS": Code.AlreadyExists,
+  "INVALID_CLONE_SESSION_REQUEST.TARGET_SESSION_ID_FORMAT": Code.InvalidArgument,
 };
 
 /** The error class and gRPC code of each launcher failure. */
@@ -280,7 +286,10 @@ function exceptionClasses(errorClass: string): string[] {
       ...RUNTIME,
     ];
   }
-  if (errorClass.startsWith("INVALID_HANDLE.")) {
+  if (
+    errorClass.startsWith("INVALID_HANDLE.") ||
+    errorClass.startsWith("INVALID_CLONE_SESSION_REQUEST.")
+  ) {
     return ["org.apache.spark.SparkSQLException", "java.sql.SQLException", ...THROWABLE];
   }
   if (errorClass === "PYTHON_EXCEPTION") {

@@ -114,8 +114,23 @@ export interface ServerStatus {
   readonly errors: readonly RecentError[];
   /** Failed calls since the start. */
   readonly errorsTotal: number;
+  /**
+   * Warnings of the environment checks recorded with sessions' artifacts (at most 50).
+   * @default {[]}
+   */
+  readonly envWarnings?: readonly EnvWarning[];
   /** The cluster's nodes as this node sees them, when it is a cluster's node. */
   readonly cluster?: ClusterView | undefined;
+}
+
+/** A warning the environment checks recorded with an artifact. */
+export interface EnvWarning {
+  /** The session's id. */
+  readonly sessionId: string;
+  /** The artifact's name. */
+  readonly artifact: string;
+  /** The warning. */
+  readonly warning: string;
 }
 
 /** What the status is collected from. */
@@ -231,6 +246,15 @@ export async function collectStatus(sources: StatusSources): Promise<ServerStatu
     cache: { budgetBytes: store.cacheBytes, unreferencedBytes: unreferenced },
     errors: sources.recentErrors.list().reverse(),
     errorsTotal: sources.recentErrors.total,
+    envWarnings: store.sessions().flatMap((s) =>
+      s.artifacts().flatMap((a) =>
+        (a.warnings ?? []).map((warning) => ({
+          sessionId: s.sessionId,
+          artifact: a.name,
+          warning,
+        }))
+      )
+    ).slice(0, 50),
     ...(sources.cluster ? { cluster: sources.cluster() } : {}),
   };
 }

@@ -85,6 +85,7 @@ function toSessionArtifact(a: ArtifactRecord): SessionArtifact {
     view: a.view ?? "",
     treeBytes: BigInt(a.treeBytes ?? 0),
     treeEntries: BigInt(a.treeEntries ?? 0),
+    warnings: a.warnings ?? [],
     addedAtMs: BigInt(a.addedAt),
   });
 }

@@ -18,6 +18,7 @@ import {
 import { type Session, SessionError, type SessionStore, type Upload } from "@valise/session-store";
 import { bindSession, userIdOf } from "./_bind.ts";
 import { createOperationHandlers } from "./_spark_operations.ts";
+import { createCloneHandler } from "./_spark_clone.ts";
 import { ServerError, toConnectError } from "./errors.ts";
 import { idleLimited } from "./_stream_idle.ts";
 import type { ApplyContext } from "./_apply_service.ts";
@@ -42,8 +43,8 @@ export interface SparkServiceContext {
 
 /**
  * The handlers of `spark.connect.SparkConnectService` that Valise serves — AddArtifacts,
- * ArtifactStatus, Config, ReleaseSession, and ExecutePlan/AnalyzePlan for the Python-UDF subset
- * of plans — as a plain object any Connect router can mount.
+ * ArtifactStatus, Config, ReleaseSession, CloneSession, and ExecutePlan/AnalyzePlan for the
+ * Python-UDF subset of plans — as a plain object any Connect router can mount.
  *
  * @param ctx The session store to serve.
  * @returns The service implementation.
@@ -55,6 +56,7 @@ export function createSparkConnectService(
   const idleMs = ctx.streamIdleTimeoutMs ?? 60_000;
   return {
     ...createOperationHandlers(store, ctx.apply),
+    ...createCloneHandler(store),
     async addArtifacts(requests, call) {
       let session: Session | undefined;
       let upload: Upload | undefined;

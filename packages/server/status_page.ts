@@ -256,6 +256,13 @@ export function renderStatusPage(status: ServerStatus): string {
       ]),
       status.blobs.length - blobs.length,
     ),
+    `<h2>Environment warnings (${(status.envWarnings ?? []).length})</h2>`,
+    table(
+      "env-warnings",
+      ["session", "artifact", "warning"],
+      (status.envWarnings ?? []).map((w) => [code(w.sessionId), code(w.artifact), e(w.warning)]),
+      0,
+    ),
     `<h2>Recent errors (${status.errors.length} of ${status.errorsTotal})</h2>`,
     table(
       "errors",

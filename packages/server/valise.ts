@@ -1,5 +1,6 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import type * as http2 from "node:http2";
+import { environmentChecker } from "./env_check.ts";
 import { resolve } from "node:path";
 import {
   Code,
@@ -308,6 +309,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
         archiveUnpacker({}, sandboxedCondaUnpack(launcher, () => store.leaseWorkerId()))),
       ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
       ...(options.quotas ? { quotas: options.quotas } : {}),
+      checkEnvironment: environmentChecker({
+        interpreters: launcher,
+        log: (line) => (log ?? console.error)(line),
+      }),
       registry,
     });
   } catch (e) {

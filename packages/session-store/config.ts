@@ -109,6 +109,11 @@ export const PIP_REQUIREMENTS_KEY = "spark.valise.pip.requirements";
 export const PIP_INDEX_URL_KEY = "spark.valise.pip.indexUrl";
 /** The config key naming more indexes a session installs from (space- or comma-separated). */
 export const PIP_EXTRA_INDEX_URLS_KEY = "spark.valise.pip.extraIndexUrls";
+/**
+ * What a certain environment mismatch does when an archive or PEX is added: `fail` (the
+ * default) refuses the add, `warn` records a warning and adds it.
+ */
+export const ENV_CHECKS_KEY = "spark.valise.env.checks";
 
 /** Most extra indexes a session may name. */
 const MAX_EXTRA_INDEXES = 8;
@@ -387,6 +392,15 @@ function checkSettable(key: string, value: ConfigValue): void {
  * requirement set or index URL the pip rules refuse.
  */
 function checkValiseKey(key: string, value: string): void {
+  if (key === ENV_CHECKS_KEY) {
+    if (value === "fail" || value === "warn") return;
+    throw new SessionError(
+      "INVALID_CONF_VALUE",
+      `The value '${value.slice(0, 200)}' in the config "${key}" is invalid: it is "fail" ` +
+        `(refuse an environment this server cannot run) or "warn" (add it with a warning).`,
+      { parameters: { confName: `"${key}"`, confValue: value.slice(0, 200) } },
+    );
+  }
   const text = VALISE_TEXT_CONFIG_KEYS[key];
   if (text !== undefined) return checkTextKey(key, value, text);
   const unit = VALISE_CONFIG_KEYS[key];
@@ -395,7 +409,11 @@ function checkValiseKey(key: string, value: string): void {
       "INVALID_CONF_VALUE",
       `The config "${key}" is not one of Valise's: the spark.valise. keys are ` +
         `${
-          [...Object.keys(VALISE_CONFIG_KEYS), ...Object.keys(VALISE_TEXT_CONFIG_KEYS)].join(", ")
+          [
+            ...Object.keys(VALISE_CONFIG_KEYS),
+            ...Object.keys(VALISE_TEXT_CONFIG_KEYS),
+            ENV_CHECKS_KEY,
+          ].join(", ")
         }. ` +
         `Check the spelling.`,
       { parameters: { confName: `"${key}"`, confValue: value.slice(0, 200) } },

@@ -26,6 +26,8 @@ export interface ArtifactRecord {
   readonly treeBytes?: number;
   /** For an unpacked archive: entries (files, directories, links) of its tree. */
   readonly treeEntries?: number;
+  /** Problems the environment checks found but were not sure of (or the session let pass). */
+  readonly warnings?: string[];
   /** When it was committed (ms since the epoch). */
   readonly addedAt: number;
 }

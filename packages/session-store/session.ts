@@ -127,10 +127,30 @@ export interface SessionContext {
    */
   collectSoon?(): void;
   /**
+   * Checks an environment an add brings (an unpacked archive's tree, or a `.pex` file) against
+   * the server that will run it, before the add is linked or recorded: throws a
+   * `SessionError` (`ENVIRONMENT_*`) for a certain mismatch the session did not opt out of,
+   * else returns the warnings to record with the artifact.
+   * @default {undefined} no checks
+   */
+  checkEnvironment?(check: EnvironmentCheck): Promise<string[]>;
+  /**
    * Told when work in the session ended (a use: the cluster's record may need to hear of it).
    * @default {undefined} nobody
    */
   used?(session: Session): void;
+}
+
+/** What {@linkcode SessionContext.checkEnvironment} is asked to check. */
+export interface EnvironmentCheck {
+  /** The session adding it (its config says whether to fail or warn). */
+  readonly session: Session;
+  /** The artifact's name as sent. */
+  readonly name: string;
+  /** The unpacked tree (store path), for an archive. */
+  readonly tree?: string;
+  /** The blob (store path), for a `.pex` added as a file. */
+  readonly pexFile?: string;
 }
 
 /** The outcome of committing one stream's artifacts. */
@@ -614,6 +634,49 @@ export class Session {
     });
   }
 
+  /**
+   * Gives this (new) session every artifact of `source` by reference — links to the same
+   * blobs and trees, nothing copied or unpacked again — each checked against this session's
+   * and its user's quotas as an add is, the warnings they were recorded with kept. The config
+   * is the caller's to copy (a config change has its own path into the cluster).
+   *
+   * @param source The session cloned.
+   * @throws {SessionError} `QUOTA_EXCEEDED`, `BLOB_NOT_FOUND` (the source's content went
+   *   meanwhile); what was linked before stays, for the caller to release.
+   */
+  copyFrom(source: Session): Promise<void> {
+    return this.#lock.run(async () => {
+      this.#checkOpen();
+      const before = new Set(Object.keys(this.#manifest.artifacts));
+      let changed = false;
+      try {
+        await this.#refresh();
+        const records = source.artifacts().sort((a, b) => a.addedAt - b.addedAt);
+        for (const r of records) {
+          const placed = await this.#place(
+            parseArtifactName(r.name),
+            r.sha256,
+            r.size,
+            undefined,
+            r.addedAt,
+            false,
+          );
+          changed = placed || changed;
+          const mine = this.#manifest.artifacts[r.key];
+          if (placed && mine && r.warnings) {
+            this.#manifest.artifacts[r.key] = { ...mine, warnings: [...r.warnings] };
+          }
+        }
+        if (changed) {
+          const refused = await this.#publish(before);
+          if (refused.length > 0) throw refused[0];
+        }
+      } finally {
+        if (changed) await this.#writeManifest();
+      }
+    });
+  }
+
   async #commitOne(staged: StagedArtifact): Promise<boolean> {
     return await this.#place(staged.name, staged.sha256, staged.size, staged.file);
   }
@@ -760,6 +823,7 @@ export class Session {
     size: number,
     stagedFile: string | undefined,
     addedAt: number = Date.now(),
+    check = true,
   ): Promise<boolean> {
     const key = artifactKey(name);
     const existing = this.#manifest.artifacts[key];
@@ -866,6 +930,16 @@ export class Session {
           );
         }
       }
+      // Before anything is linked or recorded: a refused environment leaves the session as it
+      // was (its tree stays only as cache).
+      const warnings = check && this.#ctx.checkEnvironment
+        ? await this.#ctx.checkEnvironment({
+          session: this,
+          name: name.raw,
+          ...(tree ? { tree: tree.path } : {}),
+          ...(!tree && /\.pex$/i.test(name.path) ? { pexFile: blob } : {}),
+        })
+        : [];
       const adding = size + (tree?.info.bytes ?? 0);
       this.#checkQuota(name, adding, tree?.info.entries ?? 0);
       letGo = this.#ctx.holdUserBytes(this.userId, adding);
@@ -894,6 +968,7 @@ export class Session {
         sha256,
         size,
         ...(tree ? { treeBytes: tree.info.bytes, treeEntries: tree.info.entries } : {}),
+        ...(warnings.length > 0 ? { warnings } : {}),
         addedAt,
       };
       this.#manifest.artifacts[key] = record;
@@ -1140,7 +1215,8 @@ export class Session {
         const name = parseArtifactName(a.name);
         const fetched = await this.#fetch(a);
         try {
-          await this.#place(name, a.sha256, a.size, fetched, a.addedAt);
+          // Checked by the node that took the add; this node only follows the record.
+          await this.#place(name, a.sha256, a.size, fetched, a.addedAt, false);
         } finally {
           if (fetched) await Deno.remove(fetched).catch(() => {});
         }

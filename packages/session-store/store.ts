@@ -40,6 +40,11 @@ export interface SessionStoreOptions {
    */
   unpack?: ArchiveUnpacker | undefined;
   /**
+   * Checks the environments adds bring (see `SessionContext.checkEnvironment`).
+   * @default {undefined} no checks
+   */
+  checkEnvironment?: SessionContext["checkEnvironment"];
+  /**
    * Bytes of blobs and trees no session refers to that are kept as a cache; beyond it the
    * least recently used are evicted.
    * @default {10_737_418_240} (10 GiB)
@@ -126,6 +131,8 @@ export class SessionStore {
   #sessions = new Map<string, Session>();
   #creating = new Map<string, Promise<Session>>();
   #tombstones = new Map<string, number>();
+  /** Clones under way, by their target's key: a second clone to the same id is refused. */
+  #cloning = new Set<string>();
   #ctx: SessionContext;
   #idleTimeoutMs: number;
   /** A record's last use may lag this far behind a use on some node (a quarter of the above). */
@@ -178,6 +185,7 @@ export class SessionStore {
       stagingRoot: join(dataDir, "staging"),
       limits: { maxArtifactBytes: options.maxArtifactBytes ?? 16 * 2 ** 30 },
       unpack: options.unpack,
+      ...(options.checkEnvironment ? { checkEnvironment: options.checkEnvironment } : {}),
       trees: this.trees,
       layers: this.layers,
       quotas,
@@ -520,6 +528,93 @@ export class SessionStore {
       );
     }
     return undefined;
+  }
+
+  /**
+   * CloneSession (Spark 4.1): a new session of the same user holding the source's artifacts
+   * and config. Artifacts are shared by reference (hard links and symlinks to the same blobs and
+   * trees), so a clone of a 1 GB environment costs no copy; the quotas count the clone's
+   * artifacts as its own, as Spark (which copies them) would.
+   *
+   * @param lookup The source session (it must exist; it is never created here).
+   * @param newSessionId The clone's id; a new UUID when undefined or empty.
+   * @returns The source and the clone.
+   * @throws {SessionError} `INVALID_HANDLE.SESSION_NOT_FOUND` (no such source for this user),
+   *   the lookup's own classes, `INVALID_CLONE_SESSION_REQUEST.TARGET_SESSION_ID_FORMAT`,
+   *   `INVALID_CLONE_SESSION_REQUEST.TARGET_SESSION_ID_ALREADY_EXISTS`, `QUOTA_EXCEEDED`.
+   */
+  async clone(
+    lookup: SessionLookup,
+    newSessionId?: string,
+  ): Promise<{ source: Session; clone: Session }> {
+    // Spark answers a source id that is no UUID as one it does not have.
+    const source = isSparkSessionId(lookup.sessionId) ? await this.existing(lookup) : undefined;
+    if (!source) {
+      throw new SessionError(
+        "INVALID_HANDLE.SESSION_NOT_FOUND",
+        `The handle ${lookup.sessionId} is invalid: session not found. A session is cloned ` +
+          `only once it exists (after its first call), and only by its own user.`,
+        { parameters: { handle: lookup.sessionId } },
+      );
+    }
+    const { userId } = lookup;
+    const target = newSessionId ? newSessionId : crypto.randomUUID();
+    if (!isSparkSessionId(target)) {
+      throw new SessionError(
+        "INVALID_CLONE_SESSION_REQUEST.TARGET_SESSION_ID_FORMAT",
+        `Invalid session clone request: the target session id ${
+          JSON.stringify(target.slice(0, 100))
+        } must be a UUID such as 00112233-4455-6677-8899-aabbccddeeff.`,
+        { parameters: { targetSessionId: target.slice(0, 100) } },
+      );
+    }
+    const key = keyOf(userId, target);
+    const taken = this.#sessions.has(key) || this.#creating.has(key) ||
+      this.#cloning.has(key) || this.#tombstones.has(key) ||
+      (this.#registry !== undefined && (await this.#registry.get(userId, target)) !== undefined);
+    if (taken) {
+      throw new SessionError(
+        "INVALID_CLONE_SESSION_REQUEST.TARGET_SESSION_ID_ALREADY_EXISTS",
+        `Invalid session clone request: cannot clone session ${lookup.sessionId} to ${target}: ` +
+          `a session with this id exists (or existed and was released). Leave new_session_id ` +
+          `unset for a fresh one.`,
+        { parameters: { targetSessionId: target } },
+      );
+    }
+    const q = this.#ctx.quotas;
+    const bytes = source.bytes();
+    const userBytes = this.#userBytes(userId);
+    if (userBytes + bytes > q.maxUserBytes) {
+      throw new SessionError(
+        "QUOTA_EXCEEDED",
+        `Cannot clone session ${lookup.sessionId}: a clone counts its artifacts as its own ` +
+          `(${bytes} bytes), and the user's sessions would hold ${userBytes + bytes} bytes; ` +
+          `the limit per user is ${q.maxUserBytes} bytes. Release sessions you no longer use.`,
+        { reason: "USER_BYTES" },
+      );
+    }
+    this.#cloning.add(key);
+    try {
+      const clone = await this.session({ userId, sessionId: target });
+      const done = clone.hold();
+      try {
+        await clone.copyFrom(source);
+        const pairs = Object.entries(source.config.toJSON()).map(([k, value]) => ({
+          key: k,
+          value,
+        }));
+        if (pairs.length > 0) await clone.config.set(pairs, true);
+      } catch (e) {
+        done();
+        // Nothing of a failed clone stays; the id may be used again.
+        await this.release(userId, target, { allowReconnect: true });
+        throw e;
+      }
+      done();
+      return { source, clone };
+    } finally {
+      this.#cloning.delete(key);
+    }
   }
 
   /** Spark's checks of a (user, session) pair before it is used: format, release, tombstone. */

@@ -209,6 +209,7 @@ export function compare(
 const AREAS: [string, string][] = [
   ["session", "Sessions and their ids"],
   ["release", "Release"],
+  ["clone", "CloneSession"],
   ["idle", "Idle sessions"],
   ["add", "AddArtifacts"],
   ["name", "Artifact names"],

@@ -212,6 +212,12 @@ class Raw:
             req.allow_reconnect = allow_reconnect
         return self.stub.ReleaseSession(req)
 
+    def clone(self, session, user="alice", new=None, observed=None):
+        req = pb.CloneSessionRequest(client_type="python", **self.ctx(session, user, observed))
+        if new is not None:
+            req.new_session_id = new
+        return self.stub.CloneSession(req)
+
     def version(self, session, user="alice"):
         return self.stub.AnalyzePlan(
             pb.AnalyzePlanRequest(
@@ -804,6 +810,84 @@ def observe_sessions(o, raw):
     )
 
 
+def observe_clone(o, raw, remote):
+    """CloneSession (Spark 4.1): a new session with the source's config (and artifacts)."""
+    C = pb.ConfigRequest
+    s = new_session()
+    src_id = raw.config(
+        s, set=C.Set(pairs=[pb.KeyValue(key="spark.custom.cloned", value="7")])
+    ).server_side_session_id
+    blob = b"cloned cache blob"
+    cache = "cache/" + hashlib.sha256(blob).hexdigest()
+    raw.batch(s, [single(cache, blob)])
+    o.call(
+        "clone.response",
+        "CloneSession without new_session_id: the response's ids",
+        lambda: raw.clone(s),
+        lambda r: {
+            "echo": r.session_id == s,
+            "server_side_id": r.server_side_session_id == src_id,
+            "new_id_uuid": bool(UUID_RE.match(r.new_session_id)) and r.new_session_id != s,
+            "new_server_side_id": bool(UUID_RE.match(r.new_server_side_session_id))
+            and r.new_server_side_session_id not in (src_id, r.new_session_id),
+        },
+    )
+    t = new_session()
+    o.call("clone.new_id", "CloneSession with new_session_id: the id it answers",
+           lambda: raw.clone(s, new=t), lambda r: {"requested": r.new_session_id == t})
+    o.call("clone.config", "Config get on the clone: the source's value",
+           lambda: raw.config(t, get_option=C.GetOption(keys=["spark.custom.cloned"])), pairs)
+    o.call("clone.cache_artifact", "ArtifactStatus on the clone of the source's cache/ blob",
+           lambda: raw.status(t, [cache]),
+           lambda r: [v.exists for _, v in sorted(r.statuses.items())])
+    o.call(
+        "clone.independent",
+        "Config set on the clone, then get on the source",
+        lambda: (
+            raw.config(t, set=C.Set(pairs=[pb.KeyValue(key="spark.custom.cloned", value="9")])),
+            raw.config(s, get_option=C.GetOption(keys=["spark.custom.cloned"])),
+        )[1],
+        pairs,
+    )
+    o.call("clone.into_existing", "CloneSession into an existing session id",
+           lambda: raw.clone(s, new=t))
+    o.call("clone.into_source", "CloneSession into the source's own id",
+           lambda: raw.clone(s, new=s))
+    o.call("clone.bad_new_id", "CloneSession with new_session_id 'not-a-uuid'",
+           lambda: raw.clone(s, new="not-a-uuid"))
+    o.call("clone.empty_new_id", "CloneSession with an empty new_session_id: a new id",
+           lambda: raw.clone(s, new=""),
+           lambda r: {"new_id_uuid": bool(UUID_RE.match(r.new_session_id))})
+    o.call("clone.unknown_source", "CloneSession of a session id never used",
+           lambda: raw.clone(new_session()))
+    o.call("clone.bad_source_id", "CloneSession of the session id 'not-a-uuid'",
+           lambda: raw.clone("not-a-uuid"))
+    o.call("clone.other_user", "CloneSession of alice's session by bob",
+           lambda: raw.clone(s, user="bob"))
+    o.call("clone.observed_mismatch",
+           "CloneSession with a client_observed_server_side_session_id not the source's",
+           lambda: raw.clone(s, observed=str(uuid.uuid4())))
+    raw.release(s)
+    o.call("clone.released_source", "CloneSession of a released session",
+           lambda: raw.clone(s))
+    o.call("clone.survives_release", "Config get on the clone after its source was released",
+           lambda: raw.config(t, get_option=C.GetOption(keys=["spark.custom.cloned"])), pairs)
+    spark = SparkSession.builder.remote(remote + "/;user_id=alice").create()
+    try:
+        spark.conf.set("spark.custom.pyspark_clone", "1")
+        o.call(
+            "clone.pyspark",
+            "spark.cloneSession(): a session of its own with the source's config",
+            lambda: spark.cloneSession(),
+            lambda c: {
+                "own_id": c.session_id != spark.session_id,
+                "conf": c.conf.get("spark.custom.pyspark_clone"),
+            },
+        )
+    finally:
+        spark.stop()
+
+
 def begin_idle(o, raw):
     """A session used once and then left alone, for the server to expire (see after_idle)."""
     s = new_session()
@@ -857,6 +941,7 @@ def main():
         return 0
     idle = begin_idle(o, raw)
     observe_sessions(o, raw)
+    observe_clone(o, raw, args.remote.rstrip("/"))
     observe_artifacts(o, raw, args.work)
     observe_config(o, raw)
     observe_pyspark_artifacts(o, args.remote.rstrip("/"), args.work)

@@ -143,13 +143,21 @@ Starts a new session for the remote and remembers it; the remembered one, if the
 server still has it, is released first (its files are deleted). Prints the new
 session's id.
 `,
+  clone: `Usage: valise clone [--as UUID] [--no-switch]
+
+Clones the session on the server (Spark's CloneSession): a new session holding the
+same artifacts, shared by reference (an environment of any size costs no copy), and
+the same config. The two are independent afterwards. Prints the clone's id and,
+unless --no-switch, remembers it for the remote so that the next commands use it.
+`,
   ls: `Usage: valise ls [--json]
 
 Lists the session's artifacts, one per line:
 NAME<TAB>SIZE<TAB>KIND<TAB>SHA256<TAB>VIEW, where VIEW is how the session's working
 directory shows it (./util.py, ./env/ for an unpacked archive with its entries and
-size, - when it does not). A summary goes to stderr unless --quiet. --json prints one
-JSON object per artifact instead. Creates no session.
+size, - when it does not). A summary goes to stderr unless --quiet, and so do the
+warnings the server's environment checks recorded for an artifact. --json prints one
+JSON object per artifact instead (with its warnings). Creates no session.
 `,
   rm: `Usage: valise rm NAME...
 

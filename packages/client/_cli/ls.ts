@@ -36,6 +36,8 @@ export async function ls(args: string[], ctx: Context): Promise<number> {
         ? `./${a.view}/ (unpacked: ${a.tree.entries} entries, ${formatBytes(a.tree.bytes)})`
         : `./${a.view}`;
       out(`${a.name}\t${a.size}\t${a.kind}\t${a.sha256}\t${view}\n`);
+      // Warnings go to stderr: the lines on stdout keep their five columns for scripts.
+      for (const w of a.warnings) ctx.notice(`valise: warning: ${a.name}: ${w}`);
     }
     ctx.notice(
       `valise: ${artifacts.length} artifact(s), ${formatBytes(total)} with unpacked archives, ` +

@@ -129,6 +129,17 @@ export const NEW = {
   positionals: "none",
 } as const satisfies CommandInfo;
 
+/** `valise clone`. */
+export const CLONE = {
+  command: "clone",
+  summary: "Clone the session (artifacts by reference, config) and switch to the clone",
+  options: {
+    as: { type: "string", help: "the clone's session id (a UUID; a new one by default)" },
+    "no-switch": { type: "boolean", help: "keep using the session cloned" },
+  },
+  positionals: "none",
+} as const satisfies CommandInfo;
+
 /** `valise release`. */
 export const RELEASE = {
   command: "release",
@@ -167,6 +178,7 @@ export const SPECS: Readonly<Record<string, CommandInfo>> = {
   pip: PIP,
   status: STATUS,
   new: NEW,
+  clone: CLONE,
   release: RELEASE,
   help: HELP_COMMAND,
   completions: COMPLETIONS,

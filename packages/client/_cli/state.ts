@@ -183,14 +183,22 @@ export async function startSession(ctx: Context): Promise<Session> {
     session.close();
     throw e;
   }
+  await remember(ctx, session.sessionId);
+  return session;
+}
+
+/**
+ * Remembers a session for the remote: the next commands use it.
+ *
+ * @param ctx The command's context.
+ * @param sessionId The session.
+ * @returns When the state file is written.
+ */
+export async function remember(ctx: Context, sessionId: string): Promise<void> {
   const path = statePath();
   const state = await readState(path);
-  state.sessions[stateKey(ctx.remote)] = {
-    sessionId: session.sessionId,
-    updatedAt: new Date().toISOString(),
-  };
+  state.sessions[stateKey(ctx.remote)] = { sessionId, updatedAt: new Date().toISOString() };
   await writeState(path, state);
-  return session;
 }
 
 /**
