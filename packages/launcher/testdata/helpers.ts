@@ -262,9 +262,18 @@ export const STANDBY_NAME = "valise-standby";
  */
 export function standbys(roots: number[]): number[] {
   const procs = descendants(roots);
+  // The parent may be a root, which `descendants` leaves out: read its name from /proc.
   return [...procs].filter(([, [ppid, comm]]) =>
-    comm === STANDBY_NAME && procs.get(ppid)?.[1] !== "bwrap"
+    comm === STANDBY_NAME && (procs.get(ppid)?.[1] ?? commOf(ppid)) !== "bwrap"
   ).map(([p]) => p);
+}
+
+function commOf(pid: number): string | undefined {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+  } catch {
+    return undefined;
+  }
 }
 
 /**
