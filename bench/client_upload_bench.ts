@@ -7,6 +7,11 @@
  * server's answer, from the client's progress reports) and of the whole call (hash included),
  * median of the runs.
  *
+ * Beside it, in alternating runs, the ceiling of the platform: the same bytes written in 1 MiB
+ * pieces from this process over one `node:http2` stream to a bare sink in another process
+ * (`h2_sink.ts`: Deno's `node:http2` with the server's window settings, no gRPC, no hashing, no
+ * disk). Valise's server runs on that layer, so its upload cannot be faster than the sink.
+ *
  * Then the server's memory during one large upload (default 4 GiB, a sparse file: the server
  * receives, hashes and stages every byte all the same), VmRSS polled every 20 ms: before any
  * upload, after the timed uploads (warm), and the highest seen during the large one.
@@ -16,6 +21,7 @@
  *
  * @module
  */
+import http2 from "node:http2";
 import { join } from "node:path";
 import { connect } from "@valise/client";
 import { startServer } from "../tests/_server.ts";
@@ -51,6 +57,72 @@ async function add(remote: string, file: string): Promise<Timed> {
   }
 }
 
+/** Starts the bare sink; returns its port and a stop function. */
+async function startSink(): Promise<{ port: number; stop: () => Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./h2_sink.ts", import.meta.url).pathname],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let line = "";
+  while (!line.includes("\n")) {
+    const r = await reader.read();
+    if (r.done) throw new Error("h2_sink ended before printing its port");
+    line += r.value;
+  }
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  return {
+    port: Number(line.trim()),
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+/** Seconds to send `file` over one HTTP/2 stream to the sink, in 1 MiB writes. */
+async function sinkUpload(port: number, file: string): Promise<number> {
+  const client = http2.connect(`http://127.0.0.1:${port}`, {
+    settings: { initialWindowSize: 4 << 20 },
+  });
+  try {
+    await new Promise<void>((ok, fail) => client.once("connect", () => ok()).once("error", fail));
+    using f = await Deno.open(file);
+    const t0 = performance.now();
+    const req = client.request({ ":method": "POST", ":path": "/sink" });
+    let answer = "";
+    const done = new Promise<void>((ok, fail) => {
+      req.on("data", (d) => answer += d);
+      req.on("end", () => ok());
+      req.on("error", fail);
+    });
+    const buf = new Uint8Array(MiB);
+    for (;;) {
+      let n = 0;
+      while (n < buf.length) {
+        const r = await f.read(buf.subarray(n));
+        if (r === null) break;
+        n += r;
+      }
+      if (n === 0) break;
+      // node:http2 keeps the buffer until it is written: a copy per piece, as a client makes.
+      if (!req.write(buf.slice(0, n))) await new Promise((ok) => req.once("drain", ok));
+      if (n < buf.length) break;
+    }
+    req.end();
+    await done;
+    const secs = (performance.now() - t0) / 1000;
+    if (Number(answer) !== (await Deno.stat(file)).size) {
+      throw new Error(`the sink counted ${answer} bytes`);
+    }
+    return secs;
+  } finally {
+    client.close();
+  }
+}
+
 const tmp = await Deno.makeTempDir({ prefix: "valise_client_upload_bench_" });
 const server = await startServer({ dataDir: join(tmp, "data"), args: ["--quiet"] });
 try {
@@ -61,10 +133,18 @@ try {
   await writeRandomFile(file, 64 * MiB);
   await add(remote, file); // warm-up, not counted
   const runs: Timed[] = [];
-  for (let i = 0; i < REPS; i++) {
-    // New bytes each time: the server keeps released sessions' blobs as a cache.
-    await writeRandomFile(file, SIZE_MB * MiB);
-    runs.push(await add(remote, file));
+  const sinkRuns: number[] = [];
+  const sink = await startSink();
+  try {
+    await sinkUpload(sink.port, file); // warm-up, not counted
+    for (let i = 0; i < REPS; i++) {
+      // New bytes each time: the server keeps released sessions' blobs as a cache.
+      await writeRandomFile(file, SIZE_MB * MiB);
+      runs.push(await add(remote, file));
+      sinkRuns.push(await sinkUpload(sink.port, file));
+    }
+  } finally {
+    await sink.stop();
   }
   const rate = (s: number) => SIZE_MB * MiB / 1e6 / s;
   console.log(
@@ -84,6 +164,17 @@ try {
     `| whole call (hash + upload) | ${rate(median(runs.map((r) => r.whole))).toFixed(1)} | ${
       runs.map((r) => rate(r.whole).toFixed(1)).join(", ")
     } |`,
+  );
+  const sinkRate = rate(median(sinkRuns));
+  console.log(
+    `| reference: bare \`node:http2\` stream to a sink process (no gRPC, hash or disk) | ${
+      sinkRate.toFixed(1)
+    } | ${sinkRuns.map((s) => rate(s).toFixed(1)).join(", ")} |`,
+  );
+  console.log(
+    `\nValise upload / bare node:http2 in the same run: **${
+      (rate(median(runs.map((r) => r.upload))) / sinkRate).toFixed(2)
+    }x**; load average ${Deno.loadavg().map((l) => l.toFixed(2)).join(" ")}.`,
   );
 
   if (RSS_MB > 0) {
