@@ -216,6 +216,56 @@ Deno.test({
       });
 
       await t.step(
+        "a session cloned through A is served by B and C; clone and source evolve apart",
+        async () => {
+          const res = await a.clients.spark.cloneSession({
+            sessionId: envSession,
+            userContext: user,
+          });
+          const cloneId = res.newSessionId;
+          ok(cloneId !== "" && cloneId !== envSession, cloneId);
+          ok(res.newServerSideSessionId !== serverSideId, "the clone is a session of its own");
+          for (const [node, dir] of [[b, db], [c, dc]] as const) {
+            const r = await run(node, cloneId, "import clusterlib; print(clusterlib.VERSION)");
+            equal(r.stdout.trim(), "from-node-a", r.stderr);
+            const conf = await getConf(node, cloneId, "spark.sql.execution.pyspark.python");
+            equal(conf.pairs[0]?.value, "environment/bin/python");
+            // By reference: the node serves the clone from the tree it already had.
+            deepEqual((await treesOf(dir)).map((k) => k.split("-")[0]), [archiveSha]);
+            equal((await counters(node)).valise_unpacks_total, 1, "no unpack for the clone");
+          }
+          const only = "pyfiles/only_in_clone.py";
+          await add(b, cloneId, [bytesArtifact(only, enc.encode("X = 1\n"))]);
+          deepEqual(await present(c, cloneId, [only]), { [only]: true });
+          deepEqual(await present(c, envSession, [only]), { [only]: false }, "source unchanged");
+          await setConf(c, envSession, "spark.valise.worker.timeoutMs", "31000");
+          equal(
+            (await getConf(a, cloneId, "spark.valise.worker.timeoutMs")).pairs[0]?.value,
+            undefined,
+          );
+          // Releasing the clone (on C) leaves the source whole on every node.
+          await c.clients.spark.releaseSession({ sessionId: cloneId, userContext: user });
+          for (const node of [a, b]) {
+            const r = await run(node, envSession, "import clusterlib; print('source')");
+            equal(r.stdout.trim(), "source", r.stderr);
+          }
+          await rejects(
+            a.clients.spark.cloneSession({
+              sessionId: envSession,
+              userContext: user,
+              newSessionId: cloneId,
+            }),
+            (e) => {
+              const err = ConnectError.from(e);
+              equal(err.code, Code.AlreadyExists, err.message);
+              return true;
+            },
+            "a released id is not taken again, on any node",
+          );
+        },
+      );
+
+      await t.step(
         "two nodes commit to one session at the same moment: nothing is lost",
         async () => {
           for (let round = 0; round < 5; round++) {
