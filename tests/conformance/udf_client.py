@@ -3,9 +3,11 @@
 Run with the project's environment (.venv/bin/python):
 
     udf_client.py --remote sc://127.0.0.1:PORT --env env.tar.gz [--program NAME ...]
+    udf_client.py --remote sc://127.0.0.1:PORT --pex udf.pex [--program NAME ...]
 
 One session gets the environment as archives/env.tar.gz#environment with the interpreter
-environment/bin/python (the seed's flow), then runs each program and prints one JSON object:
+environment/bin/python (the seed's venv-pack and conda-pack flows), or the PEX as a file with
+the interpreter ./udf.pex (the seed's PEX flow), then runs each program and prints one JSON object:
 program name -> {"ok": result} or {"error": {type, errorClass, message}}. The same script runs
 against Spark and against Valise; tests/conformance/udf_test.ts compares the two.
 """
@@ -17,6 +19,7 @@ import decimal
 import io
 import json
 import math
+import os
 import sys
 import warnings
 
@@ -325,6 +328,21 @@ def p_env_version(spark):
     }
 
 
+def p_hostile_report(spark):
+    """What a hostile PEX's bootstrap wrote to the session's directory (tests/hostile_pex_test.ts),
+    read inside a UDF; None where there is no such file (every other environment)."""
+
+    @pandas_udf("string")
+    def report(s: pd.Series) -> pd.Series:
+        import os
+
+        path = os.path.join(os.environ.get("HOME", "."), "hostile-report.jsonl")
+        text = open(path).read() if os.path.exists(path) else None
+        return s.map(lambda _: text)
+
+    return spark.range(1).select(report("id")).collect()[0][0]
+
+
 def p_unsupported(spark):
     out = {}
     for name, action in [
@@ -354,6 +372,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--remote", required=True)
     p.add_argument("--env", help="venv-pack archive, added as archives/...#environment")
+    p.add_argument("--pex", help="a PEX, added as a file; the interpreter is ./<its name>")
     p.add_argument("--interpreter", default="environment/bin/python")
     p.add_argument("--user", default="udf-tester")
     p.add_argument("--program", action="append", help="run only these (default: all)")
@@ -362,6 +381,10 @@ def main():
     if args.env:
         spark.addArtifacts(args.env + "#environment", archive=True)
         spark.conf.set(PY_EXEC, args.interpreter)
+    if args.pex:
+        # The seed's PEX flow: the PEX is a file of the session and the interpreter itself.
+        spark.addArtifacts(args.pex, file=True)
+        spark.conf.set(PY_EXEC, "./" + os.path.basename(args.pex))
     out = {}
     for name in args.program or sorted(PROGRAMS):
         try:
