@@ -302,6 +302,66 @@ def p_schema(spark):
     }
 
 
+def _to_cases(spark):
+    @pandas_udf("long")
+    def plus_one(s: pd.Series) -> pd.Series:
+        return s + 1
+
+    udf_df = spark.range(5).select("id", plus_one("id").alias("x"))
+    local = spark.createDataFrame(
+        [(1, (2, "x"), None), (3, (4, "y"), "z")],
+        "a long not null, st struct<p:long not null,q:string> not null, n string")
+    return udf_df, local
+
+
+def _outcome(action):
+    try:
+        df = action()
+        return {"schema": df.schema.jsonValue(), "rows": [plain(list(r)) for r in df.collect()]}
+    except PySparkException as e:
+        return {"type": type(e).__name__, "errorClass": e.getCondition()}
+
+
+def p_to_schema(spark):
+    """df.to(schema) where no value is converted: the columns found by name, in the schema's
+    order, with its nullability; a nullable column made non-nullable and a missing non-nullable
+    one fail as on Spark."""
+    udf_df, local = _to_cases(spark)
+    cases = {
+        "after_udf": lambda: udf_df.to(StructType([
+            StructField("X", LongType()), StructField("id", LongType())])),
+        "non_null": lambda: udf_df.to(StructType([StructField("id", LongType(), False)])),
+        "nested": lambda: local.to(StructType([
+            StructField("st", StructType([StructField("p", LongType(), False),
+                                          StructField("q", StringType())])),
+            StructField("n", StringType())])),
+        "nullable_to_non_null": lambda: local.to(StructType([StructField("n", StringType(), False)])),
+        "missing_non_null": lambda: local.to(StructType([StructField("zz", LongType(), False)])),
+    }
+    return {name: _outcome(action) for name, action in cases.items()}
+
+
+def p_to_schema_converted(spark):
+    """df.to(schema) where Spark converts: casts, a nested reorder, a missing nullable column
+    (nulls). Valise refuses these by name (docs/compatibility.md)."""
+    udf_df, local = _to_cases(spark)
+    cases = {
+        "cast": lambda: udf_df.to(StructType([StructField("x", IntegerType())])),
+        "nested_reorder": lambda: local.to(StructType([StructField("st", StructType([
+            StructField("q", StringType()), StructField("p", LongType())]))])),
+        "missing_nullable": lambda: local.to(StructType([StructField("zz", LongType())])),
+    }
+    out = {}
+    for name, action in cases.items():
+        try:
+            action().collect()
+            out[name] = "ran"
+        except PySparkException as e:
+            out[name] = {"type": type(e).__name__, "errorClass": e.getCondition(),
+                         "message": str(e)[:600]}
+    return out
+
+
 def p_no_udf(spark):
     df = spark.range(3).select("id", F.lit(1).alias("one")).withColumnRenamed("id", "n")
     return {"rows": rows(df), "show": shown(spark.range(3))}
