@@ -4,7 +4,8 @@
  * bubblewrap sandbox on: hostile plans sent as raw gRPC, for a session whose environment was set
  * up by the real PySpark client. A relation the server does not know, plans nested 10^5 deep, a
  * literal of megabytes, local data whose Arrow lengths lie, a cached relation naming data the
- * session does not hold, a UDF command of garbage bytes, and relations of arbitrary bytes
+ * session does not hold, a UDF command of garbage bytes, `df.to(schema)` with 100000 columns or a
+ * name of a megabyte, and relations of arbitrary bytes
  * (fast-check): each gets a clear error class, the server answers health while and after the
  * hostile calls run, and its memory stays bounded.
  *
@@ -294,6 +295,40 @@ Deno.test(
         o = await execute(server, ids, garbage);
         equal(o.errorClass, "PYTHON_EXCEPTION", o.message);
         ok(/UnpicklingError|unpickl/i.test(o.message), o.message);
+
+        // df.to(schema) with 100000 columns, and with a column name of 1 MiB: refused, and the
+        // error does not echo the megabyte back.
+        const toSchema = (names: string[]) =>
+          create(RelationSchema, {
+            relType: {
+              case: "toSchema",
+              value: {
+                input: range(3n),
+                schema: {
+                  kind: {
+                    case: "struct",
+                    value: {
+                      fields: names.map((name) => ({
+                        name,
+                        nullable: true,
+                        dataType: { kind: { case: "long" as const, value: {} } },
+                      })),
+                    },
+                  },
+                },
+              },
+            },
+          });
+        o = await execute(
+          server,
+          ids,
+          toSchema(Array.from({ length: 100_000 }, (_, i) => `c${i}`)),
+        );
+        equal(o.errorClass, "INVALID_PLAN_INPUT", o.message);
+        ok(o.message.includes("more than 4096 columns"), o.message);
+        o = await execute(server, ids, toSchema(["x".repeat(MiB)]));
+        equal(o.errorClass, "UNSUPPORTED_CONNECT_FEATURE.RELATION", o.message.slice(0, 300));
+        ok(o.message.length < 2000, `a message of ${o.message.length} characters`);
 
         // Relations of arbitrary bytes: answered, with a class, every time.
         await fc.assert(

@@ -4,9 +4,9 @@
  * a source of Arrow record batches (a `Range`, or the client's `LocalRelation` data, inline or as
  * `cache/<sha256>` artifacts) and the stages the UDF runner (`udf_runner.py`) applies to each
  * batch in the session's interpreter: projections of column references, literals and Python
- * UDFs, a map over partitions (`mapInPandas`, `mapInArrow`), renames and a limit. Anything else
- * is refused with an error class naming the relation or expression. Every count and depth read
- * from the plan is capped.
+ * UDFs, a map over partitions (`mapInPandas`, `mapInArrow`), renames, `df.to(schema)` where no
+ * value changes, and a limit. Anything else is refused with an error class naming the relation or
+ * expression. Every count and depth read from the plan is capped.
  *
  * @module
  */
@@ -23,6 +23,7 @@ import {
   decimalType,
   fromSparkJson,
   primitive,
+  simpleString,
   type SparkField,
   sparkJson,
   structFields,
@@ -272,6 +273,10 @@ class Compiler {
       }
       case "subqueryAlias":
         return this.relation(r.value.input, depth + 1);
+      case "toSchema": {
+        const p = this.relation(r.value.input, depth + 1);
+        return this.#toSchema(p, r.value.schema);
+      }
       case undefined:
         throw unsupported(
           "relation",
@@ -297,6 +302,59 @@ class Compiler {
   #rename(p: Partial, names: string[]): Partial {
     p.stages.push({ kind: "rename", names });
     p.fields = p.fields.map((f, i) => ({ ...f, name: names[i]! }));
+    return p;
+  }
+
+  /**
+   * `df.to(schema)`: the schema's columns, found by name, in its order, with its nullability,
+   * as Spark does it; what would need a cast or a column of nulls is refused by name.
+   */
+  #toSchema(p: Partial, schema: DataType | undefined): Partial {
+    const target = schema ? structFields(schema) : undefined;
+    if (!target) throw invalid("to(schema) names no struct schema");
+    if (target.length > MAX_COLUMNS) throw invalid(`more than ${MAX_COLUMNS} columns`);
+    const sameType = (a: DataType, b: DataType) =>
+      JSON.stringify(sparkJson(a)) === JSON.stringify(sparkJson(b));
+    const columns: { name: string; expr: RunnerExpr }[] = [];
+    for (const t of target) {
+      const hits = p.fields.flatMap((f, i) =>
+        f.name.toLowerCase() === t.name.toLowerCase() ? [i] : []
+      );
+      if (hits.length === 0 && t.nullable) {
+        throw unsupported(
+          "relation",
+          "to_schema",
+          `The schema's column \`${t.name.slice(0, 200)}\` is not in the input: Spark adds it as ` +
+            `nulls, Valise does not. `,
+        );
+      }
+      if (hits.length !== 1) {
+        // Spark's own errors: no such column (the schema's is non-nullable), or several.
+        resolve(t.name, p.fields);
+        throw invalid(`the schema's column ${t.name.slice(0, 200)} matches no single column`);
+      }
+      const index = hits[0]!;
+      const from = p.fields[index]!;
+      if (from.nullable && !t.nullable) {
+        throw new ServerError(
+          "NULLABLE_COLUMN_OR_FIELD",
+          `Column or field \`${t.name.slice(0, 200)}\` is nullable while it's required to be ` +
+            `non-nullable.`,
+          { parameters: { name: `\`${t.name.slice(0, 200)}\`` } },
+        );
+      }
+      if (!sameType(from.type, t.type)) {
+        throw unsupported(
+          "relation",
+          "to_schema",
+          `Column \`${t.name.slice(0, 200)}\` is ${simpleString(from.type)}, the schema ` +
+            `wants ${simpleString(t.type)}: Spark converts it, Valise does not. `,
+        );
+      }
+      columns.push({ name: t.name, expr: { kind: "col", index } });
+    }
+    p.stages.push({ kind: "project", columns });
+    p.fields = target;
     return p;
   }
 

@@ -28,6 +28,7 @@ import { isSessionError, type SessionErrorClass } from "@valise/session-store";
  * - `PARSE_SYNTAX_ERROR`: a DDL type string does not parse.
  * - `UNRESOLVED_COLUMN.WITH_SUGGESTION`, `AMBIGUOUS_REFERENCE`: a column name resolves to no column
  *   or to several.
+ * - `NULLABLE_COLUMN_OR_FIELD`: `df.to(schema)` asks a nullable column to be non-nullable.
  * - `PYTHON_EXCEPTION`: a Python UDF raised (its traceback in the message), as Spark's
  *   `PythonException`.
  * - `UDF_PYSPARK_UNAVAILABLE`, `UDF_PYSPARK_VERSION_MISMATCH`, `PYTHON_VERSION_MISMATCH`,
@@ -67,6 +68,7 @@ export type ServerErrorCode =
   | "PARSE_SYNTAX_ERROR"
   | "UNRESOLVED_COLUMN.WITH_SUGGESTION"
   | "AMBIGUOUS_REFERENCE"
+  | "NULLABLE_COLUMN_OR_FIELD"
   | "PYTHON_EXCEPTION"
   | "UDF_PYSPARK_UNAVAILABLE"
   | "UDF_PYARROW_UNAVAILABLE"
@@ -109,6 +111,7 @@ const SERVER_CODES: Readonly<Record<ServerErrorCode, Code>> = {
   PARSE_SYNTAX_ERROR: Code.Internal,
   "UNRESOLVED_COLUMN.WITH_SUGGESTION": Code.Internal,
   AMBIGUOUS_REFERENCE: Code.Internal,
+  NULLABLE_COLUMN_OR_FIELD: Code.Internal,
   PYTHON_EXCEPTION: Code.Internal,
   UDF_PYSPARK_UNAVAILABLE: Code.FailedPrecondition,
   UDF_PYARROW_UNAVAILABLE: Code.FailedPrecondition,
@@ -178,6 +181,7 @@ const SERVER_SQL_STATES: Partial<Record<ServerErrorCode, string>> = {
   PARSE_SYNTAX_ERROR: "42601",
   "UNRESOLVED_COLUMN.WITH_SUGGESTION": "42703",
   AMBIGUOUS_REFERENCE: "42704",
+  NULLABLE_COLUMN_OR_FIELD: "42000",
   PYTHON_EXCEPTION: "38000",
 };
 
@@ -301,7 +305,8 @@ function exceptionClasses(errorClass: string): string[] {
   }
   if (
     errorClass === "CANNOT_MODIFY_CONFIG" || errorClass.startsWith("UNRESOLVED_COLUMN") ||
-    errorClass === "AMBIGUOUS_REFERENCE" || errorClass === "INVALID_PLAN_INPUT"
+    errorClass === "AMBIGUOUS_REFERENCE" || errorClass === "INVALID_PLAN_INPUT" ||
+    errorClass === "NULLABLE_COLUMN_OR_FIELD"
   ) {
     return ["org.apache.spark.sql.AnalysisException", ...THROWABLE];
   }

@@ -3,9 +3,11 @@
 Run with the project's environment (.venv/bin/python):
 
     udf_client.py --remote sc://127.0.0.1:PORT --env env.tar.gz [--program NAME ...]
+    udf_client.py --remote sc://127.0.0.1:PORT --pex udf.pex [--program NAME ...]
 
 One session gets the environment as archives/env.tar.gz#environment with the interpreter
-environment/bin/python (the seed's flow), then runs each program and prints one JSON object:
+environment/bin/python (the seed's venv-pack and conda-pack flows), or the PEX as a file with
+the interpreter ./udf.pex (the seed's PEX flow), then runs each program and prints one JSON object:
 program name -> {"ok": result} or {"error": {type, errorClass, message}}. The same script runs
 against Spark and against Valise; tests/conformance/udf_test.ts compares the two.
 """
@@ -17,6 +19,7 @@ import decimal
 import io
 import json
 import math
+import os
 import sys
 import warnings
 
@@ -299,6 +302,66 @@ def p_schema(spark):
     }
 
 
+def _to_cases(spark):
+    @pandas_udf("long")
+    def plus_one(s: pd.Series) -> pd.Series:
+        return s + 1
+
+    udf_df = spark.range(5).select("id", plus_one("id").alias("x"))
+    local = spark.createDataFrame(
+        [(1, (2, "x"), None), (3, (4, "y"), "z")],
+        "a long not null, st struct<p:long not null,q:string> not null, n string")
+    return udf_df, local
+
+
+def _outcome(action):
+    try:
+        df = action()
+        return {"schema": df.schema.jsonValue(), "rows": [plain(list(r)) for r in df.collect()]}
+    except PySparkException as e:
+        return {"type": type(e).__name__, "errorClass": e.getCondition()}
+
+
+def p_to_schema(spark):
+    """df.to(schema) where no value is converted: the columns found by name, in the schema's
+    order, with its nullability; a nullable column made non-nullable and a missing non-nullable
+    one fail as on Spark."""
+    udf_df, local = _to_cases(spark)
+    cases = {
+        "after_udf": lambda: udf_df.to(StructType([
+            StructField("X", LongType()), StructField("id", LongType())])),
+        "non_null": lambda: udf_df.to(StructType([StructField("id", LongType(), False)])),
+        "nested": lambda: local.to(StructType([
+            StructField("st", StructType([StructField("p", LongType(), False),
+                                          StructField("q", StringType())])),
+            StructField("n", StringType())])),
+        "nullable_to_non_null": lambda: local.to(StructType([StructField("n", StringType(), False)])),
+        "missing_non_null": lambda: local.to(StructType([StructField("zz", LongType(), False)])),
+    }
+    return {name: _outcome(action) for name, action in cases.items()}
+
+
+def p_to_schema_converted(spark):
+    """df.to(schema) where Spark converts: casts, a nested reorder, a missing nullable column
+    (nulls). Valise refuses these by name (docs/compatibility.md)."""
+    udf_df, local = _to_cases(spark)
+    cases = {
+        "cast": lambda: udf_df.to(StructType([StructField("x", IntegerType())])),
+        "nested_reorder": lambda: local.to(StructType([StructField("st", StructType([
+            StructField("q", StringType()), StructField("p", LongType())]))])),
+        "missing_nullable": lambda: local.to(StructType([StructField("zz", LongType())])),
+    }
+    out = {}
+    for name, action in cases.items():
+        try:
+            action().collect()
+            out[name] = "ran"
+        except PySparkException as e:
+            out[name] = {"type": type(e).__name__, "errorClass": e.getCondition(),
+                         "message": str(e)[:600]}
+    return out
+
+
 def p_no_udf(spark):
     df = spark.range(3).select("id", F.lit(1).alias("one")).withColumnRenamed("id", "n")
     return {"rows": rows(df), "show": shown(spark.range(3))}
@@ -323,6 +386,21 @@ def p_env_version(spark):
         "udf": sorted({r[0] for r in spark.range(4).select(version("id")).collect()}),
         "map": sorted({r[0] for r in spark.range(4).mapInPandas(fn, "v string").collect()}),
     }
+
+
+def p_hostile_report(spark):
+    """What a hostile PEX's bootstrap wrote to the session's directory (tests/hostile_pex_test.ts),
+    read inside a UDF; None where there is no such file (every other environment)."""
+
+    @pandas_udf("string")
+    def report(s: pd.Series) -> pd.Series:
+        import os
+
+        path = os.path.join(os.environ.get("HOME", "."), "hostile-report.jsonl")
+        text = open(path).read() if os.path.exists(path) else None
+        return s.map(lambda _: text)
+
+    return spark.range(1).select(report("id")).collect()[0][0]
 
 
 def p_unsupported(spark):
@@ -354,6 +432,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--remote", required=True)
     p.add_argument("--env", help="venv-pack archive, added as archives/...#environment")
+    p.add_argument("--pex", help="a PEX, added as a file; the interpreter is ./<its name>")
     p.add_argument("--interpreter", default="environment/bin/python")
     p.add_argument("--user", default="udf-tester")
     p.add_argument("--program", action="append", help="run only these (default: all)")
@@ -362,6 +441,10 @@ def main():
     if args.env:
         spark.addArtifacts(args.env + "#environment", archive=True)
         spark.conf.set(PY_EXEC, args.interpreter)
+    if args.pex:
+        # The seed's PEX flow: the PEX is a file of the session and the interpreter itself.
+        spark.addArtifacts(args.pex, file=True)
+        spark.conf.set(PY_EXEC, "./" + os.path.basename(args.pex))
     out = {}
     for name in args.program or sorted(PROGRAMS):
         try:

@@ -6,8 +6,9 @@
  * plain and Arrow-optimized UDFs, mapInPandas and mapInArrow; a differential suite of small
  * programs (`udf_client.py`: every common return type, nulls, empty inputs, exceptions with
  * their traceback, `show()` text, local data inline and as `cache/` artifacts, limits, renames,
- * schemas). The same script runs against both servers (one Spark per file); results must be
- * equal, or differ as docs/compatibility.md says ("ExecutePlan: Python UDFs"), asserted here.
+ * schemas, `df.to(schema)`). The same script runs against both servers (one Spark per file);
+ * results must be equal, or differ as docs/compatibility.md says ("ExecutePlan: Python UDFs"),
+ * asserted here. The seed's PEX and conda-pack flows are `udf_flows_test.ts`.
  *
  * @module
  */
@@ -46,7 +47,12 @@ Deno.test(
           ok("ok" in r, `${name} on Spark: ${JSON.stringify(r)}`);
         }
 
-        const documented = new Set(["exception", "pandas_exception", "unsupported"]);
+        const documented = new Set([
+          "exception",
+          "pandas_exception",
+          "unsupported",
+          "to_schema_converted",
+        ]);
         for (const name of Object.keys(onSpark).filter((n) => !documented.has(n))) {
           deepEqual(onValise[name], onSpark[name], name);
         }
@@ -87,6 +93,29 @@ Deno.test(
           );
         }
         equal(unsupported.sql!.errorClass, "UNSUPPORTED_CONNECT_FEATURE.QUERY_EXECUTION");
+
+        // df.to(schema) where Spark converts values (a cast, a nested reorder, a column of
+        // nulls): Valise refuses it by name and says why; where nothing is converted it gives
+        // Spark's results (the program to_schema, compared above).
+        deepEqual((onSpark.to_schema_converted as { ok: unknown }).ok, {
+          cast: "ran",
+          nested_reorder: "ran",
+          missing_nullable: "ran",
+        });
+        const converted = (onValise.to_schema_converted as {
+          ok: Record<string, { errorClass: string; message: string }>;
+        }).ok;
+        for (
+          const [what, why] of [
+            ["cast", "Column `x` is bigint, the schema wants int"],
+            ["nested_reorder", "Column `st` is struct<p:bigint,q:string>"],
+            ["missing_nullable", "The schema's column `zz` is not in the input"],
+          ] as const
+        ) {
+          equal(converted[what]!.errorClass, "UNSUPPORTED_CONNECT_FEATURE.RELATION", what);
+          ok(converted[what]!.message.includes("the relation 'to_schema'"), what);
+          ok(converted[what]!.message.includes(why), converted[what]!.message);
+        }
       } finally {
         if (spark.status === "fulfilled") await spark.value.stop();
         if (valise.status === "fulfilled") await valise.value.stop();
