@@ -35,7 +35,7 @@ const TRANSIENT_API_CODES: ReadonlySet<number> = new Set([
 
 /** Words of a transient failure in errors of other kinds (their message or name). */
 const TRANSIENT_TEXT =
-  /timeout|timed out|no responders|temporarily unavailable|can not handle request|stream is offline|jetstream is not enabled|disconnect|reconnect|no leader|leader not/i;
+  /timeout|timed out|no responders|temporarily unavailable|can not handle request|stream is offline|jetstream is not enabled|disconnect|reconnect|leader/i;
 
 /** How deep a chain of `cause`s is followed: a cycle or a hostile chain ends here. */
 const MAX_CAUSES = 8;
