@@ -1,8 +1,9 @@
 // Cluster-wide quotas, attach by digest and idle expiry on a real NATS JetStream cluster (3
 // nats-server members, replicas 3) with 3 real Valise nodes, all on loopback. One NATS cluster
-// for the file; the nodes are started twice on it: first with the default idle timeout (quotas,
-// digests, a hostile record), then with a 3 s idle timeout for the expiry scenarios, which wait
-// on what they observe (a KV watch on the session's record, log lines), never on a timer.
+// for the file; the nodes are started three times on it: with the default idle timeout (quotas,
+// digests, a hostile record), again with it (a challenge answered after every node restarted),
+// then with a 3 s idle timeout for the expiry scenarios, which wait on what they observe (a KV
+// watch on the session's record, log lines), never on a timer.
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
@@ -405,13 +406,14 @@ Deno.test({
         userContext: { userId: "zed" },
         sha256: [pending!.digest],
       })).challenges[0]!;
-      // The same NATS cluster, nodes started again with a 3 s idle timeout (and empty disks),
-      // after someone wrote another value over the cluster's blob-proof secret.
+      // The same NATS cluster, nodes started again (and on empty disks), after someone wrote
+      // another value over the cluster's blob-proof secret. With the default idle timeout: the
+      // challenge's session was last used before the restart, and a short timeout released it
+      // while the nodes were still starting under load.
       await nodes.stop();
       await sessionsKv.put("k.blob-proofs", enc.encode("forged"));
-      nodes = await startValiseNodes(nats, dirs("2"), { args: IDLE_ARGS });
+      nodes = await startValiseNodes(nats, dirs("2"), { args: ["--metrics-port", "0"] });
       [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
-      const all = [a, b, c];
 
       await t.step("the proof key is the cluster's: a challenge outlives every node", async () => {
         // The oldest value under the key is the secret: the one written over it is ignored.
@@ -426,6 +428,12 @@ Deno.test({
         });
         deepEqual(res.attached, ["files/z.bin"]);
       });
+
+      // The expiry scenarios: nodes started again with a 3 s idle timeout (and empty disks).
+      await nodes.stop();
+      nodes = await startValiseNodes(nats, dirs("3"), { args: IDLE_ARGS });
+      [a, b, c] = nodes.nodes as [ServerProcess, ServerProcess, ServerProcess];
+      const all = [a, b, c];
 
       await t.step("idle on every node: released everywhere", async () => {
         const s = crypto.randomUUID();
@@ -442,7 +450,7 @@ Deno.test({
           await Promise.race(
             all.map((n) => n.waitForLog(`cluster: session ${s} released: idle on every node`)),
           );
-          await closedEverywhere(all, dirs("2"), "u1", s);
+          await closedEverywhere(all, dirs("3"), "u1", s);
         } finally {
           rec.stop();
         }
@@ -476,7 +484,7 @@ Deno.test({
             }
             // Then idle on B too: released everywhere.
             await rec.until((v) => v.closed === true);
-            await closedEverywhere(all, dirs("2"), "u2", s);
+            await closedEverywhere(all, dirs("3"), "u2", s);
           } finally {
             rec.stop();
           }
@@ -516,7 +524,7 @@ Deno.test({
             stop.abort();
             await stream.return?.().catch(() => {});
             await rec.until((v) => v.closed === true);
-            await closedEverywhere(all, dirs("2"), "u3", s);
+            await closedEverywhere(all, dirs("3"), "u3", s);
           } finally {
             stop.abort();
             rec.stop();

@@ -30,6 +30,10 @@ import { guardAbandonedSockets } from "./_socket_guard.ts";
 import { BlobCollector, type GcStats, IntentKeeper } from "./blob_gc.ts";
 import { GC_BUCKET } from "./gc_records.ts";
 import { NatsGcStore } from "./nats_gc_store.ts";
+import { riding, UNAVAILABLE_BUDGET_MS } from "./nats_retry.ts";
+
+// Membership rides with the same rules; it imported them from here first.
+export { riding } from "./nats_retry.ts";
 
 /** The KV bucket of session records. */
 export const SESSIONS_BUCKET = "valise_sessions";
@@ -48,42 +52,12 @@ const HISTORY = 16;
  * what a dead node or anyone else left there goes by itself.
  */
 const GC_BUCKET_MAX_AGE_MS = 60 * 60_000;
-/**
- * How long a call rides out NATS being unavailable (a member died and its streams elect new
- * leaders, a reconnect): Raft elections take seconds.
- */
-const UNAVAILABLE_BUDGET_MS = 60_000;
-
 /** The key of the blob-proof secret every node shares (in the sessions bucket). */
 export const PROOF_KEY = "k.blob-proofs";
 /** The bytes of that secret. */
 const PROOF_KEY_BYTES = 32;
 /** Waits between attempts to watch the bucket again after the watch ended. */
 const REWATCH_MS = 1000;
-
-/** Whether an error is NATS being unavailable for a while, not a refusal or bad data. */
-function transient(e: unknown): boolean {
-  if (e instanceof SessionError) return false;
-  const text = `${(e as Error)?.name} ${(e as Error)?.message}`;
-  return /timeout|no responders|503|temporarily unavailable|disconnect|closed|reconnect|leader/i
-    .test(text);
-}
-
-/**
- * Runs `fn` again while NATS is unavailable, until it succeeds, fails otherwise, or the budget
- * is spent; waits grow from 100 ms to 2 s between attempts.
- */
-export async function riding<T>(fn: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + UNAVAILABLE_BUDGET_MS;
-  for (let wait = 100;; wait = Math.min(wait * 2, 2000)) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (!transient(e) || Date.now() + wait > deadline) throw e;
-    }
-    await new Promise((r) => setTimeout(r, wait));
-  }
-}
 
 /** Options of {@linkcode NatsRegistry.connect}. */
 export interface NatsRegistryOptions {
@@ -111,6 +85,12 @@ export interface NatsRegistryOptions {
    * @default {undefined}
    */
   log?: ((line: string) => void) | undefined;
+  /**
+   * How long a call rides out NATS being unavailable (a member died and its streams elect new
+   * leaders, a reconnect) before it fails with `CLUSTER_UNAVAILABLE`.
+   * @default {UNAVAILABLE_BUDGET_MS} (60 s)
+   */
+  unavailableBudgetMs?: number | undefined;
 }
 
 /** Options of {@linkcode NatsRegistry.startGc}. */
@@ -261,6 +241,7 @@ export class NatsRegistry implements SessionRegistry {
   /** Set when the watch was stopped to be watched again at once. */
   #restarting = false;
   #nodeId: string;
+  #budgetMs: number;
   #gcStore: NatsGcStore;
   #intents: IntentKeeper;
   #collector: BlobCollector | undefined;
@@ -286,6 +267,7 @@ export class NatsRegistry implements SessionRegistry {
     replicas: number,
     gcStore: NatsGcStore,
     nodeId: string,
+    budgetMs: number,
   ) {
     this.connection = nc;
     this.#js = js;
@@ -296,6 +278,7 @@ export class NatsRegistry implements SessionRegistry {
     this.replicas = replicas;
     this.#gcStore = gcStore;
     this.#nodeId = nodeId;
+    this.#budgetMs = budgetMs;
     this.#intents = new IntentKeeper(gcStore, nodeId);
     this.records = new ClusterIndex(() => this.#barrier(), {
       onStall: () => {
@@ -386,6 +369,7 @@ export class NatsRegistry implements SessionRegistry {
         replicas,
         gcStore,
         options.nodeId,
+        options.unavailableBudgetMs ?? UNAVAILABLE_BUDGET_MS,
       );
       if (options.log) registry.#logStatus(options.log);
       registry.#watchAll(options.log);
@@ -396,6 +380,11 @@ export class NatsRegistry implements SessionRegistry {
       await nc.close().catch(() => {});
       throw unavailable("open JetStream's buckets (is the server started with -js?)", e);
     }
+  }
+
+  /** Runs `fn` again while NATS is unavailable, within this registry's budget. */
+  #ride<T>(fn: () => Promise<T>): Promise<T> {
+    return riding(fn, { budgetMs: this.#budgetMs });
   }
 
   async #logStatus(log: (line: string) => void): Promise<void> {
@@ -421,7 +410,7 @@ export class NatsRegistry implements SessionRegistry {
   async get(userId: string, sessionId: string): Promise<RegistryEntry | undefined> {
     let entry: KvEntry | null;
     try {
-      entry = await riding(() => this.#kv.get(sessionKey(userId, sessionId)));
+      entry = await this.#ride(() => this.#kv.get(sessionKey(userId, sessionId)));
     } catch (e) {
       throw unavailable("read the session's record", e);
     }
@@ -458,7 +447,7 @@ export class NatsRegistry implements SessionRegistry {
       const bytes = encodeSharedSession(next);
       let revision: number;
       try {
-        revision = await riding(() =>
+        revision = await this.#ride(() =>
           cur ? this.#kv.update(key, bytes, cur.revision) : this.#kv.create(key, bytes)
         );
       } catch (e) {
@@ -520,7 +509,7 @@ export class NatsRegistry implements SessionRegistry {
    */
   async beginCommit(sha256s: readonly string[]): Promise<() => Promise<void>> {
     try {
-      return await riding(() => this.#intents.begin(sha256s));
+      return await this.#ride(() => this.#intents.begin(sha256s));
     } catch (e) {
       throw unavailable("announce the upload to the cluster's blob GC", e);
     }
@@ -533,7 +522,7 @@ export class NatsRegistry implements SessionRegistry {
     // One request per record found (the stream's sequence is shared by every key, so the gap
     // alone says nothing); each moves past the record it found.
     for (let seq = after + 1; seq < before && out.length <= HISTORY;) {
-      const m = await riding(() =>
+      const m = await this.#ride(() =>
         this.#jsm.streams.getMessage(
           `KV_${SESSIONS_BUCKET}`,
           { seq, next_by_subj: subject } as unknown as { seq: number },
@@ -555,7 +544,7 @@ export class NatsRegistry implements SessionRegistry {
   /** {@inheritDoc SessionRegistry.putBlob} */
   async putBlob(sha256: string, path: string, size: number): Promise<void> {
     try {
-      await riding(() => this.#putBlob(sha256, path, size));
+      await this.#ride(() => this.#putBlob(sha256, path, size));
     } catch (e) {
       throw unavailable(`store blob ${sha256}`, e);
     }
@@ -641,7 +630,7 @@ export class NatsRegistry implements SessionRegistry {
   /** {@inheritDoc SessionRegistry.fetchBlob} */
   async fetchBlob(sha256: string, size: number, dest: string): Promise<void> {
     try {
-      await riding(() => this.#fetchBlob(sha256, size, dest));
+      await this.#ride(() => this.#fetchBlob(sha256, size, dest));
     } catch (e) {
       if (isSessionError(e) && e.errorClass === "CLUSTER_DATA_INVALID") this.#stats.refusedBlobs++;
       throw unavailable(`fetch blob ${sha256}`, e);
@@ -758,7 +747,7 @@ export class NatsRegistry implements SessionRegistry {
   async #barrier(): Promise<number> {
     const node = createHash("sha256").update(this.#nodeId).digest("hex").slice(0, 16);
     try {
-      return await riding(() => this.#kv.put(`b.${node}`, String(Date.now())));
+      return await this.#ride(() => this.#kv.put(`b.${node}`, String(Date.now())));
     } catch (e) {
       throw unavailable("write this node's marker", e);
     }
@@ -768,7 +757,7 @@ export class NatsRegistry implements SessionRegistry {
   async blobSize(sha256: string): Promise<number | undefined> {
     let info;
     try {
-      info = await riding(() => this.#blobs.info(sha256));
+      info = await this.#ride(() => this.#blobs.info(sha256));
     } catch (e) {
       throw unavailable(`look up blob ${sha256}`, e);
     }
@@ -799,7 +788,7 @@ export class NatsRegistry implements SessionRegistry {
     for (let attempt = 0; attempt < 3; attempt++) {
       let seq = 1;
       for (let step = 0; step <= HISTORY; step++) {
-        const m = await riding(() =>
+        const m = await this.#ride(() =>
           this.#jsm.streams.getMessage(
             `KV_${SESSIONS_BUCKET}`,
             { seq, next_by_subj: subject } as unknown as { seq: number },
@@ -824,7 +813,7 @@ export class NatsRegistry implements SessionRegistry {
         return new Uint8Array(m.data);
       }
       const secret = crypto.getRandomValues(new Uint8Array(PROOF_KEY_BYTES));
-      await riding(() => this.#kv.create(PROOF_KEY, secret)).catch((e) => {
+      await this.#ride(() => this.#kv.create(PROOF_KEY, secret)).catch((e) => {
         if (!/wrong last sequence|key exists/i.test(String(e?.message))) {
           throw unavailable("store the blob-proof secret", e);
         }
