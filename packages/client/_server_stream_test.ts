@@ -86,7 +86,7 @@ async function outcome(events: AsyncIterable<unknown>): Promise<unknown> {
 Deno.test("serverStream answers a hostile server's replies as Connect's gRPC transport does", async () => {
   let answer: Answer = ANSWERS["a good event and OK"]!;
   const server = http2.createServer();
-  server.on("stream", (stream) => {
+  server.on("stream", (stream: http2.ServerHttp2Stream) => {
     stream.on("error", () => {/* the client may reset */});
     stream.resume();
     stream.once("end", () => answer(stream));
@@ -126,7 +126,7 @@ Deno.test("serverStream answers a hostile server's replies as Connect's gRPC tra
 Deno.test("serverStream runs the session's interceptors around the call", async () => {
   let seen: string | undefined;
   const server = http2.createServer();
-  server.on("stream", (stream, headers) => {
+  server.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
     seen = String(headers.authorization);
     stream.resume();
     stream.once("end", () => withData([envelope(STARTED)], { "grpc-status": "0" })(stream));
