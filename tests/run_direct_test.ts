@@ -345,3 +345,61 @@ Deno.test("hostile bodies on the direct Run path: refused with the right code, t
     await removeTree(tmp);
   }
 });
+
+Deno.test("a Run the client cancels mid-run is logged and counted as cancelled on both paths, its worker killed", async () => {
+  for (const via of [{}, VIA_CONNECT]) {
+    const tmp = await Deno.makeTempDir({ prefix: "valise-direct-" });
+    const server = await startServer({ dataDir: join(tmp, "data") });
+    const h2 = http2.connect(server.baseUrl);
+    try {
+      const sessionId = crypto.randomUUID();
+      const body = envelope(request({
+        sessionId,
+        userContext: { userId: "ada" },
+        target: {
+          case: "code",
+          value: "import time\nprint('up', flush=True)\ntime.sleep(60)\nprint('never')",
+        },
+      }));
+      // Cancelled (RST_STREAM CANCEL) once its first output arrived.
+      const out = await new Promise<string>((resolve) => {
+        const req = h2.request({
+          ":method": "POST",
+          ":path": RUN,
+          "content-type": "application/grpc",
+          te: "trailers",
+          ...via,
+        });
+        let text = "";
+        req.on("data", (c: Uint8Array) => {
+          text += new TextDecoder().decode(c);
+          if (text.includes("up")) req.close(http2.constants.NGHTTP2_CANCEL);
+        });
+        req.on("error", () => {});
+        req.on("close", () => resolve(text));
+        req.end(body);
+      });
+      ok(out.includes("up"), out);
+      const line = await Promise.race([
+        server.waitForLog(/rpc valise\.v1\.WorkerService\/Run Canceled/),
+        new Promise<string>((r) => setTimeout(() => r("(no line within 30 s)"), 30_000)),
+      ]);
+      ok(line.includes("[CANCELLED]"), `${JSON.stringify(via)}: ${line}`);
+      // The worker was killed: the session's next run starts and ends at once.
+      const after = await call(
+        h2,
+        {},
+        envelope(request({
+          sessionId,
+          userContext: { userId: "ada" },
+          target: { case: "code", value: "print(2)" },
+        })),
+      );
+      equal(Number(after.trailers["grpc-status"]), OK);
+    } finally {
+      h2.close();
+      await server.stop();
+      await removeTree(tmp);
+    }
+  }
+});

@@ -218,6 +218,7 @@ async function serve(
   let error: unknown;
   let held: Uint8Array | undefined;
   let sentHeaders = false;
+  let writeFailed = false;
   try {
     const response = await chain({
       stream: true,
@@ -240,14 +241,25 @@ async function serve(
       // (microtasks) comes after it.
       if (r.value.event.case === "exited") held = bytes;
       else chunks.push(bytes);
-      if (chunks.length === 0) continue;
-      const first = !sentHeaders;
-      sentHeaders = true;
+      // A client that went away fails the write of what it would have been sent, as on Connect's
+      // path, held or not.
+      const gone = res.destroyed || res.stream.closed;
+      if (chunks.length === 0 && !gone) continue;
+      const first: boolean = !sentHeaders && !gone;
+      sentHeaders ||= first;
       // The headers and the first event in one packet.
       if (first) socket?.cork();
       try {
+        if (gone) throw new ConnectError("stream closed", Code.Canceled);
         if (first) res.writeHead(200, nodeHeaders(context.responseHeader));
         for (const c of chunks) await write(res, c);
+      } catch (e) {
+        // As Connect's node adapter does: the write's failure goes into the handler (which ends
+        // the run), and through the interceptors, which log and count the call as it ended.
+        writeFailed = true;
+        context.abort(e);
+        await it.throw?.(e).catch(() => {});
+        throw e;
       } finally {
         if (first) process.nextTick(() => socket?.uncork());
       }
@@ -257,7 +269,7 @@ async function serve(
     error = e;
   } finally {
     context.abort(error);
-    it?.return?.().catch(() => {});
+    if (!writeFailed) it?.return?.().catch(() => {});
   }
   if (res.destroyed || res.stream.closed) return;
   if (error !== undefined) {
