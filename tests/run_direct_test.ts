@@ -403,3 +403,50 @@ Deno.test("a Run the client cancels mid-run is logged and counted as cancelled o
     }
   }
 });
+
+Deno.test("clients that drop their connection at any point of a Run's end cannot take the server down", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "valise-direct-" });
+  const server = await startServer({ dataDir: join(tmp, "data") });
+  try {
+    const body = envelope(request({
+      sessionId: crypto.randomUUID(),
+      userContext: { userId: "ada" },
+      target: { case: "code", value: "print(1)" },
+    }));
+    // Each drops its connection after its n-th piece of the answer (headers, events, trailers),
+    // some while the server still holds the end of the answer back to send it in one write.
+    for (let i = 0; i < 60; i++) {
+      const drop = i % 4;
+      const conn = http2.connect(server.baseUrl);
+      conn.on("error", () => {/* dropped on purpose */});
+      await new Promise<void>((resolve) => {
+        const req = conn.request({
+          ":method": "POST",
+          ":path": RUN,
+          "content-type": "application/grpc",
+          te: "trailers",
+        });
+        let seen = 0;
+        const cut = () => {
+          if (seen++ === drop) conn.destroy();
+        };
+        req.on("response", cut);
+        req.on("data", cut);
+        req.on("trailers", cut);
+        req.on("error", () => {});
+        req.on("close", () => resolve());
+        req.end(body);
+      });
+      conn.destroy();
+    }
+    // Still serving, runs included.
+    const h2 = http2.connect(server.baseUrl);
+    const after = await call(h2, {}, body);
+    h2.close();
+    equal(Number(after.trailers["grpc-status"]), OK);
+    equal((await server.stop()).code, 0, server.log.slice(-20).join("\n"));
+  } finally {
+    await server.stop();
+    await removeTree(tmp);
+  }
+});

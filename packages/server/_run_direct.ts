@@ -313,17 +313,32 @@ interface Corkable {
 }
 
 function corkable(res: http2.Http2ServerResponse): Corkable | undefined {
+  let s: Corkable;
   try {
-    const s = (res.stream.session as unknown as { socket?: Partial<Corkable> } | undefined)
+    const socket = (res.stream.session as unknown as { socket?: Partial<Corkable> } | undefined)
       ?.socket;
-    if (typeof s?.cork !== "function" || typeof s.uncork !== "function") return undefined;
+    if (typeof socket?.cork !== "function" || typeof socket.uncork !== "function") return undefined;
+    s = socket as Corkable;
     // Probed once: a proxy that refuses it (Node's http2 socket proxy may) means no batching.
     s.cork();
     s.uncork();
-    return s as Corkable;
   } catch {
     return undefined;
   }
+  // Deno's socket proxy throws once the connection is gone; there is nothing to batch then, and a
+  // throw from a timer or an event would take the server down.
+  return {
+    cork() {
+      try {
+        s.cork();
+      } catch { /* the connection is gone */ }
+    },
+    uncork() {
+      try {
+        s.uncork();
+      } catch { /* the connection is gone */ }
+    },
+  };
 }
 
 /** The reset of a stream as the call's abort reason, as Connect's node adapter reports it. */
