@@ -123,7 +123,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
     const reason = aborted(signal);
     reader.fail(reason);
     if (!stream.closed) {
-      stream.close(reason.code === Code.Canceled ? h2.NGHTTP2_CANCEL : h2.NGHTTP2_INTERNAL_ERROR);
+      reset(stream, reason.code === Code.Canceled ? h2.NGHTTP2_CANCEL : h2.NGHTTP2_INTERNAL_ERROR);
     }
   };
   signal.addEventListener("abort", onAbort, { once: true });
@@ -138,7 +138,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
     foundStatus = v.foundStatus;
   } catch (e) {
     signal.removeEventListener("abort", onAbort);
-    if (!stream.closed) stream.close(h2.NGHTTP2_CANCEL);
+    reset(stream, h2.NGHTTP2_CANCEL);
     throw e;
   }
   return {
@@ -192,7 +192,7 @@ class ResponseReader<O extends DescMessage> {
         for (const body of this.#decoder.push(chunk)) this.#queue.push(parse(this.#schema, body));
       } catch (e) {
         this.fail(ConnectError.from(e, Code.Internal));
-        stream.close(h2.NGHTTP2_CANCEL);
+        reset(stream, h2.NGHTTP2_CANCEL);
         return;
       }
       // The caller reads slower than the server writes: HTTP/2 flow control holds the rest.
@@ -389,6 +389,13 @@ function resetError(rstCode: number | undefined): ConnectError | undefined {
     `http/2 stream closed with error code ${H2_NAMES[rstCode!]} (0x${rstCode!.toString(16)})`,
     code,
   );
+}
+
+/** Resets a stream; one already closed, or whose connection is gone, is left as it is. */
+function reset(stream: http2.ClientHttp2Stream, code: number): void {
+  try {
+    if (!stream.closed) stream.close(code);
+  } catch { /* its connection is gone */ }
 }
 
 function nodeHeaders(h: Headers): http2.OutgoingHttpHeaders {

@@ -180,7 +180,10 @@ async function serve(
 ): Promise<void> {
   const requestAbort = new AbortController();
   req.once("close", () => {
-    const e = resetError(req.stream.rstCode);
+    let e: ConnectError | undefined;
+    try {
+      e = resetError(req.stream.rstCode);
+    } catch { /* a stream already torn down: no code to report */ }
     if (e) requestAbort.abort(e);
     else requestAbort.abort();
   });
@@ -490,7 +493,9 @@ class BodyReader {
     if (
       this.#drained > REFUSED_BODY_DRAIN_BYTES && this.#drained - n <= REFUSED_BODY_DRAIN_BYTES
     ) {
-      this.#req.stream?.close(http2constants.NGHTTP2_CANCEL);
+      try {
+        this.#req.stream?.close(http2constants.NGHTTP2_CANCEL);
+      } catch { /* already closed */ }
     }
   }
 }
