@@ -13,6 +13,7 @@ import {
   WorkerService,
 } from "@valise/protocol";
 import { type Endpoint, formatEndpoint } from "./connection_string.ts";
+import type { StreamCallTarget } from "./_server_stream.ts";
 
 /** The longest cool-down, as a multiple of the first: a dead endpoint is still tried again. */
 const MAX_COOLDOWN_FACTOR = 32;
@@ -37,6 +38,8 @@ export class Node {
   readonly workers: Client<typeof WorkerService>;
   /** The worker service without gzip, for Apply. */
   readonly applyWorkers: Client<typeof WorkerService>;
+  /** The connection and interceptors, for calls made without Connect's transport. */
+  readonly direct: StreamCallTarget;
   /** Failures in a row; 0 once a call went through. */
   failures = 0;
   /** Until when (ms since the epoch) other endpoints are preferred. */
@@ -54,6 +57,7 @@ export class Node {
     this.label = formatEndpoint(endpoint);
     this.baseUrl = `${useSsl ? "https" : "http"}://${this.label}`;
     this.#manager = new Http2SessionManager(this.baseUrl);
+    this.direct = { manager: this.#manager, baseUrl: this.baseUrl, interceptors };
     const transport = (acceptCompression?: []) =>
       createGrpcTransport({
         baseUrl: this.baseUrl,

@@ -1,10 +1,11 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 // WorkerService/Run: the request from a RunSpec, the events as they stream, their collection.
 import { create } from "@bufbuild/protobuf";
-import { type RunRequest, RunRequestSchema } from "@valise/protocol";
+import { type RunRequest, RunRequestSchema, WorkerService } from "@valise/protocol";
 import { ValiseClientError } from "./error.ts";
 import type { RunEvent, RunResult, RunSpec } from "./run.ts";
-import { callOptions, type SessionCore } from "./_core.ts";
+import type { SessionCore } from "./_core.ts";
+import { serverStream } from "./_server_stream.ts";
 import { decodeAll } from "./_decode.ts";
 import { fromWire, isPrematureClose, RUN_SEEN } from "./_run_events.ts";
 import { interactiveEvents, streamedStdin } from "./_run_interactive.ts";
@@ -35,7 +36,10 @@ export function runEvents(
     let exited = false;
     try {
       const req = runRequest(core, spec, true);
-      for await (const wire of node.workers.run(req, callOptions(spec.signal))) {
+      // Past Connect's transport: a warm run is a few milliseconds (see _server_stream.ts).
+      for await (
+        const wire of serverStream(node.direct, WorkerService.method.run, req, spec.signal)
+      ) {
         const ev = fromWire(wire);
         if (ev?.kind === "exited") exited = true;
         if (ev === undefined) continue;

@@ -291,7 +291,14 @@ export class Launcher {
     const job = checkRequest(root, session, request, limits);
     const epoch = this.#epochs.get(session.key) ?? 0;
     signal?.throwIfAborted();
-    const rootInfo = await Deno.stat(root).catch(() => undefined);
+    // Synchronous: a stat of a local directory takes microseconds, and an async op's round trip
+    // through the runtime's thread pool is a tenth of a warm run (docs/BENCHMARKS.md).
+    let rootInfo: Deno.FileInfo | undefined;
+    try {
+      rootInfo = Deno.statSync(root);
+    } catch {
+      rootInfo = undefined;
+    }
     if (!rootInfo?.isDirectory) {
       throw new LaunchError(
         "SESSION_DIR_MISSING",

@@ -41,6 +41,7 @@ import {
   authGate,
   authInterceptor,
   discardRefusedBodies,
+  methodReadMaxBytes,
   OPEN_SERVICES,
   registerService,
 } from "./_front_door.ts";
@@ -55,6 +56,7 @@ import { createSparkConnectService } from "./spark_service.ts";
 import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
+import { directRun } from "./_run_direct.ts";
 import meta from "./deno.json" with { type: "json" };
 import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
 import { PipLayers, type PipOptions } from "./pip_layers.ts";
@@ -477,6 +479,8 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     log,
     pip,
   };
+  // One service for both ways in: Connect's router and the direct Run path.
+  const workerService = createWorkerService(workerCtx);
   const routes = (router: ConnectRouter): void => {
     registerService(
       router,
@@ -486,7 +490,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     );
     registerService(router, StoreService, createStoreService({ store, proofs }), door);
     registerService(router, SessionService, createSessionService({ store }), door);
-    registerService(router, WorkerService, createWorkerService(workerCtx), door);
+    registerService(router, WorkerService, workerService, door);
     registerService(router, PipService, createPipService({ store, pip }), door);
     registerService(
       router,
@@ -514,6 +518,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   const fetch: FetchHandler = async (request) =>
     (await handle(request)) ?? new Response("Not Found", { status: 404 });
 
+  const contextValues = (req: object) => peerResetValues(createContextValues(), req);
   const connectHandler: NodeHandler = connectNodeAdapter({
     routes,
     interceptors,
@@ -521,9 +526,18 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     compressMinBytes,
     shutdownSignal: shutdown.signal,
     fallback: unimplementedFallback,
-    contextValues: (req) => peerResetValues(createContextValues(), req),
+    contextValues,
   }) as NodeHandler;
-  const nodeHandler = discardRefusedBodies(connectHandler, (service, authorization) => {
+  // Plain gRPC calls of WorkerService/Run skip Connect's pipelines (see _run_direct.ts).
+  const runHandler = directRun({
+    run: workerService.run,
+    interceptors,
+    readMaxBytes: methodReadMaxBytes(WorkerService.method.run, readMaxBytes),
+    shutdownSignal: shutdown.signal,
+    contextValues,
+    refuses: (authorization) => tokens !== undefined && !tokens.check(authorization).ok,
+  }, connectHandler);
+  const nodeHandler = discardRefusedBodies(runHandler, (service, authorization) => {
     if (ADMIN_SERVICES.has(service)) {
       return adminRefusal(adminTokens, tokens, authorization) !== undefined;
     }
