@@ -26,6 +26,7 @@ import {
 } from "@connectrpc/connect";
 import { validateResponse, validateTrailer } from "@connectrpc/connect/protocol-grpc";
 import type { Http2SessionManager } from "@connectrpc/connect-node";
+import { grpcEnvelope, http2ErrorName } from "@valise/protocol";
 import { CLIENT_VERSION } from "./version.ts";
 
 /** The largest response message taken, in bytes: far above any event a server sends. */
@@ -104,7 +105,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
 ): Promise<StreamResponse<I, O>> {
   const method = req.method as DescMethodServerStreaming<I, O>;
   const pieces: Uint8Array[] = [];
-  for await (const m of req.message) pieces.push(envelope(toBinary(method.input, m)));
+  for await (const m of req.message) pieces.push(grpcEnvelope(toBinary(method.input, m)));
   const url = new URL(req.url);
   let stream: http2.ClientHttp2Stream;
   try {
@@ -353,21 +354,6 @@ function fromNode(reason: unknown): ConnectError {
   return ce;
 }
 
-const H2_NAMES: Record<number, string> = {
-  1: "PROTOCOL_ERROR",
-  2: "INTERNAL_ERROR",
-  3: "FLOW_CONTROL_ERROR",
-  4: "SETTINGS_TIMEOUT",
-  6: "FRAME_SIZE_ERROR",
-  7: "REFUSED_STREAM",
-  8: "CANCEL",
-  9: "COMPRESSION_ERROR",
-  10: "CONNECT_ERROR",
-  11: "ENHANCE_YOUR_CALM",
-  12: "INADEQUATE_SECURITY",
-  13: "HTTP_1_1_REQUIRED",
-};
-
 /** A reset stream as Connect's node client reports it (`connectErrorFromH2ResetCode`). */
 function resetError(rstCode: number | undefined): ConnectError | undefined {
   const code: Code | undefined = ({
@@ -386,7 +372,7 @@ function resetError(rstCode: number | undefined): ConnectError | undefined {
   } as Record<number, Code>)[rstCode ?? 0];
   if (code === undefined) return undefined;
   return new ConnectError(
-    `http/2 stream closed with error code ${H2_NAMES[rstCode!]} (0x${rstCode!.toString(16)})`,
+    `http/2 stream closed with error code ${http2ErrorName(rstCode!)} (0x${rstCode!.toString(16)})`,
     code,
   );
 }
@@ -411,13 +397,6 @@ function webHeaders(h: http2.IncomingHttpHeaders): Headers {
     if (Array.isArray(v)) { for (const x of v) out.append(k, x); }
     else out.append(k, String(v));
   }
-  return out;
-}
-
-function envelope(message: Uint8Array): Uint8Array {
-  const out = new Uint8Array(5 + message.length);
-  new DataView(out.buffer).setUint32(1, message.length);
-  out.set(message, 5);
   return out;
 }
 

@@ -49,6 +49,7 @@ export {
   isFramingError,
   u32Frames,
 } from "./framing.ts";
+export { grpcEnvelope, http2ErrorName } from "./grpc_wire.ts";
 export * from "./pip_requirements.ts";
 export * from "./session_id.ts";
 export { SPARK_CONNECT_VERSION } from "./spark_version.ts";

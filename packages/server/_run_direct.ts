@@ -34,6 +34,8 @@ import {
 } from "@connectrpc/connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import {
+  grpcEnvelope,
+  http2ErrorName,
   type RunEvent,
   RunEventSchema,
   type RunRequest,
@@ -239,7 +241,7 @@ async function serve(
     for (let r = await it.next(); r.done !== true; r = await it.next()) {
       const chunks = held ? [held] : [];
       held = undefined;
-      const bytes = envelope(toBinary(RunEventSchema, r.value));
+      const bytes = grpcEnvelope(toBinary(RunEventSchema, r.value));
       // The run's last event goes out with the trailers: nothing but the end of the handler
       // (microtasks) comes after it.
       if (r.value.event.case === "exited") held = bytes;
@@ -349,7 +351,9 @@ function resetError(rstCode: number | undefined): ConnectError | undefined {
   const c = http2constants;
   const name = (code: Code) =>
     new ConnectError(
-      `http/2 stream closed with error code ${H2_NAMES[rstCode!]} (0x${rstCode!.toString(16)})`,
+      `http/2 stream closed with error code ${http2ErrorName(rstCode!)} (0x${
+        rstCode!.toString(16)
+      })`,
       code,
     );
   switch (rstCode) {
@@ -375,21 +379,6 @@ function resetError(rstCode: number | undefined): ConnectError | undefined {
   }
 }
 
-const H2_NAMES: Record<number, string> = {
-  1: "PROTOCOL_ERROR",
-  2: "INTERNAL_ERROR",
-  3: "FLOW_CONTROL_ERROR",
-  4: "SETTINGS_TIMEOUT",
-  6: "FRAME_SIZE_ERROR",
-  7: "REFUSED_STREAM",
-  8: "CANCEL",
-  9: "COMPRESSION_ERROR",
-  10: "CONNECT_ERROR",
-  11: "ENHANCE_YOUR_CALM",
-  12: "INADEQUATE_SECURITY",
-  13: "HTTP_1_1_REQUIRED",
-};
-
 function nodeHeaders(h: Headers): Record<string, string> {
   const out: Record<string, string> = {};
   h.forEach((v, k) => (out[k] = v));
@@ -400,13 +389,6 @@ function copyHeaders(from: Headers, to: Headers): void {
   if (from === to) return;
   for (const k of [...to.keys()]) to.delete(k);
   from.forEach((v, k) => to.set(k, v));
-}
-
-function envelope(message: Uint8Array): Uint8Array {
-  const out = new Uint8Array(5 + message.length);
-  new DataView(out.buffer).setUint32(1, message.length);
-  out.set(message, 5);
-  return out;
 }
 
 /** Writes a chunk, waiting for the stream to drain when HTTP/2 flow control holds it. */

@@ -7,15 +7,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { Membership, type MembershipOptions, NODES_BUCKET } from "./membership.ts";
 import { encodeNodeRecord, MembershipError, type NodeRecord } from "./node_record.ts";
-
-const NATS_SERVER = "/usr/sbin/nats-server";
-const hasNats = (() => {
-  try {
-    return Deno.statSync(NATS_SERVER).isFile;
-  } catch {
-    return false;
-  }
-})();
+import { hasNats, startNats } from "./_nats_test_util.ts";
 
 /** A log that tests wait on. */
 class Log {
@@ -32,36 +24,6 @@ class Log {
   }
 }
 
-async function startNats(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  const child = new Deno.Command(NATS_SERVER, {
-    args: ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", dir],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  while (!seen.includes("Server is ready")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`nats-server exited:\n${seen}`);
-    seen += value;
-  }
-  // The rest of its log is drained so the pipe never fills.
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })();
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
-}
-
 const counts = () => ({ sessions: 2, blobBytes: 10, treeBytes: 20, inFlight: 1 });
 
 Deno.test({
@@ -71,7 +33,9 @@ Deno.test({
   ignore: !hasNats,
   fn: async (t) => {
     const dir = await Deno.makeTempDir({ prefix: "valise-membership-" });
-    const nats = await startNats(dir);
+    const nats = await startNats((
+      port,
+    ) => ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", dir]);
     const conns: NatsConnection[] = [];
     const conn = async () => {
       const nc = await connect({ servers: nats.url });

@@ -13,57 +13,23 @@ import { Kvm } from "@nats-io/kv";
 import fc from "fast-check";
 import { SessionError } from "@valise/session-store";
 import { isTransient, riding, UnavailableTooLong } from "./nats_retry.ts";
-
-const NATS_SERVER = "/usr/sbin/nats-server";
-const hasNats = (() => {
-  try {
-    return Deno.statSync(NATS_SERVER).isFile;
-  } catch {
-    return false;
-  }
-})();
+import { hasNats, type NatsProcess, startNats } from "./_nats_test_util.ts";
 
 /** One nats-server with JetStream; user `valise` may not publish to `forbidden.>`. */
-async function startNats(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
+async function startNatsWithAuth(dir: string): Promise<NatsProcess> {
   const config = `${dir}/nats.conf`;
-  await Deno.writeTextFile(
-    config,
-    [
+  return await startNats((port) => {
+    const lines = [
       `listen: 127.0.0.1:${port}`,
       `jetstream { store_dir: "${dir}/js" }`,
       `authorization {`,
       `  users: [{ user: valise, password: secret, permissions: { publish: { deny: ["forbidden.>"] } } }]`,
       `}`,
       "",
-    ].join("\n"),
-  );
-  const child = new Deno.Command(NATS_SERVER, {
-    args: ["-c", config],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  while (!seen.includes("Server is ready")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`nats-server exited:\n${seen}`);
-    seen += value;
-  }
-  // The rest of its log is drained so the pipe never fills.
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })();
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
+    ];
+    Deno.writeTextFileSync(config, lines.join("\n"));
+    return ["-c", config];
+  });
 }
 
 /** The error `fn` rejects with. */
@@ -94,7 +60,7 @@ Deno.test({
   ignore: !hasNats,
   fn: async (t) => {
     const dir = await Deno.makeTempDir({ prefix: "valise-retry-" });
-    const nats = await startNats(dir);
+    const nats = await startNatsWithAuth(dir);
     const conns: NatsConnection[] = [];
     const conn = async () => {
       const nc = await connect({ servers: nats.url, user: "valise", pass: "secret" });
