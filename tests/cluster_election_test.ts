@@ -86,12 +86,36 @@ Deno.test({
         deepEqual(await Deno.readFile(dest), bytes);
       };
 
+      const streams = [`KV_${GC_BUCKET}`, `KV_${SESSIONS_BUCKET}`, `OBJ_${BLOBS_BUCKET}`];
+      /**
+       * Waits until every bucket's stream has a leader and both other replicas are current. A
+       * member restarted a moment ago may still be catching up; killing another one then leaves
+       * no quorum, which under load lasted longer than a commit's 60 s budget (seen in CI).
+       */
+      const whole = async () => {
+        const deadline = Date.now() + 180_000;
+        for (;;) {
+          const states = await Promise.all(streams.map(async (s) => {
+            const c = (await jsm.streams.info(s).catch(() => undefined))?.cluster;
+            const replicas = c?.replicas ?? [];
+            return !!c?.leader && replicas.length === 2 &&
+              replicas.every((r) => r.current && !r.offline);
+          }));
+          if (states.every(Boolean)) return;
+          if (Date.now() > deadline) {
+            throw new Error("the NATS cluster did not become whole again within 180 s");
+          }
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      };
+
       await commit(a, "before");
 
-      for (const stream of [`KV_${GC_BUCKET}`, `KV_${SESSIONS_BUCKET}`, `OBJ_${BLOBS_BUCKET}`]) {
+      for (const stream of streams) {
         await t.step(
           `the leader of ${stream} SIGKILLed: a commit at once goes through`,
           async () => {
+            await whole();
             const leader = (await jsm.streams.info(stream)).cluster?.leader;
             ok(leader, `${stream} has a leader`);
             await nats.kill(leader);
@@ -114,6 +138,7 @@ Deno.test({
             unavailableBudgetMs: 3000,
           });
           regs.push(short);
+          await whole();
           const [n1, n2, n3] = nats.members;
           // Opened while the cluster is whole: opening asks the (soon gone) metadata leader.
           const survivor = await connect({ servers: n3!.url });
@@ -147,6 +172,7 @@ Deno.test({
             await nats.restart(n2!.name);
           }
           // The same registries, nothing restarted on their side: they ride back.
+          await whole();
           await commit(a, "after");
           equal(typeof (await short.blobSize("c".repeat(64))), "undefined");
         },
