@@ -14,6 +14,7 @@ import {
   type ArtifactSource,
   ConfigRequest_OperationSchema,
   ErrorInfoSchema,
+  HealthCheckResponse_ServingStatus,
   RunRequestSchema,
 } from "@valise/protocol";
 import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
@@ -70,6 +71,36 @@ export async function within<T>(promise: Promise<T>, ms: number): Promise<T | un
     ]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Turns a hang into a failure naming what hung (a guard, not a timed assertion).
+ *
+ * @param promise What the server should answer.
+ * @param what Named in the failure.
+ * @param guardMs How long a hang may last.
+ * @returns The answer.
+ */
+export async function answered<T>(promise: Promise<T>, what: string, guardMs: number): Promise<T> {
+  const got = await within(promise.then((value) => ({ value })), guardMs);
+  if (got === undefined) {
+    throw new Error(`${what}: no answer within ${guardMs} ms (the server hangs)`);
+  }
+  return got.value;
+}
+
+/**
+ * Fails unless the server answers Health/Check with SERVING (within the guard).
+ *
+ * @param server The server.
+ * @param what Named in a failure.
+ * @param guardMs How long a hang may last.
+ */
+export async function serving(server: ServerProcess, what: string, guardMs: number): Promise<void> {
+  const res = await answered(server.clients.health.check({}), what, guardMs);
+  if (res.status !== HealthCheckResponse_ServingStatus.SERVING) {
+    throw new Error(`${what}: the server answered Health/Check with status ${res.status}`);
   }
 }
 

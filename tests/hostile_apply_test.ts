@@ -14,32 +14,18 @@ import {
   type ApplyStart,
   ConfigRequest_OperationSchema,
   ErrorInfoSchema,
-  HealthCheckResponse_ServingStatus,
   ipcMessages,
   IpcMessageType,
 } from "@valise/protocol";
 import { Int32, makeVector, type RecordBatch, Table, tableFromIPC, tableToIPC } from "apache-arrow";
 import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
+import { answered, serving } from "./_hostile.ts";
 
 const SANDBOX = bwrapWorks();
 const GUARD_MS = 30_000;
 const MiB = 1024 * 1024;
 
-/** Turns a hang into a failure naming what hung. */
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what}: no answer within ${GUARD_MS} ms (the server hangs)`)),
-      GUARD_MS,
-    );
-  });
-  try {
-    return await Promise.race([p, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
 
 async function withServer(fn: (s: ServerProcess) => Promise<void>): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: "valise-hostile-apply-" });
@@ -59,10 +45,8 @@ async function withServer(fn: (s: ServerProcess) => Promise<void>): Promise<void
   }
 }
 
-async function healthy(server: ServerProcess, what: string): Promise<void> {
-  const res = await within(server.clients.health.check({}), what);
-  equal(res.status, HealthCheckResponse_ServingStatus.SERVING);
-}
+const healthy = (server: ServerProcess, what: string): Promise<void> =>
+  serving(server, what, GUARD_MS);
 
 type Start = Partial<Omit<ApplyStart, "$typeName" | "userContext">> & { sessionId: string };
 

@@ -13,36 +13,21 @@ import {
   type ApplyRequest,
   ApplyRequestSchema,
   ErrorInfoSchema,
-  HealthCheckResponse_ServingStatus,
   ipcMessages,
   IpcMessageType,
 } from "@valise/protocol";
 import { richStream } from "../packages/server/_ipc_test_util.ts";
 import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
+import { answered, serving } from "./_hostile.ts";
 
 const SANDBOX = bwrapWorks();
 const GUARD_MS = 30_000;
 const MiB = 1024 * 1024;
 
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what}: no answer within ${GUARD_MS} ms`)),
-      GUARD_MS,
-    );
-  });
-  try {
-    return await Promise.race([p, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
 
-async function healthy(server: ServerProcess, what: string): Promise<void> {
-  const res = await within(server.clients.health.check({}), what);
-  equal(res.status, HealthCheckResponse_ServingStatus.SERVING);
-}
+const healthy = (server: ServerProcess, what: string): Promise<void> =>
+  serving(server, what, GUARD_MS);
 
 async function* requests(sessionId: string, input: Uint8Array): AsyncGenerator<ApplyRequest> {
   yield create(ApplyRequestSchema, {

@@ -19,7 +19,6 @@ import { ConnectError } from "@connectrpc/connect";
 import {
   ErrorInfoSchema,
   ExecutePlanRequestSchema,
-  HealthCheckResponse_ServingStatus,
   type Relation,
   RelationSchema,
 } from "@valise/protocol";
@@ -28,31 +27,17 @@ import fc from "fast-check";
 import { makeVenvPack } from "./fixtures/envs.ts";
 import { needsVenv, VENV_PYTHON } from "./_python.ts";
 import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
+import { answered, serving } from "./_hostile.ts";
 import { udfEnvOptions } from "./_udf.ts";
 import { removeTree } from "./_util.ts";
 
 const GUARD_MS = 60_000;
 const MiB = 1024 * 1024;
 
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what}: no answer within ${GUARD_MS} ms`)),
-      GUARD_MS,
-    );
-  });
-  try {
-    return await Promise.race([p, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
 
-async function healthy(server: ServerProcess, what: string): Promise<void> {
-  const res = await within(server.clients.health.check({}), what);
-  equal(res.status, HealthCheckResponse_ServingStatus.SERVING);
-}
+const healthy = (server: ServerProcess, what: string): Promise<void> =>
+  serving(server, what, GUARD_MS);
 
 /** Sets up a session with PySpark (environment and interpreter); returns its ids. */
 async function pysparkSession(
