@@ -9,69 +9,34 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { crc32 } from "@valise/protocol";
 import { isSessionError, SessionError } from "./errors.ts";
-import {
-  decodeSharedSession,
-  encodeSharedSession,
-  type RegistryEntry,
-  type SessionRegistry,
-  type SharedSession,
-} from "./registry.ts";
+import type { SharedSession } from "./registry.ts";
+import { MemoryRegistry } from "./_memory_registry.ts";
 import { SessionStore } from "./store.ts";
 import { addBytes } from "./_test_util.ts";
 
-const limits = { maxArtifactBytes: 2 ** 34, maxArtifacts: 10_000 };
 const ids = { userId: "ada", sessionId: "0b7a6d1e-3c2f-4e5a-8b9c-1d2e3f4a5b6c" };
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 
-/** A registry in memory with blob GC hooks; `events` lists what the store asked, in order. */
-class GcRegistry implements SessionRegistry {
-  stored = new Map<string, { bytes: Uint8Array; revision: number }>();
-  blobs = new Map<string, Uint8Array>();
-  revision = 0;
+/** The shared test registry with blob GC hooks; `events` lists what the store asked, in order. */
+class GcRegistry extends MemoryRegistry {
   events: string[] = [];
   live = new Set<string>();
   /** Runs after a record is written (the GC deleting a blob it judged unreferenced). */
   afterUpdate: (() => void) | undefined;
   failBegin = false;
 
-  get(userId: string, sessionId: string): Promise<RegistryEntry | undefined> {
-    const r = this.stored.get(`${userId}\u0000${sessionId}`);
-    if (!r) return Promise.resolve(undefined);
-    return Promise.resolve({
-      value: decodeSharedSession(r.bytes, limits, { userId, sessionId }),
-      revision: r.revision,
-    });
-  }
-
-  async update(
-    userId: string,
-    sessionId: string,
-    change: (current: SharedSession | undefined) => SharedSession,
-  ): Promise<RegistryEntry> {
-    const value = change((await this.get(userId, sessionId))?.value);
-    const revision = ++this.revision;
-    this.stored.set(`${userId}\u0000${sessionId}`, {
-      bytes: encodeSharedSession(value),
-      revision,
-    });
+  override put(userId: string, sessionId: string, value: SharedSession): void {
+    super.put(userId, sessionId, value);
     if (value.artifacts.length) this.events.push("update");
-    this.afterUpdate?.();
+    const hook = this.afterUpdate;
     this.afterUpdate = undefined;
-    return { value, revision };
+    hook?.();
   }
 
-  async putBlob(sha256: string, path: string): Promise<void> {
+  override async putBlob(sha256: string, path: string): Promise<void> {
     const there = this.blobs.has(sha256);
     this.events.push(there ? `check ${sha256.slice(0, 6)}` : `put ${sha256.slice(0, 6)}`);
-    if (!there) this.blobs.set(sha256, await Deno.readFile(path));
-  }
-
-  async fetchBlob(sha256: string, size: number, dest: string): Promise<void> {
-    const bytes = this.blobs.get(sha256);
-    if (!bytes || bytes.length !== size) {
-      throw new SessionError("CLUSTER_DATA_INVALID", `no blob ${sha256}`);
-    }
-    await Deno.writeFile(dest, bytes, { createNew: true });
+    if (!there) await super.putBlob(sha256, path);
   }
 
   beginCommit(sha256s: readonly string[]): Promise<() => Promise<void>> {
