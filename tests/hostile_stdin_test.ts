@@ -7,7 +7,8 @@ import { equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { HealthCheckResponse_ServingStatus, type RunInput, RunInputSchema } from "@valise/protocol";
+import { type RunInput, RunInputSchema } from "@valise/protocol";
+import { answered, serving } from "./_hostile.ts";
 import { InteractiveCall } from "./_interactive.ts";
 import { type ServerProcess, startServer } from "./_server.ts";
 import { removeTree } from "./_util.ts";
@@ -16,22 +17,7 @@ const GUARD_MS = 60_000;
 const MiB = 1024 * 1024;
 
 /** Turns a hang into a failure naming what hung. */
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`${what}: no answer in ${GUARD_MS} ms`)),
-          GUARD_MS,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
 
 async function withServer(fn: (s: ServerProcess) => Promise<void>): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: "valise-hostile-stdin-" });
@@ -48,10 +34,7 @@ async function withServer(fn: (s: ServerProcess) => Promise<void>): Promise<void
   }
 }
 
-async function healthy(s: ServerProcess, what: string): Promise<void> {
-  const res = await within(s.clients.health.check({}), what);
-  equal(res.status, HealthCheckResponse_ServingStatus.SERVING);
-}
+const healthy = (s: ServerProcess, what: string): Promise<void> => serving(s, what, GUARD_MS);
 
 const code = (c: string, sessionId: string = crypto.randomUUID()) => ({
   sessionId,

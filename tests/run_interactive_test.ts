@@ -13,6 +13,7 @@ import {
   RunRequestSchema,
   WorkerService,
 } from "@valise/protocol";
+import { answered } from "./_hostile.ts";
 import { InteractiveCall } from "./_interactive.ts";
 import { type ServerProcess, startServer } from "./_server.ts";
 import { removeTree } from "./_util.ts";
@@ -20,22 +21,7 @@ import { removeTree } from "./_util.ts";
 const GUARD_MS = 60_000;
 
 /** Turns a hang into a failure naming what hung. */
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`${what}: no answer in ${GUARD_MS} ms`)),
-          GUARD_MS,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
 
 async function withServer(
   fn: (s: ServerProcess) => Promise<void>,
