@@ -19,7 +19,7 @@ import {
   bytesArtifact,
   SparkConnectService,
 } from "@valise/protocol";
-import { clientStream } from "./_client_stream.ts";
+import { clientStream, MAX_IN_FLIGHT_BYTES } from "./_client_stream.ts";
 import { uploadMessages } from "./_client_stream_upload.ts";
 import type { StreamCallTarget } from "./_server_stream.ts";
 
@@ -281,5 +281,45 @@ Deno.test("clientStream runs the session's interceptors around the call", async 
     equal(messages, 4);
   } finally {
     await h.close();
+  }
+});
+
+Deno.test("clientStream: a server that reads nothing holds the file's reading at the in-flight bound", async () => {
+  const h = await hostile();
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "f");
+    const data = new Uint8Array(64 * 2 ** 20);
+    await Deno.writeFile(path, data);
+    const sha256 = Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", data)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    // Never reads: HTTP/2 flow control lets 64 KiB through, then holds the client.
+    h.set((stream) => stream.pause());
+    let sent = 0;
+    const abort = new AbortController();
+    const call = clientStream(
+      h.target,
+      SparkConnectService.method.addArtifacts,
+      uploadMessages(
+        { name: "files/f", path, size: data.length, sha256 },
+        {
+          sessionId: SESSION,
+        },
+        2 ** 20,
+        (n) => (sent = n),
+      ),
+      abort.signal,
+    );
+    // However long it is given (a slow machine reads less, never more), the file is read at most
+    // the in-flight bound, a chunk in hand and the windows ahead.
+    await new Promise((r) => setTimeout(r, 1000));
+    abort.abort();
+    equal((await outcome(call) as { code: string }).code, "Canceled");
+    ok(sent <= MAX_IN_FLIGHT_BYTES + 2 * 2 ** 20, `read ${sent} bytes of a stalled upload`);
+  } finally {
+    await h.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });
