@@ -16,8 +16,15 @@
  * receives, hashes and stages every byte all the same), VmRSS polled every 20 ms: before any
  * upload, after the timed uploads (warm), and the highest seen during the large one.
  *
+ * Beside the rates, the CPU each side spent per GB of the timed uploads (user + system time from
+ * `/proc`, the client's including its hashing pass): unlike MB/s, it hardly moves with what else
+ * runs on the machine.
+ *
  * Env: VALISE_BENCH_CLIENT_UPLOAD_MB (default 256), VALISE_BENCH_CLIENT_UPLOAD_REPS (default 5),
- * VALISE_BENCH_RSS_UPLOAD_MB (default 4096; 0 skips it).
+ * VALISE_BENCH_RSS_UPLOAD_MB (default 4096; 0 skips it), VALISE_BENCH_UPLOAD_TMP (where the
+ * server's data directory and the files go; default the system's temporary directory — e.g.
+ * `/dev/shm` takes the disk out of the measure: writes to a disk slow down as its dirty pages
+ * grow, and the server's system time with them).
  *
  * @module
  */
@@ -36,6 +43,14 @@ interface Timed {
   upload: number;
   /** Seconds of the whole call, hashing included. */
   whole: number;
+}
+
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number | "self"): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime, in clock ticks (100 per second on Linux).
+  return (Number(f[11]) + Number(f[12])) / 100;
 }
 
 async function add(remote: string, file: string): Promise<Timed> {
@@ -123,7 +138,11 @@ async function sinkUpload(port: number, file: string): Promise<number> {
   }
 }
 
-const tmp = await Deno.makeTempDir({ prefix: "valise_client_upload_bench_" });
+const tmpRoot = Deno.env.get("VALISE_BENCH_UPLOAD_TMP");
+const tmp = await Deno.makeTempDir({
+  prefix: "valise_client_upload_bench_",
+  ...(tmpRoot ? { dir: tmpRoot } : {}),
+});
 const server = await startServer({ dataDir: join(tmp, "data"), args: ["--quiet"] });
 try {
   const remote = `sc://127.0.0.1:${server.port}/;user_id=bench`;
@@ -135,12 +154,18 @@ try {
   const runs: Timed[] = [];
   const sinkRuns: number[] = [];
   const sink = await startSink();
+  let serverCpu = 0;
+  let clientCpu = 0;
   try {
     await sinkUpload(sink.port, file); // warm-up, not counted
     for (let i = 0; i < REPS; i++) {
       // New bytes each time: the server keeps released sessions' blobs as a cache.
       await writeRandomFile(file, SIZE_MB * MiB);
+      const s0 = cpuSeconds(server.pid);
+      const c0 = cpuSeconds("self");
       runs.push(await add(remote, file));
+      serverCpu += cpuSeconds(server.pid) - s0;
+      clientCpu += cpuSeconds("self") - c0;
       sinkRuns.push(await sinkUpload(sink.port, file));
     }
   } finally {
@@ -151,7 +176,8 @@ try {
     `${SIZE_MB} MiB random file added by \`@valise/client\` (\`addArtifacts(path, ` +
       `{ file: true, fastPath: false })\`, 1 MiB chunks, one stream) to \`packages/server/main.ts\` on ` +
       `loopback, a new session each, ${REPS} runs after a 64 MiB warm-up; MB/s = 10^6 bytes/s; ` +
-      `${navigator.hardwareConcurrency} CPUs shared by client and server.\n`,
+      `${navigator.hardwareConcurrency} CPUs shared by client and server; data directory under ` +
+      `${tmpRoot ?? "the system's temporary directory"}.\n`,
   );
   console.log("| measure | MB/s (median) | runs (MB/s) |");
   console.log("|---|---|---|");
@@ -164,6 +190,12 @@ try {
     `| whole call (hash + upload) | ${rate(median(runs.map((r) => r.whole))).toFixed(1)} | ${
       runs.map((r) => rate(r.whole).toFixed(1)).join(", ")
     } |`,
+  );
+  const gb = REPS * SIZE_MB * MiB / 1e9;
+  console.log(
+    `| CPU per GB uploaded: server / client (hash pass included) | ${
+      (serverCpu / gb).toFixed(2)
+    } s / ${(clientCpu / gb).toFixed(2)} s | (sum of the ${REPS} runs) |`,
   );
   const sinkRate = rate(median(sinkRuns));
   console.log(

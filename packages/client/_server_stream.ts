@@ -94,7 +94,13 @@ export async function* serverStream<I extends DescMessage, O extends DescMessage
   }
 }
 
-function aborted(signal: AbortSignal): ConnectError {
+/**
+ * The error of a call its signal aborted, as Connect reports it.
+ *
+ * @param signal The aborted signal.
+ * @returns `CANCELED`, or the reason's own code.
+ */
+export function aborted(signal: AbortSignal): ConnectError {
   return ConnectError.from(signal.reason ?? "operation was aborted", Code.Canceled);
 }
 
@@ -160,7 +166,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
 }
 
 /** The response of one stream: its head, its messages as they arrive, its trailers. */
-class ResponseReader<O extends DescMessage> {
+export class ResponseReader<O extends DescMessage> {
   /** Resolves with the status and headers; rejects with the call's failure before them. */
   readonly head: Promise<{ status: number; header: Headers }>;
   /** The trailers, once they arrived. */
@@ -181,12 +187,16 @@ class ResponseReader<O extends DescMessage> {
       this.#rejectHead = reject;
       stream.once("response", (h) => {
         resolve({ status: Number(h[":status"] ?? 0), header: webHeaders(h) });
+        // The body is read once its head is known: Deno's node:http2 emits a stream's first
+        // data before its 'response', and a body that is no gRPC (an HTML page) must fail as
+        // what its head says, not as a forged envelope.
+        stream.on("data", onData);
       });
     });
     // Nobody may be waiting for the head when the stream fails after it.
     this.head.catch(() => {});
     stream.on("trailers", (t) => webHeaders(t).forEach((v, k) => this.trailer.set(k, v)));
-    stream.on("data", (chunk: Uint8Array) => {
+    const onData = (chunk: Uint8Array) => {
       manager.notifyResponseByteRead(stream);
       if (this.#error) return;
       try {
@@ -199,7 +209,7 @@ class ResponseReader<O extends DescMessage> {
       // The caller reads slower than the server writes: HTTP/2 flow control holds the rest.
       if (this.#queue.length > 64) stream.pause();
       this.#notify();
-    });
+    };
     stream.once("end", () => {
       if (this.#decoder.pending) {
         this.fail(new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument));
@@ -332,8 +342,13 @@ function parse<O extends DescMessage>(schema: O, body: Uint8Array): MessageShape
   }
 }
 
-/** A Node.js failure as Connect's node client reports it (`connectErrorFromNodeReason`). */
-function fromNode(reason: unknown): ConnectError {
+/**
+ * A Node.js failure as Connect's node client reports it (`connectErrorFromNodeReason`).
+ *
+ * @param reason The failure.
+ * @returns The error, its Node.js cause kept.
+ */
+export function fromNode(reason: unknown): ConnectError {
   const codes: string[] = [];
   for (let e = reason, i = 0; e instanceof Error && i < 16; e = e.cause, i++) {
     const c = (e as { code?: unknown }).code;
@@ -377,14 +392,25 @@ function resetError(rstCode: number | undefined): ConnectError | undefined {
   );
 }
 
-/** Resets a stream; one already closed, or whose connection is gone, is left as it is. */
-function reset(stream: http2.ClientHttp2Stream, code: number): void {
+/**
+ * Resets a stream; one already closed, or whose connection is gone, is left as it is.
+ *
+ * @param stream The stream.
+ * @param code The HTTP/2 error code.
+ */
+export function reset(stream: http2.ClientHttp2Stream, code: number): void {
   try {
     if (!stream.closed) stream.close(code);
   } catch { /* its connection is gone */ }
 }
 
-function nodeHeaders(h: Headers): http2.OutgoingHttpHeaders {
+/**
+ * Headers as node:http2 takes them.
+ *
+ * @param h The headers.
+ * @returns One field per name.
+ */
+export function nodeHeaders(h: Headers): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
   h.forEach((v, k) => (out[k] = v));
   return out;

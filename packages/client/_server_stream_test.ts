@@ -69,6 +69,10 @@ const ANSWERS: Record<string, Answer> = {
     stream.respond({ ":status": 503, "content-type": "text/plain" });
     stream.end("busy");
   },
+  "the wrong content type": (stream) => {
+    stream.respond({ ":status": 200, "content-type": "text/html" });
+    stream.end("<html>");
+  },
   "a reset": (stream) => stream.close(http2.constants.NGHTTP2_REFUSED_STREAM),
 };
 

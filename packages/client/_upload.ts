@@ -3,12 +3,10 @@
 // AttachArtifacts with proofs of possession), upload the rest with PySpark's AddArtifacts. An
 // attempt whose node fails is made again from the start of the artifact in progress (on the next
 // endpoint, if any), the file read again from disk and checked against the sha256 hashed first.
-import { createHash } from "node:crypto";
 import {
   type AddArtifactsRequest,
-  addArtifactsRequests,
-  type ArtifactSource,
   type BlobChallenge,
+  SparkConnectService,
 } from "@valise/protocol";
 import { resolveArtifact } from "./artifact_path.ts";
 import { ValiseClientError } from "./error.ts";
@@ -21,6 +19,8 @@ import {
 import { clientError } from "./_client_error.ts";
 import { callOptions, type SessionCore } from "./_core.ts";
 import type { Node } from "./_endpoints.ts";
+import { clientStream } from "./_client_stream.ts";
+import { uploadMessages } from "./_client_stream_upload.ts";
 import { answerChallenge, attachRefused, type BlobProofInit } from "./_blob_proof.ts";
 
 interface Pending {
@@ -178,59 +178,37 @@ export class Uploader {
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const core = this.#core;
-    let sent = 0;
-    let started = 0;
-    const source: ArtifactSource = {
-      name: it.name,
-      size: it.size,
-      // Opened again on every attempt. The last piece is held back until the bytes read hash to
-      // the digest taken before: a file changed since (between two attempts, or while sent)
-      // fails the call before its last chunk leaves, and the server commits none of it.
-      async *read() {
-        using f = await Deno.open(it.path);
-        const hash = createHash("sha256");
-        started = performance.now();
-        let held: Uint8Array | undefined;
-        const send = (piece: Uint8Array) => {
-          sent += piece.length;
-          const secs = (performance.now() - started) / 1000;
-          report(progress(it, "upload", sent, secs > 0 ? sent / secs : 0));
-          return piece;
-        };
-        for await (const piece of f.readable) {
-          if (held) yield send(held);
-          hash.update(piece);
-          held = piece;
-        }
-        const digest = hash.digest("hex");
-        if (digest !== it.sha256) {
-          throw new TypeError(
-            `Cannot add ${it.path}: the file changed while it was being added (its sha256 is ` +
-              `${digest}, not ${it.sha256} as hashed before); nothing of it was committed: ` +
-              "add it again once it no longer changes",
-          );
-        }
-        if (held) yield send(held);
-      },
-    };
     const observed = core.observed().clientObservedServerSideSessionId;
     const inputFailure: { error?: unknown } = {};
+    let started = 0;
+    // Read again on every attempt, straight into the messages' envelopes; the last chunk is
+    // held back until the bytes read hash to the digest taken before (see uploadMessages).
+    const messages = uploadMessages(
+      it,
+      {
+        sessionId: core.sessionId,
+        userId: core.userId,
+        clientObservedServerSideSessionId: observed,
+      },
+      // 1 MiB messages instead of PySpark's 32 KiB: the per-message work on both ends (framing,
+      // parsing, CRC and hash calls) was most of an upload's CPU. Spark accepts messages up to
+      // 128 MiB, Valise up to its --read-max-bytes (64 MiB by default).
+      UPLOAD_CHUNK_BYTES,
+      (sent) => {
+        const secs = (performance.now() - started) / 1000;
+        report(progress(it, "upload", sent, secs > 0 ? sent / secs : 0));
+      },
+    );
     let res;
     try {
-      res = await node.spark.addArtifacts(
-        recordFailure(
-          addArtifactsRequests([source], {
-            // 1 MiB messages instead of PySpark's 32 KiB: the per-message work on both ends
-            // (framing, parsing, CRC and hash calls) was most of an upload's CPU. Spark accepts
-            // messages up to 128 MiB, Valise up to its --read-max-bytes (64 MiB by default).
-            chunkSize: UPLOAD_CHUNK_BYTES,
-            sessionId: core.sessionId,
-            ...(core.userId === undefined ? {} : { userId: core.userId }),
-            ...(observed === undefined ? {} : { clientObservedServerSideSessionId: observed }),
-          }),
-          inputFailure,
-        ),
-        callOptions(signal),
+      started = performance.now();
+      // Past Connect's transport, several messages in flight (see _client_stream.ts). The client
+      // speaks only gRPC, so every call can take this path.
+      res = await clientStream(
+        node.direct,
+        SparkConnectService.method.addArtifacts,
+        recordFailure(messages, inputFailure),
+        signal,
       );
     } catch (e) {
       // The file's own failure (changed, shorter, unreadable) is the cause, not the call it

@@ -49,7 +49,12 @@ export {
   isFramingError,
   u32Frames,
 } from "./framing.ts";
-export { grpcEnvelope, http2ErrorName } from "./grpc_wire.ts";
+export {
+  type EnvelopeFault,
+  grpcEnvelope,
+  GrpcEnvelopeReader,
+  http2ErrorName,
+} from "./grpc_wire.ts";
 export * from "./pip_requirements.ts";
 export * from "./session_id.ts";
 export { SPARK_CONNECT_VERSION } from "./spark_version.ts";

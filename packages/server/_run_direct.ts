@@ -346,8 +346,13 @@ function corkable(res: http2.Http2ServerResponse): Corkable | undefined {
   };
 }
 
-/** The reset of a stream as the call's abort reason, as Connect's node adapter reports it. */
-function resetError(rstCode: number | undefined): ConnectError | undefined {
+/**
+ * The reset of a stream as the call's abort reason, as Connect's node adapter reports it.
+ *
+ * @param rstCode The stream's HTTP/2 error code.
+ * @returns The error, or `undefined` for a code that is no failure.
+ */
+export function resetError(rstCode: number | undefined): ConnectError | undefined {
   const c = http2constants;
   const name = (code: Code) =>
     new ConnectError(
@@ -379,13 +384,25 @@ function resetError(rstCode: number | undefined): ConnectError | undefined {
   }
 }
 
-function nodeHeaders(h: Headers): Record<string, string> {
+/**
+ * Headers as node:http2 takes them.
+ *
+ * @param h The headers.
+ * @returns One field per name.
+ */
+export function nodeHeaders(h: Headers): Record<string, string> {
   const out: Record<string, string> = {};
   h.forEach((v, k) => (out[k] = v));
   return out;
 }
 
-function copyHeaders(from: Headers, to: Headers): void {
+/**
+ * Replaces the headers of `to` with those of `from`, as Connect does after a handler.
+ *
+ * @param from The headers the interceptors returned.
+ * @param to The call's headers.
+ */
+export function copyHeaders(from: Headers, to: Headers): void {
   if (from === to) return;
   for (const k of [...to.keys()]) to.delete(k);
   from.forEach((v, k) => to.set(k, v));

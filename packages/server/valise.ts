@@ -57,6 +57,7 @@ import { createStoreService } from "./store_service.ts";
 import { createSessionService } from "./session_service.ts";
 import { createWorkerService } from "./worker_service.ts";
 import { directRun } from "./_run_direct.ts";
+import { directAddArtifacts } from "./_add_artifacts_direct.ts";
 import meta from "./deno.json" with { type: "json" };
 import { DEFAULT_APPLY_MAX_PARALLELISM } from "./_apply_service.ts";
 import { PipLayers, type PipOptions } from "./pip_layers.ts";
@@ -481,13 +482,10 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
   };
   // One service for both ways in: Connect's router and the direct Run path.
   const workerService = createWorkerService(workerCtx);
+  // Likewise for Spark's service: Connect's router and the direct AddArtifacts path.
+  const sparkService = createSparkConnectService({ store, streamIdleTimeoutMs, apply: workerCtx });
   const routes = (router: ConnectRouter): void => {
-    registerService(
-      router,
-      SparkConnectService,
-      createSparkConnectService({ store, streamIdleTimeoutMs, apply: workerCtx }),
-      door,
-    );
+    registerService(router, SparkConnectService, sparkService, door);
     registerService(router, StoreService, createStoreService({ store, proofs }), door);
     registerService(router, SessionService, createSessionService({ store }), door);
     registerService(router, WorkerService, workerService, door);
@@ -528,6 +526,15 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     fallback: unimplementedFallback,
     contextValues,
   }) as NodeHandler;
+  // Plain gRPC uploads skip Connect's request pipeline (see _add_artifacts_direct.ts).
+  const uploadHandler = directAddArtifacts({
+    addArtifacts: sparkService.addArtifacts!.bind(sparkService),
+    interceptors,
+    readMaxBytes: methodReadMaxBytes(SparkConnectService.method.addArtifacts, readMaxBytes),
+    shutdownSignal: shutdown.signal,
+    contextValues,
+    refuses: (authorization) => tokens !== undefined && !tokens.check(authorization).ok,
+  }, connectHandler);
   // Plain gRPC calls of WorkerService/Run skip Connect's pipelines (see _run_direct.ts).
   const runHandler = directRun({
     run: workerService.run,
@@ -536,7 +543,7 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     shutdownSignal: shutdown.signal,
     contextValues,
     refuses: (authorization) => tokens !== undefined && !tokens.check(authorization).ok,
-  }, connectHandler);
+  }, uploadHandler);
   const nodeHandler = discardRefusedBodies(runHandler, (service, authorization) => {
     if (ADMIN_SERVICES.has(service)) {
       return adminRefusal(adminTokens, tokens, authorization) !== undefined;
