@@ -78,7 +78,11 @@ export class DataSocket {
       Deno.chmodSync(path, 0o600);
     } catch (e) {
       listener.close();
-      Deno.removeSync(path);
+      try {
+        Deno.removeSync(path);
+      } catch {
+        // gone already
+      }
       throw e;
     }
     return new DataSocket(path, listener, handshakeMs);

@@ -181,3 +181,21 @@ Deno.test("data socket: close() fails waiting runs and removes the socket", asyn
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("data socket: a directory too deep for a Unix socket's path fails at open, leaving nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "valise-data-socket-" });
+  try {
+    const deep = `${dir}/${"d".repeat(120)}`;
+    await Deno.mkdir(deep);
+    let failed = false;
+    try {
+      DataSocket.open(deep);
+    } catch {
+      failed = true;
+    }
+    ok(failed, "a socket path past 108 bytes was opened");
+    deepEqual([...Deno.readDirSync(deep)], []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -236,21 +236,31 @@ export class ForkServerPool {
         if (worker) await Deno.chown(pexDir, worker.uid, worker.gid);
       }
       if (worker) await this.#ownRoot(root, worker);
-      // Its own, bound into its sandbox only: bulk-data runs connect their stdio to it.
-      const data = DataSocket.open(this.#runtime(), worker);
+      // Its own, bound into its sandbox only: bulk-data runs connect their stdio to it. Without
+      // one (a path too long for a Unix socket, no right to give it to the worker's uid) they
+      // keep the fork server's pipes.
+      let data: DataSocket | undefined;
+      try {
+        data = DataSocket.open(this.#runtime(), worker);
+      } catch (e) {
+        log("warn", "no data socket for the fork server: bulk-data runs use its pipes", {
+          session: session.key,
+          error: e instanceof Error ? e.message : String(e),
+        });
+      }
       let full: string[];
       try {
         full = await this.#command(session, root, interp, limits, {
           command,
           readOnlyDirs,
           sharedTrees,
-          sockets: [...sockets, data.path],
+          sockets: data ? [...sockets, data.path] : sockets,
           pexDir,
           worker,
           entry,
         });
       } catch (e) {
-        await data.close();
+        await data?.close();
         throw e;
       }
       const server = new ForkServer({
@@ -273,7 +283,7 @@ export class ForkServerPool {
         }
         if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
         entry.idleTimer = undefined;
-        const p = Promise.all([entry.cgroup?.remove(), data.close()]).finally(() =>
+        const p = Promise.all([entry.cgroup?.remove(), data?.close()]).finally(() =>
           this.#pending.delete(p)
         );
         this.#pending.add(p);
