@@ -118,6 +118,29 @@ export class DriverFrameReader {
     }
   }
 
+  /**
+   * Declares the end of the stream.
+   *
+   * @throws {FramingError} `TRUNCATED` when it ends inside a frame.
+   */
+  end(): void {
+    if (this.#failure !== undefined) throw this.#failure;
+    const held = this.pending;
+    if (!held) return;
+    const n = this.#headGot >= 4 || this.#body
+      ? 4 + new DataView(this.#head.buffer).getUint32(0)
+      : undefined;
+    this.#failure = new FramingError(
+      "TRUNCATED",
+      `Cannot read driver frame: the stream ends inside one (${
+        n === undefined
+          ? `${held} bytes, too few for its header`
+          : `${held} of its ${n} bytes arrived`
+      })`,
+    );
+    throw this.#failure;
+  }
+
   #push(chunk: Uint8Array): DriverFrameData[] {
     const out: DriverFrameData[] = [];
     let off = 0;

@@ -13,15 +13,19 @@ const REFERENCE = u32Frames("driver frame", 1, (body) => ({
 
 type Seen = { frames: { type: number; payload: number[] }[]; error: string | undefined };
 
-function run(push: (c: Uint8Array) => { type: number; payload: Uint8Array }[], cuts: Uint8Array[]) {
+function run(
+  r: { push(c: Uint8Array): { type: number; payload: Uint8Array }[]; end(): void },
+  cuts: Uint8Array[],
+) {
   const seen: Seen = { frames: [], error: undefined };
   try {
     for (const c of cuts) {
-      for (const f of push(c)) seen.frames.push({ type: f.type, payload: [...f.payload] });
+      for (const f of r.push(c)) seen.frames.push({ type: f.type, payload: [...f.payload] });
     }
+    r.end();
   } catch (e) {
     ok(isFramingError(e), String(e));
-    seen.error = e.code;
+    seen.error = `${e.code}: ${e.message}`;
   }
   return seen;
 }
@@ -66,8 +70,8 @@ Deno.test("driver frames: the same frames and failures as the generic reader, an
       const max = 200;
       const mine = new DriverFrameReader(max);
       const ref = new FrameReader(REFERENCE, { maxFrameBytes: max });
-      const a = run((c) => mine.push(c), cut(bytes, at));
-      const b = run((c) => ref.push(c), cut(bytes, at));
+      const a = run(mine, cut(bytes, at));
+      const b = run(ref, cut(bytes, at));
       deepEqual(a, b);
       if (a.error === undefined) equal(mine.pending, ref.pending);
     }),
