@@ -651,7 +651,7 @@ export class ForkServer {
   }
 
   /**
-   * A direct run's stdout, from its connection: read only while less than `STDOUT_WINDOW` is
+   * A direct run's stdout, from its connection: read only while less than `DIRECT_WINDOW` is
    * unacknowledged (the child blocks in write() meanwhile), capped by `streamBytes` as piped
    * stdout is. Ends at the end of the connection, or when it is closed.
    */
