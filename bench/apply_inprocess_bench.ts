@@ -15,7 +15,10 @@
  *   same IPC stream from a file, calling the function per batch and writing the output stream.
  *
  * For each RPC call, the CPU time of the client (this process), the server, and the Python
- * processes under it (fork server and worker) — where the time goes. Then the stage profile of
+ * processes under it (fork server and worker) — where the time goes. Beside them, the floor of
+ * the RPC itself: the same client against a server with the same HTTP/2 settings and Connect
+ * adapter that echoes the pyarrow form's input back (`_apply_echo_server.ts`: no worker at all).
+ * The load averages before and after are printed (the machine may be shared). Then the stage profile of
  * the columnar path, each stage timed alone on the same rows: server decode (IPC → columnar),
  * Python decode, the function, Python encode, server encode (columnar → IPC), client decode.
  *
@@ -220,6 +223,7 @@ async function viaRpc(
   code: string,
   form: ApplyForm,
   input: Uint8Array[],
+  echo = false,
 ): Promise<Call> {
   const baseUrl = `http://127.0.0.1:${port}`;
   const sessionManager = new Http2SessionManager(baseUrl);
@@ -247,7 +251,9 @@ async function viaRpc(
   const server = await cpuOf(serverPid) - s0;
   const python = await below.stop();
   sessionManager.abort();
-  if (rowsOut !== ROWS || read !== ROWS) throw new Error(`got ${rowsOut} rows, read ${read}`);
+  if ((!echo && rowsOut !== ROWS) || read !== ROWS) {
+    throw new Error(`got ${rowsOut} rows, read ${read}`);
+  }
   return { seconds, client, server, python };
 }
 
@@ -428,6 +434,27 @@ async function realPython(): Promise<string> {
   return (await run("python3", ["-c", "import sys; print(sys.executable)"])).trim();
 }
 
+/** Spawns a server process; its port, from its `listening on host:port` line. */
+async function listening(
+  child: Deno.ChildProcess,
+): Promise<{ port: number; drain: Promise<void> }> {
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let port = 0;
+  let seen = "";
+  while (!port) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the server exited before listening: ${seen}`);
+    seen += value;
+    port = Number(seen.match(/listening on [^\s]+:(\d+)/)?.[1] ?? 0);
+  }
+  const drain = (async () => {
+    while (!(await reader.read()).done) { /* discard */ }
+  })();
+  return { port, drain };
+}
+
+const loadavg = async () => (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3);
+const loadBefore = await loadavg();
 const tmp = await Deno.makeTempDir({ prefix: "valise-apply-inproc-" });
 const server = new Deno.Command(Deno.execPath(), {
   args: [
@@ -448,18 +475,13 @@ const server = new Deno.Command(Deno.execPath(), {
   stdout: "piped",
   stderr: "inherit",
 }).spawn();
-const reader = server.stdout.pipeThrough(new TextDecoderStream()).getReader();
-let port = 0;
-let seen = "";
-while (!port) {
-  const { value, done } = await reader.read();
-  if (done) throw new Error(`the server exited before listening: ${seen}`);
-  seen += value;
-  port = Number(seen.match(/listening on [^\s]+:(\d+)/)?.[1] ?? 0);
-}
-const drain = (async () => {
-  while (!(await reader.read()).done) { /* discard */ }
-})();
+const { port, drain } = await listening(server);
+const echoServer = new Deno.Command(Deno.execPath(), {
+  args: ["run", "-A", `${ROOT}bench/_apply_echo_server.ts`],
+  stdout: "piped",
+  stderr: "inherit",
+}).spawn();
+const echo = await listening(echoServer);
 
 const python = await realPython();
 const input = inputPieces();
@@ -506,6 +528,11 @@ try {
     if (Number(rows) !== ROWS) throw new Error(`pyarrow reference: ${rows} rows`);
     return { seconds: (performance.now() - t0) / 1000, cpu: Number(cpu) };
   }, (r) => r.seconds);
+  await viaRpc(echo.port, echoServer.pid, "", PYARROW_FN, ApplyForm.PYARROW, input, true);
+  const floor = await median(
+    () => viaRpc(echo.port, echoServer.pid, "", PYARROW_FN, ApplyForm.PYARROW, input, true),
+    (c) => c.seconds,
+  );
   const st = await stages(python, input, frames, tmp);
 
   const row = (name: string, c: Call, ref: Ref, refName: string) => {
@@ -528,6 +555,17 @@ try {
     "| --- | --- | --- | --- | --- | --- | --- | --- |",
     row("columns (two new columns)", col, colRef, "driver in one process"),
     row("pyarrow (identity)", pa, paRef, "pyarrow in one process"),
+    row("RPC floor: the same calls echoed, no worker", floor, paRef, "pyarrow in one process"),
+    "",
+    `The floor is the same client against a server of the same HTTP/2 settings and Connect ` +
+      `adapter that sends each input message straight back: the best the pyarrow form can do over ` +
+      `this RPC is ${(paRef.seconds / floor.seconds).toFixed(2)}× in wall time and ${
+        (paRef.cpu / (floor.client + floor.server)).toFixed(2)
+      }× in CPU. Beyond the floor, Valise's pyarrow identity costs ${
+        (pa.seconds - floor.seconds).toFixed(2)
+      } s and ${
+        (pa.client + pa.server + pa.python - floor.client - floor.server).toFixed(2)
+      } CPU-s. Load average before ${loadBefore.join(" ")}, after ${(await loadavg()).join(" ")}.`,
     "",
     "Stage profile of the columns form, each stage alone on the same rows (seconds):\n",
     "| server: IPC → columnar | Python decode | function | Python encode | server: columnar → IPC | client: read IPC |",
@@ -540,8 +578,11 @@ try {
   );
 } finally {
   server.kill("SIGTERM");
+  echoServer.kill("SIGTERM");
   await server.status;
+  await echoServer.status;
   await drain;
+  await echo.drain;
   await Deno.remove(tmp, { recursive: true });
 }
 console.log(lines.join("\n"));

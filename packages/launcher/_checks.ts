@@ -197,6 +197,7 @@ export function checkRequest(
   if (stream) json.stdinStream = true;
   if (repl) json.repl = true;
   if (request.streamStdout) json.flow = true;
+  if (request.directStdio && stream && request.streamStdout) json.direct = true;
   return {
     request: json,
     stdin: stream ? new Uint8Array() : raw as Uint8Array,

@@ -8,6 +8,7 @@
  */
 import { FrameType, OUTPUT_PIECE, STDOUT_WINDOW } from "./_bootstrap.ts";
 import { Channel } from "./_channel.ts";
+import type { DataClaim, DataSocket } from "./_data_socket.ts";
 import { encodeFrame, encodeRunPayload, type Frame, FrameDecoder } from "./_frames.ts";
 import { LaunchError } from "./launch_error.ts";
 import type { LauncherLogger, RunEvent } from "./types.ts";
@@ -56,6 +57,11 @@ export interface ForkServerInit {
    * @default {KILL_GRACE_MS}
    */
   killGraceMs?: number;
+  /**
+   * The socket that runs asking for `direct` stdio connect to (bound into the sandbox).
+   * @default {undefined} every run's stdio goes through the fork server's pipes
+   */
+  dataSocket?: DataSocket | undefined;
 }
 
 /** The JSON the fork server's child reads. */
@@ -78,6 +84,12 @@ export interface RunRequestJson {
   flow?: boolean;
   /** Python's console follows the target, like `python -i`. */
   repl?: boolean;
+  /**
+   * Stdin and stdout of a `stdinStream` + `flow` run go over the fork server's data socket,
+   * not through the fork server: `true` asks for it, and the child gets where and its token
+   * (a run of a fork server without a data socket keeps the pipes).
+   */
+  direct?: boolean | { path: string; token: string };
 }
 
 /** Bytes of streamed stdin sent to the fork server but not yet written to the run's pipe. */
@@ -97,6 +109,17 @@ export const KILL_GRACE_MS = 10_000;
  * run's pipe at `STDOUT_WINDOW`, after a read of at most `OUTPUT_PIECE`.
  */
 const FLOW_SLACK = STDOUT_WINDOW + OUTPUT_PIECE;
+/**
+ * Stdout of a `direct` run read from its socket and not yet acknowledged: past it the socket is
+ * not read (the child blocks in write()). Larger than a piped run's window: no pipe buffers the
+ * data on its way here.
+ */
+export const DIRECT_WINDOW = 4 * STDOUT_WINDOW;
+/**
+ * Stdin of a `direct` run handed to its socket's writes and not yet written: past it
+ * `writeStdin` waits. The writes go on while the caller makes the next chunk.
+ */
+export const DIRECT_STDIN_WINDOW = 4 * STDIN_WINDOW;
 
 /** Per-run settings kept on this side. */
 export interface RunOptions {
@@ -169,6 +192,25 @@ interface RunState {
   streamLeft: number;
   /** Stdin is streamed in STDIN frames. */
   stdinStream: boolean;
+  /** Stdin and stdout go over the data socket (`direct` runs). */
+  direct: DirectState | undefined;
+}
+
+/** A `direct` run's connection, from its claim to the end of its stdout. */
+interface DirectState {
+  claim: DataClaim;
+  /** The connection, once the child made it. */
+  conn: Deno.UnixConn | undefined;
+  /** Reads stdout from the connection, started with the run; ends at its end. */
+  reader: Promise<void> | undefined;
+  /** Wakes the reader waiting for the consumer to take what it delivered. */
+  wake: (() => void) | undefined;
+  /** Stdin writes in order; the last one's promise. */
+  writing: Promise<boolean>;
+  /** Stdin bytes handed to `writing` and not yet written. */
+  unwritten: number;
+  /** Each queued write's promise and size, oldest first. */
+  queued: { done: Promise<boolean>; bytes: number }[];
 }
 
 /** The fork server broke the frame protocol: it is killed. */
@@ -295,14 +337,36 @@ export class ForkServer {
       unacked: 0,
       streamLeft: options.streamBytes,
       stdinStream: request.stdinStream ?? false,
+      direct: undefined,
     };
+    let wire = request;
+    if (request.direct !== undefined) {
+      const claim = request.direct && request.stdinStream && request.flow
+        ? this.#init.dataSocket?.claim()
+        : undefined;
+      const { direct: _, ...rest } = request;
+      wire = rest;
+      if (claim) {
+        wire = { ...rest, direct: { path: this.#init.dataSocket!.path, token: claim.token } };
+        state.direct = {
+          claim,
+          conn: undefined,
+          reader: undefined,
+          wake: undefined,
+          writing: Promise.resolve(true),
+          unwritten: 0,
+          queued: [],
+        };
+        state.stdinStream = false;
+      }
+    }
     this.#runs.set(id, state);
     if (this.dead) {
       this.#finishLost(id, state);
     } else {
       // Not counted against SEND_QUEUE_BYTES: a RUN frame's size is the request's, bounded by
       // the caller, and a server holds at most its session's concurrent runs.
-      this.#send(encodeFrame(FrameType.RUN, id, encodeRunPayload(request, stdin)), false);
+      this.#send(encodeFrame(FrameType.RUN, id, encodeRunPayload(wire, stdin)), false);
     }
     return {
       events: state.events,
@@ -312,6 +376,7 @@ export class ForkServer {
         this.#kill(id, state);
       },
       writeStdin: async (data: Uint8Array) => {
+        if (state.direct) return await this.#writeDirect(state, state.direct, data);
         for (let off = 0; off < data.length; off += STDIN_PIECE) {
           const piece = data.subarray(off, off + STDIN_PIECE);
           while (
@@ -326,6 +391,16 @@ export class ForkServer {
         return !state.ended;
       },
       endStdin: () => {
+        const direct = state.direct;
+        if (direct) {
+          direct.writing = direct.writing.then(async (ok) => {
+            if (!ok) return false;
+            const conn = await direct.claim.conn;
+            await conn.closeWrite();
+            return true;
+          }).catch(() => false);
+          return;
+        }
         if (!state.ended) this.#send(encodeFrame(FrameType.STDIN, id));
       },
       interrupt: () => {
@@ -334,6 +409,12 @@ export class ForkServer {
       ack: (bytes: number) => {
         if (state.ended || bytes <= 0) return;
         state.unacked = Math.max(0, state.unacked - bytes);
+        if (state.direct) {
+          const wake = state.direct.wake;
+          state.direct.wake = undefined;
+          wake?.();
+          return;
+        }
         const payload = new Uint8Array(4);
         new DataView(payload.buffer).setUint32(0, bytes);
         this.#send(encodeFrame(FrameType.ACK, id, payload));
@@ -405,6 +486,8 @@ export class ForkServer {
 
   #kill(id: number, state: RunState): void {
     state.killing = true;
+    // Nobody takes a killed run's stdout any more: its reader drains the socket unthrottled.
+    this.#wakeDirect(state);
     this.#send(encodeFrame(FrameType.KILL, id));
     if (state.killTimer !== undefined || state.ended) return;
     const grace = this.#init.killGraceMs ?? KILL_GRACE_MS;
@@ -502,6 +585,7 @@ export class ForkServer {
 
   #finishLost(id: number, state: RunState): void {
     this.#runs.delete(id);
+    if (state.direct) this.#closeDirect(state.direct);
     if (this.#violation !== undefined) {
       state.events.push({
         kind: "stderr",
@@ -519,6 +603,7 @@ export class ForkServer {
   }
 
   #exit(state: RunState, exitCode: number, signal: string): void {
+    if (state.direct) this.#closeDirect(state.direct);
     state.ended = true;
     clearTimeout(state.killTimer);
     state.wake?.();
@@ -540,12 +625,90 @@ export class ForkServer {
   }
 
   /**
+   * Queues a direct run's stdin for its connection, in order (not copied); waits while more
+   * than `DIRECT_STDIN_WINDOW` is queued. `false` once the run ended or a write failed.
+   */
+  async #writeDirect(state: RunState, direct: DirectState, data: Uint8Array): Promise<boolean> {
+    if (state.ended) return false;
+    const done = direct.writing.then(async (ok) => {
+      if (!ok || state.ended) return false;
+      const conn = await direct.claim.conn;
+      for (let off = 0; off < data.length;) {
+        off += await conn.write(data.subarray(off));
+      }
+      return !state.ended;
+    }).catch(() => false).finally(() => {
+      direct.unwritten -= data.length;
+      direct.queued.shift();
+    });
+    direct.writing = done;
+    direct.unwritten += data.length;
+    direct.queued.push({ done, bytes: data.length });
+    while (direct.unwritten > DIRECT_STDIN_WINDOW) {
+      if (!await direct.queued[0]!.done) return false;
+    }
+    return !state.ended;
+  }
+
+  /**
+   * A direct run's stdout, from its connection: read only while less than `DIRECT_WINDOW` is
+   * unacknowledged (the child blocks in write() meanwhile), capped by `streamBytes` as piped
+   * stdout is. Ends at the end of the connection, or when it is closed.
+   */
+  async #readDirect(id: number, state: RunState, direct: DirectState): Promise<void> {
+    let conn: Deno.UnixConn;
+    try {
+      conn = await direct.claim.conn;
+    } catch {
+      return; // the run ended before its child connected
+    }
+    direct.conn = conn;
+    if (state.ended) {
+      this.#closeDirect(direct);
+      return;
+    }
+    const buf = new Uint8Array(OUTPUT_PIECE);
+    try {
+      while (true) {
+        while (!state.ended && !state.killing && state.unacked >= DIRECT_WINDOW) {
+          await new Promise<void>((resolve) => direct.wake = resolve);
+        }
+        const n = await conn.read(buf);
+        if (n === null) return;
+        if (state.ended || state.killing || state.truncated) continue;
+        this.#onFlowStdout(id, state, buf.slice(0, n), DIRECT_WINDOW + OUTPUT_PIECE);
+      }
+    } catch {
+      // closed: the run ended, or lingered past its grace
+    }
+  }
+
+  #wakeDirect(state: RunState): void {
+    const wake = state.direct?.wake;
+    if (state.direct) state.direct.wake = undefined;
+    wake?.();
+  }
+
+  #closeDirect(direct: DirectState): void {
+    direct.claim.cancel();
+    const wake = direct.wake;
+    direct.wake = undefined;
+    wake?.();
+    try {
+      direct.conn?.close();
+    } catch {
+      // closed already
+    }
+    direct.conn = undefined;
+  }
+
+  /**
    * Flow-controlled stdout: the window is enforced here too, since the fork server runs the
    * session's interpreter, and every byte counts toward the run's `streamBytes`.
    */
-  #onFlowStdout(id: number, state: RunState, data: Uint8Array): void {
+  #onFlowStdout(id: number, state: RunState, data: Uint8Array, slack = FLOW_SLACK): void {
     if (state.truncated) return;
-    if (state.unacked + data.length > FLOW_SLACK) {
+    if (state.unacked + data.length > slack) {
       // After a KILL the fork server drains the pipes without flow control: nobody will take
       // that output, so it is dropped rather than queued.
       if (state.killing) return;
@@ -590,6 +753,8 @@ export class ForkServer {
       case FrameType.STARTED: {
         if (state.started) throw new ProtocolViolation(`run ${f.id} was reported started twice`);
         state.started = true;
+        // Stdout of a direct run is read from here on, so that `started` comes first.
+        if (state.direct) state.direct.reader = this.#readDirect(f.id, state, state.direct);
         const { pid } = JSON.parse(decoder.decode(f.payload)) as { pid: number };
         state.events.push({
           kind: "started",
@@ -647,6 +812,23 @@ export class ForkServer {
           signal: string;
         };
         this.#runs.delete(f.id);
+        const reader = state.direct?.reader;
+        if (state.direct && reader) {
+          // The child is gone; what it wrote to the socket is read to its end (bounded by
+          // streamBytes, and in time: a process that left the run's group and still holds
+          // the socket gets the kill grace, then the connection is closed).
+          const direct = state.direct;
+          direct.claim.cancel();
+          const timer = setTimeout(
+            () => this.#closeDirect(direct),
+            this.#init.killGraceMs ?? KILL_GRACE_MS,
+          );
+          reader.finally(() => {
+            clearTimeout(timer);
+            this.#exit(state, code, signal);
+          });
+          return;
+        }
         this.#exit(state, code, signal);
         return;
       }

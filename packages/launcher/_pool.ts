@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { dirname, join, normalize } from "node:path";
 import { BOOTSTRAP_STUB } from "./_bootstrap.ts";
 import { type CgroupHandle, type Cgroups, enterCgroups } from "./_cgroup.ts";
+import { DataSocket } from "./_data_socket.ts";
 import { ForkServer } from "./_fork_server.ts";
 import { inside, type Interpreter, type Interpreters } from "./_interpreters.ts";
 import { dropPrivileges, identityFiles, sandboxCommand, under } from "./_sandbox.ts";
@@ -235,15 +236,33 @@ export class ForkServerPool {
         if (worker) await Deno.chown(pexDir, worker.uid, worker.gid);
       }
       if (worker) await this.#ownRoot(root, worker);
-      const full = await this.#command(session, root, interp, limits, {
-        command,
-        readOnlyDirs,
-        sharedTrees,
-        sockets,
-        pexDir,
-        worker,
-        entry,
-      });
+      // Its own, bound into its sandbox only: bulk-data runs connect their stdio to it. Without
+      // one (a path too long for a Unix socket, no right to give it to the worker's uid) they
+      // keep the fork server's pipes.
+      let data: DataSocket | undefined;
+      try {
+        data = DataSocket.open(this.#runtime(), worker);
+      } catch (e) {
+        log("warn", "no data socket for the fork server: bulk-data runs use its pipes", {
+          session: session.key,
+          error: e instanceof Error ? e.message : String(e),
+        });
+      }
+      let full: string[];
+      try {
+        full = await this.#command(session, root, interp, limits, {
+          command,
+          readOnlyDirs,
+          sharedTrees,
+          sockets: data ? [...sockets, data.path] : sockets,
+          pexDir,
+          worker,
+          entry,
+        });
+      } catch (e) {
+        await data?.close();
+        throw e;
+      }
       const server = new ForkServer({
         command: full,
         // The steps before the interpreter get only this, and run from "/": each run enters
@@ -253,6 +272,7 @@ export class ForkServerPool {
         interpreter: interp.display,
         log,
         startTimeoutMs: this.#init.startTimeoutMs,
+        dataSocket: data,
       });
       this.#started++;
       entry.server = server;
@@ -263,7 +283,7 @@ export class ForkServerPool {
         }
         if (entry.idleTimer !== undefined) clearTimeout(entry.idleTimer);
         entry.idleTimer = undefined;
-        const p = (entry.cgroup?.remove() ?? Promise.resolve()).finally(() =>
+        const p = Promise.all([entry.cgroup?.remove(), data?.close()]).finally(() =>
           this.#pending.delete(p)
         );
         this.#pending.add(p);

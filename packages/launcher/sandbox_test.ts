@@ -108,7 +108,17 @@ Deno.test({
       assert.equal(await Deno.readTextFile(join(shared, "lib.py")), "X = 1\n");
       // The private /tmp holds only the mount points leading to the session, not the host's.
       const top = data.startsWith("/tmp/") ? [data.split("/")[2]] : [];
-      assert.deepEqual(out.listTmp, [...top, "scratch"].sort());
+      // And the one leading to the fork server's data socket (in the launcher's runtime
+      // directory): traversable, not listable.
+      const listed = out.listTmp as string[];
+      const runtime = listed.filter((n) => n.startsWith("valise-run-"));
+      const tmpIsTmp = (Deno.env.get("TMPDIR") ?? "/tmp").replace(/\/+$/, "") === "/tmp";
+      assert.equal(runtime.length, tmpIsTmp ? 1 : 0, JSON.stringify(listed));
+      assert.deepEqual(listed.filter((n) => !runtime.includes(n)), [...top, "scratch"].sort());
+      for (const r of runtime) {
+        const outRun = await probe(l, a, { list: ["list", `/tmp/${r}`] });
+        assert.equal(outRun.list, "EACCES");
+      }
       // B's /tmp is its own.
       const outB = await probe(l, b, { tmp: ["exists", "/tmp/scratch"] });
       assert.equal(outB.tmp, false);

@@ -171,6 +171,15 @@ export type RunSpec = RunTarget & {
    */
   streamStdout?: boolean;
   /**
+   * For bulk data both ways (streamed `stdin` and `streamStdout`): the program's stdin and stdout
+   * are one Unix socket to the server instead of pipes relayed by the fork server (fewer copies
+   * of every byte). Stdout keeps its window and its `streamBytes` cap; stderr is still piped, so
+   * its order relative to stdout is not kept. The stdin chunks are written as they are, not
+   * copied: their memory must not be reused. Ignored for other runs.
+   * @default {false}
+   */
+  directStdio?: boolean;
+  /**
    * Wall-clock limit in ms; 0 or absent means the session's `wallTimeMs` (`interactiveTimeMs`
    * for an interactive run), larger values are capped to it.
    * @default {0}

@@ -11,7 +11,7 @@
  * @module
  */
 import { pythonStub } from "@valise/launcher";
-import { FrameReader, u32Frames } from "@valise/protocol";
+import { FramingError } from "@valise/protocol";
 import DRIVER_SOURCE_TEXT from "./apply_driver.py" with { type: "text" };
 
 /** Frame types of the driver protocol. */
@@ -63,23 +63,132 @@ export interface DriverFrameData {
  */
 export const DRIVER_FRAME_BYTES: number = 64 * 1024 * 1024;
 
-const DRIVER_FORMAT = u32Frames<DriverFrameData>(
-  "driver frame",
-  1,
-  (body) => ({ type: body[0]!, payload: body.slice(1) }),
-);
-
 /**
  * Incremental reader of driver frames (`u32 length (big-endian) | u8 type | payload`), capped:
- * the driver runs code of the session, which may write any bytes to the driver's stdout.
+ * the driver runs code of the session, which may write any bytes to the driver's stdout. Each
+ * payload is copied once, straight from the bytes read into its own buffer (which the columnar
+ * decoder views, 8-byte aligned), however the frames are cut.
  */
-export class DriverFrameReader extends FrameReader<DriverFrameData> {
+export class DriverFrameReader {
+  #max: number;
+  /** The length and type of the frame being read. */
+  #head = new Uint8Array(5);
+  #headGot = 0;
+  /** Its payload, once the header is read. */
+  #body: Uint8Array | undefined;
+  #bodyGot = 0;
+  #failure: unknown;
+
   /**
    * @param maxFrameBytes The largest frame accepted, header included; a longer length fails
    * with a `FramingError` (`TOO_LARGE`) as soon as it is read.
    */
   constructor(maxFrameBytes: number = DRIVER_FRAME_BYTES + 5) {
-    super(DRIVER_FORMAT, { maxFrameBytes });
+    if (!Number.isSafeInteger(maxFrameBytes) || maxFrameBytes < 5) {
+      throw new RangeError(`Cannot read driver frames of at most ${maxFrameBytes} bytes`);
+    }
+    this.#max = maxFrameBytes;
+  }
+
+  /** The cap: the largest frame accepted. */
+  get maxFrameBytes(): number {
+    return this.#max;
+  }
+
+  /** Bytes held of a frame not yet whole. */
+  get pending(): number {
+    return this.#headGot + this.#bodyGot + (this.#body ? 5 : 0);
+  }
+
+  /**
+   * Adds bytes and returns the frames they complete.
+   *
+   * @param chunk Bytes read (not kept: the payloads are copies).
+   * @returns Whole frames, in order.
+   * @throws {FramingError} `BAD_LENGTH` or `TOO_LARGE` as soon as a length is read; again on
+   * every later call.
+   */
+  push(chunk: Uint8Array): DriverFrameData[] {
+    if (this.#failure !== undefined) throw this.#failure;
+    try {
+      return this.#push(chunk);
+    } catch (e) {
+      this.#failure = e;
+      throw e;
+    }
+  }
+
+  /**
+   * Declares the end of the stream.
+   *
+   * @throws {FramingError} `TRUNCATED` when it ends inside a frame.
+   */
+  end(): void {
+    if (this.#failure !== undefined) throw this.#failure;
+    const held = this.pending;
+    if (!held) return;
+    const n = this.#headGot >= 4 || this.#body
+      ? 4 + new DataView(this.#head.buffer).getUint32(0)
+      : undefined;
+    this.#failure = new FramingError(
+      "TRUNCATED",
+      `Cannot read driver frame: the stream ends inside one (${
+        n === undefined
+          ? `${held} bytes, too few for its header`
+          : `${held} of its ${n} bytes arrived`
+      })`,
+    );
+    throw this.#failure;
+  }
+
+  #push(chunk: Uint8Array): DriverFrameData[] {
+    const out: DriverFrameData[] = [];
+    let off = 0;
+    // Every step takes at least one byte of the chunk, or ends the loop.
+    while (off < chunk.length) {
+      const body = this.#body;
+      if (body === undefined) {
+        const k = Math.min(5 - this.#headGot, chunk.length - off);
+        this.#head.set(chunk.subarray(off, off + k), this.#headGot);
+        this.#headGot += k;
+        off += k;
+        if (this.#headGot >= 4 && this.#headGot - k < 4) this.#measure();
+        if (this.#headGot < 5) break;
+        const n = new DataView(this.#head.buffer).getUint32(0);
+        this.#headGot = 0;
+        this.#body = new Uint8Array(n - 1);
+        this.#bodyGot = 0;
+      } else {
+        const k = Math.min(body.length - this.#bodyGot, chunk.length - off);
+        body.set(chunk.subarray(off, off + k), this.#bodyGot);
+        this.#bodyGot += k;
+        off += k;
+      }
+      if (this.#body && this.#bodyGot === this.#body.length) {
+        out.push({ type: this.#head[4]!, payload: this.#body });
+        this.#body = undefined;
+        this.#bodyGot = 0;
+      }
+    }
+    return out;
+  }
+
+  /** Checks the length just read: at least the type byte, at most the cap. */
+  #measure(): void {
+    const n = new DataView(this.#head.buffer).getUint32(0);
+    if (n < 1) {
+      throw new FramingError(
+        "BAD_LENGTH",
+        "Cannot read driver frame: length 0 is below its 1-byte header",
+      );
+    }
+    if (4 + n > this.#max) {
+      throw new FramingError(
+        "TOO_LARGE",
+        `Cannot read driver frame: ${4 + n} bytes is larger than the limit of ${this.#max} bytes`,
+        { limit: this.#max, size: 4 + n },
+      );
+    }
   }
 }
 

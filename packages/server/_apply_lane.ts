@@ -237,6 +237,7 @@ export class LocalLane implements Lane {
           code: DRIVER_STUB,
           stdin: this.#stdin(),
           streamStdout: true,
+          directStdio: true,
           timeoutMs: this.#task.timeoutMs,
         }, this.#abort.signal)
       ) {

@@ -326,6 +326,7 @@ async function* drive(
   spec: SessionSpec,
   job: Job,
 ): AsyncGenerator<ApplyResponse, void, undefined> {
+  const worker = new AbortController();
   let resolveHello!: (h: Hello | undefined) => void;
   const hello = new Promise<Hello | undefined>((r) => resolveHello = r);
   let transport: Transport | undefined;
@@ -368,15 +369,21 @@ async function* drive(
   let exited: RunExitedEvent | undefined;
   let interpreter = "";
   let stderrTail = "";
+  // Stdout comes over the worker's socket, stderr through the fork server: a failure found in
+  // the output kills the worker, and what it printed before still reaches the client first.
+  const stop = AbortSignal.any([job.signal, worker.signal]);
+  let broken: { error: unknown } | undefined;
   try {
     for await (
       const ev of ctx.launcher.run(spec, {
         code: DRIVER_STUB,
         stdin: toDriver(),
         streamStdout: true,
+        directStdio: true,
         timeoutMs: job.timeoutMs,
-      }, job.signal)
+      }, stop)
     ) {
+      if (broken && ev.kind === "stdout") continue;
       if (ev.kind === "started") {
         interpreter = ev.interpreter;
       } else if (ev.kind === "stderr") {
@@ -385,56 +392,67 @@ async function* drive(
       } else if (ev.kind === "exited") {
         exited = ev;
       } else {
-        for (const f of readFrames(frames, ev.data, maxMessageBytes)) {
-          switch (f.type) {
-            case DriverFrame.HELLO: {
-              const h = JSON.parse(decoder.decode(f.payload)) as Hello;
-              const refused = helloFailure(h, job.form, interpreter);
-              if (refused) throw refused;
-              transport = h.pyarrow ? "arrow" : "columnar";
-              if (transport === "columnar" && job.declared) {
-                fields = job.declared.fields.map(columnarField);
-              }
-              resolveHello(h);
-              break;
-            }
-            case DriverFrame.OUT: {
-              if (transport === "arrow") {
-                yield ipc(f.payload);
-                break;
-              }
-              if (!pieces) {
-                const { header } = readColumnarBatch(f.payload);
-                pieces = new IpcStreamPieces(job.declared ?? schemaOfHeader(header));
-                yield ipc(pieces.start());
-              }
-              let batch;
-              try {
-                batch = decodeColumnarBatch(f.payload, pieces.schema);
-              } catch (e) {
-                if (!(e instanceof ColumnarTypeError)) throw e;
-                throw applyFailure("APPLY_OUTPUT_TYPE_MISMATCH", e.message);
-              }
-              yield ipc(pieces.batch(batch));
-              break;
-            }
-            case DriverFrame.ERROR: {
-              failure = driverError(f.payload);
-              yield errorResponse(failure);
-              break;
-            }
-            case DriverFrame.DONE:
-              done = parseStats(f.payload);
-              break;
-            default:
-              throw applyFailure("APPLY_PROTOCOL", `Unexpected driver frame ${f.type}`);
-          }
+        try {
+          yield* fromDriver(ev.data);
+        } catch (e) {
+          broken = { error: e };
+          worker.abort();
         }
       }
     }
   } finally {
     resolveHello(undefined);
   }
+
+  function* fromDriver(data: Uint8Array): Generator<ApplyResponse, void, undefined> {
+    for (const f of readFrames(frames, data, maxMessageBytes)) {
+      switch (f.type) {
+        case DriverFrame.HELLO: {
+          const h = JSON.parse(decoder.decode(f.payload)) as Hello;
+          const refused = helloFailure(h, job.form, interpreter);
+          if (refused) throw refused;
+          transport = h.pyarrow ? "arrow" : "columnar";
+          if (transport === "columnar" && job.declared) {
+            fields = job.declared.fields.map(columnarField);
+          }
+          resolveHello(h);
+          break;
+        }
+        case DriverFrame.OUT: {
+          if (transport === "arrow") {
+            yield ipc(f.payload);
+            break;
+          }
+          if (!pieces) {
+            const { header } = readColumnarBatch(f.payload);
+            pieces = new IpcStreamPieces(job.declared ?? schemaOfHeader(header));
+            yield ipc(pieces.start());
+          }
+          let batch;
+          try {
+            batch = decodeColumnarBatch(f.payload, pieces.schema);
+          } catch (e) {
+            if (!(e instanceof ColumnarTypeError)) throw e;
+            throw applyFailure("APPLY_OUTPUT_TYPE_MISMATCH", e.message);
+          }
+          yield ipc(pieces.batch(batch));
+          break;
+        }
+        case DriverFrame.ERROR: {
+          failure = driverError(f.payload);
+          yield errorResponse(failure);
+          break;
+        }
+        case DriverFrame.DONE:
+          done = parseStats(f.payload);
+          break;
+        default:
+          throw applyFailure("APPLY_PROTOCOL", `Unexpected driver frame ${f.type}`);
+      }
+    }
+  }
+
+  if (broken) throw broken.error;
   if (failure) throw failure;
   if (inputError !== undefined) throw inputFailure(inputError);
   if (!done) throw exitFailure(exited, stderrTail, interpreter);

@@ -887,7 +887,8 @@ class FrameOutput(io.RawIOBase):
         return True
 
     def write(self, b):
-        send(OUT, [bytes(b)])
+        # Written whole before this returns: the caller's buffer needs no copy.
+        send(OUT, [b])
         return len(b)
 
 
@@ -901,7 +902,9 @@ class Arrow(object):
             import base64
             self.schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(schema_ipc)))
         self.writer = None
-        self.sink = FrameOutput()
+        # pyarrow writes a batch as many small pieces (headers, each buffer, padding): gathered
+        # here, they leave as one frame per batch (pieces past the buffer go straight through).
+        self.sink = io.BufferedWriter(FrameOutput(), 4 << 20)
 
     def arg(self, batch, stats):
         stats['rowsIn'] += batch.num_rows
@@ -933,6 +936,7 @@ class Arrow(object):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        self.sink.flush()
 
     def to_batches(self, result):
         pa = self.pa
@@ -1029,6 +1033,7 @@ class Arrow(object):
             if self.writer is None:
                 self.writer = self.pa.ipc.new_stream(self.sink, self.schema)
             self.writer.write_batch(batch)
+            self.sink.flush()
             stats['rowsOut'] += batch.num_rows
             stats['batchesOut'] += 1
 
@@ -1039,6 +1044,7 @@ class Arrow(object):
             self.writer = self.pa.ipc.new_stream(self.sink, self.schema)
         if self.writer is not None:
             self.writer.close()
+        self.sink.flush()
 
 
 # ---- main ----
