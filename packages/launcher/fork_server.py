@@ -368,8 +368,8 @@ def warm_up():
 
 def standby(spec_r, in_r, out_w, err_w):
     prepare(in_r, out_w, err_w, spec_r)
-    warm_up()
     try:
+        warm_up()
         spec = read_spec()
     except KeyboardInterrupt:
         # Its run was interrupted before it read its spec: it ends as an interrupted run does.
