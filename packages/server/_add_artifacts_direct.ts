@@ -26,14 +26,10 @@ import { create, fromBinary, isMessage, type MessageInitShape, toBinary } from "
 import {
   Code,
   ConnectError,
-  type ContextValues,
-  createHandlerContext,
   type HandlerContext,
-  type Interceptor,
   type StreamRequest,
   type StreamResponse,
 } from "@connectrpc/connect";
-import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import {
   type AddArtifactsRequest,
   AddArtifactsRequestSchema,
@@ -45,16 +41,22 @@ import {
   SparkConnectService,
 } from "@valise/protocol";
 import { REFUSED_BODY_DRAIN_BYTES } from "./_front_door.ts";
-import { copyHeaders, nodeHeaders, resetError } from "./_run_direct.ts";
+import {
+  callContext,
+  chainInterceptors,
+  copyHeaders,
+  type DirectCallOptions,
+  handlerContextOf,
+  isPlainGrpc,
+  nodeHeaders,
+  setFailure,
+} from "./_direct_grpc.ts";
 
 /** The path this module serves. */
 export const ADD_ARTIFACTS_PATH = "/spark.connect.SparkConnectService/AddArtifacts";
 
 /** Bytes of messages read and not yet taken by the handler before the stream is paused. */
 export const MAX_QUEUED_BYTES = 8 * 2 ** 20;
-
-/** Response compressions a client may ask for; none is applied (see `compressMinBytes`). */
-const ACCEPTED_ENCODINGS = ["gzip", "br"];
 
 /** The AddArtifacts handler, as Connect calls it. */
 export type AddArtifactsImpl = (
@@ -63,19 +65,9 @@ export type AddArtifactsImpl = (
 ) => Promise<AddArtifactsResponse | MessageInitShape<typeof AddArtifactsResponseSchema>>;
 
 /** What {@linkcode directAddArtifacts} serves with. */
-export interface DirectAddArtifactsOptions {
+export interface DirectAddArtifactsOptions extends DirectCallOptions {
   /** The service's `addArtifacts`. */
   readonly addArtifacts: AddArtifactsImpl;
-  /** The interceptors Connect's handler runs behind, outermost first. */
-  readonly interceptors: readonly Interceptor[];
-  /** The largest request message, in bytes. */
-  readonly readMaxBytes: number;
-  /** Aborted when the server shuts down: aborts the call's signal. */
-  readonly shutdownSignal: AbortSignal;
-  /** The call's context values, from the node request. */
-  readonly contextValues: (req: http2.Http2ServerRequest) => ContextValues;
-  /** Whether the request gates refuse a call with this `authorization` header. */
-  readonly refuses: (authorization: string | null) => boolean;
 }
 
 type Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
@@ -94,7 +86,7 @@ export function directAddArtifacts(
 ): Handler {
   const chain = chainOf(options);
   return (req, res) => {
-    if (!isPlain(req, options.refuses)) return fallback(req, res);
+    if (!isPlainGrpc(req, ADD_ARTIFACTS_PATH, options.refuses)) return fallback(req, res);
     serve(req, res, options, chain).catch(() => {
       // Everything the client should see was answered; a write to a stream the client closed
       // has no one to tell.
@@ -102,44 +94,16 @@ export function directAddArtifacts(
   };
 }
 
-function isPlain(
-  req: http2.Http2ServerRequest,
-  refuses: (authorization: string | null) => boolean,
-): boolean {
-  if (req.method !== "POST" || req.httpVersionMajor !== 2) return false;
-  const url = req.url;
-  const q = url.indexOf("?");
-  if ((q < 0 ? url : url.slice(0, q)) !== ADD_ARTIFACTS_PATH) return false;
-  const h = req.headers;
-  const type = String(h["content-type"] ?? "").toLowerCase();
-  if (type !== "application/grpc" && type !== "application/grpc+proto") return false;
-  if (h["grpc-timeout"] !== undefined) return false;
-  const enc = h["grpc-encoding"];
-  if (enc !== undefined && enc !== "identity") return false;
-  const auth = h.authorization;
-  return !refuses(typeof auth === "string" ? auth : null);
-}
-
 type In = typeof AddArtifactsRequestSchema;
 type Out = typeof AddArtifactsResponseSchema;
 type Next = (req: StreamRequest<In>) => Promise<StreamResponse<In, Out>>;
 
-/** The handler context of a request (kept beside it: the interceptors pass requests on). */
-const contexts = new WeakMap<object, HandlerContext>();
-
 /** The interceptors around the handler, composed as Connect composes them. */
 function chainOf(options: DirectAddArtifactsOptions): Next {
   const method = SparkConnectService.method.addArtifacts;
-  let next: Next = async (req) => {
-    const ctx = contexts.get(req.contextValues);
-    if (!ctx) throw new ConnectError("internal error: a call without its context", Code.Internal);
-    // What the interceptors changed of the request is what the handler sees, as in Connect.
-    const res = await options.addArtifacts(req.message, {
-      ...ctx,
-      requestHeader: req.header,
-      signal: req.signal,
-      values: req.contextValues,
-    });
+  return chainInterceptors<Next>(options.interceptors, async (req) => {
+    const ctx = handlerContextOf(req);
+    const res = await options.addArtifacts(req.message, ctx);
     const message = isMessage(res, AddArtifactsResponseSchema)
       ? res
       : create(AddArtifactsResponseSchema, res);
@@ -153,9 +117,7 @@ function chainOf(options: DirectAddArtifactsOptions): Next {
         yield message;
       })(),
     };
-  };
-  for (const i of [...options.interceptors].reverse()) next = i(next as never) as never;
-  return next;
+  });
 }
 
 async function serve(
@@ -164,45 +126,8 @@ async function serve(
   options: DirectAddArtifactsOptions,
   chain: Next,
 ): Promise<void> {
-  const requestAbort = new AbortController();
-  req.once("close", () => {
-    let e: ConnectError | undefined;
-    try {
-      e = resetError(req.stream.rstCode);
-    } catch { /* a stream already torn down: no code to report */ }
-    if (e) requestAbort.abort(e);
-    else requestAbort.abort();
-  });
-  const header = new Headers();
-  for (const [k, v] of Object.entries(req.headers)) {
-    if (k.startsWith(":") || v === undefined) continue;
-    if (Array.isArray(v)) { for (const x of v) header.append(k, x); }
-    else header.set(k, String(v));
-  }
-  const responseHeader: Record<string, string> = { "content-type": "application/grpc+proto" };
-  const accepted = header.get("grpc-accept-encoding");
-  if (accepted) {
-    const found = accepted.split(",").map((n) => n.trim()).find((n) =>
-      ACCEPTED_ENCODINGS.includes(n)
-    );
-    if (found) responseHeader["grpc-encoding"] = found;
-  }
-  const authority = req.authority ?? req.headers.host ?? "localhost";
   const method = SparkConnectService.method.addArtifacts;
-  const context = createHandlerContext({
-    service: SparkConnectService,
-    method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    shutdownSignal: options.shutdownSignal,
-    requestSignal: requestAbort.signal,
-    requestHeader: header,
-    url: `http://${authority}${req.url}`,
-    responseHeader,
-    responseTrailer: { "grpc-status": "0" },
-    contextValues: options.contextValues(req),
-  });
-  contexts.set(context.values, context);
+  const context = callContext(req, options, SparkConnectService, method);
   const body = new RequestMessages(req, options.readMaxBytes);
   let answer: Uint8Array | undefined;
   let error: unknown;
@@ -233,14 +158,7 @@ async function serve(
   // dropped (up to a bound), never kept.
   body.discard();
   if (res.destroyed || res.stream.closed) return;
-  if (error !== undefined) {
-    setTrailerStatus(
-      context.responseTrailer,
-      error instanceof ConnectError
-        ? error
-        : new ConnectError("internal error", Code.Internal, undefined, undefined, error),
-    );
-  }
+  if (error !== undefined) setFailure(context, error);
   res.writeHead(200, nodeHeaders(context.responseHeader));
   res.addTrailers(nodeHeaders(context.responseTrailer));
   if (answer) res.end(answer);

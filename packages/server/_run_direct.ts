@@ -25,23 +25,28 @@ import { create, fromBinary, isMessage, type MessageInitShape, toBinary } from "
 import {
   Code,
   ConnectError,
-  type ContextValues,
-  createHandlerContext,
   type HandlerContext,
-  type Interceptor,
   type StreamRequest,
   type StreamResponse,
 } from "@connectrpc/connect";
-import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import {
   grpcEnvelope,
-  http2ErrorName,
   type RunEvent,
   RunEventSchema,
   type RunRequest,
   RunRequestSchema,
   WorkerService,
 } from "@valise/protocol";
+import {
+  callContext,
+  chainInterceptors,
+  copyHeaders,
+  type DirectCallOptions,
+  handlerContextOf,
+  isPlainGrpc,
+  nodeHeaders,
+  setFailure,
+} from "./_direct_grpc.ts";
 import { REFUSED_BODY_DRAIN_BYTES } from "./_front_door.ts";
 
 /** The path this module serves. */
@@ -50,9 +55,6 @@ export const RUN_PATH = "/valise.v1.WorkerService/Run";
 /** The gRPC envelope's flag of a compressed message. */
 const COMPRESSED = 0b01;
 
-/** Response compressions a client may ask for; none is applied (see `compressMinBytes`). */
-const ACCEPTED_ENCODINGS = ["gzip", "br"];
-
 /** The Run handler, as Connect calls it. */
 export type RunImpl = (
   req: RunRequest,
@@ -60,19 +62,9 @@ export type RunImpl = (
 ) => AsyncIterable<RunEvent | MessageInitShape<typeof RunEventSchema>>;
 
 /** What {@linkcode directRun} serves with. */
-export interface DirectRunOptions {
+export interface DirectRunOptions extends DirectCallOptions {
   /** The service's `run`. */
   readonly run: RunImpl;
-  /** The interceptors Connect's handler runs behind, outermost first. */
-  readonly interceptors: readonly Interceptor[];
-  /** The largest request message, in bytes. */
-  readonly readMaxBytes: number;
-  /** Aborted when the server shuts down: aborts the call's signal. */
-  readonly shutdownSignal: AbortSignal;
-  /** The call's context values, from the node request. */
-  readonly contextValues: (req: http2.Http2ServerRequest) => ContextValues;
-  /** Whether the request gates refuse a call with this `authorization` header. */
-  readonly refuses: (authorization: string | null) => boolean;
 }
 
 /**
@@ -89,30 +81,12 @@ export function directRun(
 ): (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void {
   const chain = chainOf(options);
   return (req, res) => {
-    if (!isPlainRun(req, options.refuses)) return fallback(req, res);
+    if (!isPlainGrpc(req, RUN_PATH, options.refuses)) return fallback(req, res);
     serve(req, res, options, chain).catch(() => {
       // Everything the client should see was answered; a write to a stream the client closed
       // has no one to tell.
     });
   };
-}
-
-function isPlainRun(
-  req: http2.Http2ServerRequest,
-  refuses: (authorization: string | null) => boolean,
-): boolean {
-  if (req.method !== "POST" || req.httpVersionMajor !== 2) return false;
-  const url = req.url;
-  const q = url.indexOf("?");
-  if ((q < 0 ? url : url.slice(0, q)) !== RUN_PATH) return false;
-  const h = req.headers;
-  const type = String(h["content-type"] ?? "").toLowerCase();
-  if (type !== "application/grpc" && type !== "application/grpc+proto") return false;
-  if (h["grpc-timeout"] !== undefined) return false;
-  const enc = h["grpc-encoding"];
-  if (enc !== undefined && enc !== "identity") return false;
-  const auth = h.authorization;
-  return !refuses(typeof auth === "string" ? auth : null);
 }
 
 type Next = (req: StreamRequest<typeof RunRequestSchema>) => Promise<
@@ -122,9 +96,9 @@ type Next = (req: StreamRequest<typeof RunRequestSchema>) => Promise<
 /** The interceptors around the handler, composed as Connect composes them. */
 function chainOf(options: DirectRunOptions): Next {
   const method = WorkerService.method.run;
-  let next: Next = async (req) => {
+  return chainInterceptors<Next>(options.interceptors, async (req) => {
     const message = await single(req.message);
-    const ctx = contextOf(req);
+    const ctx = handlerContextOf(req);
     return {
       stream: true,
       service: WorkerService,
@@ -133,19 +107,7 @@ function chainOf(options: DirectRunOptions): Next {
       trailer: ctx.responseTrailer,
       message: normalized(options.run(message, ctx)),
     };
-  };
-  for (const i of [...options.interceptors].reverse()) next = i(next as never) as never;
-  return next;
-}
-
-/** The handler context of a request (kept beside it: the interceptors pass requests on). */
-const contexts = new WeakMap<object, HandlerContext>();
-
-function contextOf(req: StreamRequest<typeof RunRequestSchema>): HandlerContext {
-  const ctx = contexts.get(req.contextValues);
-  if (!ctx) throw new ConnectError("internal error: a call without its context", Code.Internal);
-  // What the interceptors changed of the request is what the handler sees, as in Connect.
-  return { ...ctx, requestHeader: req.header, signal: req.signal, values: req.contextValues };
+  });
 }
 
 /** Plain objects a handler yields become messages, as Connect's `normalizeIterable` does. */
@@ -180,43 +142,7 @@ async function serve(
   options: DirectRunOptions,
   chain: Next,
 ): Promise<void> {
-  const requestAbort = new AbortController();
-  req.once("close", () => {
-    let e: ConnectError | undefined;
-    try {
-      e = resetError(req.stream.rstCode);
-    } catch { /* a stream already torn down: no code to report */ }
-    if (e) requestAbort.abort(e);
-    else requestAbort.abort();
-  });
-  const header = new Headers();
-  for (const [k, v] of Object.entries(req.headers)) {
-    if (k.startsWith(":") || v === undefined) continue;
-    if (Array.isArray(v)) { for (const x of v) header.append(k, x); }
-    else header.set(k, String(v));
-  }
-  const responseHeader: Record<string, string> = { "content-type": "application/grpc+proto" };
-  const accepted = header.get("grpc-accept-encoding");
-  if (accepted) {
-    const names = accepted.split(",").map((n) => n.trim());
-    const found = names.find((n) => ACCEPTED_ENCODINGS.includes(n));
-    if (found) responseHeader["grpc-encoding"] = found;
-  }
-  const authority = req.authority ?? req.headers.host ?? "localhost";
-  const context = createHandlerContext({
-    service: WorkerService,
-    method: WorkerService.method.run,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    shutdownSignal: options.shutdownSignal,
-    requestSignal: requestAbort.signal,
-    requestHeader: header,
-    url: `http://${authority}${req.url}`,
-    responseHeader,
-    responseTrailer: { "grpc-status": "0" },
-    contextValues: options.contextValues(req),
-  });
-  contexts.set(context.values, context);
+  const context = callContext(req, options, WorkerService, WorkerService.method.run);
   const body = new BodyReader(req, options.readMaxBytes);
   const socket = corkable(res);
   let it: AsyncIterator<RunEvent> | undefined;
@@ -277,14 +203,7 @@ async function serve(
     if (!writeFailed) it?.return?.().catch(() => {});
   }
   if (res.destroyed || res.stream.closed) return;
-  if (error !== undefined) {
-    setTrailerStatus(
-      context.responseTrailer,
-      error instanceof ConnectError
-        ? error
-        : new ConnectError("internal error", Code.Internal, undefined, undefined, error),
-    );
-  }
+  if (error !== undefined) setFailure(context, error);
   // The last event and the trailers in one packet: node:http2 sends trailers an event-loop turn
   // after the data ends ('wantTrailers', then an immediate), so the socket stays corked until
   // that turn has run.
@@ -344,68 +263,6 @@ function corkable(res: http2.Http2ServerResponse): Corkable | undefined {
       } catch { /* the connection is gone */ }
     },
   };
-}
-
-/**
- * The reset of a stream as the call's abort reason, as Connect's node adapter reports it.
- *
- * @param rstCode The stream's HTTP/2 error code.
- * @returns The error, or `undefined` for a code that is no failure.
- */
-export function resetError(rstCode: number | undefined): ConnectError | undefined {
-  const c = http2constants;
-  const name = (code: Code) =>
-    new ConnectError(
-      `http/2 stream closed with error code ${http2ErrorName(rstCode!)} (0x${
-        rstCode!.toString(16)
-      })`,
-      code,
-    );
-  switch (rstCode) {
-    case c.NGHTTP2_PROTOCOL_ERROR:
-    case c.NGHTTP2_INTERNAL_ERROR:
-    case c.NGHTTP2_FLOW_CONTROL_ERROR:
-    case c.NGHTTP2_SETTINGS_TIMEOUT:
-    case c.NGHTTP2_FRAME_SIZE_ERROR:
-    case c.NGHTTP2_COMPRESSION_ERROR:
-    case c.NGHTTP2_CONNECT_ERROR:
-      return name(Code.Internal);
-    case c.NGHTTP2_REFUSED_STREAM:
-      return name(Code.Unavailable);
-    case c.NGHTTP2_CANCEL:
-      return name(Code.Canceled);
-    case c.NGHTTP2_ENHANCE_YOUR_CALM:
-      return name(Code.ResourceExhausted);
-    case c.NGHTTP2_INADEQUATE_SECURITY:
-    case c.NGHTTP2_HTTP_1_1_REQUIRED:
-      return name(Code.PermissionDenied);
-    default:
-      return undefined;
-  }
-}
-
-/**
- * Headers as node:http2 takes them.
- *
- * @param h The headers.
- * @returns One field per name.
- */
-export function nodeHeaders(h: Headers): Record<string, string> {
-  const out: Record<string, string> = {};
-  h.forEach((v, k) => (out[k] = v));
-  return out;
-}
-
-/**
- * Replaces the headers of `to` with those of `from`, as Connect does after a handler.
- *
- * @param from The headers the interceptors returned.
- * @param to The call's headers.
- */
-export function copyHeaders(from: Headers, to: Headers): void {
-  if (from === to) return;
-  for (const k of [...to.keys()]) to.delete(k);
-  from.forEach((v, k) => to.set(k, v));
 }
 
 /** Writes a chunk, waiting for the stream to drain when HTTP/2 flow control holds it. */
