@@ -27,16 +27,8 @@ import {
   type StreamRequest,
   type StreamResponse,
 } from "@connectrpc/connect";
-import { validateResponse, validateTrailer } from "@connectrpc/connect/protocol-grpc";
 import { grpcEnvelope } from "@valise/protocol";
-import {
-  aborted,
-  fromNode,
-  nodeHeaders,
-  reset,
-  ResponseReader,
-  type StreamCallTarget,
-} from "./_server_stream.ts";
+import { aborted, exchange, fromNode, reset, type StreamCallTarget } from "./_server_stream.ts";
 import { CLIENT_VERSION } from "./version.ts";
 
 /**
@@ -153,68 +145,20 @@ export async function clientStream<I extends DescMessage, O extends DescMessage>
 }
 
 /** The HTTP/2 exchange: the request messages written as they come, the answer read beside. */
-async function call<I extends DescMessage, O extends DescMessage>(
+function call<I extends DescMessage, O extends DescMessage>(
   target: StreamCallTarget,
   req: StreamRequest<I, O>,
   writers: Promise<void>[],
 ): Promise<StreamResponse<I, O>> {
   const method = req.method as DescMethodClientStreaming<I, O>;
-  const url = new URL(req.url);
-  let stream: http2.ClientHttp2Stream;
-  try {
-    stream = await target.manager.request(
-      "POST",
-      url.pathname + url.search,
-      nodeHeaders(req.header),
-      {},
-    );
-  } catch (e) {
-    throw fromNode(e);
-  }
-  const reader = new ResponseReader(stream, method.output, target.manager);
-  const signal = req.signal;
-  const onAbort = () => {
-    const reason = aborted(signal);
-    reader.fail(reason);
-    if (!stream.closed) {
-      reset(stream, reason.code === Code.Canceled ? h2.NGHTTP2_CANCEL : h2.NGHTTP2_INTERNAL_ERROR);
-    }
-  };
-  signal.addEventListener("abort", onAbort, { once: true });
-  if (signal.aborted) onAbort();
-  writers.push(writeAll(stream, method.input, req.message, (e) => {
-    // A failure of the messages themselves (a file that changed, could not be read) ends the
-    // call with it, as Connect's client does (`connectErrorFromNodeReason`).
-    reader.fail(e instanceof ConnectError ? e : fromNode(e));
-    reset(stream, h2.NGHTTP2_CANCEL);
-  }));
-  let head: { status: number; header: Headers };
-  let foundStatus: boolean;
-  try {
-    head = await reader.head;
-    const v = validateResponse(head.status, head.header);
-    if (v.headerError) throw v.headerError;
-    foundStatus = v.foundStatus;
-  } catch (e) {
-    signal.removeEventListener("abort", onAbort);
-    reset(stream, h2.NGHTTP2_CANCEL);
-    throw e;
-  }
-  return {
-    stream: true,
-    service: method.parent,
-    method,
-    header: head.header,
-    trailer: reader.trailer,
-    message: (async function* () {
-      try {
-        yield* reader.messages();
-        if (!foundStatus) validateTrailer(reader.trailer, head.header);
-      } finally {
-        signal.removeEventListener("abort", onAbort);
-      }
-    })(),
-  };
+  return exchange(target, req, method, (stream, reader) => {
+    writers.push(writeAll(stream, method.input, req.message, (e) => {
+      // A failure of the messages themselves (a file that changed, could not be read) ends the
+      // call with it, as Connect's client does (`connectErrorFromNodeReason`).
+      reader.fail(e instanceof ConnectError ? e : fromNode(e));
+      reset(stream, h2.NGHTTP2_CANCEL);
+    }));
+  });
 }
 
 /**

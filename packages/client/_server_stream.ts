@@ -11,6 +11,7 @@ import { constants as h2 } from "node:http2";
 import type * as http2 from "node:http2";
 import {
   type DescMessage,
+  type DescMethodClientStreaming,
   type DescMethodServerStreaming,
   fromBinary,
   type MessageShape,
@@ -112,6 +113,31 @@ async function call<I extends DescMessage, O extends DescMessage>(
   const method = req.method as DescMethodServerStreaming<I, O>;
   const pieces: Uint8Array[] = [];
   for await (const m of req.message) pieces.push(grpcEnvelope(toBinary(method.input, m)));
+  return await exchange(
+    target,
+    req,
+    method,
+    (stream) => stream.end(pieces.length === 1 ? pieces[0] : concat(pieces)),
+  );
+}
+
+/**
+ * One call's HTTP/2 stream, as Connect's transport and node client run it: the stream opened
+ * with the call's headers, the body written by `send`, the call's abort as a reset, the response
+ * head and trailers validated as gRPC's, the messages read as they arrive.
+ *
+ * @param target The connection and interceptors.
+ * @param req The call, as the innermost interceptor passed it on.
+ * @param method The method.
+ * @param send Writes the request body; may fail the call through the reader.
+ * @returns The response.
+ */
+export async function exchange<I extends DescMessage, O extends DescMessage>(
+  target: StreamCallTarget,
+  req: StreamRequest<I, O>,
+  method: DescMethodServerStreaming<I, O> | DescMethodClientStreaming<I, O>,
+  send: (stream: http2.ClientHttp2Stream, reader: ResponseReader<O>) => void,
+): Promise<StreamResponse<I, O>> {
   const url = new URL(req.url);
   let stream: http2.ClientHttp2Stream;
   try {
@@ -135,7 +161,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
   };
   signal.addEventListener("abort", onAbort, { once: true });
   if (signal.aborted) onAbort();
-  stream.end(pieces.length === 1 ? pieces[0] : concat(pieces));
+  send(stream, reader);
   let head: { status: number; header: Headers };
   let foundStatus: boolean;
   try {
