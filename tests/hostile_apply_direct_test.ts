@@ -5,101 +5,23 @@
 // never reads its input: each is blocked with the right code and error class (or does no harm),
 // the server answers health meanwhile and its memory stays bounded.
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { join } from "node:path";
-import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
+import { Table, tableFromIPC, tableToIPC } from "apache-arrow";
+import { bwrapWorks, type ServerProcess } from "./_server.ts";
 import {
-  ApplyForm,
-  type ApplyRequest,
-  ApplyRequestSchema,
-  type ApplyStart,
-  ErrorInfoSchema,
-} from "@valise/protocol";
-import { Int32, makeVector, type RecordBatch, Table, tableFromIPC, tableToIPC } from "apache-arrow";
-import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
-import { answered, serving } from "./_hostile.ts";
+  applyCall,
+  errorClassOf,
+  healthy,
+  inline,
+  ints,
+  ipcRequest,
+  startRequest,
+  within,
+  withServer,
+} from "./_hostile_apply.ts";
 
 const SANDBOX = bwrapWorks();
-const GUARD_MS = 30_000;
 const MiB = 1024 * 1024;
-
-const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
-const healthy = (server: ServerProcess, what: string): Promise<void> =>
-  serving(server, what, GUARD_MS);
-
-async function withServer(fn: (s: ServerProcess) => Promise<void>): Promise<void> {
-  const tmp = await Deno.makeTempDir({ prefix: "valise-hostile-direct-" });
-  const server = await startServer({
-    dataDir: join(tmp, "data"),
-    args: ["--sandbox", "bwrap", "--python", "/usr/bin/python3"],
-  });
-  try {
-    await server.waitForLog("workers sandboxed with bubblewrap");
-    await fn(server);
-    await healthy(server, "Health/Check after the hostile call");
-  } finally {
-    const status = await within(server.stop(), "SIGTERM");
-    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-    await Deno.remove(tmp, { recursive: true });
-    ok(status.signal === null || status.signal === "SIGTERM", JSON.stringify(status));
-  }
-}
-
-type Start = Partial<Omit<ApplyStart, "$typeName" | "userContext">> & { sessionId: string };
-
-const startRequest = (start: Start): ApplyRequest =>
-  create(ApplyRequestSchema, {
-    request: { case: "start", value: { input: { case: "streamed", value: true }, ...start } },
-  });
-
-const ipcRequest = (bytes: Uint8Array): ApplyRequest =>
-  create(ApplyRequestSchema, { request: { case: "arrowIpc", value: bytes } });
-
-const inline = (code: string) => ({
-  function: { case: "code" as const, value: code },
-  functionName: "f",
-  form: ApplyForm.COLUMNS,
-});
-
-interface Outcome {
-  stderr: string;
-  ipc: Uint8Array[];
-  failure: ConnectError | undefined;
-}
-
-function applyCall(
-  server: ServerProcess,
-  marker: RegExp,
-  requests: (seen: Promise<void>) => AsyncIterable<ApplyRequest>,
-): { outcome: Promise<Outcome>; seen: Promise<void> } {
-  let markSeen!: () => void;
-  const seen = new Promise<void>((r) => markSeen = r);
-  const outcome = (async () => {
-    const out: Outcome = { stderr: "", ipc: [], failure: undefined };
-    try {
-      for await (const res of server.clients.worker.apply(requests(seen))) {
-        const m = res.response;
-        if (m.case === "stderr") {
-          out.stderr += new TextDecoder().decode(m.value);
-          if (marker.test(out.stderr)) markSeen();
-        }
-        if (m.case === "arrowIpc") out.ipc.push(m.value);
-      }
-    } catch (e) {
-      out.failure = ConnectError.from(e);
-    }
-    return out;
-  })();
-  return { outcome, seen };
-}
-
-const errorClassOf = (e: ConnectError | undefined): string | undefined =>
-  e?.findDetails(ErrorInfoSchema)[0]?.metadata.errorClass;
-
-function ints(values: number[]): RecordBatch {
-  return new Table({ n: makeVector({ type: new Int32(), data: Int32Array.from(values) }) })
-    .batches[0]!;
-}
 
 /** A normal call: returns its column back. */
 async function normalCall(server: ServerProcess, sessionId: string, what: string): Promise<void> {
@@ -125,7 +47,7 @@ Deno.test({
     : "an Apply function flooding its data socket (ignored: bubblewrap does not work here)",
   ignore: !SANDBOX,
   fn: () =>
-    withServer(async (server) => {
+    withServer("valise-hostile-direct-", async (server) => {
       const sessionId = crypto.randomUUID();
       const other = crypto.randomUUID();
       await normalCall(server, sessionId, "a normal Apply");
@@ -173,7 +95,7 @@ Deno.test({
     : "garbage on the worker's socket (ignored: bubblewrap does not work here)",
   ignore: !SANDBOX,
   fn: () =>
-    withServer(async (server) => {
+    withServer("valise-hostile-direct-", async (server) => {
       const sessionId = crypto.randomUUID();
       await normalCall(server, sessionId, "a normal Apply");
       // A whole frame of a type the driver never writes (lying lengths: the forged 4 GiB frame
@@ -205,7 +127,7 @@ Deno.test({
     : "a worker that never reads its input (ignored: bubblewrap does not work here)",
   ignore: !SANDBOX,
   fn: () =>
-    withServer(async (server) => {
+    withServer("valise-hostile-direct-", async (server) => {
       const sessionId = crypto.randomUUID();
       await normalCall(server, sessionId, "a normal Apply");
       const code = "import sys, time\ndef f(cols):\n" +

@@ -4,110 +4,25 @@
 // `spark.valise.worker.streamBytes`. Each is blocked with the right code and error class, the
 // server answers health while the hostile call runs, and its memory stays bounded.
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
+import { ConfigRequest_OperationSchema, ipcMessages, IpcMessageType } from "@valise/protocol";
+import { Table, tableFromIPC, tableToIPC } from "apache-arrow";
+import { bwrapWorks, type ServerProcess } from "./_server.ts";
 import {
-  ApplyForm,
-  type ApplyRequest,
-  ApplyRequestSchema,
-  type ApplyStart,
-  ConfigRequest_OperationSchema,
-  ErrorInfoSchema,
-  ipcMessages,
-  IpcMessageType,
-} from "@valise/protocol";
-import { Int32, makeVector, type RecordBatch, Table, tableFromIPC, tableToIPC } from "apache-arrow";
-import { bwrapWorks, type ServerProcess, startServer } from "./_server.ts";
-import { answered, serving } from "./_hostile.ts";
+  applyCall,
+  errorClassOf,
+  healthy,
+  inline,
+  ints,
+  ipcRequest,
+  startRequest,
+  within,
+  withServer,
+} from "./_hostile_apply.ts";
 
 const SANDBOX = bwrapWorks();
-const GUARD_MS = 30_000;
 const MiB = 1024 * 1024;
-
-const within = <T>(p: Promise<T>, what: string): Promise<T> => answered(p, what, GUARD_MS);
-
-async function withServer(fn: (s: ServerProcess) => Promise<void>): Promise<void> {
-  const tmp = await Deno.makeTempDir({ prefix: "valise-hostile-apply-" });
-  const server = await startServer({
-    dataDir: join(tmp, "data"),
-    args: ["--sandbox", "bwrap", "--python", "/usr/bin/python3"],
-  });
-  try {
-    await server.waitForLog("workers sandboxed with bubblewrap");
-    await fn(server);
-    await healthy(server, "Health/Check after the hostile call");
-  } finally {
-    const status = await within(server.stop(), "SIGTERM");
-    await new Deno.Command("chmod", { args: ["-R", "u+w", tmp] }).output();
-    await Deno.remove(tmp, { recursive: true });
-    ok(status.signal === null || status.signal === "SIGTERM", JSON.stringify(status));
-  }
-}
-
-const healthy = (server: ServerProcess, what: string): Promise<void> =>
-  serving(server, what, GUARD_MS);
-
-type Start = Partial<Omit<ApplyStart, "$typeName" | "userContext">> & { sessionId: string };
-
-const startRequest = (start: Start): ApplyRequest =>
-  create(ApplyRequestSchema, {
-    request: { case: "start", value: { input: { case: "streamed", value: true }, ...start } },
-  });
-
-const ipcRequest = (bytes: Uint8Array): ApplyRequest =>
-  create(ApplyRequestSchema, { request: { case: "arrowIpc", value: bytes } });
-
-const inline = (code: string) => ({
-  function: { case: "code" as const, value: code },
-  functionName: "f",
-  form: ApplyForm.COLUMNS,
-});
-
-interface Outcome {
-  stderr: string;
-  ipc: Uint8Array[];
-  failure: ConnectError | undefined;
-}
-
-/**
- * Runs an Apply call: `requests` gets a promise of the first stderr text that matches
- * `marker`, so it can hold back what it sends until the worker is seen running.
- */
-function applyCall(
-  server: ServerProcess,
-  marker: RegExp,
-  requests: (seen: Promise<void>) => AsyncIterable<ApplyRequest>,
-): { outcome: Promise<Outcome>; seen: Promise<void> } {
-  let markSeen!: () => void;
-  const seen = new Promise<void>((r) => markSeen = r);
-  const outcome = (async () => {
-    const out: Outcome = { stderr: "", ipc: [], failure: undefined };
-    try {
-      for await (const res of server.clients.worker.apply(requests(seen))) {
-        const m = res.response;
-        if (m.case === "stderr") {
-          out.stderr += new TextDecoder().decode(m.value);
-          if (marker.test(out.stderr)) markSeen();
-        }
-        if (m.case === "arrowIpc") out.ipc.push(m.value);
-      }
-    } catch (e) {
-      out.failure = ConnectError.from(e);
-    }
-    return out;
-  })();
-  return { outcome, seen };
-}
-
-function errorClassOf(e: ConnectError | undefined): string | undefined {
-  return e?.findDetails(ErrorInfoSchema)[0]?.metadata.errorClass;
-}
-
-function ints(values: number[]): RecordBatch {
-  return new Table({ n: makeVector({ type: new Int32(), data: Int32Array.from(values) }) })
-    .batches[0]!;
-}
 
 async function setConf(server: ServerProcess, sessionId: string, key: string, value: string) {
   await server.clients.spark.config({
@@ -135,7 +50,7 @@ Deno.test({
     : "an Apply input with a negative Arrow body length (ignored: bubblewrap does not work here)",
   ignore: !SANDBOX,
   fn: () =>
-    withServer(async (server) => {
+    withServer("valise-hostile-apply-", async (server) => {
       // Schema, a valid batch, then a batch whose bodyLength is -(prefix + metadata): the length
       // that once sent the IPC splitter back onto the same message forever, on the main thread.
       const stream = tableToIPC(new Table([ints([1, 2, 3]), ints([4, 5])]), "stream");
@@ -187,7 +102,7 @@ Deno.test({
     : "an Apply function that forges a 4 GiB driver frame (ignored: bubblewrap does not work here)",
   ignore: !SANDBOX,
   fn: () =>
-    withServer(async (server) => {
+    withServer("valise-hostile-apply-", async (server) => {
       const sessionId = crypto.randomUUID();
       await warmUp(server, sessionId);
       // The driver keeps its frames on a duplicate of the real stdout (fd 1 is stderr for the
@@ -230,7 +145,7 @@ Deno.test({
     : "an Apply that floods its output past streamBytes (ignored: bubblewrap does not work here)",
   ignore: !SANDBOX,
   fn: () =>
-    withServer(async (server) => {
+    withServer("valise-hostile-apply-", async (server) => {
       const sessionId = crypto.randomUUID();
       await setConf(server, sessionId, "spark.valise.worker.streamBytes", String(2 * MiB));
       // 200 output batches of 50 KB for one input batch: 10 MB, five times the session's limit.
