@@ -24,6 +24,8 @@ export const MAX_HANDSHAKES = 16;
 const MAX_WAITING = 1024;
 
 const decoder = new TextDecoder();
+/** What the launcher's own probe sends: hex, but no token a claim makes (those are random). */
+const PROBE_TOKEN = new TextEncoder().encode("0".repeat(TOKEN_BYTES * 2));
 
 /** A run's claim on the socket: the token its child sends, and the connection once it did. */
 export interface DataClaim {
@@ -33,6 +35,12 @@ export interface DataClaim {
   readonly conn: Promise<Deno.UnixConn>;
   /** Gives up waiting (the run ended first); a connection that arrives later is closed. */
   cancel(): void;
+  /**
+   * Gives up waiting once every connection made before this call has been heard: a child that
+   * connected, wrote and exited before the launcher accepted its connection still gets its
+   * bytes read (its exit can be seen before its connection). Bounded by the handshake time.
+   */
+  cancelWhenHeard(): Promise<void>;
 }
 
 /** The Unix socket a fork server's bulk-data runs connect to. */
@@ -42,6 +50,7 @@ export class DataSocket {
   #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   #waiting = new Map<string, (c: Deno.UnixConn | Error) => void>();
   #handshakes = 0;
+  #hearing = new Set<Promise<void>>();
   #handshakeMs: number;
   #closed = false;
   #loop: Promise<void>;
@@ -106,16 +115,55 @@ export class DataSocket {
     });
     conn.catch(() => {});
     this.#waiting.set(token, settle);
+    const cancel = () => {
+      if (this.#waiting.get(token) === settle) {
+        this.#waiting.delete(token);
+        settle(new Error("the run ended before its child connected"));
+      }
+    };
     return {
       token,
       conn,
-      cancel: () => {
-        if (this.#waiting.get(token) === settle) {
-          this.#waiting.delete(token);
-          settle(new Error("the run ended before its child connected"));
-        }
+      cancel,
+      cancelWhenHeard: async () => {
+        if (this.#waiting.get(token) === settle) await this.#heard();
+        cancel();
       },
     };
+  }
+
+  /**
+   * Resolves once every connection made before the call has been accepted and heard (or
+   * dropped), within the handshake time: a probe connection of the launcher's own goes through
+   * the same backlog (accepted in order), and the handshakes in progress once it is closed are
+   * waited for.
+   */
+  async #heard(): Promise<void> {
+    if (this.#closed) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<void>((r) => timer = setTimeout(r, this.#handshakeMs));
+    const probe = (async () => {
+      let conn: Deno.UnixConn | undefined;
+      try {
+        conn = await Deno.connect({ transport: "unix", path: this.path });
+        // A token no run waits for: the socket closes it as soon as it has read it (or at once,
+        // past the handshake cap); either way, every earlier connection was accepted by then.
+        await conn.write(PROBE_TOKEN);
+        while (await conn.read(new Uint8Array(1)) !== null) { /* nothing is ever sent */ }
+      } catch {
+        // closed under us, or the socket is gone: nothing more can be heard
+      } finally {
+        try {
+          conn?.close();
+        } catch { /* closed */ }
+      }
+      await Promise.all([...this.#hearing]);
+    })();
+    try {
+      await Promise.race([probe, bound]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Stops listening, removes the socket; runs still waiting fail. */
@@ -141,7 +189,11 @@ export class DataSocket {
           continue;
         }
         this.#handshakes++;
-        this.#hear(conn).finally(() => this.#handshakes--);
+        const heard: Promise<void> = this.#hear(conn).finally(() => {
+          this.#handshakes--;
+          this.#hearing.delete(heard);
+        });
+        this.#hearing.add(heard);
       }
     } catch {
       // closed

@@ -199,3 +199,39 @@ Deno.test("data socket: a directory too deep for a Unix socket's path fails at o
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("data socket: a child that connected before its run's exit was seen is still heard", async () => {
+  await withSocket(async (s) => {
+    const claim = s.claim()!;
+    // The child connects, then its exit is seen before the launcher heard its token (what load
+    // makes happen): the run gives up only once that connection is heard, and gets its bytes.
+    const child = await connect(s);
+    const giveUp = claim.cancelWhenHeard();
+    await writeAll(child, encoder.encode(claim.token));
+    await writeAll(child, encoder.encode("written before the exit"));
+    child.close();
+    await giveUp;
+    const server = await claim.conn;
+    equal(new TextDecoder().decode(await readToEnd(server)), "written before the exit");
+    server.close();
+  });
+});
+
+Deno.test("data socket: a run whose child never connected gives up once the backlog is heard", async () => {
+  await withSocket(async (s) => {
+    const claim = s.claim()!;
+    const other = s.claim()!;
+    // A stranger holds a handshake open (no token ever): waiting for it is bounded by the
+    // handshake time, here short.
+    const stranger = await connect(s);
+    await claim.cancelWhenHeard();
+    await rejects(claim.conn, /before its child connected/);
+    deepEqual(await readToEnd(stranger), new Uint8Array(0), "closed after the handshake time");
+    stranger.close();
+    // The socket still serves the next run.
+    const child = await connect(s);
+    await writeAll(child, encoder.encode(other.token));
+    (await other.conn).close();
+    child.close();
+  }, 50);
+});

@@ -818,7 +818,8 @@ export class ForkServer {
           // streamBytes, and in time: a process that left the run's group and still holds
           // the socket gets the kill grace, then the connection is closed).
           const direct = state.direct;
-          direct.claim.cancel();
+          // Its connection may still wait to be heard (the exit can come first under load).
+          direct.claim.cancelWhenHeard().catch(() => {});
           const timer = setTimeout(
             () => this.#closeDirect(direct),
             this.#init.killGraceMs ?? KILL_GRACE_MS,
