@@ -158,6 +158,15 @@ async function withUploadServer(
   const s = await startServer({ dataDir, args: ["--quiet", ...args] });
   try {
     await fn(s, dataDir);
+  } catch (e) {
+    // Say how the server went: a crash of the runtime shows as its exit signal.
+    const status = await s.stop();
+    throw new Error(
+      `${e instanceof Error ? e.message : e}\nserver exit: ${JSON.stringify(status)}`,
+      {
+        cause: e,
+      },
+    );
   } finally {
     await s.stop();
     await Deno.remove(dir, { recursive: true });
