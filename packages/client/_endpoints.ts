@@ -5,6 +5,7 @@
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
+  guardHttp2Session,
   Health,
   PipService,
   SessionService,
@@ -17,6 +18,21 @@ import type { StreamCallTarget } from "./_server_stream.ts";
 
 /** The longest cool-down, as a multiple of the first: a dead endpoint is still tried again. */
 const MAX_COOLDOWN_FACTOR = 32;
+
+/**
+ * Connect's session manager, with each connection's teardown kept out of the runtime's frame
+ * processing (see `guardHttp2Session`): a server that closes the connection as a call ends must
+ * not take the client's process down.
+ */
+class GuardedSessionManager extends Http2SessionManager {
+  override async request(
+    ...args: Parameters<Http2SessionManager["request"]>
+  ): ReturnType<Http2SessionManager["request"]> {
+    const stream = await super.request(...args);
+    if (stream.session) guardHttp2Session(stream.session);
+    return stream;
+  }
+}
 
 /** One endpoint's clients, over one HTTP/2 connection. */
 export class Node {
@@ -56,7 +72,7 @@ export class Node {
   constructor(endpoint: Endpoint, useSsl: boolean, interceptors: Interceptor[]) {
     this.label = formatEndpoint(endpoint);
     this.baseUrl = `${useSsl ? "https" : "http"}://${this.label}`;
-    this.#manager = new Http2SessionManager(this.baseUrl);
+    this.#manager = new GuardedSessionManager(this.baseUrl);
     this.direct = { manager: this.#manager, baseUrl: this.baseUrl, interceptors };
     const transport = (acceptCompression?: []) =>
       createGrpcTransport({

@@ -55,6 +55,7 @@ export {
   GrpcEnvelopeReader,
   http2ErrorName,
 } from "./grpc_wire.ts";
+export { guardHttp2Session } from "./http2_session_guard.ts";
 export * from "./pip_requirements.ts";
 export * from "./session_id.ts";
 export { SPARK_CONNECT_VERSION } from "./spark_version.ts";

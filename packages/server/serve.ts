@@ -1,6 +1,7 @@
 // Copyright 2026 the Valise authors. Apache-2.0 license.
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
+import { guardHttp2Session } from "@valise/protocol";
 import { createValise, type Valise, type ValiseOptions } from "./valise.ts";
 
 /** Options of {@linkcode serve}. */
@@ -61,6 +62,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   );
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
+    guardHttp2Session(s);
     sessions.add(s);
     try {
       s.setLocalWindowSize(16 * 2 ** 20);

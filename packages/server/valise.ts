@@ -16,6 +16,7 @@ import { DEFAULT_LIMITS, Launcher, type LauncherOptions } from "@valise/launcher
 import {
   AdminService,
   assertCrc32Works,
+  guardHttp2Session,
   Health,
   PipService,
   SessionService,
@@ -544,12 +545,18 @@ export async function createValise(options: ValiseOptions): Promise<Valise> {
     contextValues,
     refuses: (authorization) => tokens !== undefined && !tokens.check(authorization).ok,
   }, uploadHandler);
-  const nodeHandler = discardRefusedBodies(runHandler, (service, authorization) => {
+  const gated = discardRefusedBodies(runHandler, (service, authorization) => {
     if (ADMIN_SERVICES.has(service)) {
       return adminRefusal(adminTokens, tokens, authorization) !== undefined;
     }
     return !OPEN_SERVICES.has(service) && tokens !== undefined && !tokens.check(authorization).ok;
   });
+  // An embedder's own node:http2 server gets the session guard from its first call to us: a
+  // client that drops its connection as a call ends must not take the process down.
+  const nodeHandler: NodeHandler = (req, res) => {
+    if (req.stream?.session) guardHttp2Session(req.stream.session);
+    gated(req, res);
+  };
 
   // A short idle timeout is honoured within a quarter of itself, not only at the next 30 s tick.
   const idleMs = options.idleTimeoutMs ?? 3_600_000;
