@@ -109,6 +109,8 @@ export class RawH2 {
   readonly answered: Set<number> = new Set();
   /** Streams on which the server sent a HEADERS frame. */
   readonly headersSeen: Set<number> = new Set();
+  /** PING ACKs received. */
+  pingAcks = 0;
   #buf = new Uint8Array(0);
   #waiters: (() => void)[] = [];
   #nextStream = 1;
@@ -216,6 +218,18 @@ export class RawH2 {
     }
   }
 
+  /**
+   * Sends a PING and resolves once its ACK (or the end of the connection) arrives: the server
+   * processes frames in order, so everything sent before has been read by then.
+   */
+  async roundTrip(): Promise<void> {
+    const want = this.pingAcks + 1;
+    this.ping();
+    while (this.pingAcks < want && !this.closed) {
+      await new Promise<void>((r) => this.#waiters.push(r));
+    }
+  }
+
   /** Resolves once the server has closed the connection (or it was destroyed here). */
   async waitClosed(): Promise<void> {
     while (!this.closed) await new Promise<void>((r) => this.#waiters.push(r));
@@ -248,6 +262,7 @@ export class RawH2 {
       } else if (type === FrameType.RST_STREAM && len >= 4) {
         this.resets.set(stream, new DataView(payload.buffer, payload.byteOffset).getUint32(0));
       }
+      if (type === FrameType.PING && flags & ACK) this.pingAcks++;
       if (type === FrameType.HEADERS) this.headersSeen.add(stream);
       if ((type === FrameType.HEADERS || type === FrameType.DATA) && flags & END_STREAM) {
         this.answered.add(stream);

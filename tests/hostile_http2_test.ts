@@ -197,7 +197,10 @@ async function fuzzServer(fn: (s: FuzzServer) => Promise<void>): Promise<void> {
   } catch (e) {
     failure = e;
   }
+  // SIGTERM finds calls in flight: a body half sent on each path, a Run started.
+  const open = failure === undefined ? await callsInFlight(s).catch((e) => (failure = e, [])) : [];
   const status = await s.stop();
+  for (const c of open) c.socket.destroy();
   await removeTree(tmp);
   const how = `server ended by ${JSON.stringify(status)}; ${s.progress}\n${
     s.log.slice(-15).join("\n")
@@ -207,6 +210,23 @@ async function fuzzServer(fn: (s: FuzzServer) => Promise<void>): Promise<void> {
     throw failure;
   }
   if (status.code !== 0) throw new Error(`the server did not exit 0 on SIGTERM: ${how}`);
+}
+
+/**
+ * Leaves one call of each kind in flight, its body half sent, on raw connections, and resolves
+ * once the server has read them (a PING round trip after them).
+ */
+async function callsInFlight(s: FuzzServer): Promise<RawH2[]> {
+  const open: RawH2[] = [];
+  for (const t of s.targets) {
+    const c = await RawH2.connect(s.port);
+    open.push(c);
+    c.data(c.headers(t.path, t.headers), t.body.subarray(0, t.body.length >> 1));
+    // A Run whose body has ended, so that its worker is running.
+    if (t.path.endsWith("/Run")) c.data(c.headers(t.path, t.headers), t.body, true);
+    await c.roundTrip();
+  }
+  return open;
 }
 
 /** One well-behaved call on its own connection; resolves with its status headers as text. */
