@@ -147,7 +147,12 @@ export class GrpcEnvelopeReader {
       off += n;
       if (this.#have < this.#length) return;
       const parts = this.#parts;
-      const message = parts.length === 1 ? parts[0]! : join(parts, this.#length);
+      // Empty messages share one view: a body of them (5 bytes each) costs no allocation apiece.
+      const message = parts.length === 1
+        ? parts[0]!
+        : parts.length === 0
+        ? EMPTY
+        : join(parts, this.#length);
       this.#parts = [];
       this.#have = 0;
       this.#length = -1;
@@ -161,6 +166,8 @@ export class GrpcEnvelopeReader {
     this.#parts = [];
   }
 }
+
+const EMPTY = new Uint8Array(0);
 
 function join(parts: Uint8Array[], length: number): Uint8Array {
   const out = new Uint8Array(length);

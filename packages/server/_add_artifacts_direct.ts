@@ -58,6 +58,13 @@ export const ADD_ARTIFACTS_PATH = "/spark.connect.SparkConnectService/AddArtifac
 /** Bytes of messages read and not yet taken by the handler before the stream is paused. */
 export const MAX_QUEUED_BYTES = 8 * 2 ** 20;
 
+/**
+ * What a queued message counts for beyond its bytes: its slot and the handler's work on it. Empty
+ * messages (5 bytes on the wire each) would otherwise queue without bound while the handler
+ * waits, and cost memory all the same.
+ */
+const MESSAGE_COST = 64;
+
 /** The AddArtifacts handler, as Connect calls it. */
 export type AddArtifactsImpl = (
   requests: AsyncIterable<AddArtifactsRequest>,
@@ -186,7 +193,7 @@ class RequestMessages {
     this.#reader = new GrpcEnvelopeReader(maxBytes);
     const take = (m: Uint8Array) => {
       this.#queue.push(m);
-      this.#queued += m.length;
+      this.#queued += m.length + MESSAGE_COST;
     };
     req.on("data", (chunk: Uint8Array) => {
       if (this.#discarding || this.#reader.fault) return this.#drop(chunk.length);
@@ -211,7 +218,7 @@ class RequestMessages {
     while (true) {
       const next = this.#queue.shift();
       if (next !== undefined) {
-        this.#queued -= next.length;
+        this.#queued -= next.length + MESSAGE_COST;
         if (this.#queued <= MAX_QUEUED_BYTES / 2 && this.#req.isPaused()) this.#req.resume();
         yield parse(next);
         continue;
