@@ -28,6 +28,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import http2 from "node:http2";
 import { join } from "node:path";
 import { connect } from "@valise/client";
@@ -72,8 +73,24 @@ async function add(remote: string, file: string): Promise<Timed> {
   }
 }
 
+/** Hashes `file` in 1 MiB reads; returns its size. */
+async function sha256File(file: string): Promise<number> {
+  using f = await Deno.open(file);
+  const h = createHash("sha256");
+  const buf = new Uint8Array(MiB);
+  let size = 0;
+  for (;;) {
+    const n = await f.read(buf);
+    if (n === null) break;
+    h.update(buf.subarray(0, n));
+    size += n;
+  }
+  h.digest();
+  return size;
+}
+
 /** Starts the bare sink; returns its port and a stop function. */
-async function startSink(): Promise<{ port: number; stop: () => Promise<void> }> {
+async function startSink(): Promise<{ port: number; pid: number; stop: () => Promise<void> }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", new URL("./h2_sink.ts", import.meta.url).pathname],
     stdout: "piped",
@@ -90,6 +107,7 @@ async function startSink(): Promise<{ port: number; stop: () => Promise<void> }>
   child.stdout.cancel().catch(() => {});
   return {
     port: Number(line.trim()),
+    pid: child.pid,
     stop: async () => {
       child.kill("SIGTERM");
       await child.status;
@@ -156,6 +174,8 @@ try {
   const sink = await startSink();
   let serverCpu = 0;
   let clientCpu = 0;
+  let sinkCpu = 0;
+  let senderCpu = 0;
   try {
     await sinkUpload(sink.port, file); // warm-up, not counted
     for (let i = 0; i < REPS; i++) {
@@ -166,7 +186,11 @@ try {
       runs.push(await add(remote, file));
       serverCpu += cpuSeconds(server.pid) - s0;
       clientCpu += cpuSeconds("self") - c0;
+      const k0 = cpuSeconds(sink.pid);
+      const e0 = cpuSeconds("self");
       sinkRuns.push(await sinkUpload(sink.port, file));
+      sinkCpu += cpuSeconds(sink.pid) - k0;
+      senderCpu += cpuSeconds("self") - e0;
     }
   } finally {
     await sink.stop();
@@ -202,6 +226,20 @@ try {
     `| reference: bare \`node:http2\` stream to a sink process (no gRPC, hash or disk) | ${
       sinkRate.toFixed(1)
     } | ${sinkRuns.map((s) => rate(s).toFixed(1)).join(", ")} |`,
+  );
+  console.log(
+    `| CPU per GB, bare sink: sink / sender (file read included) | ${
+      (sinkCpu / gb).toFixed(2)
+    } s / ${(senderCpu / gb).toFixed(2)} s | (sum of the ${REPS} runs) |`,
+  );
+  // What the content address costs on this CPU, once per side: the server hashes what it stores,
+  // the client what it offers (HasBlobs).
+  const h0 = cpuSeconds("self");
+  const hashed = await sha256File(file);
+  console.log(
+    `| sha256 of the file in this process (node:crypto) | ${
+      (hashed / 1e6 / (cpuSeconds("self") - h0)).toFixed(0)
+    } MB per CPU second | |`,
   );
   console.log(
     `\nValise upload / bare node:http2 in the same run: **${
