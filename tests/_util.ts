@@ -21,3 +21,34 @@ export async function removeTree(dir: string): Promise<void> {
   await new Deno.Command("chmod", { args: ["-R", "u+w", dir] }).output();
   await Deno.remove(dir, { recursive: true });
 }
+
+/**
+ * Writes a piece to a request and waits, if its buffer is full, until it drains or closes: a
+ * hostile caller that goes on sending whatever the server does.
+ *
+ * @param req The request stream.
+ * @param piece The bytes.
+ */
+export async function writeOrClosed(
+  req: { write(b: Uint8Array): boolean } & NodeJS.EventEmitter,
+  piece: Uint8Array,
+): Promise<void> {
+  if (req.write(piece)) return;
+  await new Promise<void>((r) => {
+    const go = () => {
+      req.off("drain", go);
+      req.off("close", go);
+      r();
+    };
+    req.on("drain", go);
+    req.on("close", go);
+  });
+}
+
+/** The parts, joined. */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) out.set(p, (o += p.length) - p.length);
+  return out;
+}

@@ -21,7 +21,7 @@ import {
 } from "@valise/protocol";
 import { dropConnections } from "../packages/protocol/testdata/h2_drop_clients.ts";
 import { startServer } from "./_server.ts";
-import { removeTree } from "./_util.ts";
+import { concat, removeTree, writeOrClosed } from "./_util.ts";
 
 const MiB = 2 ** 20;
 /**
@@ -113,29 +113,16 @@ function rawCall(
     req.on("error", () => {/* the outcome is in rstCode */});
     req.on("close", () => {
       out.rstCode = req.rstCode ?? 0;
-      const n = chunks.reduce((s, c) => s + c.length, 0);
-      out.body = new Uint8Array(n);
-      let o = 0;
-      for (const c of chunks) out.body.set(c, (o += c.length) - c.length);
+      out.body = concat(chunks);
       resolve(out);
     });
-    const writable = () =>
-      new Promise<void>((r) => {
-        const go = () => {
-          req.off("drain", go);
-          req.off("close", go);
-          r();
-        };
-        req.on("drain", go);
-        req.on("close", go);
-      });
     // Written in 1 MiB pieces so that a caller stops soon after its answer.
     (async () => {
       for (let o = 0; o < body.length; o += MiB) {
         if (req.closed || req.destroyed || (answered && !ignoreAnswer)) break;
         const piece = body.subarray(o, Math.min(body.length, o + MiB));
         out.written += piece.length;
-        if (!req.write(piece)) await writable();
+        await writeOrClosed(req, piece);
       }
       if (req.closed || req.destroyed) return;
       if (answered && !ignoreAnswer) req.close();

@@ -30,7 +30,7 @@ import { dropConnections } from "../packages/protocol/testdata/h2_drop_clients.t
 import { frame, FrameType, headerBlock, RawH2, Setting } from "./_h2_raw.ts";
 import { serving } from "./_hostile.ts";
 import { type ServerProcess, startServer } from "./_server.ts";
-import { removeTree } from "./_util.ts";
+import { concat, removeTree, writeOrClosed } from "./_util.ts";
 
 const MiB = 2 ** 20;
 /** What a test's connections may grow the server's RSS by. */
@@ -55,13 +55,6 @@ function envelope(message: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + message.length);
   new DataView(out.buffer).setUint32(1, message.length);
   out.set(message, 5);
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) out.set(p, (o += p.length) - p.length);
   return out;
 }
 
@@ -849,17 +842,7 @@ function drainCall(
       for (let sent = 0; sent < 10 * MiB; sent += MiB) {
         if (req.closed || req.destroyed) return;
         if (end === "socket mid-body" && sent >= 4 * MiB) return void socket?.destroy();
-        if (!req.write(piece)) {
-          await new Promise<void>((r) => {
-            const go = () => {
-              req.off("drain", go);
-              req.off("close", go);
-              r();
-            };
-            req.on("drain", go);
-            req.on("close", go);
-          });
-        }
+        await writeOrClosed(req, piece);
       }
     })().catch(() => {});
   });

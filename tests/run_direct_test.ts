@@ -18,7 +18,7 @@ import {
   WorkerService,
 } from "@valise/protocol";
 import { startServer } from "./_server.ts";
-import { removeTree } from "./_util.ts";
+import { removeTree, writeOrClosed } from "./_util.ts";
 
 const MiB = 2 ** 20;
 const OK = 0;
@@ -88,17 +88,7 @@ function call(
       const piece = new Uint8Array(MiB).fill(0x41);
       for (let sent = 0; sent < (options.keepSending ?? 0); sent += piece.length) {
         if (req.closed || req.destroyed) return;
-        if (!req.write(piece)) {
-          await new Promise<void>((r) => {
-            const go = () => {
-              req.off("drain", go);
-              req.off("close", go);
-              r();
-            };
-            req.on("drain", go);
-            req.on("close", go);
-          });
-        }
+        await writeOrClosed(req, piece);
       }
       if (!req.closed && !req.destroyed) req.end();
     })().catch(() => {});
