@@ -24,7 +24,7 @@ const MAX_COOLDOWN_FACTOR = 32;
  * processing (see `guardHttp2Session`): a server that closes the connection as a call ends must
  * not take the client's process down.
  */
-class GuardedSessionManager extends Http2SessionManager {
+export class GuardedSessionManager extends Http2SessionManager {
   override async request(
     ...args: Parameters<Http2SessionManager["request"]>
   ): ReturnType<Http2SessionManager["request"]> {

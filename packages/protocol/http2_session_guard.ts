@@ -7,7 +7,8 @@
 // Any peer triggers it by closing its connection while a stream ends: a client that drops its
 // connection as its call is answered, a server that closes one under a client. Running the
 // teardown on the next turn of the event loop, outside nghttp2's callbacks, takes the re-entry
-// away (tests/http2_session_guard_test.ts measures both).
+// away (http2_session_guard_test.ts beside this file measures it; tests/front_door_test.ts on the
+// real server).
 import type * as http2 from "node:http2";
 import { setImmediate } from "node:timers";
 
